@@ -1,0 +1,36 @@
+"""The services of one node, built once by the wiring and handed to every module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..settings import NodeSettings
+from ..storage import Storage
+from .accounts import Accounts
+from .router import Router
+from .sessions import LocalSessions, SessionTable
+
+if TYPE_CHECKING:
+    from ..modules.offline import Offline
+    from ..modules.presence import Presence
+    from ..modules.roster import Roster
+
+__all__ = ["Services"]
+
+
+@dataclass
+class Services:
+    settings: NodeSettings
+    storage: Storage
+    accounts: Accounts
+    table: SessionTable
+    local: LocalSessions
+    router: Router
+    roster: Roster = field(init=False)
+    presence: Presence = field(init=False)
+    offline: Offline = field(init=False)
+
+    @property
+    def node(self) -> str:
+        return self.settings.node_name

@@ -1,0 +1,112 @@
+"""Client sessions: binding resources (RFC 6120 §7), outbound stanzas, and the end of a session."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from typing import Protocol
+
+from ..xmpp import errors, ns
+from ..xmpp.jid import InvalidJid, Jid
+from ..xmpp.sasl.scram import ScramCredentials
+from ..xmpp.stanza import Stanza
+from .services import Services
+from .sessions import SessionRecord
+
+__all__ = ["SessionManager", "ClientSession"]
+
+log = logging.getLogger(__name__)
+
+
+class ClientSession(Protocol):
+    """A bound client connection as the session manager sees it."""
+
+    record: SessionRecord
+    last_presence: Stanza | None
+    directed: set[str]
+
+    def set_record(self, record: SessionRecord) -> None: ...
+    def deliver(self, stanza: Stanza) -> None: ...
+    def kick(self, condition: str, text: str | None = None) -> None: ...
+
+
+class SessionManager:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+
+    async def credentials(self, domain: str, username: str, hash_name: str) -> ScramCredentials | None:
+        return await self.s.accounts.scram_credentials(domain, username, hash_name)
+
+    def bind(self, session: ClientSession, username: str, domain: str, resource: str | None) -> Jid:
+        """Choose the full JID and enter it in the session table.
+
+        A resource already in use follows ``c2s.resource_conflict`` (RFC 6120 §7.7.2.2):
+        ``kick_old`` closes the older stream with ``<conflict/>``, ``refuse`` answers
+        ``<conflict/>`` to the new one, ``rename`` gives the new one another resource.
+        """
+        if resource is None:
+            resource = f"meridian-{secrets.token_hex(4)}"
+        try:
+            jid = Jid.parse(f"{username}@{domain}/{resource}")
+        except InvalidJid as e:
+            raise errors.BadRequest(f"invalid resource: {e}") from None
+        existing = self.s.table.lookup(jid)
+        if existing is not None:
+            policy = self.s.settings.c2s.resource_conflict
+            if policy == "refuse":
+                raise errors.StanzaConflict("resource in use")
+            if policy == "rename":
+                jid = jid.with_resource(f"{resource}-{secrets.token_hex(3)}")
+            else:
+                self.kick(existing, "conflict", "replaced by a new connection")
+        sid = self.s.local.new_sid()
+        record = SessionRecord(jid=jid, node=self.s.node, sid=sid, created=time.time())
+        session.record = record
+        self.s.local.add(sid, session)  # type: ignore[arg-type]
+        self.s.table.insert(record)
+        log.info("session %s bound as %s", sid, jid)
+        return jid
+
+    def kick(self, record: SessionRecord, condition: str, text: str | None = None) -> None:
+        """Close the stream of ``record``'s session with a stream error, wherever it is."""
+        if record.node == self.s.node:
+            session = self.s.local.get(record.sid)
+            if session is not None:
+                session.kick(condition, text)
+        # Sessions on other members are closed by the cluster's conflict handling (issue: cluster).
+
+    async def outbound(self, session: ClientSession, stanza: Stanza) -> None:
+        """A stanza from our client, ``from`` already stamped."""
+        try:
+            if stanza.name == "presence":
+                await self.s.presence.outbound(session, stanza)  # type: ignore[arg-type]
+                return
+        except errors.StanzaError as e:
+            self.s.router.send_error(stanza, e)
+            return
+        await self.s.router.route(stanza)
+
+    async def closed(self, session: ClientSession) -> None:
+        """The connection is gone: unavailable to whoever saw us (RFC 6121 §4.5), then unbind."""
+        record = getattr(session, "record", None)
+        if record is None:
+            return
+        try:
+            await self.s.presence.unavailable(session)  # type: ignore[arg-type]
+        except Exception:
+            log.exception("unavailable broadcast for %s failed", record.jid)
+        self.s.table.delete(record.jid, record.sid)
+        self.s.local.remove(record.sid)
+        log.info("session %s (%s) closed", record.sid, record.jid)
+
+    def answer_probe(self, session: ClientSession, probe: Stanza) -> None:
+        """A probe reached this resource (after the subscription check): answer with our presence."""
+        if session.last_presence is None or not probe.from_:
+            return
+        self.s.router.route_nowait(session.last_presence.with_attrs(from_=str(session.record.jid),
+                                                                     to=probe.from_))
+
+
+def is_probe(stanza: Stanza) -> bool:
+    return stanza.name == "presence" and stanza.type == "probe" and stanza.namespace == ns.CLIENT

@@ -1,0 +1,68 @@
+"""Service discovery (XEP-0030) for the server and for accounts (XEP-0030 §3: account identity)."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from ..core.router import IqRequest
+from ..core.services import Services
+from ..xmpp import errors, ns
+
+__all__ = ["Disco"]
+
+INFO = f"{{{ns.DISCO_INFO}}}"
+ITEMS = f"{{{ns.DISCO_ITEMS}}}"
+
+
+class Disco:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+        r = services.router
+        r.add_server_iq(ns.DISCO_INFO, "query", self._server_info)
+        r.add_server_iq(ns.DISCO_ITEMS, "query", self._server_items)
+        r.add_account_iq(ns.DISCO_INFO, "query", self._account_info)
+        r.add_account_iq(ns.DISCO_ITEMS, "query", self._account_items)
+
+    async def _server_info(self, req: IqRequest) -> ET.Element:
+        if req.stanza.type != "get":
+            raise errors.BadRequest()
+        if req.payload.get("node"):
+            raise errors.ItemNotFound()
+        q = ET.Element(INFO + "query")
+        ET.SubElement(q, INFO + "identity", {"category": "server", "type": "im", "name": "Meridian"})
+        for feature in sorted(self.s.router.features | {ns.DISCO_INFO, ns.DISCO_ITEMS}):
+            ET.SubElement(q, INFO + "feature", {"var": feature})
+        return q
+
+    async def _server_items(self, req: IqRequest) -> ET.Element:
+        if req.stanza.type != "get":
+            raise errors.BadRequest()
+        return ET.Element(ITEMS + "query")
+
+    async def _account_info(self, req: IqRequest) -> ET.Element:
+        if req.stanza.type != "get":
+            raise errors.BadRequest()
+        user = req.to
+        if not await self.s.accounts.exists(user.domain, user.local or ""):
+            raise errors.ServiceUnavailable()
+        if req.sender.bare != user and not await self._subscribed(req):
+            raise errors.ServiceUnavailable()  # RFC 6121 §8.5.2.1.3: don't reveal the account
+        q = ET.Element(INFO + "query")
+        ET.SubElement(q, INFO + "identity", {"category": "account", "type": "registered"})
+        ET.SubElement(q, INFO + "feature", {"var": ns.DISCO_INFO})
+        return q
+
+    async def _account_items(self, req: IqRequest) -> ET.Element:
+        if req.stanza.type != "get":
+            raise errors.BadRequest()
+        user = req.to
+        if req.sender.bare != user and not await self._subscribed(req):
+            raise errors.ServiceUnavailable()
+        q = ET.Element(ITEMS + "query")
+        for record in self.s.table.resources(user):  # XEP-0030 §4.3: available resources
+            ET.SubElement(q, ITEMS + "item", {"jid": str(record.jid)})
+        return q
+
+    async def _subscribed(self, req: IqRequest) -> bool:
+        item = await self.s.storage.get_roster_item(req.to.domain, req.to.local or "", str(req.sender.bare))
+        return item is not None and item.subscription in ("from", "both")

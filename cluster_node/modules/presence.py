@@ -1,0 +1,246 @@
+"""Presence (RFC 6121 §3–§4): subscriptions, broadcast, probes, directed presence.
+
+Outbound handling runs for the sender's session; inbound handling (the router's presence hook)
+runs wherever the stanza lands for a local account.  Subscription state changes are decided by
+the pure functions of :mod:`cluster_node.xmpp.subscription`; this module stores and sends.
+"""
+
+from __future__ import annotations
+
+import logging
+import xml.etree.ElementTree as ET
+from typing import Protocol
+
+from ..core.services import Services
+from ..core.sessions import SessionRecord
+from ..storage import RosterItem
+from ..xmpp import errors, ns
+from ..xmpp.fragment import parse_stanza
+from ..xmpp.jid import InvalidJid, Jid
+from ..xmpp.stanza import Stanza
+from ..xmpp.subscription import SUBSCRIPTION_TYPES, SubState, inbound, outbound
+
+__all__ = ["Presence", "PresenceSession", "presence_stanza"]
+
+log = logging.getLogger(__name__)
+P = f"{{{ns.CLIENT}}}presence"
+
+
+class PresenceSession(Protocol):
+    record: "SessionRecord"
+    last_presence: Stanza | None
+    directed: set[str]
+
+    def set_record(self, record: SessionRecord) -> None: ...
+
+
+def presence_stanza(from_: Jid | str, to: Jid | str, ptype: str | None = None) -> Stanza:
+    el = ET.Element(P, {"from": str(from_), "to": str(to)})
+    if ptype:
+        el.set("type", ptype)
+    return Stanza(el)
+
+
+def priority_of(stanza: Stanza) -> int:
+    """RFC 6121 §4.7.2.3: an integer in -128..127, 0 when absent or invalid."""
+    el = stanza.element.find(f"{{{ns.CLIENT}}}priority")
+    if el is None or not el.text:
+        return 0
+    try:
+        value = int(el.text.strip())
+    except ValueError:
+        return 0
+    return value if -128 <= value <= 127 else 0
+
+
+class Presence:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+        services.router.presence_handler = self.inbound
+
+    # -- outbound: from one of our clients -------------------------------------------------------
+
+    async def outbound(self, session: PresenceSession, stanza: Stanza) -> None:
+        ptype = stanza.type
+        user = session.record.jid
+        if stanza.to is None:
+            if ptype is None:
+                await self._available(session, stanza)
+            elif ptype == "unavailable":
+                await self.unavailable(session, stanza)
+            elif ptype != "error":
+                raise errors.BadRequest(f"presence of type {ptype!r} needs a 'to'")
+            return
+        try:
+            to = Jid.parse(stanza.to)
+        except InvalidJid:
+            raise errors.JidMalformed() from None
+        if ptype in SUBSCRIPTION_TYPES:
+            await self._outbound_subscription(user.bare, to.bare, ptype)
+            return
+        if ptype == "probe":
+            return  # RFC 6121 §4.3: probes are the server's business
+        if ptype is None:
+            session.directed.add(str(to))
+        elif ptype == "unavailable":
+            session.directed.discard(str(to))
+        await self.s.router.route(stanza)
+
+    async def _available(self, session: PresenceSession, stanza: Stanza) -> None:
+        """RFC 6121 §4.2 (initial presence) and §4.4 (updates)."""
+        user = session.record.jid
+        initial = not session.record.available
+        priority = priority_of(stanza)
+        session.last_presence = stanza
+        session.set_record(session.record.with_presence(available=True, priority=priority))
+        items = await self._roster(user.bare)
+        for item in items:
+            if item.subscription in ("from", "both"):
+                await self.s.router.route(stanza.with_attrs(to=item.jid))
+        for record in self.s.table.resources(user.bare):
+            if record.available:
+                self.s.router.deliver(record, stanza.with_attrs(to=str(record.jid)))
+        if not initial:
+            return
+        for item in items:
+            if item.subscription in ("to", "both"):
+                await self.s.router.route(presence_stanza(user.bare, item.jid, "probe"))
+        own = self.s.table.resources(user.bare)
+        for record in own:  # our own other resources' presence (RFC 6121 §4.2.3: probe self)
+            if record.available and record.jid != user:
+                self.s.router.deliver(record, presence_stanza(user, record.jid, "probe"))
+        for _jid, raw in await self.s.storage.get_subscription_requests(user.domain, user.local or ""):
+            self.s.router.deliver(session.record, parse_stanza(raw))
+        if priority >= 0:
+            await self.s.offline.deliver_stored(session.record)
+
+    async def unavailable(self, session: PresenceSession, stanza: Stanza | None = None) -> None:
+        """RFC 6121 §4.5: to subscribers, directed-presence recipients and our own resources."""
+        user = session.record.jid
+        if not session.record.available and not session.directed:
+            return
+        if stanza is None:
+            stanza = presence_stanza(user, user.bare, "unavailable")
+        was_available = session.record.available
+        session.set_record(session.record.with_presence(available=False, priority=0))
+        session.last_presence = None
+        targets: set[str] = set(session.directed)
+        session.directed.clear()
+        if was_available:
+            for item in await self._roster(user.bare):
+                if item.subscription in ("from", "both"):
+                    targets.add(item.jid)
+            for record in self.s.table.resources(user.bare):
+                if record.available:
+                    self.s.router.deliver(record, stanza.with_attrs(to=str(record.jid)))
+        for target in targets:
+            await self.s.router.route(stanza.with_attrs(to=target))
+
+    async def _outbound_subscription(self, user: Jid, contact: Jid, ptype: str) -> None:
+        item, state = await self._state(user, contact)
+        out = outbound(state, ptype)
+        await self._save(user, contact, item, state, out.state)
+        if out.route:
+            await self.s.router.route(presence_stanza(user, contact, ptype))
+        if out.send_presence:
+            # RFC 6121 §3.1.5: the new subscriber gets our current presence, from every resource.
+            for record in self.s.table.resources(user):
+                if record.available:
+                    self.s.router.deliver(record, presence_stanza(contact, record.jid, "probe"))
+        if out.send_unavailable:
+            await self._send_unavailable(user, contact)
+
+    async def cancel_all(self, user: Jid, contact: Jid) -> None:
+        """Roster removal (RFC 6121 §2.5.2): unsubscribe and unsubscribed as needed."""
+        item, state = await self._state(user, contact)
+        if state.to or state.ask:
+            await self.s.router.route(presence_stanza(user, contact, "unsubscribe"))
+        if state.from_ or state.pending_in:
+            await self.s.router.route(presence_stanza(user, contact, "unsubscribed"))
+            if state.from_:
+                await self._send_unavailable(user, contact)
+        if state.pending_in:
+            await self.s.storage.delete_subscription_request(user.domain, user.local or "", str(contact))
+
+    # -- inbound: for one of our accounts --------------------------------------------------------
+
+    async def inbound(self, stanza: Stanza, sender: Jid, to: Jid) -> None:
+        ptype = stanza.type
+        if ptype in SUBSCRIPTION_TYPES:
+            await self._inbound_subscription(stanza, sender.bare, to.bare, ptype)
+        elif ptype == "probe":
+            await self._probe(sender, to.bare)
+        else:
+            # RFC 6121 §8.5.2.1.1: available/unavailable to a bare JID goes to every available resource.
+            for record in self.s.table.resources(to.bare):
+                if record.available:
+                    self.s.router.deliver(record, stanza)
+
+    async def _inbound_subscription(self, stanza: Stanza, contact: Jid, user: Jid, ptype: str) -> None:
+        if not await self.s.storage.account_exists(user.domain, user.local or ""):
+            if ptype == "subscribe":  # RFC 6121 §3.1.3: no such user
+                await self.s.router.route(presence_stanza(user, contact, "unsubscribed"))
+            return
+        item, state = await self._state(user, contact)
+        out = inbound(state, ptype)
+        if out.auto_reply:
+            await self.s.router.route(presence_stanza(user, contact, out.auto_reply))
+            return
+        clean = stanza.with_attrs(from_=str(contact), to=str(user))
+        if ptype == "subscribe" and out.state.pending_in:
+            await self.s.storage.put_subscription_request(user.domain, user.local or "", str(contact),
+                                                          clean.to_bytes())
+        await self._save(user, contact, item, state, out.state)
+        if out.route:
+            for record in self.s.table.resources(user):
+                if record.available:
+                    self.s.router.deliver(record, clean.with_attrs(to=str(record.jid)))
+        if out.send_unavailable:
+            await self._send_unavailable(user, contact)
+
+    async def _probe(self, prober: Jid, user: Jid) -> None:
+        """RFC 6121 §4.3.2: only subscribers learn presence; each available resource answers."""
+        if prober.bare != user:
+            item = await self.s.storage.get_roster_item(user.domain, user.local or "", str(prober.bare))
+            if item is None or item.subscription not in ("from", "both"):
+                return
+        available = [r for r in self.s.table.resources(user) if r.available]
+        if not available:
+            await self.s.router.route(presence_stanza(user, prober, "unavailable"))
+            return
+        for record in available:
+            self.s.router.deliver(record, presence_stanza(prober, record.jid, "probe"))
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    async def _roster(self, user: Jid) -> list[RosterItem]:
+        items, _ = await self.s.storage.get_roster(user.domain, user.local or "")
+        return items
+
+    async def _state(self, user: Jid, contact: Jid) -> tuple[RosterItem | None, SubState]:
+        if user.domain not in self.s.router.domains:
+            raise errors.ServiceUnavailable()
+        store = self.s.storage
+        item = await store.get_roster_item(user.domain, user.local or "", str(contact))
+        pending = await store.has_subscription_request(user.domain, user.local or "", str(contact))
+        if item is None:
+            return None, SubState(pending_in=pending)
+        return item, SubState(item.subscription, item.ask, pending)
+
+    async def _save(self, user: Jid, contact: Jid, item: RosterItem | None, old: SubState,
+                    new: SubState) -> None:
+        if old.pending_in and not new.pending_in:
+            await self.s.storage.delete_subscription_request(user.domain, user.local or "", str(contact))
+        if (new.subscription, new.ask) == (old.subscription, old.ask):
+            return
+        if item is None:
+            item = RosterItem(jid=str(contact))
+        item = RosterItem(jid=item.jid, name=item.name, subscription=new.subscription, ask=new.ask,
+                          groups=item.groups)
+        await self.s.roster.store(user, item)
+
+    async def _send_unavailable(self, user: Jid, contact: Jid) -> None:
+        for record in self.s.table.resources(user):
+            if record.available:
+                await self.s.router.route(presence_stanza(record.jid, contact, "unavailable"))
+

@@ -1,0 +1,92 @@
+"""In-band registration (XEP-0077): off by default; when on, account creation before login,
+and for logged-in users password change and account removal (§3.2, §3.3)."""
+
+from __future__ import annotations
+
+import logging
+import xml.etree.ElementTree as ET
+
+from ..core.accounts import AccountError
+from ..core.router import IqRequest
+from ..core.services import Services
+from ..xmpp import errors, ns
+from ..xmpp.stanza import Stanza
+
+__all__ = ["Register"]
+
+log = logging.getLogger(__name__)
+Q = f"{{{ns.REGISTER}}}"
+
+
+def _field(query: ET.Element, name: str) -> str | None:
+    el = query.find(Q + name)
+    return None if el is None else (el.text or "")
+
+
+class Register:
+    def __init__(self, services: Services) -> None:
+        self.s = services
+        services.router.add_server_iq(ns.REGISTER, "query", self._logged_in)
+
+    async def pre_auth(self, stanza: Stanza, domain: str) -> Stanza:
+        """Answer a ``jabber:iq:register`` IQ on a not-yet-authenticated stream."""
+        query = stanza.child(ns.REGISTER, "query")
+        try:
+            if query is None or stanza.type not in ("get", "set"):
+                raise errors.BadRequest()
+            if stanza.type == "get":
+                return _result(stanza, _form())
+            username, password = _field(query, "username"), _field(query, "password")
+            if not username or not password:
+                raise errors.NotAcceptable("username and password are required")
+            try:
+                jid = await self.s.accounts.register(domain, username, password)
+            except AccountError as e:
+                if "exists" in str(e):
+                    raise errors.StanzaConflict(str(e)) from None
+                raise errors.NotAcceptable(str(e)) from None
+            log.info("registered %s in-band", jid)
+            return _result(stanza, None)
+        except errors.StanzaError as e:
+            return stanza.error_reply(e)
+
+    async def _logged_in(self, req: IqRequest) -> ET.Element | None:
+        user = req.sender
+        if req.stanza.type == "get":
+            q = _form()
+            ET.SubElement(q, Q + "registered")
+            ET.SubElement(q, Q + "username").text = user.local
+            return q
+        if req.payload.find(Q + "remove") is not None:
+            await self.s.accounts.remove(user.domain, user.local or "")
+            log.info("%s removed its account in-band", user.bare)
+            for record in self.s.table.resources(user.bare):
+                session = self.s.local.get(record.sid)
+                if session is not None:
+                    session.kick("not-authorized", "account removed")
+            return None
+        username, password = _field(req.payload, "username"), _field(req.payload, "password")
+        if username is None or password is None or username.lower() != (user.local or ""):
+            raise errors.BadRequest("username (yours) and password are required")
+        try:
+            await self.s.accounts.change_password(user.domain, user.local or "", password)
+        except AccountError as e:
+            raise errors.NotAcceptable(str(e)) from None
+        return None
+
+
+def _form() -> ET.Element:
+    q = ET.Element(Q + "query")
+    ET.SubElement(q, Q + "instructions").text = "Choose a username and password."
+    ET.SubElement(q, Q + "username")
+    ET.SubElement(q, Q + "password")
+    return q
+
+
+def _result(request: Stanza, payload: ET.Element | None) -> Stanza:
+    el = ET.Element(f"{{{ns.CLIENT}}}iq", {"type": "result"})
+    if request.id is not None:
+        el.set("id", request.id)
+    if payload is not None:
+        el.append(payload)
+    return Stanza(el)

@@ -1,0 +1,106 @@
+"""Roster management (RFC 6121 §2) with versioning (§2.6): get, set, remove, pushes."""
+
+from __future__ import annotations
+
+import secrets
+import xml.etree.ElementTree as ET
+from dataclasses import replace
+
+from ..core.router import IqRequest
+from ..core.services import Services
+from ..storage import RosterItem
+from ..xmpp import errors, ns
+from ..xmpp.jid import InvalidJid, Jid
+from ..xmpp.stanza import Stanza
+
+__all__ = ["Roster", "item_element"]
+
+Q = f"{{{ns.ROSTER}}}"
+
+
+def item_element(item: RosterItem | None, jid: str | None = None) -> ET.Element:
+    """``<item/>`` for a push or a get; ``None`` renders a removal (``subscription='remove'``)."""
+    if item is None:
+        return ET.Element(Q + "item", {"jid": jid or "", "subscription": "remove"})
+    el = ET.Element(Q + "item", {"jid": item.jid, "subscription": item.subscription})
+    if item.name:
+        el.set("name", item.name)
+    if item.ask:
+        el.set("ask", "subscribe")
+    for g in item.groups:
+        ET.SubElement(el, Q + "group").text = g
+    return el
+
+
+class Roster:
+    """``jabber:iq:roster`` on behalf of the account; pushes to its interested resources."""
+
+    def __init__(self, services: Services) -> None:
+        self.s = services
+        services.router.add_account_iq(ns.ROSTER, "query", self._iq)
+
+    async def _iq(self, req: IqRequest) -> ET.Element | None:
+        if req.sender.bare != req.to:
+            raise errors.Forbidden("a roster belongs to its account")  # RFC 6121 §2.1.5
+        user = req.to
+        assert user.local is not None
+        if req.stanza.type == "get":
+            record = self.s.table.lookup(req.sender)
+            if record is not None and not record.interested:
+                self.s.table.insert(replace(record, interested=True))
+            items, ver = await self.s.storage.get_roster(user.domain, user.local)
+            asked = req.payload.get("ver")
+            if asked is not None and asked == ver:
+                return None  # RFC 6121 §2.6.3: unchanged, pushes follow
+            query = ET.Element(Q + "query", {"ver": ver})
+            query.extend(item_element(i) for i in items)
+            return query
+        await self._set(user, req.payload)
+        return None
+
+    async def _set(self, user: Jid, query: ET.Element) -> None:
+        """RFC 6121 §2.3: exactly one item; 'remove' also cancels subscriptions both ways (§2.5.2)."""
+        items = query.findall(Q + "item")
+        if len(items) != 1:
+            raise errors.BadRequest("a roster set carries exactly one item")
+        el = items[0]
+        try:
+            contact = Jid.parse(el.get("jid", ""))
+        except InvalidJid:
+            raise errors.JidMalformed("bad item jid") from None
+        if contact.resource is not None:
+            raise errors.BadRequest("roster items are bare JIDs")
+        groups = tuple(g.text or "" for g in el.findall(Q + "group"))
+        if any(not g for g in groups) or len(set(groups)) != len(groups):
+            raise errors.BadRequest("empty or duplicate group")
+        name = el.get("name")
+        if name is not None and len(name) > 1023:
+            raise errors.NotAcceptable("name too long")
+        if el.get("subscription") == "remove":
+            await self.s.presence.cancel_all(user, contact)
+            ver = await self.s.storage.delete_roster_item(user.domain, user.local or "", str(contact))
+            if ver is None:
+                raise errors.ItemNotFound()
+            self.push(user, None, ver, str(contact))
+            return
+        old = await self.s.storage.get_roster_item(user.domain, user.local or "", str(contact))
+        # Clients may not set 'subscription' or 'ask' (§2.1.2.5): keep the server's state.
+        item = RosterItem(jid=str(contact), name=name or None,
+                          subscription=old.subscription if old else "none",
+                          ask=old.ask if old else False, groups=groups)
+        ver = await self.s.storage.put_roster_item(user.domain, user.local or "", item)
+        self.push(user, item, ver)
+
+    def push(self, user: Jid, item: RosterItem | None, ver: str, jid: str | None = None) -> None:
+        """RFC 6121 §2.1.6: the changed item to every resource that requested the roster."""
+        for record in self.s.table.resources(user):
+            if not record.interested:
+                continue
+            iq = ET.Element(f"{{{ns.CLIENT}}}iq", {"type": "set", "id": "push" + secrets.token_hex(4),
+                                                   "to": str(record.jid)})
+            ET.SubElement(iq, Q + "query", {"ver": ver}).append(item_element(item, jid))
+            self.s.router.deliver(record, Stanza(iq))
+
+    async def store(self, user: Jid, item: RosterItem) -> None:
+        ver = await self.s.storage.put_roster_item(user.domain, user.local or "", item)
+        self.push(user, item, ver)

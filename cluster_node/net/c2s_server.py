@@ -1,0 +1,301 @@
+"""The c2s listeners: an asyncio protocol per connection that feeds bytes to :class:`C2SStream`.
+
+This adapter owns only I/O: the transport, the TLS upgrade, timers, the shaper's pauses, and a
+per-connection queue so one client's stanzas are handled in order while its socket keeps being
+read (up to a high-water mark, then reading pauses).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections import deque
+
+from ..core.limits import ConnectionLimiter, Shaper
+from ..core.session_manager import SessionManager, is_probe
+from ..core.sessions import SessionRecord
+from ..modules.register import Register
+from ..settings import NodeSettings
+from ..xmpp import errors
+from ..xmpp.c2s import (
+    Authenticated, BindRequested, C2SConfig, C2SEvent, C2SStream, CredentialsNeeded,
+    RegistrationIq, SessionEstablished, StanzaIn, StartTls, State, StreamEnded,
+)
+from ..xmpp.errors import StreamError
+from ..xmpp.stanza import Stanza
+
+__all__ = ["C2SListener"]
+
+log = logging.getLogger(__name__)
+
+QUEUE_HIGH_WATER = 500  # stanzas waiting for this connection's handler before reading pauses
+WRITE_BUFFER_LIMIT = 8 * 1024 * 1024  # a client that does not read this much is dropped
+
+
+class C2SListener:
+    """Both c2s listeners of a node, sharing limits and services."""
+
+    def __init__(self, settings: NodeSettings, sessions: SessionManager, register: Register,
+                 tls_context: ssl.SSLContext) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.register = register
+        self.tls_context = tls_context
+        lim = settings.limits
+        self.limiter = ConnectionLimiter(lim.max_connections, lim.max_connections_per_ip)
+        self.config = C2SConfig(
+            domains=settings.domains, tls_available=True, tls_required=settings.c2s.require_tls,
+            allow_plain=settings.c2s.allow_plain, registration=settings.registration.allow_in_band,
+            max_stanza_size=lim.max_stanza_size, max_depth=lim.max_depth,
+        )
+        self.servers: list[asyncio.Server] = []
+        self.connections: set[C2SConnection] = set()
+        self.counters = {"connections": 0, "logins": 0, "auth_failures": 0, "stream_errors": 0}
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        c2s = self.settings.c2s
+        if c2s.port:
+            self.servers.append(await loop.create_server(
+                lambda: C2SConnection(self, direct_tls=False), c2s.host, c2s.port, backlog=4096))
+        if c2s.tls_port:
+            self.servers.append(await loop.create_server(
+                lambda: C2SConnection(self, direct_tls=True), c2s.host, c2s.tls_port,
+                ssl=self.tls_context, ssl_handshake_timeout=c2s.handshake_timeout, backlog=4096))
+
+    @property
+    def ports(self) -> list[int]:
+        return [s.sockets[0].getsockname()[1] for s in self.servers if s.sockets]
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.kick("system-shutdown")
+        for server in self.servers:
+            await server.wait_closed()
+        self.servers.clear()
+
+
+class C2SConnection(asyncio.Protocol):
+    """One client connection; implements the router's ``LocalSession``."""
+
+    def __init__(self, listener: C2SListener, *, direct_tls: bool) -> None:
+        self.listener = listener
+        self.core = C2SStream(listener.config, direct_tls=direct_tls)
+        self.transport: asyncio.Transport | None = None
+        self.ip = "?"
+        self.record: SessionRecord = None  # type: ignore[assignment]  # set at bind
+        self.last_presence: Stanza | None = None
+        self.directed: set[str] = set()
+        lim = listener.settings.limits
+        self._shaper = Shaper(lim.shaper_rate, lim.shaper_burst, lim.shaper_max_throttle)
+        self._queue: deque[Stanza] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._paused = {"shaper": False, "queue": False, "tls": False}
+        self._limited = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop = asyncio.get_running_loop()
+        self._closed = False
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.ip = peer[0] if peer else "?"
+        refusal = self.listener.limiter.acquire(self.ip)
+        if refusal is not None:
+            self._handle(self.core.close(errors.PolicyViolation(refusal)))
+            return
+        self._limited = True
+        self.listener.connections.add(self)
+        self.listener.counters["connections"] += 1
+        self._arm_timer(self.listener.settings.c2s.handshake_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        now = self._loop.time()
+        delay = self._shaper.consume(len(data), now)
+        if delay > 0:
+            if self._shaper.flooding(now):
+                self._handle(self.core.close(errors.PolicyViolation("sending too fast")))
+                return
+            self._pause("shaper")
+            self._loop.call_later(delay, self._resume, "shaper")
+        self._handle(self.core.receive_data(data))
+        if self.core.state is State.ESTABLISHED:
+            self._arm_timer(self.listener.settings.c2s.idle_timeout)
+
+    def eof_received(self) -> bool | None:
+        self._handle(self.core.receive_data(b""))
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._limited:
+            self._limited = False
+            self.listener.limiter.release(self.ip)
+        self.listener.connections.discard(self)
+        if self.core.state is not State.CLOSED:
+            self.core.receive_data(b"")
+        if self.record is not None:
+            self.listener.sessions.s.router.spawn(self._finish())
+
+    async def _finish(self) -> None:
+        if self._worker is not None:
+            try:
+                await self._worker
+            except Exception:  # already logged by the worker
+                pass
+        await self.listener.sessions.closed(self)
+
+    # -- LocalSession ------------------------------------------------------------------------
+
+    def set_record(self, record: SessionRecord) -> None:
+        self.record = record
+        self.listener.sessions.s.table.insert(record)
+
+    def deliver(self, stanza: Stanza) -> None:
+        if is_probe(stanza):
+            self.listener.sessions.answer_probe(self, stanza)
+            return
+        self.core.send_stanza(stanza)
+        self._flush()
+
+    def kick(self, condition: str, text: str | None = None) -> None:
+        cls = next((c for c in _all_stream_errors() if c.condition == condition), errors.UndefinedCondition)
+        self._handle(self.core.close(cls(text)))
+
+    # -- events from the core --------------------------------------------------------------
+
+    def _handle(self, events: list[C2SEvent]) -> None:
+        for event in events:
+            if isinstance(event, StanzaIn):
+                self._enqueue(event.stanza)
+            elif isinstance(event, StartTls):
+                self._flush()
+                self._pause("tls")
+                self.listener.sessions.s.router.spawn(self._start_tls())
+            elif isinstance(event, CredentialsNeeded):
+                self.listener.sessions.s.router.spawn(self._lookup(event))
+            elif isinstance(event, BindRequested):
+                self._bind(event)
+            elif isinstance(event, RegistrationIq):
+                self.listener.sessions.s.router.spawn(self._register(event.stanza))
+            elif isinstance(event, Authenticated):
+                self.listener.counters["logins"] += 1
+            elif isinstance(event, SessionEstablished):
+                pass
+            elif isinstance(event, StreamEnded):
+                if event.error is not None:
+                    self.listener.counters["stream_errors"] += 1
+                    log.info("c2s %s: stream error %s (%s)", self.ip, event.error.condition, event.error.text)
+                self._flush()
+                if self.transport is not None:
+                    self.transport.close()
+                return
+        self._flush()
+
+    def _flush(self) -> None:
+        data = self.core.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+            if self.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
+                log.warning("c2s %s: client is not reading; dropping it", self.record and self.record.jid)
+                self.transport.abort()
+
+    async def _start_tls(self) -> None:
+        assert self.transport is not None
+        try:
+            new = await self._loop.start_tls(self.transport, self, self.listener.tls_context, server_side=True,
+                                             ssl_handshake_timeout=self.listener.settings.c2s.handshake_timeout)
+        except (OSError, ssl.SSLError, ConnectionError, asyncio.TimeoutError) as e:
+            log.info("c2s %s: TLS handshake failed: %s", self.ip, e)
+            if self.transport is not None:
+                self.transport.abort()
+            return
+        if new is None:
+            return
+        self.transport = new  # type: ignore[assignment]
+        self._handle(self.core.tls_started())
+        self._resume("tls")
+
+    async def _lookup(self, event: CredentialsNeeded) -> None:
+        domain = self.core.domain or ""
+        try:
+            creds = await self.listener.sessions.credentials(domain, event.username, event.hash_name)
+        except Exception:
+            log.exception("credentials lookup failed")
+            self._handle(self.core.close(errors.InternalServerError()))
+            return
+        if self._closed:
+            return
+        events = self.core.provide_credentials(creds)
+        if self.core.username is None:
+            self.listener.counters["auth_failures"] += 1
+        self._handle(events)
+
+    def _bind(self, event: BindRequested) -> None:
+        assert self.core.username is not None and self.core.domain is not None
+        try:
+            self.listener.sessions.bind(self, self.core.username, self.core.domain, event.resource)
+        except errors.StanzaError as e:
+            self._handle(self.core.bind_failed(e))
+            return
+        self._handle(self.core.bind_done(self.record.jid))
+
+    async def _register(self, stanza: Stanza) -> None:
+        reply = await self.listener.register.pre_auth(stanza, self.core.domain or "")
+        self.core.send_stanza(reply)
+        self._flush()
+
+    # -- in-order handling of the client's stanzas ------------------------------------------
+
+    def _enqueue(self, stanza: Stanza) -> None:
+        self._queue.append(stanza)
+        if len(self._queue) >= QUEUE_HIGH_WATER:
+            self._pause("queue")
+        if self._worker is None or self._worker.done():
+            self._worker = self._loop.create_task(self._work())
+
+    async def _work(self) -> None:
+        outbound = self.listener.sessions.outbound
+        while self._queue:
+            stanza = self._queue.popleft()
+            try:
+                await outbound(self, stanza)
+            except Exception:
+                log.exception("handling a stanza from %s failed", self.record.jid)
+                self.listener.sessions.s.router.send_error(stanza, errors.StanzaInternalServerError())
+            if self._paused["queue"] and len(self._queue) < QUEUE_HIGH_WATER // 2:
+                self._resume("queue")
+
+    # -- flow control and timers --------------------------------------------------------------
+
+    def _pause(self, why: str) -> None:
+        if not any(self._paused.values()) and self.transport is not None:
+            self.transport.pause_reading()
+        self._paused[why] = True
+
+    def _resume(self, why: str) -> None:
+        self._paused[why] = False
+        if not any(self._paused.values()) and self.transport is not None and not self._closed:
+            self.transport.resume_reading()
+
+    def _arm_timer(self, seconds: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._loop.call_later(seconds, self._timeout)
+
+    def _timeout(self) -> None:
+        self._handle(self.core.close(errors.ConnectionTimeout()))
+
+
+def _all_stream_errors() -> list[type[StreamError]]:
+    return StreamError.__subclasses__()
+

@@ -1,0 +1,86 @@
+"""TLS for every listener: server contexts, and a self-signed certificate made on first start.
+
+Secure by default (RFC 7590): TLS 1.2 or newer, the ssl module's modern cipher defaults.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import logging
+import os
+import ssl
+from pathlib import Path
+
+__all__ = ["ensure_self_signed", "server_context", "client_context"]
+
+log = logging.getLogger(__name__)
+
+
+def ensure_self_signed(directory: Path, domains: list[str]) -> tuple[Path, Path]:
+    """Return (cert, key) in ``directory``, generating a self-signed pair for ``domains`` if absent.
+
+    The certificate names every domain (and ``*.domain`` for its services) as a DNS SAN, so
+    clients that pin or trust it verify host names as RFC 6125 and RFC 7622 §3.2 expect.
+    """
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    if cert_path.exists() and key_path.exists():
+        return cert_path, key_path
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, domains[0])])
+    sans: list[x509.GeneralName] = []
+    for d in domains:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(d)))
+        except ValueError:
+            sans += [x509.DNSName(d), x509.DNSName(f"*.{d}")]
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=825))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    tmp_key = key_path.with_suffix(".tmp")
+    fd = os.open(tmp_key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    tmp_cert = cert_path.with_suffix(".tmp")
+    tmp_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    os.replace(tmp_key, key_path)
+    os.replace(tmp_cert, cert_path)
+    log.warning("generated a self-signed TLS certificate for %s in %s; configure tls.cert_file and "
+                "tls.key_file for production", ", ".join(domains), directory)
+    return cert_path, key_path
+
+
+def server_context(cert: Path, key: Path, *, alpn: list[str] | None = None) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+def client_context(cafile: Path | None = None, *, verify: bool = True) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx

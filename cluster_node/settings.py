@@ -1,0 +1,180 @@
+"""Node settings: a TOML file plus ``MERIDIAN_…`` environment overrides (pydantic-settings).
+
+Precedence, highest first: environment (``MERIDIAN_C2S__PORT=5522``; ``__`` separates sections),
+then the TOML file, then the defaults below.  A bad value stops the process at start with one
+line naming the key (:func:`load_settings` raises :class:`ConfigError`).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = [
+    "ConfigError", "NodeSettings", "C2SSettings", "LimitsSettings", "TlsSettings",
+    "StorageSettings", "OfflineSettings", "RegistrationSettings", "load_settings",
+]
+
+
+class ConfigError(Exception):
+    """A configuration problem, already phrased as the one line the operator sees."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class C2SSettings(_Section):
+    """Client-to-server listeners (RFC 6120 §5: STARTTLS on ``port``, XEP-0368 direct TLS on ``tls_port``)."""
+
+    host: str = "0.0.0.0"
+    port: int = Field(5222, ge=0, le=65535, description="STARTTLS port; 0 disables")
+    tls_port: int = Field(5223, ge=0, le=65535, description="direct TLS port (XEP-0368); 0 disables")
+    require_tls: bool = True
+    allow_plain: bool = Field(True, description="offer SASL PLAIN (only ever over TLS)")
+    resource_conflict: Literal["kick_old", "refuse", "rename"] = "kick_old"
+    handshake_timeout: float = Field(30.0, gt=0, description="seconds to finish TLS+SASL+bind")
+    idle_timeout: float = Field(600.0, gt=0, description="seconds of silence before connection-timeout")
+
+
+class LimitsSettings(_Section):
+    """Per-connection budgets: a peer over one gets a stream error, others are unaffected."""
+
+    max_stanza_size: int = Field(262_144, ge=1024, description="bytes of one stanza (XEP-0478)")
+    max_depth: int = Field(32, ge=4, description="element nesting inside a stanza")
+    max_connections_per_ip: int = Field(1000, ge=1)
+    max_connections: int = Field(100_000, ge=1)
+    shaper_rate: int = Field(100_000, ge=100, description="bytes/s a client may send, sustained")
+    shaper_burst: int = Field(500_000, ge=1024, description="bytes a client may send at once")
+    shaper_max_throttle: float = Field(
+        10.0, gt=0, description="seconds a client may stay throttled before policy-violation")
+
+
+class TlsSettings(_Section):
+    """Certificate and key (PEM). Empty: a self-signed pair is generated in ``data_dir/tls``."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+class StorageSettings(_Section):
+    """``sqlite:///path.db`` (default: ``data_dir/meridian.db``) or ``postgresql://…``."""
+
+    url: str = ""
+
+
+class OfflineSettings(_Section):
+    """XEP-0160 offline storage."""
+
+    max_messages: int = Field(100, ge=0, description="per user; 0 disables offline storage")
+
+
+class RegistrationSettings(_Section):
+    """XEP-0077 in-band registration, off unless the operator turns it on."""
+
+    allow_in_band: bool = False
+    min_password_length: int = Field(8, ge=1)
+
+
+class NodeSettings(BaseSettings):
+    """Everything a ``meridian node`` process needs."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MERIDIAN_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    toml_file: ClassVar[Path | None] = None
+
+    node_name: str = Field("node1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    domains: list[str] = Field(default_factory=lambda: ["localhost"], min_length=1)
+    data_dir: Path = Path("meridian-data")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    scram_iterations: int = Field(4096, ge=4096, description="PBKDF2 rounds for new passwords")
+    c2s: C2SSettings = Field(default_factory=C2SSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    offline: OfflineSettings = Field(default_factory=OfflineSettings)
+    registration: RegistrationSettings = Field(default_factory=RegistrationSettings)
+
+    @field_validator("domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        from .xmpp.jid import InvalidJid, Jid
+
+        out = []
+        for d in value:
+            try:
+                jid = Jid.parse(d)
+            except InvalidJid as e:
+                raise ValueError(f"{d!r} is not a valid domain ({e})") from None
+            if not jid.is_domain:
+                raise ValueError(f"{d!r} is not a bare domain")
+            out.append(jid.domain)
+        return out
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage.url or f"sqlite:///{(self.data_dir / 'meridian.db').resolve()}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = getattr(settings_cls, "toml_file", None)
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+
+_S = TypeVar("_S", bound=BaseSettings)
+
+
+def _format_error(err: ValidationError, path: Path | None) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown setting"
+    where = f" in {path}" if path else ""
+    got = first.get("input")
+    shown = "" if first["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r})"
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"config error{where}: {key}: {msg}{shown}{more}"
+
+
+def load_settings(
+    config: str | Path | None = None, cls: type[_S] = NodeSettings, **overrides: Any  # type: ignore[assignment]
+) -> _S:
+    """Load settings of ``cls`` from ``config`` (TOML) and the environment.
+
+    Raises :class:`ConfigError` with one line naming the file, the key and the problem.
+    """
+    path = Path(config) if config is not None else None
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config error: {path}: no such file")
+        try:
+            tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config error in {path}: not valid TOML: {e}") from None
+    bound = type(cls.__name__, (cls,), {"toml_file": path})
+    try:
+        return bound(**overrides)  # type: ignore[no-any-return]
+    except ValidationError as e:
+        raise ConfigError(_format_error(e, path)) from None

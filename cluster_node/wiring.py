@@ -1,0 +1,101 @@
+"""Build a node's services from its settings and run them (one function per role, no globals)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from .core.accounts import Accounts
+from .core.router import Router
+from .core.services import Services
+from .core.session_manager import SessionManager
+from .core.sessions import LocalSessions, SessionTable
+from .modules.disco import Disco
+from .modules.offline import Offline
+from .modules.ping import Ping
+from .modules.presence import Presence
+from .modules.register import Register
+from .modules.roster import Roster
+from .modules.version import Version
+from .net.c2s_server import C2SListener
+from .net.tls import ensure_self_signed, server_context
+from .settings import NodeSettings
+from .storage import Storage, open_storage
+
+__all__ = ["Node", "running_node", "run_node", "open_accounts"]
+
+log = logging.getLogger("meridian.node")
+
+
+@dataclass
+class Node:
+    services: Services
+    sessions: SessionManager
+    c2s: C2SListener
+
+
+@contextlib.asynccontextmanager
+async def open_accounts(settings: NodeSettings) -> AsyncIterator[tuple[Storage, Accounts]]:
+    """Storage and the account service alone (what ``meridian ctl account …`` needs)."""
+    storage = open_storage(settings.storage_url)
+    await storage.open()
+    try:
+        yield storage, Accounts(storage, settings.domains, iterations=settings.scram_iterations,
+                                min_password_length=1)
+    finally:
+        await storage.close()
+
+
+@contextlib.asynccontextmanager
+async def running_node(settings: NodeSettings) -> AsyncIterator[Node]:
+    """Start every service of a node; stop them in reverse order on exit."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.tls.cert_file and settings.tls.key_file:
+        cert, key = settings.tls.cert_file, settings.tls.key_file
+    else:
+        cert, key = ensure_self_signed(settings.data_dir / "tls", settings.domains)
+    tls = server_context(cert, key)
+    async with open_accounts(settings) as (storage, accounts):
+        accounts.min_password_length = settings.registration.min_password_length
+        table = SessionTable()
+        local = LocalSessions(settings.node_name)
+        router = Router(settings.node_name, settings.domains, table, local)
+        services = Services(settings, storage, accounts, table, local, router)
+
+        async def account_exists(jid):  # type: ignore[no-untyped-def]
+            return await storage.account_exists(jid.domain, jid.local or "")
+
+        router.account_exists = account_exists
+        services.roster = Roster(services)
+        services.presence = Presence(services)
+        services.offline = Offline(services)
+        Disco(services)
+        Ping(services)
+        Version(services)
+        register = Register(services)
+        sessions = SessionManager(services)
+        c2s = C2SListener(settings, sessions, register, tls)
+        await c2s.start()
+        log.info("node %s serving %s; c2s on %s", settings.node_name, ", ".join(settings.domains),
+                 ", ".join(map(str, c2s.ports)))
+        try:
+            yield Node(services, sessions, c2s)
+        finally:
+            await c2s.stop()
+            await asyncio.sleep(0.05)  # let session cleanups finish before storage closes
+
+
+async def run_node(settings: NodeSettings) -> None:
+    """``meridian node``: run until SIGINT/SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_node(settings):
+        print("ready", flush=True)
+        await stop.wait()
+    log.info("node %s stopped", settings.node_name)

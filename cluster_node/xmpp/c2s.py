@@ -1,0 +1,469 @@
+"""The client-to-server stream as a sans-IO state machine (RFC 6120 §4–§7).
+
+Bytes go in with :meth:`C2SStream.receive_data`, which returns events for the adapter; bytes to
+write come out of :meth:`C2SStream.data_to_send`.  Steps that need the outside world (upgrading the
+socket to TLS, looking an account up, choosing a resource) are events the adapter answers by
+calling :meth:`tls_started`, :meth:`provide_credentials`, :meth:`bind_done` or :meth:`bind_failed`;
+input that arrives meanwhile waits in order.  No sockets, no asyncio, no clock.
+
+Transitions, all in this table (one state machine, one place):
+
+    state            input                               next state
+    ---------------  ----------------------------------  ---------------------------------
+    WAIT_HEADER      stream header                       NEGOTIATING
+    NEGOTIATING      <starttls/>      (no TLS yet)       WAIT_TLS        → event StartTls
+    WAIT_TLS         tls_started()                       WAIT_HEADER     (stream restart)
+    NEGOTIATING      <auth/>, <response/>                NEGOTIATING     (SASL exchange)
+    NEGOTIATING      SASL success                        WAIT_HEADER     (stream restart, authenticated)
+    NEGOTIATING      <iq><bind/></iq> (authenticated)    WAIT_BIND       → event BindRequested
+    WAIT_BIND        bind_done(jid)                      ESTABLISHED     → event SessionEstablished
+    ESTABLISHED      stanza                              ESTABLISHED     → event StanzaIn
+    any              </stream:stream> or stream error    CLOSED          → event StreamEnded
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import secrets
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+from xml.sax.saxutils import escape, quoteattr
+
+from . import errors, ns
+from .errors import SaslFailure, StanzaError, StreamError
+from .jid import InvalidJid, Jid
+from .parser import StanzaReceived, StreamClosed, StreamOpened, StreamParser
+from .sasl import Challenge, NeedCredentials, ServerMechanism, Success, offered_mechanisms, server_mechanism
+from .sasl.scram import ScramCredentials
+from .stanza import Stanza
+
+__all__ = [
+    "C2SConfig", "C2SStream", "State", "StartTls", "CredentialsNeeded", "Authenticated",
+    "BindRequested", "SessionEstablished", "StanzaIn", "RegistrationIq", "StreamEnded", "C2SEvent",
+]
+
+STANZA_NAMES = frozenset({"message", "presence", "iq"})
+MAX_SASL_FAILURES = 3
+
+
+class State(enum.Enum):
+    WAIT_HEADER = "wait-header"
+    NEGOTIATING = "negotiating"
+    WAIT_TLS = "wait-tls"
+    WAIT_CREDENTIALS = "wait-credentials"
+    WAIT_BIND = "wait-bind"
+    ESTABLISHED = "established"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class StartTls:
+    """Write what is pending (``<proceed/>``), upgrade the socket, then call ``tls_started()``."""
+
+
+@dataclass(frozen=True)
+class CredentialsNeeded:
+    """Look ``username`` up, then call ``provide_credentials(creds or None)``."""
+    username: str
+    hash_name: str
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    username: str
+
+
+@dataclass(frozen=True)
+class BindRequested:
+    """Pick the full JID (resource conflicts are the session manager's policy), then ``bind_done``."""
+    resource: str | None
+
+
+@dataclass(frozen=True)
+class SessionEstablished:
+    jid: Jid
+
+
+@dataclass(frozen=True)
+class StanzaIn:
+    """A stanza from the bound client, ``from`` stamped with its full JID (RFC 6120 §8.1.2.1)."""
+    stanza: Stanza
+
+
+@dataclass(frozen=True)
+class RegistrationIq:
+    """XEP-0077 in-band registration before authentication; answer with ``send_stanza``."""
+    stanza: Stanza
+
+
+@dataclass(frozen=True)
+class StreamEnded:
+    """The stream is over: write what is pending and close the connection."""
+    error: StreamError | None
+
+
+C2SEvent = (StartTls | CredentialsNeeded | Authenticated | BindRequested | SessionEstablished
+            | StanzaIn | RegistrationIq | StreamEnded)
+
+
+@dataclass
+class C2SConfig:
+    domains: list[str]
+    tls_available: bool = True
+    tls_required: bool = True
+    allow_plain: bool = True
+    registration: bool = False
+    max_stanza_size: int = 262_144
+    max_depth: int = 32
+    sasl_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    new_id: Callable[[], str] = field(default=lambda: secrets.token_hex(8))
+
+
+class C2SStream:
+    """One client connection's XMPP stream, from the first byte to ``</stream:stream>``."""
+
+    def __init__(self, config: C2SConfig, *, direct_tls: bool = False) -> None:
+        self.config = config
+        self.state = State.WAIT_HEADER
+        self.tls = direct_tls
+        self.domain: str | None = None
+        self.username: str | None = None
+        self.jid: Jid | None = None
+        self.stream_id = ""
+        self.lang = "en"
+        self._parser = self._new_parser()
+        self._queue: deque[StreamOpened | StanzaReceived | StreamClosed] = deque()
+        self._out: list[bytes] = []
+        self._events: list[C2SEvent] = []
+        self._header_sent = False
+        self._sasl: ServerMechanism | None = None
+        self._sasl_failures = 0
+        self._bind_iq_id: str | None = None
+
+    # -- inputs -------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[C2SEvent]:
+        """Feed bytes read from the connection (``b""`` means the peer closed it)."""
+        if self.state is State.CLOSED:
+            return []
+        if not data:
+            self._end(None, send_close=False)
+            return self._take_events()
+        try:
+            self._queue.extend(self._parser.feed(data))
+        except StreamError as e:
+            self._fail(e)
+            return self._take_events()
+        self._process()
+        return self._take_events()
+
+    def tls_started(self) -> list[C2SEvent]:
+        """The socket now speaks TLS: discard any plaintext sent after ``<starttls/>`` (RFC 6120 §5.4.3.3)."""
+        self._expect(State.WAIT_TLS)
+        if self._queue or self._parser.bytes_buffered:
+            # Data pipelined behind <starttls/> arrived unencrypted: an injection attempt.
+            self._fail(errors.PolicyViolation("data after <starttls/>"))
+            return self._take_events()
+        self.tls = True
+        self._restart()
+        return self._take_events()
+
+    def provide_credentials(self, creds: ScramCredentials | None) -> list[C2SEvent]:
+        self._expect(State.WAIT_CREDENTIALS)
+        assert self._sasl is not None
+        self.state = State.NEGOTIATING
+        try:
+            self._sasl_result(self._sasl.provide(creds))
+        except SaslFailure as e:
+            self._sasl_failed(e)
+        self._process()
+        return self._take_events()
+
+    def bind_done(self, jid: Jid) -> list[C2SEvent]:
+        self._expect(State.WAIT_BIND)
+        self.jid = jid
+        self.state = State.ESTABLISHED
+        self._write(f"<iq type='result' id={quoteattr(self._bind_iq_id or '')}>"
+                    f"<bind xmlns='{ns.BIND}'><jid>{escape(str(jid))}</jid></bind></iq>".encode())
+        self._events.append(SessionEstablished(jid))
+        self._process()
+        return self._take_events()
+
+    def bind_failed(self, error: StanzaError) -> list[C2SEvent]:
+        self._expect(State.WAIT_BIND)
+        self.state = State.NEGOTIATING
+        self._write(f"<iq type='error' id={quoteattr(self._bind_iq_id or '')}>".encode()
+                    + error.to_xml() + b"</iq>")
+        self._process()
+        return self._take_events()
+
+    def send_stanza(self, stanza: Stanza) -> None:
+        """Queue a stanza for the client (a no-op once the stream is closed)."""
+        if self.state is not State.CLOSED:
+            self._out.append(stanza.to_bytes())
+
+    def send_bytes(self, data: bytes) -> None:
+        """Queue an already-serialized stanza (relayed bytes are never re-serialized)."""
+        if self.state is not State.CLOSED:
+            self._out.append(data)
+
+    def close(self, error: StreamError | None = None) -> list[C2SEvent]:
+        """Close from our side: with a stream error, or a clean ``</stream:stream>``."""
+        if error is not None:
+            self._fail(error)
+        else:
+            self._end(None, send_close=True)
+        return self._take_events()
+
+    def data_to_send(self) -> bytes:
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    # -- machinery ----------------------------------------------------------------------------
+
+    def _new_parser(self) -> StreamParser:
+        return StreamParser(max_stanza_size=self.config.max_stanza_size,
+                            max_depth=self.config.max_depth, content_ns=ns.CLIENT)
+
+    def _take_events(self) -> list[C2SEvent]:
+        ev, self._events = self._events, []
+        return ev
+
+    def _expect(self, state: State) -> None:
+        if self.state is not state:
+            raise RuntimeError(f"C2SStream: called in state {self.state}, expected {state}")
+
+    def _write(self, data: bytes) -> None:
+        self._out.append(data)
+
+    def _process(self) -> None:
+        waiting = (State.WAIT_TLS, State.WAIT_CREDENTIALS, State.WAIT_BIND, State.CLOSED)
+        while self._queue and self.state not in waiting:
+            event = self._queue.popleft()
+            try:
+                if isinstance(event, StreamOpened):
+                    self._on_header(event)
+                elif isinstance(event, StreamClosed):
+                    self._end(None, send_close=True)
+                else:
+                    self._on_element(event.stanza)
+            except StreamError as e:
+                self._fail(e)
+
+    def _restart(self) -> None:
+        """RFC 6120 §4.3.3: after TLS and SASL both sides start a fresh stream."""
+        self._parser = self._new_parser()
+        self._queue.clear()
+        self.state = State.WAIT_HEADER
+
+    def _fail(self, error: StreamError) -> None:
+        if self.state is State.CLOSED:
+            return
+        if not self._header_sent:
+            self._send_header(self.domain or self.config.domains[0])
+        self._write(error.to_xml())
+        self._end(error, send_close=True)
+
+    def _end(self, error: StreamError | None, *, send_close: bool) -> None:
+        if self.state is State.CLOSED:
+            return
+        if send_close:
+            if not self._header_sent:
+                self._send_header(self.domain or self.config.domains[0])
+            self._write(b"</stream:stream>")
+        self.state = State.CLOSED
+        self._queue.clear()
+        self._events.append(StreamEnded(error))
+
+    def _send_header(self, domain: str) -> None:
+        self.stream_id = self.config.new_id()
+        self._write(
+            f"<?xml version='1.0'?><stream:stream xmlns='{ns.CLIENT}' xmlns:stream='{ns.STREAM}' "
+            f"id='{self.stream_id}' from={quoteattr(domain)} version='1.0' "
+            f"xml:lang={quoteattr(self.lang)}>".encode())
+        self._header_sent = True
+
+    # -- stream header and features (RFC 6120 §4.7, §4.3.2) ---------------------------------
+
+    def _on_header(self, header: StreamOpened) -> None:
+        if self.state is not State.WAIT_HEADER:
+            raise errors.NotWellFormed("second stream header")
+        lang = header.attrs.get(ns.XML_LANG)
+        if lang and len(lang) < 36:
+            self.lang = lang
+        to = header.attrs.get("to")
+        domain = None
+        if to:
+            try:
+                domain = Jid.parse(to).domain
+            except InvalidJid:
+                domain = None
+        # RFC 6120 §4.7.2: reply from the domain asked for, but only if we serve it.
+        self.domain = domain if domain in self.config.domains else None
+        self._send_header(self.domain or self.config.domains[0])
+        if header.name != f"{{{ns.STREAM}}}stream":
+            raise errors.InvalidNamespace()
+        if self.domain is None:
+            raise errors.HostUnknown(f"this server does not serve {to!r}" if to else "no 'to' address")
+        version = header.attrs.get("version", "")
+        if not version.startswith("1."):
+            raise errors.UnsupportedVersion("version='1.0' is required")
+        self.state = State.NEGOTIATING
+        self._write(self._features())
+
+    def _features(self) -> bytes:
+        cfg = self.config
+        parts: list[str] = []
+        if not self.tls and cfg.tls_available:
+            req = "<required/>" if cfg.tls_required else ""
+            parts.append(f"<starttls xmlns='{ns.TLS}'>{req}</starttls>")
+        if self.username is None:
+            if self.tls or not cfg.tls_required:
+                mechs = "".join(f"<mechanism>{m}</mechanism>"
+                                for m in offered_mechanisms(self.tls, cfg.allow_plain))
+                parts.append(f"<mechanisms xmlns='{ns.SASL}'>{mechs}</mechanisms>")
+                if cfg.registration:
+                    parts.append(f"<register xmlns='{ns.REGISTER_FEATURE}'/>")
+        else:
+            parts.append(f"<bind xmlns='{ns.BIND}'/>")
+            parts.append(f"<session xmlns='{ns.SESSION}'><optional/></session>")
+            parts.append(f"<ver xmlns='{ns.ROSTER_VER}'/>")
+        parts.append(f"<limits xmlns='{ns.LIMITS}'><max-bytes>{cfg.max_stanza_size}</max-bytes></limits>")
+        return ("<stream:features>" + "".join(parts) + "</stream:features>").encode()
+
+    # -- first-level elements -------------------------------------------------------------------
+
+    def _on_element(self, stanza: Stanza) -> None:
+        namespace, name = stanza.namespace, stanza.name
+        if self.state is State.ESTABLISHED:
+            if namespace == ns.CLIENT and name in STANZA_NAMES:
+                self._on_stanza(stanza)
+                return
+            raise errors.UnsupportedStanzaType(f"<{name}/> in {namespace}")
+        if namespace == ns.TLS and name == "starttls":
+            self._on_starttls()
+        elif namespace == ns.SASL:
+            self._on_sasl(stanza)
+        elif namespace == ns.CLIENT and name == "iq" and self.username is not None:
+            self._on_pre_bind_iq(stanza)
+        elif (namespace == ns.CLIENT and name == "iq" and self.username is None
+              and self.config.registration and (self.tls or not self.config.tls_required)
+              and stanza.child(ns.REGISTER) is not None):
+            self._events.append(RegistrationIq(stanza))
+        elif namespace == ns.CLIENT and name in STANZA_NAMES:
+            raise errors.NotAuthorized("authenticate and bind a resource first")
+        else:
+            raise errors.UnsupportedStanzaType(f"<{name}/> in {namespace}")
+
+    def _on_starttls(self) -> None:
+        if self.tls or not self.config.tls_available or self.username is not None:
+            self._write(f"<failure xmlns='{ns.TLS}'/>".encode())
+            self._end(None, send_close=True)
+            return
+        self._write(f"<proceed xmlns='{ns.TLS}'/>".encode())
+        self.state = State.WAIT_TLS
+        self._events.append(StartTls())
+
+    # -- SASL (RFC 6120 §6) -----------------------------------------------------------------
+
+    def _on_sasl(self, stanza: Stanza) -> None:
+        name = stanza.name
+        try:
+            if self.username is not None:
+                raise errors.NotWellFormed("already authenticated")  # RFC 6120 §6.4.6: no second SASL
+            if not self.tls and self.config.tls_required:
+                raise SaslFailure("encryption-required", "negotiate TLS first")
+            if name == "auth":
+                self._sasl = server_mechanism(stanza.element.get("mechanism", ""),
+                                              domain=self.domain or "", secret=self.config.sasl_secret,
+                                              tls=self.tls)
+                if self._sasl.name == "PLAIN" and not self.config.allow_plain:
+                    raise SaslFailure("invalid-mechanism")
+                self._sasl_result(self._sasl.start(_b64_payload(stanza, initial=True)))
+            elif name == "response":
+                if self._sasl is None:
+                    raise SaslFailure("malformed-request", "no exchange in progress")
+                self._sasl_result(self._sasl.respond(_b64_payload(stanza, initial=False) or b""))
+            elif name == "abort":
+                self._sasl = None
+                raise SaslFailure("aborted")
+            else:
+                raise errors.UnsupportedStanzaType(f"<{name}/> in {ns.SASL}")
+        except SaslFailure as e:
+            self._sasl_failed(e)
+
+    def _sasl_result(self, step: Challenge | Success | NeedCredentials) -> None:
+        if isinstance(step, Challenge):
+            self._write(f"<challenge xmlns='{ns.SASL}'>{_b64(step.data)}</challenge>".encode())
+        elif isinstance(step, NeedCredentials):
+            self.state = State.WAIT_CREDENTIALS
+            hash_name = "sha1" if self._sasl is not None and self._sasl.name == "SCRAM-SHA-1" else "sha256"
+            self._events.append(CredentialsNeeded(step.username, hash_name))
+        else:
+            self.username = step.username
+            self._sasl = None
+            self._write(f"<success xmlns='{ns.SASL}'>{_b64(step.data) if step.data else ''}</success>"
+                        .encode())
+            self._events.append(Authenticated(step.username))
+            self._restart()
+
+    def _sasl_failed(self, failure: SaslFailure) -> None:
+        self._sasl = None
+        self._sasl_failures += 1
+        self._write(failure.to_xml())
+        if self._sasl_failures >= MAX_SASL_FAILURES:
+            self._fail(errors.PolicyViolation("too many authentication failures"))
+
+    # -- resource binding (RFC 6120 §7) -----------------------------------------------------
+
+    def _on_pre_bind_iq(self, stanza: Stanza) -> None:
+        iq_id = stanza.id or ""
+        bind = stanza.child(ns.BIND, "bind")
+        if stanza.type == "set" and bind is not None:
+            res_el = bind.find(f"{{{ns.BIND}}}resource")
+            resource = (res_el.text or "").strip() if res_el is not None else ""
+            self._bind_iq_id = iq_id
+            self.state = State.WAIT_BIND
+            self._events.append(BindRequested(resource or None))
+        elif stanza.type == "set" and stanza.child(ns.SESSION, "session") is not None:
+            self._write(f"<iq type='result' id={quoteattr(iq_id)}/>".encode())  # RFC 3921 legacy no-op
+        else:
+            raise errors.NotAuthorized("bind a resource first")
+
+    # -- stanzas of an established session ----------------------------------------------------
+
+    def _on_stanza(self, stanza: Stanza) -> None:
+        assert self.jid is not None
+        full = str(self.jid)
+        sender = stanza.from_
+        if sender is not None and sender != full:
+            try:
+                claimed = Jid.parse(sender)
+            except InvalidJid:
+                raise errors.InvalidFrom(f"'from' {sender!r} is not a valid JID") from None
+            if claimed != self.jid and claimed != self.jid.bare:
+                raise errors.InvalidFrom(f"'from' {sender!r} is not this stream's JID")
+        if sender != full:
+            stanza = stanza.with_attrs(from_=full)
+        self._events.append(StanzaIn(stanza))
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _b64_payload(stanza: Stanza, *, initial: bool) -> bytes | None:
+    """RFC 6120 §6.4.2: no text = no initial response, '=' = an empty one."""
+    text = (stanza.element.text or "").strip()
+    if not text:
+        return None if initial else b""
+    if text == "=":
+        return b""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise SaslFailure("incorrect-encoding") from None
