@@ -1,0 +1,38 @@
+from cluster_node.core.limits import ConnectionLimiter, Shaper
+
+
+def test_shaper_allows_burst_then_paces():
+    s = Shaper(rate=1000, burst=5000, max_throttle=2.0)
+    assert s.consume(5000, now=10.0) == 0.0
+    assert s.consume(1000, now=10.0) == 1.0          # one second of debt
+    assert s.consume(0, now=11.0) == 0.0             # paid back
+
+
+def test_shaper_flags_a_sustained_flood_only():
+    s = Shaper(rate=1000, burst=1000, max_throttle=2.0)
+    t = 0.0
+    s.consume(1000, t)
+    flagged_at = None
+    for _ in range(100):                      # sender always over budget after each pause
+        delay = s.consume(2000, t)
+        assert delay > 0
+        if s.flooding(t):
+            flagged_at = t
+            break
+        t += delay
+    assert flagged_at is not None and 2.0 < flagged_at < 6.0
+    quiet = Shaper(rate=1000, burst=1000, max_throttle=2.0)
+    quiet.consume(1500, 0.0)                  # one burst over, then silence
+    assert not quiet.flooding(1.0)
+    quiet.consume(10, 60.0)
+    assert not quiet.flooding(60.0)
+
+
+def test_connection_limiter():
+    lim = ConnectionLimiter(max_total=3, max_per_ip=2)
+    assert lim.acquire("a") is None and lim.acquire("a") is None
+    assert "your address" in lim.acquire("a")
+    assert lim.acquire("b") is None
+    assert "this server" in lim.acquire("c")
+    lim.release("a")
+    assert lim.acquire("c") is None
