@@ -1,0 +1,63 @@
+"""SASL server mechanisms (RFC 6120 §6), sans-IO.
+
+A mechanism takes the client's decoded messages and returns a :class:`Challenge`, a
+:class:`Success`, or :class:`NeedCredentials` (the caller looks the account up and calls
+``provide``); failures raise :class:`~cluster_node.xmpp.errors.SaslFailure`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from ..errors import SaslFailure
+
+if TYPE_CHECKING:
+    from .scram import ScramCredentials
+
+__all__ = ["Challenge", "Success", "NeedCredentials", "ServerMechanism", "server_mechanism",
+           "offered_mechanisms"]
+
+
+@dataclass(frozen=True)
+class Challenge:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Success:
+    username: str
+    data: bytes = b""
+
+
+@dataclass(frozen=True)
+class NeedCredentials:
+    username: str
+
+
+class ServerMechanism(Protocol):
+    name: str
+
+    def start(self, initial: bytes | None) -> Challenge | NeedCredentials: ...
+    def respond(self, data: bytes) -> Challenge | Success | NeedCredentials: ...
+    def provide(self, creds: ScramCredentials | None) -> Challenge | Success: ...
+
+
+def offered_mechanisms(tls: bool, allow_plain: bool = True) -> list[str]:
+    mechs = ["SCRAM-SHA-256", "SCRAM-SHA-1"]
+    if tls and allow_plain:
+        mechs.append("PLAIN")
+    return mechs
+
+
+def server_mechanism(name: str, *, domain: str, secret: bytes, tls: bool) -> ServerMechanism:
+    from .plain import PlainServer
+    from .scram import MECHANISM_HASHES, ScramServer
+
+    if name in MECHANISM_HASHES:
+        return ScramServer(name, domain=domain, secret=secret)
+    if name == "PLAIN":
+        if not tls:
+            raise SaslFailure("encryption-required")
+        return PlainServer(domain=domain)
+    raise SaslFailure("invalid-mechanism")

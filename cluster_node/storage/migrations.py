@@ -1,0 +1,40 @@
+"""The schema, as ordered versioned steps shared by both backends.
+
+``{blob}`` and ``{serial}`` are the only dialect differences; each step runs once, in a
+transaction, and its number is recorded in ``schema_version``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MIGRATIONS", "render"]
+
+DIALECT = {
+    "sqlite": {"blob": "BLOB", "serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "bigint": "INTEGER"},
+    "postgres": {"blob": "BYTEA", "serial": "BIGSERIAL PRIMARY KEY", "bigint": "BIGINT"},
+}
+
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (1, [
+        """CREATE TABLE IF NOT EXISTS accounts (
+               domain TEXT NOT NULL, username TEXT NOT NULL, credentials TEXT NOT NULL,
+               roster_version {bigint} NOT NULL DEFAULT 0,
+               created_at {bigint} NOT NULL DEFAULT 0,
+               PRIMARY KEY (domain, username))""",
+        """CREATE TABLE IF NOT EXISTS roster_items (
+               domain TEXT NOT NULL, username TEXT NOT NULL, jid TEXT NOT NULL,
+               name TEXT, subscription TEXT NOT NULL DEFAULT 'none', ask INTEGER NOT NULL DEFAULT 0,
+               groups_json TEXT NOT NULL DEFAULT '[]',
+               PRIMARY KEY (domain, username, jid))""",
+        """CREATE TABLE IF NOT EXISTS subscription_requests (
+               domain TEXT NOT NULL, username TEXT NOT NULL, jid TEXT NOT NULL, stanza {blob} NOT NULL,
+               PRIMARY KEY (domain, username, jid))""",
+        """CREATE TABLE IF NOT EXISTS offline_messages (
+               id {serial}, domain TEXT NOT NULL, username TEXT NOT NULL, stanza {blob} NOT NULL,
+               stored_at {bigint} NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS offline_by_user ON offline_messages (domain, username, id)",
+    ]),
+]
+
+
+def render(sql: str, dialect: str) -> str:
+    return sql.format(**DIALECT[dialect])

@@ -1,0 +1,207 @@
+"""What both SQL backends share: every query, written once with ``?`` placeholders.
+
+A backend supplies a :class:`Tx` (execute / fetch inside one transaction) and the
+``_tx()`` context manager; this class turns the storage API into SQL.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+from .base import Credentials, RosterItem
+from .migrations import MIGRATIONS, render
+
+__all__ = ["SqlStorage", "Tx"]
+
+
+class Tx(Protocol):
+    async def execute(self, sql: str, *args: Any) -> int: ...  # rows affected
+    async def fetchone(self, sql: str, *args: Any) -> Sequence[Any] | None: ...
+    async def fetchall(self, sql: str, *args: Any) -> list[Sequence[Any]]: ...
+
+
+def _item(row: Sequence[Any]) -> RosterItem:
+    return RosterItem(jid=row[0], name=row[1], subscription=row[2], ask=bool(row[3]),
+                      groups=tuple(json.loads(row[4])))
+
+
+class SqlStorage:
+    dialect = "sqlite"
+
+    def _tx(self, write: bool = False) -> AbstractAsyncContextManager[Tx]:
+        raise NotImplementedError
+
+    async def _migrate(self, tx: Tx) -> None:
+        await tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")
+        row = await tx.fetchone("SELECT MAX(version) FROM schema_version")
+        current = row[0] if row and row[0] is not None else 0
+        for version, steps in MIGRATIONS:
+            if version <= current:
+                continue
+            for step in steps:
+                await tx.execute(render(step, self.dialect))
+            await tx.execute("INSERT INTO schema_version (version) VALUES (?)", version)
+
+    # -- accounts -----------------------------------------------------------------------------
+
+    async def create_account(self, domain: str, username: str, credentials: Credentials) -> bool:
+        async with self._tx(write=True) as tx:
+            if await tx.fetchone("SELECT 1 FROM accounts WHERE domain = ? AND username = ?", domain, username):
+                return False
+            await tx.execute("INSERT INTO accounts (domain, username, credentials, created_at) VALUES (?, ?, ?, ?)",
+                             domain, username, json.dumps(credentials), int(time.time()))
+            return True
+
+    async def get_credentials(self, domain: str, username: str) -> Credentials | None:
+        async with self._tx() as tx:
+            row = await tx.fetchone("SELECT credentials FROM accounts WHERE domain = ? AND username = ?",
+                                    domain, username)
+        return None if row is None else json.loads(row[0])  # type: ignore[no-any-return]
+
+    async def set_credentials(self, domain: str, username: str, credentials: Credentials) -> bool:
+        async with self._tx(write=True) as tx:
+            n = await tx.execute("UPDATE accounts SET credentials = ? WHERE domain = ? AND username = ?",
+                                 json.dumps(credentials), domain, username)
+        return n > 0
+
+    async def remove_account(self, domain: str, username: str) -> bool:
+        async with self._tx(write=True) as tx:
+            n = await tx.execute("DELETE FROM accounts WHERE domain = ? AND username = ?", domain, username)
+            for table in ("roster_items", "subscription_requests", "offline_messages"):
+                await tx.execute(f"DELETE FROM {table} WHERE domain = ? AND username = ?", domain, username)
+        return n > 0
+
+    async def account_exists(self, domain: str, username: str) -> bool:
+        async with self._tx() as tx:
+            return await tx.fetchone("SELECT 1 FROM accounts WHERE domain = ? AND username = ?",
+                                     domain, username) is not None
+
+    async def list_accounts(self, domain: str) -> list[str]:
+        async with self._tx() as tx:
+            rows = await tx.fetchall("SELECT username FROM accounts WHERE domain = ? ORDER BY username", domain)
+        return [r[0] for r in rows]
+
+    async def count_accounts(self, domain: str) -> int:
+        async with self._tx() as tx:
+            row = await tx.fetchone("SELECT COUNT(*) FROM accounts WHERE domain = ?", domain)
+        return int(row[0]) if row else 0
+
+    # -- roster ---------------------------------------------------------------------------------
+
+    async def get_roster(self, domain: str, username: str) -> tuple[list[RosterItem], str]:
+        async with self._tx() as tx:
+            rows = await tx.fetchall(
+                "SELECT jid, name, subscription, ask, groups_json FROM roster_items "
+                "WHERE domain = ? AND username = ? ORDER BY jid", domain, username)
+            ver = await tx.fetchone("SELECT roster_version FROM accounts WHERE domain = ? AND username = ?",
+                                    domain, username)
+        return [_item(r) for r in rows], str(ver[0] if ver else 0)
+
+    async def get_roster_item(self, domain: str, username: str, jid: str) -> RosterItem | None:
+        async with self._tx() as tx:
+            row = await tx.fetchone(
+                "SELECT jid, name, subscription, ask, groups_json FROM roster_items "
+                "WHERE domain = ? AND username = ? AND jid = ?", domain, username, jid)
+        return None if row is None else _item(row)
+
+    async def _bump(self, tx: Tx, domain: str, username: str) -> str:
+        row = await tx.fetchone("UPDATE accounts SET roster_version = roster_version + 1 "
+                                "WHERE domain = ? AND username = ? RETURNING roster_version", domain, username)
+        return str(row[0] if row else 0)
+
+    async def put_roster_item(self, domain: str, username: str, item: RosterItem) -> str:
+        async with self._tx(write=True) as tx:
+            ver = await self._bump(tx, domain, username)
+            await tx.execute("DELETE FROM roster_items WHERE domain = ? AND username = ? AND jid = ?",
+                             domain, username, item.jid)
+            await tx.execute(
+                "INSERT INTO roster_items (domain, username, jid, name, subscription, ask, groups_json) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", domain, username, item.jid, item.name, item.subscription,
+                int(item.ask), json.dumps(list(item.groups)))
+            return ver
+
+    async def delete_roster_item(self, domain: str, username: str, jid: str) -> str | None:
+        async with self._tx(write=True) as tx:
+            n = await tx.execute("DELETE FROM roster_items WHERE domain = ? AND username = ? AND jid = ?",
+                                 domain, username, jid)
+            if n == 0:
+                return None
+            return await self._bump(tx, domain, username)
+
+    async def roster_version(self, domain: str, username: str) -> str:
+        async with self._tx() as tx:
+            row = await tx.fetchone("SELECT roster_version FROM accounts WHERE domain = ? AND username = ?",
+                                    domain, username)
+        return str(row[0] if row else 0)
+
+    # -- pending subscription requests ------------------------------------------------------------
+
+    async def put_subscription_request(self, domain: str, username: str, jid: str, stanza: bytes) -> None:
+        async with self._tx(write=True) as tx:
+            await tx.execute("DELETE FROM subscription_requests WHERE domain = ? AND username = ? AND jid = ?",
+                             domain, username, jid)
+            await tx.execute("INSERT INTO subscription_requests (domain, username, jid, stanza) VALUES (?, ?, ?, ?)",
+                             domain, username, jid, stanza)
+
+    async def get_subscription_requests(self, domain: str, username: str) -> list[tuple[str, bytes]]:
+        async with self._tx() as tx:
+            rows = await tx.fetchall("SELECT jid, stanza FROM subscription_requests "
+                                     "WHERE domain = ? AND username = ? ORDER BY jid", domain, username)
+        return [(r[0], bytes(r[1])) for r in rows]
+
+    async def delete_subscription_request(self, domain: str, username: str, jid: str) -> bool:
+        async with self._tx(write=True) as tx:
+            return await tx.execute("DELETE FROM subscription_requests WHERE domain = ? AND username = ? "
+                                    "AND jid = ?", domain, username, jid) > 0
+
+    async def has_subscription_request(self, domain: str, username: str, jid: str) -> bool:
+        async with self._tx() as tx:
+            return await tx.fetchone("SELECT 1 FROM subscription_requests WHERE domain = ? AND username = ? "
+                                     "AND jid = ?", domain, username, jid) is not None
+
+    # -- offline messages --------------------------------------------------------------------------
+
+    async def store_offline(self, domain: str, username: str, stanza: bytes, *, limit: int) -> bool:
+        async with self._tx(write=True) as tx:
+            await self._lock_user(tx, domain, username)
+            row = await tx.fetchone("SELECT COUNT(*) FROM offline_messages WHERE domain = ? AND username = ?",
+                                    domain, username)
+            if row is not None and row[0] >= limit:
+                return False
+            await tx.execute("INSERT INTO offline_messages (domain, username, stanza, stored_at) "
+                             "VALUES (?, ?, ?, ?)", domain, username, stanza, int(time.time()))
+            return True
+
+    async def _lock_user(self, tx: Tx, domain: str, username: str) -> None:
+        """Serialize writers of one user's rows (SQLite's write transaction already does)."""
+
+    async def fetch_offline(self, domain: str, username: str) -> list[tuple[int, bytes]]:
+        async with self._tx() as tx:
+            rows = await tx.fetchall("SELECT id, stanza FROM offline_messages WHERE domain = ? AND username = ? "
+                                     "ORDER BY id", domain, username)
+        return [(int(r[0]), bytes(r[1])) for r in rows]
+
+    async def delete_offline(self, domain: str, username: str, ids: list[int]) -> None:
+        if not ids:
+            return
+        async with self._tx(write=True) as tx:
+            marks = ", ".join("?" * len(ids))
+            await tx.execute(f"DELETE FROM offline_messages WHERE domain = ? AND username = ? AND id IN ({marks})",
+                             domain, username, *ids)
+
+    async def count_offline(self, domain: str, username: str) -> int:
+        async with self._tx() as tx:
+            row = await tx.fetchone("SELECT COUNT(*) FROM offline_messages WHERE domain = ? AND username = ?",
+                                    domain, username)
+        return int(row[0]) if row else 0
+
+    async def count_offline_total(self) -> int:
+        async with self._tx() as tx:
+            row = await tx.fetchone("SELECT COUNT(*) FROM offline_messages")
+        return int(row[0]) if row else 0
+
+

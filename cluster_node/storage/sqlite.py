@@ -1,0 +1,78 @@
+"""SQLite backend (the embedded default): one aiosqlite connection, WAL, short transactions.
+
+Several processes on one machine may share the file (a cluster on one host): writes take the
+database lock with ``BEGIN IMMEDIATE`` and wait up to ``busy_timeout`` for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from .sql import SqlStorage, Tx
+
+__all__ = ["SqliteStorage"]
+
+
+class _SqliteTx:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self.db = db
+
+    async def execute(self, sql: str, *args: Any) -> int:
+        cur = await self.db.execute(sql, args)
+        n = cur.rowcount
+        await cur.close()
+        return n
+
+    async def fetchone(self, sql: str, *args: Any) -> Sequence[Any] | None:
+        async with self.db.execute(sql, args) as cur:
+            return await cur.fetchone()  # type: ignore[return-value]
+
+    async def fetchall(self, sql: str, *args: Any) -> list[Sequence[Any]]:
+        async with self.db.execute(sql, args) as cur:
+            return list(await cur.fetchall())
+
+
+class SqliteStorage(SqlStorage):
+    dialect = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self.path, isolation_level=None, timeout=30)
+        await self._db.execute("PRAGMA busy_timeout = 30000")
+        await self._db.execute("PRAGMA journal_mode = WAL")
+        await self._db.execute("PRAGMA synchronous = NORMAL")
+        async with self._tx(write=True) as tx:
+            await self._migrate(tx)
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    @contextlib.asynccontextmanager
+    async def _tx(self, write: bool = False) -> AsyncIterator[Tx]:
+        if self._db is None:
+            raise RuntimeError("storage is not open")
+        async with self._lock:  # one connection: coroutines must not interleave transactions
+            if not write:
+                yield _SqliteTx(self._db)
+                return
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield _SqliteTx(self._db)
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            else:
+                await self._db.execute("COMMIT")

@@ -1,0 +1,294 @@
+"""Incremental XML stream parser (RFC 6120 §4, §11), sans-IO, on expat.
+
+``feed(bytes)`` returns events: the stream header, each first-level element as a
+:class:`~cluster_node.xmpp.stanza.Stanza` that keeps its exact input bytes, and the stream's end.
+Hostile input raises the matching :class:`~cluster_node.xmpp.errors.StreamError`: DTDs, entity
+declarations and undefined entity references, comments and processing instructions are
+``restricted-xml`` (RFC 6120 §11.1), invalid UTF-8 is ``unsupported-encoding`` (§11.6), unbound
+prefixes ``bad-namespace-prefix``, and a stanza over the size or depth budget is
+``policy-violation`` — found after at most one slice of work past the budget, before the rest of
+a huge input is parsed.  After an error the parser is dead: every later ``feed`` raises again.
+"""
+
+from __future__ import annotations
+
+import codecs
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from xml.parsers import expat
+
+from . import errors, ns
+from .errors import StreamError
+from .stanza import Stanza
+
+__all__ = ["StreamParser", "StreamOpened", "StanzaReceived", "StreamClosed", "Event"]
+
+SLICE = 16 * 1024
+SEP = "\x01"
+_E = expat.errors
+_UNBOUND = _E.codes[_E.XML_ERROR_UNBOUND_PREFIX]
+_ENTITY_CODES = {_E.codes[_E.XML_ERROR_UNDEFINED_ENTITY], _E.codes[_E.XML_ERROR_EXTERNAL_ENTITY_HANDLING],
+                 _E.codes[_E.XML_ERROR_RECURSIVE_ENTITY_REF], _E.codes[_E.XML_ERROR_BINARY_ENTITY_REF]}
+_DTD_MARKUP = (b"<!DOCTYPE", b"<!ENTITY", b"<!ELEMENT", b"<!ATTLIST", b"<!NOTATION")
+
+
+@dataclass(frozen=True)
+class StreamOpened:
+    attrs: dict[str, str]
+    name: str
+    default_ns: str | None
+
+
+@dataclass(frozen=True)
+class StanzaReceived:
+    stanza: Stanza
+
+
+@dataclass(frozen=True)
+class StreamClosed:
+    pass
+
+
+Event = StreamOpened | StanzaReceived | StreamClosed
+
+
+def _clark(name: str) -> tuple[str, str | None]:
+    """expat's 'uri SEP local [SEP prefix]' → ('{uri}local', prefix)."""
+    parts = name.split(SEP)
+    if len(parts) == 1:
+        return parts[0], None
+    if len(parts) == 2:
+        return "{%s}%s" % (parts[0], parts[1]), None
+    return "{%s}%s" % (parts[0], parts[1]), parts[2]
+
+
+def _tag_end(buf: bytearray | bytes, start: int) -> int:
+    """Index just past the '>' closing the tag that starts at ``start`` (quotes skipped)."""
+    gt = buf.find(b">", start)
+    if gt < 0:
+        raise errors.NotWellFormed("unterminated tag")
+    seg = buf[start:gt]
+    apos, quot = seg.count(b"'"), seg.count(b'"')
+    # Fast path: with one quote style in use, its parity tells whether '>' sits inside a value.
+    if (apos == 0 and quot % 2 == 0) or (quot == 0 and apos % 2 == 0):
+        return gt + 1
+    quote = 0
+    i = start
+    n = len(buf)
+    while i < n:
+        c = buf[i]
+        if quote:
+            if c == quote:
+                quote = 0
+        elif c == 0x27 or c == 0x22:
+            quote = c
+        elif c == 0x3E:
+            return i + 1
+        i += 1
+    raise errors.NotWellFormed("unterminated tag")
+
+
+class StreamParser:
+    def __init__(self, *, max_stanza_size: int = 262_144, max_depth: int = 32,
+                 content_ns: str = ns.CLIENT) -> None:
+        self.max_stanza_size = max_stanza_size
+        self.max_depth = max_depth
+        self.content_ns = content_ns
+        self.reset()
+
+    @property
+    def bytes_buffered(self) -> int:
+        return len(self._buf)
+
+    def reset(self) -> None:
+        """A new stream on the same connection (after STARTTLS or SASL, RFC 6120 §4.3.3)."""
+        p = expat.ParserCreate("UTF-8", SEP)
+        p.namespace_prefixes = True
+        p.buffer_text = True
+        p.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+        p.XmlDeclHandler = self._xml_decl
+        p.StartDoctypeDeclHandler = self._restricted("a DTD")
+        p.EntityDeclHandler = self._restricted("an entity declaration")
+        p.CommentHandler = self._restricted("a comment")
+        p.ProcessingInstructionHandler = self._restricted("a processing instruction")
+        p.ExternalEntityRefHandler = self._restricted("an external entity")
+        p.StartNamespaceDeclHandler = self._ns_decl
+        p.StartElementHandler = self._start
+        p.EndElementHandler = self._end
+        p.CharacterDataHandler = self._text
+        self._p = p
+        self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
+        self._events: list[Event] = []
+        self._buf = bytearray()
+        self._base = 0  # absolute input offset of _buf[0]
+        self._fed = 0
+        self._depth = 0
+        self._stack: list[ET.Element] = []
+        self._texts: list[str] = []
+        self._pending_decls: list[tuple[str, str]] = []
+        self._stanza_start = -1
+        self._stanza_decls: tuple[tuple[str, str], ...] = ()
+        self._stanza_prefixes: set[str] = set()
+        self._raw_ok = True
+        self._start_end = 0
+        self._lang: str | None = None
+        self._dead: StreamError | None = None
+
+    # -- feeding -------------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> list[Event]:
+        if self._dead is not None:
+            raise type(self._dead)(self._dead.text)
+        try:
+            try:
+                self._decoder.decode(data)
+            except UnicodeDecodeError:
+                raise errors.UnsupportedEncoding("invalid UTF-8") from None
+            for i in range(0, len(data), SLICE):
+                chunk = data[i:i + SLICE]
+                self._buf += chunk
+                self._fed += len(chunk)
+                try:
+                    self._p.Parse(chunk, False)
+                except expat.ExpatError as e:
+                    raise self._expat_error(e) from None
+                self._check_budget()
+        except StreamError as e:
+            self._dead = e
+            self._events.clear()
+            raise
+        events, self._events = self._events, []
+        return events
+
+    def _check_budget(self) -> None:
+        if self._depth >= 2:
+            pending = self._fed - self._stanza_start
+        else:
+            if self._depth == 1:
+                # Between stanzas only whitespace or a partial tag can be buffered: keep from '<'.
+                lt = self._buf.rfind(b"<")
+                if lt < 0:
+                    self._base += len(self._buf)
+                    self._buf.clear()
+                elif lt > 0:
+                    del self._buf[:lt]
+                    self._base += lt
+            pending = self._fed - self._base
+        if pending > self.max_stanza_size:
+            raise errors.PolicyViolation("stanza too large")
+
+    def _expat_error(self, e: expat.ExpatError) -> StreamError:
+        if e.code == _UNBOUND:
+            return errors.BadNamespacePrefix("unbound prefix")
+        if e.code in _ENTITY_CODES:
+            return errors.RestrictedXml("entity references other than the predefined five are not allowed")
+        if any(m in self._buf for m in _DTD_MARKUP):
+            return errors.RestrictedXml("DTD markup is not allowed in XMPP")
+        return errors.NotWellFormed(str(e))
+
+    # -- expat handlers -----------------------------------------------------------------------
+
+    def _restricted(self, what: str):  # type: ignore[no-untyped-def]
+        def handler(*_args: object) -> None:
+            raise errors.RestrictedXml(f"{what} is not allowed in XMPP")
+        return handler
+
+    def _xml_decl(self, version: str | None, encoding: str | None, standalone: int) -> None:
+        if encoding and encoding.lower() not in ("utf-8", "utf8"):
+            raise errors.UnsupportedEncoding(f"encoding {encoding!r}; XMPP is UTF-8")
+
+    def _ns_decl(self, prefix: str | None, uri: str) -> None:
+        self._pending_decls.append((prefix or "", uri))
+
+    def _flush_text(self) -> None:
+        if not self._texts or len(self._stack) == 0:
+            self._texts.clear()
+            return
+        text = "".join(self._texts)
+        self._texts.clear()
+        parent = self._stack[-1]
+        if len(parent):
+            last = parent[-1]
+            last.tail = (last.tail or "") + text
+        else:
+            parent.text = (parent.text or "") + text
+
+    def _text(self, data: str) -> None:
+        if self._depth >= 2:
+            self._texts.append(data)
+        elif self._depth == 1 and data.strip():
+            raise errors.NotWellFormed("text between stanzas")
+
+    def _start(self, name: str, attrs: dict[str, str]) -> None:
+        self._depth += 1
+        decls, self._pending_decls = self._pending_decls, []
+        tag, prefix = _clark(name)
+        clean: dict[str, str] = {}
+        attr_prefixes = []
+        for key, value in attrs.items():
+            k, p = _clark(key)
+            clean[k] = value
+            if p is not None and p != "xml":
+                attr_prefixes.append(p)
+        if self._depth == 1:
+            self._open_stream(tag, clean, decls)
+            return
+        if self._depth - 1 > self.max_depth:
+            raise errors.PolicyViolation("stanza too deep")
+        self._flush_text()
+        if self._depth == 2:
+            start = self._p.CurrentByteIndex
+            self._stanza_start = start
+            self._stanza_decls = tuple(decls)
+            self._stanza_prefixes = set()
+            self._raw_ok = True
+            rel = start - self._base
+            self._start_end = _tag_end(self._buf, rel) - rel
+            if self._lang is not None and ns.XML_LANG not in clean:
+                clean[ns.XML_LANG] = self._lang
+        self._stanza_prefixes.update(p for p, _ in decls if p)
+        if (prefix is not None and (self._depth == 2 or prefix not in self._stanza_prefixes)) or any(
+                p not in self._stanza_prefixes for p in attr_prefixes):
+            self._raw_ok = False
+        el = ET.Element(tag, clean)
+        if self._stack and self._depth > 2:
+            self._stack[-1].append(el)
+        self._stack.append(el)
+
+    def _open_stream(self, tag: str, attrs: dict[str, str], decls: list[tuple[str, str]]) -> None:
+        default = next((uri for p, uri in decls if p == ""), None)
+        self._lang = attrs.get(ns.XML_LANG)
+        rel = self._p.CurrentByteIndex - self._base
+        end = _tag_end(self._buf, rel)
+        del self._buf[:end]
+        self._base += end
+        self._events.append(StreamOpened(attrs, tag, default))
+        if tag != f"{{{ns.STREAM}}}stream":
+            raise errors.InvalidNamespace("the root must be <stream:stream/>")
+        if default != self.content_ns:
+            raise errors.InvalidNamespace(f"the content namespace must be {self.content_ns}")
+
+    def _end(self, name: str) -> None:
+        depth = self._depth
+        self._depth -= 1
+        if depth == 1:
+            self._events.append(StreamClosed())
+            return
+        self._flush_text()
+        el = self._stack.pop()
+        if depth != 2:
+            return
+        rel_start = self._stanza_start - self._base
+        if self._buf[rel_start + self._start_end - 2] == 0x2F:  # '/>': an empty-element tag
+            rel_end = rel_start + self._start_end
+        else:  # expat points at the '<' of the end tag
+            rel_end = _tag_end(self._buf, self._p.CurrentByteIndex - self._base)
+        raw = bytes(self._buf[rel_start:rel_end])
+        del self._buf[:rel_end]
+        self._base += rel_end
+        self._stanza_start = -1
+        if self._raw_ok:
+            stanza = Stanza(el, raw, min(self._start_end, len(raw)), self._stanza_decls)
+        else:
+            stanza = Stanza(el)
+        self._events.append(StanzaReceived(stanza))

@@ -1,0 +1,208 @@
+"""A stanza that keeps the bytes it arrived as (ARCHITECTURE: serialize once, forward bytes).
+
+The tree (``xml.etree.ElementTree`` with Clark names) is for reading; relaying writes the
+original bytes.  Stamping ``from``/``to`` rewrites only the start tag: a new start tag plus the
+untouched rest, no tree serialization.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from typing import TYPE_CHECKING
+
+from . import ns
+
+if TYPE_CHECKING:
+    from .errors import StanzaError
+
+__all__ = ["Stanza", "serialize", "escape_attr", "escape_text"]
+
+_ATTR_KEYS = {"from_": "from", "to": "to", "type": "type", "id": "id"}
+
+
+def escape_text(s: str) -> str:
+    if "&" in s:
+        s = s.replace("&", "&amp;")
+    if "<" in s:
+        s = s.replace("<", "&lt;")
+    if ">" in s:
+        s = s.replace(">", "&gt;")
+    return s
+
+
+def escape_attr(s: str) -> str:
+    s = escape_text(s)
+    if "'" in s:
+        s = s.replace("'", "&apos;")
+    if '"' in s:
+        s = s.replace('"', "&quot;")
+    if "\n" in s or "\r" in s or "\t" in s:
+        s = s.replace("\n", "&#10;").replace("\r", "&#13;").replace("\t", "&#9;")
+    return s
+
+
+def _split(tag: str) -> tuple[str, str]:
+    if tag[:1] == "{":
+        uri, _, local = tag[1:].partition("}")
+        return uri, local
+    return "", tag
+
+
+def _attrs(el: ET.Element, out: list[str], prefixes: dict[str, str]) -> None:
+    for key, value in el.attrib.items():
+        if key[:1] == "{":
+            uri, local = _split(key)
+            if uri == ns.XML:
+                out.append(f" xml:{local}='{escape_attr(value)}'")
+                continue
+            prefix = prefixes.get(uri)
+            if prefix is None:
+                prefix = prefixes[uri] = f"a{len(prefixes)}"
+                out.append(f" xmlns:{prefix}='{escape_attr(uri)}'")
+            out.append(f" {prefix}:{local}='{escape_attr(value)}'")
+        else:
+            out.append(f" {key}='{escape_attr(value)}'")
+
+
+def _write(el: ET.Element, out: list[str], default_ns: str) -> None:
+    uri, local = _split(el.tag)
+    out.append("<" + local)
+    if uri != default_ns:
+        out.append(f" xmlns='{escape_attr(uri)}'")
+        default_ns = uri
+    if el.attrib:
+        _attrs(el, out, {})
+    if len(el) or el.text:
+        out.append(">")
+        if el.text:
+            out.append(escape_text(el.text))
+        for child in el:
+            _write(child, out, default_ns)
+            if child.tail:
+                out.append(escape_text(child.tail))
+        out.append(f"</{local}>")
+    else:
+        out.append("/>")
+
+
+def serialize(element: ET.Element, default_ns: str = ns.CLIENT) -> bytes:
+    """XML for ``element``: ``default_ns`` unprefixed and undeclared, other namespaces declared
+    with ``xmlns='…'`` where they change (no generated ``ns0:`` prefixes)."""
+    out: list[str] = []
+    _write(element, out, default_ns)
+    return "".join(out).encode("utf-8")
+
+
+class Stanza:
+    """A first-level element of a stream, with its original bytes when they are self-contained."""
+
+    __slots__ = ("element", "_raw", "_start_end", "_nsdecls", "_bytes")
+
+    def __init__(self, element: ET.Element, raw: bytes | None = None, start_tag_end: int = 0,
+                 raw_nsdecls: tuple[tuple[str, str], ...] = ()) -> None:
+        self.element = element
+        self._raw = raw
+        self._start_end = start_tag_end
+        self._nsdecls = raw_nsdecls
+        self._bytes: bytes | None = raw
+
+    def __repr__(self) -> str:
+        return f"<Stanza {self.to_bytes()[:200]!r}>"
+
+    @property
+    def name(self) -> str:
+        return _split(self.element.tag)[1]
+
+    @property
+    def namespace(self) -> str:
+        return _split(self.element.tag)[0]
+
+    @property
+    def type(self) -> str | None:
+        return self.element.get("type")
+
+    @property
+    def id(self) -> str | None:
+        return self.element.get("id")
+
+    @property
+    def to(self) -> str | None:
+        return self.element.get("to")
+
+    @property
+    def from_(self) -> str | None:
+        return self.element.get("from")
+
+    @property
+    def lang(self) -> str | None:
+        return self.element.get(ns.XML_LANG)
+
+    def child(self, namespace: str, name: str | None = None) -> ET.Element | None:
+        prefix = "{" + namespace + "}"
+        for c in self.element:
+            if c.tag.startswith(prefix) and (name is None or c.tag == prefix + name):
+                return c
+        return None
+
+    def payload(self) -> ET.Element | None:
+        for c in self.element:
+            return c
+        return None
+
+    def to_bytes(self) -> bytes:
+        if self._bytes is None:
+            self._bytes = serialize(self.element, self.namespace if self.namespace in (ns.CLIENT, ns.SERVER)
+                                    else ns.CLIENT)
+        return self._bytes
+
+    def with_attrs(self, **changes: str | None) -> Stanza:
+        """A copy with ``from_``/``to``/``type``/``id`` set (``None`` removes); only the start tag
+        is rewritten when the original bytes are kept."""
+        el = ET.Element(self.element.tag, dict(self.element.attrib))
+        el.text = self.element.text
+        el[:] = list(self.element)
+        for key, value in changes.items():
+            attr = _ATTR_KEYS[key]
+            if value is None:
+                el.attrib.pop(attr, None)
+            else:
+                el.set(attr, value)
+        if self._raw is None:
+            return Stanza(el)
+        parts = ["<", self.name]
+        for prefix, uri in self._nsdecls:
+            parts.append(f" xmlns:{prefix}='{escape_attr(uri)}'" if prefix else f" xmlns='{escape_attr(uri)}'")
+        for key, value in el.attrib.items():
+            if key[:1] == "{":
+                uri, local = _split(key)
+                if uri != ns.XML:
+                    return Stanza(el)  # a namespaced attribute: let the serializer declare it
+                parts.append(f" xml:{local}='{escape_attr(value)}'")
+            else:
+                parts.append(f" {key}='{escape_attr(value)}'")
+        empty = self._start_end >= len(self._raw)
+        parts.append("/>" if empty else ">")
+        head = "".join(parts).encode("utf-8")
+        raw = head if empty else head + self._raw[self._start_end:]
+        return Stanza(el, raw, len(head), self._nsdecls)
+
+    def error_reply(self, error: StanzaError, by: str | None = None) -> Stanza:
+        """RFC 6120 §8.3.1: back to the sender, type 'error', same id; the original payload kept
+        for messages and presence."""
+        el = ET.Element(self.element.tag, {"type": "error"})
+        if self.id is not None:
+            el.set("id", self.id)
+        if self.from_:
+            el.set("to", self.from_)
+        if self.to:
+            el.set("from", self.to)
+        if self.name != "iq":
+            el.extend(list(self.element))
+        content = self.namespace if self.namespace in (ns.CLIENT, ns.SERVER) else ns.CLIENT
+        err = ET.SubElement(el, f"{{{content}}}error", {"type": error.type})
+        if by:
+            err.set("by", by)
+        ET.SubElement(err, f"{{{ns.STANZAS}}}{error.condition}")
+        if error.text:
+            ET.SubElement(err, f"{{{ns.STANZAS}}}text").text = error.text
+        return Stanza(el)
