@@ -9,7 +9,7 @@ from ..settings import NodeSettings
 from ..storage import Storage
 from .accounts import Accounts
 from .router import Router
-from .sessions import LocalSessions, SessionTable
+from .sessions import LocalSessions, SessionRecord, SessionTable
 
 if TYPE_CHECKING:
     from ..modules.offline import Offline
@@ -30,6 +30,15 @@ class Services:
     roster: Roster = field(init=False)
     presence: Presence = field(init=False)
     offline: Offline = field(init=False)
+
+    def update_record(self, record: SessionRecord) -> None:
+        """Change a session's record in the table and, if it lives here, on its connection."""
+        session = self.local.get(record.sid) if record.node == self.node else None
+        if session is not None:
+            session.record = record
+        current = self.table.lookup(record.jid)
+        if current is not None and current.sid == record.sid:  # never resurrect a replaced session
+            self.table.insert(record)
 
     @property
     def node(self) -> str:

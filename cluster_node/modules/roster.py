@@ -47,7 +47,7 @@ class Roster:
         if req.stanza.type == "get":
             record = self.s.table.lookup(req.sender)
             if record is not None and not record.interested:
-                self.s.table.insert(replace(record, interested=True))
+                self.s.update_record(replace(record, interested=True))
             items, ver = await self.s.storage.get_roster(user.domain, user.local)
             asked = req.payload.get("ver")
             if asked is not None and asked == ver:

@@ -157,8 +157,7 @@ class C2SConnection(asyncio.Protocol):
     # -- LocalSession ------------------------------------------------------------------------
 
     def set_record(self, record: SessionRecord) -> None:
-        self.record = record
-        self.listener.sessions.s.table.insert(record)
+        self.listener.sessions.s.update_record(record)
 
     def deliver(self, stanza: Stanza) -> None:
         if is_probe(stanza):

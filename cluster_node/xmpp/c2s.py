@@ -142,12 +142,16 @@ class C2SStream:
         self._sasl: ServerMechanism | None = None
         self._sasl_failures = 0
         self._bind_iq_id: str | None = None
+        self._early = b""
 
     # -- inputs -------------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> list[C2SEvent]:
         """Feed bytes read from the connection (``b""`` means the peer closed it)."""
         if self.state is State.CLOSED:
+            return []
+        if self.state is State.WAIT_TLS and data:
+            self._early += data  # already decrypted by the TLS layer, waiting for tls_started()
             return []
         if not data:
             self._end(None, send_close=False)
@@ -161,14 +165,13 @@ class C2SStream:
         return self._take_events()
 
     def tls_started(self) -> list[C2SEvent]:
-        """The socket now speaks TLS: discard any plaintext sent after ``<starttls/>`` (RFC 6120 §5.4.3.3)."""
+        """The socket now speaks TLS; bytes that arrived over it meanwhile are parsed now."""
         self._expect(State.WAIT_TLS)
-        if self._queue or self._parser.bytes_buffered:
-            # Data pipelined behind <starttls/> arrived unencrypted: an injection attempt.
-            self._fail(errors.PolicyViolation("data after <starttls/>"))
-            return self._take_events()
         self.tls = True
         self._restart()
+        early, self._early = self._early, b""
+        if early:
+            return self.receive_data(early)
         return self._take_events()
 
     def provide_credentials(self, creds: ScramCredentials | None) -> list[C2SEvent]:
@@ -364,6 +367,10 @@ class C2SStream:
             self._write(f"<failure xmlns='{ns.TLS}'/>".encode())
             self._end(None, send_close=True)
             return
+        if self._queue or self._parser.bytes_buffered:
+            # RFC 6120 §5.4.3.3: nothing may follow <starttls/> in clear; pipelined data is an
+            # injection attempt (CVE-2011-0411 class).
+            raise errors.PolicyViolation("data after <starttls/>")
         self._write(f"<proceed xmlns='{ns.TLS}'/>".encode())
         self.state = State.WAIT_TLS
         self._events.append(StartTls())

@@ -22,14 +22,14 @@ class Client(slixmpp.ClientXMPP):  # type: ignore[misc]
     def __init__(self, jid: str, password: str, *, cert: Path | None, mechanism: str | None = None,
                  direct_tls: bool = False) -> None:
         super().__init__(jid, password, sasl_mech=mechanism)
-        for plugin in ("xep_0030", "xep_0199", "xep_0092", "xep_0077"):
+        for plugin in ("xep_0030", "xep_0199", "xep_0092", "xep_0077", "xep_0203"):
             self.register_plugin(plugin)
         if cert is not None:
             self.ssl_context = ssl.create_default_context(cafile=str(cert))
         self.enable_direct_tls = direct_tls
         self.enable_starttls = not direct_tls
         self.enable_plaintext = False
-        self.roster.auto_authorize = False
+        self.roster.auto_authorize = None  # None: leave subscription requests to the test
         self.roster.auto_subscribe = False
         self.messages: asyncio.Queue[Any] = asyncio.Queue()
         self.presences: asyncio.Queue[Any] = asyncio.Queue()
@@ -39,9 +39,9 @@ class Client(slixmpp.ClientXMPP):  # type: ignore[misc]
         self.add_event_handler("presence", lambda p: self.presences.put_nowait(p))
         self.add_event_handler("roster_update", lambda iq: self.roster_pushes.put_nowait(iq))
         self.add_event_handler("session_start", self._on_start)
-        self.add_event_handler("failed_all_auth", self._on_failed)
-        self.add_event_handler("connection_failed", self._on_failed)
-        self.add_event_handler("disconnected", self._on_failed)
+        self.add_event_handler("failed_all_auth", lambda e: self._on_failed("authentication failed"))
+        self.add_event_handler("connection_failed", lambda e: self._on_failed(f"connection failed: {e}"))
+        self.add_event_handler("disconnected", lambda e: self._on_failed(f"disconnected: {e}"))
         self.stream_errors: list[Any] = []
         self.add_event_handler("stream_error", lambda e: self.stream_errors.append(e))
 
@@ -49,9 +49,9 @@ class Client(slixmpp.ClientXMPP):  # type: ignore[misc]
         if not self._ready.done():
             self._ready.set_result(True)
 
-    def _on_failed(self, event: Any) -> None:
+    def _on_failed(self, why: str) -> None:
         if not self._ready.done():
-            self._ready.set_exception(AuthFailed(str(event)))
+            self._ready.set_exception(AuthFailed(f"{why}; stream errors: {self.stream_errors}"))
 
     async def login(self, port: int, *, timeout: float = 15.0) -> "Client":
         self.connect("127.0.0.1", port)

@@ -129,9 +129,18 @@ def test_data_pipelined_after_starttls_is_rejected():
     c = new()
     feed(c, HEADER)
     events = feed(c, b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/><message/>")
-    assert events == [StartTls()]
-    events = c.tls_started()
     assert isinstance(events[-1], StreamEnded) and isinstance(events[-1].error, errors.PolicyViolation)
+    assert b"<proceed" not in c.data_to_send()
+
+
+def test_data_over_tls_before_tls_started_is_kept():
+    c = new()
+    feed(c, HEADER)
+    assert feed(c, b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>") == [StartTls()]
+    assert feed(c, HEADER) == []  # the TLS layer delivered it before the adapter resumed us
+    c.data_to_send()
+    c.tls_started()
+    assert b"<mechanisms" in c.data_to_send()
 
 
 def test_wrong_password_and_too_many_failures():
