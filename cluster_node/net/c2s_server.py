@@ -30,7 +30,8 @@ __all__ = ["C2SListener"]
 log = logging.getLogger(__name__)
 
 QUEUE_HIGH_WATER = 500  # stanzas waiting for this connection's handler before reading pauses
-WRITE_BUFFER_LIMIT = 8 * 1024 * 1024  # a client that does not read this much is dropped
+WRITE_BUFFER_LIMIT = 8 * 1024 * 1024
+LINGER_SECONDS = 2.0  # after a stream error: time for the peer to read it before we close  # a client that does not read this much is dropped
 
 
 class C2SListener:
@@ -98,6 +99,7 @@ class C2SConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         self._closed = False
+        self._draining = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
@@ -115,7 +117,7 @@ class C2SConnection(asyncio.Protocol):
         self._arm_timer(self.listener.settings.c2s.handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
-        if self._closed:
+        if self._closed or self._draining:
             return
         now = self._loop.time()
         delay = self._shaper.consume(len(data), now)
@@ -130,8 +132,26 @@ class C2SConnection(asyncio.Protocol):
             self._arm_timer(self.listener.settings.c2s.idle_timeout)
 
     def eof_received(self) -> bool | None:
+        if self._draining:
+            return None  # the transport closes itself
         self._handle(self.core.receive_data(b""))
         return None
+
+    def _linger(self) -> None:
+        """Close so the peer can still read our last words.
+
+        Closing a socket with unread input makes the kernel send RST, which destroys the stream
+        error in flight; so stop writing, keep reading (and discarding) briefly, then close.
+        """
+        t = self.transport
+        if t is None or t.is_closing() or self._draining:
+            return
+        self._draining = True
+        if t.can_write_eof():
+            t.write_eof()
+        self._paused = dict.fromkeys(self._paused, False)
+        t.resume_reading()
+        self._loop.call_later(LINGER_SECONDS, t.close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -195,8 +215,7 @@ class C2SConnection(asyncio.Protocol):
                     self.listener.counters["stream_errors"] += 1
                     log.info("c2s %s: stream error %s (%s)", self.ip, event.error.condition, event.error.text)
                 self._flush()
-                if self.transport is not None:
-                    self.transport.close()
+                self._linger()
                 return
         self._flush()
 

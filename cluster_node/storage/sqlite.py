@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_random
 
 from .sql import SqlStorage, Tx
 
@@ -50,10 +52,16 @@ class SqliteStorage(SqlStorage):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = await aiosqlite.connect(self.path, isolation_level=None, timeout=30)
         await self._db.execute("PRAGMA busy_timeout = 30000")
-        await self._db.execute("PRAGMA journal_mode = WAL")
+        # Switching to WAL needs a moment alone with the file: another process opening it at the
+        # same instant makes it answer "locked" at once, whatever busy_timeout says.
+        async for attempt in AsyncRetrying(retry=retry_if_exception_type(sqlite3.OperationalError),
+                                           wait=wait_random(0.05, 0.3), stop=stop_after_delay(30),
+                                           reraise=True):
+            with attempt:
+                await self._db.execute("PRAGMA journal_mode = WAL")
+                async with self._tx(write=True) as tx:
+                    await self._migrate(tx)
         await self._db.execute("PRAGMA synchronous = NORMAL")
-        async with self._tx(write=True) as tx:
-            await self._migrate(tx)
 
     async def close(self) -> None:
         if self._db is not None:

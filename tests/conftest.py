@@ -1,0 +1,36 @@
+"""Session-wide fixtures: servers the tests start themselves (PostgreSQL), fresh databases."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.postgres import PostgresServer, pg_bindir
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    if pg_bindir() is None:
+        pytest.skip("PostgreSQL binaries are not installed (scripts/install-test-deps.sh installs them)")
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_db_url(postgres_server: PostgresServer) -> str:
+    """A fresh, empty database for one test."""
+    return postgres_server.create_database(f"t_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(scope="module")
+def postgres_module_db_url(postgres_server: PostgresServer) -> str:
+    """A fresh database shared by one test module."""
+    return postgres_server.create_database(f"m_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'meridian.db'}"

@@ -1,0 +1,102 @@
+"""A throwaway PostgreSQL server for the tests, on a free loopback port.
+
+Debian's ``postgresql`` package gives the binaries; initdb refuses to run as root, so as root
+the server runs as the ``postgres`` system user (or ``nobody``) in a directory chowned to it.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from .ports import free_port
+
+__all__ = ["PostgresServer", "pg_bindir"]
+
+
+def pg_bindir() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+class PostgresServer:
+    def __init__(self) -> None:
+        bindir = pg_bindir()
+        if bindir is None:
+            raise RuntimeError("PostgreSQL binaries not found (apt-get install postgresql)")
+        self.bindir = bindir
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="meridian-pg-"))
+        self.user: str | None = None
+        if os.geteuid() == 0:
+            for name in ("postgres", "nobody"):
+                try:
+                    pwd.getpwnam(name)
+                    self.user = name
+                    break
+                except KeyError:
+                    continue
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def db_user(self) -> str:
+        return self.user or pwd.getpwuid(os.geteuid()).pw_name
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{self.db_user}@127.0.0.1:{self.port}/{database}"
+
+    def _cmd(self, *args: str) -> list[str]:
+        return (["runuser", "-u", self.user, "--"] if self.user else []) + list(args)
+
+    def start(self) -> PostgresServer:
+        data = self.dir / "data"
+        if self.user:
+            pw = pwd.getpwnam(self.user)
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+        subprocess.run(self._cmd(str(self.bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", self.db_user,
+                                 "--no-sync", "-E", "UTF8"), check=True, capture_output=True)
+        self.proc = subprocess.Popen(
+            self._cmd(str(self.bindir / "postgres"), "-D", str(data), "-p", str(self.port), "-h", "127.0.0.1",
+                      "-k", str(self.dir), "-c", "fsync=off", "-c", "full_page_writes=off",
+                      "-c", "synchronous_commit=off", "-c", "max_connections=300"),
+            stdout=subprocess.DEVNULL, stderr=open(self.dir / "postgres.log", "wb"))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            res = subprocess.run([str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
+                                 capture_output=True)
+            if res.returncode == 0:
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError((self.dir / "postgres.log").read_text())
+            time.sleep(0.1)
+        raise TimeoutError("PostgreSQL did not start")
+
+    def create_database(self, name: str) -> str:
+        subprocess.run([str(self.bindir / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", self.db_user,
+                        "-d", "postgres", "-c", f'CREATE DATABASE "{name}"'], check=True, capture_output=True)
+        return self.url(name)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> PostgresServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,174 @@
+"""Hostile input over raw sockets: each gets its stream error, the node stays up, and two clients
+chatting meanwhile are not disturbed (RFC 6120 §4.9, §11)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import pytest_asyncio
+
+from tests.helpers.node import NodeProcess
+from tests.helpers.xmpp_client import Client
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+HEADER = (b"<?xml version='1.0'?><stream:stream to='localhost' version='1.0' xmlns='jabber:client' "
+          b"xmlns:stream='http://etherx.jabber.org/streams'>")
+MAX_STANZA = 65536
+PER_IP = 40
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    n = NodeProcess(tmp_path_factory.mktemp("hostile"), settings={"limits": {
+        "max_stanza_size": MAX_STANZA, "max_depth": 32, "shaper_rate": 20000, "shaper_burst": 40000,
+        "shaper_max_throttle": 1.0, "max_connections_per_ip": PER_IP}})
+    n.register("alice", "alice-pw")
+    n.register("bob", "bob-pw")
+    yield n.start()
+    n.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def chatters(node: NodeProcess) -> AsyncIterator[tuple[Client, Client]]:
+    a = await Client("alice@localhost/h", "alice-pw", cert=node.cert).online(node.port)
+    b = await Client("bob@localhost/h", "bob-pw", cert=node.cert).online(node.port)
+    yield a, b
+    await a.close()
+    await b.close()
+
+
+async def still_chatting(node: NodeProcess, chatters: tuple[Client, Client], tag: str) -> None:
+    assert node.alive(), node.log()
+    a, b = chatters
+    a.send_message(mto="bob@localhost/h", mbody=f"still here after {tag}", mtype="chat")
+    msg = await b.next_message(timeout=10)
+    assert msg["body"] == f"still here after {tag}"
+
+
+async def _read_all(reader: asyncio.StreamReader, timeout: float = 15.0) -> bytes:
+    data = b""
+    try:
+        async with asyncio.timeout(timeout):
+            while chunk := await reader.read(65536):
+                data += chunk
+    except (TimeoutError, ConnectionError):
+        pass
+    return data
+
+
+async def _read_until(reader: asyncio.StreamReader, marker: bytes, timeout: float = 10.0) -> bytes:
+    data = b""
+    async with asyncio.timeout(timeout):
+        while marker not in data:
+            chunk = await reader.read(65536)
+            if not chunk:
+                break
+            data += chunk
+    return data
+
+
+async def raw(node: NodeProcess, payload: bytes, *, tls: bool = False, chunk: int = 1 << 20) -> bytes:
+    """Open a stream (optionally through STARTTLS), send ``payload``, return all the server said."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    writer.write(HEADER)
+    out = await _read_until(reader, b"</stream:features>")
+    if tls:
+        writer.write(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        await _read_until(reader, b"<proceed")
+        ctx = ssl.create_default_context(cafile=str(node.cert))
+        await writer.start_tls(ctx, server_hostname="localhost")
+        writer.write(HEADER)
+        out = await _read_until(reader, b"</stream:features>")
+    try:
+        for i in range(0, len(payload), chunk):
+            writer.write(payload[i:i + chunk])
+            await asyncio.wait_for(writer.drain(), 20)
+    except (ConnectionError, asyncio.TimeoutError):
+        pass
+    out += await _read_all(reader)
+    writer.close()
+    return out
+
+
+def stream_error(data: bytes, condition: str) -> bool:
+    return (f"<{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>".encode() in data
+            and data.rstrip().endswith(b"</stream:stream>"))
+
+
+BILLION_LAUGHS = (b"<!DOCTYPE lolz [<!ENTITY lol 'lol'><!ENTITY lol2 '&lol;&lol;&lol;&lol;&lol;&lol;'>"
+                  b"<!ENTITY lol3 '&lol2;&lol2;&lol2;&lol2;&lol2;'>]><message>&lol3;</message>")
+
+
+@pytest.mark.parametrize("name, payload, condition", [
+    ("billion-laughs", BILLION_LAUGHS, "restricted-xml"),
+    ("external-entity", b"<!DOCTYPE m [<!ENTITY xxe SYSTEM 'file:///etc/passwd'>]><message>&xxe;</message>",
+     "restricted-xml"),
+    ("doctype", b"<!DOCTYPE message>", "restricted-xml"),
+    ("undefined-entity", b"<message><body>&nbsp;</body></message>", "restricted-xml"),
+    ("comment", b"<!-- hello -->", "restricted-xml"),
+    ("processing-instruction", b"<?evil please?>", "restricted-xml"),
+    ("invalid-utf8", b"<message><body>\xff\xfe</body></message>", "unsupported-encoding"),
+    ("overlong-utf8", b"<message><body>\xc0\xaf</body></message>", "unsupported-encoding"),
+    ("unbound-prefix", b"<foo:message/>", "bad-namespace-prefix"),
+    ("not-well-formed", b"<message><body></message>", "not-well-formed"),
+    ("stanza-before-auth", b"<message to='bob@localhost'><body>hi</body></message>", "not-authorized"),
+    ("ten-megabytes", b"<message><body>" + b"A" * (10 * 1024 * 1024) + b"</body></message>",
+     "policy-violation"),
+    ("ten-thousand-deep", b"<message>" + b"<x>" * 10_000 + b"</x>" * 10_000 + b"</message>",
+     "policy-violation"),
+])
+async def test_hostile_input_gets_its_stream_error(node, chatters, name, payload, condition):
+    data = await raw(node, payload)
+    assert stream_error(data, condition), data[-500:]
+    await still_chatting(node, chatters, name)
+
+
+async def test_stanza_before_auth_over_tls(node, chatters):
+    data = await raw(node, b"<iq type='get' id='1'><query xmlns='jabber:iq:roster'/></iq>", tls=True)
+    assert stream_error(data, "not-authorized")
+    await still_chatting(node, chatters, "stanza-before-auth-tls")
+
+
+async def test_plain_before_tls_is_refused(node, chatters):
+    token = base64.b64encode(b"\0alice\0alice-pw")
+    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+    writer.write(HEADER)
+    features = await _read_until(reader, b"</stream:features>")
+    assert b"<mechanisms" not in features  # nothing but STARTTLS before TLS
+    writer.write(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>" + token + b"</auth>")
+    reply = await _read_until(reader, b"</failure>")
+    assert b"<encryption-required/>" in reply and b"<success" not in reply
+    writer.close()
+    await still_chatting(node, chatters, "plain-before-tls")
+
+
+async def test_flood_over_the_shaper(node, chatters):
+    # 4 MB of whitespace keepalives as fast as the socket takes them: 200 s of budget at 20 kB/s.
+    data = await raw(node, b" " * (4 * 1024 * 1024), chunk=65536)
+    assert stream_error(data, "policy-violation"), data[-300:]
+    await still_chatting(node, chatters, "flood")
+
+
+async def test_connections_per_ip_limit(node, chatters):
+    conns = []
+    refused = None
+    try:
+        for _ in range(PER_IP + 2):
+            reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+            conns.append(writer)
+            writer.write(HEADER)
+            data = await _read_until(reader, b"</stream:features>", timeout=5)
+            if b"policy-violation" in data:
+                refused = data
+                break
+        assert refused is not None and stream_error(refused, "policy-violation")
+    finally:
+        for w in conns:
+            w.close()
+    await asyncio.sleep(0.3)
+    await still_chatting(node, chatters, "connection-limit")
