@@ -71,6 +71,13 @@ class StorageSettings(_Section):
 
     url: str = ""
 
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value and "://" in value and not value.startswith(("sqlite:", "postgresql://", "postgres://")):
+            raise ValueError("use sqlite:///path.db or postgresql://user@host/db")
+        return value
+
 
 class OfflineSettings(_Section):
     """XEP-0160 offline storage."""
