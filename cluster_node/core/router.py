@@ -12,8 +12,8 @@ import asyncio
 import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
 from dataclasses import dataclass
+from typing import Any
 
 from ..xmpp import errors, ns
 from ..xmpp.errors import StanzaError

@@ -47,7 +47,7 @@ class Offline:
             raise errors.ServiceUnavailable()
         el = ET.Element(stanza.element.tag, dict(stanza.element.attrib))
         el.extend(list(stanza.element))
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         ET.SubElement(el, f"{{{ns.DELAY}}}delay", {"from": to.domain, "stamp": stamp}).text = "Offline storage"
         ok = await self.s.storage.store_offline(to.domain, to.local or "", Stanza(el).to_bytes(), limit=limit)
         if not ok:

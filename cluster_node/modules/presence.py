@@ -27,7 +27,7 @@ P = f"{{{ns.CLIENT}}}presence"
 
 
 class PresenceSession(Protocol):
-    record: "SessionRecord"
+    record: SessionRecord
     last_presence: Stanza | None
     directed: set[str]
 

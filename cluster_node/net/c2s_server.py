@@ -19,8 +19,18 @@ from ..modules.register import Register
 from ..settings import NodeSettings
 from ..xmpp import errors
 from ..xmpp.c2s import (
-    Authenticated, BindRequested, C2SConfig, C2SEvent, C2SStream, CredentialsNeeded,
-    RegistrationIq, SessionEstablished, StanzaIn, StartTls, State, StreamEnded,
+    Authenticated,
+    BindRequested,
+    C2SConfig,
+    C2SEvent,
+    C2SStream,
+    CredentialsNeeded,
+    RegistrationIq,
+    SessionEstablished,
+    StanzaIn,
+    StartTls,
+    State,
+    StreamEnded,
 )
 from ..xmpp.errors import StreamError
 from ..xmpp.stanza import Stanza
@@ -30,8 +40,8 @@ __all__ = ["C2SListener"]
 log = logging.getLogger(__name__)
 
 QUEUE_HIGH_WATER = 500  # stanzas waiting for this connection's handler before reading pauses
-WRITE_BUFFER_LIMIT = 8 * 1024 * 1024
-LINGER_SECONDS = 2.0  # after a stream error: time for the peer to read it before we close  # a client that does not read this much is dropped
+WRITE_BUFFER_LIMIT = 8 * 1024 * 1024  # a client that does not read this much is dropped
+LINGER_SECONDS = 2.0  # after a stream error: time for the peer to read it before we close
 
 
 class C2SListener:
@@ -232,7 +242,7 @@ class C2SConnection(asyncio.Protocol):
         try:
             new = await self._loop.start_tls(self.transport, self, self.listener.tls_context, server_side=True,
                                              ssl_handshake_timeout=self.listener.settings.c2s.handshake_timeout)
-        except (OSError, ssl.SSLError, ConnectionError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as e:
             log.info("c2s %s: TLS handshake failed: %s", self.ip, e)
             if self.transport is not None:
                 self.transport.abort()

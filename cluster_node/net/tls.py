@@ -40,7 +40,7 @@ def ensure_self_signed(directory: Path, domains: list[str]) -> tuple[Path, Path]
             sans.append(x509.IPAddress(ipaddress.ip_address(d)))
         except ValueError:
             sans += [x509.DNSName(d), x509.DNSName(f"*.{d}")]
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

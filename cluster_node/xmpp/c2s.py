@@ -28,8 +28,8 @@ import binascii
 import enum
 import secrets
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 from xml.sax.saxutils import escape, quoteattr
 
 from . import errors, ns

@@ -76,7 +76,7 @@ class NodeProcess:
         env["PYTHONPATH"] = str(ROOT)
         return env
 
-    def start(self, timeout: float = 20.0) -> "NodeProcess":
+    def start(self, timeout: float = 20.0) -> NodeProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cluster_node.cli", "node", "--config", str(self.config)],

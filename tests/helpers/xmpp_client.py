@@ -53,12 +53,12 @@ class Client(slixmpp.ClientXMPP):  # type: ignore[misc]
         if not self._ready.done():
             self._ready.set_exception(AuthFailed(f"{why}; stream errors: {self.stream_errors}"))
 
-    async def login(self, port: int, *, timeout: float = 15.0) -> "Client":
+    async def login(self, port: int, *, timeout: float = 15.0) -> Client:
         self.connect("127.0.0.1", port)
         await asyncio.wait_for(self._ready, timeout)
         return self
 
-    async def online(self, port: int, *, priority: int | None = None, roster: bool = True) -> "Client":
+    async def online(self, port: int, *, priority: int | None = None, roster: bool = True) -> Client:
         """Log in, fetch the roster and send initial presence (what a stock client does)."""
         await self.login(port)
         if roster:
@@ -90,5 +90,5 @@ class Client(slixmpp.ClientXMPP):  # type: ignore[misc]
             self.disconnect()
             try:
                 await asyncio.wait_for(self.disconnected, 5)
-            except (asyncio.TimeoutError, Exception):
+            except (TimeoutError, Exception):
                 pass

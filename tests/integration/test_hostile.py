@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import ssl
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
 
 from tests.helpers.node import NodeProcess
+from tests.helpers.raw import HEADER, raw, read_until, stream_error
 from tests.helpers.xmpp_client import Client
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-HEADER = (b"<?xml version='1.0'?><stream:stream to='localhost' version='1.0' xmlns='jabber:client' "
-          b"xmlns:stream='http://etherx.jabber.org/streams'>")
 MAX_STANZA = 65536
 PER_IP = 40
 
@@ -48,56 +46,6 @@ async def still_chatting(node: NodeProcess, chatters: tuple[Client, Client], tag
     a.send_message(mto="bob@localhost/h", mbody=f"still here after {tag}", mtype="chat")
     msg = await b.next_message(timeout=10)
     assert msg["body"] == f"still here after {tag}"
-
-
-async def _read_all(reader: asyncio.StreamReader, timeout: float = 15.0) -> bytes:
-    data = b""
-    try:
-        async with asyncio.timeout(timeout):
-            while chunk := await reader.read(65536):
-                data += chunk
-    except (TimeoutError, ConnectionError):
-        pass
-    return data
-
-
-async def _read_until(reader: asyncio.StreamReader, marker: bytes, timeout: float = 10.0) -> bytes:
-    data = b""
-    async with asyncio.timeout(timeout):
-        while marker not in data:
-            chunk = await reader.read(65536)
-            if not chunk:
-                break
-            data += chunk
-    return data
-
-
-async def raw(node: NodeProcess, payload: bytes, *, tls: bool = False, chunk: int = 1 << 20) -> bytes:
-    """Open a stream (optionally through STARTTLS), send ``payload``, return all the server said."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
-    writer.write(HEADER)
-    out = await _read_until(reader, b"</stream:features>")
-    if tls:
-        writer.write(b"<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
-        await _read_until(reader, b"<proceed")
-        ctx = ssl.create_default_context(cafile=str(node.cert))
-        await writer.start_tls(ctx, server_hostname="localhost")
-        writer.write(HEADER)
-        out = await _read_until(reader, b"</stream:features>")
-    try:
-        for i in range(0, len(payload), chunk):
-            writer.write(payload[i:i + chunk])
-            await asyncio.wait_for(writer.drain(), 20)
-    except (ConnectionError, asyncio.TimeoutError):
-        pass
-    out += await _read_all(reader)
-    writer.close()
-    return out
-
-
-def stream_error(data: bytes, condition: str) -> bool:
-    return (f"<{condition} xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>".encode() in data
-            and data.rstrip().endswith(b"</stream:stream>"))
 
 
 BILLION_LAUGHS = (b"<!DOCTYPE lolz [<!ENTITY lol 'lol'><!ENTITY lol2 '&lol;&lol;&lol;&lol;&lol;&lol;'>"
@@ -138,10 +86,10 @@ async def test_plain_before_tls_is_refused(node, chatters):
     token = base64.b64encode(b"\0alice\0alice-pw")
     reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
     writer.write(HEADER)
-    features = await _read_until(reader, b"</stream:features>")
+    features = await read_until(reader, b"</stream:features>")
     assert b"<mechanisms" not in features  # nothing but STARTTLS before TLS
     writer.write(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>" + token + b"</auth>")
-    reply = await _read_until(reader, b"</failure>")
+    reply = await read_until(reader, b"</failure>")
     assert b"<encryption-required/>" in reply and b"<success" not in reply
     writer.close()
     await still_chatting(node, chatters, "plain-before-tls")
@@ -162,7 +110,7 @@ async def test_connections_per_ip_limit(node, chatters):
             reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
             conns.append(writer)
             writer.write(HEADER)
-            data = await _read_until(reader, b"</stream:features>", timeout=5)
+            data = await read_until(reader, b"</stream:features>", timeout=5)
             if b"policy-violation" in data:
                 refused = data
                 break

@@ -6,8 +6,16 @@ import pytest
 
 from cluster_node.xmpp import errors
 from cluster_node.xmpp.c2s import (
-    Authenticated, BindRequested, C2SConfig, C2SStream, CredentialsNeeded, SessionEstablished,
-    StanzaIn, StartTls, State, StreamEnded,
+    Authenticated,
+    BindRequested,
+    C2SConfig,
+    C2SStream,
+    CredentialsNeeded,
+    SessionEstablished,
+    StanzaIn,
+    StartTls,
+    State,
+    StreamEnded,
 )
 from cluster_node.xmpp.jid import Jid
 from cluster_node.xmpp.sasl.scram import make_credentials

@@ -209,7 +209,7 @@ class ScramServer:
         signature = _hmac(h, self._creds.stored_key, auth_message)
         if len(proof) != len(signature):
             raise SaslFailure("not-authorized")
-        client_key = bytes(a ^ b for a, b in zip(proof, signature))
+        client_key = bytes(a ^ b for a, b in zip(proof, signature, strict=True))
         if not hmac.compare_digest(_h(h, client_key), self._creds.stored_key):
             raise SaslFailure("not-authorized")
         server_sig = _hmac(h, self._creds.server_key, auth_message)
