@@ -3,6 +3,7 @@ and for logged-in users password change and account removal (§3.2, §3.3)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import xml.etree.ElementTree as ET
 
@@ -10,6 +11,7 @@ from ..core.accounts import AccountError
 from ..core.router import IqRequest
 from ..core.services import Services
 from ..xmpp import errors, ns
+from ..xmpp.jid import Jid
 from ..xmpp.stanza import Stanza
 
 __all__ = ["Register"]
@@ -60,10 +62,8 @@ class Register:
         if req.payload.find(Q + "remove") is not None:
             await self.s.accounts.remove(user.domain, user.local or "")
             log.info("%s removed its account in-band", user.bare)
-            for record in self.s.table.resources(user.bare):
-                session = self.s.local.get(record.sid)
-                if session is not None:
-                    session.kick("not-authorized", "account removed")
+            # XEP-0077 §3.2: the result first, then the account's streams close.
+            asyncio.get_running_loop().call_soon(self._kick_all, user)
             return None
         username, password = _field(req.payload, "username"), _field(req.payload, "password")
         if username is None or password is None or username.lower() != (user.local or ""):
@@ -73,6 +73,13 @@ class Register:
         except AccountError as e:
             raise errors.NotAcceptable(str(e)) from None
         return None
+
+
+    def _kick_all(self, user: Jid) -> None:
+        for record in self.s.table.resources(user.bare):
+            session = self.s.local.get(record.sid)
+            if session is not None:
+                session.kick("not-authorized", "account removed")
 
 
 def _form() -> ET.Element:

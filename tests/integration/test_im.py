@@ -208,3 +208,41 @@ async def test_duplicate_resource_kicks_the_old_session(node):
     finally:
         await first.close()
         await second.close()
+
+
+async def test_directed_presence_and_unavailable_on_disconnect(node):
+    a = await client(node, "alice", "dir").online(node.port)
+    c = await client(node, "carol", "dir").online(node.port)
+    try:
+        a.send_presence(pto="carol@localhost/dir", pstatus="just for you")
+        p = await c.next_presence(None, sender="alice@localhost/dir")
+        assert p["status"] == "just for you"
+        await a.close()  # RFC 6121 §4.6.3: directed-presence recipients learn we left
+        await c.next_presence("unavailable", sender="alice@localhost/dir")
+    finally:
+        await a.close()
+        await c.close()
+
+
+async def test_roster_versioning(node):
+    u = f"r{uuid.uuid4().hex[:6]}"
+    node.register(u, "pw-ver-1")
+    x = await Client(f"{u}@localhost/v", "pw-ver-1", cert=node.cert).login(node.port)
+    try:
+        def roster_get(ver):
+            iq = x.make_iq_get(queryxmlns="jabber:iq:roster")
+            iq["roster"]["ver"] = ver
+            return iq.send(timeout=5)
+
+        first = await roster_get("")
+        ver = first["roster"]["ver"]
+        assert ver
+        unchanged = await roster_get(ver)
+        assert unchanged.xml.find("{jabber:iq:roster}query") is None  # RFC 6121 §2.6.3: empty result
+        x.update_roster("someone@localhost", name="S")
+        await asyncio.sleep(0.3)
+        changed = await roster_get(ver)
+        assert changed["roster"]["ver"] != ver
+        assert "someone@localhost" in changed["roster"]["items"]
+    finally:
+        await x.close()
