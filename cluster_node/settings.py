@@ -106,12 +106,12 @@ class NodeSettings(BaseSettings):
     data_dir: Path = Path("meridian-data")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     scram_iterations: int = Field(4096, ge=4096, description="PBKDF2 rounds for new passwords")
-    c2s: C2SSettings = Field(default_factory=C2SSettings)
-    limits: LimitsSettings = Field(default_factory=LimitsSettings)
-    tls: TlsSettings = Field(default_factory=TlsSettings)
-    storage: StorageSettings = Field(default_factory=StorageSettings)
-    offline: OfflineSettings = Field(default_factory=OfflineSettings)
-    registration: RegistrationSettings = Field(default_factory=RegistrationSettings)
+    c2s: C2SSettings = C2SSettings()
+    limits: LimitsSettings = LimitsSettings()
+    tls: TlsSettings = TlsSettings()
+    storage: StorageSettings = StorageSettings()
+    offline: OfflineSettings = OfflineSettings()
+    registration: RegistrationSettings = RegistrationSettings()
 
     @field_validator("domains")
     @classmethod

@@ -63,7 +63,7 @@ class SessionManager:
         sid = self.s.local.new_sid()
         record = SessionRecord(jid=jid, node=self.s.node, sid=sid, created=time.time())
         session.record = record
-        self.s.local.add(sid, session)  # type: ignore[arg-type]
+        self.s.local.add(sid, session)
         self.s.table.insert(record)
         log.info("session %s bound as %s", sid, jid)
         return jid
@@ -80,7 +80,7 @@ class SessionManager:
         """A stanza from our client, ``from`` already stamped."""
         try:
             if stanza.name == "presence":
-                await self.s.presence.outbound(session, stanza)  # type: ignore[arg-type]
+                await self.s.presence.outbound(session, stanza)
                 return
         except errors.StanzaError as e:
             self.s.router.send_error(stanza, e)
@@ -93,7 +93,7 @@ class SessionManager:
         if record is None:
             return
         try:
-            await self.s.presence.unavailable(session)  # type: ignore[arg-type]
+            await self.s.presence.unavailable(session)
         except Exception:
             log.exception("unavailable broadcast for %s failed", record.jid)
         self.s.table.delete(record.jid, record.sid)

@@ -249,7 +249,7 @@ class C2SConnection(asyncio.Protocol):
             return
         if new is None:
             return
-        self.transport = new  # type: ignore[assignment]
+        self.transport = new
         self._handle(self.core.tls_started())
         self._resume("tls")
 

@@ -60,7 +60,7 @@ class SqlStorage:
         async with self._tx() as tx:
             row = await tx.fetchone("SELECT credentials FROM accounts WHERE domain = ? AND username = ?",
                                     domain, username)
-        return None if row is None else json.loads(row[0])  # type: ignore[no-any-return]
+        return None if row is None else json.loads(row[0])
 
     async def set_credentials(self, domain: str, username: str, credentials: Credentials) -> bool:
         async with self._tx(write=True) as tx:

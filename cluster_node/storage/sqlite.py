@@ -33,7 +33,7 @@ class _SqliteTx:
 
     async def fetchone(self, sql: str, *args: Any) -> Sequence[Any] | None:
         async with self.db.execute(sql, args) as cur:
-            return await cur.fetchone()  # type: ignore[return-value]
+            return await cur.fetchone()
 
     async def fetchall(self, sql: str, *args: Any) -> list[Sequence[Any]]:
         async with self.db.execute(sql, args) as cur:

@@ -51,13 +51,17 @@ class ScramCredentials:
     server_key: bytes
 
     def to_dict(self) -> dict[str, str | int]:
-        b = lambda v: base64.b64encode(v).decode()  # noqa: E731
+        def b(v: bytes) -> str:
+            return base64.b64encode(v).decode()
+
         return {"hash": self.hash_name, "salt": b(self.salt), "iterations": self.iterations,
                 "stored_key": b(self.stored_key), "server_key": b(self.server_key)}
 
     @classmethod
     def from_dict(cls, d: dict[str, str | int]) -> ScramCredentials:
-        u = lambda k: base64.b64decode(str(d[k]))  # noqa: E731
+        def u(key: str) -> bytes:
+            return base64.b64decode(str(d[key]))
+
         return cls(str(d["hash"]), u("salt"), int(d["iterations"]), u("stored_key"), u("server_key"))
 
 
