@@ -61,7 +61,7 @@ async def running_node(settings: NodeSettings) -> AsyncIterator[Node]:
     tls = server_context(cert, key)
     async with open_accounts(settings) as (storage, accounts):
         accounts.min_password_length = settings.registration.min_password_length
-        table = SessionTable()
+        table = SessionTable(settings.node_name)
         local = LocalSessions(settings.node_name)
         router = Router(settings.node_name, settings.domains, table, local)
         services = Services(settings, storage, accounts, table, local, router)

@@ -11,8 +11,9 @@ import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol
 
+from ..cluster.table import Op, Record, ReplicatedTable
 from ..xmpp.jid import Jid
 from ..xmpp.stanza import Stanza
 
@@ -35,41 +36,74 @@ class SessionRecord:
         return replace(self, available=available, priority=priority)
 
 
+    def to_value(self) -> dict[str, Any]:
+        return {"node": self.node, "sid": self.sid, "created": self.created, "priority": self.priority,
+                "available": self.available, "interested": self.interested}
+
+    @classmethod
+    def from_table(cls, record: Record) -> SessionRecord:
+        v = record.value
+        return cls(Jid.parse(record.key), str(v["node"]), str(v["sid"]), float(v["created"]),
+                   int(v.get("priority", 0)), bool(v.get("available")), bool(v.get("interested")))
+
+
 Change = tuple[str, SessionRecord]  # ("insert" | "delete", record)
 
 
-class SessionTable:
-    """Full JID → record, with a bare-JID index for RFC 6121 bare-JID delivery."""
+def newest_session(ours: Record, theirs: Record) -> Record:
+    """Sessions conflict handler: the newer login keeps the full JID (RFC 6120 §7.7.2.2 kick-old)."""
+    a, b = (ours.value["created"], ours.owner), (theirs.value["created"], theirs.owner)
+    return ours if a >= b else theirs
 
-    def __init__(self) -> None:
+
+class SessionTable:
+    """Full JID → record, replicated to every cluster member, with a bare-JID index for
+    RFC 6121 bare-JID delivery.  Local writes return the op the cluster broadcasts."""
+
+    def __init__(self, node: str = "local") -> None:
+        self.replicated = ReplicatedTable("sessions", node, on_conflict=newest_session)
+        self.replicated.listeners.append(self._changed)
         self._by_full: dict[Jid, SessionRecord] = {}
         self._by_bare: dict[Jid, dict[str, SessionRecord]] = {}
         self._listeners: list[Callable[[Change], None]] = []
+        self.on_local_op: Callable[[Op], None] | None = None
 
     def subscribe(self, listener: Callable[[Change], None]) -> None:
-        """Call ``listener`` after every insert/delete (the gateway publishes from here)."""
+        """Call ``listener`` after every insert/delete, local or replicated (the gateway publishes here)."""
         self._listeners.append(listener)
 
     def insert(self, record: SessionRecord) -> None:
-        self._by_full[record.jid] = record
-        self._by_bare.setdefault(record.jid.bare, {})[record.jid.resource or ""] = record
-        for listener in self._listeners:
-            listener(("insert", record))
+        op = self.replicated.insert(str(record.jid), record.to_value())
+        if self.on_local_op is not None:
+            self.on_local_op(op)
 
     def delete(self, jid: Jid, sid: str | None = None) -> SessionRecord | None:
         """Remove ``jid``'s record (only if it is still session ``sid``, when given)."""
         record = self._by_full.get(jid)
         if record is None or (sid is not None and record.sid != sid):
             return None
-        del self._by_full[jid]
-        resources = self._by_bare.get(jid.bare)
-        if resources is not None:
-            resources.pop(jid.resource or "", None)
-            if not resources:
-                del self._by_bare[jid.bare]
-        for listener in self._listeners:
-            listener(("delete", record))
+        op = self.replicated.delete(str(jid))
+        if op is not None and self.on_local_op is not None:
+            self.on_local_op(op)
         return record
+
+    def _changed(self, change: tuple[str, Record]) -> None:
+        kind, raw = change
+        record = SessionRecord.from_table(raw)
+        jid = record.jid
+        if kind == "insert":
+            self._by_full[jid] = record
+            self._by_bare.setdefault(jid.bare, {})[jid.resource or ""] = record
+        else:
+            if self._by_full.get(jid) == record:
+                del self._by_full[jid]
+            resources = self._by_bare.get(jid.bare)
+            if resources is not None and resources.get(jid.resource or "") == record:
+                del resources[jid.resource or ""]
+                if not resources:
+                    del self._by_bare[jid.bare]
+        for listener in self._listeners:
+            listener((kind, record))
 
     def lookup(self, jid: Jid) -> SessionRecord | None:
         return self._by_full.get(jid)
