@@ -1,0 +1,248 @@
+"""One cluster link, node to node, as a sans-IO state machine (time is an argument).
+
+Handshake: both sides send HELLO (cluster name, node name, incarnation, protocol version, a
+nonce), then AUTH, an HMAC of the peer's nonce under the cluster secret — so a member of another
+cluster, a wrong secret, a duplicate node name or an incompatible protocol version is refused
+with a clear reason before anything is exchanged.  Then each side sends a DUMP of the records it
+owns per table, and from there OPs (acked), STANZAs, CALLs and PINGs.
+
+    state       input                       next
+    ---------   -------------------------   ---------------------------------
+    HELLO       peer HELLO, acceptable      AUTH (our AUTH sent)
+    AUTH        peer AUTH, valid            JOINED  → event Joined
+    any         refusal / bad frame         CLOSED  → event Closed(reason)
+    JOINED      no frame for ping_timeout   CLOSED  → event Closed("ping timeout")
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from .frames import Frame, FrameDecoder, FrameError, Kind, decode_stanza, encode, encode_stanza
+from .table import Op, Record
+
+__all__ = ["PROTOCOL_VERSION", "LinkConfig", "ClusterLink", "Joined", "Closed", "DumpReceived",
+           "OpReceived", "Acked", "StanzaArrived", "CallReceived", "LinkEvent"]
+
+PROTOCOL_VERSION = "1.0"  # major.minor: members with the same major version can join
+
+
+class State(enum.Enum):
+    HELLO = "hello"
+    AUTH = "auth"
+    JOINED = "joined"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    cluster: str
+    node: str
+    incarnation: str
+    secret: bytes
+    address: str = ""
+    version: str = PROTOCOL_VERSION
+    ping_interval: float = 1.0
+    ping_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class Joined:
+    node: str
+    incarnation: str
+    address: str
+    node_num: int | None
+
+
+@dataclass(frozen=True)
+class Closed:
+    reason: str
+    refused: bool = False
+
+
+@dataclass(frozen=True)
+class DumpReceived:
+    table: str
+    records: list[Record]
+
+
+@dataclass(frozen=True)
+class OpReceived:
+    op: Op
+
+
+@dataclass(frozen=True)
+class Acked:
+    seq: int
+
+
+@dataclass(frozen=True)
+class StanzaArrived:
+    envelope: dict[str, Any]
+    data: bytes
+
+
+@dataclass(frozen=True)
+class CallReceived:
+    name: str
+    args: dict[str, Any]
+
+
+LinkEvent = Joined | Closed | DumpReceived | OpReceived | Acked | StanzaArrived | CallReceived
+
+
+def _mac(secret: bytes, nonce: str, node: str, cluster: str) -> str:
+    return hmac.new(secret, f"{nonce}|{node}|{cluster}".encode(), hashlib.sha256).hexdigest()
+
+
+class ClusterLink:
+    def __init__(self, config: LinkConfig, now: float, *, node_num: int | None = None) -> None:
+        self.config = config
+        self.state = State.HELLO
+        self.peer: str | None = None
+        self.peer_incarnation = ""
+        self._nonce = secrets.token_hex(16)
+        self._peer_nonce = ""
+        self._decoder = FrameDecoder()
+        self._out: list[bytes] = []
+        self._last_seen = now
+        self._last_ping = now
+        self._seq = 0
+        self.rtt: float | None = None
+        self._out.append(encode(Kind.HELLO, {
+            "cluster": config.cluster, "node": config.node, "incarnation": config.incarnation,
+            "version": config.version, "nonce": self._nonce, "address": config.address, "node_num": node_num}))
+
+    # -- outputs --------------------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    def send_dump(self, table: str, records: list[list[Any]]) -> None:
+        self._out.append(encode(Kind.DUMP, {"table": table, "records": records}))
+
+    def send_op(self, op: Op) -> int:
+        self._seq += 1
+        self._out.append(encode(Kind.OP, op.to_json(self._seq)))
+        return self._seq
+
+    def send_stanza(self, envelope: dict[str, Any], data: bytes) -> None:
+        self._out.append(encode_stanza(envelope, data))
+
+    def send_call(self, name: str, args: dict[str, Any]) -> None:
+        self._out.append(encode(Kind.CALL, {"name": name, "args": args}))
+
+    def refuse(self, reason: str) -> list[LinkEvent]:
+        if self.state is State.CLOSED:
+            return []
+        self._out.append(encode(Kind.REFUSE, {"reason": reason}))
+        self.state = State.CLOSED
+        return [Closed(reason, refused=True)]
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> list[LinkEvent]:
+        if self.state is State.CLOSED:
+            return []
+        if not data:
+            self.state = State.CLOSED
+            return [Closed("connection closed")]
+        self._last_seen = now
+        events: list[LinkEvent] = []
+        try:
+            for frame in self._decoder.feed(data):
+                events += self._on_frame(frame, now)
+                if self.state is State.CLOSED:
+                    break
+        except (FrameError, ValueError, KeyError, TypeError) as e:
+            return events + self.refuse(f"malformed frame: {e}")
+        return events
+
+    def handle_timer(self, now: float) -> list[LinkEvent]:
+        if self.state is State.CLOSED:
+            return []
+        if now - self._last_seen > self.config.ping_timeout:
+            self.state = State.CLOSED
+            return [Closed(f"no traffic for {self.config.ping_timeout:.1f}s (ping timeout)")]
+        if self.state is State.JOINED and now - self._last_ping >= self.config.ping_interval:
+            self._last_ping = now
+            self._out.append(encode(Kind.PING, {"t": now}))
+        return []
+
+    def _on_frame(self, frame: Frame, now: float) -> list[LinkEvent]:
+        kind = frame.kind
+        if kind is Kind.REFUSE:
+            self.state = State.CLOSED
+            return [Closed(f"refused by peer: {frame.json().get('reason')}", refused=True)]
+        if self.state is State.HELLO:
+            if kind is not Kind.HELLO:
+                return self.refuse(f"expected HELLO, got {kind.name}")
+            return self._on_hello(frame.json())
+        if self.state is State.AUTH:
+            if kind is not Kind.AUTH:
+                return self.refuse(f"expected AUTH, got {kind.name}")
+            return self._on_auth(frame.json())
+        if kind is Kind.OP:
+            body = frame.json()
+            self._out.append(encode(Kind.ACK, {"seq": int(body["seq"])}))
+            return [OpReceived(Op.from_json(body))]
+        if kind is Kind.ACK:
+            return [Acked(int(frame.json()["seq"]))]
+        if kind is Kind.STANZA:
+            envelope, data = decode_stanza(frame)
+            return [StanzaArrived(envelope, data)]
+        if kind is Kind.DUMP:
+            body = frame.json()
+            records = [Record(str(k), v, str(o)) for k, v, o in body["records"] if isinstance(v, dict)]
+            if any(r.owner != self.peer for r in records):
+                return self.refuse("a dump may only carry the sender's own records")
+            return [DumpReceived(str(body["table"]), records)]
+        if kind is Kind.PING:
+            self._out.append(encode(Kind.PONG, frame.json()))
+            return []
+        if kind is Kind.PONG:
+            t = frame.json().get("t")
+            if isinstance(t, (int, float)):
+                self.rtt = now - t
+            return []
+        if kind is Kind.CALL:
+            body = frame.json()
+            args = body.get("args")
+            return [CallReceived(str(body["name"]), args if isinstance(args, dict) else {})]
+        return self.refuse(f"unexpected {kind.name}")
+
+    def _on_hello(self, hello: dict[str, Any]) -> list[LinkEvent]:
+        cfg = self.config
+        cluster, node, version = hello.get("cluster"), hello.get("node"), str(hello.get("version", ""))
+        if cluster != cfg.cluster:
+            return self.refuse(f"cluster name mismatch: we are {cfg.cluster!r}, peer is {cluster!r}")
+        if not isinstance(node, str) or not node:
+            return self.refuse("no node name")
+        if node == cfg.node:
+            return self.refuse(f"duplicate node name {node!r}")
+        if version.split(".")[0] != cfg.version.split(".")[0]:
+            return self.refuse(f"incompatible protocol version {version!r} (we speak {cfg.version!r})")
+        self.peer = node
+        self.peer_incarnation = str(hello.get("incarnation", ""))
+        self._peer_address = str(hello.get("address", ""))
+        num = hello.get("node_num")
+        self._peer_num = num if isinstance(num, int) else None
+        self._peer_nonce = str(hello.get("nonce", ""))
+        self._out.append(encode(Kind.AUTH, {"mac": _mac(cfg.secret, self._peer_nonce, cfg.node, cfg.cluster)}))
+        self.state = State.AUTH
+        return []
+
+    def _on_auth(self, auth: dict[str, Any]) -> list[LinkEvent]:
+        assert self.peer is not None
+        expected = _mac(self.config.secret, self._nonce, self.peer, self.config.cluster)
+        if not hmac.compare_digest(str(auth.get("mac", "")), expected):
+            return self.refuse("wrong cluster secret")
+        self.state = State.JOINED
+        return [Joined(self.peer, self.peer_incarnation, self._peer_address, self._peer_num)]

@@ -1,0 +1,99 @@
+"""Two cluster link cores pumped together: handshake, refusals, ops and acks, pings."""
+
+import pytest
+
+from cluster_node.cluster.link import (
+    Acked,
+    Closed,
+    ClusterLink,
+    DumpReceived,
+    Joined,
+    LinkConfig,
+    OpReceived,
+    StanzaArrived,
+)
+from cluster_node.cluster.table import Op
+
+
+def cfg(node: str, **kw) -> LinkConfig:
+    base = {"cluster": "eu", "node": node, "incarnation": "1", "secret": b"s3cret"}
+    base.update(kw)
+    return LinkConfig(**base)
+
+
+def pump(a: ClusterLink, b: ClusterLink, now: float = 0.0) -> tuple[list, list]:
+    ea, eb = [], []
+    for _ in range(10):
+        da, db = a.data_to_send(), b.data_to_send()
+        if not da and not db:
+            break
+        if da:
+            eb += b.receive_data(da, now)
+        if db:
+            ea += a.receive_data(db, now)
+    return ea, eb
+
+
+def test_join():
+    a, b = ClusterLink(cfg("a"), 0), ClusterLink(cfg("b"), 0)
+    ea, eb = pump(a, b)
+    assert ea == [Joined("b", "1", "", None)] and eb == [Joined("a", "1", "", None)]
+
+
+@pytest.mark.parametrize("other, reason", [
+    (cfg("b", secret=b"wrong"), "wrong cluster secret"),
+    (cfg("b", cluster="us"), "cluster name mismatch"),
+    (cfg("a"), "duplicate node name"),
+    (cfg("b", version="2.0"), "incompatible protocol version"),
+])
+def test_refusals_are_clear(other, reason):
+    a, b = ClusterLink(cfg("a"), 0), ClusterLink(other, 0)
+    ea, eb = pump(a, b)
+    closed = [e for e in ea + eb if isinstance(e, Closed)]
+    assert closed and any(reason in e.reason for e in closed), closed
+    assert not any(isinstance(e, Joined) for e in ea + eb)
+
+
+def test_minor_version_difference_joins():
+    a, b = ClusterLink(cfg("a"), 0), ClusterLink(cfg("b", version="1.7"), 0)
+    ea, eb = pump(a, b)
+    assert isinstance(ea[0], Joined) and isinstance(eb[0], Joined)
+
+
+def test_ops_are_acked_in_order_and_stanzas_pass_through():
+    a, b = ClusterLink(cfg("a"), 0), ClusterLink(cfg("b"), 0)
+    pump(a, b)
+    s1 = a.send_op(Op("sessions", "insert", "k1", "a", {"x": 1}))
+    s2 = a.send_op(Op("sessions", "delete", "k1", "a"))
+    a.send_stanza({"to": "u@d/r"}, b"<message/>")
+    ea, eb = pump(a, b)
+    assert [e.op.key for e in eb if isinstance(e, OpReceived)] == ["k1", "k1"]
+    assert [e.seq for e in ea if isinstance(e, Acked)] == [s1, s2]
+    assert StanzaArrived({"to": "u@d/r"}, b"<message/>") in eb
+
+
+def test_dump_with_foreign_records_is_refused():
+    a, b = ClusterLink(cfg("a"), 0), ClusterLink(cfg("b"), 0)
+    pump(a, b)
+    a.send_dump("sessions", [["k", {}, "a"]])
+    _, eb = pump(a, b)
+    assert any(isinstance(e, DumpReceived) for e in eb)
+    a.send_dump("sessions", [["k", {}, "c"]])
+    _, eb = pump(a, b)
+    assert any(isinstance(e, Closed) and "own records" in e.reason for e in eb)
+
+
+def test_pings_keep_a_link_alive_and_silence_closes_it():
+    a, b = ClusterLink(cfg("a", ping_interval=1, ping_timeout=3), 0), ClusterLink(cfg("b"), 0)
+    pump(a, b)
+    for t in range(1, 10):
+        assert a.handle_timer(float(t)) == []
+        pump(a, b, float(t))
+    assert a.rtt == 0.0
+    assert a.handle_timer(20.0) and a.state.value == "closed"
+
+
+def test_garbage_closes_with_a_reason():
+    a = ClusterLink(cfg("a"), 0)
+    events = a.receive_data(b"\x00\x00\x00\x02\x63\x00GET / HTTP/1.1", 0)
+    assert isinstance(events[-1], Closed) and "malformed frame" in events[-1].reason
