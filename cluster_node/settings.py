@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -92,6 +92,33 @@ class RegistrationSettings(_Section):
     min_password_length: int = Field(8, ge=1)
 
 
+class ClusterSettings(_Section):
+    """CETS-style regional cluster (MongooseIM 6.2): replicated tables, discovery, no join commands."""
+
+    enabled: bool = False
+    name: str = Field("meridian", min_length=1, description="members join only their own cluster")
+    secret: str = Field("", description="shared by the members; required when enabled")
+    host: str = "127.0.0.1"
+    port: int = Field(7100, ge=0, le=65535, description="cluster link listener (TLS)")
+    advertise: str = Field("", description="host:port the others connect to (default host:port)")
+    discovery: Literal["rdbms", "file"] = "rdbms"
+    discovery_url: str = Field("", description="rdbms: the region's database (default: storage.url)")
+    nodes: list[str] = Field(default_factory=list, description="file: name@host:port of every member")
+    refresh_interval: float = Field(5.0, gt=0, description="seconds between discovery refreshes")
+    last_seen_threshold: float = Field(3600.0, gt=0, description="seconds before a silent row is deleted")
+    ping_interval: float = Field(1.0, gt=0)
+    ping_timeout: float = Field(5.0, gt=0, description="seconds without traffic before a member is down")
+
+    @field_validator("nodes")
+    @classmethod
+    def _nodes(cls, value: list[str]) -> list[str]:
+        from .cluster.discovery import parse_peer
+
+        for spec in value:
+            parse_peer(spec)
+        return value
+
+
 class NodeSettings(BaseSettings):
     """Everything a ``meridian node`` process needs."""
 
@@ -112,6 +139,13 @@ class NodeSettings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     offline: OfflineSettings = OfflineSettings()
     registration: RegistrationSettings = RegistrationSettings()
+    cluster: ClusterSettings = ClusterSettings()
+
+    @model_validator(mode="after")
+    def _cluster_secret(self) -> NodeSettings:
+        if self.cluster.enabled and len(self.cluster.secret) < 16:
+            raise ValueError("cluster.secret: at least 16 characters are required when the cluster is enabled")
+        return self
 
     @field_validator("domains")
     @classmethod

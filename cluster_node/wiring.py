@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from .core.accounts import Accounts
+from .core.clustering import build_member
 from .core.router import Router
 from .core.services import Services
 from .core.session_manager import SessionManager
@@ -78,6 +79,9 @@ async def running_node(settings: NodeSettings) -> AsyncIterator[Node]:
         Version(services)
         register = Register(services)
         sessions = SessionManager(services)
+        member = discovery_store = None
+        if settings.cluster.enabled:
+            member, discovery_store = await build_member(services, cert, key)
         c2s = C2SListener(settings, sessions, register, tls)
         await c2s.start()
         log.info("node %s serving %s; c2s on %s", settings.node_name, ", ".join(settings.domains),
@@ -87,6 +91,10 @@ async def running_node(settings: NodeSettings) -> AsyncIterator[Node]:
         finally:
             await c2s.stop()
             await asyncio.sleep(0.05)  # let session cleanups finish before storage closes
+            if member is not None:
+                await member.stop()
+            if discovery_store is not None:
+                await discovery_store.close()
 
 
 async def run_node(settings: NodeSettings) -> None:

@@ -118,6 +118,10 @@ class ClusterLink:
             "cluster": config.cluster, "node": config.node, "incarnation": config.incarnation,
             "version": config.version, "nonce": self._nonce, "address": config.address, "node_num": node_num}))
 
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
     # -- outputs --------------------------------------------------------------------------
 
     def data_to_send(self) -> bytes:
@@ -159,7 +163,7 @@ class ClusterLink:
         try:
             for frame in self._decoder.feed(data):
                 events += self._on_frame(frame, now)
-                if self.state is State.CLOSED:
+                if self.closed:
                     break
         except (FrameError, ValueError, KeyError, TypeError) as e:
             return events + self.refuse(f"malformed frame: {e}")

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from ..modules.offline import Offline
     from ..modules.presence import Presence
     from ..modules.roster import Roster
+    from ..net.cluster_net import ClusterMember
 
 __all__ = ["Services"]
 
@@ -30,6 +31,7 @@ class Services:
     roster: Roster = field(init=False)
     presence: Presence = field(init=False)
     offline: Offline = field(init=False)
+    cluster: ClusterMember | None = None
 
     def update_record(self, record: SessionRecord) -> None:
         """Change a session's record in the table and, if it lives here, on its connection."""

@@ -74,7 +74,8 @@ class SessionManager:
             session = self.s.local.get(record.sid)
             if session is not None:
                 session.kick(condition, text)
-        # Sessions on other members are closed by the cluster's conflict handling (issue: cluster).
+        elif self.s.cluster is not None:
+            self.s.cluster.call(record.node, "kick", {"sid": record.sid, "condition": condition, "text": text})
 
     async def outbound(self, session: ClientSession, stanza: Stanza) -> None:
         """A stanza from our client, ``from`` already stamped."""

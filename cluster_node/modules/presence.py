@@ -136,6 +136,19 @@ class Presence:
         for target in targets:
             await self.s.router.route(stanza.with_attrs(to=target))
 
+    async def gone(self, record: SessionRecord) -> None:
+        """A session vanished with its member (RFC 6121 §4.5 on its behalf): unavailable to
+        subscribers and to the account's other resources."""
+        if not record.available:
+            return
+        stanza = presence_stanza(record.jid, record.jid.bare, "unavailable")
+        for item in await self._roster(record.jid.bare):
+            if item.subscription in ("from", "both"):
+                await self.s.router.route(stanza.with_attrs(to=item.jid))
+        for other in self.s.table.resources(record.jid.bare):
+            if other.available:
+                self.s.router.deliver(other, stanza.with_attrs(to=str(other.jid)))
+
     async def _outbound_subscription(self, user: Jid, contact: Jid, ptype: str) -> None:
         item, state = await self._state(user, contact)
         out = outbound(state, ptype)

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import ssl
 from collections import deque
+from typing import Any
 
 from ..core.limits import ConnectionLimiter, Shaper
 from ..core.session_manager import SessionManager, is_probe
@@ -275,7 +276,16 @@ class C2SConnection(asyncio.Protocol):
         except errors.StanzaError as e:
             self._handle(self.core.bind_failed(e))
             return
-        self._handle(self.core.bind_done(self.record.jid))
+        cluster = self.listener.sessions.s.cluster
+        if cluster is None or not cluster.links:
+            self._handle(self.core.bind_done(self.record.jid))
+        else:  # the bind result waits until every member knows the session (CETS insert semantics)
+            self.listener.sessions.s.router.spawn(self._bound_when_replicated(cluster))
+
+    async def _bound_when_replicated(self, cluster: Any) -> None:
+        await cluster.wait_acks()
+        if not self._closed:
+            self._handle(self.core.bind_done(self.record.jid))
 
     async def _register(self, stanza: Stanza) -> None:
         reply = await self.listener.register.pre_auth(stanza, self.core.domain or "")

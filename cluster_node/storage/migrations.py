@@ -33,6 +33,14 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                stored_at {bigint} NOT NULL)""",
         "CREATE INDEX IF NOT EXISTS offline_by_user ON offline_messages (domain, username, id)",
     ]),
+    (2, [
+        # CETS-style discovery (MongooseIM's cets_discovery_rdbms): each member refreshes its row.
+        """CREATE TABLE IF NOT EXISTS discovery_nodes (
+               cluster_name TEXT NOT NULL, node_name TEXT NOT NULL, address TEXT NOT NULL,
+               node_num INTEGER NOT NULL, updated_timestamp {bigint} NOT NULL,
+               PRIMARY KEY (cluster_name, node_name))""",
+        "CREATE UNIQUE INDEX IF NOT EXISTS discovery_num ON discovery_nodes (cluster_name, node_num)",
+    ]),
 ]
 
 

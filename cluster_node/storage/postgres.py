@@ -72,3 +72,6 @@ class PostgresStorage(SqlStorage):
 
     async def _lock_user(self, tx: Tx, domain: str, username: str) -> None:
         await tx.fetchone("SELECT pg_advisory_xact_lock(hashtext(? || '/' || ?))", domain, username)
+
+    async def _lock_discovery(self, tx: Tx, cluster: str) -> None:
+        await tx.fetchone("SELECT pg_advisory_xact_lock(hashtext('discovery/' || ?))", cluster)

@@ -204,4 +204,36 @@ class SqlStorage:
             row = await tx.fetchone("SELECT COUNT(*) FROM offline_messages")
         return int(row[0]) if row else 0
 
+    # -- cluster discovery (the region's members find each other here) ---------------------------
 
+    async def discovery_register(self, cluster: str, node: str, address: str, now: int) -> int:
+        """Upsert our row and return our node number: kept if we had one, else the smallest free."""
+        async with self._tx(write=True) as tx:
+            await self._lock_discovery(tx, cluster)
+            row = await tx.fetchone("SELECT node_num FROM discovery_nodes WHERE cluster_name = ? AND node_name = ?",
+                                    cluster, node)
+            if row is not None:
+                await tx.execute("UPDATE discovery_nodes SET address = ?, updated_timestamp = ? "
+                                 "WHERE cluster_name = ? AND node_name = ?", address, now, cluster, node)
+                return int(row[0])
+            used = {int(r[0]) for r in await tx.fetchall(
+                "SELECT node_num FROM discovery_nodes WHERE cluster_name = ?", cluster)}
+            num = next(n for n in range(1, len(used) + 2) if n not in used)
+            await tx.execute("INSERT INTO discovery_nodes (cluster_name, node_name, address, node_num, "
+                             "updated_timestamp) VALUES (?, ?, ?, ?, ?)", cluster, node, address, num, now)
+            return num
+
+    async def discovery_nodes(self, cluster: str) -> list[tuple[str, str, int, int]]:
+        """(node, address, node_num, updated) of every registered member of ``cluster``."""
+        async with self._tx() as tx:
+            rows = await tx.fetchall("SELECT node_name, address, node_num, updated_timestamp FROM discovery_nodes "
+                                     "WHERE cluster_name = ? ORDER BY node_name", cluster)
+        return [(str(r[0]), str(r[1]), int(r[2]), int(r[3])) for r in rows]
+
+    async def discovery_cleanup(self, cluster: str, older_than: int) -> int:
+        async with self._tx(write=True) as tx:
+            return await tx.execute("DELETE FROM discovery_nodes WHERE cluster_name = ? AND updated_timestamp < ?",
+                                    cluster, older_than)
+
+    async def _lock_discovery(self, tx: Tx, cluster: str) -> None:
+        """Serialize node-number allocation (SQLite's write transaction already does)."""

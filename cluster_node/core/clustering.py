@@ -1,0 +1,103 @@
+"""Glue between the cluster member and the node's services: replicated session table, stanzas
+routed to sessions on other members, kicks across members, and member-down cleanup."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..cluster.discovery import Discovery, FileDiscovery, RdbmsDiscovery, parse_peer
+from ..cluster.table import Record
+from ..net.cluster_net import ClusterMember, MemberHooks
+from ..net.tls import client_context, server_context
+from ..storage import open_storage
+from ..xmpp.fragment import parse_stanza
+from ..xmpp.stanza import Stanza
+from .services import Services
+from .sessions import SessionRecord
+
+__all__ = ["build_member"]
+
+log = logging.getLogger("meridian.cluster")
+
+
+async def build_member(services: Services, cert: Path, key: Path) -> tuple[ClusterMember, Any]:
+    """A started cluster member wired into ``services``; returns it and the discovery store."""
+    settings = services.settings
+    cs = settings.cluster
+    advertise = cs.advertise or f"{cs.host}:{cs.port}"
+    store = None
+    discovery: Discovery
+    if cs.discovery == "file":
+        discovery = FileDiscovery([parse_peer(p) for p in cs.nodes], settings.node_name)
+    else:
+        store = open_storage(cs.discovery_url or settings.storage_url)
+        await store.open()
+        discovery = RdbmsDiscovery(store, cs.name, settings.node_name, advertise, cs.last_seen_threshold)
+    # Links are authenticated by the cluster secret (HMAC); TLS gives them confidentiality.
+    client_tls = client_context(verify=False)
+    server_tls = server_context(cert, key)
+    table = services.table
+    member = ClusterMember(
+        cluster=cs.name, node=settings.node_name, secret=cs.secret.encode(), address=advertise,
+        listen_host=cs.host, listen_port=cs.port, discovery=discovery, server_tls=server_tls,
+        client_tls=client_tls, tables={"sessions": table.replicated}, refresh_interval=cs.refresh_interval,
+        ping_interval=cs.ping_interval, ping_timeout=cs.ping_timeout)
+    member.hooks = MemberHooks(stanza=lambda env, data: _arrived(services, env, data),
+                               call=lambda name, args: _called(services, name, args),
+                               member_down=lambda node, records, leader: _down(services, node, records, leader))
+    table.on_local_op = member.broadcast
+    table.replicated.on_lost = lambda record: _lost(services, record)
+    services.router.cluster_send = lambda record, stanza: _send(services, member, record, stanza)
+    services.cluster = member
+    await member.start()
+    return member, store
+
+
+def _send(services: Services, member: ClusterMember, record: SessionRecord, stanza: Stanza) -> None:
+    envelope = {"sid": record.sid, "to": str(record.jid), "hops": 1}
+    if not member.send_stanza(record.node, envelope, stanza.to_bytes()):
+        log.warning("no link to %s for a stanza to %s", record.node, record.jid)
+
+
+def _arrived(services: Services, envelope: dict[str, Any], data: bytes) -> None:
+    """A stanza routed to one of our sessions by another member."""
+    session = services.local.get(str(envelope.get("sid", "")))
+    try:
+        stanza = parse_stanza(data)
+    except ValueError as e:
+        log.warning("dropping an unparsable stanza from the cluster: %s", e)
+        return
+    if session is not None:
+        session.deliver(stanza)
+        return
+    # The session moved or ended meanwhile: route again from here, once.
+    if int(envelope.get("hops", 1)) < 2 and stanza.to:
+        services.router.spawn(services.router.route(stanza))
+
+
+def _called(services: Services, name: str, args: dict[str, Any]) -> None:
+    if name == "kick":
+        session = services.local.get(str(args.get("sid", "")))
+        if session is not None:
+            session.kick(str(args.get("condition", "conflict")), args.get("text"))
+
+
+def _lost(services: Services, record: Record) -> None:
+    """One of our sessions lost a conflict on merge (same full JID on two members): close it."""
+    session = services.local.get(str(record.value.get("sid", "")))
+    if session is not None:
+        log.info("session %s lost a cluster conflict; closing it", record.key)
+        session.kick("conflict", "replaced by a newer session in the cluster")
+
+
+def _down(services: Services, node: str, records: list[Record], leader: bool) -> None:
+    sessions = [SessionRecord.from_table(r) for r in records if r.value.get("sid")]
+    log.warning("member %s down: %d of its sessions dropped%s", node, len(sessions),
+                "; sending their unavailable presence" if leader else "")
+    if leader:
+        for record in sessions:
+            services.router.spawn(services.presence.gone(record))
+
+

@@ -1,0 +1,313 @@
+"""Cluster member: links to the other members of the region (asyncio adapter over ClusterLink).
+
+Full mesh: each member connects to the discovered members whose name sorts after its own and
+accepts connections from the others, so every pair has exactly one link and no join needs a
+cluster-wide lock (CETS's global join lock stalled MongooseIM at seven nodes, issue 4758).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..cluster.discovery import Discovery, Peer
+from ..cluster.link import (
+    Acked,
+    CallReceived,
+    Closed,
+    ClusterLink,
+    DumpReceived,
+    Joined,
+    LinkConfig,
+    LinkEvent,
+    OpReceived,
+    StanzaArrived,
+)
+from ..cluster.table import Op, Record, ReplicatedTable
+
+__all__ = ["ClusterMember", "MemberHooks"]
+
+log = logging.getLogger("meridian.cluster")
+
+
+@dataclass
+class MemberHooks:
+    """What the node does on cluster events (filled by the wiring)."""
+
+    stanza: Callable[[dict[str, Any], bytes], None] = lambda env, data: None
+    call: Callable[[str, dict[str, Any]], None] = lambda name, args: None
+    member_down: Callable[[str, list[Record], bool], None] = lambda node, records, leader: None
+
+
+class LinkConnection(asyncio.Protocol):
+    def __init__(self, member: ClusterMember, outgoing: str | None) -> None:
+        self.member = member
+        self.outgoing = outgoing
+        self.core = ClusterLink(member.link_config, time.monotonic(), node_num=member.node_num)
+        self.transport: asyncio.Transport | None = None
+        self.joined = False
+        self.peer: str | None = None
+        self.sent_seq = 0
+        self.acked_seq = 0
+        self.ack_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.tables_seen: set[str] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.member.connections.add(self)
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.member.handle(self, self.core.receive_data(data, time.monotonic()))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.member.connections.discard(self)
+        self.member.handle(self, self.core.receive_data(b"", time.monotonic()))
+
+    def flush(self) -> None:
+        data = self.core.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        if self.transport is not None:
+            self.transport.close()
+        for _, fut in self.ack_waiters:
+            if not fut.done():
+                fut.set_result(None)
+        self.ack_waiters.clear()
+
+
+@dataclass
+class ClusterMember:
+    cluster: str
+    node: str
+    secret: bytes
+    address: str  # advertised host:port
+    listen_host: str
+    listen_port: int
+    discovery: Discovery
+    server_tls: ssl.SSLContext
+    client_tls: ssl.SSLContext
+    tables: dict[str, ReplicatedTable]
+    hooks: MemberHooks = field(default_factory=MemberHooks)
+    refresh_interval: float = 5.0
+    ping_interval: float = 1.0
+    ping_timeout: float = 5.0
+    incarnation: str = field(default_factory=lambda: f"{time.time():.6f}")
+    links: dict[str, LinkConnection] = field(default_factory=dict)
+    connections: set[LinkConnection] = field(default_factory=set)
+    discovered: list[Peer] = field(default_factory=list)
+    discovery_works: bool = False
+    refused: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._server: asyncio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._connecting: set[str] = set()
+        for table in self.tables.values():
+            table.me = self.node
+
+    @property
+    def link_config(self) -> LinkConfig:
+        return LinkConfig(self.cluster, self.node, self.incarnation, self.secret, self.address,
+                          ping_interval=self.ping_interval, ping_timeout=self.ping_timeout)
+
+    @property
+    def node_num(self) -> int | None:
+        return self.discovery.node_num
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: LinkConnection(self, None), self.listen_host,
+                                                self.listen_port, ssl=self.server_tls)
+        self._tasks.append(loop.create_task(self._discovery_loop()))
+        self._tasks.append(loop.create_task(self._timer_loop()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for conn in list(self.connections):
+            conn.close()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    # -- replication ----------------------------------------------------------------------------
+
+    def broadcast(self, op: Op) -> None:
+        for conn in self.links.values():
+            conn.sent_seq = conn.core.send_op(op)
+            conn.flush()
+
+    async def wait_acks(self, timeout: float | None = None) -> None:
+        """Return when every joined member has acked what we sent so far (or is gone)."""
+        loop = asyncio.get_running_loop()
+        futures = []
+        for conn in self.links.values():
+            if conn.acked_seq < conn.sent_seq:
+                fut: asyncio.Future[None] = loop.create_future()
+                conn.ack_waiters.append((conn.sent_seq, fut))
+                futures.append(fut)
+        if futures:
+            await asyncio.wait(futures, timeout=timeout or self.ping_timeout)
+
+    def send_stanza(self, node: str, envelope: dict[str, Any], data: bytes) -> bool:
+        conn = self.links.get(node)
+        if conn is None:
+            return False
+        conn.core.send_stanza(envelope, data)
+        conn.flush()
+        return True
+
+    def call(self, node: str, name: str, args: dict[str, Any]) -> bool:
+        conn = self.links.get(node)
+        if conn is None:
+            return False
+        conn.core.send_call(name, args)
+        conn.flush()
+        return True
+
+    # -- events from links ----------------------------------------------------------------------
+
+    def handle(self, conn: LinkConnection, events: list[LinkEvent]) -> None:
+        for event in events:
+            if isinstance(event, Joined):
+                self._joined(conn, event)
+            elif isinstance(event, OpReceived):
+                table = self.tables.get(event.op.table)
+                if table is not None and event.op.owner == conn.peer:
+                    table.apply(event.op)
+            elif isinstance(event, Acked):
+                conn.acked_seq = max(conn.acked_seq, event.seq)
+                still = []
+                for seq, fut in conn.ack_waiters:
+                    if seq <= conn.acked_seq:
+                        if not fut.done():
+                            fut.set_result(None)
+                    else:
+                        still.append((seq, fut))
+                conn.ack_waiters = still
+            elif isinstance(event, DumpReceived):
+                conn.tables_seen.add(event.table)
+                table = self.tables.get(event.table)
+                if table is not None and conn.peer is not None:
+                    table.merge(conn.peer, event.records)
+            elif isinstance(event, StanzaArrived):
+                self.hooks.stanza(event.envelope, event.data)
+            elif isinstance(event, CallReceived):
+                self.hooks.call(event.name, event.args)
+            elif isinstance(event, Closed):
+                self._closed(conn, event)
+        conn.flush()
+
+    def _joined(self, conn: LinkConnection, event: Joined) -> None:
+        old = self.links.get(event.node)
+        if old is not None and old is not conn:
+            log.info("%s reconnected (incarnation %s); replacing its old link", event.node, event.incarnation)
+            self._down(old, "replaced by a new link")
+            old.close()
+        conn.joined = True
+        conn.peer = event.node
+        self.links[event.node] = conn
+        self.refused.pop(event.node, None)
+        for table in self.tables.values():
+            conn.core.send_dump(table.name, table.dump())
+        log.info("joined %s (%s)", event.node, event.address or "incoming")
+
+    def _closed(self, conn: LinkConnection, event: Closed) -> None:
+        peer = conn.peer or conn.outgoing or "?"
+        if event.refused:
+            self.refused[peer] = event.reason
+            log.warning("cluster link with %s refused: %s", peer, event.reason)
+        if conn.joined:
+            log.warning("cluster member %s is down: %s", peer, event.reason)
+            self._down(conn, event.reason)
+        conn.close()
+
+    def _down(self, conn: LinkConnection, reason: str) -> None:
+        if not conn.joined or conn.peer is None:
+            return
+        conn.joined = False
+        peer = conn.peer
+        if self.links.get(peer) is conn:
+            del self.links[peer]
+        # The surviving member with the smallest name does the side effects, once (not per survivor).
+        leader = min([self.node, *self.links]) == self.node
+        records: list[Record] = []
+        for table in self.tables.values():
+            records += table.drop_owner(peer)
+        self.hooks.member_down(peer, records, leader)
+
+    # -- discovery and timers -------------------------------------------------------------------
+
+    async def _discovery_loop(self) -> None:
+        while True:
+            try:
+                self.discovered = await self.discovery.refresh()
+                if not self.discovery_works:
+                    log.info("discovery works: %d members known", len(self.discovered))
+                self.discovery_works = True
+            except Exception as e:  # the database may be down: keep the links we have, retry
+                if self.discovery_works:
+                    log.warning("discovery failed: %s; retrying every %.1fs", e, self.refresh_interval)
+                self.discovery_works = False
+            for peer in self.discovered:
+                if peer.node > self.node and peer.node not in self.links and peer.node not in self._connecting:
+                    asyncio.get_running_loop().create_task(self._connect(peer))
+            await asyncio.sleep(self.refresh_interval)
+
+    async def _connect(self, peer: Peer) -> None:
+        self._connecting.add(peer.node)
+        try:
+            host, _, port = peer.address.rpartition(":")
+            await asyncio.wait_for(asyncio.get_running_loop().create_connection(
+                lambda: LinkConnection(self, peer.node), host.strip("[]"), int(port), ssl=self.client_tls),
+                timeout=self.ping_timeout)
+        except (TimeoutError, OSError, ValueError, ssl.SSLError) as e:
+            log.debug("cannot reach %s at %s: %s", peer.node, peer.address, e)
+        finally:
+            self._connecting.discard(peer.node)
+
+    async def _timer_loop(self) -> None:
+        step = min(self.ping_interval, 1.0) / 2
+        while True:
+            await asyncio.sleep(step)
+            now = time.monotonic()
+            for conn in list(self.connections):
+                self.handle(conn, conn.core.handle_timer(now))
+
+    # -- status (MongooseIM's cets systemInfo / tableInfo) -----------------------------------
+
+    def system_info(self) -> dict[str, Any]:
+        discovered = sorted({p.node for p in self.discovered} | {self.node})
+        joined = sorted([self.node, *self.links])
+        ours = set(self.tables)
+        unknown = {n: sorted(c.tables_seen - ours) for n, c in self.links.items() if c.tables_seen - ours}
+        missing = {n: sorted(ours - c.tables_seen) for n, c in self.links.items() if ours - c.tables_seen}
+        return {
+            "joinedNodes": joined,
+            "discoveredNodes": discovered,
+            "availableNodes": joined,
+            "unavailableNodes": sorted(set(discovered) - set(joined)),
+            "discoveryWorks": self.discovery_works,
+            "conflictNodes": sorted(n for n in self.refused),
+            "conflictTables": sorted(t.name for t in self.tables.values() if t.conflicts),
+            "remoteNodesWithoutDisco": sorted(set(self.links) - set(discovered)),
+            "remoteNodesWithUnknownTables": sorted(unknown),
+            "remoteNodesWithMissingTables": sorted(missing),
+            "remoteUnknownTables": sorted({t for ts in unknown.values() for t in ts}),
+            "remoteMissingTables": sorted({t for ts in missing.values() for t in ts}),
+        }
+
+    def table_info(self) -> list[dict[str, Any]]:
+        return [{"tableName": t.name, "size": len(t), "nodes": sorted([self.node, *self.links]),
+                 "memory": t.memory(), "conflicts": t.conflicts} for t in self.tables.values()]
