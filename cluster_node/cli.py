@@ -110,6 +110,33 @@ def _ctl_account(args: argparse.Namespace) -> int:
     return 0
 
 
+# Live state, asked of the running node over its control socket (MongooseIM: ``mongooseimctl cets …``).
+LIVE_COMMANDS: dict[str, dict[str, str]] = {
+    "cets": {"system-info": "systemInfo", "table-info": "tableInfo"},
+}
+
+
+def _ctl_live(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    from .net.control import control_socket, query_control
+
+    settings = _settings(args)
+    op = LIVE_COMMANDS[args.category][args.command]
+    path = control_socket(settings.data_dir)
+    try:
+        status, body = asyncio.run(query_control(path, args.category, op))
+    except (aiohttp.ClientError, OSError) as e:
+        message = f"cannot reach node {settings.node_name} at {path}: is it running? ({e.__class__.__name__})"
+        print(json.dumps({"errors": [{"message": message, "path": [args.category, op]}]}), file=sys.stderr)
+        return 1
+    if status != 200 or "errors" in body:
+        print(json.dumps(body), file=sys.stderr)
+        return 1
+    print(json.dumps(body, indent=2))
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meridian", description="Meridian multi-region XMPP platform")
     sub = p.add_subparsers(dest="role", required=True)
@@ -126,6 +153,11 @@ def _parser() -> argparse.ArgumentParser:
         for param in params:
             c.add_argument(f"--{param}", required=True)
         c.set_defaults(func=_ctl_account)
+    for category, commands in LIVE_COMMANDS.items():
+        cat = cats.add_parser(category, help=f"{category}: {', '.join(commands)} (asks the running node)")
+        ccmds = cat.add_subparsers(dest="command", required=True)
+        for name in commands:
+            ccmds.add_parser(name).set_defaults(func=_ctl_live)
     return p
 
 

@@ -6,8 +6,9 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .core.accounts import Accounts
 from .core.clustering import build_member
@@ -23,6 +24,8 @@ from .modules.register import Register
 from .modules.roster import Roster
 from .modules.version import Version
 from .net.c2s_server import C2SListener
+from .net.cluster_net import ClusterMember
+from .net.control import control_socket, serving_control
 from .net.tls import ensure_self_signed, server_context
 from .settings import NodeSettings
 from .storage import Storage, open_storage
@@ -79,22 +82,29 @@ async def running_node(settings: NodeSettings) -> AsyncIterator[Node]:
         Version(services)
         register = Register(services)
         sessions = SessionManager(services)
-        member = discovery_store = None
-        if settings.cluster.enabled:
-            member, discovery_store = await build_member(services, cert, key)
+        member = await build_member(services, cert, key) if settings.cluster.enabled else None
         c2s = C2SListener(settings, sessions, register, tls)
         await c2s.start()
         log.info("node %s serving %s; c2s on %s", settings.node_name, ", ".join(settings.domains),
                  ", ".join(map(str, c2s.ports)))
         try:
-            yield Node(services, sessions, c2s)
+            async with serving_control(control_socket(settings.data_dir), _control_queries(member)):
+                yield Node(services, sessions, c2s)
         finally:
             await c2s.stop()
             await asyncio.sleep(0.05)  # let session cleanups finish before storage closes
             if member is not None:
                 await member.stop()
-            if discovery_store is not None:
-                await discovery_store.close()
+
+
+def _control_queries(member: ClusterMember | None) -> dict[tuple[str, str], Callable[[], Any]]:
+    def cluster() -> ClusterMember:
+        if member is None:
+            raise LookupError("the cluster is not enabled on this node (cluster.enabled = false)")
+        return member
+
+    return {("cets", "systemInfo"): lambda: cluster().system_info(),
+            ("cets", "tableInfo"): lambda: cluster().table_info()}
 
 
 async def run_node(settings: NodeSettings) -> None:

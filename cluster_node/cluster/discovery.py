@@ -7,11 +7,16 @@ list.  Either way the result is a list of :class:`Peer`.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 __all__ = ["Peer", "Discovery", "RdbmsDiscovery", "FileDiscovery", "parse_peer"]
+
+log = logging.getLogger("meridian.cluster")
 
 
 @dataclass(frozen=True)
@@ -27,21 +32,31 @@ class Discovery(Protocol):
     @property
     def node_num(self) -> int | None: ...
 
+    async def close(self) -> None: ...
+
 
 class _DiscoveryStore(Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
     async def discovery_register(self, cluster: str, node: str, address: str, now: int) -> int: ...
     async def discovery_nodes(self, cluster: str) -> list[tuple[str, str, int, int]]: ...
     async def discovery_cleanup(self, cluster: str, older_than: int) -> int: ...
 
 
 class RdbmsDiscovery:
-    def __init__(self, store: _DiscoveryStore, cluster: str, node: str, address: str,
-                 last_seen_threshold: float = 3600.0) -> None:
-        self.store = store
+    """The region's database as the meeting point.  The store is opened on first use and reopened
+    after a failure, so a database that is down when the member starts (or later) only delays
+    discovery: the links already up keep working meanwhile."""
+
+    def __init__(self, open_store: Callable[[], _DiscoveryStore], cluster: str, node: str, address: str,
+                 last_seen_threshold: float = 3600.0, refresh_interval: float = 5.0) -> None:
+        self.open_store = open_store
+        self.store: _DiscoveryStore | None = None
         self.cluster = cluster
         self.node = node
         self.address = address
         self.last_seen_threshold = last_seen_threshold
+        self.refresh_interval = refresh_interval
         self._num: int | None = None
 
     @property
@@ -49,10 +64,33 @@ class RdbmsDiscovery:
         return self._num
 
     async def refresh(self) -> list[Peer]:
+        if self.store is None:
+            store = self.open_store()
+            await store.open()
+            self.store = store
+        try:
+            return await self._refresh(self.store)
+        except Exception:
+            store, self.store = self.store, None
+            with contextlib.suppress(Exception):
+                await store.close()
+            raise
+
+    async def _refresh(self, store: _DiscoveryStore) -> list[Peer]:
         now = int(time.time())
-        self._num = await self.store.discovery_register(self.cluster, self.node, self.address, now)
-        await self.store.discovery_cleanup(self.cluster, now - int(self.last_seen_threshold))
-        return [Peer(n, a, num) for n, a, num, _ in await self.store.discovery_nodes(self.cluster)]
+        if self._num is None:  # first registration: is our name already taken by a live member?
+            for node, address, _, updated in await store.discovery_nodes(self.cluster):
+                if node == self.node and address != self.address and now - updated < 3 * self.refresh_interval:
+                    log.warning("node name %r is registered by another live member at %s (updated %ds ago): "
+                                "duplicate node name? Its links will refuse ours", node, address, now - updated)
+        self._num = await store.discovery_register(self.cluster, self.node, self.address, now)
+        await store.discovery_cleanup(self.cluster, now - int(self.last_seen_threshold))
+        return [Peer(n, a, num) for n, a, num, _ in await store.discovery_nodes(self.cluster)]
+
+    async def close(self) -> None:
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
 
 
 def parse_peer(spec: str) -> Peer:
@@ -75,3 +113,6 @@ class FileDiscovery:
 
     async def refresh(self) -> list[Peer]:
         return list(self.peers)
+
+    async def close(self) -> None:
+        pass

@@ -122,6 +122,11 @@ class ClusterLink:
     def closed(self) -> bool:
         return self.state is State.CLOSED
 
+    @property
+    def last_seen(self) -> float:
+        """When the peer last sent anything (its pings keep this fresh on a live link)."""
+        return self._last_seen
+
     # -- outputs --------------------------------------------------------------------------
 
     def data_to_send(self) -> bytes:

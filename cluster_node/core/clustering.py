@@ -22,19 +22,18 @@ __all__ = ["build_member"]
 log = logging.getLogger("meridian.cluster")
 
 
-async def build_member(services: Services, cert: Path, key: Path) -> tuple[ClusterMember, Any]:
-    """A started cluster member wired into ``services``; returns it and the discovery store."""
+async def build_member(services: Services, cert: Path, key: Path) -> ClusterMember:
+    """A started cluster member wired into ``services``."""
     settings = services.settings
     cs = settings.cluster
     advertise = cs.advertise or f"{cs.host}:{cs.port}"
-    store = None
     discovery: Discovery
     if cs.discovery == "file":
         discovery = FileDiscovery([parse_peer(p) for p in cs.nodes], settings.node_name)
     else:
-        store = open_storage(cs.discovery_url or settings.storage_url)
-        await store.open()
-        discovery = RdbmsDiscovery(store, cs.name, settings.node_name, advertise, cs.last_seen_threshold)
+        url = cs.discovery_url or settings.storage_url
+        discovery = RdbmsDiscovery(lambda: open_storage(url), cs.name, settings.node_name, advertise,
+                                   cs.last_seen_threshold, cs.refresh_interval)
     # Links are authenticated by the cluster secret (HMAC); TLS gives them confidentiality.
     client_tls = client_context(verify=False)
     server_tls = server_context(cert, key)
@@ -52,7 +51,7 @@ async def build_member(services: Services, cert: Path, key: Path) -> tuple[Clust
     services.router.cluster_send = lambda record, stanza: _send(services, member, record, stanza)
     services.cluster = member
     await member.start()
-    return member, store
+    return member
 
 
 def _send(services: Services, member: ClusterMember, record: SessionRecord, stanza: Stanza) -> None:

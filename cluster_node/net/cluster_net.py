@@ -74,6 +74,17 @@ class LinkConnection(asyncio.Protocol):
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
+    def acked(self, seq: int) -> None:
+        """The peer has applied our ops up to ``seq``: release the writers waiting for it."""
+        self.acked_seq = max(self.acked_seq, seq)
+        still = []
+        for waited, fut in self.ack_waiters:
+            if waited > self.acked_seq:
+                still.append((waited, fut))
+            elif not fut.done():
+                fut.set_result(None)
+        self.ack_waiters = still
+
     def close(self) -> None:
         self.flush()
         if self.transport is not None:
@@ -105,7 +116,7 @@ class ClusterMember:
     connections: set[LinkConnection] = field(default_factory=set)
     discovered: list[Peer] = field(default_factory=list)
     discovery_works: bool = False
-    refused: dict[str, str] = field(default_factory=dict)
+    refused: dict[str, tuple[float, str]] = field(default_factory=dict)  # peer -> (when, why)
 
     def __post_init__(self) -> None:
         self._server: asyncio.Server | None = None
@@ -140,6 +151,7 @@ class ClusterMember:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        await self.discovery.close()
 
     # -- replication ----------------------------------------------------------------------------
 
@@ -182,20 +194,16 @@ class ClusterMember:
         for event in events:
             if isinstance(event, Joined):
                 self._joined(conn, event)
+            elif isinstance(event, Closed):
+                self._closed(conn, event)
+            elif not conn.joined:
+                continue  # refused or replaced: nothing it sends may touch our tables
             elif isinstance(event, OpReceived):
                 table = self.tables.get(event.op.table)
                 if table is not None and event.op.owner == conn.peer:
                     table.apply(event.op)
             elif isinstance(event, Acked):
-                conn.acked_seq = max(conn.acked_seq, event.seq)
-                still = []
-                for seq, fut in conn.ack_waiters:
-                    if seq <= conn.acked_seq:
-                        if not fut.done():
-                            fut.set_result(None)
-                    else:
-                        still.append((seq, fut))
-                conn.ack_waiters = still
+                conn.acked(event.seq)
             elif isinstance(event, DumpReceived):
                 conn.tables_seen.add(event.table)
                 table = self.tables.get(event.table)
@@ -205,13 +213,18 @@ class ClusterMember:
                 self.hooks.stanza(event.envelope, event.data)
             elif isinstance(event, CallReceived):
                 self.hooks.call(event.name, event.args)
-            elif isinstance(event, Closed):
-                self._closed(conn, event)
         conn.flush()
 
     def _joined(self, conn: LinkConnection, event: Joined) -> None:
         old = self.links.get(event.node)
         if old is not None and old is not conn:
+            if time.monotonic() - old.core.last_seen < 2 * self.ping_interval:
+                # The member we know under this name is alive: the newcomer is a second process
+                # started with the same node name.  Refuse it rather than let it take over.
+                reason = (f"duplicate node name {event.node!r}: a member of that name is already joined "
+                          f"(incarnation {old.core.peer_incarnation})")
+                self.handle(conn, conn.core.refuse(reason))
+                return
             log.info("%s reconnected (incarnation %s); replacing its old link", event.node, event.incarnation)
             self._down(old, "replaced by a new link")
             old.close()
@@ -224,9 +237,9 @@ class ClusterMember:
         log.info("joined %s (%s)", event.node, event.address or "incoming")
 
     def _closed(self, conn: LinkConnection, event: Closed) -> None:
-        peer = conn.peer or conn.outgoing or "?"
+        peer = conn.peer or conn.core.peer or conn.outgoing or "?"
         if event.refused:
-            self.refused[peer] = event.reason
+            self.refused[peer] = (time.monotonic(), event.reason)
             log.warning("cluster link with %s refused: %s", peer, event.reason)
         if conn.joined:
             log.warning("cluster member %s is down: %s", peer, event.reason)
@@ -299,7 +312,7 @@ class ClusterMember:
             "availableNodes": joined,
             "unavailableNodes": sorted(set(discovered) - set(joined)),
             "discoveryWorks": self.discovery_works,
-            "conflictNodes": sorted(n for n in self.refused),
+            "conflictNodes": sorted(self.recent_refusals()),
             "conflictTables": sorted(t.name for t in self.tables.values() if t.conflicts),
             "remoteNodesWithoutDisco": sorted(set(self.links) - set(discovered)),
             "remoteNodesWithUnknownTables": sorted(unknown),
@@ -307,6 +320,11 @@ class ClusterMember:
             "remoteUnknownTables": sorted({t for ts in unknown.values() for t in ts}),
             "remoteMissingTables": sorted({t for ts in missing.values() for t in ts}),
         }
+
+    def recent_refusals(self, window: float = 300.0) -> dict[str, str]:
+        """Peers whose link was refused (either way) in the last ``window`` seconds, with the reason."""
+        now = time.monotonic()
+        return {peer: why for peer, (when, why) in self.refused.items() if now - when < window}
 
     def table_info(self) -> list[dict[str, Any]]:
         return [{"tableName": t.name, "size": len(t), "nodes": sorted([self.node, *self.links]),
