@@ -1,0 +1,23 @@
+"""The cluster replication benchmark still runs (small numbers: this checks it works, not speed)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from tests.helpers.node import ROOT
+
+
+def test_cluster_replication_benchmark_runs():
+    t = time.monotonic()
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cluster_replication.py"), "--sessions", "2000",
+                        "--inserts", "50", "--pipelined", "200", "--timeout", "20"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "join: start → all 2,000 sessions merged" in out
+    for figure in ("p50", "p95", "p99", "max", "inserts/s", "every member holds 2,250 records"):
+        assert figure in out, out
+    assert "Traceback" not in r.stderr, r.stderr
+    assert time.monotonic() - t < 30, f"the smoke run took {time.monotonic() - t:.1f}s"
