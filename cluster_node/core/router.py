@@ -4,6 +4,12 @@
 another cluster member), the server itself (IQ handlers registered by modules), an account's bare
 JID (delivery by priority, offline storage, presence handling), or somewhere else (the
 ``remote`` hook, which the gateway fills in; without one, ``remote-server-not-found``).
+
+With global distribution (the same domain served by several regions), ``global_routing`` is
+asked twice: *elsewhere* when this region has no session to deliver to (another region may hold
+the user; only when no region does is the stanza handled here: offline storage, an error), and
+*fanout* after delivering to the resources of a bare JID here (the user may have resources in
+other regions too).  Stanzas relayed in from another region are routed with ``local_only``.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from ..xmpp import errors, ns
 from ..xmpp.errors import StanzaError
@@ -21,7 +27,7 @@ from ..xmpp.jid import InvalidJid, Jid
 from ..xmpp.stanza import Stanza
 from .sessions import LocalSessions, SessionRecord, SessionTable
 
-__all__ = ["Router", "IqRequest", "IqHandler", "RouteCounters"]
+__all__ = ["Router", "IqRequest", "IqHandler", "RouteCounters", "Fanout", "GlobalRouting"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,33 @@ PresenceHandler = Callable[[Stanza, Jid, Jid], Awaitable[None]]  # (stanza, send
 OfflineHandler = Callable[[Stanza, Jid], Awaitable[None]]  # (message, bare recipient)
 RemoteHandler = Callable[[Stanza, Jid], Awaitable[None]]
 ClusterSend = Callable[[SessionRecord, Stanza], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Fanout:
+    """Which resources of a bare JID a broadcast is for (applied in every region alike)."""
+
+    interested: bool = False  # resources that requested the roster (roster pushes), else available ones
+    set_to: bool = True  # address each copy to the resource's full JID
+    min_priority: int | None = None  # messages: only resources at least this 'available'
+    exclude: str | None = None  # a full JID left out (e.g. the sender's own resource)
+
+    def matches(self, record: SessionRecord) -> bool:
+        if self.interested:
+            ok = record.interested
+        else:
+            ok = record.available and (self.min_priority is None or record.priority >= self.min_priority)
+        return ok and (self.exclude is None or str(record.jid) != self.exclude)
+
+
+class GlobalRouting(Protocol):
+    """The region's way to the other regions of its domains (the gateway, or a hand-off to one)."""
+
+    async def elsewhere(self, stanza: Stanza, to: Jid) -> bool:
+        """No session for ``to`` here: relay to the region holding it; False when none does."""
+
+    def fanout(self, stanza: Stanza, bare: Jid, which: Fanout) -> None:
+        """Deliver to ``which`` resources of ``bare`` in the other regions too."""
 
 
 @dataclass
@@ -65,6 +98,7 @@ class Router:
         self.account_exists: Callable[[Jid], Awaitable[bool]] | None = None
         self.remote: RemoteHandler | None = None
         self.cluster_send: ClusterSend | None = None
+        self.global_routing: GlobalRouting | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- registration by modules -------------------------------------------------------------
@@ -92,6 +126,18 @@ class Router:
             self.cluster_send(record, stanza)
         else:
             log.warning("no cluster link for a session of %s on %s", record.jid, record.node)
+
+    def deliver_all(self, bare: Jid, stanza: Stanza, which: Fanout = Fanout(), *, fanout: bool = True) -> int:
+        """Deliver ``stanza`` to the resources of ``bare`` that ``which`` selects, here and (unless
+        ``fanout`` is false: it came from another region) in the other regions; the local count."""
+        count = 0
+        for record in self.table.resources(bare):
+            if which.matches(record):
+                self.deliver(record, stanza.with_attrs(to=str(record.jid)) if which.set_to else stanza)
+                count += 1
+        if fanout and self.global_routing is not None:
+            self.global_routing.fanout(stanza, bare, which)
+        return count
 
     def send_error(self, stanza: Stanza, error: StanzaError) -> None:
         """Bounce ``stanza`` to its sender; never answer an error with an error (RFC 6120 §8.3.1)."""
@@ -124,15 +170,19 @@ class Router:
 
     # -- routing ------------------------------------------------------------------------------
 
-    async def route(self, stanza: Stanza) -> None:
-        """Route one stanza; stanza errors become error replies to its sender."""
+    async def route(self, stanza: Stanza, *, local_only: bool = False) -> None:
+        """Route one stanza; stanza errors become error replies to its sender.
+
+        ``local_only``: handle it in this region whatever happens (it was relayed here, or no
+        other region holds its recipient), never hand it to another region again.
+        """
         self.counters.routed += 1
         try:
-            await self._route(stanza)
+            await self._route(stanza, local_only)
         except StanzaError as e:
             self.send_error(stanza, e)
 
-    async def _route(self, stanza: Stanza) -> None:
+    async def _route(self, stanza: Stanza, local_only: bool = False) -> None:
         sender = _jid(stanza.from_)
         if sender is None:
             log.debug("dropping a stanza without a valid 'from': %r", stanza.from_)
@@ -158,12 +208,26 @@ class Router:
                 raise errors.RemoteServerNotFound(f"{to.domain} is not served here")
             await self.remote(stanza, to)
             return
+        if (not local_only and to.local is not None and self.global_routing is not None
+                and self._nothing_here(stanza, to) and await self.global_routing.elsewhere(stanza, to)):
+            return
         if to.local is None:
             await self._to_server(stanza, sender, to)
         elif to.resource is None:
             await self._to_bare(stanza, sender, to)
         else:
             await self._to_full(stanza, sender, to)
+
+    def _nothing_here(self, stanza: Stanza, to: Jid) -> bool:
+        """Whether this region has no session to deliver ``stanza`` to (another region may)."""
+        if to.resource is not None:
+            return self.table.lookup(to) is None
+        kind, stype = stanza.name, stanza.type
+        if kind == "message" and stype not in ("error", "groupchat", "headline"):
+            return not any(r.available and r.priority >= 0 for r in self.table.resources(to))
+        if kind == "presence" and stype == "probe":
+            return not any(r.available for r in self.table.resources(to))
+        return False  # handled here; deliveries to the account's resources fan out
 
     async def _to_server(self, stanza: Stanza, sender: Jid, to: Jid) -> None:
         if stanza.name == "iq":
@@ -195,13 +259,10 @@ class Router:
             raise errors.ServiceUnavailable()
         candidates = [r for r in self.table.resources(to) if r.available and r.priority >= 0]
         if candidates:
-            if mtype == "headline":
-                targets = candidates
-            else:
-                top = max(r.priority for r in candidates)
-                targets = [r for r in candidates if r.priority == top]
-            for record in targets:
-                self.deliver(record, stanza)
+            # RFC 6121 §8.5.2.1.1: the most available resources (all of them for a headline); in
+            # other regions, those at least as available as ours (an allowed superset).
+            top = 0 if mtype == "headline" else max(r.priority for r in candidates)
+            self.deliver_all(to, stanza, Fanout(set_to=False, min_priority=top))
             return
         if mtype == "headline":
             return

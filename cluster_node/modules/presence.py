@@ -11,6 +11,7 @@ import logging
 import xml.etree.ElementTree as ET
 from typing import Protocol
 
+from ..core.router import Fanout
 from ..core.services import Services
 from ..core.sessions import SessionRecord
 from ..storage import RosterItem
@@ -97,18 +98,14 @@ class Presence:
         for item in items:
             if item.subscription in ("from", "both"):
                 await self.s.router.route(stanza.with_attrs(to=item.jid))
-        for record in self.s.table.resources(user.bare):
-            if record.available:
-                self.s.router.deliver(record, stanza.with_attrs(to=str(record.jid)))
+        self.s.router.deliver_all(user.bare, stanza)
         if not initial:
             return
         for item in items:
             if item.subscription in ("to", "both"):
                 await self.s.router.route(presence_stanza(user.bare, item.jid, "probe"))
-        own = self.s.table.resources(user.bare)
-        for record in own:  # our own other resources' presence (RFC 6121 §4.2.3: probe self)
-            if record.available and record.jid != user:
-                self.s.router.deliver(record, presence_stanza(user, record.jid, "probe"))
+        # Our own other resources' presence (RFC 6121 §4.2.3: probe self).
+        self.s.router.deliver_all(user.bare, presence_stanza(user, user.bare, "probe"), Fanout(exclude=str(user)))
         for _jid, raw in await self.s.storage.get_subscription_requests(user.domain, user.local or ""):
             self.s.router.deliver(session.record, parse_stanza(raw))
         if priority >= 0:
@@ -130,9 +127,7 @@ class Presence:
             for item in await self._roster(user.bare):
                 if item.subscription in ("from", "both"):
                     targets.add(item.jid)
-            for record in self.s.table.resources(user.bare):
-                if record.available:
-                    self.s.router.deliver(record, stanza.with_attrs(to=str(record.jid)))
+            self.s.router.deliver_all(user.bare, stanza)
         for target in targets:
             await self.s.router.route(stanza.with_attrs(to=target))
 
@@ -145,9 +140,7 @@ class Presence:
         for item in await self._roster(record.jid.bare):
             if item.subscription in ("from", "both"):
                 await self.s.router.route(stanza.with_attrs(to=item.jid))
-        for other in self.s.table.resources(record.jid.bare):
-            if other.available:
-                self.s.router.deliver(other, stanza.with_attrs(to=str(other.jid)))
+        self.s.router.deliver_all(record.jid.bare, stanza)
 
     async def _outbound_subscription(self, user: Jid, contact: Jid, ptype: str) -> None:
         item, state = await self._state(user, contact)
@@ -157,9 +150,7 @@ class Presence:
             await self.s.router.route(presence_stanza(user, contact, ptype))
         if out.send_presence:
             # RFC 6121 §3.1.5: the new subscriber gets our current presence, from every resource.
-            for record in self.s.table.resources(user):
-                if record.available:
-                    self.s.router.deliver(record, presence_stanza(contact, record.jid, "probe"))
+            self.s.router.deliver_all(user, presence_stanza(contact, user, "probe"))
         if out.send_unavailable:
             await self._send_unavailable(user, contact)
 
@@ -185,9 +176,7 @@ class Presence:
             await self._probe(sender, to.bare)
         else:
             # RFC 6121 §8.5.2.1.1: available/unavailable to a bare JID goes to every available resource.
-            for record in self.s.table.resources(to.bare):
-                if record.available:
-                    self.s.router.deliver(record, stanza)
+            self.s.router.deliver_all(to.bare, stanza, Fanout(set_to=False))
 
     async def _inbound_subscription(self, stanza: Stanza, contact: Jid, user: Jid, ptype: str) -> None:
         if not await self.s.storage.account_exists(user.domain, user.local or ""):
@@ -205,9 +194,7 @@ class Presence:
                                                           clean.to_bytes())
         await self._save(user, contact, item, state, out.state)
         if out.route:
-            for record in self.s.table.resources(user):
-                if record.available:
-                    self.s.router.deliver(record, clean.with_attrs(to=str(record.jid)))
+            self.s.router.deliver_all(user, clean)
         if out.send_unavailable:
             await self._send_unavailable(user, contact)
 
@@ -217,12 +204,13 @@ class Presence:
             item = await self.s.storage.get_roster_item(user.domain, user.local or "", str(prober.bare))
             if item is None or item.subscription not in ("from", "both"):
                 return
-        available = [r for r in self.s.table.resources(user) if r.available]
-        if not available:
+        # The router asked the other regions first when none of the user's resources here is
+        # available (global distribution), so an unanswered probe here means: unavailable.
+        if not self.s.router.deliver_all(user, presence_stanza(prober, user, "probe"), fanout=False):
             await self.s.router.route(presence_stanza(user, prober, "unavailable"))
             return
-        for record in available:
-            self.s.router.deliver(record, presence_stanza(prober, record.jid, "probe"))
+        if self.s.router.global_routing is not None:
+            self.s.router.global_routing.fanout(presence_stanza(prober, user, "probe"), user, Fanout())
 
     # -- helpers -----------------------------------------------------------------------------
 

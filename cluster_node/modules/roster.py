@@ -6,7 +6,7 @@ import secrets
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 
-from ..core.router import IqRequest
+from ..core.router import Fanout, IqRequest
 from ..core.services import Services
 from ..storage import RosterItem
 from ..xmpp import errors, ns
@@ -93,13 +93,9 @@ class Roster:
 
     def push(self, user: Jid, item: RosterItem | None, ver: str, jid: str | None = None) -> None:
         """RFC 6121 §2.1.6: the changed item to every resource that requested the roster."""
-        for record in self.s.table.resources(user):
-            if not record.interested:
-                continue
-            iq = ET.Element(f"{{{ns.CLIENT}}}iq", {"type": "set", "id": "push" + secrets.token_hex(4),
-                                                   "to": str(record.jid)})
-            ET.SubElement(iq, Q + "query", {"ver": ver}).append(item_element(item, jid))
-            self.s.router.deliver(record, Stanza(iq))
+        iq = ET.Element(f"{{{ns.CLIENT}}}iq", {"type": "set", "id": "push" + secrets.token_hex(4), "to": str(user)})
+        ET.SubElement(iq, Q + "query", {"ver": ver}).append(item_element(item, jid))
+        self.s.router.deliver_all(user, Stanza(iq), Fanout(interested=True))
 
     async def store(self, user: Jid, item: RosterItem) -> None:
         ver = await self.s.storage.put_roster_item(user.domain, user.local or "", item)
