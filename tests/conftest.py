@@ -34,3 +34,15 @@ def postgres_module_db_url(postgres_server: PostgresServer) -> str:
 @pytest.fixture
 def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'meridian.db'}"
+
+
+from tests.helpers.redis import RedisServer, redis_server_binary  # noqa: E402
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A throwaway redis-server for one test (never the system one on 6379)."""
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+    with RedisServer() as server:
+        yield server
