@@ -1,0 +1,14 @@
+"""The inter-region link: gateways of different regions exchanging stanzas (ARCHITECTURE.md, "Global distribution").
+
+Layers, bottom up (only :mod:`.pool` and :mod:`.tls` do I/O):
+
+* :mod:`.frames` — the wire format: length-prefixed frames, stanza bytes carried untouched;
+* :mod:`.protocol` — :class:`~.protocol.RegionLink`, one connection as a sans-IO state machine;
+* :mod:`.dedup` — the receiver's bounded window of recently seen stanza ids;
+* :mod:`.errors` — what a sender is told when a stanza cannot be relayed (XMPP conditions);
+* :mod:`.tls` — mutual TLS against the inter-region CA (and a small CA for operators without a PKI);
+* :mod:`.pool` — the asyncio adapter: :class:`~.pool.LinkServer` and one :class:`~.pool.RegionPool`
+  per remote region.
+"""
+
+__all__: list[str] = []

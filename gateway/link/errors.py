@@ -1,0 +1,24 @@
+"""Why a stanza could not be relayed to another region, as XMPP stanza errors (RFC 6120 §8.3.3).
+
+The relay catches :class:`LinkError` and answers the sender with ``exc.to_xml()``: the condition
+and type are class attributes inherited from :mod:`cluster_node.xmpp.errors`, so there is one
+mapping from link trouble to XMPP, here.
+"""
+
+from __future__ import annotations
+
+from cluster_node.xmpp.errors import RemoteServerTimeout, StanzaError, StanzaResourceConstraint
+
+__all__ = ["LinkError", "LinkDown", "QueueFull"]
+
+
+class LinkError(StanzaError):
+    """A stanza for another region was not accepted for relaying."""
+
+
+class LinkDown(LinkError, RemoteServerTimeout):
+    """No live connection to the region, and none came up within the short wait (remote-server-timeout)."""
+
+
+class QueueFull(LinkError, StanzaResourceConstraint):
+    """The region's bounded queue is full: the sender is told to wait rather than the queue growing."""
