@@ -218,9 +218,12 @@ class ClusterMember:
     def _joined(self, conn: LinkConnection, event: Joined) -> None:
         old = self.links.get(event.node)
         if old is not None and old is not conn:
-            if time.monotonic() - old.core.last_seen < 2 * self.ping_interval:
-                # The member we know under this name is alive: the newcomer is a second process
-                # started with the same node name.  Refuse it rather than let it take over.
+            if time.monotonic() - old.core.last_seen <= self.ping_timeout:
+                # The member we know under this name is alive (by the links' own rule: it has not
+                # been silent for ping_timeout): the newcomer is a second process started with the
+                # same node name.  Refuse it rather than let it take over.  A member that merely
+                # stalled (GC pause, busy host) for a few ping intervals is still alive; a restart
+                # whose old link is half-open waits at most ping_timeout for that link to time out.
                 reason = (f"duplicate node name {event.node!r}: a member of that name is already joined "
                           f"(incarnation {old.core.peer_incarnation})")
                 self.handle(conn, conn.core.refuse(reason))
