@@ -58,7 +58,9 @@ class RedisServer:
         if self.running:
             return self
         args = [self.binary, "--port", str(self.port), "--bind", self.host, "--save", "", "--appendonly", "no",
-                "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log"), "--daemonize", "no"]
+                "--dir", str(self.dir), "--logfile", str(self.dir / "redis.log"), "--daemonize", "no",
+                # a primary otherwise waits 5 s for more replicas before the first full sync
+                "--repl-diskless-sync-delay", "0"]
         if self.replicaof is not None:
             args += ["--replicaof", self.replicaof[0], str(self.replicaof[1])]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
