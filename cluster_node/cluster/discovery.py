@@ -58,6 +58,7 @@ class RdbmsDiscovery:
         self.last_seen_threshold = last_seen_threshold
         self.refresh_interval = refresh_interval
         self._num: int | None = None
+        self._warned = False
 
     @property
     def node_num(self) -> int | None:
@@ -79,10 +80,22 @@ class RdbmsDiscovery:
     async def _refresh(self, store: _DiscoveryStore) -> list[Peer]:
         now = int(time.time())
         if self._num is None:  # first registration: is our name already taken by a live member?
-            for node, address, _, updated in await store.discovery_nodes(self.cluster):
-                if node == self.node and address != self.address and now - updated < 3 * self.refresh_interval:
+            rows = await store.discovery_nodes(self.cluster)
+            # Timestamps are whole seconds: "live" is refreshed within 3 intervals, and at least 2 s.
+            live = max(3 * self.refresh_interval, 2.0)
+            taken = [(address, now - updated) for node, address, _, updated in rows
+                     if node == self.node and address != self.address and now - updated < live]
+            if taken:
+                # Overwriting the row would send the others to us instead of to the live member;
+                # read only until its row goes stale (it stopped), then take the name over.
+                address, age = taken[0]
+                if not self._warned:
                     log.warning("node name %r is registered by another live member at %s (updated %ds ago): "
-                                "duplicate node name? Its links will refuse ours", node, address, now - updated)
+                                "duplicate node name? Not registering while it refreshes its row; its "
+                                "members' links will refuse ours", self.node, address, age)
+                    self._warned = True
+                await store.discovery_cleanup(self.cluster, now - int(self.last_seen_threshold))
+                return [Peer(n, a, num) for n, a, num, _ in rows]
         self._num = await store.discovery_register(self.cluster, self.node, self.address, now)
         await store.discovery_cleanup(self.cluster, now - int(self.last_seen_threshold))
         return [Peer(n, a, num) for n, a, num, _ in await store.discovery_nodes(self.cluster)]
