@@ -21,7 +21,9 @@ __all__ = ["main"]
 
 
 def _settings(args: argparse.Namespace) -> NodeSettings:
-    return load_settings(args.config)
+    """The settings of the process ``args.config`` describes (a gateway's file has more sections)."""
+    loader: Callable[[str | None], NodeSettings] = getattr(args, "load_settings", None) or load_settings
+    return loader(args.config)
 
 
 def _node(args: argparse.Namespace) -> int:
@@ -137,12 +139,17 @@ def _ctl_live(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
+Extend = Callable[[Any], None]  # adds roles to the subparsers of ``meridian``
+
+
+def _parser(extend: Extend | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="meridian", description="Meridian multi-region XMPP platform")
     sub = p.add_subparsers(dest="role", required=True)
     node = sub.add_parser("node", help="run a cluster node (XMPP server)")
     node.add_argument("--config", help="TOML settings file (MERIDIAN_… variables override it)")
     node.set_defaults(func=_node)
+    if extend is not None:
+        extend(sub)
     ctl = sub.add_parser("ctl", help="administer a node: meridian ctl CATEGORY COMMAND --arg value …")
     ctl.add_argument("--config", help="the node's TOML settings file")
     cats = ctl.add_subparsers(dest="category", required=True)
@@ -161,8 +168,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def main(argv: list[str] | None = None, *, extend: Extend | None = None,
+         settings_loader: Callable[[str | None], NodeSettings] | None = None) -> int:
+    """``meridian``; the gateway package's entry point adds its role (``extend``) and a loader that
+    recognizes gateway settings files, since this package never imports the gateway."""
+    args = _parser(extend).parse_args(argv)
+    args.load_settings = settings_loader
     try:
         return int(args.func(args))
     except ConfigError as e:

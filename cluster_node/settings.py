@@ -188,8 +188,10 @@ _S = TypeVar("_S", bound=BaseSettings)
 
 def _format_error(err: ValidationError, path: Path | None) -> str:
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    key = ".".join(str(p) for p in first["loc"])
     msg = first["msg"]
+    if not key:  # a check across keys: its message starts with the key it is about
+        key, _, msg = msg.removeprefix("Value error, ").partition(": ")
     if first["type"] == "extra_forbidden":
         msg = "unknown setting"
     where = f" in {path}" if path else ""

@@ -1,9 +1,11 @@
-"""Glue between the cluster member and the node's services: replicated session table, stanzas
-routed to sessions on other members, kicks across members, and member-down cleanup."""
+"""Glue between the cluster member and the node's services: replicated session and route tables,
+stanzas routed to sessions on other members, kicks across members, member-down cleanup, and the
+hand-off of stanzas for other regions to a gateway member."""
 
 from __future__ import annotations
 
 import logging
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -13,11 +15,13 @@ from ..net.cluster_net import ClusterMember, MemberHooks
 from ..net.tls import client_context, server_context
 from ..storage import open_storage
 from ..xmpp.fragment import parse_stanza
+from ..xmpp.jid import Jid
 from ..xmpp.stanza import Stanza
+from .router import Fanout
 from .services import Services
 from .sessions import SessionRecord
 
-__all__ = ["build_member"]
+__all__ = ["build_member", "GatewayHandoff", "fanout_to_json", "fanout_from_json"]
 
 log = logging.getLogger("meridian.cluster")
 
@@ -41,7 +45,8 @@ async def build_member(services: Services, cert: Path, key: Path) -> ClusterMemb
     member = ClusterMember(
         cluster=cs.name, node=settings.node_name, secret=cs.secret.encode(), address=advertise,
         listen_host=cs.host, listen_port=cs.port, discovery=discovery, server_tls=server_tls,
-        client_tls=client_tls, tables={"sessions": table.replicated}, refresh_interval=cs.refresh_interval,
+        client_tls=client_tls, tables={"sessions": table.replicated, "routes": services.routes},
+        refresh_interval=cs.refresh_interval,
         ping_interval=cs.ping_interval, ping_timeout=cs.ping_timeout)
     member.hooks = MemberHooks(stanza=lambda env, data: _arrived(services, env, data),
                                call=lambda name, args: _called(services, name, args),
@@ -50,8 +55,51 @@ async def build_member(services: Services, cert: Path, key: Path) -> ClusterMemb
     table.replicated.on_lost = lambda record: _lost(services, record)
     services.router.cluster_send = lambda record, stanza: _send(services, member, record, stanza)
     services.cluster = member
+    services.router.global_routing = GatewayHandoff(services, member)
     await member.start()
     return member
+
+
+class GatewayHandoff:
+    """A node's way to other regions: hand the stanza to one of the region's gateways, which
+    looks the destination up and relays it — or, when no region holds it, handles it locally.
+
+    The gateway is chosen by a hash of (from, to), so one conversation always takes the same
+    gateway and keeps its order.  With no gateway in the cluster the region stands alone.
+    """
+
+    def __init__(self, services: Services, member: ClusterMember) -> None:
+        self.s = services
+        self.member = member
+
+    def gateway(self, stanza: Stanza) -> str | None:
+        names = sorted(r.owner for r in self.s.routes if r.key.startswith("gateway/") and r.owner in self.member.links)
+        if not names:
+            return None
+        return names[zlib.crc32(f"{stanza.from_}|{stanza.to}".encode()) % len(names)]
+
+    async def elsewhere(self, stanza: Stanza, to: Jid) -> bool:
+        gateway = self.gateway(stanza)
+        return gateway is not None and self.member.send_stanza(gateway, {"gd": "elsewhere"}, stanza.to_bytes())
+
+    def fanout(self, stanza: Stanza, bare: Jid, which: Fanout) -> None:
+        gateway = self.gateway(stanza)
+        if gateway is not None:
+            envelope = {"gd": "fanout", "bare": str(bare), "which": fanout_to_json(which)}
+            self.member.send_stanza(gateway, envelope, stanza.to_bytes())
+
+
+def fanout_to_json(which: Fanout) -> dict[str, Any]:
+    return {"interested": which.interested, "set_to": which.set_to, "min_priority": which.min_priority,
+            "exclude": which.exclude}
+
+
+def fanout_from_json(d: Any) -> Fanout:
+    """Only the known fields, with their types checked (the envelope came over a link)."""
+    d = d if isinstance(d, dict) else {}
+    mp, ex = d.get("min_priority"), d.get("exclude")
+    return Fanout(interested=d.get("interested") is True, set_to=d.get("set_to") is not False,
+                  min_priority=mp if isinstance(mp, int) else None, exclude=ex if isinstance(ex, str) else None)
 
 
 def _send(services: Services, member: ClusterMember, record: SessionRecord, stanza: Stanza) -> None:
@@ -62,12 +110,18 @@ def _send(services: Services, member: ClusterMember, record: SessionRecord, stan
 
 def _arrived(services: Services, envelope: dict[str, Any], data: bytes) -> None:
     """A stanza routed to one of our sessions by another member."""
-    session = services.local.get(str(envelope.get("sid", "")))
     try:
         stanza = parse_stanza(data)
     except ValueError as e:
         log.warning("dropping an unparsable stanza from the cluster: %s", e)
         return
+    if "gd" in envelope:  # handed to us, a gateway, for global routing
+        if services.handoff is not None:
+            services.handoff(envelope, stanza)
+        else:
+            log.warning("a stanza for global routing reached %s, which is not a gateway", services.node)
+        return
+    session = services.local.get(str(envelope.get("sid", "")))
     if session is not None:
         session.deliver(stanza)
         return

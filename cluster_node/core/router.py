@@ -209,7 +209,7 @@ class Router:
             await self.remote(stanza, to)
             return
         if (not local_only and to.local is not None and self.global_routing is not None
-                and self._nothing_here(stanza, to) and await self.global_routing.elsewhere(stanza, to)):
+                and self.nothing_here(stanza, to) and await self.global_routing.elsewhere(stanza, to)):
             return
         if to.local is None:
             await self._to_server(stanza, sender, to)
@@ -218,7 +218,7 @@ class Router:
         else:
             await self._to_full(stanza, sender, to)
 
-    def _nothing_here(self, stanza: Stanza, to: Jid) -> bool:
+    def nothing_here(self, stanza: Stanza, to: Jid) -> bool:
         """Whether this region has no session to deliver ``stanza`` to (another region may)."""
         if to.resource is not None:
             return self.table.lookup(to) is None

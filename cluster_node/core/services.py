@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ..cluster.table import ReplicatedTable
 from ..settings import NodeSettings
 from ..storage import Storage
+from ..xmpp.stanza import Stanza
 from .accounts import Accounts
 from .router import Router
 from .sessions import LocalSessions, SessionRecord, SessionTable
@@ -32,6 +35,10 @@ class Services:
     presence: Presence = field(init=False)
     offline: Offline = field(init=False)
     cluster: ClusterMember | None = None
+    # Replicated routes: "gateway/<member>" for the region's gateways (later: component domains).
+    routes: ReplicatedTable = field(default_factory=lambda: ReplicatedTable("routes", "local"))
+    # A stanza a node handed to this member for global routing (set on gateways only).
+    handoff: Callable[[dict[str, Any], Stanza], None] | None = None
 
     def update_record(self, record: SessionRecord) -> None:
         """Change a session's record in the table and, if it lives here, on its connection."""

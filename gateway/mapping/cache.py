@@ -56,9 +56,7 @@ class MappingCache(Generic[V]):
         """The cached answer for ``key`` at time ``now``; a hit makes it most recently used."""
         entry = self._entries.get(key)
         if entry is None or entry.expires_at <= now:
-            if entry is not None:
-                del self._entries[key]
-            self.misses += 1
+            self.misses += 1  # an expired entry stays (until purged or evicted) for stale()
             return False, None
         self._entries.move_to_end(key)
         self.hits += 1
@@ -80,12 +78,18 @@ class MappingCache(Generic[V]):
             self._entries.popitem(last=False)
             self.evictions += 1
 
+    def stale(self, key: Hashable) -> V | None:
+        """The last answer cached for ``key``, expired or not: what to go on while the store is
+        unreachable (established conversations continue while Redis is down)."""
+        entry = self._entries.get(key)
+        return entry.value if entry is not None else None
+
     def invalidate(self, key: Hashable) -> bool:
         """Forget ``key`` (a stanza sent by it bounced: the JID moved); True if it was cached."""
         return self._entries.pop(key, None) is not None
 
     def purge(self, now: float) -> int:
-        """Drop every expired entry (a periodic sweep; ``get`` drops expired entries it meets)."""
+        """Drop every expired entry (a periodic sweep, skipped while the store is unreachable)."""
         dead = [k for k, e in self._entries.items() if e.expires_at <= now]
         for k in dead:
             del self._entries[k]

@@ -13,7 +13,8 @@ def test_hit_then_expiry_per_kind() -> None:
     cache.put("muc.x", "us", 100.0, kind="domain")
     assert cache.get("alice@x/phone", 104.9) == (True, "eu")
     assert cache.get("alice@x/phone", 105.0) == (False, None)  # a deadline is exclusive
-    assert "alice@x/phone" not in cache  # an expired entry met by get is dropped
+    assert cache.stale("alice@x/phone") == "eu"  # kept for when the store is unreachable
+    assert cache.purge(105.0) == 1 and "alice@x/phone" not in cache
     assert cache.get("muc.x", 159.0) == (True, "us")
     assert cache.get("muc.x", 160.0) == (False, None)
     assert (cache.hits, cache.misses) == (2, 2)

@@ -1,0 +1,133 @@
+"""Keeps this region's part of the Redis mapping current (MongooseIM ``mod_global_distrib_mapping``).
+
+Every change of the replicated session table (a login, a presence change, a logout, a member's
+sessions dropped when it died) is written to Redis as it happens, coalesced per JID; everything
+the region holds is re-published every ``refresh_after`` so entries outlive ``expire_after`` only
+while the region is alive; and after Redis comes back from an outage the whole region is
+re-published at once.  Writes are conditional (see :mod:`gateway.mapping.store`): when Redis
+says a newer login of the same full JID exists in another region, our older session is closed
+with ``<conflict/>`` — the cross-region form of RFC 6120 §7.7.2.2 kick-old.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from cluster_node.core.sessions import Change, SessionRecord, SessionTable
+
+from .mapping import Location, MappingStore
+
+__all__ = ["Publisher"]
+
+log = logging.getLogger("meridian.gdistrib")
+
+
+def location(record: SessionRecord, region: str) -> Location:
+    return Location(region=region, node=record.node, sid=record.sid, created=record.created,
+                    priority=record.priority, available=record.available)
+
+
+class Publisher:
+    def __init__(self, store: MappingStore, table: SessionTable, *, region: str, refresh_after: float,
+                 endpoints: list[str], status: Callable[[], dict[str, Any]],
+                 on_replaced: Callable[[SessionRecord], None] = lambda record: None,
+                 retry_after: float = 1.0) -> None:
+        self.store = store
+        self.table = table
+        self.region = region
+        self.refresh_after = refresh_after
+        self.endpoints = endpoints
+        self.status = status
+        self.on_replaced = on_replaced
+        self.retry_after = retry_after
+        self._pending: dict[str, tuple[str, SessionRecord]] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.healthy = False  # the last write reached Redis
+        self.writes = 0
+        self.errors = 0
+        table.subscribe(self._changed)
+
+    def _changed(self, change: Change) -> None:
+        kind, record = change
+        self._pending[str(record.jid)] = (kind, record)
+        self._wake.set()
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._writer()), loop.create_task(self._refresher())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _writer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, {}
+            try:
+                await self._write(batch)
+            except RedisError as e:
+                self._failed(e)
+                for jid, change in batch.items():  # keep them, unless a newer change came meanwhile
+                    self._pending.setdefault(jid, change)
+                await asyncio.sleep(self.retry_after)
+                self._wake.set()
+
+    async def _write(self, batch: dict[str, tuple[str, SessionRecord]]) -> None:
+        inserts = [(jid, record) for jid, (kind, record) in batch.items() if kind == "insert"]
+        for jid, (kind, record) in batch.items():
+            if kind == "delete":
+                await self.store.remove_session(jid, record.sid)
+        if inserts:
+            written = await self.store.publish_many([(jid, location(r, self.region)) for jid, r in inserts])
+            for (jid, record), ok in zip(inserts, written, strict=True):
+                if not ok and self.table.lookup(record.jid) == record:
+                    log.info("%s logged in more recently in another region; closing the session here", jid)
+                    self.on_replaced(record)
+        self.writes += len(batch)
+        self._recovered()
+
+    async def _refresher(self) -> None:
+        """Refresh everything before it expires; on the first success after an outage, this is the
+        re-publication of the region (Redis may have restarted empty)."""
+        while True:
+            try:
+                await self.publish_all()
+                delay = self.refresh_after
+            except RedisError as e:
+                self._failed(e)
+                delay = self.retry_after
+            await asyncio.sleep(delay)
+
+    async def publish_all(self) -> None:
+        records = list(self.table)
+        await self.store.publish_region(self.endpoints, self.status())
+        await self.store.publish_many([(str(r.jid), location(r, self.region)) for r in records])
+        self._recovered()
+
+    def _failed(self, e: Exception) -> None:
+        self.errors += 1
+        if self.healthy or self.errors == 1:
+            log.warning("Redis write failed (%s); retrying every %.1fs", e, self.retry_after)
+        self.healthy = False
+
+    def _recovered(self) -> None:
+        if not self.healthy:
+            if self.errors:
+                log.info("Redis reachable again: re-publishing the region")
+                asyncio.get_running_loop().create_task(self._republish())
+            self.healthy = True
+
+    async def _republish(self) -> None:
+        try:
+            await self.publish_all()
+        except RedisError as e:
+            self._failed(e)

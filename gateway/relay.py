@@ -1,0 +1,258 @@
+"""Global routing on the gateway: look destinations up, relay to the region that holds them,
+take relayed stanzas in, bounce the ones whose user moved (MongooseIM ``mod_global_distrib``).
+
+Three ways in:
+
+* ``elsewhere``/``fanout`` — the gateway's own router (it is a cluster member with the node
+  services) asks, exactly as a node's router asks a gateway through :class:`GatewayHandoff`.
+* :meth:`GlobalRouter.handoff` — a node of the region handed a stanza over the cluster link.
+* :meth:`GlobalRouter.received` — another region's gateway relayed a stanza over a region link.
+
+A relayed stanza carries its origin region, a hop limit (``ttl``) and an id.  On arrival, if
+this region has no session for it (the user moved or left), it is re-resolved and resent after
+``resend_after_ms``, up to ``max_retries`` times, then handled here (offline storage, an error);
+a stanza that has used up its hops is dropped with an error and counted, so loops cannot form.
+Every stanza of one (from, to) pair goes through one queue (:mod:`gateway.ordering`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from cluster_node.core.clustering import fanout_from_json, fanout_to_json
+from cluster_node.core.router import Fanout
+from cluster_node.core.services import Services
+from cluster_node.xmpp import errors
+from cluster_node.xmpp.fragment import parse_stanza
+from cluster_node.xmpp.jid import InvalidJid, Jid
+from cluster_node.xmpp.stanza import Stanza
+
+from .mapping import Location, MappingCache, MappingStore
+from .ordering import PairQueues
+
+__all__ = ["GlobalRouter", "Relayed", "RelayCounters", "LinkDown", "QueueFull"]
+
+log = logging.getLogger("meridian.gdistrib")
+
+
+class LinkDown(Exception):
+    """No link to the region came up in time: the sender gets remote-server-timeout."""
+
+
+class QueueFull(Exception):
+    """The region's queue is at its bound: the sender gets resource-constraint."""
+
+
+@dataclass(frozen=True, slots=True)
+class Relayed:
+    """A stanza crossing a region link, with its routing envelope."""
+
+    id: str
+    origin: str
+    ttl: int
+    data: bytes
+    from_: str | None
+    to: str | None
+    meta: dict[str, Any] | None = None  # {"fanout": {...}, "bare": jid} for deliveries to an account's resources
+
+
+Send = Callable[[str, Relayed], Awaitable[None]]  # (region, stanza): raises LinkDown / QueueFull
+
+
+@dataclass
+class RelayCounters:
+    relayed: Counter[str] = field(default_factory=Counter)  # per destination region
+    received: Counter[str] = field(default_factory=Counter)  # per origin region
+    bounced: int = 0
+    ttl_drops: int = 0
+    link_errors: int = 0
+    redis_errors: int = 0
+    lookups: int = 0
+    lookup_seconds: float = 0.0
+    handled_locally: int = 0  # no region held the recipient
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"relayed": dict(self.relayed), "received": dict(self.received), "bounced": self.bounced,
+                "ttlDrops": self.ttl_drops, "linkErrors": self.link_errors, "redisErrors": self.redis_errors,
+                "lookups": self.lookups, "handledLocally": self.handled_locally}
+
+
+class GlobalRouter:
+    def __init__(self, services: Services, store: MappingStore, cache: MappingCache[dict[str, Location]],
+                 send: Send, *, region: str, ttl: int = 4, bounce: bool = True, resend_after: float = 0.2,
+                 max_retries: int = 4, clock: Callable[[], float] = time.monotonic) -> None:
+        self.s = services
+        self.store = store
+        self.cache = cache
+        self.send = send
+        self.region = region
+        self.ttl = ttl
+        self.bounce = bounce
+        self.resend_after = resend_after
+        self.max_retries = max_retries
+        self.clock = clock
+        self.counters = RelayCounters()
+        self.pairs = PairQueues()
+        self.redis_ok = True
+
+    # -- lookups ---------------------------------------------------------------------------------
+
+    async def locate(self, bare: Jid, *, fresh: bool = False) -> dict[str, Location]:
+        """Every resource of ``bare`` in every region (cache first; the last known answer while
+        Redis is unreachable, so established conversations go on)."""
+        key = str(bare)
+        now = self.clock()
+        if not fresh:
+            hit, value = self.cache.get(key, now)
+            if hit:
+                return value or {}
+        self.counters.lookups += 1
+        started = time.perf_counter()
+        try:
+            found = await self.store.lookup_bare(key)
+        except RedisError as e:
+            self.counters.redis_errors += 1
+            if self.redis_ok:
+                log.warning("Redis lookup failed (%s): routing from the cache until it is back", e)
+            self.redis_ok = False
+            return self.cache.stale(key) or {}
+        finally:
+            self.counters.lookup_seconds += time.perf_counter() - started
+        self.redis_ok = True
+        self.cache.put(key, found or None, now)
+        return found
+
+    async def region_for(self, stanza: Stanza, to: Jid, *, fresh: bool = False) -> str | None:
+        """The other region to relay ``stanza`` to, or None when no other region holds ``to``."""
+        remote = [(res, loc) for res, loc in (await self.locate(to.bare, fresh=fresh)).items()
+                  if loc.region != self.region]
+        if to.resource is not None:
+            return next((loc.region for res, loc in remote if res == to.resource), None)
+        if stanza.name == "message":
+            candidates = [loc for _, loc in remote if loc.available and loc.priority >= 0]
+            if not candidates:
+                return None
+            top = max(loc.priority for loc in candidates)  # RFC 6121 §8.5.2.1.1: the most available
+            return min(loc.region for loc in candidates if loc.priority == top)
+        if stanza.name == "presence" and stanza.type == "probe":
+            return min((loc.region for _, loc in remote if loc.available), default=None)
+        return None
+
+    # -- the router's GlobalRouting ---------------------------------------------------------------
+
+    async def elsewhere(self, stanza: Stanza, to: Jid) -> bool:
+        region = await self.region_for(stanza, to)
+        if region is None:
+            return False
+        await self._relay(region, stanza, Relayed(secrets.token_hex(8), self.region, self.ttl, b"",
+                                                  stanza.from_, stanza.to))
+        return True
+
+    def fanout(self, stanza: Stanza, bare: Jid, which: Fanout) -> None:
+        self.pairs.submit((stanza.from_ or "", str(bare)), lambda: self._fanout(stanza, bare, which))
+
+    async def _fanout(self, stanza: Stanza, bare: Jid, which: Fanout) -> None:
+        regions = sorted({loc.region for loc in (await self.locate(bare)).values()
+                          if loc.region != self.region and (which.interested or loc.available)})
+        meta = {"fanout": fanout_to_json(which), "bare": str(bare)}
+        for region in regions:
+            await self._relay(region, stanza, Relayed(secrets.token_hex(8), self.region, self.ttl, b"",
+                                                      stanza.from_, stanza.to, meta), quiet=True)
+
+    async def _relay(self, region: str, stanza: Stanza, envelope: Relayed, *, quiet: bool = False) -> None:
+        relayed = Relayed(envelope.id, envelope.origin, envelope.ttl, stanza.to_bytes(), envelope.from_,
+                          envelope.to, envelope.meta)
+        try:
+            await self.send(region, relayed)
+        except (LinkDown, QueueFull) as e:
+            self.counters.link_errors += 1
+            log.warning("cannot relay to region %s: %s", region, e)
+            if not quiet:
+                error: errors.StanzaError = (errors.StanzaResourceConstraint(f"the queue to region {region} is full")
+                                             if isinstance(e, QueueFull) else
+                                             errors.RemoteServerTimeout(f"no link to region {region}"))
+                self.s.router.send_error(stanza, error)
+            return
+        self.counters.relayed[region] += 1
+
+    # -- from the region's nodes --------------------------------------------------------------
+
+    def handoff(self, envelope: dict[str, Any], stanza: Stanza) -> None:
+        """A node handed us ``stanza`` (over the cluster link): it had no session for it."""
+        kind = envelope.get("gd")
+        if kind == "fanout":
+            try:
+                bare = Jid.parse(str(envelope.get("bare"))).bare
+            except InvalidJid:
+                return
+            self.fanout(stanza, bare, fanout_from_json(envelope.get("which")))
+        elif kind == "elsewhere":
+            self.pairs.submit((stanza.from_ or "", stanza.to or ""), lambda: self._elsewhere_or_here(stanza))
+
+    async def _elsewhere_or_here(self, stanza: Stanza) -> None:
+        try:
+            to = Jid.parse(stanza.to or "")
+        except InvalidJid:
+            return
+        if not await self.elsewhere(stanza, to):
+            self.counters.handled_locally += 1
+            await self.s.router.route(stanza, local_only=True)
+
+    # -- from other regions ---------------------------------------------------------------------
+
+    def received(self, relayed: Relayed) -> None:
+        self.counters.received[relayed.origin] += 1
+        try:
+            stanza = parse_stanza(relayed.data)
+        except ValueError as e:
+            log.warning("dropping an unparsable stanza relayed from %s: %s", relayed.origin, e)
+            return
+        meta = relayed.meta or {}
+        if "fanout" in meta:
+            try:
+                bare = Jid.parse(str(meta.get("bare"))).bare
+            except InvalidJid:
+                return
+            which = fanout_from_json(meta.get("fanout"))
+            self.pairs.submit((stanza.from_ or "", str(bare)),
+                              lambda: self._deliver_fanout(bare, stanza, which))
+            return
+        self.pairs.submit((stanza.from_ or "", stanza.to or ""), lambda: self._deliver(relayed, stanza))
+
+    async def _deliver_fanout(self, bare: Jid, stanza: Stanza, which: Fanout) -> None:
+        self.s.router.deliver_all(bare, stanza, which, fanout=False)
+
+    async def _deliver(self, relayed: Relayed, stanza: Stanza) -> None:
+        try:
+            to = Jid.parse(stanza.to or "")
+        except InvalidJid:
+            return
+        for attempt in range(self.max_retries + 1):
+            if not self.s.router.nothing_here(stanza, to):
+                break
+            if not self.bounce or attempt == self.max_retries:
+                break
+            # Not here (any more): the user moved or left.  Wait, look again, resend (bounce).
+            self.counters.bounced += 1
+            await asyncio.sleep(self.resend_after)
+            region = await self.region_for(stanza, to, fresh=True)
+            if region is not None:
+                if relayed.ttl <= 1:
+                    self.counters.ttl_drops += 1
+                    log.warning("dropping a stanza from %s to %s: hop limit reached", stanza.from_, stanza.to)
+                    self.s.router.send_error(stanza, errors.RemoteServerTimeout("hop limit reached"))
+                    return
+                self.cache.invalidate(str(to.bare))
+                await self._relay(region, stanza, Relayed(relayed.id, relayed.origin, relayed.ttl - 1, b"",
+                                                          relayed.from_, relayed.to))
+                return
+        await self.s.router.route(stanza, local_only=True)

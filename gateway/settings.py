@@ -1,0 +1,104 @@
+"""Gateway settings: a node's settings (it joins the region's cluster as a member) plus the
+``[gdistrib]`` section, shaped like MongooseIM's ``mod_global_distrib`` options.
+
+Times are seconds unless the name says otherwise (``resend_after_ms``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cluster_node.settings import C2SSettings, NodeSettings
+
+__all__ = ["GatewaySettings", "GDistribSettings", "ConnectionsSettings", "RedisSettings", "CacheSettings",
+           "BounceSettings", "parse_endpoint"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def parse_endpoint(spec: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` for IPv6) → (host, port)."""
+    host, sep, port = spec.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{spec!r}: expected host:port")
+    return host.strip("[]"), int(port)
+
+
+class ConnectionsSettings(_Section):
+    """Inter-region links between gateways: mutual TLS against ``ca_file``."""
+
+    endpoints: list[str] = Field(default_factory=lambda: ["0.0.0.0:5555"], description="host:port to listen on")
+    advertised_endpoints: list[str] = Field(default_factory=list, description="published; default: endpoints")
+    connections_per_endpoint: int = Field(2, ge=1, le=64)
+    endpoint_refresh_interval: float = Field(5.0, gt=0, description="seconds between reads of other regions")
+    queue_max: int = Field(10_000, ge=1, description="stanzas queued per region, then resource-constraint")
+    connect_timeout: float = Field(2.0, gt=0, description="seconds to wait for a link, then remote-server-timeout")
+    ping_interval: float = Field(2.0, gt=0)
+    ping_timeout: float = Field(10.0, gt=0)
+    ca_file: Path | None = Field(None, description="CA that signs every gateway's certificate (required)")
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @field_validator("endpoints", "advertised_endpoints")
+    @classmethod
+    def _endpoints(cls, value: list[str]) -> list[str]:
+        for spec in value:
+            parse_endpoint(spec)
+        return value
+
+
+class RedisSettings(_Section):
+    url: str = Field("redis://127.0.0.1:6379/0", description="the primary: every write goes here")
+    read_url: str = Field("", description="a replica near this region for lookups (default: url)")
+    expire_after: float = Field(120.0, ge=2, description="seconds a mapping lives unless refreshed")
+    refresh_after: float = Field(60.0, gt=0, description="seconds between refreshes of this region's entries")
+
+
+class CacheSettings(_Section):
+    jid_lifetime: float = Field(5.0, ge=0, description="seconds a JID lookup is cached")
+    domain_lifetime: float = Field(600.0, ge=0, description="seconds a domain lookup is cached")
+    max_size: int = Field(100_000, ge=1)
+    cache_missed: bool = Field(True, description="also cache 'nobody has it' (for jid_lifetime)")
+
+
+class BounceSettings(_Section):
+    enabled: bool = True
+    resend_after_ms: int = Field(200, ge=1)
+    max_retries: int = Field(4, ge=0)
+
+
+class GDistribSettings(_Section):
+    global_host: list[str] = Field(default_factory=list, description="domains shared by regions (default: domains)")
+    local_host: str = Field("", description="this region's unique name (required)")
+    message_ttl: int = Field(4, ge=1, le=32, description="hops a relayed stanza may take")
+    connections: ConnectionsSettings = ConnectionsSettings()
+    redis: RedisSettings = RedisSettings()
+    cache: CacheSettings = CacheSettings()
+    bounce: BounceSettings = BounceSettings()
+
+
+class GatewaySettings(NodeSettings):
+    """Everything a ``meridian gateway`` process needs.  No client listeners by default."""
+
+    node_name: str = Field("gateway1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    c2s: C2SSettings = C2SSettings(port=0, tls_port=0)
+    gdistrib: GDistribSettings = GDistribSettings()
+
+    @model_validator(mode="after")
+    def _gateway(self) -> GatewaySettings:
+        gd = self.gdistrib
+        if not gd.local_host:
+            raise ValueError("gdistrib.local_host: this region's name is required")
+        if not gd.connections.ca_file or not gd.connections.cert_file or not gd.connections.key_file:
+            raise ValueError("gdistrib.connections: ca_file, cert_file and key_file are required (mutual TLS)")
+        if not self.cluster.enabled:
+            raise ValueError("cluster.enabled: a gateway joins its region's cluster; enable it")
+        return self
+
+    @property
+    def shared_domains(self) -> list[str]:
+        return self.gdistrib.global_host or self.domains
