@@ -104,7 +104,8 @@ class ClusterLink:
     def __init__(self, config: LinkConfig, now: float, *, node_num: int | None = None) -> None:
         self.config = config
         self.state = State.HELLO
-        self.peer: str | None = None
+        self.peer: str | None = None  # set once its HELLO is accepted
+        self.claimed = ""  # the node name its HELLO claimed, accepted or not (for the logs)
         self.peer_incarnation = ""
         self._nonce = secrets.token_hex(16)
         self._peer_nonce = ""
@@ -230,6 +231,7 @@ class ClusterLink:
     def _on_hello(self, hello: dict[str, Any]) -> list[LinkEvent]:
         cfg = self.config
         cluster, node, version = hello.get("cluster"), hello.get("node"), str(hello.get("version", ""))
+        self.claimed = node[:64] if isinstance(node, str) else ""
         if cluster != cfg.cluster:
             return self.refuse(f"cluster name mismatch: we are {cfg.cluster!r}, peer is {cluster!r}")
         if not isinstance(node, str) or not node:

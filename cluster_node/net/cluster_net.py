@@ -56,9 +56,13 @@ class LinkConnection(asyncio.Protocol):
         self.acked_seq = 0
         self.ack_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.tables_seen: set[str] = set()
+        self.remote = "?"  # host:port of the other end
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        peername = transport.get_extra_info("peername")
+        if isinstance(peername, tuple) and len(peername) >= 2:
+            self.remote = f"{peername[0]}:{peername[1]}"
         self.member.connections.add(self)
         self.flush()
 
@@ -240,10 +244,11 @@ class ClusterMember:
         log.info("joined %s (%s)", event.node, event.address or "incoming")
 
     def _closed(self, conn: LinkConnection, event: Closed) -> None:
-        peer = conn.peer or conn.core.peer or conn.outgoing or "?"
+        # A stranger refused at HELLO is named by what it claimed, else by its address.
+        peer = conn.peer or conn.core.peer or conn.outgoing or conn.core.claimed or conn.remote
         if event.refused:
             self.refused[peer] = (time.monotonic(), event.reason)
-            log.warning("cluster link with %s refused: %s", peer, event.reason)
+            log.warning("cluster link with %s (%s) refused: %s", peer, conn.remote, event.reason)
         if conn.joined:
             log.warning("cluster member %s is down: %s", peer, event.reason)
             self._down(conn, event.reason)
