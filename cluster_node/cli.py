@@ -113,8 +113,9 @@ def _ctl_account(args: argparse.Namespace) -> int:
 
 
 # Live state, asked of the running node over its control socket (MongooseIM: ``mongooseimctl cets …``).
-LIVE_COMMANDS: dict[str, dict[str, str]] = {
-    "cets": {"system-info": "systemInfo", "table-info": "tableInfo"},
+LIVE_COMMANDS: dict[str, dict[str, tuple[str, list[str]]]] = {
+    "cets": {"system-info": ("systemInfo", []), "table-info": ("tableInfo", [])},
+    "gdistrib": {"status": ("status", []), "lookup": ("lookup", ["jid"])},  # gateways only
 }
 
 
@@ -124,10 +125,10 @@ def _ctl_live(args: argparse.Namespace) -> int:
     from .net.control import control_socket, query_control
 
     settings = _settings(args)
-    op = LIVE_COMMANDS[args.category][args.command]
+    op, params = LIVE_COMMANDS[args.category][args.command]
     path = control_socket(settings.data_dir)
     try:
-        status, body = asyncio.run(query_control(path, args.category, op))
+        status, body = asyncio.run(query_control(path, args.category, op, {p: getattr(args, p) for p in params}))
     except (aiohttp.ClientError, OSError) as e:
         message = f"cannot reach node {settings.node_name} at {path}: is it running? ({e.__class__.__name__})"
         print(json.dumps({"errors": [{"message": message, "path": [args.category, op]}]}), file=sys.stderr)
@@ -163,8 +164,11 @@ def _parser(extend: Extend | None = None) -> argparse.ArgumentParser:
     for category, commands in LIVE_COMMANDS.items():
         cat = cats.add_parser(category, help=f"{category}: {', '.join(commands)} (asks the running node)")
         ccmds = cat.add_subparsers(dest="command", required=True)
-        for name in commands:
-            ccmds.add_parser(name).set_defaults(func=_ctl_live)
+        for name, (_op, params) in commands.items():
+            c = ccmds.add_parser(name)
+            for param in params:
+                c.add_argument(f"--{param}", required=True)
+            c.set_defaults(func=_ctl_live)
     return p
 
 

@@ -40,6 +40,8 @@ class Node:
     services: Services
     sessions: SessionManager
     c2s: C2SListener
+    # What ``meridian ctl`` may ask over the control socket; roles add theirs (the gateway: gdistrib).
+    queries: dict[tuple[str, str], Callable[[], Any]]
 
 
 @contextlib.asynccontextmanager
@@ -87,9 +89,10 @@ async def running_node(settings: NodeSettings) -> AsyncIterator[Node]:
         await c2s.start()
         log.info("node %s serving %s; c2s on %s", settings.node_name, ", ".join(settings.domains),
                  ", ".join(map(str, c2s.ports)))
+        queries = _control_queries(member)
         try:
-            async with serving_control(control_socket(settings.data_dir), _control_queries(member)):
-                yield Node(services, sessions, c2s)
+            async with serving_control(control_socket(settings.data_dir), queries):
+                yield Node(services, sessions, c2s, queries)
         finally:
             await c2s.stop()
             await asyncio.sleep(0.05)  # let session cleanups finish before storage closes

@@ -9,6 +9,7 @@ expose the same functions to remote operators.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,7 +19,7 @@ from aiohttp import web
 
 __all__ = ["control_socket", "serving_control", "query_control"]
 
-Query = Callable[[], Any]
+Query = Callable[..., Any]  # keyword arguments from the query string; may be a coroutine function
 
 
 def control_socket(data_dir: Path) -> Path:
@@ -35,8 +36,12 @@ async def serving_control(path: Path, queries: dict[tuple[str, str], Query]) -> 
         if query is None:
             return web.json_response({"errors": [{"message": f"unknown operation {key[0]} {key[1]}"}]}, status=404)
         try:
-            result = query()
-        except LookupError as e:
+            result = query(**request.query)
+            if inspect.isawaitable(result):
+                result = await result
+        except TypeError as e:
+            return web.json_response({"errors": [{"message": f"bad arguments: {e}", "path": list(key)}]}, status=400)
+        except (LookupError, ValueError) as e:
             return web.json_response({"errors": [{"message": str(e), "path": list(key)}]}, status=400)
         return web.json_response({"data": {key[0]: {key[1]: result}}})
 
@@ -60,10 +65,11 @@ async def serving_control(path: Path, queries: dict[tuple[str, str], Query]) -> 
             path.unlink()
 
 
-async def query_control(path: Path, category: str, op: str) -> tuple[int, dict[str, Any]]:
+async def query_control(path: Path, category: str, op: str, args: dict[str, str] | None = None
+                        ) -> tuple[int, dict[str, Any]]:
     """``meridian ctl``'s side: (HTTP status, JSON body)."""
     import aiohttp
 
     async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(path))) as session:
-        async with session.get(f"http://node/{category}/{op}") as resp:
+        async with session.get(f"http://node/{category}/{op}", params=args or {}) as resp:
             return resp.status, await resp.json()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,12 +41,14 @@ def toml_dump(settings: dict[str, Any]) -> str:
 class NodeProcess:
     """A ``meridian node`` subprocess with its own data dir and free ports."""
 
+    role = "node"
+
     def __init__(self, workdir: Path, *, name: str = "node1", domains: list[str] | None = None,
                  storage_url: str | None = None, settings: dict[str, Any] | None = None) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
-        self.port, self.tls_port = free_ports(2)
+        self.port, self.tls_port = free_ports(2) if self.role == "node" else (0, 0)
         conf: dict[str, Any] = {
             "node_name": name,
             "domains": domains or ["localhost"],
@@ -78,19 +79,19 @@ class NodeProcess:
 
     def start(self, timeout: float = 20.0) -> NodeProcess:
         log = open(self.log_path, "ab")
+        control = self.workdir / "data" / "control.sock"
+        control.unlink(missing_ok=True)  # left by a process killed with SIGKILL
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cluster_node.cli", "node", "--config", str(self.config)],
+            [sys.executable, "-m", "gateway.cli", self.role, "--config", str(self.config)],
             stdout=log, stderr=subprocess.STDOUT, env=self._env(), cwd=self.workdir)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"node {self.name} exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                raise RuntimeError(f"{self.role} {self.name} exited with {self.proc.returncode}:\n{self.log()}")
+            if control.exists():  # made once every listener is up
                 return self
-            except OSError:
-                time.sleep(0.05)
-        raise TimeoutError(f"node {self.name} did not listen on {self.port}:\n{self.log()}")
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.role} {self.name} did not start:\n{self.log()}")
 
     def log(self) -> str:
         try:
@@ -114,7 +115,7 @@ class NodeProcess:
         return self.proc.returncode
 
     def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        res = subprocess.run([sys.executable, "-m", "cluster_node.cli", "ctl", "--config", str(self.config),
+        res = subprocess.run([sys.executable, "-m", "gateway.cli", "ctl", "--config", str(self.config),
                               *args], capture_output=True, text=True, env=self._env(), cwd=self.workdir,
                              timeout=60)
         if check and res.returncode != 0:
