@@ -7,8 +7,9 @@ Layers, bottom up (only :mod:`.pool` and :mod:`.tls` do I/O):
 * :mod:`.dedup` — the receiver's bounded window of recently seen stanza ids;
 * :mod:`.errors` — what a sender is told when a stanza cannot be relayed (XMPP conditions);
 * :mod:`.tls` — mutual TLS against the inter-region CA (and a small CA for operators without a PKI);
-* :mod:`.pool` — the asyncio adapter: :class:`~.pool.LinkServer` and one :class:`~.pool.RegionPool`
-  per remote region.
+* :mod:`.connection`, :mod:`.server`, :mod:`.pool` — the asyncio adapters: one connection, the
+  listening :class:`~.server.LinkServer` and one dialling :class:`~.pool.RegionPool`
+  per remote region (both importable from :mod:`.pool`).
 """
 
 __all__: list[str] = []

@@ -26,6 +26,7 @@ Every legal (state, frame) pair is in :data:`TRANSITIONS`; any other frame is a 
     any      malformed or unexpected frame CLOSED  → Closed("protocol error: …", refused=True)
     any      EOF (b"")                     CLOSED  → Closed("connection closed …")
     any      nothing for ping_timeout      CLOSED  → Closed("no traffic … (ping timeout)")
+    any      close(reason) called          CLOSED  → Closed(reason)
 """
 
 from __future__ import annotations
@@ -246,6 +247,13 @@ class RegionLink:
             return []
         self._out.append(encode(Refuse(reason)))
         return self._close(reason, refused=True)
+
+    def close(self, reason: str) -> list[LinkEvent]:
+        """End a healthy link by our own choice (endpoint withdrawn, shutdown): no REFUSE, the adapter
+        closes the transport after writing what is pending; the peer sees an orderly EOF."""
+        if self.state is State.CLOSED:
+            return []
+        return self._close(reason, refused=False)
 
     def _close(self, reason: str, refused: bool) -> list[LinkEvent]:
         log.debug("region link %s→%s: %s → closed: %s", self.local_region, self.peer_region or "?",
