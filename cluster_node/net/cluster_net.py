@@ -271,15 +271,21 @@ class ClusterMember:
     # -- discovery and timers -------------------------------------------------------------------
 
     async def _discovery_loop(self) -> None:
+        failing: str | None = None  # the kind of error of the current failure, logged once
         while True:
             try:
                 self.discovered = await self.discovery.refresh()
                 if not self.discovery_works:
                     log.info("discovery works: %d members known", len(self.discovered))
                 self.discovery_works = True
+                failing = None
             except Exception as e:  # the database may be down: keep the links we have, retry
-                if self.discovery_works:
-                    log.warning("discovery failed: %s; retrying every %.1fs", e, self.refresh_interval)
+                # Logged when discovery starts failing (at start too: a database down from the
+                # beginning is the case the operator most needs to see) and when the error changes.
+                if failing != e.__class__.__name__:
+                    log.warning("discovery failed: %s: %s; keeping the links we have, retrying every %.1fs",
+                                e.__class__.__name__, e, self.refresh_interval)
+                failing = e.__class__.__name__
                 self.discovery_works = False
             for peer in self.discovered:
                 if peer.node > self.node and peer.node not in self.links and peer.node not in self._connecting:
