@@ -330,6 +330,8 @@ class RegionPool:
 
     def connected(self, conn: LinkConnection) -> None:
         self._conns.add(conn)
+        if self._stopping:
+            self.handle(conn, conn.core.close("shutting down"))
 
     def writable(self, conn: LinkConnection) -> None:
         self._pump_waiting()

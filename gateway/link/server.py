@@ -50,6 +50,7 @@ class LinkServer:
         self._stats: dict[str, LinkStats] = {}
         self._servers: list[asyncio.Server] = []
         self._timer: asyncio.Task[None] | None = None
+        self._running = False
 
     @property
     def addresses(self) -> list[str]:
@@ -63,6 +64,7 @@ class LinkServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        self._running = True
         for host, port in self.endpoints:
             self._servers.append(await loop.create_server(self._accept, host, port, ssl=self.server_tls,
                                                           ssl_handshake_timeout=self.ping_timeout))
@@ -75,13 +77,17 @@ class LinkServer:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._running = False
         for server in self._servers:
             server.close()
-        for conn in list(self.connections):
+        conns = list(self.connections)
+        for conn in conns:
             conn.close(graceful=False)
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
+        if conns:  # connection_lost runs on a later loop turn: return once every link is really gone
+            await asyncio.wait([c.done for c in conns], timeout=5.0)
 
     def _accept(self) -> LinkConnection:
         core = RegionLink(self.local_region, self.gateway_name, asyncio.get_running_loop().time(),
@@ -89,6 +95,9 @@ class LinkServer:
         return LinkConnection(core, self)
 
     def connected(self, conn: LinkConnection) -> None:
+        if not self._running:  # its TLS handshake finished after stop(): too late
+            conn.close(graceful=False)
+            return
         self.connections.add(conn)
 
     def writable(self, conn: LinkConnection) -> None:

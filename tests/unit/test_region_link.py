@@ -13,6 +13,7 @@ import pytest
 from gateway.link.dedup import RecentIds
 from gateway.link.frames import (
     Ack,
+    Frame,
     FrameDecoder,
     FrameError,
     Hello,
@@ -70,11 +71,15 @@ def frame(kind: int, body: bytes) -> bytes:
     return struct.pack(">IB", len(body) + 1, kind) + body
 
 
-def sent_by(link: RegionLink) -> list[object]:
+def sent_by(link: RegionLink) -> list[Frame]:
     """Decode what ``link`` wants to send (to look at its REFUSE)."""
+    return decode_all(link.data_to_send())
+
+
+def decode_all(data: bytes) -> list[Frame]:
     dec = FrameDecoder()
-    dec.feed(link.data_to_send())
-    out = []
+    dec.feed(data)
+    out: list[Frame] = []
     while (f := dec.next_frame()) is not None:
         out.append(f)
     return out
@@ -304,14 +309,9 @@ def test_decoder_stays_broken_after_an_error() -> None:
 
 
 def test_frame_roundtrip() -> None:
-    frames = [Hello("eu", "g", "1.0"), Refuse("because"), Ack(2**64 - 1), Ping(1.5), Pong(2.0),
+    frames: list[Frame] = [Hello("eu", "g", "1.0"), Refuse("because"), Ack(2**64 - 1), Ping(1.5), Pong(2.0),
               StanzaFrame(3, "i", "us", 255, "a@b/c", None, b"<x/>"), StanzaFrame(4, "j", "us", 1, None, "d@e", b"y")]
-    dec = FrameDecoder()
-    dec.feed(b"".join(encode(f) for f in frames))
-    got = []
-    while (f := dec.next_frame()) is not None:
-        got.append(f)
-    assert got == frames
+    assert decode_all(b"".join(encode(f) for f in frames)) == frames
 
 
 # -- time ---------------------------------------------------------------------------------------------
@@ -324,20 +324,11 @@ def test_pings_measure_rtt_and_keep_the_link_alive() -> None:
     for t in (1.0, 2.0, 3.0, 4.0, 5.0):
         assert eu.handle_timer(t) == [] and us.handle_timer(t) == []
         ping = eu.data_to_send()
-        assert sent_by_bytes(ping) == [Ping(t)]
+        assert decode_all(ping) == [Ping(t)]
         us.receive_data(ping, t + 0.01)
         us.data_to_send()  # us's pings are not delivered: its PONGs keep eu alive anyway
         eu.receive_data(encode(Pong(t)), t + 0.02)
     assert eu.rtt == pytest.approx(0.02) and eu.ready and us.ready
-
-
-def sent_by_bytes(data: bytes) -> list[object]:
-    dec = FrameDecoder()
-    dec.feed(data)
-    out = []
-    while (f := dec.next_frame()) is not None:
-        out.append(f)
-    return out
 
 
 def test_ping_timeout_closes_a_silent_link() -> None:
