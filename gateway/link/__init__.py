@@ -1,6 +1,6 @@
 """The inter-region link: gateways of different regions exchanging stanzas (ARCHITECTURE.md, "Global distribution").
 
-Layers, bottom up (only :mod:`.pool` and :mod:`.tls` do I/O):
+Layers, bottom up (only :mod:`.tls`, :mod:`.connection`, :mod:`.server` and :mod:`.pool` do I/O):
 
 * :mod:`.frames` — the wire format: length-prefixed frames, stanza bytes carried untouched;
 * :mod:`.protocol` — :class:`~.protocol.RegionLink`, one connection as a sans-IO state machine;

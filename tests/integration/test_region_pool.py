@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import subprocess
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -392,3 +394,18 @@ async def test_endpoints_can_change(pki: Pki) -> None:
         await p.stop()
         await s1.stop()
         await s2.stop()
+
+
+# -- the benchmark still runs ------------------------------------------------------------------------
+
+
+def test_benchmark_runs_with_small_numbers() -> None:
+    """benchmarks/region_link.py works end to end (three processes with a delay); no figure is checked."""
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "region_link.py"), "--stanzas", "2000",
+                        "--paced", "200", "--rate", "1000", "--delay-ms", "2"],
+                       capture_output=True, text=True, cwd=root, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for figure in ("stanzas/s", "p50", "p99", "4 connections"):
+        assert figure in r.stdout, r.stdout
+    assert "Traceback" not in r.stderr, r.stderr
