@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import gc
 import logging
 import multiprocessing
 import os
@@ -109,7 +110,8 @@ async def wait_until(cond: Any, timeout: float, step: float = 0.001) -> bool:
     return True
 
 
-async def serve_commands(conn: Connection, table: SessionTable, member: ClusterMember) -> None:
+async def serve_commands(conn: Connection, table: SessionTable, member: ClusterMember,
+                         stats: Any = dict) -> None:
     """Answer the parent's commands until 'stop': 'size' → records held, 'stop' → leave."""
     loop = asyncio.get_running_loop()
     ready = asyncio.Event()
@@ -121,11 +123,33 @@ async def serve_commands(conn: Connection, table: SessionTable, member: ClusterM
             while conn.poll():
                 cmd = conn.recv()
                 if cmd == "size":
-                    conn.send(("size", {"size": len(table), "links": sorted(member.links)}))
+                    conn.send(("size", {"size": len(table), "links": sorted(member.links), **stats(),
+                                        "gc": GC_PROBE.pauses if GC_PROBE else []}))
                 elif cmd == "stop":
                     return
     finally:
         loop.remove_reader(conn.fileno())
+
+
+class GcProbe:
+    """Observes the cyclic garbage collector's passes (gc.callbacks: no change to what it does):
+    (start, seconds, generation) of every pass of 1 ms or more."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[float, float, int]] = []
+        self._start = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            dt = time.perf_counter() - self._start
+            if dt >= 0.001:
+                self.pauses.append((self._start, dt, info["generation"]))
+
+
+GC_PROBE: GcProbe | None = None
 
 
 # -- member processes ----------------------------------------------------------------------------
@@ -133,6 +157,8 @@ async def serve_commands(conn: Connection, table: SessionTable, member: ClusterM
 
 def member_process(spec: MemberSpec, conn: Connection) -> None:
     logging.basicConfig(level=logging.ERROR, format=f"{spec.name}: %(levelname)s %(message)s")
+    global GC_PROBE
+    GC_PROBE = GcProbe()
     try:
         asyncio.run(_joiner(spec, conn) if spec.joiner else _member(spec, conn))
     except BaseException as e:
@@ -150,14 +176,36 @@ async def _member(spec: MemberSpec, conn: Connection) -> None:
         table.insert(make_record(session_jid(i), spec.name, local))
     filled = time.perf_counter() - t
     member = build_member(spec, table)
+    probe = SenderProbe(member, spec.extra["joiner"])
     await member.start()
     conn.send(("listening", {}))
     if not await wait_until(lambda: len(table) >= spec.expected, spec.timeout, 0.01):
         conn.send(("error", f"{spec.name}: holds {len(table)} of {spec.expected} records after {spec.timeout}s"))
         return
     conn.send(("ready", {"owned": len(range(spec.first, spec.stop, spec.step)), "fill_s": filled}))
-    await serve_commands(conn, table, member)
+    await serve_commands(conn, table, member, probe.stats)
     await member.stop()
+
+
+class SenderProbe:
+    """On an existing member: when it handled the joiner's arrival (the dump of its records encoded
+    and handed to TLS).  Times are perf_counter() values, CLOCK_MONOTONIC on Linux, so they compare
+    across the processes of this machine."""
+
+    def __init__(self, member: ClusterMember, joiner: str) -> None:
+        self.joined: tuple[float, float] | None = None
+        original_handle = member.handle
+
+        def handle(conn: LinkConnection, events: list[LinkEvent]) -> None:
+            t = time.perf_counter()
+            original_handle(conn, events)
+            if any(isinstance(e, Joined) and e.node == joiner for e in events):
+                self.joined = (t, time.perf_counter())
+
+        member.handle = handle  # type: ignore[method-assign]
+
+    def stats(self) -> dict[str, Any]:
+        return {"joined": self.joined}
 
 
 class JoinProbe:
@@ -166,7 +214,7 @@ class JoinProbe:
 
     def __init__(self, member: ClusterMember) -> None:
         self.joined: list[float] = []
-        self.dumps: list[tuple[float, float, int]] = []  # (when, seconds to merge, records)
+        self.dumps: list[tuple[str, float, float, int]] = []  # (peer, merge start, merge end, records)
         self.receive_s = 0.0  # total time in data_received (TLS-decrypted bytes → frames → events → tables)
         original_handle = member.handle
 
@@ -178,7 +226,7 @@ class JoinProbe:
                 if isinstance(event, Joined):
                     self.joined.append(t)
                 elif isinstance(event, DumpReceived):
-                    self.dumps.append((done, done - t, len(event.records)))
+                    self.dumps.append((conn.peer or "?", t, done, len(event.records)))
 
         member.handle = handle  # type: ignore[method-assign]
         original_received = LinkConnection.data_received
@@ -219,10 +267,12 @@ async def _joiner(spec: MemberSpec, conn: Connection) -> None:
         "merge_s": t_merged - t0,
         "first_joined_s": probe.joined[0] - t0 if probe.joined else None,
         "last_joined_s": probe.joined[-1] - t0 if probe.joined else None,
-        "first_dump_s": probe.dumps[0][0] - t0 if probe.dumps else None,
-        "merge_cpu_s": sum(d[1] for d in probe.dumps),
+        "first_dump_s": probe.dumps[0][2] - t0 if probe.dumps else None,
+        "merge_cpu_s": sum(end - start for _, start, end, _ in probe.dumps),
         "receive_s": probe.receive_s,
-        "dumps": [(round(when - t0, 4), round(dt, 4), n) for when, dt, n in probe.dumps],
+        "t0": t0,
+        "t_merged": t_merged,
+        "dumps": probe.dumps,
         "size": len(table),
     }))
 
@@ -232,6 +282,7 @@ async def _joiner(spec: MemberSpec, conn: Connection) -> None:
         profiler = cProfile.Profile()
         profiler.enable()
     latencies: list[float] = []
+    starts: list[float] = []
     unacked = 0
     for i in range(spec.inserts):
         record = make_record(f"single{i}@localhost/res", spec.name, local)
@@ -239,6 +290,7 @@ async def _joiner(spec: MemberSpec, conn: Connection) -> None:
         table.insert(record)
         await member.wait_acks(timeout=spec.timeout)
         latencies.append(time.perf_counter() - t)
+        starts.append(t)
         if len(member.links) != others or any(c.acked_seq < c.sent_seq for c in member.links.values()):
             unacked += 1
     if profiler:
@@ -246,14 +298,15 @@ async def _joiner(spec: MemberSpec, conn: Connection) -> None:
         profiler.dump_stats(os.path.join(spec.profile, "insert.prof"))
 
     # 3. pipelined: every insert broadcast back to back, then one wait for all the acks.
-    t = time.perf_counter()
+    t = t_pipelined = time.perf_counter()
     for i in range(spec.pipelined):
         table.insert(make_record(f"burst{i}@localhost/res", spec.name, local))
     await member.wait_acks(timeout=spec.timeout)
     pipelined_s = time.perf_counter() - t
     if len(member.links) != others or any(c.acked_seq < c.sent_seq for c in member.links.values()):
         unacked += 1
-    conn.send(("insert", {"latencies": latencies, "unacked": unacked, "pipelined_s": pipelined_s,
+    conn.send(("insert", {"latencies": latencies, "starts": starts, "unacked": unacked, "pipelined_s": pipelined_s,
+                          "t_pipelined": t_pipelined,
                           "links": sorted(member.links)}))
     await serve_commands(conn, table, member)
     await member.stop()
@@ -314,6 +367,8 @@ def run(args: argparse.Namespace) -> int:
     common = {"peers": peers, "cert": str(cert), "key": str(key), "timeout": args.timeout}
     specs = [MemberSpec(name=n, port=p, first=i, stop=total, step=args.members, expected=total, **common)
              for i, (n, p) in enumerate(zip(names, ports, strict=False))]
+    for spec in specs:
+        spec.extra["joiner"] = joiner
     jspec = MemberSpec(name=joiner, port=ports[-1], expected=total, joiner=True, inserts=args.inserts,
                        pipelined=args.pipelined, profile=args.profile or "", **common)
 
@@ -408,10 +463,42 @@ def run(args: argparse.Namespace) -> int:
     for name, value, target, result in rows:
         print(f"  {name:<{w0}}  {value:>{w1}}  {target:<{w2}}  {result}".rstrip())
     print()
-    print("  dumps merged by the joiner (s after start, s to merge, records): "
-          + ", ".join(f"({w}, {d}, {n:,})" for w, d, n in join["dumps"]))
+    t0 = join["t0"]
+    print("  where the join time goes (seconds after the joiner's start; clocks shared by the processes):")
+    by_peer = {peer: (start, end, n) for peer, start, end, n in join["dumps"]}
+    for m_name, stats in zip(names, sizes, strict=False):
+        line = f"    {m_name}:"
+        if stats.get("joined"):
+            a, b = stats["joined"]
+            line += f" dump encoded + handed to TLS {a - t0:+.3f} → {b - t0:+.3f}"
+        if m_name in by_peer:
+            start, end, n = by_peer[m_name]
+            line += f"; joiner had it decoded {start - t0:+.3f}, merged {n:,} records by {end - t0:+.3f}"
+        print(line)
 
-    bad_sizes = [f"{s_name}: {s['size']:,}" for s_name, s in zip([*names, joiner], sizes, strict=True)
+    all_names = [*names, joiner]
+    gc_pauses = {n: st["gc"] for n, st in zip(all_names, sizes, strict=True)}
+    phases = [("join", t0, join["t_merged"])]
+    if ins["starts"]:
+        phases.append(("single inserts", ins["starts"][0], ins["t_pipelined"]))
+    print("  GC passes of 1 ms or more (Python's cyclic collector; count, longest, generations) during:")
+    for phase, a, b in phases:
+        parts = []
+        for who in all_names:
+            ps = [(dt, g) for when, dt, g in gc_pauses[who] if a <= when < b]
+            if ps:
+                parts.append(f"{who} {len(ps)}× ≤{max(dt for dt, _ in ps) * 1000:.0f} ms "
+                             f"(gen {','.join(str(g) for g in sorted({g for _, g in ps}))})")
+        print(f"    {phase}: {'; '.join(parts) or 'none'}")
+    if lat_ms:
+        slow = sorted(zip(ins["latencies"], ins["starts"], strict=True), reverse=True)[:5]
+        print("  slowest inserts, and the GC passes that overlapped them:")
+        for dt, when in slow:
+            overlapping = [f"{who} gen{g} {d * 1000:.1f} ms" for who in all_names for w, d, g in gc_pauses[who]
+                           if w < when + dt and w + d > when]
+            print(f"    {dt * 1000:7.3f} ms  {', '.join(overlapping) or '-'}")
+
+    bad_sizes = [f"{s_name}: {s['size']:,}" for s_name, s in zip(all_names, sizes, strict=True)
                  if s["size"] != expected_final]
     if bad_sizes:
         print(f"BENCHMARK FAILED: members should hold {expected_final:,} records: {', '.join(bad_sizes)}",
