@@ -14,11 +14,15 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from .table import collector_paused
+
 __all__ = ["Kind", "Frame", "FrameDecoder", "FrameError", "encode", "encode_stanza", "decode_stanza",
            "MAX_FRAME"]
 
 MAX_FRAME = 64 * 1024 * 1024  # a full table dump of 100k sessions fits comfortably
 _HEAD = struct.Struct(">IB")
+_JSON = json.JSONEncoder(separators=(",", ":"))  # json.dumps(..., separators=...) builds one per call
+_BULK = 256 * 1024  # a body this large (a table dump) is decoded with the cyclic GC paused
 
 
 class FrameError(Exception):
@@ -46,7 +50,11 @@ class Frame:
 
     def json(self) -> dict[str, Any]:
         try:
-            value = json.loads(self.body)
+            if len(self.body) < _BULK:
+                value = json.loads(self.body)
+            else:
+                with collector_paused():  # tens of thousands of containers, no cycles
+                    value = json.loads(self.body)
         except (ValueError, UnicodeDecodeError) as e:
             raise FrameError(f"{self.kind.name}: bad JSON: {e}") from None
         if not isinstance(value, dict):
@@ -55,12 +63,12 @@ class Frame:
 
 
 def encode(kind: Kind, body: dict[str, Any] | bytes) -> bytes:
-    data = body if isinstance(body, bytes) else json.dumps(body, separators=(",", ":")).encode()
+    data = body if isinstance(body, bytes) else _JSON.encode(body).encode()
     return _HEAD.pack(len(data) + 1, kind) + data
 
 
 def encode_stanza(envelope: dict[str, Any], stanza: bytes) -> bytes:
-    head = json.dumps(envelope, separators=(",", ":")).encode()
+    head = _JSON.encode(envelope).encode()
     body = struct.pack(">I", len(head)) + head + stanza
     return _HEAD.pack(len(body) + 1, Kind.STANZA) + body
 
