@@ -229,7 +229,8 @@ async def run(args: argparse.Namespace, pki: Path, address: str, receiver: Conne
     failures += check(got, ns)
     print(f"throughput: {args.stanzas:,} stanzas of {args.size} bytes from {args.pairs:,} pairs in {elapsed:.2f} s "
           f"= {args.stanzas / elapsed:,.0f} stanzas/s")
-    print(f"  latency under that load (time in the full queue included): {percentiles([t - sent_at[sid] for sid, _, t in got])}")
+    loaded = percentiles([t - sent_at[sid] for sid, _, t in got])
+    print(f"  latency under that load (time in the full queue included): {loaded}")
 
     # 2. latency, paced
     sent_at.clear()

@@ -140,7 +140,11 @@ class RegionPool:
                                              lambda: self._conns, self._check_outage))
 
     async def stop(self) -> None:
-        """Close every connection; what is still queued or unacked goes to ``on_undeliverable``."""
+        """Close every connection; what is still queued or unacked goes to ``on_undeliverable``.
+
+        Call :meth:`drain` first for a clean shutdown: an unacked stanza may have arrived (its ACK
+        lost), so handing it back can bounce a delivered stanza.  A stopped pool is not restarted.
+        """
         self._stopping = True
         tasks = list(self._slots.values())
         if self._timer is not None:

@@ -23,15 +23,19 @@ __all__ = ["LinkServer", "StanzaCallback"]
 log = logging.getLogger("meridian.gateway.link")
 
 StanzaCallback = Callable[[StanzaReceived], None]
-"""Called by :class:`LinkServer` once per stanza (duplicates dropped); must not block."""
+"""Called by :class:`LinkServer` once per stanza (duplicates dropped), in arrival order, before the
+stanza is acked; must not block.  Per-pair order holds for whoever consumes the calls in that order."""
 
 
 class LinkServer:
     """Accepts mutual-TLS connections from the gateways of other regions and delivers their stanzas.
 
-    Duplicates — resends of stanzas whose ACK was lost — are dropped by a window of recent ids per
-    peer region, kept across :meth:`stop`/:meth:`start` of the same server.  ``regions``: if given,
-    only these regions may connect.
+    Duplicates — resends of stanzas whose ACK was lost — are dropped by a window of the
+    ``dedup_window`` most recent ids per peer region, kept across :meth:`stop`/:meth:`start` of the
+    same server (not across processes: a restarted gateway may deliver a resent stanza twice).  The
+    window must exceed what one region can have in flight: its ``connections × max_unacked``.
+    ``regions``: if given, only these regions may connect.  A port of 0 listens on a free port, a
+    new one at each :meth:`start`.
     """
 
     def __init__(self, local_region: str, gateway_name: str, server_tls: ssl.SSLContext,
