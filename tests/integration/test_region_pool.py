@@ -102,7 +102,7 @@ def stanza(n: int, pairs: int) -> tuple[str, str, str, bytes]:
     return f"m-{n}", sender, recipient, body
 
 
-async def send_all(p: RegionPool, count: int, pairs: int, progress: list[int] | None = None) -> None:
+async def send_all(p: RegionPool, count: int, pairs: int) -> None:
     """Send ``count`` stanzas as a busy gateway would: on QueueFull, wait a moment and retry the
     same stanza (so the pair's order is the sending order)."""
     for n in range(count):
@@ -113,10 +113,15 @@ async def send_all(p: RegionPool, count: int, pairs: int, progress: list[int] | 
                 break
             except QueueFull:
                 await asyncio.sleep(0.002)
-        if progress is not None:
-            progress[0] = n + 1
         if n % 200 == 0:
             await asyncio.sleep(0)
+
+
+async def eventually(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
 
 
 def assert_all_in_order(receiver: Receiver, count: int, pairs: int) -> None:
@@ -230,9 +235,7 @@ async def test_10000_stanzas_over_4_connections_keep_per_pair_order(pki: Pki) ->
     p = pool(pki, srv.addresses, connections_per_endpoint=2, max_unacked=256, queue_max=2000)
     await p.start()
     try:
-        assert await p.wait_up(5)
-        await asyncio.sleep(0.2)  # let all four connect, so the pairs spread over them
-        assert p.stats().connections_up == 4
+        await eventually(lambda: p.stats().connections_up == 4)  # all four up, so the pairs spread over them
         await send_all(p, 10_000, pairs=40)
         await rx.wait(10_000)
         assert_all_in_order(rx, 10_000, pairs=40)
@@ -254,10 +257,8 @@ async def test_connections_killed_mid_stream_and_server_restarted(pki: Pki) -> N
     p = pool(pki, srv.addresses, connections_per_endpoint=2, max_unacked=200, queue_max=3000, connect_timeout=5.0,
              down_timeout=30.0)
     await p.start()
-    assert await p.wait_up(5)
-    await asyncio.sleep(0.2)
-    sent = [0]
-    sender = asyncio.create_task(send_all(p, 10_000, pairs=25, progress=sent))
+    await eventually(lambda: p.stats().connections_up == 4)
+    sender = asyncio.create_task(send_all(p, 10_000, pairs=25))
 
 
     def kill_all() -> None:
@@ -388,8 +389,7 @@ async def test_endpoints_can_change(pki: Pki) -> None:
         await p.send("c", "eu", 1, b"<message/>")
         await rx2.wait(1)
         assert [e.id for e in rx1.events] == ["b"] and [e.id for e in rx2.events] == ["c"]
-        await asyncio.sleep(0.1)
-        assert s1.stats()["eu"].connections_up == 0
+        await eventually(lambda: s1.stats()["eu"].connections_up == 0)
     finally:
         await p.stop()
         await s1.stop()
