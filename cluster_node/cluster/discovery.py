@@ -7,16 +7,19 @@ list.  Either way the result is a list of :class:`Peer`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 __all__ = ["Peer", "Discovery", "RdbmsDiscovery", "FileDiscovery", "parse_peer"]
 
 log = logging.getLogger("meridian.cluster")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -49,8 +52,12 @@ class RdbmsDiscovery:
     discovery: the links already up keep working meanwhile."""
 
     def __init__(self, open_store: Callable[[], _DiscoveryStore], cluster: str, node: str, address: str,
-                 last_seen_threshold: float = 3600.0, refresh_interval: float = 5.0) -> None:
+                 last_seen_threshold: float = 3600.0, refresh_interval: float = 5.0,
+                 timeout: float | None = None) -> None:
         self.open_store = open_store
+        # A database that stops answering (no error, just silence) must not hang discovery: the
+        # member would go on reporting discoveryWorks while never refreshing its row.
+        self.timeout = timeout if timeout is not None else max(5.0, 2 * refresh_interval)
         self.store: _DiscoveryStore | None = None
         self.cluster = cluster
         self.node = node
@@ -65,17 +72,22 @@ class RdbmsDiscovery:
         return self._num
 
     async def refresh(self) -> list[Peer]:
-        if self.store is None:
-            store = self.open_store()
-            await store.open()
-            self.store = store
         try:
-            return await self._refresh(self.store)
+            return await _bounded(self._open_and_refresh(), self.timeout,
+                                  f"no answer from the discovery database in {self.timeout:.1f}s")
         except Exception:
+            # Reopened on the next refresh; closing the old one may hang on the same silent
+            # connection, so it is not waited for here.
             store, self.store = self.store, None
-            with contextlib.suppress(Exception):
-                await store.close()
+            if store is not None:
+                _background(_bounded(store.close(), self.timeout, "closing the discovery database"))
             raise
+
+    async def _open_and_refresh(self) -> list[Peer]:
+        if self.store is None:
+            self.store = self.open_store()  # kept before open(): a half-open store is closed on failure
+            await self.store.open()
+        return await self._refresh(self.store)
 
     async def _refresh(self, store: _DiscoveryStore) -> list[Peer]:
         now = int(time.time())
@@ -101,9 +113,45 @@ class RdbmsDiscovery:
         return [Peer(n, a, num) for n, a, num, _ in await store.discovery_nodes(self.cluster)]
 
     async def close(self) -> None:
-        if self.store is not None:
-            await self.store.close()
-            self.store = None
+        store, self.store = self.store, None
+        if store is not None:
+            with contextlib.suppress(Exception):  # closing may hang on the same silent connection
+                await _bounded(store.close(), self.timeout, "closing the discovery database")
+
+
+async def _bounded(coro: Coroutine[Any, Any, T], timeout: float, what: str) -> T:
+    """``await coro`` for at most ``timeout`` seconds, then abandon it (raising TimeoutError).
+
+    Not ``asyncio.timeout``/``wait_for``: they wait for the cancelled work to finish, and a database
+    driver may shield its cleanup until the server answers (asyncpg waits for the cancel request of
+    the interrupted query to be acknowledged) — forever, when the database has gone silent."""
+    task = asyncio.ensure_future(coro)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        _background(task)
+        raise TimeoutError(what)
+    return task.result()
+
+
+_abandoned: set[asyncio.Future[Any]] = set()  # strong references until they finish
+
+
+def _background(work: Coroutine[Any, Any, Any] | asyncio.Future[Any]) -> None:
+    """Let ``work`` finish (or not) on its own; its outcome is ignored."""
+    task = asyncio.ensure_future(work)
+    _abandoned.add(task)
+    task.add_done_callback(_forget)
+
+
+def _forget(task: asyncio.Future[Any]) -> None:
+    _abandoned.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: no "exception was never retrieved" at exit
 
 
 def parse_peer(spec: str) -> Peer:

@@ -483,3 +483,41 @@ async def test_discovery_database_down_at_start_then_up(spawn):
         for node in nodes:  # before the database: its going away is not this test's subject
             await asyncio.to_thread(node.stop)
         await asyncio.to_thread(pg.stop)
+
+
+@pytest.mark.postgres
+async def test_unreachable_discovery_database_is_reported_and_the_links_stay(spawn, postgres_db_url):
+    """The discovery database stops answering (a blackhole: no error, no reset, just silence):
+    the members say discovery does not work instead of hanging on it, keep their links, and
+    recover when it answers again."""
+    pg_address = re.search(r"@([^/]+)/", postgres_db_url)
+    assert pg_address is not None
+    host, _, port = pg_address.group(1).rpartition(":")
+    proxy = FaultProxy(host, int(port), port=fresh_ports(1)[0]).start()
+    nodes: list[NodeProcess] = []
+    try:
+        url = postgres_db_url.replace(pg_address.group(1), proxy.address)
+        nodes += [spawn(name, p, url) for name, p in zip(["b0", "b1"], fresh_ports(2), strict=True)]
+        await asyncio.to_thread(start_all, nodes)
+        await joined(nodes)
+
+        await asyncio.to_thread(proxy.partition, "blackhole")
+        for node in nodes:
+            await until(lambda node=node: live(node, "systemInfo"), lambda i: i["discoveryWorks"] is False,
+                        timeout=15, what=f"{node.name} reports discovery down")
+            await log_line(node, r"WARNING meridian.cluster: discovery failed: TimeoutError")
+        for node in nodes:
+            info = await ctl(node, "system-info")
+            assert info["joinedNodes"] == ["b0", "b1"] and info["discoveryWorks"] is False, info
+
+        await asyncio.to_thread(proxy.heal)
+        for node in nodes:
+            await until(lambda node=node: live(node, "systemInfo"), lambda i: i["discoveryWorks"] is True,
+                        timeout=15, what=f"{node.name} reports discovery back")
+            info = await ctl(node, "system-info")
+            assert info["joinedNodes"] == info["discoveredNodes"] == ["b0", "b1"], info
+            assert not log_lines(node, r"is down"), node.log()
+    finally:
+        for node in nodes:
+            await asyncio.to_thread(node.stop)
+        proxy.stop()
