@@ -41,7 +41,7 @@ class Node:
     sessions: SessionManager
     c2s: C2SListener
     # What ``meridian ctl`` may ask over the control socket; roles add theirs (the gateway: gdistrib).
-    queries: dict[tuple[str, str], Callable[[], Any]]
+    queries: dict[tuple[str, str], Callable[..., Any]]
 
 
 @contextlib.asynccontextmanager
@@ -100,7 +100,7 @@ async def running_node(settings: NodeSettings) -> AsyncIterator[Node]:
                 await member.stop()
 
 
-def _control_queries(member: ClusterMember | None) -> dict[tuple[str, str], Callable[[], Any]]:
+def _control_queries(member: ClusterMember | None) -> dict[tuple[str, str], Callable[..., Any]]:
     def cluster() -> ClusterMember:
         if member is None:
             raise LookupError("the cluster is not enabled on this node (cluster.enabled = false)")

@@ -35,7 +35,7 @@ def location(record: SessionRecord, region: str) -> Location:
 class Publisher:
     def __init__(self, store: MappingStore, table: SessionTable, *, region: str, refresh_after: float,
                  endpoints: list[str], status: Callable[[], dict[str, Any]],
-                 on_replaced: Callable[[SessionRecord], None] = lambda record: None,
+                 announce_every: float = 5.0, on_replaced: Callable[[SessionRecord], None] = lambda record: None,
                  retry_after: float = 1.0) -> None:
         self.store = store
         self.table = table
@@ -45,6 +45,7 @@ class Publisher:
         self.status = status
         self.on_replaced = on_replaced
         self.retry_after = retry_after
+        self.announce_every = announce_every
         self._pending: dict[str, tuple[str, SessionRecord]] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -60,7 +61,8 @@ class Publisher:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._writer()), loop.create_task(self._refresher())]
+        self._tasks = [loop.create_task(self._writer()), loop.create_task(self._refresher()),
+                       loop.create_task(self._announcer())]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -107,6 +109,15 @@ class Publisher:
                 delay = self.retry_after
             await asyncio.sleep(delay)
 
+    async def _announcer(self) -> None:
+        """The region record (endpoints, status for dashboards), more often than the sessions."""
+        while True:
+            await asyncio.sleep(self.announce_every)
+            try:
+                await self.store.publish_region(self.endpoints, self.status())
+            except RedisError as e:
+                self._failed(e)
+
     async def publish_all(self) -> None:
         records = list(self.table)
         await self.store.publish_region(self.endpoints, self.status())
@@ -123,7 +134,7 @@ class Publisher:
         if not self.healthy:
             if self.errors:
                 log.info("Redis reachable again: re-publishing the region")
-                asyncio.get_running_loop().create_task(self._republish())
+                self._tasks.append(asyncio.get_running_loop().create_task(self._republish()))
             self.healthy = True
 
     async def _republish(self) -> None:

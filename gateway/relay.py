@@ -36,20 +36,13 @@ from cluster_node.xmpp.fragment import parse_stanza
 from cluster_node.xmpp.jid import InvalidJid, Jid
 from cluster_node.xmpp.stanza import Stanza
 
+from .link.errors import LinkError
 from .mapping import Location, MappingCache, MappingStore
 from .ordering import PairQueues
 
-__all__ = ["GlobalRouter", "Relayed", "RelayCounters", "LinkDown", "QueueFull"]
+__all__ = ["GlobalRouter", "Relayed", "RelayCounters"]
 
 log = logging.getLogger("meridian.gdistrib")
-
-
-class LinkDown(Exception):
-    """No link to the region came up in time: the sender gets remote-server-timeout."""
-
-
-class QueueFull(Exception):
-    """The region's queue is at its bound: the sender gets resource-constraint."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +58,7 @@ class Relayed:
     meta: dict[str, Any] | None = None  # {"fanout": {...}, "bare": jid} for deliveries to an account's resources
 
 
-Send = Callable[[str, Relayed], Awaitable[None]]  # (region, stanza): raises LinkDown / QueueFull
+Send = Callable[[str, Relayed], Awaitable[None]]  # (region, stanza): raises a LinkError (LinkDown, QueueFull)
 
 
 @dataclass
@@ -173,16 +166,23 @@ class GlobalRouter:
                           envelope.to, envelope.meta)
         try:
             await self.send(region, relayed)
-        except (LinkDown, QueueFull) as e:
+        except LinkError as e:  # remote-server-timeout (no link) or resource-constraint (queue full)
             self.counters.link_errors += 1
             log.warning("cannot relay to region %s: %s", region, e)
             if not quiet:
-                error: errors.StanzaError = (errors.StanzaResourceConstraint(f"the queue to region {region} is full")
-                                             if isinstance(e, QueueFull) else
-                                             errors.RemoteServerTimeout(f"no link to region {region}"))
-                self.s.router.send_error(stanza, error)
+                self.s.router.send_error(stanza, e)
             return
         self.counters.relayed[region] += 1
+
+    def undeliverable(self, relayed: Relayed, error: LinkError) -> None:
+        """The link gave up on a stanza it had accepted (a long outage): tell its sender."""
+        self.counters.link_errors += 1
+        try:
+            stanza = parse_stanza(relayed.data)
+        except ValueError:
+            return
+        if not relayed.meta:  # fan-out copies have no one waiting for them
+            self.s.router.send_error(stanza, error)
 
     # -- from the region's nodes --------------------------------------------------------------
 

@@ -52,7 +52,8 @@ _HEAD = struct.Struct(">IB")
 _STANZA_HEAD = struct.Struct(">QBB")
 _U16 = struct.Struct(">H")
 _U64 = struct.Struct(">Q")
-_FROM, _TO = 1, 2
+_FROM, _TO, _META = 1, 2, 4
+MAX_META = 1024  # routing hints for the relay (e.g. a fan-out to an account's resources), opaque here
 
 
 class LinkProtocolError(Exception):
@@ -107,6 +108,7 @@ class StanzaFrame:
     from_: str | None
     to: str | None
     data: bytes
+    meta: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +149,8 @@ def _text(value: str, what: str, limit: int) -> bytes:
     return _U16.pack(len(raw)) + raw
 
 
-def check_stanza_fields(id: str, origin: str, ttl: int, data: bytes, from_: str | None, to: str | None) -> None:
+def check_stanza_fields(id: str, origin: str, ttl: int, data: bytes, from_: str | None, to: str | None,
+                        meta: str | None = None) -> None:
     """Refuse, before anything is queued, a stanza the wire format cannot carry."""
     if not id or len(id.encode()) > MAX_ID:
         raise LocalProtocolError(f"stanza id must be 1..{MAX_ID} bytes")
@@ -161,16 +164,21 @@ def check_stanza_fields(id: str, origin: str, ttl: int, data: bytes, from_: str 
     for name, jid in (("from", from_), ("to", to)):
         if jid is not None and len(jid.encode()) > MAX_JID:
             raise LocalProtocolError(f"{name} longer than {MAX_JID} bytes")
+    if meta is not None and len(meta.encode()) > MAX_META:
+        raise LocalProtocolError(f"meta longer than {MAX_META} bytes")
 
 
-def encode_stanza(seq: int, id: str, origin: str, ttl: int, data: bytes, from_: str | None, to: str | None) -> bytes:
+def encode_stanza(seq: int, id: str, origin: str, ttl: int, data: bytes, from_: str | None, to: str | None,
+                  meta: str | None = None) -> bytes:
     """A STANZA frame; the stanza bytes are appended as they are."""
-    flags = (_FROM if from_ is not None else 0) | (_TO if to is not None else 0)
+    flags = (_FROM if from_ is not None else 0) | (_TO if to is not None else 0) | (_META if meta is not None else 0)
     parts = [_STANZA_HEAD.pack(seq, ttl, flags), _text(id, "id", MAX_ID), _text(origin, "origin", MAX_REGION)]
     if from_ is not None:
         parts.append(_text(from_, "from", MAX_JID))
     if to is not None:
         parts.append(_text(to, "to", MAX_JID))
+    if meta is not None:
+        parts.append(_text(meta, "meta", MAX_META))
     parts.append(data)
     body = b"".join(parts)
     return _HEAD.pack(len(body) + 1, Kind.STANZA) + body
@@ -179,7 +187,8 @@ def encode_stanza(seq: int, id: str, origin: str, ttl: int, data: bytes, from_: 
 def encode(frame: Frame) -> bytes:
     """The bytes of one frame."""
     if isinstance(frame, StanzaFrame):
-        return encode_stanza(frame.seq, frame.id, frame.origin, frame.ttl, frame.data, frame.from_, frame.to)
+        return encode_stanza(frame.seq, frame.id, frame.origin, frame.ttl, frame.data, frame.from_, frame.to,
+                             frame.meta)
     if isinstance(frame, Ack):
         return _frame(Kind.ACK, _U64.pack(frame.seq))
     if isinstance(frame, Hello):
@@ -237,7 +246,7 @@ def _decode_stanza(body: bytes) -> StanzaFrame:
     if len(body) < _STANZA_HEAD.size:
         raise FrameError("STANZA: truncated header")
     seq, ttl, flags = _STANZA_HEAD.unpack_from(body)
-    if flags & ~(_FROM | _TO):
+    if flags & ~(_FROM | _TO | _META):
         raise FrameError(f"STANZA: unknown flags {flags:#x}")
     if ttl < 1:
         raise FrameError("STANZA: ttl 0 (a stanza with no hop left must not be relayed)")
@@ -249,11 +258,14 @@ def _decode_stanza(body: bytes) -> StanzaFrame:
         from_, pos = _read_text(body, pos, "from", MAX_JID)
     if flags & _TO:
         to, pos = _read_text(body, pos, "to", MAX_JID)
+    meta = None
+    if flags & _META:
+        meta, pos = _read_text(body, pos, "meta", MAX_META)
     if not id or not origin:
         raise FrameError("STANZA: empty id or origin")
     if pos >= len(body):
         raise FrameError("STANZA: no stanza bytes")
-    return StanzaFrame(seq, id, origin, ttl, from_, to, body[pos:])
+    return StanzaFrame(seq, id, origin, ttl, from_, to, body[pos:], meta)
 
 
 def _decode(kind: Kind, body: bytes) -> Frame:

@@ -65,6 +65,7 @@ class OutgoingStanza:
     data: bytes
     from_: str | None
     to: str | None
+    meta: str | None = None
 
 
 UndeliverableCallback = Callable[[OutgoingStanza, LinkError], None]
@@ -198,7 +199,7 @@ class RegionPool:
         return True
 
     async def send(self, id: str, origin: str, ttl: int, data: bytes, from_: str | None = None,
-                   to: str | None = None) -> None:
+                   to: str | None = None, meta: str | None = None) -> None:
         """Accept a stanza for the region, or raise :class:`QueueFull` / :class:`LinkDown` at once.
 
         Waits only when the region has no live connection, and at most ``connect_timeout`` from when
@@ -206,12 +207,12 @@ class RegionPool:
         or handed to ``on_undeliverable``.
         """
         if not self._live:
-            check_stanza_fields(id, origin, ttl, data, from_, to)  # a bad stanza fails before the wait
+            check_stanza_fields(id, origin, ttl, data, from_, to, meta)  # a bad stanza fails before the wait
             await self._wait_for_link()
-        self.send_nowait(id, origin, ttl, data, from_, to)
+        self.send_nowait(id, origin, ttl, data, from_, to, meta)
 
     def send_nowait(self, id: str, origin: str, ttl: int, data: bytes, from_: str | None = None,
-                    to: str | None = None) -> None:
+                    to: str | None = None, meta: str | None = None) -> None:
         """:meth:`send` without the wait: :class:`LinkDown` at once when no connection is up."""
         if self._stopping or not self._live:
             self._stats.link_down_errors += 1
@@ -220,9 +221,9 @@ class RegionPool:
         if self._depth >= self.queue_max:
             self._stats.queue_full += 1
             raise QueueFull(f"{self._depth} stanzas already queued for region {self.region}")
-        check_stanza_fields(id, origin, ttl, data, from_, to)
+        check_stanza_fields(id, origin, ttl, data, from_, to, meta)
         lane = self._lanes[lane_of(from_, to, len(self._lanes))]
-        lane.pending.append(OutgoingStanza(id, origin, ttl, data, from_, to))
+        lane.pending.append(OutgoingStanza(id, origin, ttl, data, from_, to, meta))
         self._depth += 1
         self._pump(lane)
 
@@ -255,7 +256,7 @@ class RegionPool:
             if conn.paused or conn.core.window <= 0:
                 break
             s = pending.popleft()
-            seq = conn.core.send_stanza(s.id, s.origin, s.ttl, s.data, s.from_, s.to)
+            seq = conn.core.send_stanza(s.id, s.origin, s.ttl, s.data, s.from_, s.to, s.meta)
             conn.lanes.append((seq, lane.index))
             lane.conn = conn
             lane.inflight += 1
@@ -415,7 +416,8 @@ class RegionPool:
         by_lane: dict[int, list[OutgoingStanza]] = {}
         for s, (seq, index) in zip(unacked, conn.lanes, strict=True):
             assert s.seq == seq
-            by_lane.setdefault(index, []).append(OutgoingStanza(s.id, s.origin, s.ttl, s.data, s.from_, s.to))
+            by_lane.setdefault(index, []).append(OutgoingStanza(s.id, s.origin, s.ttl, s.data, s.from_, s.to,
+                                                                s.meta))
         conn.lanes.clear()
         for index, items in by_lane.items():
             lane = self._lanes[index]

@@ -97,6 +97,7 @@ class StanzaReceived:
     to: str | None
     data: bytes
     seq: int
+    meta: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +129,7 @@ class SentStanza:
     data: bytes
     from_: str | None
     to: str | None
+    meta: str | None = None
 
 
 # -- the state machine ----------------------------------------------------------------------------
@@ -223,7 +225,7 @@ class RegionLink:
         return out
 
     def send_stanza(self, id: str, origin: str, ttl: int, data: bytes, from_: str | None = None,
-                    to: str | None = None) -> int:
+                    to: str | None = None, meta: str | None = None) -> int:
         """Queue one stanza for the peer; returns its sequence number on this connection.
 
         Allowed once HELLO is sent (stanzas sent before READY follow our HELLO on the wire, so the
@@ -234,11 +236,11 @@ class RegionLink:
             raise LocalProtocolError(f"send on a closed link ({self.close_reason})")
         if len(self._unacked) >= self.max_unacked:
             raise LocalProtocolError(f"window full: {self.max_unacked} stanzas unacked")
-        check_stanza_fields(id, origin, ttl, data, from_, to)
+        check_stanza_fields(id, origin, ttl, data, from_, to, meta)
         self._sent_seq += 1
         seq = self._sent_seq
-        self._out.append(encode_stanza(seq, id, origin, ttl, data, from_, to))
-        self._unacked.append(SentStanza(seq, id, origin, ttl, data, from_, to))
+        self._out.append(encode_stanza(seq, id, origin, ttl, data, from_, to, meta))
+        self._unacked.append(SentStanza(seq, id, origin, ttl, data, from_, to, meta))
         return seq
 
     def refuse(self, reason: str) -> list[LinkEvent]:
@@ -312,7 +314,8 @@ class RegionLink:
             if frame.seq != self._recv_seq + 1:
                 raise RemoteProtocolError(f"STANZA seq {frame.seq} out of order (expected {self._recv_seq + 1})")
             self._recv_seq = frame.seq
-            return [StanzaReceived(frame.id, frame.origin, frame.ttl, frame.from_, frame.to, frame.data, frame.seq)]
+            return [StanzaReceived(frame.id, frame.origin, frame.ttl, frame.from_, frame.to, frame.data, frame.seq,
+                                   frame.meta)]
         if isinstance(frame, Ack):
             return self._on_ack(frame.seq)
         if isinstance(frame, Ping):

@@ -28,13 +28,13 @@ def _toml_value(v: Any) -> str:
     return json.dumps(str(v))
 
 
-def toml_dump(settings: dict[str, Any]) -> str:
-    """Enough TOML for our settings files: top-level keys, then one level of tables."""
+def toml_dump(settings: dict[str, Any], prefix: str = "") -> str:
+    """Enough TOML for our settings files: keys, then tables (nested ones as ``[a.b]``)."""
     lines = [f"{k} = {_toml_value(v)}" for k, v in settings.items() if not isinstance(v, dict)]
     for k, v in settings.items():
         if isinstance(v, dict):
-            lines.append(f"\n[{k}]")
-            lines += [f"{kk} = {_toml_value(vv)}" for kk, vv in v.items()]
+            lines.append(f"\n[{prefix}{k}]")
+            lines.append(toml_dump(v, f"{prefix}{k}.").rstrip("\n"))
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,142 @@
+"""Build and run a gateway: a cluster member with the node services (no client listeners), plus
+the mapping publisher, the global router and the links to the other regions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio
+
+from cluster_node.core.sessions import SessionRecord
+from cluster_node.wiring import Node, running_node
+
+from .link.errors import LinkError
+from .link.tls import client_context, server_context
+from .links import RegionLinks
+from .mapping import MappingCache, MappingStore
+from .publisher import Publisher
+from .relay import GlobalRouter, Relayed
+from .settings import GatewaySettings
+
+__all__ = ["Gateway", "running_gateway", "run_gateway"]
+
+log = logging.getLogger("meridian.gdistrib")
+
+
+@dataclass
+class Gateway:
+    node: Node
+    store: MappingStore
+    router: GlobalRouter
+    links: RegionLinks
+    publisher: Publisher
+
+    def status(self) -> dict[str, Any]:
+        """This region as the dashboard and ``ctl gdistrib status`` show it."""
+        s = self.node.services
+        member = s.cluster
+        return {
+            "region": self.router.region,
+            "gateway": s.node,
+            "members": sorted([s.node, *member.links]) if member is not None else [s.node],
+            "gateways": sorted(r.owner for r in s.routes if r.key.startswith("gateway/")),
+            "sessions": len(s.table),
+            "links": self.links.status(),
+            "pairQueue": self.router.pairs.depth,
+            "counters": self.router.counters.as_dict(),
+            "cache": {"size": len(self.router.cache), "hits": self.router.cache.hits,
+                      "misses": self.router.cache.misses},
+            "redis": {"reads": self.router.redis_ok, "writes": self.publisher.healthy},
+        }
+
+    async def lookup(self, jid: str) -> dict[str, Any]:
+        from cluster_node.xmpp.jid import Jid
+
+        found = await self.router.locate(Jid.parse(jid).bare, fresh=True)
+        return {res: {"region": loc.region, "node": loc.node, "priority": loc.priority,
+                      "available": loc.available} for res, loc in sorted(found.items())}
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(settings: GatewaySettings) -> AsyncIterator[Gateway]:
+    gd = settings.gdistrib
+    conns = gd.connections
+    assert conns.ca_file and conns.cert_file and conns.key_file  # checked by the settings
+    async with running_node(settings) as node:
+        services = node.services
+        member = services.cluster
+        assert member is not None  # a gateway is a cluster member (checked by the settings)
+        write = redis.asyncio.Redis.from_url(gd.redis.url)
+        read = redis.asyncio.Redis.from_url(gd.redis.read_url) if gd.redis.read_url else None
+        store = MappingStore(write, read, region=gd.local_host, expire_after=gd.redis.expire_after)
+        cache: MappingCache[Any] = MappingCache(
+            gd.cache.max_size, jid_lifetime=gd.cache.jid_lifetime or 0.001,
+            domain_lifetime=gd.cache.domain_lifetime or 0.001,
+            miss_lifetime=(gd.cache.jid_lifetime or None) if gd.cache.cache_missed else None)
+        router: GlobalRouter | None = None
+
+        def received(relayed: Relayed) -> None:
+            assert router is not None
+            router.received(relayed)
+
+        def undeliverable(relayed: Relayed, error: LinkError) -> None:
+            assert router is not None
+            router.undeliverable(relayed, error)
+
+        links = RegionLinks(store, conns, region=gd.local_host, gateway=settings.node_name,
+                            server_tls=server_context(conns.cert_file, conns.key_file, conns.ca_file),
+                            client_tls=client_context(conns.cert_file, conns.key_file, conns.ca_file),
+                            on_stanza=received, on_undeliverable=undeliverable)
+        router = GlobalRouter(services, store, cache, links.send, region=gd.local_host, ttl=gd.message_ttl,
+                              bounce=gd.bounce.enabled, resend_after=gd.bounce.resend_after_ms / 1000,
+                              max_retries=gd.bounce.max_retries)
+        services.router.global_routing = router
+        services.handoff = router.handoff
+        gateway: Gateway | None = None
+
+        def replaced(record: SessionRecord) -> None:
+            node.sessions.kick(record, "conflict", "replaced by a newer login in another region")
+
+        publisher = Publisher(store, services.table, region=gd.local_host, refresh_after=gd.redis.refresh_after,
+                              endpoints=conns.advertised_endpoints or conns.endpoints,
+                              status=lambda: gateway.status() if gateway is not None else {},
+                              announce_every=conns.endpoint_refresh_interval, on_replaced=replaced)
+        gateway = Gateway(node, store, router, links, publisher)
+        await links.start()
+        await publisher.start()
+        # Tell the region's nodes that stanzas for other regions may be handed to us.
+        member.broadcast(services.routes.insert(f"gateway/{settings.node_name}", {"region": gd.local_host}))
+        node.queries[("gdistrib", "status")] = gateway.status
+        node.queries[("gdistrib", "lookup")] = gateway.lookup
+        log.info("gateway %s of region %s: links on %s, Redis %s", settings.node_name, gd.local_host,
+                 ", ".join(links.addresses), gd.redis.url)
+        try:
+            yield gateway
+        finally:
+            op = services.routes.delete(f"gateway/{settings.node_name}")
+            if op is not None:
+                member.broadcast(op)
+            await publisher.stop()
+            await links.stop()
+            await router.pairs.close()
+            await write.aclose()
+            if read is not None:
+                await read.aclose()
+
+
+async def run_gateway(settings: GatewaySettings) -> None:
+    """``meridian gateway``: run until SIGINT/SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_gateway(settings):
+        print("ready", flush=True)
+        await stop.wait()
+    log.info("gateway %s stopped", settings.node_name)
