@@ -49,8 +49,6 @@ from cluster_node.net.cluster_net import ClusterMember, LinkConnection  # noqa: 
 from cluster_node.net.tls import client_context, ensure_self_signed, server_context  # noqa: E402
 from cluster_node.xmpp.jid import Jid  # noqa: E402
 
-JOIN_TARGET_S = 5.0
-INSERT_P99_TARGET_MS = 5.0
 CLUSTER = "bench"
 SECRET = b"benchmark-cluster-secret"
 
@@ -327,6 +325,10 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 class BenchmarkError(Exception):
     pass
 
@@ -383,7 +385,7 @@ def run(args: argparse.Namespace) -> int:
         return parent
 
     print(f"Meridian cluster replication benchmark: {os.cpu_count()} CPUs, {platform.platform()}, "
-          f"Python {platform.python_version()}")
+          f"Python {platform.python_version()}, load average {load_average()}")
     print(f"  {args.members} members holding {total:,} sessions + 1 joining member; TLS over 127.0.0.1; "
           f"one OS process per member", flush=True)
     try:
@@ -425,11 +427,11 @@ def run(args: argparse.Namespace) -> int:
     def row(name: str, value: str, target: str = "", ok: bool | None = None) -> None:
         rows.append((name, value, target, "" if ok is None else ("ok" if ok else "MISSED")))
 
-    merge_ok = join["merge_s"] <= JOIN_TARGET_S
-    row(f"join: start → all {total:,} sessions merged", f"{join['merge_s']:.3f} s", f"≤ {JOIN_TARGET_S:g} s",
+    merge_ok = join["merge_s"] <= args.join_target
+    row(f"join: start → all {total:,} sessions merged", f"{join['merge_s']:.3f} s", f"≤ {args.join_target:g} s",
         merge_ok)
     if not merge_ok:
-        missed.append(f"join merge took {join['merge_s']:.3f} s > {JOIN_TARGET_S:g} s")
+        missed.append(f"join merge took {join['merge_s']:.3f} s > {args.join_target:g} s")
     if join["first_joined_s"] is not None:
         row("  first link joined (TLS + HELLO/AUTH)", f"{join['first_joined_s']:.3f} s")
         row("  last link joined", f"{join['last_joined_s']:.3f} s")
@@ -439,17 +441,17 @@ def run(args: argparse.Namespace) -> int:
     row("    of which merging dumps into the table", f"{join['merge_cpu_s']:.3f} s")
     if lat_ms:
         p99 = pct(lat_ms, 99)
-        ok = p99 <= INSERT_P99_TARGET_MS and not ins["unacked"]
+        ok = p99 <= args.p99_target and not ins["unacked"]
         n = len(lat_ms)
         row(f"insert → acked by {args.members} members, p50 (n={n:,})", f"{pct(lat_ms, 50):.3f} ms")
         row("  p95", f"{pct(lat_ms, 95):.3f} ms")
-        row("  p99", f"{p99:.3f} ms", f"≤ {INSERT_P99_TARGET_MS:g} ms", ok)
+        row("  p99", f"{p99:.3f} ms", f"≤ {args.p99_target:g} ms", ok)
         row("  max", f"{max(lat_ms):.3f} ms")
         row("  mean", f"{statistics.fmean(lat_ms):.3f} ms")
         row("  sequential rate", f"{n / sum(ins['latencies']):,.0f} inserts/s")
         if not ok:
-            missed.append(f"insert replication p99 {p99:.3f} ms > {INSERT_P99_TARGET_MS:g} ms"
-                          if p99 > INSERT_P99_TARGET_MS else f"{ins['unacked']} inserts not acked by every member")
+            missed.append(f"insert replication p99 {p99:.3f} ms > {args.p99_target:g} ms"
+                          if p99 > args.p99_target else f"{ins['unacked']} inserts not acked by every member")
     if args.pipelined:
         row(f"pipelined: {args.pipelined:,} inserts, then wait for all acks",
             f"{args.pipelined / ins['pipelined_s']:,.0f} inserts/s")
@@ -504,7 +506,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"BENCHMARK FAILED: members should hold {expected_final:,} records: {', '.join(bad_sizes)}",
               file=sys.stderr)
         return 2
-    print(f"  every member holds {expected_final:,} records at the end")
+    print(f"  every member holds {expected_final:,} records at the end; load average {load_average()}")
+    if os.getloadavg()[0] > (os.cpu_count() or 1):
+        print("  note: the machine was busy with other work (load above its CPU count): the figures include "
+              "time spent waiting for a CPU")
     if args.profile:
         for name in ("join", "insert"):
             path = Path(args.profile) / f"{name}.prof"
@@ -528,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--joiner-sorts", choices=["first", "last"], default="first",
                         help="joiner's name sorts before the members' (it dials them) or after (they dial it "
                              "on their next discovery refresh, every 5 s)")
+    parser.add_argument("--join-target", type=float, default=5.0, help="seconds the join may take (5)")
+    parser.add_argument("--p99-target", type=float, default=5.0, help="ms an insert may take at p99 (5)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds any one phase may take")
     parser.add_argument("--profile", metavar="DIR", help="cProfile the joiner; write join.prof, insert.prof")
     args = parser.parse_args(argv)
