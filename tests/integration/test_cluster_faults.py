@@ -1,10 +1,12 @@
 """Cluster faults with real ``meridian node`` processes: a network partition and its heal (through
-a fault-injecting proxy), ten members started at once, a duplicate node name, strangers on the
-cluster port (wrong secret, other cluster, incompatible protocol version), and a discovery
-database that is down when the members start.
+a fault-injecting proxy, tests/helpers/proxy.py), ten members started at once, a duplicate node
+name, strangers on the cluster port (wrong secret, other cluster, incompatible protocol version),
+a discovery database that is down when the members start, and one that goes silent later.
 
 Intervals are short (discovery refresh and pings every 0.4 s, a member is down after 2 s of
-silence) so the whole file runs in about a minute.  Every wait is a poll with a deadline.
+silence) so the whole file runs in about a minute.  Every wait is a poll with a deadline; the one
+sleep is the length of a fault (a stalled process).  PostgreSQL tests are marked ``postgres``
+and skipped without the binaries.
 """
 
 from __future__ import annotations
@@ -212,12 +214,13 @@ async def test_partition_heal_merges_tables_and_keeps_the_newest_duplicate(tmp_p
         await sizes([n0, n1], [1, 1])
 
         # While partitioned: dave and erin log out, alice logs in with the same full JID on both
-        # sides (n1 first: n0's is the newer), bob and carol log in on one side each.
+        # sides (n0 first: n1's is the newer, so the winner is not also the smaller owner name, which
+        # a rule other than "newest session" would pick), bob and carol log in on one side each.
         await dave.close()
         await erin.close()
         await sizes([n0, n1], [0, 0])
-        alice_old = await client(n1, "alice", "dup").login(n1.port)
-        alice_new = await client(n0, "alice", "dup").login(n0.port)
+        alice_old = await client(n0, "alice", "dup").login(n0.port)
+        alice_new = await client(n1, "alice", "dup").login(n1.port)
         bob = await client(n0, "bob", "b").login(n0.port)
         carol = await client(n1, "carol", "c").login(n1.port)
         clients += [alice_old, alice_new, bob, carol]
@@ -236,11 +239,14 @@ async def test_partition_heal_merges_tables_and_keeps_the_newest_duplicate(tmp_p
                     what="the older alice/dup gets <conflict/> and is disconnected")
         assert alice_new.is_connected() and not alice_new.stream_errors
 
-        # The surviving alice/dup is the one on n0, reachable from n1; bob (n0) reaches carol (n1).
-        carol.send_message(mto="alice@localhost/dup", mbody="after the heal", mtype="chat")
+        # Both tables hold what the sizes say: the surviving alice/dup (on n1) reachable from n0,
+        # bob (n0) from n1, carol (n1) from n0 — so the third entry on each side is not dave or erin.
+        bob.send_message(mto="alice@localhost/dup", mbody="after the heal", mtype="chat")
         assert (await alice_new.next_message(timeout=10))["body"] == "after the heal"
-        bob.send_message(mto="carol@localhost/c", mbody="hello across", mtype="chat")
-        assert (await carol.next_message(timeout=10))["body"] == "hello across"
+        carol.send_message(mto="bob@localhost/b", mbody="hello from n1", mtype="chat")
+        assert (await bob.next_message(timeout=10))["body"] == "hello from n1"
+        bob.send_message(mto="carol@localhost/c", mbody="hello from n0", mtype="chat")
+        assert (await carol.next_message(timeout=10))["body"] == "hello from n0"
 
         infos = [await ctl(n, "system-info") for n in (n0, n1)]
         for info in infos:
@@ -251,7 +257,8 @@ async def test_partition_heal_merges_tables_and_keeps_the_newest_duplicate(tmp_p
         assert sessions_size(tables[0]) == sessions_size(tables[1]) == 3, tables
         for table in tables:
             assert next(t for t in table if t["tableName"] == "sessions")["nodes"] == ["n0", "n1"]
-        assert log_lines(n1, r"lost a cluster conflict"), n1.log()
+        assert log_lines(n0, r"lost a cluster conflict"), n0.log()
+        assert not log_lines(n1, r"lost a cluster conflict"), n1.log()
     finally:
         await close_all(clients)
         proxy.stop()
@@ -275,6 +282,7 @@ async def test_ten_members_started_at_once_converge(tmp_path, spawn):
     for node in nodes:
         assert len(log_lines(node, r"meridian.cluster: joined ")) == 9, node.log()
         assert not log_lines(node, r"refused|replacing|is down"), node.log()
+        assert "Traceback" not in node.log_path.read_text(errors="replace"), node.log()
 
 
 # -- 3. duplicate node name ------------------------------------------------------------------------------
@@ -312,7 +320,8 @@ async def test_duplicate_node_name_is_refused_and_the_original_stays(tmp_path, s
         await until(refusals, lambda lines: len(lines) >= 4, what="n2 refuses the duplicate n1 again and again")
         assert seen == {f"127.0.0.1:{ports[1]}"}, seen
         await log_line(dup, r"refused by peer: duplicate node name 'n1'")
-        assert log_lines(dup, r"duplicate node name"), dup.log()
+        assert log_lines(dup, r"WARNING meridian.cluster: node name 'n1' is registered by another live member "
+                              rf"at 127.0.0.1:{ports[1]} .*duplicate node name\?"), dup.log()
         assert dup.alive()
 
         # The original stalls (a GC pause, a busy host) for more than two ping intervals but less
@@ -466,7 +475,7 @@ async def test_discovery_database_down_at_start_then_up(spawn):
         await asyncio.to_thread(start_all, nodes)  # storage: each its own SQLite; discovery: nowhere yet
         for node in nodes:
             line = (await log_line(node, r"WARNING meridian.cluster: discovery failed"))[0]
-            assert f"127.0.0.1:{pg.port}" in line or "refused" in line.lower(), line
+            assert str(pg.port) in line, line  # says what it could not reach
             info = await ctl(node, "system-info")
             assert info["discoveryWorks"] is False, info
             assert info["joinedNodes"] == info["discoveredNodes"] == [node.name], info
