@@ -42,6 +42,10 @@ class MemberHooks:
     stanza: Callable[[dict[str, Any], bytes], None] = lambda env, data: None
     call: Callable[[str, dict[str, Any]], None] = lambda name, args: None
     member_down: Callable[[str, list[Record], bool], None] = lambda node, records, leader: None
+    # A member's dump of one table was merged (on every join, first or after a partition): its
+    # records as they now stand here.  E.g. to tell local contacts that its sessions are back,
+    # after member_down told them they had gone.
+    merged: Callable[[str, str, list[Record]], None] = lambda node, table, records: None
 
 
 class LinkConnection(asyncio.Protocol):
@@ -213,6 +217,7 @@ class ClusterMember:
                 table = self.tables.get(event.table)
                 if table is not None and conn.peer is not None:
                     table.merge(conn.peer, event.records)
+                    self.hooks.merged(conn.peer, table.name, table.owned_by(conn.peer))
             elif isinstance(event, StanzaArrived):
                 self.hooks.stanza(event.envelope, event.data)
             elif isinstance(event, CallReceived):
