@@ -227,18 +227,26 @@ class ClusterMember:
     def _joined(self, conn: LinkConnection, event: Joined) -> None:
         old = self.links.get(event.node)
         if old is not None and old is not conn:
-            if time.monotonic() - old.core.last_seen <= self.ping_timeout:
+            alive = time.monotonic() - old.core.last_seen <= self.ping_timeout
+            if alive and event.incarnation != old.core.peer_incarnation:
                 # The member we know under this name is alive (by the links' own rule: it has not
-                # been silent for ping_timeout): the newcomer is a second process started with the
-                # same node name.  Refuse it rather than let it take over.  A member that merely
-                # stalled (GC pause, busy host) for a few ping intervals is still alive; a restart
-                # whose old link is half-open waits at most ping_timeout for that link to time out.
+                # been silent for ping_timeout) and the newcomer is another process: a second one
+                # started with the same node name.  Refuse it rather than let it take over.  A
+                # member that merely stalled (GC pause, busy host) for a few ping intervals is still
+                # alive; a restart whose old link is half-open waits at most ping_timeout for it.
+                # The same process coming back (its side gave the old link up first) is let in.
                 reason = (f"duplicate node name {event.node!r}: a member of that name is already joined "
                           f"(incarnation {old.core.peer_incarnation})")
                 self.handle(conn, conn.core.refuse(reason))
                 return
-            log.info("%s reconnected (incarnation %s); replacing its old link", event.node, event.incarnation)
-            self._down(old, "replaced by a new link")
+            if event.incarnation == old.core.peer_incarnation:
+                # Same process, new link: it was never down, so no member-down cleanup (and none of
+                # its side effects); the dump it sends now makes its records here exact again.
+                log.info("%s is back on a new link (same incarnation); dropping the old one", event.node)
+                old.joined = False
+            else:
+                log.info("%s reconnected (incarnation %s); replacing its old link", event.node, event.incarnation)
+                self._down(old, "replaced by a new link")
             old.close()
         conn.joined = True
         conn.peer = event.node

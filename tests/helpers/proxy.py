@@ -14,6 +14,10 @@ Partition modes:
     connections held since the partition are connected upstream then, with what the client sent.
 ``drop``
     Every connection is reset (RST on both sides) and new ones are reset as soon as accepted.
+``stale``
+    The connections open now go silent as in ``blackhole``, but new ones pass: a dead flow (a NAT
+    or stateful firewall that lost its state, a path that broke) while the hosts can still reach
+    each other.  Healing lets the silent connections resume.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ class _Pair:
         self.client = client
         self.upstream: asyncio.StreamWriter | None = None
         self.tasks: list[asyncio.Task[None]] = []
+        self.flowing = asyncio.Event()  # cleared: this connection is partitioned
+        self.flowing.set()
 
     def reset(self) -> None:
         for task in self.tasks:
@@ -59,7 +65,7 @@ class FaultProxy:
         self.target = (target_host, target_port)
         self.host = host
         self.port = port
-        self.mode: str | None = None  # None (forwarding), "blackhole", "drop"
+        self.mode: str | None = None  # None (forwarding), "blackhole", "drop", "stale"
         self.accepted = 0  # connections accepted, for the tests' curiosity
         self.reset_count = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -94,7 +100,7 @@ class FaultProxy:
         return self
 
     def partition(self, mode: str = "blackhole") -> None:
-        if mode not in ("blackhole", "drop"):
+        if mode not in ("blackhole", "drop", "stale"):
             raise ValueError(f"unknown partition mode {mode!r}")
         self._call(self._partition(mode))
 
@@ -139,7 +145,10 @@ class FaultProxy:
     async def _partition(self, mode: str) -> None:
         assert self._flowing is not None
         self.mode = mode
-        self._flowing.clear()
+        for pair in self._pairs:
+            pair.flowing.clear()
+        if mode != "stale":
+            self._flowing.clear()  # new connections too
         if mode == "drop":
             for pair in list(self._pairs):
                 self.reset_count += 1
@@ -150,6 +159,8 @@ class FaultProxy:
         assert self._flowing is not None
         self.mode = None
         self._flowing.set()
+        for pair in self._pairs:
+            pair.flowing.set()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self._flowing is not None
@@ -162,6 +173,7 @@ class FaultProxy:
         self._pairs.add(pair)
         try:
             await self._flowing.wait()  # a blackhole holds new connections until the heal
+            pair.flowing.set()
             if writer.is_closing():
                 return
             try:
@@ -170,8 +182,8 @@ class FaultProxy:
                 _reset(writer)
                 return
             pair.upstream = up_writer
-            there = asyncio.ensure_future(self._pump(reader, up_writer))
-            back = asyncio.ensure_future(self._pump(up_reader, writer))
+            there = asyncio.ensure_future(self._pump(reader, up_writer, pair.flowing))
+            back = asyncio.ensure_future(self._pump(up_reader, writer, pair.flowing))
             pair.tasks = [there, back]
             await asyncio.wait(pair.tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in pair.tasks:
@@ -183,13 +195,12 @@ class FaultProxy:
         finally:
             self._pairs.discard(pair)
 
-    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        assert self._flowing is not None
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, flowing: asyncio.Event) -> None:
         try:
             while True:
-                await self._flowing.wait()
+                await flowing.wait()
                 data = await src.read(65536)
-                await self._flowing.wait()  # read just as the partition began: still in flight
+                await flowing.wait()  # read just as the partition began: still in flight
                 if not data:
                     return
                 dst.write(data)

@@ -264,6 +264,48 @@ async def test_partition_heal_merges_tables_and_keeps_the_newest_duplicate(tmp_p
         proxy.stop()
 
 
+async def test_a_member_back_on_a_new_connection_is_not_taken_for_a_duplicate(tmp_path, spawn):
+    """The link's flow dies but the hosts still reach each other (a NAT that lost its state): n0
+    notices first (shorter ping_timeout) and reconnects at once; n1 still holds the old, silent
+    link.  The newcomer is the same process (same incarnation), so n1 takes the new link instead
+    of refusing it as a duplicate node name until its own timeout."""
+    db = f"sqlite:///{tmp_path / 'shared.db'}"
+    p0, p1, pp = fresh_ports(3)
+    proxy = FaultProxy("127.0.0.1", p1, port=pp).start()
+    clients: list[Client] = []
+    try:
+        n0 = spawn("n0", p0, db, storage_url=db, ping_timeout=1.5)
+        n1 = spawn("n1", p1, db, storage_url=db, advertise=proxy.address, ping_timeout=6.0)
+        await asyncio.gather(*(asyncio.to_thread(n0.register, u, USERS[u]) for u in ("bob", "carol")))
+        await asyncio.to_thread(start_all, [n0, n1])
+        await joined([n0, n1])
+        bob = await client(n0, "bob", "b").login(n0.port)
+        carol = await client(n1, "carol", "c").login(n1.port)
+        clients += [bob, carol]
+        await sizes([n0, n1], [2, 2])
+
+        await asyncio.to_thread(proxy.partition, "stale")
+        await log_line(n0, r"cluster member n1 is down: no traffic")
+        noticed = time.monotonic()
+        await until(lambda: live(n0, "systemInfo"), lambda i: i["joinedNodes"] == ["n0", "n1"], timeout=10,
+                    what="n0 joined with n1 again")
+        assert time.monotonic() - noticed < 2.0, "n0 waited for n1's old link to time out"
+        assert not log_lines(n1, r"duplicate node name"), n1.log()
+        assert log_lines(n1, r"n0 is back on a new link"), n1.log()
+        assert not log_lines(n1, r"member n0 down"), n1.log()  # n0 never went away: no cleanup on n1
+        await sizes([n0, n1], [2, 2])
+        bob.send_message(mto="carol@localhost/c", mbody="on the new link", mtype="chat")
+        assert (await carol.next_message(timeout=10))["body"] == "on the new link"
+        carol.send_message(mto="bob@localhost/b", mbody="and back", mtype="chat")
+        assert (await bob.next_message(timeout=10))["body"] == "and back"
+        await asyncio.to_thread(proxy.heal)  # the old flow resumes, only to be closed
+        for node in (n0, n1):
+            assert (await ctl(node, "system-info"))["joinedNodes"] == ["n0", "n1"]
+    finally:
+        await close_all(clients)
+        proxy.stop()
+
+
 # -- 2. ten members at once ------------------------------------------------------------------------------
 
 
