@@ -1,7 +1,8 @@
 """Cluster faults with real ``meridian node`` processes: a network partition and its heal (through
-a fault-injecting proxy, tests/helpers/proxy.py), ten members started at once, a duplicate node
-name, strangers on the cluster port (wrong secret, other cluster, incompatible protocol version),
-a discovery database that is down when the members start, and one that goes silent later.
+a fault-injecting proxy, tests/helpers/proxy.py), a member back on a new connection while the
+other still holds the dead one, ten members started at once, a duplicate node name, strangers on
+the cluster port (wrong secret, other cluster, incompatible protocol version), a discovery
+database that is down when the members start, and one that goes silent later.
 
 Intervals are short (discovery refresh and pings every 0.4 s, a member is down after 2 s of
 silence) so the whole file runs in about a minute.  Every wait is a poll with a deadline; the one
