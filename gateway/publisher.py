@@ -36,6 +36,7 @@ class Publisher:
     def __init__(self, store: MappingStore, table: SessionTable, *, region: str, refresh_after: float,
                  endpoints: list[str], status: Callable[[], dict[str, Any]],
                  announce_every: float = 5.0, on_replaced: Callable[[SessionRecord], None] = lambda record: None,
+                 on_published: Callable[[list[str]], None] = lambda bares: None,
                  retry_after: float = 1.0) -> None:
         self.store = store
         self.table = table
@@ -44,6 +45,7 @@ class Publisher:
         self.endpoints = endpoints
         self.status = status
         self.on_replaced = on_replaced
+        self.on_published = on_published  # bare JIDs whose new logins/presence Redis now holds
         self.retry_after = retry_after
         self.announce_every = announce_every
         self._pending: dict[str, tuple[str, SessionRecord]] = {}
@@ -94,6 +96,10 @@ class Publisher:
                 if not ok and self.table.lookup(record.jid) == record:
                     log.info("%s logged in more recently in another region; closing the session here", jid)
                     self.on_replaced(record)
+            # Logins and presence changes that make a resource available are announced; a resource
+            # going away is found out by the bounce path (re-resolved where the stanza lands).
+            self.on_published(sorted({str(r.jid.bare) for (_, r), ok in zip(inserts, written, strict=True)
+                                      if ok and r.available}))
         self.writes += len(batch)
         self._recovered()
 

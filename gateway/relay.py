@@ -18,6 +18,7 @@ Every stanza of one (from, to) pair goes through one queue (:mod:`gateway.orderi
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import secrets
 import time
@@ -89,7 +90,7 @@ class GlobalRouter:
         self.send = send
         self.region = region
         self.ttl = ttl
-        self.bounce = bounce
+        self.bounce_enabled = bounce
         self.resend_after = resend_after
         self.max_retries = max_retries
         self.clock = clock
@@ -130,15 +131,17 @@ class GlobalRouter:
                   if loc.region != self.region]
         if to.resource is not None:
             return next((loc.region for res, loc in remote if res == to.resource), None)
-        if stanza.name == "message":
-            candidates = [loc for _, loc in remote if loc.available and loc.priority >= 0]
-            if not candidates:
-                return None
+        if not remote or not (stanza.name == "message" or (stanza.name == "presence" and stanza.type == "probe")):
+            return None
+        floor = 0 if stanza.name == "message" else -128
+        candidates = [loc for _, loc in remote if loc.available and loc.priority >= floor]
+        if candidates:
             top = max(loc.priority for loc in candidates)  # RFC 6121 §8.5.2.1.1: the most available
             return min(loc.region for loc in candidates if loc.priority == top)
-        if stanza.name == "presence" and stanza.type == "probe":
-            return min((loc.region for _, loc in remote if loc.available), default=None)
-        return None
+        # Resources elsewhere, none available as far as the mapping knows: it may lag behind a
+        # presence just sent, so let that region decide with its own exact view (it delivers, or
+        # stores offline) rather than storing here what its user may be reading already.
+        return min(loc.region for _, loc in remote)
 
     # -- the router's GlobalRouting ---------------------------------------------------------------
 
@@ -150,12 +153,26 @@ class GlobalRouter:
                                                   stanza.from_, stanza.to))
         return True
 
+    async def bounce(self, stanza: Stanza) -> bool:
+        relayed = Relayed(secrets.token_hex(8), self.region, self.ttl, b"", stanza.from_, stanza.to)
+        self.pairs.submit((stanza.from_ or "", stanza.to or ""), lambda: self._deliver(relayed, stanza))
+        return True
+
+    async def better_elsewhere(self, stanza: Stanza, bare: Jid, local_top: int) -> bool:
+        remote = [loc for loc in (await self.locate(bare)).values()
+                  if loc.region != self.region and loc.available and loc.priority > local_top]
+        if not remote:
+            return False  # ours are the best (equal ones elsewhere get it through the fan-out)
+        await self.elsewhere(stanza, bare)
+        return True
+
     def fanout(self, stanza: Stanza, bare: Jid, which: Fanout) -> None:
         self.pairs.submit((stanza.from_ or "", str(bare)), lambda: self._fanout(stanza, bare, which))
 
     async def _fanout(self, stanza: Stanza, bare: Jid, which: Fanout) -> None:
-        regions = sorted({loc.region for loc in (await self.locate(bare)).values()
-                          if loc.region != self.region and (which.interested or loc.available)})
+        # Every region with a resource of the account: each applies ``which`` to its own sessions,
+        # which it knows exactly (availability in the mapping may lag behind a presence change).
+        regions = sorted({loc.region for loc in (await self.locate(bare)).values() if loc.region != self.region})
         meta = {"fanout": fanout_to_json(which), "bare": str(bare)}
         for region in regions:
             await self._relay(region, stanza, Relayed(secrets.token_hex(8), self.region, self.ttl, b"",
@@ -164,6 +181,8 @@ class GlobalRouter:
     async def _relay(self, region: str, stanza: Stanza, envelope: Relayed, *, quiet: bool = False) -> None:
         relayed = Relayed(envelope.id, envelope.origin, envelope.ttl, stanza.to_bytes(), envelope.from_,
                           envelope.to, envelope.meta)
+        log.debug("relay to %s: %s -> %s ttl=%d meta=%s", region, relayed.from_, relayed.to, relayed.ttl,
+                  relayed.meta)
         try:
             await self.send(region, relayed)
         except LinkError as e:  # remote-server-timeout (no link) or resource-constraint (queue full)
@@ -189,6 +208,7 @@ class GlobalRouter:
     def handoff(self, envelope: dict[str, Any], stanza: Stanza) -> None:
         """A node handed us ``stanza`` (over the cluster link): it had no session for it."""
         kind = envelope.get("gd")
+        log.debug("handoff %s: %s -> %s %s", kind, stanza.from_, stanza.to, envelope)
         if kind == "fanout":
             try:
                 bare = Jid.parse(str(envelope.get("bare"))).bare
@@ -197,6 +217,11 @@ class GlobalRouter:
             self.fanout(stanza, bare, fanout_from_json(envelope.get("which")))
         elif kind == "elsewhere":
             self.pairs.submit((stanza.from_ or "", stanza.to or ""), lambda: self._elsewhere_or_here(stanza))
+        elif kind == "bounce":  # its session closed under it on a node
+            relayed = Relayed(secrets.token_hex(8), self.region, self.ttl, b"", stanza.from_, stanza.to)
+            self.pairs.submit((stanza.from_ or "", stanza.to or ""), lambda: self._deliver(relayed, stanza))
+        elif kind == "route":  # a node leaves the choice among regions to us
+            self.pairs.submit((stanza.from_ or "", stanza.to or ""), lambda: self.s.router.route(stanza))
 
     async def _elsewhere_or_here(self, stanza: Stanza) -> None:
         try:
@@ -209,8 +234,30 @@ class GlobalRouter:
 
     # -- from other regions ---------------------------------------------------------------------
 
+    def announce(self, bares: list[str], regions: list[str]) -> None:
+        """Sessions of ``bares`` changed here and the mapping says so now: tell the other regions'
+        gateways to drop what they cached of them, so a login or a presence change elsewhere is
+        seen at once rather than after the cache lifetime."""
+        for region in regions:
+            if region == self.region:
+                continue
+            for bare in bares:
+                self.pairs.submit(("", bare), functools.partial(self._announce, region, bare))
+
+    async def _announce(self, region: str, bare: str) -> None:
+        try:
+            await self.send(region, Relayed(secrets.token_hex(8), self.region, 1, bare.encode(), None, None,
+                                            {"invalidate": bare}))
+        except LinkError:
+            pass  # that region's cache entries expire on their own
+
     def received(self, relayed: Relayed) -> None:
         self.counters.received[relayed.origin] += 1
+        log.debug("relayed from %s: %s -> %s ttl=%d meta=%s", relayed.origin, relayed.from_, relayed.to,
+                  relayed.ttl, relayed.meta)
+        if relayed.meta and "invalidate" in relayed.meta:
+            self.cache.invalidate(str(relayed.meta["invalidate"]))
+            return
         try:
             stanza = parse_stanza(relayed.data)
         except ValueError as e:
@@ -239,7 +286,7 @@ class GlobalRouter:
         for attempt in range(self.max_retries + 1):
             if not self.s.router.nothing_here(stanza, to):
                 break
-            if not self.bounce or attempt == self.max_retries:
+            if not self.bounce_enabled or attempt == self.max_retries:
                 break
             # Not here (any more): the user moved or left.  Wait, look again, resend (bounce).
             self.counters.bounced += 1

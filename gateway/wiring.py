@@ -106,7 +106,8 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[Gateway]:
         publisher = Publisher(store, services.table, region=gd.local_host, refresh_after=gd.redis.refresh_after,
                               endpoints=conns.advertised_endpoints or conns.endpoints,
                               status=lambda: gateway.status() if gateway is not None else {},
-                              announce_every=conns.endpoint_refresh_interval, on_replaced=replaced)
+                              announce_every=conns.endpoint_refresh_interval, on_replaced=replaced,
+                              on_published=lambda bares: router.announce(bares, list(links.pools)))
         gateway = Gateway(node, store, router, links, publisher)
         await links.start()
         await publisher.start()

@@ -82,6 +82,15 @@ class GatewayHandoff:
         gateway = self.gateway(stanza)
         return gateway is not None and self.member.send_stanza(gateway, {"gd": "elsewhere"}, stanza.to_bytes())
 
+    async def bounce(self, stanza: Stanza) -> bool:
+        gateway = self.gateway(stanza)
+        return gateway is not None and self.member.send_stanza(gateway, {"gd": "bounce"}, stanza.to_bytes())
+
+    async def better_elsewhere(self, stanza: Stanza, bare: Jid, local_top: int) -> bool:
+        # Only the gateway sees the other regions' resources: it routes the message as a whole.
+        gateway = self.gateway(stanza)
+        return gateway is not None and self.member.send_stanza(gateway, {"gd": "route"}, stanza.to_bytes())
+
     def fanout(self, stanza: Stanza, bare: Jid, which: Fanout) -> None:
         gateway = self.gateway(stanza)
         if gateway is not None:

@@ -75,6 +75,15 @@ class GlobalRouting(Protocol):
     def fanout(self, stanza: Stanza, bare: Jid, which: Fanout) -> None:
         """Deliver to ``which`` resources of ``bare`` in the other regions too."""
 
+    async def bounce(self, stanza: Stanza) -> bool:
+        """``stanza`` reached a session that was closing: have it re-resolved after a while, in
+        order with the rest of its conversation (its user may be logging in again, here or
+        elsewhere); False when there is no one to do it."""
+
+    async def better_elsewhere(self, stanza: Stanza, bare: Jid, local_top: int) -> bool:
+        """A message to ``bare``, whose best resources here have priority ``local_top``: True when
+        it was taken to a region with more available resources (RFC 6121 §8.5.2.1.1 across regions)."""
+
 
 @dataclass
 class RouteCounters:
@@ -159,6 +168,12 @@ class Router:
             return
         self.spawn(self.route(stanza))
 
+    async def reroute(self, stanza: Stanza) -> None:
+        """Route again a stanza whose session closed under it (bounced through the gateway when
+        there is one, so it keeps its place among the stanzas that follow it)."""
+        if self.global_routing is None or not await self.global_routing.bounce(stanza):
+            await self.route(stanza)
+
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` in the background, keeping a reference so it is not collected mid-flight."""
         task = asyncio.get_running_loop().create_task(coro)
@@ -214,9 +229,9 @@ class Router:
         if to.local is None:
             await self._to_server(stanza, sender, to)
         elif to.resource is None:
-            await self._to_bare(stanza, sender, to)
+            await self._to_bare(stanza, sender, to, local_only)
         else:
-            await self._to_full(stanza, sender, to)
+            await self._to_full(stanza, sender, to, local_only)
 
     def nothing_here(self, stanza: Stanza, to: Jid) -> bool:
         """Whether this region has no session to deliver ``stanza`` to (another region may)."""
@@ -239,7 +254,7 @@ class Router:
         elif stanza.name == "message" and stanza.type not in ("error", "groupchat", "headline"):
             raise errors.ServiceUnavailable()
 
-    async def _to_bare(self, stanza: Stanza, sender: Jid, to: Jid) -> None:
+    async def _to_bare(self, stanza: Stanza, sender: Jid, to: Jid, local_only: bool = False) -> None:
         kind = stanza.name
         if kind == "presence":
             if self.presence_handler is not None:
@@ -248,9 +263,9 @@ class Router:
         if kind == "iq":
             await self._handle_iq(stanza, sender, to, self._account_iq)
             return
-        await self.message_to_bare(stanza, to)
+        await self.message_to_bare(stanza, to, local_only)
 
-    async def message_to_bare(self, stanza: Stanza, to: Jid) -> None:
+    async def message_to_bare(self, stanza: Stanza, to: Jid, local_only: bool = False) -> None:
         """RFC 6121 §8.5.2: the highest non-negative priority resources, else offline storage."""
         mtype = stanza.type or "normal"
         if mtype == "error":
@@ -262,7 +277,10 @@ class Router:
             # RFC 6121 §8.5.2.1.1: the most available resources (all of them for a headline); in
             # other regions, those at least as available as ours (an allowed superset).
             top = 0 if mtype == "headline" else max(r.priority for r in candidates)
-            self.deliver_all(to, stanza, Fanout(set_to=False, min_priority=top))
+            if (mtype != "headline" and not local_only and self.global_routing is not None
+                    and await self.global_routing.better_elsewhere(stanza, to, top)):
+                return
+            self.deliver_all(to, stanza, Fanout(set_to=False, min_priority=top), fanout=not local_only)
             return
         if mtype == "headline":
             return
@@ -273,7 +291,7 @@ class Router:
         else:
             raise errors.ServiceUnavailable()
 
-    async def _to_full(self, stanza: Stanza, sender: Jid, to: Jid) -> None:
+    async def _to_full(self, stanza: Stanza, sender: Jid, to: Jid, local_only: bool = False) -> None:
         record = self.table.lookup(to)
         kind = stanza.name
         if record is not None:
@@ -289,7 +307,7 @@ class Router:
         if kind == "message":
             mtype = stanza.type or "normal"
             if mtype in ("normal", "chat"):
-                await self.message_to_bare(stanza, to.bare)
+                await self.message_to_bare(stanza, to.bare, local_only)
             elif mtype == "groupchat":
                 raise errors.ServiceUnavailable()
             return

@@ -101,6 +101,19 @@ class SessionManager:
         self.s.local.remove(record.sid)
         log.info("session %s (%s) closed", record.sid, record.jid)
 
+    def undeliverable(self, session: ClientSession, stanza: Stanza) -> None:
+        """A stanza reached a session whose stream is closing.  Take the session out of the table
+        now (its unavailable broadcast follows) and route a message again: to the account's other
+        resources or to offline storage (RFC 6121 §8.5.3.2.1), so closing never loses one; a
+        request gets its error reply rather than no answer."""
+        record = getattr(session, "record", None)
+        if record is None:
+            return
+        self.s.table.delete(record.jid, record.sid)
+        kind, stype = stanza.name, stanza.type
+        if (kind == "message" and stype != "error") or (kind == "iq" and stype in ("get", "set")):
+            self.s.router.spawn(self.s.router.reroute(stanza))  # an iq gets service-unavailable
+
     def answer_probe(self, session: ClientSession, probe: Stanza) -> None:
         """A probe reached this resource (after the subscription check): answer with our presence."""
         if session.last_presence is None or not probe.from_:

@@ -191,6 +191,11 @@ class C2SConnection(asyncio.Protocol):
         self.listener.sessions.s.update_record(record)
 
     def deliver(self, stanza: Stanza) -> None:
+        if self._closed or self._draining or self.core.state is State.CLOSED:
+            # The stream is ending: what still arrives for it goes where it would have gone had
+            # this session already left, instead of into a closed socket.
+            self.listener.sessions.undeliverable(self, stanza)
+            return
         if is_probe(stanza):
             self.listener.sessions.answer_probe(self, stanza)
             return

@@ -63,7 +63,7 @@ def make_region(base: Path, name: str, *, storage_url: str, redis_url: str, read
             "endpoints": [f"127.0.0.1:{link}"], "ca_file": str(ca), "cert_file": str(cert), "key_file": str(key),
             "endpoint_refresh_interval": 0.5, "connect_timeout": 2.0, "ping_interval": 0.5, "ping_timeout": 3.0},
             "redis": {"url": redis_url, "read_url": read_url, "refresh_after": 5.0, "expire_after": 20.0},
-            "cache": {"jid_lifetime": 0.5}}
+            "cache": {"jid_lifetime": 5.0}}
         for key_, value in (gdistrib or {}).items():
             if isinstance(value, dict):
                 gd.setdefault(key_, {}).update(value)
