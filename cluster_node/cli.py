@@ -115,6 +115,7 @@ def _ctl_account(args: argparse.Namespace) -> int:
 # Live state, asked of the running node over its control socket (MongooseIM: ``mongooseimctl cets …``).
 LIVE_COMMANDS: dict[str, dict[str, tuple[str, list[str]]]] = {
     "cets": {"system-info": ("systemInfo", []), "table-info": ("tableInfo", [])},
+    "session": {"list-sessions": ("listSessions", []), "count-sessions": ("countSessions", [])},
     "gdistrib": {"status": ("status", []), "lookup": ("lookup", ["jid"])},  # gateways only
 }
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -89,7 +90,7 @@ async def running_node(settings: NodeSettings) -> AsyncIterator[Node]:
         await c2s.start()
         log.info("node %s serving %s; c2s on %s", settings.node_name, ", ".join(settings.domains),
                  ", ".join(map(str, c2s.ports)))
-        queries = _control_queries(member)
+        queries = _control_queries(member) | _session_queries(services)
         try:
             async with serving_control(control_socket(settings.data_dir), queries):
                 yield Node(services, sessions, c2s, queries)
@@ -98,6 +99,16 @@ async def running_node(settings: NodeSettings) -> AsyncIterator[Node]:
             await asyncio.sleep(0.05)  # let session cleanups finish before storage closes
             if member is not None:
                 await member.stop()
+
+
+def _session_queries(services: Services) -> dict[tuple[str, str], Callable[..., Any]]:
+    """The region's sessions as this member's replicated table has them (MongooseIM's ``session``)."""
+    def sessions() -> list[dict[str, Any]]:
+        now = time.time()
+        return [{"user": str(r.jid), "node": r.node, "priority": r.priority, "available": r.available,
+                 "uptime": int(now - r.created)} for r in sorted(services.table, key=lambda r: str(r.jid))]
+
+    return {("session", "listSessions"): sessions, ("session", "countSessions"): lambda: len(services.table)}
 
 
 def _control_queries(member: ClusterMember | None) -> dict[tuple[str, str], Callable[..., Any]]:

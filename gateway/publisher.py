@@ -91,15 +91,10 @@ class Publisher:
             if kind == "delete":
                 await self.store.remove_session(jid, record.sid)
         if inserts:
-            written = await self.store.publish_many([(jid, location(r, self.region)) for jid, r in inserts])
-            for (jid, record), ok in zip(inserts, written, strict=True):
-                if not ok and self.table.lookup(record.jid) == record:
-                    log.info("%s logged in more recently in another region; closing the session here", jid)
-                    self.on_replaced(record)
+            written = await self._publish([record for _, record in inserts])
             # Logins and presence changes that make a resource available are announced; a resource
             # going away is found out by the bounce path (re-resolved where the stanza lands).
-            self.on_published(sorted({str(r.jid.bare) for (_, r), ok in zip(inserts, written, strict=True)
-                                      if ok and r.available}))
+            self.on_published(sorted({str(r.jid.bare) for r in written if r.available}))
         self.writes += len(batch)
         self._recovered()
 
@@ -125,10 +120,22 @@ class Publisher:
                 self._failed(e)
 
     async def publish_all(self) -> None:
-        records = list(self.table)
         await self.store.publish_region(self.endpoints, self.status())
-        await self.store.publish_many([(str(r.jid), location(r, self.region)) for r in records])
+        await self._publish(list(self.table))
         self._recovered()
+
+    async def _publish(self, records: list[SessionRecord]) -> list[SessionRecord]:
+        """Write ``records``; return those written.  One Redis refused holds a full JID that logged in
+        more recently in another region: that session of ours is stale, so it is closed."""
+        results = await self.store.publish_many([(str(r.jid), location(r, self.region)) for r in records])
+        written = []
+        for record, ok in zip(records, results, strict=True):
+            if ok:
+                written.append(record)
+            elif self.table.lookup(record.jid) == record:
+                log.info("%s logged in more recently in another region; closing the session here", record.jid)
+                self.on_replaced(record)
+        return written
 
     def _failed(self, e: Exception) -> None:
         self.errors += 1

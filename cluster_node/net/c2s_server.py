@@ -163,6 +163,9 @@ class C2SConnection(asyncio.Protocol):
         self._paused = dict.fromkeys(self._paused, False)
         t.resume_reading()
         self._loop.call_later(LINGER_SECONDS, t.close)
+        # A peer that stopped reading (a dead network path) would keep a TLS close waiting for
+        # its buffer to drain, and the session alive, forever: abort then.
+        self._loop.call_later(2 * LINGER_SECONDS, t.abort)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True

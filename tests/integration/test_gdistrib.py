@@ -19,6 +19,7 @@ import pytest
 
 from tests.helpers.cluster import eventually, system_info
 from tests.helpers.node import NodeProcess
+from tests.helpers.proxy import FaultProxy
 from tests.helpers.redis import RedisServer, redis_server_binary
 from tests.helpers.regions import DOMAIN, Region, make_region
 from tests.helpers.xmpp_client import Client
@@ -299,3 +300,40 @@ async def test_messages_keep_their_order_through_links_and_bounces(world: World)
         await b.close()
         if b2 is not None:
             await b2.close()
+
+
+async def test_unclean_drop_then_login_in_another_region(world: World):
+    """Bob's us connection goes silent (no close); he logs into eu with the same full JID.  Every
+    message alice sends once his eu session exists reaches it (MongooseIM's own test expects one
+    lost), and us closes its stale session once the mapping says eu holds the newer login."""
+    alice, bob = world.user("alice"), world.user("bob")
+    us_node = world.us.nodes[0]
+    a = await client(world.eu.nodes[0], alice, "laptop").online(world.eu.nodes[0].port)
+    with FaultProxy("127.0.0.1", us_node.port) as proxy:
+        b = await client(us_node, bob, "phone").online(proxy.port)
+        b2: Client | None = None
+        try:
+            await eventually(lambda: lookup(world.eu.gateways[0], f"{bob}@{DOMAIN}").get("phone"), 5, "bob in us")
+            proxy.partition("blackhole")  # the phone is gone, but us does not know it
+            b2 = await client(world.eu.nodes[1], bob, "phone").online(world.eu.nodes[1].port)
+            for i in range(20):
+                to = f"{bob}@{DOMAIN}" + ("/phone" if i % 2 else "")
+                a.send_message(mto=to, mbody=f"after-login-{i}", mtype="chat")
+            got = {(await b2.next_message(timeout=5))["body"] for _ in range(20)}
+            assert got == {f"after-login-{i}" for i in range(20)}
+            # us learns from the mapping that a newer login holds the full JID, and closes its own.
+            assert poll(lambda: lookup(world.us.gateways[0], f"{bob}@{DOMAIN}")["phone"]["region"] == "eu", 10)
+            await eventually(lambda: not any(r for r in table_sessions(us_node) if r.startswith(f"{bob}@")), 15,
+                             "the stale us session closed")
+        finally:
+            await a.close()
+            if b2 is not None:
+                await b2.close()
+            proxy.heal()
+            await b.close()
+
+
+def table_sessions(node: NodeProcess) -> list[str]:
+    """Full JIDs in a node's replicated session table (via ``ctl session list``)."""
+    res = node.ctl("session", "list-sessions")
+    return [s["user"] for s in json.loads(res.stdout)["data"]["session"]["listSessions"]]
