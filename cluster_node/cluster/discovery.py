@@ -66,21 +66,22 @@ class RdbmsDiscovery:
         self.refresh_interval = refresh_interval
         self._num: int | None = None
         self._warned = False
+        self._work: asyncio.Future[list[Peer]] | None = None  # the refresh under way
 
     @property
     def node_num(self) -> int | None:
         return self._num
 
     async def refresh(self) -> list[Peer]:
+        self._work = asyncio.ensure_future(self._open_and_refresh())
         try:
-            return await _bounded(self._open_and_refresh(), self.timeout,
+            return await _bounded(self._work, self.timeout,
                                   f"no answer from the discovery database in {self.timeout:.1f}s")
         except Exception:
-            # Reopened on the next refresh; closing the old one may hang on the same silent
-            # connection, so it is not waited for here.
+            # Reopened on the next refresh.  The old one is closed once the abandoned work let go
+            # of it, in the background: that may hang on the same silent connection.
             store, self.store = self.store, None
-            if store is not None:
-                _background(_bounded(store.close(), self.timeout, "closing the discovery database"))
+            _background(_retire(self._work, store, self.timeout))
             raise
 
     async def _open_and_refresh(self) -> list[Peer]:
@@ -113,13 +114,24 @@ class RdbmsDiscovery:
         return [Peer(n, a, num) for n, a, num, _ in await store.discovery_nodes(self.cluster)]
 
     async def close(self) -> None:
+        work, self._work = self._work, None
         store, self.store = self.store, None
-        if store is not None:
-            with contextlib.suppress(Exception):  # closing may hang on the same silent connection
-                await _bounded(store.close(), self.timeout, "closing the discovery database")
+        await _retire(work, store, min(self.timeout, 2.0))
 
 
-async def _bounded(coro: Coroutine[Any, Any, T], timeout: float, what: str) -> T:
+async def _retire(work: asyncio.Future[Any] | None, store: _DiscoveryStore | None, grace: float) -> None:
+    """Close ``store`` after ``work`` (a refresh, e.g. cancelled by the member's stop) is done with
+    it — its rollback must not meet a closed database — each wait bounded by ``grace``."""
+    if work is not None and not work.done():
+        if isinstance(work, asyncio.Task) and not work.cancelling():
+            work.cancel()  # once: a second cancel would interrupt its rollback
+        await asyncio.wait({work}, timeout=grace)
+    if store is not None:
+        with contextlib.suppress(Exception):  # closing may hang on the same silent connection
+            await _bounded(store.close(), grace, "closing the discovery database")
+
+
+async def _bounded(coro: Coroutine[Any, Any, T] | asyncio.Future[T], timeout: float, what: str) -> T:
     """``await coro`` for at most ``timeout`` seconds, then abandon it (raising TimeoutError).
 
     Not ``asyncio.timeout``/``wait_for``: they wait for the cancelled work to finish, and a database
@@ -130,6 +142,7 @@ async def _bounded(coro: Coroutine[Any, Any, T], timeout: float, what: str) -> T
         done, _ = await asyncio.wait({task}, timeout=timeout)
     except asyncio.CancelledError:
         task.cancel()
+        _background(task)
         raise
     if not done:
         task.cancel()

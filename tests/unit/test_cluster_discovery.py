@@ -89,3 +89,46 @@ async def test_a_silent_database_fails_the_refresh_in_time_and_is_reopened():
     started = time.monotonic()
     await d.close()
     assert time.monotonic() - started < 1.0 and d.store is None
+
+
+class SlowStore:
+    """A store whose registration is interrupted mid-transaction and needs a moment to roll back."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.rolled_back_open = None
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        self.closed = True
+
+    async def discovery_register(self, cluster: str, node: str, address: str, now: int) -> int:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.05)  # ROLLBACK
+            self.rolled_back_open = not self.closed
+            raise
+        return 1
+
+    async def discovery_nodes(self, cluster: str) -> list[tuple[str, str, int, int]]:
+        return []
+
+    async def discovery_cleanup(self, cluster: str, older_than: int) -> int:
+        return 0
+
+
+async def test_stopping_mid_refresh_lets_the_transaction_end_before_closing():
+    store = SlowStore()
+    d = RdbmsDiscovery(lambda: store, "c", "a", "h:1")
+    loop_task = asyncio.ensure_future(d.refresh())  # the member's discovery loop
+    while d.store is None:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.01)
+    loop_task.cancel()  # the member stops...
+    with pytest.raises(asyncio.CancelledError):
+        await loop_task
+    await d.close()  # ...then closes discovery
+    assert store.rolled_back_open is True and store.closed
