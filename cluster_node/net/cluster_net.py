@@ -154,6 +154,8 @@ class ClusterMember:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
+        if self._tasks:  # let them unwind (the discovery loop hands its refresh to discovery.close)
+            await asyncio.wait(self._tasks, timeout=2.0)
         for conn in list(self.connections):
             conn.close()
         if self._server is not None:
