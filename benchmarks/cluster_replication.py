@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import platform
 import pstats
+import resource
 import socket
 import statistics
 import sys
@@ -329,6 +330,21 @@ def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def cpu_seconds() -> tuple[float, float] | None:
+    """(CPU seconds the whole machine spent busy, CPU seconds used by this process and its
+    finished children), to tell how much of the machine other work took during the run."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    busy = (sum(fields[:8]) - fields[3] - fields[4]) / tick  # all but idle and iowait
+    own = sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+              for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return busy, own
+
+
 class BenchmarkError(Exception):
     pass
 
@@ -388,6 +404,7 @@ def run(args: argparse.Namespace) -> int:
           f"Python {platform.python_version()}, load average {load_average()}")
     print(f"  {args.members} members holding {total:,} sessions + 1 joining member; TLS over 127.0.0.1; "
           f"one OS process per member", flush=True)
+    cpu_start, wall_start = cpu_seconds(), time.perf_counter()
     try:
         t = time.perf_counter()
         # Started last name first, each once the previous listens: every member dials the ones already up.
@@ -420,6 +437,7 @@ def run(args: argparse.Namespace) -> int:
                 proc.kill()
                 proc.join()
 
+    cpu_end, wall = cpu_seconds(), time.perf_counter() - wall_start
     lat_ms = [x * 1000 for x in ins["latencies"]]
     rows: list[tuple[str, str, str, str]] = []
     missed: list[str] = []
@@ -507,9 +525,14 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     print(f"  every member holds {expected_final:,} records at the end; load average {load_average()}")
-    if os.getloadavg()[0] > (os.cpu_count() or 1):
-        print("  note: the machine was busy with other work (load above its CPU count): the figures include "
-              "time spent waiting for a CPU")
+    if cpu_start and cpu_end:
+        cpus = os.cpu_count() or 1
+        others = max(0.0, (cpu_end[0] - cpu_start[0]) - (cpu_end[1] - cpu_start[1]))
+        print(f"  CPU used during the run: by this benchmark {cpu_end[1] - cpu_start[1]:.1f} s, by other work "
+              f"{others:.1f} s, of {wall * cpus:.1f} s available ({cpus} CPUs × {wall:.1f} s)")
+        if others > 0.25 * wall * cpus:
+            print("  note: other work took over a quarter of the machine: the figures include time spent "
+                  "waiting for a CPU")
     if args.profile:
         for name in ("join", "insert"):
             path = Path(args.profile) / f"{name}.prof"
