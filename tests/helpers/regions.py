@@ -63,7 +63,10 @@ def make_region(base: Path, name: str, *, storage_url: str, redis_url: str, read
             "endpoints": [f"127.0.0.1:{link}"], "ca_file": str(ca), "cert_file": str(cert), "key_file": str(key),
             "endpoint_refresh_interval": 0.5, "connect_timeout": 2.0, "ping_interval": 0.5, "ping_timeout": 3.0},
             "redis": {"url": redis_url, "read_url": read_url, "refresh_after": 5.0, "expire_after": 20.0},
-            "cache": {"jid_lifetime": 5.0}}
+            "cache": {"jid_lifetime": 5.0},
+            # A reconnect takes ~0.5 s here, more on a loaded 2-core machine: bounce for up to 2 s so
+            # what lands while a user moves waits for the new session (not offline storage).
+            "bounce": {"resend_after_ms": 200, "max_retries": 10}}
         for key_, value in (gdistrib or {}).items():
             if isinstance(value, dict):
                 gd.setdefault(key_, {}).update(value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -337,3 +338,80 @@ def table_sessions(node: NodeProcess) -> list[str]:
     """Full JIDs in a node's replicated session table (via ``ctl session list``)."""
     res = node.ctl("session", "list-sessions")
     return [s["user"] for s in json.loads(res.stdout)["data"]["session"]["listSessions"]]
+
+
+async def test_redis_down_for_10_seconds(world: World):
+    """Established conversations go on from the gateways' caches; a login during the outage
+    becomes visible once Redis is back (it restarts empty: every region re-publishes)."""
+    alice, bob, carol = world.user("alice"), world.user("bob"), world.user("carol")
+    a = await client(world.eu.nodes[0], alice, "laptop").online(world.eu.nodes[0].port)
+    b = await client(world.us.nodes[0], bob, "phone").online(world.us.nodes[0].port)
+    c: Client | None = None
+    try:
+        await eventually(lambda: lookup(world.eu.gateways[0], f"{bob}@{DOMAIN}").get("phone"), 5, "bob mapped")
+        for gw in world.eu.gateways:  # both eu gateways have bob (and us has alice) in their caches
+            gw.ctl("gdistrib", "lookup", "--jid", f"{bob}@{DOMAIN}")
+        world.us.gateways[0].ctl("gdistrib", "lookup", "--jid", f"{alice}@{DOMAIN}")
+        world.primary.stop()
+        started = time.monotonic()
+        for i in range(5):
+            a.send_message(mto=f"{bob}@{DOMAIN}/phone", mbody=f"during-{i}", mtype="chat")
+            assert (await b.next_message(timeout=5))["body"] == f"during-{i}"
+            b.send_message(mto=f"{alice}@{DOMAIN}/laptop", mbody=f"reply-{i}", mtype="chat")
+            assert (await a.next_message(timeout=5))["body"] == f"reply-{i}"
+            await asyncio.sleep(1)
+        c = await client(world.us.nodes[1], carol, "tablet").online(world.us.nodes[1].port)  # not published yet
+        await asyncio.sleep(max(0.0, 10 - (time.monotonic() - started)))
+        world.primary.start()
+        world.replica.wait_synced(20)
+        await eventually(lambda: lookup(world.eu.gateways[0], f"{carol}@{DOMAIN}").get("tablet"), 20,
+                         "carol re-published")
+        a.send_message(mto=f"{carol}@{DOMAIN}", mbody="welcome back", mtype="chat")
+        assert (await c.next_message(timeout=5))["body"] == "welcome back"
+        status = gd_status(world.eu.gateways[0])
+        assert status["redis"] == {"reads": True, "writes": True}
+    finally:
+        if not world.primary.running:
+            world.primary.start()
+        for x in (a, b, c):
+            if x is not None:
+                await x.close()
+
+
+async def test_gateway_loss(world: World):
+    """eu has two gateways: kill -9 one and traffic goes on through the other.  us has one: kill
+    it and senders get an error quickly (not a hang); restart it and traffic resumes."""
+    alice, bob = world.user("alice"), world.user("bob")
+    a = await client(world.eu.nodes[0], alice, "laptop").online(world.eu.nodes[0].port)
+    b = await client(world.us.nodes[0], bob, "phone").online(world.us.nodes[0].port)
+    try:
+        await eventually(lambda: lookup(world.eu.gateways[0], f"{bob}@{DOMAIN}").get("phone"), 5, "bob mapped")
+        gw1, gw2 = world.eu.gateways
+        gw2.stop(signal.SIGKILL)
+        await eventually(lambda: system_info(world.eu.nodes[0])["unavailableNodes"] == ["eu-gw2"], 10, "gw2 dropped")
+        for i in range(10):
+            a.send_message(mto=f"{bob}@{DOMAIN}/phone", mbody=f"one-gateway-{i}", mtype="chat")
+            b.send_message(mto=f"{alice}@{DOMAIN}/laptop", mbody=f"back-{i}", mtype="chat")
+        assert {(await b.next_message())["body"] for _ in range(10)} == {f"one-gateway-{i}" for i in range(10)}
+        assert {(await a.next_message())["body"] for _ in range(10)} == {f"back-{i}" for i in range(10)}
+        gw2.start()
+
+        us_gw = world.us.gateways[0]
+        us_gw.stop(signal.SIGKILL)
+        await eventually(lambda: gd_status(gw1)["links"]["us"]["up"] is False, 15, "eu sees the us link down")
+        started = time.monotonic()
+        a.send_message(mto=f"{bob}@{DOMAIN}/phone", mbody="into the void", mtype="chat")
+        error = await a.next_message(timeout=10, body=False)
+        while error["type"] != "error":
+            error = await a.next_message(timeout=10, body=False)
+        assert error["error"]["condition"] == "remote-server-timeout"
+        assert time.monotonic() - started < 8
+
+        us_gw.start()
+        await eventually(lambda: gd_status(gw1)["links"]["us"]["up"], 20, "the us link back")
+        await asyncio.sleep(1.0)  # bob's mapping refreshed by the restarted gateway
+        a.send_message(mto=f"{bob}@{DOMAIN}/phone", mbody="back again", mtype="chat")
+        assert (await b.next_message(timeout=10))["body"] == "back again"
+    finally:
+        await a.close()
+        await b.close()
