@@ -97,6 +97,7 @@ class GlobalRouter:
         self.counters = RelayCounters()
         self.pairs = PairQueues()
         self.redis_ok = True
+        self._rechecks: set[str] = set()  # bare JIDs with an offline re-check pending
 
     # -- lookups ---------------------------------------------------------------------------------
 
@@ -231,6 +232,43 @@ class GlobalRouter:
         if not await self.elsewhere(stanza, to):
             self.counters.handled_locally += 1
             await self.s.router.route(stanza, local_only=True)
+            if stanza.name == "message":
+                self._recheck(to.bare)
+
+    def _recheck(self, bare: Jid) -> None:
+        """A message for ``bare`` was stored offline because no region held a session.  A login
+        racing with it may have fetched offline storage just before: look again a little later and
+        have the region now holding an available resource deliver what is stored."""
+        key = str(bare)
+        if key in self._rechecks:
+            return
+        self._rechecks.add(key)
+
+        async def later() -> None:
+            try:
+                await asyncio.sleep(self.resend_after)
+                regions = {loc.region for loc in (await self.locate(bare, fresh=True)).values() if loc.available}
+                for region in sorted(regions):
+                    if region == self.region:
+                        await self._flush_offline(key)
+                    else:
+                        await self.send(region, Relayed(secrets.token_hex(8), self.region, 1, key.encode(), None,
+                                                        None, {"flush": key}))
+            except LinkError:
+                pass
+            finally:
+                self._rechecks.discard(key)
+
+        self.s.router.spawn(later())
+
+    async def _flush_offline(self, bare: str) -> None:
+        """Deliver ``bare``'s stored messages to its best available resource here, if any."""
+        try:
+            records = [r for r in self.s.table.resources(Jid.parse(bare)) if r.available and r.priority >= 0]
+        except InvalidJid:
+            return
+        if records:
+            await self.s.offline.deliver_stored(max(records, key=lambda r: r.priority))
 
     # -- from other regions ---------------------------------------------------------------------
 
@@ -257,6 +295,9 @@ class GlobalRouter:
                   relayed.ttl, relayed.meta)
         if relayed.meta and "invalidate" in relayed.meta:
             self.cache.invalidate(str(relayed.meta["invalidate"]))
+            return
+        if relayed.meta and "flush" in relayed.meta:
+            self.s.router.spawn(self._flush_offline(str(relayed.meta["flush"])))
             return
         try:
             stanza = parse_stanza(relayed.data)
