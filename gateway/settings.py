@@ -12,20 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from cluster_node.settings import C2SSettings, NodeSettings
 
+from .link.connection import parse_endpoint
+
 __all__ = ["GatewaySettings", "GDistribSettings", "ConnectionsSettings", "RedisSettings", "CacheSettings",
-           "BounceSettings", "parse_endpoint"]
+           "BounceSettings"]
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-def parse_endpoint(spec: str) -> tuple[str, int]:
-    """``host:port`` (``[v6]:port`` for IPv6) → (host, port)."""
-    host, sep, port = spec.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"{spec!r}: expected host:port")
-    return host.strip("[]"), int(port)
 
 
 class ConnectionsSettings(_Section):
