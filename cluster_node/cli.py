@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from .settings import ConfigError, NodeSettings, load_settings
@@ -26,18 +26,22 @@ def _settings(args: argparse.Namespace) -> NodeSettings:
     return loader(args.config)
 
 
-def _node(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+def run_role(role: str, settings: NodeSettings, run: Callable[[Any], Coroutine[Any, Any, None]]) -> int:
+    """Log as the process's node name, run ``run(settings)``; a listener that cannot open is one line."""
     logging.basicConfig(level=settings.log_level,
                         format=f"%(asctime)s {settings.node_name} %(levelname)s %(name)s: %(message)s")
-    from .wiring import run_node
-
     try:
-        asyncio.run(run_node(settings))
+        asyncio.run(run(settings))
     except OSError as e:
-        print(f"meridian node: cannot start: {e}", file=sys.stderr)
+        print(f"meridian {role}: cannot start: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _node(args: argparse.Namespace) -> int:
+    from .wiring import run_node
+
+    return run_role("node", _settings(args), run_node)
 
 
 # -- ctl -------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from .net.tls import ensure_self_signed, server_context
 from .settings import NodeSettings
 from .storage import Storage, open_storage
 
-__all__ = ["Node", "running_node", "run_node", "open_accounts"]
+__all__ = ["Node", "running_node", "run_node", "run_until_signalled", "open_accounts"]
 
 log = logging.getLogger("meridian.node")
 
@@ -121,13 +121,18 @@ def _control_queries(member: ClusterMember | None) -> dict[tuple[str, str], Call
             ("cets", "tableInfo"): lambda: cluster().table_info()}
 
 
-async def run_node(settings: NodeSettings) -> None:
-    """``meridian node``: run until SIGINT/SIGTERM."""
+async def run_until_signalled(running: contextlib.AbstractAsyncContextManager[Any], what: str) -> None:
+    """Enter ``running`` (a role's services), print ``ready``, and leave on SIGINT/SIGTERM."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running_node(settings):
+    async with running:
         print("ready", flush=True)
         await stop.wait()
-    log.info("node %s stopped", settings.node_name)
+    log.info("%s stopped", what)
+
+
+async def run_node(settings: NodeSettings) -> None:
+    """``meridian node``: run until SIGINT/SIGTERM."""
+    await run_until_signalled(running_node(settings), f"node {settings.node_name}")

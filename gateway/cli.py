@@ -7,8 +7,6 @@ lives in this package, since ``cluster_node`` never imports ``gateway``.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
 import sys
 import tomllib
 from pathlib import Path
@@ -35,17 +33,9 @@ def load_any_settings(config: str | None) -> NodeSettings:
 
 
 def _gateway(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config, GatewaySettings)
-    logging.basicConfig(level=settings.log_level,
-                        format=f"%(asctime)s {settings.node_name} %(levelname)s %(name)s: %(message)s")
     from .wiring import run_gateway
 
-    try:
-        asyncio.run(run_gateway(settings))
-    except OSError as e:
-        print(f"meridian gateway: cannot start: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return node_cli.run_role("gateway", load_settings(args.config, GatewaySettings), run_gateway)
 
 
 def _add_roles(sub: Any) -> None:

@@ -3,10 +3,8 @@ the mapping publisher, the global router and the links to the other regions."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +12,7 @@ from typing import Any
 import redis.asyncio
 
 from cluster_node.core.sessions import SessionRecord
-from cluster_node.wiring import Node, running_node
+from cluster_node.wiring import Node, run_until_signalled, running_node
 
 from .link.errors import LinkError
 from .link.tls import client_context, server_context
@@ -133,11 +131,4 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[Gateway]:
 
 async def run_gateway(settings: GatewaySettings) -> None:
     """``meridian gateway``: run until SIGINT/SIGTERM."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with running_gateway(settings):
-        print("ready", flush=True)
-        await stop.wait()
-    log.info("gateway %s stopped", settings.node_name)
+    await run_until_signalled(running_gateway(settings), f"gateway {settings.node_name}")
