@@ -48,9 +48,12 @@ async def build_member(services: Services, cert: Path, key: Path) -> ClusterMemb
         client_tls=client_tls, tables={"sessions": table.replicated, "routes": services.routes},
         refresh_interval=cs.refresh_interval,
         ping_interval=cs.ping_interval, ping_timeout=cs.ping_timeout)
+    returns = Returns(services)
     member.hooks = MemberHooks(stanza=lambda env, data: _arrived(services, env, data),
                                call=lambda name, args: _called(services, name, args),
-                               member_down=lambda node, records, leader: _down(services, node, records, leader))
+                               member_down=lambda node, records, leader: _down(services, returns, node, records,
+                                                                               leader),
+                               merged=returns.merged)
     table.on_local_op = member.broadcast
     table.replicated.on_lost = lambda record: _lost(services, record)
     services.router.cluster_send = lambda record, stanza: _send(services, member, record, stanza)
@@ -154,7 +157,45 @@ def _lost(services: Services, record: Record) -> None:
         session.kick("conflict", "replaced by a newer session in the cluster")
 
 
-def _down(services: Services, node: str, records: list[Record], leader: bool) -> None:
+class Returns:
+    """Presence for the sessions of a member that joins (again): see :meth:`Presence.returned`.
+
+    Which of its merged sessions are new here?  All of them when we held none of its records
+    before the dump: the first join, or a rejoin after member-down dropped them (a healed
+    partition, a lost link, a restart).  None when its records stayed here: the same process
+    back on a new link before our side gave the old one up (no member-down here, so nobody told
+    our contacts its sessions had gone).  Records of a member reach us only over its link, dump
+    first, so "not merged since its last member-down" is exactly "none of its records held
+    before this dump"; no copy of the table from before the merge is needed.
+
+    Once across the cluster: each member informs only its own (local) sessions, once per arrival
+    of the other member's sessions in its table, and the other member does the same the other
+    way.  The arrivals are those member-down undid here, for which ``gone`` (sent by the leader of
+    our side of the partition, to our side's contacts) said ``unavailable``.
+    """
+
+    def __init__(self, services: Services) -> None:
+        self.s = services
+        self.held: set[str] = set()  # members whose session records we hold (merged, not dropped since)
+
+    def merged(self, node: str, table: str, records: list[Record]) -> None:
+        if table != "sessions" or node in self.held:
+            return
+        self.held.add(node)
+        sessions = [SessionRecord.from_table(r) for r in records if r.value.get("sid")]
+        if any(r.available for r in sessions):
+            self.s.router.spawn(self._inform(node, sessions))
+
+    async def _inform(self, node: str, sessions: list[SessionRecord]) -> None:
+        try:
+            await self.s.presence.returned(sessions)
+        except Exception as e:  # the database may be down (roster reads): say so, without a traceback
+            log.warning("presence of %s's sessions not sent to contacts here: %s: %s", node,
+                        e.__class__.__name__, e)
+
+
+def _down(services: Services, returns: Returns, node: str, records: list[Record], leader: bool) -> None:
+    returns.held.discard(node)
     sessions = [SessionRecord.from_table(r) for r in records if r.value.get("sid")]
     log.warning("member %s down: %d of its sessions dropped%s", node, len(sessions),
                 "; sending their unavailable presence" if leader else "")

@@ -142,6 +142,63 @@ class Presence:
                 await self.s.router.route(stanza.with_attrs(to=item.jid))
         self.s.router.deliver_all(record.jid.bare, stanza)
 
+    async def returned(self, records: list[SessionRecord]) -> None:
+        """Sessions of another member that this member did not hold came in with its dump: it is
+        back after a partition or a lost link (``gone`` told contacts they had left), or joined
+        for the first time (they were online before anyone here could see them).
+
+        Each local available session entitled to a returning session's presence (the same
+        account, or a contact whose roster has the account as 'to' or 'both') sends a probe from
+        its full JID straight to that session, which answers with its current presence to that
+        full JID only (``SessionManager.answer_probe``).  So every (local, returning) pair gets
+        one presence: not one per resource of either account (a probe from or to a bare JID
+        would be answered by, or delivered to, every resource), and none from the account's
+        resources that never left.  The returning member runs this for its own sessions toward
+        ours, so each direction is done once, by the member holding the session to inform.
+
+        One roster read per account on the smaller side: the contacts here (their 'to'/'both'
+        items) or the accounts returning (their 'from'/'both' items, the same subscriptions seen
+        from the other end, both accounts being served here).
+        """
+        back: dict[Jid, list[SessionRecord]] = {}
+        for record in records:
+            if record.available:
+                back.setdefault(record.jid.bare, []).append(record)
+        here: dict[Jid, list[SessionRecord]] = {}
+        for connection in self.s.local:
+            if connection.record.available:
+                here.setdefault(connection.record.jid.bare, []).append(connection.record)
+        if not back or not here:
+            return
+        pairs = {(bare, bare) for bare in back.keys() & here.keys()}  # (contact here, account back)
+        if len(here) <= len(back):
+            for contact in here:
+                pairs.update((contact, user) for user in await self._subscribed(contact, ("to", "both"))
+                             if user in back)
+        else:
+            for user in back:
+                pairs.update((contact, user) for contact in await self._subscribed(user, ("from", "both"))
+                             if contact in here)
+        for contact, user in pairs:
+            for local in here[contact]:
+                for remote in back[user]:
+                    # Both may have ended (or gone unavailable) during the roster reads.
+                    session, current = self.s.local.get(local.sid), self.s.table.lookup(remote.jid)
+                    if (session is not None and session.record.available and current is not None
+                            and current.sid == remote.sid and current.available):
+                        self.s.router.deliver(current, presence_stanza(local.jid, remote.jid, "probe"))
+
+    async def _subscribed(self, user: Jid, subscriptions: tuple[str, ...]) -> set[Jid]:
+        """The bare JIDs of ``user``'s roster items with one of ``subscriptions``."""
+        found: set[Jid] = set()
+        for item in await self._roster(user):
+            if item.subscription in subscriptions:
+                try:
+                    found.add(Jid.parse(item.jid).bare)
+                except InvalidJid:
+                    continue
+        return found
+
     async def _outbound_subscription(self, user: Jid, contact: Jid, ptype: str) -> None:
         item, state = await self._state(user, contact)
         out = outbound(state, ptype)

@@ -49,7 +49,11 @@ class PostgresStorage(SqlStorage):
         self._pool: asyncpg.Pool | None = None
 
     async def open(self) -> None:
-        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=10)
+        # No connection floor: with min_size > 0 asyncpg keeps reconnecting in the background while
+        # PostgreSQL is away and logs each failure with its traceback ("Failed to restore the pool
+        # connection floor"); without one, connections are made when a query needs them, and a
+        # database that is down fails those queries (their callers report it).
+        self._pool = await asyncpg.create_pool(self.url, min_size=0, max_size=10)
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
             await self._migrate(_PgTx(conn))
