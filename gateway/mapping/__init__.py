@@ -1,10 +1,12 @@
 """Global-distribution mapping: where each JID, routed domain and region is, kept in Redis.
 
 ``keys`` is the key layout, ``store`` the Redis access (conditional writes, replica reads),
-``cache`` the sans-IO cache the router consults first.
+``cache`` the sans-IO cache the router consults first, ``connect`` the client for a URL (one
+server, or a Redis Cluster with ``redis+cluster://``).
 """
 
 from .cache import Kind, MappingCache
+from .connect import redis_client
 from .keys import (
     PREFIX,
     REGIONS_KEY,
@@ -14,9 +16,11 @@ from .keys import (
     split_full_jid,
     status_key,
 )
-from .store import Location, MappingStore
+from .store import Client, Location, MappingStore
 
 __all__ = [
+    "Client",
+    "redis_client",
     "Location",
     "MappingStore",
     "MappingCache",

@@ -14,28 +14,44 @@ Why it is built this way (ARCHITECTURE.md, "Global distribution"):
   readers skip expired fields and every write drops them.
 * Expiry uses the gateway's clock (``clock``), passed to the scripts, not Redis's: tests inject
   time, and regions are assumed to agree on time within a small part of ``expire_after`` (NTP).
+* It runs on one server (with replicas) or on a Redis Cluster (``connect.redis_client``): each
+  script touches one key, and the pipelines spanning several keys (``publish_many``,
+  ``publish_region``, ``statuses``) are not transactions, so a cluster client splits them per
+  node, one round trip to each node concerned, all in parallel.
 
 Redis errors (``redis.RedisError``) propagate: the caller decides what "Redis is down" means
 (keep serving from the cache, re-publish everything with :meth:`MappingStore.publish_many` once
-Redis is back).  Malformed values found in Redis are skipped, never raised.
+Redis is back).  A cluster client reports an unreachable cluster or uncovered slots with
+``RedisClusterException``, which is not a ``RedisError``; the store raises it as
+``redis.ConnectionError`` (the original chained), what a single server's client raises.
+Malformed values found in Redis are skipped, never raised.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import redis.asyncio
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import (
+    ConnectionError as RedisConnectionError,
+    NoScriptError,
+    RedisClusterException,
+    ResponseError,
+)
 
 from .keys import REGIONS_KEY, domain_key, endpoints_key, resources_key, split_full_jid, status_key
 
-__all__ = ["Location", "MappingStore"]
+__all__ = ["Client", "Location", "MappingStore"]
+
+# One server (with its replicas) or a Redis Cluster: see ``connect.redis_client``.
+Client = redis.asyncio.Redis | redis.asyncio.RedisCluster
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +146,33 @@ def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _redis_call(method: Callable[Concatenate[MappingStore, _P], Awaitable[_T]]
+                ) -> Callable[Concatenate[MappingStore, _P], Coroutine[Any, Any, _T]]:
+    """Wraps each MappingStore method that talks to Redis; a no-op for a single server's client.
+
+    A cluster client that does not know the slots yet (just made, or after the whole cluster was
+    unreachable) routes a keyed command like a keyless one, to an arbitrary node, and learns the
+    slot from its MOVED reply; every fifth MOVED it closes every connection, including those
+    other tasks are using at that moment (redis-py 8, asyncio).  Concurrent first calls then fail
+    with AttributeError.  So the slots are fetched first (``initialize()`` returns at once when
+    they are known).  ``RedisClusterException`` ("cannot be connected", "slots not covered") is
+    raised as ``redis.ConnectionError``, so callers handle one kind of Redis outage.
+    """
+    @functools.wraps(method)
+    async def call(self: MappingStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        try:
+            for cluster in self._clusters:
+                await cluster.initialize()
+            return await method(self, *args, **kwargs)
+        except RedisClusterException as e:
+            raise RedisConnectionError(f"Redis Cluster: {e}") from e
+    return call
+
+
 @dataclass(frozen=True, slots=True)
 class Location:
     """Where one full JID is served: the region, the node in it, and the session's incarnation.
@@ -185,11 +228,12 @@ class MappingStore:
     """The mapping in Redis, as seen from one region's gateway.
 
     ``write`` is the primary; ``read`` (a replica in this region), when given, serves lookups.
+    Either may be a :class:`redis.asyncio.RedisCluster`.
     ``expire_after`` is how long an entry outlives its last refresh: publishers refresh well
     within it (e.g. every third of it), readers ignore anything older.
     """
 
-    def __init__(self, write: redis.asyncio.Redis, read: redis.asyncio.Redis | None = None, *, region: str,
+    def __init__(self, write: Client, read: Client | None = None, *, region: str,
                  expire_after: float = 120.0, forget_after: float = 86400.0,
                  clock: Callable[[], float] = time.time) -> None:
         if expire_after <= 0:
@@ -199,6 +243,8 @@ class MappingStore:
         self.forget_after = max(forget_after, expire_after)  # dead regions stay listed this long
         self._write = write
         self._read = read if read is not None else write
+        self._clusters = tuple({id(c): c for c in (self._write, self._read)
+                                if isinstance(c, redis.asyncio.RedisCluster)}.values())
         self._clock = clock
         self._publish = write.register_script(_PUBLISH_LUA)
         self._remove = write.register_script(_REMOVE_LUA)
@@ -211,6 +257,7 @@ class MappingStore:
         stamped = replace(loc, expires_at=now + self.expire_after)
         return resources_key(bare), [resource, stamped.encode(), repr(float(loc.created)), repr(now)]
 
+    @_redis_call
     async def publish_session(self, jid: str, loc: Location) -> bool:
         """Map full ``jid`` to ``loc`` unless a newer login holds it; True when written."""
         now = self._clock()
@@ -233,6 +280,7 @@ class MappingStore:
             results.extend(await self._publish_batch(batch))
         return results
 
+    @_redis_call
     async def _publish_batch(self, batch: Sequence[tuple[str, Location]]) -> list[bool]:
         now = self._clock()
         calls = [self._publish_args(jid, loc, now) for jid, loc in batch]
@@ -251,14 +299,19 @@ class MappingStore:
         pipe = self._write.pipeline(transaction=False)
         for i in which:
             key, args = calls[i]
-            pipe.evalsha(self._publish.sha, 1, key, *args)
+            # The raw command, not pipe.evalsha(): redis-py's ClusterPipeline blocks its evalsha()
+            # method (a node may lack the script) but routes a raw EVALSHA by its key like any
+            # keyed command.  Each node's NOSCRIPT comes back in place and is handled above.
+            pipe.execute_command("EVALSHA", self._publish.sha, 1, key, *args)
         return list(await pipe.execute(raise_on_error=False))
 
+    @_redis_call
     async def remove_session(self, jid: str, sid: str) -> bool:
         """Unmap ``jid`` if it is still session ``sid``; the user's other resources stay."""
         bare, resource = split_full_jid(jid)
         return bool(await self._remove(keys=[resources_key(bare)], args=[resource, sid, repr(self._clock())]))
 
+    @_redis_call
     async def lookup_bare(self, bare: str) -> dict[str, Location]:
         """The live resources of ``bare`` (any region): resource -> location."""
         try:
@@ -276,6 +329,7 @@ class MappingStore:
                 found[resource] = loc
         return found
 
+    @_redis_call
     async def lookup_full(self, jid: str) -> Location | None:
         """The live location of full ``jid``, or None."""
         bare, resource = split_full_jid(jid)
@@ -290,14 +344,17 @@ class MappingStore:
 
     # -- routed domains ---------------------------------------------------------------------
 
+    @_redis_call
     async def publish_domain(self, domain: str) -> None:
         """Route ``domain`` (a component or service registered here) to this region."""
         await self._write.set(domain_key(domain), self.region, px=_ms(self.expire_after))
 
+    @_redis_call
     async def remove_domain(self, domain: str) -> bool:
         """Stop routing ``domain`` here; a registration by another region is left alone."""
         return bool(await self._remove_domain(keys=[domain_key(domain)], args=[self.region]))
 
+    @_redis_call
     async def lookup_domain(self, domain: str) -> str | None:
         """The region serving ``domain``, or None."""
         try:
@@ -309,11 +366,13 @@ class MappingStore:
 
     # -- regions ----------------------------------------------------------------------------
 
+    @_redis_call
     async def publish_region(self, endpoints: list[str], status: dict[str, Any]) -> None:
         """Announce this region: last seen now, its endpoints and status (both expiring).
 
-        One round trip; the two expiring keys share the region's hash tag.  Regions silent for
-        ``forget_after`` are dropped from ``gd:regions`` (until then the dashboard shows them down).
+        One round trip (on a cluster, one per node concerned); the two expiring keys share the
+        region's hash tag.  Regions silent for ``forget_after`` are dropped from ``gd:regions``
+        (until then the dashboard shows them down).
         """
         now = self._clock()
         ttl = _ms(self.expire_after)
@@ -324,6 +383,7 @@ class MappingStore:
         pipe.set(status_key(self.region), json.dumps(status, separators=(",", ":"), default=str), px=ttl)
         await pipe.execute()
 
+    @_redis_call
     async def last_seen(self) -> dict[str, float]:
         """Every known region (live or not yet forgotten) -> when it last announced itself."""
         pairs = await self._read.zrange(REGIONS_KEY, 0, -1, withscores=True)
@@ -340,6 +400,7 @@ class MappingStore:
         since = self._clock() - self.expire_after
         return sorted(r for r, seen in (await self.last_seen()).items() if seen > since)
 
+    @_redis_call
     async def endpoints(self, region: str) -> list[str]:
         """``region``'s inter-region endpoints (``host:port``); empty when unknown or malformed."""
         text = _text(await self._read.get(endpoints_key(region)))
@@ -349,6 +410,7 @@ class MappingStore:
             return []
         return [e for e in value if isinstance(e, str)] if isinstance(value, list) else []
 
+    @_redis_call
     async def statuses(self) -> dict[str, dict[str, Any]]:
         """Live region -> its last status (regions without a readable status are left out)."""
         live = await self.regions()
