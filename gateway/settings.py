@@ -46,7 +46,8 @@ class ConnectionsSettings(_Section):
 
 
 class RedisSettings(_Section):
-    url: str = Field("redis://127.0.0.1:6379/0", description="the primary: every write goes here")
+    url: str = Field("redis://127.0.0.1:6379/0",
+                     description="the primary: every write goes here; redis+cluster://h1:p1,h2:p2/ for Redis Cluster")
     read_url: str = Field("", description="a replica near this region for lookups (default: url)")
     expire_after: float = Field(120.0, ge=2, description="seconds a mapping lives unless refreshed")
     refresh_after: float = Field(60.0, gt=0, description="seconds between refreshes of this region's entries")

@@ -9,15 +9,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio
-
 from cluster_node.core.sessions import SessionRecord
 from cluster_node.wiring import Node, run_until_signalled, running_node
 
 from .link.errors import LinkError
 from .link.tls import client_context, server_context
 from .links import RegionLinks
-from .mapping import MappingCache, MappingStore
+from .mapping import MappingCache, MappingStore, redis_client
 from .publisher import Publisher
 from .relay import GlobalRouter, Relayed
 from .settings import GatewaySettings
@@ -70,8 +68,8 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[Gateway]:
         services = node.services
         member = services.cluster
         assert member is not None  # a gateway is a cluster member (checked by the settings)
-        write = redis.asyncio.Redis.from_url(gd.redis.url)
-        read = redis.asyncio.Redis.from_url(gd.redis.read_url) if gd.redis.read_url else None
+        write = redis_client(gd.redis.url)
+        read = redis_client(gd.redis.read_url) if gd.redis.read_url else None
         store = MappingStore(write, read, region=gd.local_host, expire_after=gd.redis.expire_after)
         cache: MappingCache[Any] = MappingCache(
             gd.cache.max_size, jid_lifetime=gd.cache.jid_lifetime or 0.001,
