@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -128,6 +129,7 @@ async def run_until_signalled(running: contextlib.AbstractAsyncContextManager[An
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with running:
+        gc.freeze()  # what start-up built lives as long as the process: keep it out of every collection
         print("ready", flush=True)
         await stop.wait()
     log.info("%s stopped", what)

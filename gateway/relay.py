@@ -98,6 +98,7 @@ class GlobalRouter:
         self.pairs = PairQueues()
         self.redis_ok = True
         self._rechecks: set[str] = set()  # bare JIDs with an offline re-check pending
+        self._lookups: dict[str, asyncio.Future[dict[str, Location]]] = {}  # Redis reads in flight
 
     # -- lookups ---------------------------------------------------------------------------------
 
@@ -110,6 +111,21 @@ class GlobalRouter:
             hit, value = self.cache.get(key, now)
             if hit:
                 return value or {}
+        pending = self._lookups.get(key)
+        if pending is not None:  # one Redis read per JID at a time: the others share its answer
+            return await asyncio.shield(pending)
+        future: asyncio.Future[dict[str, Location]] = asyncio.get_running_loop().create_future()
+        self._lookups[key] = future
+        try:
+            found = await self._read(key, now)
+            future.set_result(found)
+            return found
+        finally:
+            del self._lookups[key]
+            if not future.done():
+                future.set_result(self.cache.stale(key) or {})
+
+    async def _read(self, key: str, now: float) -> dict[str, Location]:
         self.counters.lookups += 1
         started = time.perf_counter()
         try:

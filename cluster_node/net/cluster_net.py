@@ -60,6 +60,7 @@ class LinkConnection(asyncio.Protocol):
         self.acked_seq = 0
         self.ack_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.tables_seen: set[str] = set()
+        self._flush_scheduled = False
         self.remote = "?"  # host:port of the other end
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -78,9 +79,16 @@ class LinkConnection(asyncio.Protocol):
         self.member.handle(self, self.core.receive_data(b"", time.monotonic()))
 
     def flush(self) -> None:
+        self._flush_scheduled = False
         data = self.core.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+
+    def flush_soon(self) -> None:
+        """Write at the end of this loop turn: a burst of stanzas becomes one TLS write, not one each."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
 
     def acked(self, seq: int) -> None:
         """The peer has applied our ops up to ``seq``: release the writers waiting for it."""
@@ -168,7 +176,7 @@ class ClusterMember:
     def broadcast(self, op: Op) -> None:
         for conn in self.links.values():
             conn.sent_seq = conn.core.send_op(op)
-            conn.flush()
+            conn.flush_soon()
 
     async def wait_acks(self, timeout: float | None = None) -> None:
         """Return when every joined member has acked what we sent so far (or is gone)."""
@@ -187,7 +195,7 @@ class ClusterMember:
         if conn is None:
             return False
         conn.core.send_stanza(envelope, data)
-        conn.flush()
+        conn.flush_soon()
         return True
 
     def call(self, node: str, name: str, args: dict[str, Any]) -> bool:
@@ -195,7 +203,7 @@ class ClusterMember:
         if conn is None:
             return False
         conn.core.send_call(name, args)
-        conn.flush()
+        conn.flush_soon()
         return True
 
     # -- events from links ----------------------------------------------------------------------

@@ -100,6 +100,11 @@ class StreamParser:
     def bytes_buffered(self) -> int:
         return len(self._buf)
 
+    @property
+    def between_stanzas(self) -> bool:
+        """Inside the stream with no stanza begun: the next input may start a new stanza."""
+        return self._depth == 1 and self._stanza_start < 0 and self._dead is None
+
     def reset(self) -> None:
         """A new stream on the same connection (after STARTTLS or SASL, RFC 6120 §4.3.3)."""
         p = expat.ParserCreate("UTF-8", SEP)

@@ -53,7 +53,10 @@ def redis_client(url: str) -> redis.asyncio.Redis | redis.asyncio.RedisCluster:
     """
     scheme = url.partition("://")[0].lower()
     if scheme not in CLUSTER_SCHEMES:
-        return redis.asyncio.Redis.from_url(url)
+        # A blocking pool: a burst of lookups (many cache entries expiring together) waits for a
+        # connection instead of failing with "Too many connections" and routing from stale data.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=64, timeout=5)
+        return redis.asyncio.Redis(connection_pool=pool)
     return _cluster_client(url, tls=scheme == "rediss+cluster")
 
 
