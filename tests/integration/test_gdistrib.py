@@ -281,6 +281,8 @@ async def test_messages_keep_their_order_through_links_and_bounces(world: World)
         for i in range(40):
             a.send_message(mto=f"{bob}@{DOMAIN}/phone", mbody=str(i), mtype="chat")
         received = [int((await b.next_message())["body"]) for _ in range(40)]
+        for gw in world.eu.gateways:  # fresh in both eu caches (5 s) when bob leaves: they still say us
+            lookup(gw, f"{bob}@{DOMAIN}")
         await b.close()
         await eventually(lambda: not [u for u in table_sessions(world.us.nodes[0]) if u.startswith(bob)], 5,
                          "bob gone from us")
