@@ -200,7 +200,7 @@ async def test_partition_heal_merges_tables_and_keeps_the_newest_duplicate(tmp_p
         # n0 < n1, so n0 connects to n1, at the address n1 advertises: the proxy's.
         n0 = spawn("n0", p0, db, storage_url=db)
         n1 = spawn("n1", p1, db, storage_url=db, advertise=proxy.address)
-        await asyncio.gather(*(asyncio.to_thread(n0.register, u, pw) for u, pw in USERS.items()))
+        await asyncio.to_thread(lambda: [n0.register(u, pw) for u, pw in USERS.items()])  # one at a time
         await asyncio.to_thread(start_all, [n0, n1])
         await joined([n0, n1])
         assert proxy.accepted >= 1, "the link does not go through the proxy"
@@ -318,7 +318,7 @@ async def test_contacts_see_each_other_again_after_a_heal_and_a_first_join(tmp_p
         n0 = spawn("n0", p0, db, storage_url=db)
         n1 = spawn("n1", p1, db, storage_url=db, advertise=proxy1.address)
         n2 = spawn("n2", p2, db, storage_url=db, advertise=proxy2.address)
-        await asyncio.gather(*(asyncio.to_thread(n0.register, u, USERS[u]) for u in ("alice", "bob", "carol")))
+        await asyncio.to_thread(lambda: [n0.register(u, USERS[u]) for u in ("alice", "bob", "carol")])
         await asyncio.to_thread(start_all, [n0, n1])
         await joined([n0, n1])
 
@@ -384,7 +384,7 @@ async def test_a_member_back_on_a_new_connection_is_not_taken_for_a_duplicate(tm
     try:
         n0 = spawn("n0", p0, db, storage_url=db, ping_timeout=1.5)
         n1 = spawn("n1", p1, db, storage_url=db, advertise=proxy.address, ping_timeout=6.0)
-        await asyncio.gather(*(asyncio.to_thread(n0.register, u, USERS[u]) for u in ("bob", "carol")))
+        await asyncio.to_thread(lambda: [n0.register(u, USERS[u]) for u in ("bob", "carol")])
         await asyncio.to_thread(start_all, [n0, n1])
         await joined([n0, n1])
         bob = await client(n0, "bob", "b").login(n0.port)
@@ -448,7 +448,8 @@ async def test_duplicate_node_name_is_refused_and_the_original_stays(tmp_path, s
     nodes = [spawn(name, port, db, storage_url=db, ping_timeout=DUP_PING_TIMEOUT)
              for name, port in zip(["n0", "n1", "n2"], ports[:3], strict=True)]
     n0, n1, n2 = nodes
-    await asyncio.gather(*(asyncio.to_thread(n0.register, u, USERS[u]) for u in ("alice", "bob")))
+    for u in ("alice", "bob"):  # one at a time: two first opens of a new SQLite file can stall each other
+        await asyncio.to_thread(n0.register, u, USERS[u])
     await asyncio.to_thread(start_all, nodes)
     await joined(nodes)
     alice = await client(n1, "alice", "orig").login(n1.port)
