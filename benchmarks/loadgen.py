@@ -432,8 +432,9 @@ class Generator:
             peer.feeder = c
         return len(self.senders)
 
-    async def paced(self, rate: float, duration: float, drain: float) -> dict[str, Any]:
-        """Offer ``rate`` messages/s, spread over the senders, for ``duration`` seconds."""
+    async def paced(self, rate: float, duration: float, drain: float, tick: float = 0.001) -> dict[str, Any]:
+        """Offer ``rate`` messages/s, spread over the senders, for ``duration`` seconds: what is due is
+        sent every ``tick`` seconds (1 ms: about one message per sender and tick at these rates)."""
         self.reset()
         self.closed_loop = False
         senders, nsend = self.senders, len(self.senders)
@@ -454,7 +455,7 @@ class Generator:
                     idx += 1
                     if idx == nsend:
                         idx = 0
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(tick)
         t_end = time.monotonic()
         return await self._finish(start, t_end, drain, ru0, {"max_batch": max_lag})
 

@@ -617,7 +617,7 @@ def run(args: argparse.Namespace) -> int:
             profiler.start(f"messages-{rate:.0f}")
             cpu0, t, wait0, sys0 = node.cpu_s(), time.monotonic(), node.run_delay_s(), node.sys_s()
             res = workers.all("paced", args.duration + args.drain + 60, rate=rate / args.workers,
-                              duration=args.duration, drain=args.drain)
+                              duration=args.duration, drain=args.drain, tick=args.tick)
             cpu_msg, sys_msg = node.cpu_s() - cpu0, node.sys_s() - sys0
             wait_msg = waited(wait0, node.run_delay_s())
             phases.append((name, t, time.monotonic()))
@@ -761,6 +761,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=rates, default=[20_000.0],
                         help="messages/s offered in the fixed-rate phase (20000); a list (5000,10000,20000) runs "
                              "one phase per rate, in order, and checks the targets on the last")
+    parser.add_argument("--tick", type=float, default=0.001,
+                        help="seconds between the generators' sends in the fixed-rate phase (0.001)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of the fixed-rate phase (10; 0 skips)")
     parser.add_argument("--capacity-duration", type=float, default=5.0,
                         help="seconds of the closed-loop phase (5; 0 skips)")
