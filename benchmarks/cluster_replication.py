@@ -28,7 +28,6 @@ import os
 import platform
 import pstats
 import resource
-import socket
 import statistics
 import sys
 import tempfile
@@ -42,6 +41,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere: import the project from this checkout
     sys.path.insert(0, str(ROOT))
+
+from machine import free_ports, load_average  # noqa: E402
 
 from cluster_node.cluster.discovery import FileDiscovery, Peer  # noqa: E402
 from cluster_node.cluster.link import DumpReceived, Joined, LinkEvent  # noqa: E402
@@ -312,22 +313,6 @@ async def _joiner(spec: MemberSpec, conn: Connection) -> None:
 
 
 # -- the parent ------------------------------------------------------------------------------------
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def cpu_seconds() -> tuple[float, float] | None:

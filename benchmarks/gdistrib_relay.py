@@ -70,6 +70,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere: import the proje
 
 import psutil  # noqa: E402
 import redis.asyncio  # noqa: E402
+from machine import load_average, machine_busy  # noqa: E402
 
 from cluster_node.net.control import query_control  # noqa: E402
 from cluster_node.storage import open_storage  # noqa: E402
@@ -577,20 +578,6 @@ async def mapped(redis_url: str, jids: list[str], timeout: float) -> None:
 
 
 # -- figures ------------------------------------------------------------------------------------
-
-
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def machine_busy() -> float | None:
-    """CPU seconds the whole machine spent busy since boot (all but idle and iowait)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 class CpuMeter:

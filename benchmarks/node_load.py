@@ -39,7 +39,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -58,6 +57,7 @@ for _p in (str(ROOT), str(Path(__file__).resolve().parent)):
         sys.path.insert(0, _p)
 
 import loadgen  # noqa: E402
+from machine import free_ports, load_average, machine_busy  # noqa: E402
 
 from cluster_node.settings import NodeSettings, load_settings  # noqa: E402
 from cluster_node.wiring import open_accounts  # noqa: E402
@@ -75,18 +75,6 @@ class BenchmarkError(Exception):
 # -- helpers --------------------------------------------------------------------------------------
 
 
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def username(i: int) -> str:
     return f"bench{i}"
 
@@ -98,20 +86,6 @@ def pct(values: list[float], p: float) -> float:
         return float("nan")
     k = max(0, min(len(ordered) - 1, int(-(-p * len(ordered) // 100)) - 1))
     return ordered[k]
-
-
-def load_average() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def machine_busy_s() -> float | None:
-    """CPU seconds the whole machine has spent busy (all but idle and iowait), from /proc/stat."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def toml_config(settings: dict[str, Any]) -> str:
@@ -537,7 +511,7 @@ def run(args: argparse.Namespace) -> int:
     paced_runs: list[tuple[float, dict[str, Any]]] = []
     gc_lines: list[str] = []
     phases: list[tuple[str, float, float]] = []  # (name, monotonic start, end) for the GC summary
-    busy0 = machine_busy_s()
+    busy0 = machine_busy()
     wall0 = time.perf_counter()
     ours = 0.0  # CPU seconds of the node and the generators, read before they stop
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -701,7 +675,7 @@ def run(args: argparse.Namespace) -> int:
             node.wait_idle()  # the sessions' cleanups (unavailable presence, unbind) run before SIGTERM
         node.stop()
     wall = time.perf_counter() - wall0
-    busy1 = machine_busy_s()
+    busy1 = machine_busy()
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     ours += (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
 
