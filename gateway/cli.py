@@ -38,10 +38,33 @@ def _gateway(args: argparse.Namespace) -> int:
     return node_cli.run_role("gateway", load_settings(args.config, GatewaySettings), run_gateway)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from .demo.runner import DemoError, run_demo
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s demo %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(run_demo(Path(args.dir), args.base_port, Path(args.state_file) if args.state_file else None,
+                                    args.redis_url))
+    except DemoError as e:
+        print(f"meridian demo: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
 def _add_roles(sub: Any) -> None:
     gw = sub.add_parser("gateway", help="run the region's global-distribution gateway (a cluster member)")
     gw.add_argument("--config", required=True, help="TOML settings file with a [gdistrib] section")
     gw.set_defaults(func=_gateway)
+    demo = sub.add_parser("demo", help="run two regions of example.com and a federated other.example on this machine")
+    demo.add_argument("--dir", default="meridian-demo", help="where the demo keeps its files (default ./meridian-demo)")
+    demo.add_argument("--base-port", type=int, default=15200, help="first of the 300 ports the demo uses")
+    demo.add_argument("--state-file", help="write a JSON description of the running demo here once it is ready")
+    demo.add_argument("--redis-url", help="use this Redis for every region instead of starting redis-server")
+    demo.set_defaults(func=_demo)
 
 
 def main(argv: list[str] | None = None) -> int:

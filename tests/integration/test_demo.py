@@ -1,0 +1,160 @@
+"""``meridian demo`` as a newcomer runs it: start, wait for the state file, chat across regions,
+crash it, start it again, stop it with Ctrl-C, and find no process left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers.node import ROOT
+from tests.helpers.xmpp_client import Client
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _free_base() -> int:
+    """A base port whose 300 ports are all free on loopback."""
+    for _ in range(50):
+        base = random.randrange(30000, 60000, 100)
+        try:
+            for port in range(base, base + 300):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free range of 300 ports")
+
+
+class DemoRun:
+    def __init__(self, tmp: Path, base: int) -> None:
+        self.dir, self.base = tmp / "demo", base
+        self.state_file = tmp / "state.json"
+        self.log = tmp / "demo.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 180.0) -> dict[str, Any]:
+        self.state_file.unlink(missing_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")}
+        env["PYTHONPATH"] = str(ROOT)
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "demo", "--dir", str(self.dir), "--base-port", str(self.base),
+                 "--state-file", str(self.state_file)], stdout=out, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"demo exited with {self.proc.returncode}:\n{self.output()}")
+            if self.state_file.exists():
+                return json.loads(self.state_file.read_text())  # type: ignore[no-any-return]
+            time.sleep(0.2)
+        raise AssertionError(f"no state file after {timeout} s:\n{self.output()}")
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")[-5000:] if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGINT) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(sig)
+        return self.proc.wait(60)
+
+
+def _pids(state: dict[str, Any]) -> list[int]:
+    return [p["pid"] for r in state["regions"] for p in [*r["nodes"], *r["gateways"]]]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _wait_gone(pids: list[int], timeout: float = 30.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    left = pids
+    while left and time.monotonic() < deadline:
+        left = [p for p in left if _alive(p)]
+        time.sleep(0.1)
+    return left
+
+
+def _user(state: dict[str, Any], local: str) -> tuple[str, str, int]:
+    u = next(u for u in state["users"] if u["jid"].startswith(local + "@"))
+    region = next(r for r in state["regions"] if r["name"] == u["region"])
+    return u["jid"], u["password"], region["nodes"][0]["c2s_port"]
+
+
+async def _chat(state: dict[str, Any], a: str, b: str) -> None:
+    ca = Path(state["ca_cert"])
+    (ja, pa, porta), (jb, pb, portb) = _user(state, a), _user(state, b)
+    alice = await Client(f"{ja}/demo", pa, cert=ca).online(porta)
+    bob = await Client(f"{jb}/demo", pb, cert=ca).online(portb)
+    try:
+        # The gateways may need a moment to publish a fresh login: retry the first message.
+        deadline = time.monotonic() + 30
+        while True:
+            alice.send_message(mto=jb, mbody="hello from " + a, mtype="chat")
+            try:
+                msg = await bob.next_message(timeout=3)
+                break
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise
+        assert str(msg["from"].bare) == ja and msg["body"] == "hello from " + a
+        bob.send_message(mto=f"{ja}/demo", mbody="hi " + a, mtype="chat")
+        reply = await alice.next_message(timeout=15)
+        assert str(reply["from"].bare) == jb and reply["body"] == "hi " + a
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+async def test_demo_runs_chats_survives_a_crash_and_stops_cleanly(tmp_path: Path) -> None:
+    demo = DemoRun(tmp_path, _free_base())
+    try:
+        state = demo.start()
+        assert {r["name"] for r in state["regions"]} == {"eu", "us", "other"}
+        assert Path(state["ca_cert"]).exists()
+        assert {u["jid"] for u in state["users"]} == {"alice@example.com", "bob@example.com", "carol@other.example"}
+        await _chat(state, "alice", "bob")  # eu ↔ us: one domain, through the gateways
+
+        # A crash (SIGKILL: no clean-up at all) takes the children with it, and a new start works.
+        first = _pids(state)
+        assert demo.proc is not None
+        demo.proc.kill()
+        demo.proc.wait()
+        assert _wait_gone(first) == [], "children outlived the crashed demo"
+        state = demo.start()
+        await _chat(state, "bob", "alice")
+
+        pids = _pids(state)
+        assert demo.stop(signal.SIGINT) == 0, demo.output()
+        assert _wait_gone(pids, 5) == [], "processes left after Ctrl-C"
+        assert not demo.state_file.exists()
+        assert "demo stopped" in demo.output()
+    finally:
+        demo.stop(signal.SIGKILL)
+
+
+def test_missing_redis_server_is_one_clear_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")}
+    env["PYTHONPATH"] = str(ROOT)
+    env["PATH"] = str(Path(sys.executable).parent)  # no redis-server on it
+    res = subprocess.run([sys.executable, "-m", "gateway.cli", "demo", "--dir", str(tmp_path / "d"),
+                          "--base-port", str(_free_base())], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "redis-server not found" in lines[0] and "apt-get install redis-server" in lines[0]

@@ -1,0 +1,41 @@
+"""The demo's layout: distinct ports inside the documented range, settings every process accepts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from cluster_node.settings import NodeSettings, load_settings
+from gateway.demo.topology import build_topology
+from gateway.settings import GatewaySettings
+
+
+def test_ports_are_distinct_and_inside_the_base_range(tmp_path: Path) -> None:
+    topo = build_topology(tmp_path, 20000, secret="s" * 16, admin=("admin", "pw"))
+    ports = [r.port for r in topo.redis] + [p for proc in topo.processes for p in proc.ports.values()]
+    assert len(ports) == len(set(ports))
+    assert all(20000 <= p < 20300 for p in ports)
+    assert [r.name for r in topo.regions] == ["eu", "us", "other"]
+    assert [len(r.nodes) for r in topo.regions] == [2, 2, 1]
+    us = topo.region("us").redis
+    assert us.replicaof == topo.region("eu").redis.port  # us reads a replica of eu's primary
+
+
+def test_every_process_gets_settings_its_role_accepts(tmp_path: Path) -> None:
+    topo = build_topology(tmp_path, 20000, secret="s" * 16, admin=("admin", "pw"))
+    for proc in topo.processes:
+        proc.workdir.mkdir(parents=True)
+        proc.config.write_text(tomli_w.dumps(proc.settings))
+        cls = GatewaySettings if proc.role == "gateway" else NodeSettings
+        s = load_settings(proc.config, cls)
+        assert s.node_name == proc.name
+    gw = topo.region("us").gateways[0].settings["gdistrib"]["redis"]
+    assert gw["url"] == topo.region("eu").redis.url and gw["read_url"] == topo.region("us").redis.url
+
+
+@pytest.mark.parametrize("base", [80, 65500])
+def test_base_port_out_of_range_is_refused(tmp_path: Path, base: int) -> None:
+    with pytest.raises(ValueError, match="--base-port"):
+        build_topology(tmp_path, base, secret="s" * 16, admin=("admin", "pw"))
