@@ -5,6 +5,9 @@ need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 command -v openssl >/dev/null || need+=(openssl)
+# S2S interop peer (tests/helpers/prosody.py); lua-unbound makes it resolve through the test's DNS server
+command -v prosody >/dev/null || need+=(prosody)
+dpkg -s lua-unbound >/dev/null 2>&1 || need+=(lua-unbound)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then echo "missing packages: ${need[*]} (apt-get install them as root)" >&2; exit 1; fi
     apt-get update -qq

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
 import dns.message
 import dns.query
@@ -15,7 +16,10 @@ import dns.rdatatype
 import dns.resolver
 import pytest
 
+from gateway.link.tls import make_ca
 from tests.helpers.dns import DnsServer
+from tests.helpers.prosody import ProsodyServer, prosody_binary, unbound_available
+from tests.helpers.xmpp_client import AuthFailed, Client
 
 
 @pytest.fixture
@@ -81,3 +85,66 @@ async def test_dns_tcp_and_adds_while_running(dns_server: DnsServer) -> None:
     query = dns.message.make_query("_xmpp-server._tcp.nowhere.test", "SRV")
     reply = await asyncio.to_thread(dns.query.tcp, query, dns_server.host, port=dns_server.port, timeout=5)
     assert reply.rcode() == dns.rcode.NXDOMAIN
+
+
+# --- Prosody ------------------------------------------------------------------------------------
+
+needs_prosody = pytest.mark.skipif(
+    prosody_binary() is None or not unbound_available(),
+    reason="Debian packages prosody and lua-unbound not installed (scripts/install-test-deps.sh)")
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return make_ca(tmp_path_factory.mktemp("peer-ca"), name="Peer harness CA")
+
+
+@needs_prosody
+async def test_prosody_client_login(ca: tuple[Path, Path]) -> None:
+    """A slixmpp client logs in over STARTTLS, trusting the test CA; a wrong password is refused."""
+    with DnsServer() as dns_server, \
+            ProsodyServer("solo.example.org", ca=ca, dns=dns_server, users={"alice": "alice-pw"}) as p:
+        alice = await Client(p.jid("alice"), "alice-pw", cert=ca[0]).login(p.c2s_port)
+        try:
+            # a message to herself comes back: the session really works
+            alice.send_message(mto=alice.boundjid.full, mbody="hello me", mtype="chat")
+            assert (await alice.next_message(15))["body"] == "hello me"
+        finally:
+            await alice.close()
+        with pytest.raises(AuthFailed):
+            await Client(p.jid("alice"), "wrong", cert=ca[0]).login(p.c2s_port)
+
+
+@needs_prosody
+@pytest.mark.parametrize("secure", [False, True], ids=["dialback", "sasl-external"])
+async def test_two_prosodys_federate_through_dns(ca: tuple[Path, Path], secure: bool) -> None:
+    """Two Prosody hosts find each other only through the DnsServer's SRV records and exchange
+    messages both ways.  Dialback: each has its own CA and does not trust the other's, so
+    SASL EXTERNAL is not offered and dialback authenticates.  SASL EXTERNAL: one shared CA,
+    ``s2s_secure_auth`` and no mod_dialback, so EXTERNAL is the only way in."""
+    shared = ca if secure else None
+    with DnsServer() as dns_server, \
+            ProsodyServer("one.example.org", ca=shared, dns=dns_server, users={"alice": "a-pw"},
+                          dialback=not secure, secure_auth=secure) as one, \
+            ProsodyServer("two.example.net", ca=shared, dns=dns_server, users={"bob": "b-pw"},
+                          dialback=not secure, secure_auth=secure) as two:
+        alice = await Client(one.jid("alice"), "a-pw", cert=one.ca_cert).online(one.c2s_port)
+        bob = await Client(two.jid("bob"), "b-pw", cert=two.ca_cert).online(two.c2s_port)
+        try:
+            alice.send_message(mto=two.jid("bob"), mbody="hi bob", mtype="chat")
+            msg = await bob.next_message(30)
+            assert (msg["body"], str(msg["from"].bare)) == ("hi bob", one.jid("alice"))
+            bob.send_message(mto=one.jid("alice"), mbody="hi alice", mtype="chat")
+            msg = await alice.next_message(30)
+            assert (msg["body"], str(msg["from"].bare)) == ("hi alice", two.jid("bob"))
+        finally:
+            await alice.close()
+            await bob.close()
+        assert ("_xmpp-server._tcp.two.example.net.", "SRV") in dns_server.queries
+        assert ("_xmpp-server._tcp.one.example.org.", "SRV") in dns_server.queries
+        logs = one.log_path.read_text() + two.log_path.read_text()
+        if secure:
+            assert "Accepting SASL EXTERNAL identity from" in logs
+        else:
+            assert "SASL EXTERNAL identity" not in logs
+            assert "verified dialback key... it is valid" in logs, logs[-5000:]
