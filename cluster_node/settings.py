@@ -119,6 +119,24 @@ class ClusterSettings(_Section):
         return value
 
 
+class ComponentSettings(_Section):
+    """External components (XEP-0114): services on their own domain, e.g. ``muc.example.com``."""
+
+    host: str = Field("127.0.0.1", description="listen address of the component port")
+    port: int = Field(0, ge=0, le=65535, description="XEP-0114 listener; 0 disables")
+    tls: bool = Field(True, description="direct TLS on the component port; plain TCP only on loopback")
+    secrets: dict[str, str] = Field(default_factory=dict, description="component domain -> shared secret")
+
+    @model_validator(mode="after")
+    def _safe(self) -> ComponentSettings:
+        for domain, secret in self.secrets.items():
+            if len(secret) < 12:
+                raise ValueError(f"components.secrets.{domain}: at least 12 characters are required")
+        if not self.tls and self.host not in ("127.0.0.1", "::1", "localhost"):
+            raise ValueError("components.tls: plain TCP is only allowed on a loopback host")
+        return self
+
+
 class NodeSettings(BaseSettings):
     """Everything a ``meridian node`` process needs."""
 
@@ -140,6 +158,7 @@ class NodeSettings(BaseSettings):
     offline: OfflineSettings = OfflineSettings()
     registration: RegistrationSettings = RegistrationSettings()
     cluster: ClusterSettings = ClusterSettings()
+    components: ComponentSettings = ComponentSettings()
 
     @model_validator(mode="after")
     def _cluster_secret(self) -> NodeSettings:

@@ -27,6 +27,7 @@ from .modules.roster import Roster
 from .modules.version import Version
 from .net.c2s_server import C2SListener
 from .net.cluster_net import ClusterMember
+from .net.component_server import ComponentListener, ComponentRouting
 from .net.control import control_socket, serving_control
 from .net.tls import ensure_self_signed, server_context
 from .settings import NodeSettings
@@ -87,8 +88,12 @@ async def running_node(settings: NodeSettings) -> AsyncIterator[Node]:
         register = Register(services)
         sessions = SessionManager(services)
         member = await build_member(services, cert, key) if settings.cluster.enabled else None
+        services.components = ComponentRouting(services)
+        router.to_component = services.components
+        components = ComponentListener(services, services.components, tls)
         c2s = C2SListener(settings, sessions, register, tls)
         await c2s.start()
+        await components.start()
         log.info("node %s serving %s; c2s on %s", settings.node_name, ", ".join(settings.domains),
                  ", ".join(map(str, c2s.ports)))
         queries = _control_queries(member) | _session_queries(services)
@@ -96,6 +101,7 @@ async def running_node(settings: NodeSettings) -> AsyncIterator[Node]:
             async with serving_control(control_socket(settings.data_dir), queries):
                 yield Node(services, sessions, c2s, queries)
         finally:
+            await components.stop()
             await c2s.stop()
             await asyncio.sleep(0.05)  # let session cleanups finish before storage closes
             if member is not None:

@@ -14,6 +14,7 @@ from ..cluster.table import Record
 from ..net.cluster_net import ClusterMember, MemberHooks
 from ..net.tls import client_context, server_context
 from ..storage import open_storage
+from ..xmpp import errors
 from ..xmpp.fragment import parse_stanza
 from ..xmpp.jid import Jid
 from ..xmpp.stanza import Stanza
@@ -132,6 +133,10 @@ def _arrived(services: Services, envelope: dict[str, Any], data: bytes) -> None:
             services.handoff(envelope, stanza)
         else:
             log.warning("a stanza for global routing reached %s, which is not a gateway", services.node)
+        return
+    if "component" in envelope:  # for a component connected to us
+        if services.components is None or not services.components.deliver(str(envelope["component"]), stanza):
+            services.router.send_error(stanza, errors.ServiceUnavailable(f"{envelope['component']} is not connected"))
         return
     session = services.local.get(str(envelope.get("sid", "")))
     if session is not None:

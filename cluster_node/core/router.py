@@ -106,6 +106,8 @@ class Router:
         self.offline_handler: OfflineHandler | None = None
         self.account_exists: Callable[[Jid], Awaitable[bool]] | None = None
         self.remote: RemoteHandler | None = None
+        # External components (XEP-0114) of the region: True when it took the stanza.
+        self.to_component: Callable[[Stanza, Jid], bool] | None = None
         self.cluster_send: ClusterSend | None = None
         self.global_routing: GlobalRouting | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -219,6 +221,8 @@ class Router:
         if kind == "iq":
             _check_iq(stanza)
         if to.domain not in self.domains:
+            if self.to_component is not None and self.to_component(stanza, to):
+                return
             if self.remote is None:
                 raise errors.RemoteServerNotFound(f"{to.domain} is not served here")
             await self.remote(stanza, to)

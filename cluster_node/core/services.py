@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ..modules.presence import Presence
     from ..modules.roster import Roster
     from ..net.cluster_net import ClusterMember
+    from ..net.component_server import ComponentRouting
 
 __all__ = ["Services"]
 
@@ -35,6 +36,7 @@ class Services:
     presence: Presence = field(init=False)
     offline: Offline = field(init=False)
     cluster: ClusterMember | None = None
+    components: ComponentRouting | None = None  # external components (XEP-0114) of the region
     # Replicated routes: "gateway/<member>" for the region's gateways (later: component domains).
     routes: ReplicatedTable = field(default_factory=lambda: ReplicatedTable("routes", "local"))
     # A stanza a node handed to this member for global routing (set on gateways only).

@@ -28,13 +28,18 @@ def _toml_value(v: Any) -> str:
     return json.dumps(str(v))
 
 
+def _key(k: str) -> str:
+    """A bare key, or a quoted one when it holds dots or other characters (e.g. a domain)."""
+    return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
+
+
 def toml_dump(settings: dict[str, Any], prefix: str = "") -> str:
     """Enough TOML for our settings files: keys, then tables (nested ones as ``[a.b]``)."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in settings.items() if not isinstance(v, dict)]
+    lines = [f"{_key(k)} = {_toml_value(v)}" for k, v in settings.items() if not isinstance(v, dict)]
     for k, v in settings.items():
         if isinstance(v, dict):
-            lines.append(f"\n[{prefix}{k}]")
-            lines.append(toml_dump(v, f"{prefix}{k}.").rstrip("\n"))
+            lines.append(f"\n[{prefix}{_key(k)}]")
+            lines.append(toml_dump(v, f"{prefix}{_key(k)}.").rstrip("\n"))
     return "\n".join(lines) + "\n"
 
 

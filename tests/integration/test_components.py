@@ -1,0 +1,130 @@
+"""External components (XEP-0114) in a two-node cluster: a slixmpp component connected to one
+node serves users connected to the other; one connection per domain in the region; a component
+that leaves stops receiving (the sender gets an error); a wrong secret is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import slixmpp
+
+from tests.helpers.cluster import SECRET, eventually, table_info, wait_until
+from tests.helpers.node import NodeProcess
+from tests.helpers.ports import free_port
+from tests.helpers.xmpp_client import Client
+
+DOMAIN = "example.com"
+SERVICE = "echo.example.com"
+COMPONENT_SECRET = "component-secret-42"
+
+
+class Echo(slixmpp.ComponentXMPP):  # type: ignore[misc]
+    """A component that answers every chat message with ``echo: <body>`` and records what came."""
+
+    def __init__(self, node: NodeProcess, secret: str = COMPONENT_SECRET) -> None:
+        super().__init__(SERVICE, secret, "127.0.0.1", node.component_port)
+        # Direct TLS, as the node's component port speaks by default (slixmpp's components
+        # otherwise only connect in plain TCP).
+        self.enable_direct_tls, self.enable_plaintext, self.tls_services = True, False, {"component-tls"}
+        self.ssl_context = ssl.create_default_context(cafile=str(node.cert))
+        self.ssl_context.check_hostname = False  # the node's self-signed certificate names example.com
+        self.register_plugin("xep_0030")
+        self.received: asyncio.Queue[Any] = asyncio.Queue()
+        self.ready: asyncio.Future[bool] = asyncio.get_event_loop().create_future()
+        self.add_event_handler("session_start", lambda _e: self.ready.done() or self.ready.set_result(True))
+        self.add_event_handler("disconnected", lambda _e: self.ready.done() or self.ready.set_result(False))
+        self.add_event_handler("message", self._echo)
+
+    def _echo(self, msg: Any) -> None:
+        self.received.put_nowait(msg)
+        if msg["body"]:
+            self.send_message(mto=msg["from"], mfrom=f"bot@{SERVICE}", mbody="echo: " + msg["body"], mtype="chat")
+
+    async def start(self) -> bool:
+        self.connect()
+        return await asyncio.wait_for(self.ready, 15)
+
+    async def stop(self) -> None:
+        self.disconnect()
+        await asyncio.sleep(0.2)
+
+
+def _node(base: Path, name: str, storage_url: str) -> NodeProcess:
+    port = free_port()
+    node = NodeProcess(base / name, name=name, domains=[DOMAIN], storage_url=storage_url, settings={
+        "cluster": {"enabled": True, "secret": SECRET, "port": free_port(), "refresh_interval": 0.3,
+                    "ping_interval": 0.3, "ping_timeout": 1.5},
+        "components": {"port": port, "secrets": {SERVICE: COMPONENT_SECRET}}})
+    node.component_port = port  # type: ignore[attr-defined]
+    return node
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProcess]]:
+    base = tmp_path_factory.mktemp("components")
+    url = f"sqlite:///{base / 'shared.db'}"
+    pair = [_node(base, "c1", url), _node(base, "c2", url)]
+    pair[0].register("alice", "alice-password", DOMAIN)
+    for n in pair:
+        n.start()
+    wait_until(lambda: all(len(table_info(n)["routes"]["nodes"]) == 2 for n in pair), 30, "the cluster")
+    yield pair
+    for n in pair:
+        n.stop()
+
+
+@pytest.fixture
+async def alice(nodes: list[NodeProcess]) -> AsyncIterator[Client]:
+    client = await Client(f"alice@{DOMAIN}/laptop", "alice-password", cert=nodes[1].cert).online(nodes[1].port)
+    yield client
+    await client.close()
+
+
+async def test_component_on_one_node_serves_a_user_on_the_other(nodes: list[NodeProcess], alice: Client) -> None:
+    echo = Echo(nodes[0])
+    assert await echo.start()
+    try:
+        await eventually(lambda: table_info(nodes[1])["routes"]["size"] >= 1, 15, "the route on c2")
+        alice.send_message(mto=f"bot@{SERVICE}", mbody="ping 1", mtype="chat")
+        got = await asyncio.wait_for(echo.received.get(), 10)
+        assert str(got["from"]) == f"alice@{DOMAIN}/laptop" and got["body"] == "ping 1"
+        reply = await alice.next_message(timeout=10)
+        assert str(reply["from"]) == f"bot@{SERVICE}" and reply["body"] == "echo: ping 1"
+        # An IQ to the component domain itself round-trips too (slixmpp answers disco#info).
+        info = await alice.plugin["xep_0030"].get_info(jid=SERVICE, timeout=10)
+        assert info["type"] == "result"
+    finally:
+        await echo.stop()
+
+
+async def test_second_connection_for_the_domain_is_refused(nodes: list[NodeProcess]) -> None:
+    first = Echo(nodes[0])
+    assert await first.start()
+    try:
+        await eventually(lambda: table_info(nodes[1])["routes"]["size"] >= 1, 15, "the route on c2")
+        second = Echo(nodes[1])
+        assert await second.start() is False  # <conflict/>: the region has it already
+    finally:
+        await first.stop()
+
+
+async def test_gone_component_means_service_unavailable(nodes: list[NodeProcess], alice: Client) -> None:
+    echo = Echo(nodes[0])
+    assert await echo.start()
+    await echo.stop()
+    await eventually(lambda: table_info(nodes[1])["routes"]["size"] == 0, 15, "the route removed")
+    alice.send_message(mto=f"bot@{SERVICE}", mbody="anyone?", mtype="chat")
+    err = await alice.next_message(timeout=10, body=False)
+    # No route to the domain any more: not found (a gateway, when there is one, would look further).
+    assert err["type"] == "error" and err["error"]["condition"] in ("remote-server-not-found", "service-unavailable")
+
+
+async def test_wrong_secret_is_refused(nodes: list[NodeProcess]) -> None:
+    echo = Echo(nodes[0], secret="not-the-right-secret")
+    assert await echo.start() is False
+    assert table_info(nodes[0])["routes"]["size"] == 0
