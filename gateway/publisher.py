@@ -18,6 +18,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from cluster_node.cluster.table import Change as RouteChange, ReplicatedTable
 from cluster_node.core.sessions import Change, SessionRecord, SessionTable
 
 from .mapping import Location, MappingStore
@@ -37,7 +38,7 @@ class Publisher:
                  endpoints: list[str], status: Callable[[], dict[str, Any]],
                  announce_every: float = 5.0, on_replaced: Callable[[SessionRecord], None] = lambda record: None,
                  on_published: Callable[[list[str]], None] = lambda bares: None,
-                 retry_after: float = 1.0) -> None:
+                 retry_after: float = 1.0, routes: ReplicatedTable | None = None) -> None:
         self.store = store
         self.table = table
         self.region = region
@@ -49,17 +50,33 @@ class Publisher:
         self.retry_after = retry_after
         self.announce_every = announce_every
         self._pending: dict[str, tuple[str, SessionRecord]] = {}
+        self._domains: dict[str, bool] = {}  # component domains to publish (True) or remove (False)
+        self.routes = routes
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.healthy = False  # the last write reached Redis
         self.writes = 0
         self.errors = 0
         table.subscribe(self._changed)
+        if routes is not None:
+            routes.listeners.append(self._route_changed)
 
     def _changed(self, change: Change) -> None:
         kind, record = change
         self._pending[str(record.jid)] = (kind, record)
         self._wake.set()
+
+    def _route_changed(self, change: RouteChange) -> None:
+        kind, record = change
+        if record.key.startswith("component/"):
+            self._domains[record.key.split("/", 1)[1]] = kind == "insert"
+            self._wake.set()
+
+    def component_domains(self) -> list[str]:
+        """The component domains connected in this region (MongooseIM PR 1700: routable from all)."""
+        if self.routes is None:
+            return []
+        return sorted(r.key.split("/", 1)[1] for r in self.routes if r.key.startswith("component/"))
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -76,14 +93,26 @@ class Publisher:
             await self._wake.wait()
             self._wake.clear()
             batch, self._pending = self._pending, {}
+            domains, self._domains = self._domains, {}
             try:
+                await self._write_domains(domains)
                 await self._write(batch)
             except RedisError as e:
                 self._failed(e)
                 for jid, change in batch.items():  # keep them, unless a newer change came meanwhile
                     self._pending.setdefault(jid, change)
+                for domain, present in domains.items():
+                    self._domains.setdefault(domain, present)
                 await asyncio.sleep(self.retry_after)
                 self._wake.set()
+
+    async def _write_domains(self, domains: dict[str, bool]) -> None:
+        live = set(self.component_domains())
+        for domain, present in domains.items():
+            if domain in live:  # present now, whatever the last change said
+                await self.store.publish_domain(domain)
+            elif not present:
+                await self.store.remove_domain(domain)
 
     async def _write(self, batch: dict[str, tuple[str, SessionRecord]]) -> None:
         inserts = [(jid, record) for jid, (kind, record) in batch.items() if kind == "insert"]
@@ -121,6 +150,8 @@ class Publisher:
 
     async def publish_all(self) -> None:
         await self.store.publish_region(self.endpoints, self.status())
+        for domain in self.component_domains():
+            await self.store.publish_domain(domain)
         await self._publish(list(self.table))
         self._recovered()
 

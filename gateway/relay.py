@@ -95,6 +95,11 @@ class GlobalRouter:
         self.max_retries = max_retries
         self.clock = clock
         self.counters = RelayCounters()
+        # Component/service domains: they rarely move, so they live longer; misses are cached
+        # briefly, so foreign domains (S2S traffic) do not cost a Redis read per stanza.
+        self.domains: MappingCache[str] = MappingCache(
+            10_000, jid_lifetime=cache.lifetimes["jid"], domain_lifetime=cache.lifetimes["domain"],
+            miss_lifetime=cache.lifetimes["jid"])
         self.pairs = PairQueues()
         self.redis_ok = True
         self._rechecks: set[str] = set()  # bare JIDs with an offline re-check pending
@@ -159,6 +164,33 @@ class GlobalRouter:
         # presence just sent, so let that region decide with its own exact view (it delivers, or
         # stores offline) rather than storing here what its user may be reading already.
         return min(loc.region for _, loc in remote)
+
+    async def region_of_domain(self, domain: str) -> str | None:
+        """The region serving a component or service ``domain`` (cache, then Redis; stale while
+        Redis is down), or None."""
+        now = self.clock()
+        hit, region = self.domains.get(domain, now)
+        if hit:
+            return region
+        try:
+            region = await self.store.lookup_domain(domain)
+        except RedisError as e:
+            self.counters.redis_errors += 1
+            self.redis_ok = False
+            log.warning("Redis lookup of domain %s failed: %s", domain, e)
+            return self.domains.stale(domain)
+        self.domains.put(domain, region, now, kind="domain")
+        return region
+
+    async def to_domain(self, stanza: Stanza, to: Jid) -> bool:
+        """Relay ``stanza`` to the region where the component or service ``to.domain`` is
+        connected; False when no other region serves it (then it may be a foreign domain: S2S)."""
+        region = await self.region_of_domain(to.domain)
+        if region is None or region == self.region:
+            return False
+        relayed = Relayed(secrets.token_hex(8), self.region, self.ttl, b"", stanza.from_, stanza.to)
+        self.pairs.submit((stanza.from_ or "", stanza.to or ""), lambda: self._relay(region, stanza, relayed))
+        return True
 
     # -- the router's GlobalRouting ---------------------------------------------------------------
 
@@ -339,6 +371,9 @@ class GlobalRouter:
         try:
             to = Jid.parse(stanza.to or "")
         except InvalidJid:
+            return
+        if to.domain not in self.s.router.domains:  # a component domain: no session to bounce for
+            await self.s.router.route(stanza, local_only=True)
             return
         for attempt in range(self.max_retries + 1):
             if not self.s.router.nothing_here(stanza, to):

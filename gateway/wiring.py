@@ -103,7 +103,8 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[Gateway]:
                               endpoints=conns.advertised_endpoints or conns.endpoints,
                               status=lambda: gateway.status() if gateway is not None else {},
                               announce_every=conns.endpoint_refresh_interval, on_replaced=replaced,
-                              on_published=lambda bares: router.announce(bares, list(links.pools)))
+                              on_published=lambda bares: router.announce(bares, list(links.pools)),
+                              routes=services.routes)
         gateway = Gateway(node, store, router, links, publisher)
         await links.start()
         await publisher.start()
