@@ -21,7 +21,8 @@ from pydantic_settings import (
 
 __all__ = [
     "ConfigError", "NodeSettings", "C2SSettings", "LimitsSettings", "TlsSettings",
-    "StorageSettings", "OfflineSettings", "RegistrationSettings", "load_settings",
+    "StorageSettings", "OfflineSettings", "RegistrationSettings", "AdminApiSettings", "UserApiSettings",
+    "load_settings",
 ]
 
 
@@ -137,6 +138,27 @@ class ComponentSettings(_Section):
         return self
 
 
+class AdminApiSettings(_Section):
+    """The admin HTTP API (GraphQL, ``/metrics``, ``/health``, ``/ready``): never open without credentials
+    unless ``allow_loopback_without_auth`` is set and the request comes from the loopback address."""
+
+    host: str = Field("127.0.0.1", description="listen address of the admin API")
+    port: int = Field(5551, ge=0, le=65535, description="admin API port (MongooseIM's 5551); 0 disables")
+    username: str = Field("admin", min_length=1)
+    password: str = Field("", description="clear password; or give password_hash")
+    password_hash: str = Field("", description="pbkdf2_sha256$ROUNDS$SALT$HASH (meridian ctl --hash-password)")
+    allow_loopback_without_auth: bool = Field(False, description="requests from 127.0.0.1/::1 need no credentials")
+    tls: bool = Field(False, description="serve HTTPS with the node's certificate")
+
+
+class UserApiSettings(_Section):
+    """The user HTTP API (GraphQL): HTTP Basic with the user's own bare JID and password."""
+
+    host: str = Field("127.0.0.1", description="listen address of the user API")
+    port: int = Field(5561, ge=0, le=65535, description="user API port (MongooseIM's 5561); 0 disables")
+    tls: bool = Field(False, description="serve HTTPS with the node's certificate")
+
+
 class NodeSettings(BaseSettings):
     """Everything a ``meridian node`` process needs."""
 
@@ -151,6 +173,7 @@ class NodeSettings(BaseSettings):
     data_dir: Path = Path("meridian-data")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     scram_iterations: int = Field(4096, ge=4096, description="PBKDF2 rounds for new passwords")
+    shutdown_timeout: float = Field(10.0, gt=0, description="seconds a stop waits for session clean-ups")
     c2s: C2SSettings = C2SSettings()
     limits: LimitsSettings = LimitsSettings()
     tls: TlsSettings = TlsSettings()
@@ -159,6 +182,8 @@ class NodeSettings(BaseSettings):
     registration: RegistrationSettings = RegistrationSettings()
     cluster: ClusterSettings = ClusterSettings()
     components: ComponentSettings = ComponentSettings()
+    admin: AdminApiSettings = AdminApiSettings()
+    user_api: UserApiSettings = UserApiSettings()
 
     @model_validator(mode="after")
     def _cluster_secret(self) -> NodeSettings:

@@ -103,7 +103,12 @@ async def running_node(settings: NodeSettings) -> AsyncIterator[Node]:
         finally:
             await components.stop()
             await c2s.stop()
-            await asyncio.sleep(0.05)  # let session cleanups finish before storage closes
+            # Session clean-ups (unavailable presence, replicated deletes) need storage and the
+            # cluster links: let them finish first, for a bounded time.
+            left = await router.drain(settings.shutdown_timeout)
+            if left:
+                log.warning("stopping with %d session clean-ups unfinished after %.0f s", left,
+                            settings.shutdown_timeout)
             if member is not None:
                 await member.stop()
 

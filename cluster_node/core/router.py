@@ -182,6 +182,17 @@ class Router:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def drain(self, timeout: float) -> int:
+        """Wait up to ``timeout`` for the background work in flight (session clean-ups after the
+        listeners closed: unavailable presence, replicated deletes); return how many were left."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._tasks:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                break
+            await asyncio.wait(set(self._tasks), timeout=left)
+        return len(self._tasks)
+
     def is_local(self, jid: Jid) -> bool:
         return jid.domain in self.domains
 

@@ -76,6 +76,12 @@ class C2SListener:
                 lambda: C2SConnection(self, direct_tls=True), c2s.host, c2s.tls_port,
                 ssl=self.tls_context, ssl_handshake_timeout=c2s.handshake_timeout, backlog=4096))
 
+    async def _until_closed(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.connections and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+
     @property
     def ports(self) -> list[int]:
         return [s.sockets[0].getsockname()[1] for s in self.servers if s.sockets]
@@ -85,6 +91,14 @@ class C2SListener:
             server.close()
         for conn in list(self.connections):
             conn.kick("system-shutdown")
+        # Each kicked client has LINGER_SECONDS to read its <system-shutdown/>; its session's
+        # clean-up starts when its connection is lost (Python 3.11's wait_closed() does not wait).
+        # A TLS close waits for the peer's close_notify: abort what is still open after that.
+        await self._until_closed(LINGER_SECONDS)
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        await self._until_closed(2.0)  # connection_lost comes a few loop turns after abort()
         for server in self.servers:
             await server.wait_closed()
         self.servers.clear()
