@@ -1,0 +1,57 @@
+"""Where the dashboard's data comes from: every region's status as the gateways publish it in
+Redis (so any gateway shows all regions), plus this gateway's own live status."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from gateway.mapping.store import MappingStore
+    from gateway.wiring import Gateway
+
+__all__ = ["StatusSource", "StoreSource", "gateway_source"]
+
+
+class StatusSource(Protocol):
+    async def regions(self) -> dict[str, dict[str, Any]]:
+        """Region name -> its last published status record (``Gateway.status()``)."""
+        ...
+
+    def local(self) -> dict[str, Any]:
+        """This gateway's own status, live (empty when the dashboard runs outside a gateway)."""
+        ...
+
+
+class StoreSource:
+    """A :class:`StatusSource` over a mapping store; ``local`` is optional."""
+
+    def __init__(self, statuses: Callable[[], Awaitable[dict[str, dict[str, Any]]]],
+                 local: Callable[[], dict[str, Any]] | None = None) -> None:
+        self._statuses = statuses
+        self._local = local
+
+    @classmethod
+    def of(cls, store: MappingStore, local: Callable[[], dict[str, Any]] | None = None) -> StoreSource:
+        return cls(store.statuses, local)
+
+    async def regions(self) -> dict[str, dict[str, Any]]:
+        return await self._statuses()
+
+    def local(self) -> dict[str, Any]:
+        return self._local() if self._local is not None else {}
+
+
+def gateway_source(gateway: Gateway) -> StoreSource:
+    """The dashboard of a running gateway: Redis statuses, and its live status with the cluster's
+    conflict view (``cets systemInfo``), which the published record does not carry."""
+    def local() -> dict[str, Any]:
+        status = gateway.status()
+        member = gateway.node.services.cluster
+        if member is not None and "cluster" not in status:
+            info = member.system_info()
+            status["cluster"] = {k: info.get(k) for k in (
+                "joinedNodes", "unavailableNodes", "conflictNodes", "conflictTables", "discoveryWorks")}
+        return status
+
+    return StoreSource.of(gateway.store, local)
