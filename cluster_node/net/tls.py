@@ -11,10 +11,43 @@ import logging
 import os
 import ssl
 from pathlib import Path
+from typing import Any
 
 __all__ = ["ensure_self_signed", "server_context", "client_context"]
 
 log = logging.getLogger(__name__)
+
+
+TLS_READ_BUFFER = 64 * 1024  # four full TLS records (16 KiB each) per read
+
+
+def shared_tls_read_buffer() -> None:
+    """asyncio gives every TLS connection its own 256 KiB read buffer, written through when it
+    is made: 256 KiB of RSS per idle client, most of a node's memory at 10,000 connections.
+
+    The event loop fills that buffer (``get_buffer``, ``recv_into``) and hands it over
+    (``buffer_updated`` copies it into the connection's TLS input) in one synchronous step, so one
+    buffer can serve every connection of the process.  This swaps it in on each new connection;
+    on a Python whose ``SSLProtocol`` lacks these attributes nothing changes.  Process-wide, so
+    roles call it at start.
+    """
+    from asyncio import sslproto
+
+    cls: Any = sslproto.SSLProtocol
+    if getattr(cls, "_meridian_shared", False) or not hasattr(cls, "get_buffer"):
+        return
+    shared = bytearray(TLS_READ_BUFFER)
+    view = memoryview(shared)
+    original = cls.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        if hasattr(self, "_ssl_buffer") and hasattr(self, "_ssl_buffer_view"):
+            self._ssl_buffer, self._ssl_buffer_view = shared, view
+
+    cls.max_size = TLS_READ_BUFFER  # what get_buffer hands out and read() asks for, at most
+    cls.__init__ = init
+    cls._meridian_shared = True
 
 
 def ensure_self_signed(directory: Path, domains: list[str]) -> tuple[Path, Path]:

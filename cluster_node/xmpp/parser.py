@@ -109,7 +109,7 @@ class StreamParser:
         """A new stream on the same connection (after STARTTLS or SASL, RFC 6120 §4.3.3)."""
         p = expat.ParserCreate("UTF-8", SEP)
         p.namespace_prefixes = True
-        p.buffer_text = True
+        p.buffer_text = False  # its 8 KiB buffer per connection; _text collects the pieces anyway
         p.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
         p.XmlDeclHandler = self._xml_decl
         p.StartDoctypeDeclHandler = self._restricted("a DTD")
