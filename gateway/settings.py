@@ -15,7 +15,7 @@ from cluster_node.settings import C2SSettings, NodeSettings
 from .link.connection import parse_endpoint
 
 __all__ = ["GatewaySettings", "GDistribSettings", "ConnectionsSettings", "RedisSettings", "CacheSettings",
-           "BounceSettings"]
+           "BounceSettings", "S2SSettings", "DomainCert"]
 
 
 class _Section(BaseModel):
@@ -76,12 +76,54 @@ class GDistribSettings(_Section):
     bounce: BounceSettings = BounceSettings()
 
 
+class DomainCert(_Section):
+    cert_file: Path
+    key_file: Path
+
+
+class S2SSettings(_Section):
+    """Server-to-server federation (RFC 6120 §13) for domains no region of ours serves."""
+
+    enabled: bool = Field(False, description="federate with other domains over S2S")
+    host: str = "0.0.0.0"
+    port: int = Field(5269, ge=0, le=65535, description="incoming S2S listener; 0: outgoing only")
+    cert_file: Path | None = Field(None, description="certificate for every local domain (default: tls.cert_file)")
+    key_file: Path | None = None
+    domain_certs: dict[str, DomainCert] = Field(default_factory=dict, description="per-domain certificates (SNI)")
+    ca_file: Path | None = Field(None, description="trust anchors for peers' certificates (default: system store)")
+    verify: bool = Field(True, description="verify peers' certificates; false is for test setups and is logged")
+    require_tls: bool = Field(True, description="STARTTLS required on both directions")
+    sasl_external: bool = Field(True, description="use and offer SASL EXTERNAL (XEP-0178)")
+    dialback: bool = Field(True, description="use and offer server dialback (XEP-0220)")
+    dialback_secret: str = Field("", description="shared by every gateway of the domain (default: from cluster.secret)")
+    nameservers: list[str] = Field(default_factory=list, description="DNS servers (default: /etc/resolv.conf)")
+    dns_port: int = Field(53, ge=1, le=65535)
+    hosts: dict[str, str] = Field(default_factory=dict, description="domain -> host:port, overrides DNS")
+    connect_timeout: float = Field(10.0, gt=0, description="seconds per TCP connect")
+    auth_timeout: float = Field(30.0, gt=0, description="seconds for a stream to be authenticated")
+    idle_timeout: float = Field(600.0, gt=0, description="seconds before an unused outgoing stream is closed")
+    retries: int = Field(3, ge=1, le=20, description="connection attempts before queued stanzas bounce")
+    retry_backoff: float = Field(0.5, gt=0, description="seconds before the first retry, doubled each time")
+    queue_max: int = Field(1000, ge=1, description="stanzas queued per remote domain while connecting")
+    max_stanza_size: int = Field(262_144, ge=4096)
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: dict[str, str]) -> dict[str, str]:
+        for domain, spec in value.items():
+            host, _, port = spec.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"s2s.hosts.{domain}: expected host:port, got {spec!r}")
+        return value
+
+
 class GatewaySettings(NodeSettings):
     """Everything a ``meridian gateway`` process needs.  No client listeners by default."""
 
     node_name: str = Field("gateway1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     c2s: C2SSettings = C2SSettings(port=0, tls_port=0)
     gdistrib: GDistribSettings = GDistribSettings()
+    s2s: S2SSettings = S2SSettings()
 
     @model_validator(mode="after")
     def _gateway(self) -> GatewaySettings:

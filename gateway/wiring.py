@@ -9,8 +9,14 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from cluster_node.core.router import Router
 from cluster_node.core.sessions import SessionRecord
+from cluster_node.net.tls import ensure_self_signed
 from cluster_node.wiring import Node, run_until_signalled, running_node
+from cluster_node.xmpp import errors
+from cluster_node.xmpp.errors import StanzaError
+from cluster_node.xmpp.jid import InvalidJid, Jid
+from cluster_node.xmpp.stanza import Stanza
 
 from .link.errors import LinkError
 from .link.tls import client_context, server_context
@@ -18,6 +24,7 @@ from .links import RegionLinks
 from .mapping import MappingCache, MappingStore, redis_client
 from .publisher import Publisher
 from .relay import GlobalRouter, Relayed
+from .s2s.service import S2SService, dialback_secret
 from .settings import GatewaySettings
 
 __all__ = ["Gateway", "running_gateway", "run_gateway"]
@@ -94,6 +101,7 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[Gateway]:
                               max_retries=gd.bounce.max_retries)
         services.router.global_routing = router
         services.handoff = router.handoff
+        s2s = await _start_s2s(settings, node, router)
         gateway: Gateway | None = None
 
         def replaced(record: SessionRecord) -> None:
@@ -117,6 +125,8 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[Gateway]:
         try:
             yield gateway
         finally:
+            if s2s is not None:
+                await s2s.stop()
             op = services.routes.delete(f"gateway/{settings.node_name}")
             if op is not None:
                 member.broadcast(op)
@@ -126,6 +136,52 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[Gateway]:
             await write.aclose()
             if read is not None:
                 await read.aclose()
+
+
+async def _start_s2s(settings: GatewaySettings, node: Node, router: GlobalRouter) -> S2SService | None:
+    """Federation (issue 5): the router's way to every domain no region of ours serves — a
+    component or service domain connected in another region first, else S2S (when enabled);
+    nodes hand such stanzas to a gateway with ``{"gd": "s2s"}``."""
+    services = node.services
+    s2s: S2SService | None = None
+    if settings.s2s.enabled:
+        if settings.tls.cert_file and settings.tls.key_file:
+            default_cert = (settings.tls.cert_file, settings.tls.key_file)
+        else:
+            default_cert = ensure_self_signed(settings.data_dir / "tls", settings.domains)
+        s2s = S2SService(settings.s2s, settings.domains, dialback_secret(settings.s2s, settings.cluster.secret),
+                         services.router, default_cert)
+
+    async def remote(stanza: Stanza, to: Jid) -> None:
+        if await router.to_domain(stanza, to):
+            return
+        if s2s is None:
+            raise errors.RemoteServerNotFound(f"{to.domain} is not served here (S2S is disabled)")
+        await s2s.remote(stanza, to)
+
+    def handoff(envelope: dict[str, Any], stanza: Stanza, relay: Any = services.handoff) -> None:
+        if envelope.get("gd") != "s2s":
+            relay(envelope, stanza)
+            return
+        try:
+            to = Jid.parse(stanza.to or "")
+        except InvalidJid:
+            return
+        services.router.spawn(_remote_or_error(services.router, remote, stanza, to))
+
+    services.router.remote = remote
+    services.handoff = handoff
+    if s2s is not None:
+        await s2s.start()
+        node.queries[("s2s", "connections")] = s2s.connections
+    return s2s
+
+
+async def _remote_or_error(router: Router, remote: Any, stanza: Stanza, to: Jid) -> None:
+    try:
+        await remote(stanza, to)
+    except StanzaError as e:
+        router.send_error(stanza, e)
 
 
 async def run_gateway(settings: GatewaySettings) -> None:

@@ -59,7 +59,9 @@ async def build_member(services: Services, cert: Path, key: Path) -> ClusterMemb
     table.replicated.on_lost = lambda record: _lost(services, record)
     services.router.cluster_send = lambda record, stanza: _send(services, member, record, stanza)
     services.cluster = member
-    services.router.global_routing = GatewayHandoff(services, member)
+    handoff = GatewayHandoff(services, member)
+    services.router.global_routing = handoff
+    services.router.remote = handoff.remote  # a gateway replaces it with its S2S service
     await member.start()
     return member
 
@@ -94,6 +96,12 @@ class GatewayHandoff:
         # Only the gateway sees the other regions' resources: it routes the message as a whole.
         gateway = self.gateway(stanza)
         return gateway is not None and self.member.send_stanza(gateway, {"gd": "route"}, stanza.to_bytes())
+
+    async def remote(self, stanza: Stanza, to: Jid) -> None:
+        """A domain no region of ours serves: the gateway federates over S2S (ARCHITECTURE, routing 3)."""
+        gateway = self.gateway(stanza)
+        if gateway is None or not self.member.send_stanza(gateway, {"gd": "s2s"}, stanza.to_bytes()):
+            raise errors.RemoteServerNotFound(f"{to.domain} is not served here and no gateway federates")
 
     def fanout(self, stanza: Stanza, bare: Jid, which: Fanout) -> None:
         gateway = self.gateway(stanza)

@@ -1,0 +1,267 @@
+"""S2S federation between two Meridian regions with different domains (issue 5).
+
+Region eu1 serves ``eu1.example.com``, region us1 ``us1.example.com``; each is one node and one
+gateway (its own SQLite, its own Redis), and the gateways find each other through SRV records
+served by a DNS server on loopback (:class:`tests.helpers.dns.DnsServer`), not a static map.
+Certificates come from one test CA that both gateways trust (verification on).  slixmpp users on
+both sides chat, subscribe to each other's presence and send IQs.  The streams first
+authenticate with dialback (``sasl_external = false``); the last tests restart both gateways
+with SASL EXTERNAL allowed and check it is what they use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.link.tls import issue_cert, make_ca
+from tests.helpers.cluster import SECRET, system_info
+from tests.helpers.dns import DnsServer
+from tests.helpers.node import NodeProcess
+from tests.helpers.ports import free_port
+from tests.helpers.redis import RedisServer, redis_server_binary
+from tests.helpers.regions import GatewayProcess
+from tests.helpers.xmpp_client import Client
+
+PASSWORD = "secret-password"
+EU, US = "eu1.example.com", "us1.example.com"
+
+
+class Site:
+    """One region with its own domain: a node and a gateway speaking S2S on ``s2s_port``."""
+
+    def __init__(self, base: Path, name: str, domain: str, redis_url: str, dns: DnsServer,
+                 s2s: dict[str, Any] | None = None) -> None:
+        self.name, self.domain = name, domain
+        ca, ca_key = make_ca(base / "ca")
+        self.ca = ca
+        link_cert, link_key = issue_cert(ca, ca_key, base / "ca", f"{name}-gw", ["127.0.0.1"])
+        self.s2s_cert, self.s2s_key = issue_cert(ca, ca_key, base / "ca", domain, [domain])
+        db = f"sqlite:///{base / name / 'db.sqlite'}"
+        cluster = {"enabled": True, "secret": SECRET, "name": name, "refresh_interval": 0.3,
+                   "ping_interval": 0.3, "ping_timeout": 1.5}
+        self.node = NodeProcess(base / name / "n1", name=f"{name}-n1", domains=[domain], storage_url=db,
+                                settings={"cluster": {**cluster, "port": free_port()}})
+        self.s2s_port = free_port()
+        self.s2s: dict[str, Any] = {
+            "enabled": True, "host": "127.0.0.1", "port": self.s2s_port, "cert_file": str(self.s2s_cert),
+            "key_file": str(self.s2s_key), "ca_file": str(ca), "nameservers": ["127.0.0.1"], "dns_port": dns.port,
+            "sasl_external": False, "connect_timeout": 5.0, "auth_timeout": 15.0, "retries": 2,
+            "retry_backoff": 0.2, **(s2s or {})}
+        gd = {"local_host": name, "connections": {
+            "endpoints": [f"127.0.0.1:{free_port()}"], "ca_file": str(ca), "cert_file": str(link_cert),
+            "key_file": str(link_key)}, "redis": {"url": redis_url}}
+        self.gateway = GatewayProcess(base / name / "gw1", name=f"{name}-gw1", domains=[domain], storage_url=db,
+                                      settings={"cluster": {**cluster, "port": free_port()}, "gdistrib": gd,
+                                                "s2s": self.s2s})
+        dns.add_srv(f"_xmpp-server._tcp.{domain}", f"xmpp.{domain}", self.s2s_port)
+        dns.add_a(f"xmpp.{domain}", "127.0.0.1")
+
+    def start(self) -> None:
+        self.node.start()
+        self.gateway.start()
+        names = sorted([self.node.name, self.gateway.name])
+        for p in (self.node, self.gateway):
+            assert poll(lambda p=p: system_info(p)["joinedNodes"] == names, 20), p.log()
+
+    def stop(self) -> None:
+        self.gateway.stop()
+        self.node.stop()
+
+    def reconfigure_gateway(self, **s2s: Any) -> None:
+        """Restart the gateway with changed [s2s] settings."""
+        self.gateway.stop()
+        conf = self.gateway.config.read_text()
+        for key, value in s2s.items():
+            old = f"{key} = {json.dumps(self.s2s[key])}"
+            assert old in conf, (old, conf)
+            conf = conf.replace(old, f"{key} = {json.dumps(value)}")
+            self.s2s[key] = value
+        self.gateway.config.write_text(conf)
+        self.gateway.start()
+        names = sorted([self.node.name, self.gateway.name])
+        assert poll(lambda: system_info(self.node)["joinedNodes"] == names, 20)
+
+    def user(self, prefix: str) -> str:
+        name = f"{prefix}{uuid.uuid4().hex[:6]}"
+        self.node.register(name, PASSWORD, self.domain)
+        return name
+
+    def client(self, user: str, resource: str = "r") -> Client:
+        return Client(f"{user}@{self.domain}/{resource}", PASSWORD, cert=self.node.cert)
+
+    async def connections(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await ctl_query(self.gateway, "s2s", "connections")
+        return result
+
+
+async def ctl_query(p: NodeProcess, category: str, op: str) -> Any:
+    from cluster_node.net.control import query_control
+
+    status, body = await query_control(p.workdir / "data" / "control.sock", category, op)
+    assert status == 200, body
+    return body["data"][category][op] if "data" in body else body
+
+
+def poll(check, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+async def apoll(check, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.1)
+
+
+class World:
+    def __init__(self, eu: Site, us: Site, dns: DnsServer) -> None:
+        self.eu, self.us, self.dns = eu, us, dns
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not installed")
+    base = tmp_path_factory.mktemp("s2s")
+    with DnsServer() as dns, RedisServer() as r1, RedisServer() as r2:
+        eu = Site(base, "eu1", EU, r1.url, dns)
+        us = Site(base, "us1", US, r2.url, dns)
+        try:
+            eu.start()
+            us.start()
+            yield World(eu, us, dns)
+        finally:
+            eu.stop()
+            us.stop()
+        for p in (eu.node, eu.gateway, us.node, us.gateway):
+            assert "Traceback" not in p.log(), p.log()
+
+
+async def presences(c: Client, types: set[str], *, sender: str, timeout: float = 15.0) -> set[str]:
+    seen: set[str] = set()
+    while seen != types:
+        p = await c.next_presence(None, timeout=timeout)
+        if str(p["from"].bare) == sender and p["type"] in types:
+            seen.add(p["type"])
+    return seen
+
+
+async def test_chat_both_ways_over_dialback(world: World) -> None:
+    alice, bob = world.eu.user("alice"), world.us.user("bob")
+    a = await world.eu.client(alice, "laptop").online(world.eu.node.port)
+    b = await world.us.client(bob, "phone").online(world.us.node.port)
+    try:
+        a.send_message(mto=f"{bob}@{US}/phone", mbody="hello from eu1", mtype="chat")
+        m = await b.next_message(timeout=20)
+        assert m["body"] == "hello from eu1" and str(m["from"]) == f"{alice}@{EU}/laptop"
+        b.send_message(mto=f"{alice}@{EU}", mbody="hello from us1", mtype="chat")
+        m = await a.next_message(timeout=20)
+        assert m["body"] == "hello from us1" and str(m["from"]) == f"{bob}@{US}/phone"
+        for i in range(5):  # the streams are reused and keep order
+            a.send_message(mto=f"{bob}@{US}/phone", mbody=f"n{i}", mtype="chat")
+        assert [(await b.next_message())["body"] for _ in range(5)] == [f"n{i}" for i in range(5)]
+    finally:
+        await a.close()
+        await b.close()
+    conns = await world.eu.connections()
+    out = [c for c in conns if c["direction"] == "out" and c["peer"] == US]
+    inc = [c for c in conns if c["direction"] == "in" and c["peer"] == US]
+    assert len(out) == 1 and out[0]["auth"] == "dialback" and out[0]["tls"] and out[0]["localDomain"] == EU
+    assert inc and inc[0]["auth"] == "dialback" and inc[0]["tls"]
+    assert {"direction", "peer", "localDomain", "auth", "tls", "age", "queued"} <= set(out[0])
+    # The gateways found each other through SRV records on the test's DNS server.
+    assert ("_xmpp-server._tcp.us1.example.com.", "SRV") in world.dns.queries
+
+
+async def test_presence_subscription_both_ways(world: World) -> None:
+    alice, bob = world.eu.user("alice"), world.us.user("bob")
+    a = await world.eu.client(alice, "laptop").online(world.eu.node.port)
+    b = await world.us.client(bob, "phone").online(world.us.node.port)
+    try:
+        a.send_presence(pto=f"{bob}@{US}", ptype="subscribe")
+        p = await b.next_presence("subscribe", timeout=20)
+        assert str(p["from"].bare) == f"{alice}@{EU}"
+        b.send_presence(pto=f"{alice}@{EU}", ptype="subscribed")
+        assert await presences(a, {"subscribed", "available"}, sender=f"{bob}@{US}") == {"subscribed", "available"}
+        b.send_presence(pto=f"{alice}@{EU}", ptype="subscribe")
+        await a.next_presence("subscribe", sender=f"{bob}@{US}", timeout=20)
+        a.send_presence(pto=f"{bob}@{US}", ptype="subscribed")
+        assert "available" in await presences(b, {"available"}, sender=f"{alice}@{EU}")
+        b.send_presence(pshow="away", pstatus="over S2S")
+        p = await a.next_presence(None, sender=f"{bob}@{US}", timeout=20)
+        while p["status"] != "over S2S":
+            p = await a.next_presence(None, sender=f"{bob}@{US}", timeout=20)
+        assert p["show"] == "away"
+        roster = await a.get_roster()
+        items = {str(jid): item for jid, item in roster["roster"]["items"].items()}
+        assert a.client_roster[f"{bob}@{US}"]["subscription"] == "both", (items, roster)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_iq_both_ways(world: World) -> None:
+    alice, bob = world.eu.user("alice"), world.us.user("bob")
+    a = await world.eu.client(alice, "laptop").online(world.eu.node.port)
+    b = await world.us.client(bob, "phone").online(world.us.node.port)
+    try:
+        await a.plugin["xep_0199"].ping(f"{bob}@{US}/phone", timeout=20)
+        version = await b.plugin["xep_0092"].get_version(f"{alice}@{EU}/laptop", timeout=20)
+        assert version["software_version"]["name"]
+        info = await a.plugin["xep_0030"].get_info(jid=US, timeout=20)  # the other server itself
+        assert "urn:xmpp:ping" in info["disco_info"]["features"]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_unknown_domain_bounces_remote_server_not_found(world: World) -> None:
+    alice = world.eu.user("alice")
+    a = await world.eu.client(alice).online(world.eu.node.port)
+    try:
+        a.send_message(mto="nobody@nowhere.example.com", mbody="lost", mtype="chat")
+        m = await a.next_message(timeout=20, body=False)
+        while m["type"] != "error":
+            m = await a.next_message(timeout=20, body=False)
+        assert m["error"]["condition"] == "remote-server-not-found"
+    finally:
+        await a.close()
+
+
+async def test_sasl_external_when_both_allow_it(world: World) -> None:
+    for site in (world.eu, world.us):
+        site.reconfigure_gateway(sasl_external=True)
+    alice, bob = world.eu.user("alice"), world.us.user("bob")
+    a = await world.eu.client(alice, "laptop").online(world.eu.node.port)
+    b = await world.us.client(bob, "phone").online(world.us.node.port)
+    try:
+        a.send_message(mto=f"{bob}@{US}/phone", mbody="external eu->us", mtype="chat")
+        assert (await b.next_message(timeout=20))["body"] == "external eu->us"
+        b.send_message(mto=f"{alice}@{EU}/laptop", mbody="external us->eu", mtype="chat")
+        assert (await a.next_message(timeout=20))["body"] == "external us->eu"
+        a.send_presence(pto=f"{bob}@{US}", ptype="subscribe")
+        await b.next_presence("subscribe", sender=f"{alice}@{EU}", timeout=20)
+    finally:
+        await a.close()
+        await b.close()
+    for site, peer in ((world.eu, US), (world.us, EU)):
+        conns = await site.connections()
+        out = [c for c in conns if c["direction"] == "out" and c["peer"] == peer]
+        inc = [c for c in conns if c["direction"] == "in" and c["peer"] == peer]
+        assert out and out[0]["auth"] == "external", conns
+        assert inc and inc[0]["auth"] == "external", conns
