@@ -8,6 +8,8 @@ command -v openssl >/dev/null || need+=(openssl)
 # S2S interop peer (tests/helpers/prosody.py); lua-unbound makes it resolve through the test's DNS server
 command -v prosody >/dev/null || need+=(prosody)
 dpkg -s lua-unbound >/dev/null 2>&1 || need+=(lua-unbound)
+# Headless browser for the dashboard test (tests/helpers/browser.py drives it over DevTools)
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then echo "missing packages: ${need[*]} (apt-get install them as root)" >&2; exit 1; fi
     apt-get update -qq

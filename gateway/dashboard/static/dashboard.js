@@ -89,7 +89,7 @@ function renderMap(regions) {
       "aria-label": `Region ${n}: ${nodes.length} nodes, ${gateways.length} gateways, ${num(st.sessions)} sessions` });
     a.append(el("svg:circle", { cx: x, cy: y, r: 62, class: "region-circle" + (st.stale ? " stale" : "") }));
     a.append(el("svg:text", { x, y: y - 4, class: "region-name" }, n));
-    a.append(el("svg:text", { x, y: y + 16, class: "region-sub" }, `${num(st.sessions)} sessions`));
+    a.append(el("svg:text", { x, y: y + 16, class: "region-sub" }, `${num(st.sessions)} session${num(st.sessions) === 1 ? "" : "s"}`));
     const members = [...nodes.map((m) => [m, "node"]), ...gateways.map((m) => [m, "gateway"])];
     members.forEach(([m, kind], i) => {
       const ang = -Math.PI / 2 + (2 * Math.PI * i) / Math.max(members.length, 1);

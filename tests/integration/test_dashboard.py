@@ -1,0 +1,283 @@
+"""The live dashboard (issue 7) over two real regions: eu and us, one node and one gateway each,
+sharing example.com, publishing their status to a real Redis.  The dashboard's routes are served by
+a small aiohttp app fed from that Redis (as a gateway's admin port will serve them); real slixmpp
+users make the relayed counters move; headless Chromium (Debian's) watches the page update live."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.dashboard import StoreSource, dashboard_routes
+from gateway.mapping import MappingStore, redis_client
+from tests.helpers.browser import Browser, chromium_binary
+from tests.helpers.cluster import eventually, system_info
+from tests.helpers.node import NodeProcess
+from tests.helpers.ports import free_port
+from tests.helpers.redis import RedisServer, redis_server_binary
+from tests.helpers.regions import DOMAIN, Region, make_region
+from tests.helpers.xmpp_client import Client
+
+PASSWORD = "secret-password"
+REPO = Path(__file__).resolve().parents[2]
+
+
+class DashboardServer:
+    """The dashboard routes on their own event loop in a thread, reading region statuses from Redis."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.redis_url = redis_url
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._serve(),), daemon=True)
+
+    async def _serve(self) -> None:
+        self._stop = asyncio.Event()
+        client = redis_client(self.redis_url)
+        store = MappingStore(client, region="dashboard-test")
+        app = web.Application()
+        app.add_routes(dashboard_routes(StoreSource.of(store)))
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", self.port).start()
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
+            await client.aclose()
+
+    def __enter__(self) -> DashboardServer:
+        self._thread.start()
+        assert self._ready.wait(20), "dashboard app did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(20)
+
+
+class World:
+    def __init__(self, base: Path, redis: RedisServer) -> None:
+        db = f"sqlite:///{base / 'domain.db'}"
+        self.eu = make_region(base, "eu", storage_url=db, redis_url=redis.url, nodes=1)
+        self.us = make_region(base, "us", storage_url=db, redis_url=redis.url, nodes=1)
+
+    @property
+    def regions(self) -> list[Region]:
+        return [self.eu, self.us]
+
+    def user(self, prefix: str) -> str:
+        name = f"{prefix}{uuid.uuid4().hex[:6]}"
+        self.eu.nodes[0].register(name, PASSWORD, DOMAIN)
+        return name
+
+
+def poll(check, timeout: float = 20.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+def gd_status(gateway: NodeProcess) -> dict[str, Any]:
+    return json.loads(gateway.ctl("gdistrib", "status").stdout)["data"]["gdistrib"]["status"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not installed")
+    base = tmp_path_factory.mktemp("dashboard")
+    with RedisServer() as redis:
+        w = World(base, redis)
+        w.redis = redis  # type: ignore[attr-defined]
+        try:
+            for region in w.regions:
+                region.start()
+            for region in w.regions:
+                names = sorted(p.name for p in region.processes)
+                for p in region.processes:
+                    assert poll(lambda p=p, names=names: system_info(p)["joinedNodes"] == names), p.log()
+            for region, other in ((w.eu, "us"), (w.us, "eu")):
+                gw = region.gateways[0]
+                assert poll(lambda gw=gw, other=other: gd_status(gw)["links"].get(other, {}).get("up"), 30)
+            yield w
+        finally:
+            for region in w.regions:
+                region.stop()
+        for p in w.eu.processes + w.us.processes:
+            assert "Traceback" not in p.log(), p.log()
+
+
+@pytest.fixture(scope="module")
+def dashboard(world: World) -> Iterator[DashboardServer]:
+    with DashboardServer(world.redis.url) as server:  # type: ignore[attr-defined]
+        yield server
+
+
+async def get_state(http: aiohttp.ClientSession, dashboard: DashboardServer) -> dict[str, Any]:
+    async with http.get(f"{dashboard.url}/dashboard/state") as r:
+        assert r.status == 200 and r.content_type == "application/json"
+        return await r.json()  # type: ignore[no-any-return]
+
+
+def relayed_total(state: dict[str, Any], region: str) -> int:
+    return sum(state["regions"].get(region, {}).get("counters", {}).get("relayed", {}).values())
+
+
+async def chat(world: World, count: int) -> None:
+    """``count`` messages from a user in eu to a user in us and back (relayed by the gateways)."""
+    alice, bob = world.user("alice"), world.user("bob")
+    eu, us = world.eu.nodes[0], world.us.nodes[0]
+    a = await Client(f"{alice}@{DOMAIN}/laptop", PASSWORD, cert=eu.cert).online(eu.port)
+    b = await Client(f"{bob}@{DOMAIN}/phone", PASSWORD, cert=us.cert).online(us.port)
+    try:
+        gw = world.eu.gateways[0]
+        await eventually(lambda: json.loads(gw.ctl("gdistrib", "lookup", "--jid", f"{bob}@{DOMAIN}").stdout)
+                         ["data"]["gdistrib"]["lookup"].get("phone"), 15, "bob mapped to us")
+        for i in range(count):
+            a.send_message(mto=f"{bob}@{DOMAIN}/phone", mbody=f"to us {i}", mtype="chat")
+            assert (await b.next_message(15))["body"] == f"to us {i}"
+            b.send_message(mto=f"{alice}@{DOMAIN}/laptop", mbody=f"to eu {i}", mtype="chat")
+            assert (await a.next_message(15))["body"] == f"to eu {i}"
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_state_shows_both_regions_members_and_the_link(dashboard: DashboardServer) -> None:
+    async with aiohttp.ClientSession() as http:
+        async def ready() -> dict[str, Any] | None:
+            state = await get_state(http, dashboard)
+            regions = state["regions"]
+            ok = all(regions.get(a, {}).get("links", {}).get(b, {}).get("rttMs") is not None
+                     for a, b in (("eu", "us"), ("us", "eu")))
+            return state if ok else None
+
+        deadline = time.monotonic() + 30
+        while (state := await ready()) is None:
+            assert time.monotonic() < deadline, await get_state(http, dashboard)
+            await asyncio.sleep(0.3)
+    assert sorted(state["regions"]) == ["eu", "us"]
+    assert state["error"] is None and state["local"] == {}
+    for name in ("eu", "us"):
+        region = state["regions"][name]
+        assert region["region"] == name
+        assert region["members"] == [f"{name}-gw1", f"{name}-n1"]
+        assert region["gateways"] == [f"{name}-gw1"]
+        assert set(region["rates"]) == {"relayedPerSec", "receivedPerSec", "bouncedPerSec"}
+        link = region["links"]["us" if name == "eu" else "eu"]
+        assert link["up"] is True and link["rttMs"] >= 0
+
+
+async def test_events_stream_one_snapshot_a_second(dashboard: DashboardServer) -> None:
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as http, http.get(f"{dashboard.url}/dashboard/events") as r:
+        assert r.status == 200 and r.content_type == "text/event-stream"
+        snapshots: list[dict[str, Any]] = []
+        event = None
+        async for raw in r.content:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("data: ") and event == "snapshot":
+                snapshots.append(json.loads(line[6:]))
+                if len(snapshots) == 3:
+                    break
+    assert all(sorted(s["regions"]) == ["eu", "us"] for s in snapshots)
+    gaps = [b["time"] - a["time"] for a, b in zip(snapshots, snapshots[1:], strict=False)]
+    assert all(0.8 < g < 5 for g in gaps), gaps
+
+
+async def test_page_and_assets_are_served_without_a_cdn(dashboard: DashboardServer) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{dashboard.url}/dashboard") as r:
+            assert r.status == 200 and r.content_type == "text/html"
+            page = await r.text()
+            assert "default-src 'self'" in r.headers["Content-Security-Policy"]
+        assert 'src="/dashboard/static/dashboard.js"' in page and 'aria-live="polite"' in page
+        assert "http://" not in page.replace("http://www.w3.org", "") and "https://" not in page
+        for name, kind in (("dashboard.js", "text/javascript"), ("dashboard.css", "text/css")):
+            async with http.get(f"{dashboard.url}/dashboard/static/{name}") as r:
+                assert r.status == 200 and r.content_type == kind
+                assert "https://" not in await r.text()
+        for bad in ("index.html", "..%2F__init__.py", "nope.js"):
+            async with http.get(f"{dashboard.url}/dashboard/static/{bad}") as r:
+                assert r.status == 404, bad
+
+
+async def test_relayed_counter_and_rate_move_with_traffic(world: World, dashboard: DashboardServer) -> None:
+    async with aiohttp.ClientSession() as http:
+        before = await get_state(http, dashboard)
+        await chat(world, 10)
+        deadline = time.monotonic() + 30
+        while True:
+            state = await get_state(http, dashboard)
+            moved = all(relayed_total(state, r) >= relayed_total(before, r) + 10 for r in ("eu", "us"))
+            if moved and state["regions"]["eu"]["rates"]["relayedPerSec"] > 0:
+                break
+            assert time.monotonic() < deadline, (before, state)
+            await asyncio.sleep(0.3)
+    assert state["regions"]["us"]["counters"]["received"].get("eu", 0) >= 10
+
+
+async def test_browser_sees_regions_link_and_live_relayed_counter(
+        world: World, dashboard: DashboardServer, tmp_path: Path) -> None:
+    if chromium_binary() is None:
+        pytest.skip("chromium is not installed (scripts/install-test-deps.sh)")
+    async with Browser() as b:
+        await b.goto(f"{dashboard.url}/dashboard")
+        await b.wait_for("!!(document.querySelector('#region-eu') && document.querySelector('#region-us'))",
+                         what="both region cards")
+        await b.wait_for("!!(document.querySelector('#map a[data-region=eu]') && "
+                         "document.querySelector('#map a[data-region=us]'))", what="both regions on the map")
+        await b.wait_for("!!document.querySelector('#map .link-line.up')", what="the eu-us link drawn up")
+        await b.wait_for("document.getElementById('connection').dataset.state === 'live'", what="live updates")
+        link = await b.evaluate("document.querySelector('#map .link-label').textContent")
+        assert link.startswith("up") and "ms" in link, link
+        assert await b.evaluate("document.querySelectorAll('#links tbody tr[data-link]').length") == 2
+        # A marker that a reload would lose: the counter must move in this same page.
+        await b.evaluate("window.__noReload = true")
+        read = "document.querySelector('#region-eu [data-metric=relayed]').textContent"
+        before = await b.evaluate(read)
+        await chat(world, 5)
+        after = await b.wait_for(f"(() => {{ const t = {read}; return t !== {json.dumps(before)} && t; }})()",
+                                 what="the relayed counter to change")
+        assert await b.evaluate("window.__noReload") is True
+        total = lambda text: int(text.split("total ")[1].rstrip(")").replace(",", ""))  # noqa: E731
+        assert total(after) > total(before), (before, after)
+        await b.wait_for("/[1-9]/.test(document.querySelector('#region-eu [data-metric=relayed]').textContent"
+                         ".split('/s')[0])", what="a non-zero relayed rate")
+        # Keyboard: the first Tab reaches the skip link, further Tabs the pause button and the map's regions.
+        await b.press("Tab", "Tab", 9)
+        assert await b.evaluate("document.activeElement.className") == "skip"
+        reached = set()
+        for _ in range(8):
+            await b.press("Tab", "Tab", 9)
+            reached.add(await b.evaluate("document.activeElement.id || document.activeElement.getAttribute"
+                                         "('data-region') || document.activeElement.tagName"))
+        assert {"pause", "eu", "us"} <= reached, reached
+        await b.evaluate("document.activeElement.blur(); window.scrollTo(0, 0)")
+        shot = await b.screenshot(tmp_path / "dashboard.png")
+        assert shot.stat().st_size > 10_000
+        (REPO / "docs").mkdir(exist_ok=True)
+        shutil.copyfile(shot, REPO / "docs" / "dashboard.png")
+        assert not [m for m in b.console if m.startswith("exception")], b.console
