@@ -46,13 +46,14 @@ class Region:
 
 
 def make_region(base: Path, name: str, *, storage_url: str, redis_url: str, read_url: str = "",
-                nodes: int = 2, gateways: int = 1, gdistrib: dict[str, Any] | None = None) -> Region:
+                nodes: int = 2, gateways: int = 1, gdistrib: dict[str, Any] | None = None,
+                node_settings: dict[str, Any] | None = None) -> Region:
     """Configure (not start) region ``name``: nodes ``<name>-n1…``, gateways ``<name>-gw1…``."""
     ca, ca_key = make_ca(base / "ca")
     cluster = {"enabled": True, "secret": SECRET, "name": name, "refresh_interval": 0.3,
                "ping_interval": 0.3, "ping_timeout": 1.5}
     region_nodes = [NodeProcess(base / name / f"n{i}", name=f"{name}-n{i}", domains=[DOMAIN], storage_url=storage_url,
-                                settings={"cluster": {**cluster, "port": free_port()}})
+                                settings={"cluster": {**cluster, "port": free_port()}, **(node_settings or {})})
                     for i in range(1, nodes + 1)]
     region_gateways = []
     for i in range(1, gateways + 1):
