@@ -13,7 +13,7 @@ import gc
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .settings import ConfigError, NodeSettings, load_settings
@@ -52,103 +52,68 @@ def _node(args: argparse.Namespace) -> int:
 
 
 # -- ctl -------------------------------------------------------------------------------------
-
-CtlHandler = Callable[[Any, argparse.Namespace], Awaitable[dict[str, Any]]]
-
-
-async def _register_user(accounts: Any, a: argparse.Namespace) -> dict[str, Any]:
-    jid = await accounts.register(a.domain, a.username, a.password)
-    return {"jid": jid, "message": f"User {jid} successfully registered"}
+# Generated from the admin GraphQL schema (cluster_node/api/ctl.py): every admin operation is a
+# command.  A running node answers over its control socket; with none running, ``account``
+# commands run here against storage (the README registers users before the first start).
 
 
-async def _remove_user(accounts: Any, a: argparse.Namespace) -> dict[str, Any]:
-    await accounts.remove(a.domain, a.username)
-    jid = f"{a.username}@{a.domain}"
-    return {"jid": jid, "message": f"User {jid} successfully unregistered"}
+def _ctl(args: argparse.Namespace) -> int:
+    import aiohttp
 
+    from .api.ctl import build_operation
+    from .net.control import control_socket, query_control
 
-async def _list_users(accounts: Any, a: argparse.Namespace) -> dict[str, Any]:
-    domain = a.domain.lower()
-    users = await accounts.storage.list_accounts(domain)
-    return {"users": [f"{u}@{domain}" for u in users]}  # flattened under "listUsers" below
-
-
-async def _count_users(accounts: Any, a: argparse.Namespace) -> dict[str, Any]:
-    return {"count": await accounts.storage.count_accounts(a.domain.lower())}
-
-
-async def _check_user(accounts: Any, a: argparse.Namespace) -> dict[str, Any]:
-    exists = await accounts.exists(a.domain, a.username)
-    return {"exist": exists, "message": f"User {a.username}@{a.domain} {'exists' if exists else 'does not exist'}"}
-
-
-async def _change_password(accounts: Any, a: argparse.Namespace) -> dict[str, Any]:
-    await accounts.change_password(a.domain, a.username, a.password)
-    return {"jid": f"{a.username}@{a.domain}", "message": "Password changed"}
-
-
-ACCOUNT_COMMANDS: dict[str, tuple[str, CtlHandler, list[str]]] = {
-    "register-user": ("registerUser", _register_user, ["domain", "username", "password"]),
-    "remove-user": ("removeUser", _remove_user, ["domain", "username"]),
-    "list-users": ("listUsers", _list_users, ["domain"]),
-    "count-users": ("countUsers", _count_users, ["domain"]),
-    "check-user": ("checkUser", _check_user, ["domain", "username"]),
-    "change-user-password": ("changeUserPassword", _change_password, ["domain", "username", "password"]),
-}
-
-
-def _ctl_account(args: argparse.Namespace) -> int:
-    from .core.accounts import AccountError
-    from .wiring import open_accounts
-
+    cmd = args.ctl_command
+    query, variables = build_operation(cmd, {name: getattr(args, f"arg_{name}") for name in cmd.args})
     settings = _settings(args)
-    op, handler, _ = ACCOUNT_COMMANDS[args.command]
-
-    async def run() -> dict[str, Any]:
-        async with open_accounts(settings) as (_storage, accounts):
-            return await handler(accounts, args)
-
-    try:
-        result = asyncio.run(run())
-    except AccountError as e:
-        print(json.dumps({"errors": [{"message": str(e), "path": ["account", op]}]}), file=sys.stderr)
+    path = control_socket(settings.data_dir)
+    result: dict[str, Any] | None = None
+    if path.exists():
+        try:
+            status, body = asyncio.run(query_control(path, "graphql", "admin",
+                                                     {"query": query, "variables": json.dumps(variables)}))
+        except (aiohttp.ClientError, OSError) as e:
+            if cmd.category != "account":
+                return _ctl_error(f"cannot reach node {settings.node_name} at {path}: is it running? "
+                                  f"({e.__class__.__name__})", cmd)
+        else:
+            if status != 200:
+                print(json.dumps(body), file=sys.stderr)
+                return 1
+            result = body["data"]["graphql"]["admin"]
+    if result is None:
+        if cmd.category != "account":
+            return _ctl_error(f"node {settings.node_name} is not running (no {path}); "
+                              f"{cmd.category} commands ask the running node", cmd)
+        result = asyncio.run(_in_process(settings, query, variables))
+    if result.get("errors"):
+        print(json.dumps(result), file=sys.stderr)
         return 1
-    if op == "listUsers":
-        out: Any = result["users"]
-    elif op == "countUsers":
-        out = result["count"]
-    else:
-        out = result
-    print(json.dumps({"data": {"account": {op: out}}}, indent=2))
+    print(json.dumps(result, indent=2))
     return 0
 
 
-# Live state, asked of the running node over its control socket (MongooseIM: ``mongooseimctl cets …``).
-LIVE_COMMANDS: dict[str, dict[str, tuple[str, list[str]]]] = {
-    "cets": {"system-info": ("systemInfo", []), "table-info": ("tableInfo", [])},
-    "session": {"list-sessions": ("listSessions", []), "count-sessions": ("countSessions", [])},
-    "gdistrib": {"status": ("status", []), "lookup": ("lookup", ["jid"])},  # gateways only
-}
+def _ctl_error(message: str, cmd: Any) -> int:
+    print(json.dumps({"errors": [{"message": message, "path": [cmd.category, cmd.name]}]}), file=sys.stderr)
+    return 1
 
 
-def _ctl_live(args: argparse.Namespace) -> int:
-    import aiohttp
+async def _in_process(settings: NodeSettings, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+    from .api.admin import admin_root
+    from .api.schema import run_query
+    from .wiring import open_accounts
 
-    from .net.control import control_socket, query_control
+    async with open_accounts(settings) as (_storage, accounts):
+        return await run_query("admin", query, variables, admin_root(accounts, None))
 
-    settings = _settings(args)
-    op, params = LIVE_COMMANDS[args.category][args.command]
-    path = control_socket(settings.data_dir)
-    try:
-        status, body = asyncio.run(query_control(path, args.category, op, {p: getattr(args, p) for p in params}))
-    except (aiohttp.ClientError, OSError) as e:
-        message = f"cannot reach node {settings.node_name} at {path}: is it running? ({e.__class__.__name__})"
-        print(json.dumps({"errors": [{"message": message, "path": [args.category, op]}]}), file=sys.stderr)
-        return 1
-    if status != 200 or "errors" in body:
-        print(json.dumps(body), file=sys.stderr)
-        return 1
-    print(json.dumps(body, indent=2))
+
+def _ctl_schema(args: argparse.Namespace) -> int:
+    from .api.schema import sdl
+
+    if not args.schema:
+        print("meridian ctl: give CATEGORY COMMAND (see meridian ctl --help) or --schema", file=sys.stderr)
+        return 2
+    print(sdl("admin"), end="")
     return 0
 
 
@@ -165,22 +130,11 @@ def _parser(extend: Extend | None = None) -> argparse.ArgumentParser:
         extend(sub)
     ctl = sub.add_parser("ctl", help="administer a node: meridian ctl CATEGORY COMMAND --arg value …")
     ctl.add_argument("--config", help="the node's TOML settings file")
-    cats = ctl.add_subparsers(dest="category", required=True)
-    account = cats.add_parser("account", help="accounts: register-user, remove-user, list-users, …")
-    acmds = account.add_subparsers(dest="command", required=True)
-    for name, (_op, _h, params) in ACCOUNT_COMMANDS.items():
-        c = acmds.add_parser(name)
-        for param in params:
-            c.add_argument(f"--{param}", required=True)
-        c.set_defaults(func=_ctl_account)
-    for category, commands in LIVE_COMMANDS.items():
-        cat = cats.add_parser(category, help=f"{category}: {', '.join(commands)} (asks the running node)")
-        ccmds = cat.add_subparsers(dest="command", required=True)
-        for name, (_op, params) in commands.items():
-            c = ccmds.add_parser(name)
-            for param in params:
-                c.add_argument(f"--{param}", required=True)
-            c.set_defaults(func=_ctl_live)
+    ctl.add_argument("--schema", action="store_true", help="print the admin GraphQL schema (SDL) and exit")
+    ctl.set_defaults(func=_ctl_schema)
+    from .api.ctl import add_commands
+
+    add_commands(ctl.add_subparsers(dest="category", metavar="CATEGORY"), _ctl)
     return p
 
 

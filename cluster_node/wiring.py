@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from .api.http import serving_api
+from .api.metrics import instrument_router, new_registry
 from .core.accounts import Accounts
 from .core.clustering import build_member
 from .core.router import Router
@@ -45,6 +51,10 @@ class Node:
     c2s: C2SListener
     # What ``meridian ctl`` may ask over the control socket; roles add theirs (the gateway: gdistrib).
     queries: dict[tuple[str, str], Callable[..., Any]]
+    # Served on the admin port's /metrics; roles register their collectors (the gateway: relays, links).
+    metrics: CollectorRegistry = field(default_factory=new_registry)
+    # /ready is 200 when all of these are true; roles add theirs (the gateway: Redis).
+    ready_checks: dict[str, Callable[[], bool | Awaitable[bool]]] = field(default_factory=dict)
 
 
 @contextlib.asynccontextmanager
@@ -60,8 +70,12 @@ async def open_accounts(settings: NodeSettings) -> AsyncIterator[tuple[Storage, 
 
 
 @contextlib.asynccontextmanager
-async def running_node(settings: NodeSettings) -> AsyncIterator[Node]:
-    """Start every service of a node; stop them in reverse order on exit."""
+async def running_node(settings: NodeSettings, *, http_routes: Sequence[web.RouteDef] = ()
+                       ) -> AsyncIterator[Node]:
+    """Start every service of a node; stop them in reverse order on exit.
+
+    ``http_routes`` are mounted on the admin API (behind its credentials): the gateway's dashboard.
+    """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.tls.cert_file and settings.tls.key_file:
         cert, key = settings.tls.cert_file, settings.tls.key_file
@@ -73,6 +87,8 @@ async def running_node(settings: NodeSettings) -> AsyncIterator[Node]:
         table = SessionTable(settings.node_name)
         local = LocalSessions(settings.node_name)
         router = Router(settings.node_name, settings.domains, table, local)
+        registry = new_registry()
+        instrument_router(router, registry)
         services = Services(settings, storage, accounts, table, local, router)
 
         async def account_exists(jid):  # type: ignore[no-untyped-def]
@@ -97,9 +113,13 @@ async def running_node(settings: NodeSettings) -> AsyncIterator[Node]:
         log.info("node %s serving %s; c2s on %s", settings.node_name, ", ".join(settings.domains),
                  ", ".join(map(str, c2s.ports)))
         queries = _control_queries(member) | _session_queries(services)
+        node = Node(services, sessions, c2s, queries, metrics=registry)
+        node.ready_checks.update(_ready_checks(settings, c2s, member))
+        queries[("graphql", "admin")] = _control_graphql(node)
         try:
-            async with serving_control(control_socket(settings.data_dir), queries):
-                yield Node(services, sessions, c2s, queries)
+            async with serving_api(node, tls=tls, routes=http_routes), \
+                    serving_control(control_socket(settings.data_dir), queries):
+                yield node
         finally:
             await components.stop()
             await c2s.stop()
@@ -121,6 +141,38 @@ def _session_queries(services: Services) -> dict[tuple[str, str], Callable[..., 
                  "uptime": int(now - r.created)} for r in sorted(services.table, key=lambda r: str(r.jid))]
 
     return {("session", "listSessions"): sessions, ("session", "countSessions"): lambda: len(services.table)}
+
+
+def _control_graphql(node: Node) -> Callable[..., Any]:
+    """The admin GraphQL schema over the control socket (``meridian ctl`` on the node's machine:
+    the socket's file mode is the credential)."""
+    async def run(query: str, variables: str = "") -> dict[str, Any]:
+        from .api.admin import admin_root
+        from .api.schema import run_query
+
+        parsed = json.loads(variables) if variables else None
+        if parsed is not None and not isinstance(parsed, dict):
+            raise ValueError("variables must be a JSON object")
+        return await run_query("admin", query, parsed, admin_root(node.services.accounts, node))
+
+    return run
+
+
+def _ready_checks(settings: NodeSettings, c2s: C2SListener, member: ClusterMember | None
+                  ) -> dict[str, Callable[[], bool]]:
+    """Listeners up; cluster joined (discovery works, and a peer is joined when there are peers)."""
+    def listeners() -> bool:
+        wanted = bool(settings.c2s.port or settings.c2s.tls_port)
+        return bool(c2s.servers) or not wanted
+
+    checks: dict[str, Callable[[], bool]] = {"listeners": listeners}
+    if member is not None:
+        def cluster() -> bool:
+            info = member.system_info()
+            return bool(info["discoveryWorks"]) and (len(info["discoveredNodes"]) <= 1 or len(member.links) > 0)
+
+        checks["cluster"] = cluster
+    return checks
 
 
 def _control_queries(member: ClusterMember | None) -> dict[tuple[str, str], Callable[..., Any]]:

@@ -13,7 +13,9 @@ from typing import Any
 
 from .ports import free_ports
 
-__all__ = ["NodeProcess", "toml_dump"]
+__all__ = ["NodeProcess", "toml_dump", "ADMIN_USER", "ADMIN_PASSWORD"]
+
+ADMIN_USER, ADMIN_PASSWORD = "admin", "admin-secret-for-tests"
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,12 +56,19 @@ class NodeProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.port, self.tls_port = free_ports(2) if self.role == "node" else (0, 0)
+        # The operations API on free ports: the admin one on every process, the user one on nodes.
+        self.admin_port, self.user_api_port = free_ports(2)
+        if self.role != "node":
+            self.user_api_port = 0
         conf: dict[str, Any] = {
             "node_name": name,
             "domains": domains or ["localhost"],
             "data_dir": str(workdir / "data"),
             "log_level": "INFO",
             "c2s": {"host": "127.0.0.1", "port": self.port, "tls_port": self.tls_port},
+            "admin": {"host": "127.0.0.1", "port": self.admin_port, "username": ADMIN_USER,
+                      "password": ADMIN_PASSWORD},
+            "user_api": {"host": "127.0.0.1", "port": self.user_api_port},
         }
         if storage_url:
             conf["storage"] = {"url": storage_url}
@@ -72,6 +81,14 @@ class NodeProcess:
         self.config.write_text(toml_dump(conf))
         self.log_path = workdir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def user_api_url(self) -> str:
+        return f"http://127.0.0.1:{self.user_api_port}"
 
     @property
     def cert(self) -> Path:
