@@ -1,0 +1,260 @@
+"""Hostile S2S peers against a Meridian gateway (issue 5): each is refused with the right error,
+logged once, and the eu1 <-> us1 federation keeps working.
+
+The two regions of ``test_s2s`` (SASL EXTERNAL allowed, short timeouts), plus raw peers speaking
+XML over a socket: one claiming a ``from`` it did not authenticate, one with a dialback key that
+does not verify, one that never answers (SRV records point at it), one sending garbage after
+STARTTLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.link.tls import issue_cert
+from tests.helpers.dns import DnsServer
+from tests.helpers.redis import RedisServer, redis_server_binary
+
+from .test_s2s import EU, US, Site, World, apoll
+
+NS = ("xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' "
+      "xmlns:db='jabber:server:dialback' version='1.0'")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not installed")
+    base = tmp_path_factory.mktemp("s2s-hostile")
+    fast = {"sasl_external": True, "auth_timeout": 8.0, "retries": 1}
+    with DnsServer() as dns, RedisServer() as r1, RedisServer() as r2, Silent() as silent:
+        dns.add_srv("_xmpp-server._tcp.silent.example", "xmpp.silent.example", silent.port)
+        dns.add_a("xmpp.silent.example", "127.0.0.1")
+        eu = Site(base, "eu1", EU, r1.url, dns, fast)
+        us = Site(base, "us1", US, r2.url, dns, fast)
+        try:
+            eu.start()
+            us.start()
+            yield World(eu, us, dns)
+        finally:
+            eu.stop()
+            us.stop()
+        for p in (eu.node, eu.gateway, us.node, us.gateway):
+            assert "Traceback" not in p.log(), p.log()
+
+
+class Silent:
+    """A TCP server that accepts connections and never says a word."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self._stop = False
+
+    def _run(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+                self.conns.append(conn)
+            except OSError:
+                continue
+
+    def __enter__(self) -> Silent:
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop = True
+        self.thread.join()
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+class RawPeer:
+    """A hand-driven S2S peer on a socket."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.received = b""
+
+    @classmethod
+    async def connect(cls, port: int) -> RawPeer:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    def send(self, data: str | bytes) -> None:
+        self.writer.write(data.encode() if isinstance(data, str) else data)
+
+    async def expect(self, pattern: str, timeout: float = 20.0) -> str:
+        """Read until ``pattern`` (a regex) matches what arrived since the last match."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            m = re.search(pattern.encode(), self.received)
+            if m:
+                text = self.received[:m.end()].decode(errors="replace")
+                self.received = self.received[m.end():]
+                return text
+            left = deadline - loop.time()
+            if left <= 0:
+                raise AssertionError(f"no {pattern!r} in {self.received!r}")
+            data = await asyncio.wait_for(self.reader.read(65536), left)
+            if not data:
+                raise AssertionError(f"closed before {pattern!r}; got {self.received!r}")
+            self.received += data
+
+    async def open(self, from_: str, to: str) -> str:
+        self.send(f"<?xml version='1.0'?><stream:stream {NS} from='{from_}' to='{to}'>")
+        return await self.expect("</stream:features>")
+
+    async def starttls(self, ctx: ssl.SSLContext, from_: str, to: str) -> str:
+        self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        await self.expect("<proceed")
+        await self.writer.start_tls(ctx, server_hostname=to)
+        return await self.open(from_, to)
+
+    async def closed(self, timeout: float = 20.0) -> bytes:
+        """Everything until the server closes the connection."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                data = await asyncio.wait_for(self.reader.read(65536), max(deadline - loop.time(), 0.01))
+            except (ConnectionError, ssl.SSLError):
+                data = b""
+            if not data:
+                return self.received
+            self.received += data
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def client_ctx(site: Site, cert: tuple[Path, Path] | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(site.ca))
+    if cert is not None:
+        ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+    return ctx
+
+
+async def still_federating(world: World) -> None:
+    """A message eu1 -> us1 and one back still arrive."""
+    alice, bob = world.eu.user("alice"), world.us.user("bob")
+    a = await world.eu.client(alice).online(world.eu.node.port)
+    b = await world.us.client(bob).online(world.us.node.port)
+    try:
+        a.send_message(mto=f"{bob}@{US}/r", mbody="still there?", mtype="chat")
+        assert (await b.next_message(timeout=20))["body"] == "still there?"
+        b.send_message(mto=f"{alice}@{EU}/r", mbody="yes", mtype="chat")
+        assert (await a.next_message(timeout=20))["body"] == "yes"
+    finally:
+        await a.close()
+        await b.close()
+
+
+def log_count(site: Site, text: str) -> int:
+    return site.gateway.log().count(text)
+
+
+async def test_from_not_authenticated_on_the_stream_gets_invalid_from(world: World, tmp_path: Path) -> None:
+    await still_federating(world)
+    ca_dir = world.eu.ca.parent
+    cert = issue_cert(world.eu.ca, ca_dir / "ca-key.pem", tmp_path, "mallory.example", ["mallory.example"])
+    peer = await RawPeer.connect(world.eu.s2s_port)
+    try:
+        features = await peer.open("mallory.example", EU)
+        assert "<required/>" in features
+        features = await peer.starttls(client_ctx(world.eu, cert), "mallory.example", EU)
+        assert "EXTERNAL" in features
+        peer.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>"
+                  "bWFsbG9yeS5leGFtcGxl</auth>")  # base64("mallory.example")
+        await peer.expect("<success")
+        await peer.open("mallory.example", EU)
+        # Authenticated as mallory.example, it claims to speak for us1.example.com.
+        peer.send(f"<message from='bob@{US}/r' to='alice@{EU}' type='chat'><body>forged</body></message>")
+        rest = await peer.closed()
+        assert b"<invalid-from" in rest, rest
+    finally:
+        peer.close()
+    await apoll(lambda: log_count(world.eu, "stream closed with invalid-from") >= 1, 10)
+    assert log_count(world.eu, "stream closed with invalid-from") == 1
+    await still_federating(world)
+
+
+async def test_dialback_key_that_does_not_verify_is_refused(world: World) -> None:
+    peer = await RawPeer.connect(world.eu.s2s_port)
+    try:
+        await peer.open(US, EU)
+        features = await peer.starttls(client_ctx(world.eu), US, EU)
+        assert "urn:xmpp:features:dialback" in features
+        # Claims to be us1.example.com; eu1 asks us1's real server, which never made this key.
+        peer.send(f"<db:result from='{US}' to='{EU}'>{'ab' * 32}</db:result>")
+        answer = await peer.expect("<db:result[^>]*/>")
+        assert "type='invalid'" in answer, answer
+        peer.send(f"<message from='bob@{US}/r' to='alice@{EU}'><body>forged</body></message>")
+        assert b"<invalid-from" in await peer.closed()
+    finally:
+        peer.close()
+    await apoll(lambda: log_count(world.eu, "did not verify") >= 1, 10)
+    assert log_count(world.eu, f"dialback key for {US} -> {EU} did not verify") == 1
+    await still_federating(world)
+
+
+async def test_peer_that_never_answers_gets_stanzas_bounced_with_timeout(world: World) -> None:
+    alice = world.eu.user("alice")
+    a = await world.eu.client(alice).online(world.eu.node.port)
+    try:
+        for i in range(3):
+            a.send_message(mto="someone@silent.example", mbody=f"hello? {i}", mtype="chat")
+        errors = []
+        while len(errors) < 3:
+            m = await a.next_message(timeout=40, body=False)
+            if m["type"] == "error":
+                errors.append(m)
+        assert {m["error"]["condition"] for m in errors} == {"remote-server-timeout"}
+        assert sorted(m["body"] for m in errors) == [f"hello? {i}" for i in range(3)]
+    finally:
+        await a.close()
+    assert log_count(world.eu, "s2s eu1.example.com -> silent.example failed") == 1
+    await still_federating(world)
+
+
+async def test_garbage_after_starttls(world: World) -> None:
+    # Garbage inside TLS: a stream error, the connection closed.
+    peer = await RawPeer.connect(world.eu.s2s_port)
+    try:
+        await peer.open(US, EU)
+        await peer.starttls(client_ctx(world.eu), US, EU)
+        peer.send(b"\x00\x01<<<garbage&&&>>>")
+        assert b"<not-well-formed" in await peer.closed()
+    finally:
+        peer.close()
+    await apoll(lambda: log_count(world.eu, "stream closed with not-well-formed") >= 1, 10)
+    assert log_count(world.eu, "stream closed with not-well-formed") == 1
+    # Garbage instead of a TLS handshake after <proceed/>: the handshake fails, logged once.
+    peer = await RawPeer.connect(world.eu.s2s_port)
+    try:
+        await peer.open(US, EU)
+        peer.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")
+        await peer.expect("<proceed")
+        peer.send(b"this is not a TLS ClientHello\r\n" * 4)
+        await peer.closed()
+    finally:
+        peer.close()
+    await apoll(lambda: log_count(world.eu, "TLS handshake failed") >= 1, 10)
+    assert log_count(world.eu, "TLS handshake failed") == 1
+    await still_federating(world)
