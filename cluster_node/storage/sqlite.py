@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -40,6 +42,17 @@ class _SqliteTx:
             return list(await cur.fetchall())
 
 
+@contextlib.asynccontextmanager
+async def _exclusive(lock_path: Path) -> AsyncIterator[None]:
+    """An advisory lock (``flock``) shared by every process opening the same database file."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 class SqliteStorage(SqlStorage):
     dialect = "sqlite"
 
@@ -52,15 +65,17 @@ class SqliteStorage(SqlStorage):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = await aiosqlite.connect(self.path, isolation_level=None, timeout=30)
         await self._db.execute("PRAGMA busy_timeout = 30000")
-        # Switching to WAL needs a moment alone with the file: another process opening it at the
-        # same instant makes it answer "locked" at once, whatever busy_timeout says.
-        async for attempt in AsyncRetrying(retry=retry_if_exception_type(sqlite3.OperationalError),
-                                           wait=wait_random(0.05, 0.3), stop=stop_after_delay(30),
-                                           reraise=True):
-            with attempt:
-                await self._db.execute("PRAGMA journal_mode = WAL")
-                async with self._tx(write=True) as tx:
-                    await self._migrate(tx)
+        # Switching to WAL and migrating need the file alone.  Two processes doing both at the same
+        # instant could wait on each other's locks for a whole busy_timeout (a 60 s stall was seen
+        # with two `ctl` calls on a new file): take turns under an OS lock beside the file.
+        async with _exclusive(self.path.with_name(self.path.name + ".open-lock")):
+            async for attempt in AsyncRetrying(retry=retry_if_exception_type(sqlite3.OperationalError),
+                                               wait=wait_random(0.05, 0.3), stop=stop_after_delay(30),
+                                               reraise=True):
+                with attempt:
+                    await self._db.execute("PRAGMA journal_mode = WAL")
+                    async with self._tx(write=True) as tx:
+                        await self._migrate(tx)
         await self._db.execute("PRAGMA synchronous = NORMAL")
 
     async def close(self) -> None:
