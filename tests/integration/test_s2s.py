@@ -265,3 +265,27 @@ async def test_sasl_external_when_both_allow_it(world: World) -> None:
         inc = [c for c in conns if c["direction"] == "in" and c["peer"] == peer]
         assert out and out[0]["auth"] == "external", conns
         assert inc and inc[0]["auth"] == "external", conns
+
+
+async def test_resolver_against_the_loopback_dns() -> None:
+    """SRV (direct TLS and STARTTLS, by priority), the A/AAAA fallback on 5269, the static map,
+    '.' for no service — through real DNS queries (no processes needed)."""
+    from gateway.s2s.resolver import ResolveError, S2SResolver, Target
+
+    with DnsServer() as dns:
+        dns.add_srv("_xmpp-server._tcp.a.test", "s2.a.test", 5270, priority=20)
+        dns.add_srv("_xmpps-server._tcp.a.test", "s1.a.test", 5271, priority=10)
+        dns.add_a("s1.a.test", "127.0.0.11")
+        dns.add_a("s2.a.test", "127.0.0.12")
+        dns.add_aaaa("s2.a.test", "::1")
+        dns.add_a("b.test", "127.0.0.13")
+        dns.add_srv("_xmpp-server._tcp.none.test", ".", 0)
+        resolver = S2SResolver(nameservers=["127.0.0.1"], port=dns.port, static={"c.test": "127.0.0.14:6000"})
+        assert await resolver.resolve("a.test") == [
+            Target("127.0.0.11", 5271, True, "s1.a.test"), Target("::1", 5270, False, "s2.a.test"),
+            Target("127.0.0.12", 5270, False, "s2.a.test")]
+        assert await resolver.resolve("b.test") == [Target("127.0.0.13", 5269, False, "b.test")]
+        assert await resolver.resolve("c.test") == [Target("127.0.0.14", 6000, False, "c.test")]
+        for missing in ("none.test", "nowhere.test"):
+            with pytest.raises(ResolveError):
+                await resolver.resolve(missing)
