@@ -175,7 +175,6 @@ def _s2s_settings(directory: Path, base_port: int, region: str, domains: list[st
                   ca_dir: Path) -> dict[str, Any]:
     """S2S between the demo's domains, through a static host map (no DNS on a laptop)."""
     hosts = {SHARED_DOMAIN: f"{HOST}:{s2s_port(base_port, 0)}", OTHER_DOMAIN: f"{HOST}:{s2s_port(base_port, 2)}"}
-    return {"host": HOST, "port": port, "ca_file": str(ca_dir / "ca.pem"),
-            "certificates": {d: {"cert_file": str(ca_dir / f"{region}-c2s.pem"),
-                                 "key_file": str(ca_dir / f"{region}-c2s-key.pem")} for d in domains},
+    return {"enabled": True, "host": HOST, "port": port, "ca_file": str(ca_dir / "ca.pem"),
+            "cert_file": str(ca_dir / f"{region}-c2s.pem"), "key_file": str(ca_dir / f"{region}-c2s-key.pem"),
             "hosts": {d: h for d, h in hosts.items() if d not in domains}}

@@ -130,6 +130,7 @@ async def test_demo_runs_chats_survives_a_crash_and_stops_cleanly(tmp_path: Path
         assert Path(state["ca_cert"]).exists()
         assert {u["jid"] for u in state["users"]} == {"alice@example.com", "bob@example.com", "carol@other.example"}
         await _chat(state, "alice", "bob")  # eu ↔ us: one domain, through the gateways
+        await _chat(state, "alice", "carol")  # example.com ↔ other.example: S2S
 
         # A crash (SIGKILL: no clean-up at all) takes the children with it, and a new start works.
         first = _pids(state)
@@ -139,6 +140,7 @@ async def test_demo_runs_chats_survives_a_crash_and_stops_cleanly(tmp_path: Path
         assert _wait_gone(first) == [], "children outlived the crashed demo"
         state = demo.start()
         await _chat(state, "bob", "alice")
+        await _chat(state, "carol", "bob")  # other.example -> S2S -> eu's gateway -> relayed to us
 
         pids = _pids(state)
         assert demo.stop(signal.SIGINT) == 0, demo.output()

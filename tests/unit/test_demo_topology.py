@@ -24,7 +24,9 @@ def test_ports_are_distinct_and_inside_the_base_range(tmp_path: Path) -> None:
 
 
 def test_every_process_gets_settings_its_role_accepts(tmp_path: Path) -> None:
-    topo = build_topology(tmp_path, 20000, secret="s" * 16, admin=("admin", "pw"))
+    topo = build_topology(tmp_path, 20000, secret="s" * 16, admin=("admin", "pw"),
+                          has_s2s="s2s" in GatewaySettings.model_fields,
+                          has_admin="admin" in NodeSettings.model_fields)
     for proc in topo.processes:
         proc.workdir.mkdir(parents=True)
         proc.config.write_text(tomli_w.dumps(proc.settings))
