@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from cluster_node.core.router import Router
 from cluster_node.core.sessions import SessionRecord
@@ -66,12 +70,59 @@ class Gateway:
                       "available": loc.available} for res, loc in sorted(found.items())}
 
 
+class GatewayCollector(Collector):
+    """Prometheus view of the gateway, read at scrape time from the counters it keeps anyway:
+    relays per region, bounces, TTL drops, queues, link state per remote region, cache, Redis."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def collect(self) -> Iterator[Metric]:
+        g = self.gateway
+        c = g.router.counters
+        for name, doc, per_region in (("relayed", "Stanzas relayed to another region", c.relayed),
+                                      ("received", "Stanzas received from another region", c.received)):
+            fam = CounterMetricFamily(f"meridian_gd_{name}", doc, labels=["region"])
+            for region, n in sorted(per_region.items()):
+                fam.add_metric([region], n)
+            yield fam
+        for name, doc, value in (
+                ("bounced", "Stanzas bounced with an error after re-resolving", c.bounced),
+                ("ttl_drops", "Relayed stanzas dropped at their hop limit", c.ttl_drops),
+                ("link_errors", "Relays refused by a link (down, queue full)", c.link_errors),
+                ("redis_errors", "Mapping reads that failed on Redis", c.redis_errors),
+                ("lookups", "Mapping lookups", c.lookups),
+                ("handled_locally", "Stanzas no region held the recipient of", c.handled_locally),
+                ("cache_hits", "Mapping cache hits", g.router.cache.hits),
+                ("cache_misses", "Mapping cache misses", g.router.cache.misses)):
+            yield CounterMetricFamily(f"meridian_gd_{name}", doc, value=value)
+        asked = g.router.cache.hits + g.router.cache.misses
+        yield GaugeMetricFamily("meridian_gd_cache_hit_ratio", "Mapping cache hits / lookups since start",
+                                value=g.router.cache.hits / asked if asked else 0.0)
+        yield GaugeMetricFamily("meridian_gd_pair_queue", "Stanzas waiting for per-pair order",
+                                value=g.router.pairs.depth)
+        up = GaugeMetricFamily("meridian_gd_link_up", "1 when a link to the region is up", labels=["region"])
+        queue = GaugeMetricFamily("meridian_gd_link_queue", "Stanzas queued on the link", labels=["region"])
+        flight = GaugeMetricFamily("meridian_gd_link_in_flight", "Stanzas sent, not acked", labels=["region"])
+        for region, st in sorted(g.links.status().items()):
+            up.add_metric([region], 1.0 if st.get("up") else 0.0)
+            queue.add_metric([region], st.get("queue") or 0)
+            flight.add_metric([region], st.get("inFlight") or 0)
+        yield from (up, queue, flight)
+        redis = GaugeMetricFamily("meridian_gd_redis_up", "1 when the last Redis operation worked", labels=["use"])
+        redis.add_metric(["read"], 1.0 if g.router.redis_ok else 0.0)
+        redis.add_metric(["write"], 1.0 if g.publisher.healthy else 0.0)
+        yield redis
+
+
 @contextlib.asynccontextmanager
-async def running_gateway(settings: GatewaySettings) -> AsyncIterator[Gateway]:
+async def running_gateway(settings: GatewaySettings, *, http_routes: Sequence[web.RouteDef] = ()
+                          ) -> AsyncIterator[Gateway]:
+    """Run the node services plus global distribution; ``http_routes`` go on the admin port."""
     gd = settings.gdistrib
     conns = gd.connections
     assert conns.ca_file and conns.cert_file and conns.key_file  # checked by the settings
-    async with running_node(settings) as node:
+    async with running_node(settings, http_routes=http_routes) as node:
         services = node.services
         member = services.cluster
         assert member is not None  # a gateway is a cluster member (checked by the settings)
@@ -120,6 +171,8 @@ async def running_gateway(settings: GatewaySettings) -> AsyncIterator[Gateway]:
         member.broadcast(services.routes.insert(f"gateway/{settings.node_name}", {"region": gd.local_host}))
         node.queries[("gdistrib", "status")] = gateway.status
         node.queries[("gdistrib", "lookup")] = gateway.lookup
+        node.metrics.register(GatewayCollector(gateway))
+        node.ready_checks["redis"] = lambda: router.redis_ok and publisher.healthy
         log.info("gateway %s of region %s: links on %s, Redis %s", settings.node_name, gd.local_host,
                  ", ".join(links.addresses), gd.redis.url)
         try:
@@ -150,7 +203,9 @@ async def _start_s2s(settings: GatewaySettings, node: Node, router: GlobalRouter
         else:
             default_cert = ensure_self_signed(settings.data_dir / "tls", settings.domains)
         s2s = S2SService(settings.s2s, settings.domains, dialback_secret(settings.s2s, settings.cluster.secret),
-                         services.router, default_cert)
+                         services.router, default_cert,
+                         submit=lambda stanza: router.pairs.submit((stanza.from_ or "", stanza.to or ""),
+                                                                   lambda: services.router.route(stanza)))
 
     async def remote(stanza: Stanza, to: Jid) -> None:
         if await router.to_domain(stanza, to):
@@ -167,7 +222,9 @@ async def _start_s2s(settings: GatewaySettings, node: Node, router: GlobalRouter
             to = Jid.parse(stanza.to or "")
         except InvalidJid:
             return
-        services.router.spawn(_remote_or_error(services.router, remote, stanza, to))
+        # One queue per (from, to), as for relayed stanzas: a conversation keeps its order.
+        router.pairs.submit((stanza.from_ or "", stanza.to or ""),
+                            lambda: _remote_or_error(services.router, remote, stanza, to))
 
     services.router.remote = remote
     services.handoff = handoff

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -135,6 +136,32 @@ class NodeProcess:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+    async def http(self, method: str, url: str, *, auth: tuple[str, str] | None = None,
+                   json_body: Any = None, data: bytes | None = None) -> tuple[int, Any]:
+        """(status, JSON body or text) of one HTTP request to this process's API."""
+        import aiohttp
+
+        headers = {}
+        if auth is not None:
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+            async with session.request(method, url, headers=headers, json=json_body, data=data) as resp:
+                if resp.content_type == "application/json":
+                    return resp.status, await resp.json()
+                return resp.status, await resp.text()
+
+    async def admin(self, query: str, variables: dict[str, Any] | None = None, *,
+                    auth: tuple[str, str] | None = (ADMIN_USER, ADMIN_PASSWORD)) -> tuple[int, Any]:
+        """A GraphQL request to the admin API (POST /api/graphql) with the admin's credentials."""
+        return await self.http("POST", f"{self.admin_url}/api/graphql", auth=auth,
+                               json_body={"query": query, "variables": variables or {}})
+
+    async def user_api(self, query: str, auth: tuple[str, str] | None,
+                       variables: dict[str, Any] | None = None) -> tuple[int, Any]:
+        """A GraphQL request to the user API as ``auth`` = (bare JID, password)."""
+        return await self.http("POST", f"{self.user_api_url}/api/graphql", auth=auth,
+                               json_body={"query": query, "variables": variables or {}})
 
     def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         res = subprocess.run([sys.executable, "-m", "gateway.cli", "ctl", "--config", str(self.config),
