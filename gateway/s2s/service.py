@@ -14,7 +14,7 @@ import secrets
 import ssl
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -375,11 +375,13 @@ class S2SService:
     """The region's S2S edge on this gateway."""
 
     def __init__(self, settings: S2SSettings, domains: list[str], secret: str, router: Router,
-                 default_cert: tuple[Path, Path]) -> None:
+                 default_cert: tuple[Path, Path], submit: Callable[[Stanza], None] | None = None) -> None:
         self.settings = settings
         self.domains = list(domains)
         self.secret = secret
         self.router = router
+        # How a received stanza is routed: in order per (from, to) when the gateway gives a queue.
+        self.submit = submit or (lambda stanza: router.spawn(router.route(stanza)))
         self.resolver = S2SResolver(nameservers=settings.nameservers, port=settings.dns_port, static=settings.hosts)
         self.outgoing: dict[tuple[str, str], Outgoing] = {}
         self.incoming: set[Incoming] = set()
@@ -484,7 +486,7 @@ class S2SService:
         except ValueError as e:
             log.warning("s2s: dropping a stanza that does not re-parse: %s", e)
             return
-        self.router.spawn(self.router.route(local))
+        self.submit(local)
 
     async def verify(self, receiving: str, originating: str, stream_id: str, key: str) -> bool:
         """Ask ``originating``'s authoritative server about a key (XEP-0220 §2.1.2)."""
