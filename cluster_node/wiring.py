@@ -17,7 +17,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from .api.http import serving_api
-from .api.metrics import instrument_router, new_registry
+from .api.metrics import instrument, new_registry
 from .core.accounts import Accounts
 from .core.clustering import build_member
 from .core.router import Router
@@ -87,8 +87,6 @@ async def running_node(settings: NodeSettings, *, http_routes: Sequence[web.Rout
         table = SessionTable(settings.node_name)
         local = LocalSessions(settings.node_name)
         router = Router(settings.node_name, settings.domains, table, local)
-        registry = new_registry()
-        instrument_router(router, registry)
         services = Services(settings, storage, accounts, table, local, router)
 
         async def account_exists(jid):  # type: ignore[no-untyped-def]
@@ -103,6 +101,8 @@ async def running_node(settings: NodeSettings, *, http_routes: Sequence[web.Rout
         Version(services)
         register = Register(services)
         sessions = SessionManager(services)
+        registry = new_registry()
+        instrument(sessions, router, registry)
         member = await build_member(services, cert, key) if settings.cluster.enabled else None
         services.components = ComponentRouting(services)
         router.to_component = services.components

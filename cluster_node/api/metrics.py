@@ -2,8 +2,9 @@
 
 Most values are read from counters the services keep anyway, at scrape time, by a collector:
 nothing is added to the hot path for them.  The exceptions are stanzas by kind and the routing
-latency, which the router does not count: :func:`instrument_router` wraps its ``route`` and
-``deliver`` on the instance (a counter increment and a histogram observation per stanza).
+latency, which nothing counts: :func:`instrument` wraps the session manager's ``outbound`` (what
+clients send), the router's ``route`` and ``deliver`` on their instances (a counter increment and
+a histogram observation per stanza).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from ..core.router import Router
+    from ..core.session_manager import SessionManager
     from ..wiring import Node
 
-__all__ = ["new_registry", "instrument_router", "NodeCollector", "OfflineGauge"]
+__all__ = ["new_registry", "instrument", "NodeCollector", "OfflineGauge"]
 
 KINDS = ("message", "presence", "iq")
 
@@ -29,9 +31,9 @@ def new_registry() -> CollectorRegistry:
     return CollectorRegistry(auto_describe=False)
 
 
-def instrument_router(router: Router, registry: CollectorRegistry) -> None:
-    """Count stanzas routed (in) and delivered to sessions (out) by kind; time each routing."""
-    stanzas_in = Counter("meridian_stanzas_in", "Stanzas routed by this process, by kind", ["kind"],
+def instrument(sessions: SessionManager, router: Router, registry: CollectorRegistry) -> None:
+    """Count stanzas from clients (in) and delivered to sessions (out) by kind; time each routing."""
+    stanzas_in = Counter("meridian_stanzas_in", "Stanzas received from clients, by kind", ["kind"],
                          registry=registry)
     stanzas_out = Counter("meridian_stanzas_out", "Stanzas delivered to sessions held here, by kind", ["kind"],
                           registry=registry)
@@ -40,13 +42,17 @@ def instrument_router(router: Router, registry: CollectorRegistry) -> None:
                                  0.5, 1.0, 2.5), registry=registry)
     ins = {k: stanzas_in.labels(k) for k in KINDS}
     outs = {k: stanzas_out.labels(k) for k in KINDS}
+    outbound: Callable[..., Coroutine[Any, Any, None]] = sessions.outbound
     route: Callable[..., Coroutine[Any, Any, None]] = router.route
     deliver: Callable[..., None] = router.deliver
 
-    async def timed_route(stanza: Any, **kw: Any) -> None:
+    async def counted_outbound(session: Any, stanza: Any) -> None:
         counter = ins.get(stanza.name)
         if counter is not None:
             counter.inc()
+        await outbound(session, stanza)
+
+    async def timed_route(stanza: Any, **kw: Any) -> None:
         start = time.perf_counter()
         try:
             await route(stanza, **kw)
@@ -59,6 +65,7 @@ def instrument_router(router: Router, registry: CollectorRegistry) -> None:
             counter.inc()
         deliver(record, stanza)
 
+    sessions.outbound = counted_outbound  # type: ignore[method-assign]
     router.route = timed_route  # type: ignore[method-assign]
     router.deliver = counted_deliver  # type: ignore[method-assign]
 
