@@ -53,7 +53,7 @@ class Site:
         self.s2s: dict[str, Any] = {
             "enabled": True, "host": "127.0.0.1", "port": self.s2s_port, "cert_file": str(self.s2s_cert),
             "key_file": str(self.s2s_key), "ca_file": str(ca), "nameservers": ["127.0.0.1"], "dns_port": dns.port,
-            "sasl_external": False, "connect_timeout": 5.0, "auth_timeout": 15.0, "retries": 2,
+            "sasl_external": False, "connect_timeout": 5.0, "auth_timeout": 15.0, "retries": 2, "idle_timeout": 600.0,
             "retry_backoff": 0.2, **(s2s or {})}
         gd = {"local_host": name, "connections": {
             "endpoints": [f"127.0.0.1:{free_port()}"], "ca_file": str(ca), "cert_file": str(link_cert),
@@ -265,6 +265,33 @@ async def test_sasl_external_when_both_allow_it(world: World) -> None:
         inc = [c for c in conns if c["direction"] == "in" and c["peer"] == peer]
         assert out and out[0]["auth"] == "external", conns
         assert inc and inc[0]["auth"] == "external", conns
+
+
+async def test_idle_outgoing_stream_is_closed_and_reopened(world: World) -> None:
+    world.eu.reconfigure_gateway(idle_timeout=2.0)
+    alice, bob = world.eu.user("alice"), world.us.user("bob")
+    a = await world.eu.client(alice).online(world.eu.node.port)
+    b = await world.us.client(bob).online(world.us.node.port)
+    try:
+        a.send_message(mto=f"{bob}@{US}/r", mbody="first", mtype="chat")
+        assert (await b.next_message(timeout=20))["body"] == "first"
+
+        async def outgoing() -> list[dict[str, Any]]:
+            return [c for c in await world.eu.connections() if c["direction"] == "out" and c["peer"] == US]
+
+        assert await outgoing()
+        deadline = time.monotonic() + 20
+        while await outgoing() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert not await outgoing(), "the idle stream was not closed"
+        a.send_message(mto=f"{bob}@{US}/r", mbody="second", mtype="chat")
+        assert (await b.next_message(timeout=20))["body"] == "second"
+    finally:
+        await a.close()
+        await b.close()
+    assert "idle for 2 s: closing" in world.eu.gateway.log()
+    listed = json.loads(world.eu.gateway.ctl("s2s", "connections").stdout)  # meridian ctl s2s connections
+    assert any(c["peer"] == US and c["direction"] == "out" for c in listed["data"]["s2s"]["connections"]), listed
 
 
 async def test_resolver_against_the_loopback_dns() -> None:
