@@ -210,8 +210,10 @@ class Returns:
 def _down(services: Services, returns: Returns, node: str, records: list[Record], leader: bool) -> None:
     returns.held.discard(node)
     sessions = [SessionRecord.from_table(r) for r in records if r.value.get("sid")]
-    log.warning("member %s down: %d of its sessions dropped%s", node, len(sessions),
-                "; sending their unavailable presence" if leader else "")
+    # Sessions lost with a member are worth a warning; a member without any (a gateway, a node
+    # stopped after its clients left) is routine.
+    log.log(logging.WARNING if sessions else logging.INFO, "member %s down: %d of its sessions dropped%s", node,
+            len(sessions), "; sending their unavailable presence" if leader and sessions else "")
     if leader:
         for record in sessions:
             services.router.spawn(services.presence.gone(record))

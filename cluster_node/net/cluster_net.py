@@ -60,6 +60,7 @@ class LinkConnection(asyncio.Protocol):
         self.acked_seq = 0
         self.ack_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.tables_seen: set[str] = set()
+        self.leaving = False  # the peer said it is stopping: its close is no failure
         self._flush_scheduled = False
         self.remote = "?"  # host:port of the other end
 
@@ -109,6 +110,9 @@ class LinkConnection(asyncio.Protocol):
             if not fut.done():
                 fut.set_result(None)
         self.ack_waiters.clear()
+
+
+LEAVING = "member.leaving"  # CALL sent to every member before a graceful stop
 
 
 @dataclass
@@ -164,6 +168,8 @@ class ClusterMember:
             task.cancel()
         if self._tasks:  # let them unwind (the discovery loop hands its refresh to discovery.close)
             await asyncio.wait(self._tasks, timeout=2.0)
+        for conn in list(self.links.values()):
+            conn.core.send_call(LEAVING, {})  # a member that does not know it ignores the call
         for conn in list(self.connections):
             conn.close()
         if self._server is not None:
@@ -231,7 +237,10 @@ class ClusterMember:
             elif isinstance(event, StanzaArrived):
                 self.hooks.stanza(event.envelope, event.data)
             elif isinstance(event, CallReceived):
-                self.hooks.call(event.name, event.args)
+                if event.name == LEAVING:
+                    conn.leaving = True
+                else:
+                    self.hooks.call(event.name, event.args)
         conn.flush()
 
     def _joined(self, conn: LinkConnection, event: Joined) -> None:
@@ -273,7 +282,10 @@ class ClusterMember:
             self.refused[peer] = (time.monotonic(), event.reason)
             log.warning("cluster link with %s (%s) refused: %s", peer, conn.remote, event.reason)
         if conn.joined:
-            log.warning("cluster member %s is down: %s", peer, event.reason)
+            if conn.leaving:
+                log.info("cluster member %s left", peer)
+            else:
+                log.warning("cluster member %s is down: %s", peer, event.reason)
             self._down(conn, event.reason)
         conn.close()
 
