@@ -60,11 +60,15 @@ def _node(args: argparse.Namespace) -> int:
 def _ctl(args: argparse.Namespace) -> int:
     import aiohttp
 
-    from .api.ctl import build_operation
+    from .api.ctl import build_operation, option_values
     from .net.control import control_socket, query_control
 
     cmd = args.ctl_command
-    query, variables = build_operation(cmd, {name: getattr(args, f"arg_{name}") for name in cmd.args})
+    try:
+        query, variables = build_operation(cmd, option_values(cmd, args))
+    except ValueError as e:
+        print(f"meridian ctl {cmd.category} {args.command}: {e}", file=sys.stderr)
+        return 2
     settings = _settings(args)
     path = control_socket(settings.data_dir)
     result: dict[str, Any] | None = None

@@ -31,7 +31,7 @@ from graphql import (
 
 from .schema import schema
 
-__all__ = ["Command", "commands", "add_commands", "build_operation", "kebab"]
+__all__ = ["Command", "commands", "add_commands", "build_operation", "kebab", "option_values"]
 
 
 def kebab(name: str) -> str:
@@ -126,8 +126,35 @@ def add_commands(categories: Any, func: Any) -> None:
             aliases = [cmd.name] if kebab(cmd.name) != cmd.name else []
             p = sub.add_parser(kebab(cmd.name), aliases=aliases, help=desc, description=desc,
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+            legacy = _legacy_user(cmd)
             for name, arg in cmd.args.items():
-                flags = sorted({f"--{kebab(name)}", f"--{name}"}, key=len, reverse=True)
-                p.add_argument(*flags, dest=f"arg_{name}", required=isinstance(arg.type, GraphQLNonNull),
+                flags = {f"--{kebab(name)}", f"--{name}"}
+                if name == "newPassword" and "password" not in cmd.args:
+                    flags.add("--password")  # the first ctl's change-user-password --password
+                required = isinstance(arg.type, GraphQLNonNull) and not (legacy and name == "user")
+                p.add_argument(*sorted(flags, key=len, reverse=True), dest=f"arg_{name}", required=required,
                                metavar=str(arg.type).rstrip("!"), help=arg.description)
+            if legacy:
+                p.add_argument("--domain", dest="legacy_domain", help="with --username: the same as --user")
+                p.add_argument("--username", dest="legacy_username", help="with --domain: the same as --user")
             p.set_defaults(func=func, ctl_command=cmd)
+
+
+def _legacy_user(cmd: Command) -> bool:
+    """``--user alice@localhost`` may also be written ``--domain localhost --username alice`` (the
+    first ``meridian ctl``'s account options, still in scripts)."""
+    user = cmd.args.get("user")
+    return (user is not None and get_named_type(user.type).name == "JID"
+            and "domain" not in cmd.args and "username" not in cmd.args)
+
+
+def option_values(cmd: Command, args: argparse.Namespace) -> dict[str, str | None]:
+    """The GraphQL argument values given on the command line; ValueError if one is missing."""
+    values = {name: getattr(args, f"arg_{name}") for name in cmd.args}
+    if _legacy_user(cmd) and values.get("user") is None:
+        domain, username = getattr(args, "legacy_domain", None), getattr(args, "legacy_username", None)
+        if domain and username:
+            values["user"] = f"{username}@{domain}"
+        elif isinstance(cmd.args["user"].type, GraphQLNonNull):
+            raise ValueError("--user JID (or --domain and --username) is required")
+    return values
