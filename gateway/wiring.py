@@ -22,6 +22,7 @@ from cluster_node.xmpp.errors import StanzaError
 from cluster_node.xmpp.jid import InvalidJid, Jid
 from cluster_node.xmpp.stanza import Stanza
 
+from .dashboard import dashboard_routes, gateway_source
 from .link.errors import LinkError
 from .link.tls import client_context, server_context
 from .links import RegionLinks
@@ -118,11 +119,13 @@ class GatewayCollector(Collector):
 @contextlib.asynccontextmanager
 async def running_gateway(settings: GatewaySettings, *, http_routes: Sequence[web.RouteDef] = ()
                           ) -> AsyncIterator[Gateway]:
-    """Run the node services plus global distribution; ``http_routes`` go on the admin port."""
+    """Run the node services plus global distribution; ``http_routes`` go on the admin port, after
+    the dashboard's (``/dashboard``: every region's status, read from Redis)."""
     gd = settings.gdistrib
     conns = gd.connections
     assert conns.ca_file and conns.cert_file and conns.key_file  # checked by the settings
-    async with running_node(settings, http_routes=http_routes) as node:
+    dashboard = gateway_source()
+    async with running_node(settings, http_routes=[*dashboard_routes(dashboard), *http_routes]) as node:
         services = node.services
         member = services.cluster
         assert member is not None  # a gateway is a cluster member (checked by the settings)
@@ -165,6 +168,7 @@ async def running_gateway(settings: GatewaySettings, *, http_routes: Sequence[we
                               on_published=lambda bares: router.announce(bares, list(links.pools)),
                               routes=services.routes)
         gateway = Gateway(node, store, router, links, publisher)
+        dashboard.gateway = gateway
         await links.start()
         await publisher.start()
         # Tell the region's nodes that stanzas for other regions may be handed to us.

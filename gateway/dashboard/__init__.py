@@ -3,7 +3,8 @@ published status, links and latency, sessions, relayed stanzas/s, bounces, queue
 cluster conflicts, updated once a second by server-sent events.  Plain HTML/CSS/JS, no build step."""
 
 from .rates import RateTracker
-from .source import StatusSource, StoreSource, gateway_source
+from .source import GatewaySource, StatusSource, StoreSource, gateway_source
 from .web import Snapshots, dashboard_routes
 
-__all__ = ["dashboard_routes", "gateway_source", "StatusSource", "StoreSource", "Snapshots", "RateTracker"]
+__all__ = ["dashboard_routes", "gateway_source", "StatusSource", "StoreSource", "GatewaySource", "Snapshots",
+           "RateTracker"]

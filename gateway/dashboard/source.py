@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from gateway.mapping.store import MappingStore
     from gateway.wiring import Gateway
 
-__all__ = ["StatusSource", "StoreSource", "gateway_source"]
+__all__ = ["StatusSource", "StoreSource", "GatewaySource", "gateway_source"]
 
 
 class StatusSource(Protocol):
@@ -42,16 +42,31 @@ class StoreSource:
         return self._local() if self._local is not None else {}
 
 
-def gateway_source(gateway: Gateway) -> StoreSource:
+class GatewaySource:
     """The dashboard of a running gateway: Redis statuses, and its live status with the cluster's
-    conflict view (``cets systemInfo``), which the published record does not carry."""
-    def local() -> dict[str, Any]:
-        status = gateway.status()
-        member = gateway.node.services.cluster
+    conflict view (``cets systemInfo``), which the published record does not carry.
+
+    Its routes are built before the gateway exists (the admin app starts with the node services,
+    the gateway after them), so ``gateway`` is set later; until then it shows nothing."""
+
+    def __init__(self, gateway: Gateway | None = None) -> None:
+        self.gateway = gateway
+
+    async def regions(self) -> dict[str, dict[str, Any]]:
+        return await self.gateway.store.statuses() if self.gateway is not None else {}
+
+    def local(self) -> dict[str, Any]:
+        if self.gateway is None:
+            return {}
+        status = self.gateway.status()
+        member = self.gateway.node.services.cluster
         if member is not None and "cluster" not in status:
             info = member.system_info()
             status["cluster"] = {k: info.get(k) for k in (
                 "joinedNodes", "unavailableNodes", "conflictNodes", "conflictTables", "discoveryWorks")}
         return status
 
-    return StoreSource.of(gateway.store, local)
+
+def gateway_source(gateway: Gateway | None = None) -> GatewaySource:
+    """A :class:`StatusSource` over ``gateway`` (or one to be set on ``.gateway`` once it runs)."""
+    return GatewaySource(gateway)

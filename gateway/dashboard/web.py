@@ -44,15 +44,20 @@ class Snapshots:
             log.warning("dashboard: region statuses unavailable: %s", e)
             regions, error = {}, f"region statuses unavailable: {type(e).__name__}: {e}"
         local = self.source.local()
-        if local.get("region") and local["region"] not in regions:
-            regions = {**regions, str(local["region"]): local}
-        if local.get("region"):
-            # This gateway's live counters count too (it may not be the one whose record Redis holds).
-            self.tracker.observe(str(local["region"]), local, now)
+        here = str(local.get("region") or "")
+        if here:
+            # This gateway's live status stands in for its own (older) record in Redis; another
+            # gateway's record of the same region is counted beside it (rates are per gateway).
+            if here not in regions or regions[here].get("gateway") == local.get("gateway"):
+                regions = {**regions, here: local}
+            self.tracker.observe(here, local, now)
         out: dict[str, Any] = {}
         for name, status in sorted(regions.items()):
-            self.tracker.observe(name, status, now)
+            if status is not local:
+                self.tracker.observe(name, status, now)
             out[name] = {**status, "rates": self.tracker.rates(name, now)}
+            if name == here and "cluster" in local and "cluster" not in status:
+                out[name]["cluster"] = local["cluster"]  # the region's cluster view, as this member sees it
         return {"time": now, "local": local, "regions": out, "error": error}
 
 

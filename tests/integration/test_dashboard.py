@@ -1,14 +1,14 @@
 """The live dashboard (issue 7) over two real regions: eu and us, one node and one gateway each,
-sharing example.com, publishing their status to a real Redis.  The dashboard's routes are served by
-a small aiohttp app fed from that Redis (as a gateway's admin port will serve them); real slixmpp
-users make the relayed counters move; headless Chromium (Debian's) watches the page update live."""
+sharing example.com, publishing their status to a real Redis.  The dashboard is the one eu's gateway
+serves on its admin port; it shows both regions (read from Redis).  Real slixmpp users make the
+relayed counters move; headless Chromium (Debian's) watches the page update live."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import shutil
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,14 +17,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
-from gateway.dashboard import StoreSource, dashboard_routes
-from gateway.mapping import MappingStore, redis_client
 from tests.helpers.browser import Browser, chromium_binary
 from tests.helpers.cluster import eventually, system_info
-from tests.helpers.node import NodeProcess
-from tests.helpers.ports import free_port
+from tests.helpers.node import ADMIN_PASSWORD, ADMIN_USER, NodeProcess
 from tests.helpers.redis import RedisServer, redis_server_binary
 from tests.helpers.regions import DOMAIN, Region, make_region
 from tests.helpers.xmpp_client import Client
@@ -33,43 +29,14 @@ PASSWORD = "secret-password"
 REPO = Path(__file__).resolve().parents[2]
 
 
-class DashboardServer:
-    """The dashboard routes on their own event loop in a thread, reading region statuses from Redis."""
+class Dashboard:
+    """The dashboard as a gateway serves it on its admin port (``/dashboard``, admin credentials)."""
 
-    def __init__(self, redis_url: str) -> None:
-        self.redis_url = redis_url
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._serve(),), daemon=True)
-
-    async def _serve(self) -> None:
-        self._stop = asyncio.Event()
-        client = redis_client(self.redis_url)
-        store = MappingStore(client, region="dashboard-test")
-        app = web.Application()
-        app.add_routes(dashboard_routes(StoreSource.of(store)))
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", self.port).start()
-        self._ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            await runner.cleanup()
-            await client.aclose()
-
-    def __enter__(self) -> DashboardServer:
-        self._thread.start()
-        assert self._ready.wait(20), "dashboard app did not start"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(20)
+    def __init__(self, gateway: NodeProcess) -> None:
+        self.gateway = gateway
+        self.url = gateway.admin_url
+        token = base64.b64encode(f"{ADMIN_USER}:{ADMIN_PASSWORD}".encode()).decode()
+        self.headers = {"Authorization": f"Basic {token}"}
 
 
 class World:
@@ -108,7 +75,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     base = tmp_path_factory.mktemp("dashboard")
     with RedisServer() as redis:
         w = World(base, redis)
-        w.redis = redis  # type: ignore[attr-defined]
         try:
             for region in w.regions:
                 region.start()
@@ -128,13 +94,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 @pytest.fixture(scope="module")
-def dashboard(world: World) -> Iterator[DashboardServer]:
-    with DashboardServer(world.redis.url) as server:  # type: ignore[attr-defined]
-        yield server
+def dashboard(world: World) -> Dashboard:
+    return Dashboard(world.eu.gateways[0])
 
 
-async def get_state(http: aiohttp.ClientSession, dashboard: DashboardServer) -> dict[str, Any]:
-    async with http.get(f"{dashboard.url}/dashboard/state") as r:
+async def get_state(http: aiohttp.ClientSession, dashboard: Dashboard) -> dict[str, Any]:
+    async with http.get(f"{dashboard.url}/dashboard/state", headers=dashboard.headers) as r:
         assert r.status == 200 and r.content_type == "application/json"
         return await r.json()  # type: ignore[no-any-return]
 
@@ -163,7 +128,7 @@ async def chat(world: World, count: int) -> None:
         await b.close()
 
 
-async def test_state_shows_both_regions_members_and_the_link(dashboard: DashboardServer) -> None:
+async def test_state_shows_both_regions_members_and_the_link(dashboard: Dashboard) -> None:
     async with aiohttp.ClientSession() as http:
         async def ready() -> dict[str, Any] | None:
             state = await get_state(http, dashboard)
@@ -177,7 +142,10 @@ async def test_state_shows_both_regions_members_and_the_link(dashboard: Dashboar
             assert time.monotonic() < deadline, await get_state(http, dashboard)
             await asyncio.sleep(0.3)
     assert sorted(state["regions"]) == ["eu", "us"]
-    assert state["error"] is None and state["local"] == {}
+    assert state["error"] is None
+    local = state["local"]  # the serving gateway's live status, with its cluster's conflict view
+    assert local["region"] == "eu" and local["gateway"] == "eu-gw1"
+    assert local["cluster"]["joinedNodes"] == ["eu-gw1", "eu-n1"] and local["cluster"]["conflictNodes"] == []
     for name in ("eu", "us"):
         region = state["regions"][name]
         assert region["region"] == name
@@ -188,9 +156,10 @@ async def test_state_shows_both_regions_members_and_the_link(dashboard: Dashboar
         assert link["up"] is True and link["rttMs"] >= 0
 
 
-async def test_events_stream_one_snapshot_a_second(dashboard: DashboardServer) -> None:
+async def test_events_stream_one_snapshot_a_second(dashboard: Dashboard) -> None:
     timeout = aiohttp.ClientTimeout(total=30)
-    async with aiohttp.ClientSession(timeout=timeout) as http, http.get(f"{dashboard.url}/dashboard/events") as r:
+    async with aiohttp.ClientSession(timeout=timeout) as http, http.get(f"{dashboard.url}/dashboard/events",
+                                                                            headers=dashboard.headers) as r:
         assert r.status == 200 and r.content_type == "text/event-stream"
         snapshots: list[dict[str, Any]] = []
         event = None
@@ -207,8 +176,12 @@ async def test_events_stream_one_snapshot_a_second(dashboard: DashboardServer) -
     assert all(0.8 < g < 5 for g in gaps), gaps
 
 
-async def test_page_and_assets_are_served_without_a_cdn(dashboard: DashboardServer) -> None:
+async def test_page_and_assets_are_served_without_a_cdn(dashboard: Dashboard) -> None:
     async with aiohttp.ClientSession() as http:
+        for path in ("/dashboard", "/dashboard/state", "/dashboard/events", "/dashboard/static/dashboard.js"):
+            async with http.get(f"{dashboard.url}{path}") as r:  # the admin port's credentials guard it
+                assert r.status == 401, path
+    async with aiohttp.ClientSession(headers=dashboard.headers) as http:
         async with http.get(f"{dashboard.url}/dashboard") as r:
             assert r.status == 200 and r.content_type == "text/html"
             page = await r.text()
@@ -224,7 +197,7 @@ async def test_page_and_assets_are_served_without_a_cdn(dashboard: DashboardServ
                 assert r.status == 404, bad
 
 
-async def test_relayed_counter_and_rate_move_with_traffic(world: World, dashboard: DashboardServer) -> None:
+async def test_relayed_counter_and_rate_move_with_traffic(world: World, dashboard: Dashboard) -> None:
     async with aiohttp.ClientSession() as http:
         before = await get_state(http, dashboard)
         await chat(world, 10)
@@ -240,10 +213,12 @@ async def test_relayed_counter_and_rate_move_with_traffic(world: World, dashboar
 
 
 async def test_browser_sees_regions_link_and_live_relayed_counter(
-        world: World, dashboard: DashboardServer, tmp_path: Path) -> None:
+        world: World, dashboard: Dashboard, tmp_path: Path) -> None:
     if chromium_binary() is None:
         pytest.skip("chromium is not installed (scripts/install-test-deps.sh)")
     async with Browser() as b:
+        await b.send("Network.enable")
+        await b.send("Network.setExtraHTTPHeaders", headers=dashboard.headers)
         await b.goto(f"{dashboard.url}/dashboard")
         await b.wait_for("!!(document.querySelector('#region-eu') && document.querySelector('#region-us'))",
                          what="both region cards")

@@ -80,3 +80,29 @@ async def test_snapshot_lists_every_region_with_rates() -> None:
     assert list(snap["regions"]) == ["eu", "us"] and snap["error"] is None
     assert snap["regions"]["eu"]["rates"]["relayedPerSec"] == 4.0
     assert snap["regions"]["us"]["rates"]["relayedPerSec"] == 0.0
+
+
+async def test_the_local_gateway_live_status_replaces_its_own_lagging_record() -> None:
+    clock = iter([10.0, 12.0])
+    local = {"region": "eu", **status("eu-gw1", 0), "cluster": {"conflictNodes": []}}
+    stale = {"region": "eu", **status("eu-gw1", 0)}
+    source = Source({"eu": stale}, local)
+    snaps = Snapshots(source, clock=lambda: next(clock))
+    await snaps.take()
+    source._local = {"region": "eu", **status("eu-gw1", 20), "cluster": {"conflictNodes": []}}
+    snap = await snaps.take()  # Redis still holds the old record: the live counters win, no reset
+    assert snap["regions"]["eu"]["counters"]["relayed"] == {"us": 20}
+    assert snap["regions"]["eu"]["rates"]["relayedPerSec"] == 10.0
+    assert snap["regions"]["eu"]["cluster"] == {"conflictNodes": []}
+
+
+async def test_another_gateways_record_of_the_local_region_adds_to_the_rate() -> None:
+    clock = iter([10.0, 12.0])
+    source = Source({"eu": status("eu-gw2", 100)}, {"region": "eu", **status("eu-gw1", 0)})
+    snaps = Snapshots(source, clock=lambda: next(clock))
+    await snaps.take()
+    source._regions = {"eu": status("eu-gw2", 104)}
+    source._local = {"region": "eu", **status("eu-gw1", 10)}
+    snap = await snaps.take()
+    assert snap["regions"]["eu"]["gateway"] == "eu-gw2"
+    assert snap["regions"]["eu"]["rates"]["relayedPerSec"] == 7.0

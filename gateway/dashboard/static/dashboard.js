@@ -99,6 +99,8 @@ function renderMap(regions) {
         : el("svg:circle", { cx: mx, cy: my, r: 8, class: `member ${kind}` });
       shape.append(el("svg:title", {}, `${kind} ${m}`));
       a.append(shape);
+      const below = Math.sin(ang) >= 0;
+      a.append(el("svg:text", { x: mx, y: my + (below ? 24 : -14), class: "member-label" }, m));
     });
     gRegions.append(a);
   }
@@ -195,12 +197,12 @@ function renderLocal(local) {
     return;
   }
   const c = local.counters || {};
-  box.replaceChildren(el("dl", { class: "card" },
+  box.replaceChildren(el("div", { class: "card" }, el("dl", {},
     ...row("Gateway", `${local.gateway} in region ${local.region}`),
     ...row("Members joined", (local.members || []).join(", ")),
     ...row("Relayed (total)", fmt(sum(c.relayed)), "local-relayed"),
     ...row("Lookups", `${fmt(c.lookups)} (handled locally ${fmt(c.handledLocally)})`),
-    ...row("Cluster conflicts", conflicts(local))));
+    ...row("Cluster conflicts", conflicts(local)))));
 }
 
 function render(snap) {
