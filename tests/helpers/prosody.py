@@ -265,7 +265,11 @@ class ProsodyServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> ProsodyServer:
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # it may be running without listening
+            raise
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         if exc_type is None:
