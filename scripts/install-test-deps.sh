@@ -10,6 +10,8 @@ command -v prosody >/dev/null || need+=(prosody)
 dpkg -s lua-unbound >/dev/null 2>&1 || need+=(lua-unbound)
 # Headless browser for the dashboard test (tests/helpers/browser.py drives it over DevTools)
 command -v chromium >/dev/null || need+=(chromium)
+# `docker-compose config` validates compose/docker-compose.yml in tests/integration/test_compose.py (no daemon)
+command -v docker-compose >/dev/null || need+=(docker-compose)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then echo "missing packages: ${need[*]} (apt-get install them as root)" >&2; exit 1; fi
     apt-get update -qq
