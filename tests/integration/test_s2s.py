@@ -24,7 +24,7 @@ import pytest
 from gateway.link.tls import issue_cert, make_ca
 from tests.helpers.cluster import SECRET, system_info
 from tests.helpers.dns import DnsServer
-from tests.helpers.node import NodeProcess
+from tests.helpers.node import ADMIN_PASSWORD, ADMIN_USER, NodeProcess
 from tests.helpers.ports import free_port
 from tests.helpers.redis import RedisServer, redis_server_binary
 from tests.helpers.regions import GatewayProcess
@@ -184,6 +184,16 @@ async def test_chat_both_ways_over_dialback(world: World) -> None:
     assert len(out) == 1 and out[0]["auth"] == "dialback" and out[0]["tls"] and out[0]["localDomain"] == EU
     assert inc and inc[0]["auth"] == "dialback" and inc[0]["tls"]
     assert {"direction", "peer", "localDomain", "auth", "tls", "age", "queued"} <= set(out[0])
+    # The same list on the admin GraphQL API, and counted in /metrics.
+    status, body = await world.eu.gateway.admin(
+        "{ s2s { connections { direction peer localDomain auth tls age queued } } }")
+    assert status == 200, body
+    listed = body["data"]["s2s"]["connections"]
+    assert {"direction": "out", "peer": US, "localDomain": EU, "auth": "dialback", "tls": True,
+            "queued": 0} == {k: v for k, v in next(c for c in listed if c["direction"] == "out").items() if k != "age"}
+    status, text = await world.eu.gateway.http("GET", f"{world.eu.gateway.admin_url}/metrics",
+                                               auth=(ADMIN_USER, ADMIN_PASSWORD))
+    assert status == 200 and 'meridian_connections{type="s2s_out"} 1.0' in text, text
     # The gateways found each other through SRV records on the test's DNS server.
     assert ("_xmpp-server._tcp.us1.example.com.", "SRV") in world.dns.queries
 
