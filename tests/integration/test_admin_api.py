@@ -6,6 +6,7 @@ the served schema is the file in the repository; ``meridian ctl`` is generated f
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import subprocess
 import sys
@@ -291,3 +292,29 @@ async def test_cets_system_info_on_three_nodes(tmp_path: Path) -> None:
     finally:
         for n in nodes:
             n.stop()
+
+
+async def test_admin_api_over_tls(tmp_path: Path) -> None:
+    """``[admin] tls = true``: HTTPS with the node's certificate, credentials still required."""
+    import ssl
+
+    import aiohttp
+
+    n = NodeProcess(tmp_path, settings={"admin": {"tls": True}, "user_api": {"port": 0}})
+    n.start()
+    try:
+        ctx = ssl.create_default_context(cafile=str(n.cert))
+        url = f"https://localhost:{n.admin_port}/api/graphql"
+        query = {"query": "{ server { status { statusCode } } }"}
+        async with aiohttp.ClientSession() as session:
+            async with session.post(url, json=query, ssl=ctx) as resp:
+                assert resp.status == 401
+            auth = "Basic " + base64.b64encode(f"{ADMIN_USER}:{ADMIN_PASSWORD}".encode()).decode()
+            async with session.post(url, json=query, ssl=ctx, headers={"Authorization": auth}) as resp:
+                assert resp.status == 200
+                assert (await resp.json())["data"]["server"]["status"]["statusCode"] == "RUNNING"
+            with pytest.raises(aiohttp.ClientError):  # plain HTTP is not served on a TLS port
+                async with session.post(url.replace("https", "http"), json=query) as resp:
+                    await resp.read()
+    finally:
+        n.stop()
