@@ -72,7 +72,16 @@ def _ctl(args: argparse.Namespace) -> int:
     settings = _settings(args)
     path = control_socket(settings.data_dir)
     result: dict[str, Any] | None = None
-    if path.exists():
+    if args.url:
+        try:
+            status, body = asyncio.run(_over_http(args, settings, query, variables))
+        except (aiohttp.ClientError, OSError, ValueError) as e:
+            return _ctl_error(f"cannot reach {args.url}: {e.__class__.__name__}: {e}", cmd)
+        if status == 401:
+            return _ctl_error("admin credentials refused (--admin-user/--admin-password or [admin] in --config)",
+                              cmd)
+        result = body if isinstance(body, dict) else {"errors": [{"message": f"HTTP {status}: {body}"}]}
+    elif path.exists():
         try:
             status, body = asyncio.run(query_control(path, "graphql", "admin",
                                                      {"query": query, "variables": json.dumps(variables)}))
@@ -95,6 +104,26 @@ def _ctl(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(result, indent=2))
     return 0
+
+
+async def _over_http(args: argparse.Namespace, settings: NodeSettings, query: str, variables: dict[str, Any]
+                     ) -> tuple[int, Any]:
+    """POST the operation to a node's admin API (``--url``), as the configured admin by default."""
+    import base64
+    import ssl
+
+    import aiohttp
+
+    user = args.admin_user or settings.admin.username
+    password = args.admin_password if args.admin_password is not None else settings.admin.password
+    headers = {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    tls = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
+    url = args.url.rstrip("/") + "/api/graphql"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        async with session.post(url, json={"query": query, "variables": variables}, headers=headers,
+                                ssl=tls if tls is not None else True) as resp:
+            body = await resp.json() if resp.content_type == "application/json" else await resp.text()
+            return resp.status, body
 
 
 def _ctl_error(message: str, cmd: Any) -> int:
@@ -135,6 +164,10 @@ def _parser(extend: Extend | None = None) -> argparse.ArgumentParser:
     ctl = sub.add_parser("ctl", help="administer a node: meridian ctl CATEGORY COMMAND --arg value …")
     ctl.add_argument("--config", help="the node's TOML settings file")
     ctl.add_argument("--schema", action="store_true", help="print the admin GraphQL schema (SDL) and exit")
+    ctl.add_argument("--url", help="a node's admin API (http[s]://host:5551) instead of the local control socket")
+    ctl.add_argument("--admin-user", help="with --url (default: [admin] username of --config)")
+    ctl.add_argument("--admin-password", help="with --url (default: [admin] password of --config)")
+    ctl.add_argument("--cafile", help="with an https --url: the CA (or self-signed certificate) to trust")
     ctl.set_defaults(func=_ctl_schema)
     from .api.ctl import add_commands
 

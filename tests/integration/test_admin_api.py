@@ -236,6 +236,11 @@ def test_ctl_is_generated_from_the_schema(node: NodeProcess) -> None:
     assert bad.returncode != 0 and "does not exist" in bad.stderr
     bad = node.ctl("account", "check-user", "--user", "x@@y", check=False)
     assert bad.returncode != 0 and "invalid JID" in bad.stderr
+    # Over HTTP with --url, as the admin of the config file, or refused with other credentials.
+    out = json.loads(node.ctl("--url", node.admin_url, "account", "count-users", "--domain", "localhost").stdout)
+    assert out["data"]["account"]["countUsers"] >= 1
+    bad = node.ctl("--url", node.admin_url, "--admin-password", "wrong", "server", "status", check=False)
+    assert bad.returncode != 0 and "credentials refused" in bad.stderr
     help_text = node.ctl("roster", "add-contact", "--help").stdout
     assert "--contact" in help_text and "--groups" in help_text
     for category in ("account", "session", "stanza", "roster", "cets", "server", "gdistrib", "s2s"):
