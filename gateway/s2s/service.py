@@ -167,7 +167,10 @@ class Outgoing:
             if self.queue:  # arrived while the stream was closing: a new stream takes them
                 pending, self.queue = list(self.queue), deque()
                 for q in pending:
-                    self.s.send_from(self.local, self.remote, q.stanza)
+                    if self.s.stopping:
+                        self.s.bounce(q.stanza, errors.RemoteServerTimeout("the gateway is shutting down"))
+                    else:
+                        self.s.send_from(self.local, self.remote, q.stanza)
 
     def _give_up(self, error: StanzaError) -> None:
         pending, self.queue = list(self.queue), deque()
@@ -201,7 +204,7 @@ class Outgoing:
 
     async def _try(self, target: Target) -> asyncio.StreamReader:
         s = self.s.settings
-        tls = self.s.client_tls(self.local)
+        tls = self.s.client_tls(self.local, target.direct_tls)
         if self.writer is not None:  # left by an attempt that timed out
             self.writer.close()
             self.writer = None
@@ -229,7 +232,7 @@ class Outgoing:
             for ev in core.feed(data):  # every event of the batch: a verify answer may follow
                 if isinstance(ev, StartTls):
                     self._flush()
-                    await writer.start_tls(tls, server_hostname=self.remote)
+                    await writer.start_tls(tls, server_hostname=self.remote, ssl_handshake_timeout=s.connect_timeout)
                     core.tls_started()
                 elif isinstance(ev, Authenticated):
                     authenticated = True
@@ -335,7 +338,7 @@ class Incoming:
         if isinstance(ev, StartTls):
             self._flush()
             try:
-                await self.writer.start_tls(self.s.server_tls)
+                await self.writer.start_tls(self.s.server_tls, ssl_handshake_timeout=self.s.settings.connect_timeout)
             except (ssl.SSLError, ConnectionError, OSError) as e:
                 log.warning("s2s in from %s: TLS handshake failed: %s", self.address, e)
                 self.core.closed = True
@@ -386,12 +389,13 @@ class S2SService:
         self.outgoing: dict[tuple[str, str], Outgoing] = {}
         self.incoming: set[Incoming] = set()
         self.server: asyncio.Server | None = None
+        self.stopping = False
         self.certs: Mapping[str, tuple[Path, Path]] = {
             d: (c.cert_file, c.key_file) for d, c in settings.domain_certs.items()}
         default = (settings.cert_file, settings.key_file) if settings.cert_file and settings.key_file else default_cert
         self.default_cert = default
         self._names = {d: cert_names(self.cert_for(d)[0]) for d in self.domains}
-        self._client_tls: dict[str, ssl.SSLContext] = {}
+        self._client_tls: dict[tuple[str, bool], ssl.SSLContext] = {}
         self.server_tls = server_context(self.certs, default, settings.ca_file, settings.verify)
         if not settings.verify:
             log.warning("s2s: certificate verification is OFF (s2s.verify = false): peers are not authenticated "
@@ -400,11 +404,11 @@ class S2SService:
     def cert_for(self, domain: str) -> tuple[Path, Path]:
         return self.certs.get(domain, self.default_cert)
 
-    def client_tls(self, local: str) -> ssl.SSLContext:
-        ctx = self._client_tls.get(local)
+    def client_tls(self, local: str, direct: bool = False) -> ssl.SSLContext:
+        ctx = self._client_tls.get((local, direct))
         if ctx is None:
-            ctx = self._client_tls[local] = client_context(self.cert_for(local), self.settings.ca_file,
-                                                           self.settings.verify)
+            ctx = self._client_tls[(local, direct)] = client_context(
+                self.cert_for(local), self.settings.ca_file, self.settings.verify, direct=direct)
         return ctx
 
     def can_external(self, local: str) -> bool:
@@ -425,6 +429,7 @@ class S2SService:
             log.info("s2s listening on %s:%d for %s", self.settings.host, self.settings.port, ", ".join(self.domains))
 
     async def stop(self) -> None:
+        self.stopping = True
         if self.server is not None:
             self.server.close()
         tasks = []
@@ -466,6 +471,8 @@ class S2SService:
         self._stream(local, remote).send(stanza)
 
     def _stream(self, local: str, remote: str) -> Outgoing:
+        if self.stopping:
+            raise errors.RemoteServerTimeout("the gateway is shutting down")
         out = self.outgoing.get((local, remote))
         if out is None or out.closed:
             out = self.outgoing[(local, remote)] = Outgoing(self, local, remote)
@@ -490,7 +497,7 @@ class S2SService:
 
     async def verify(self, receiving: str, originating: str, stream_id: str, key: str) -> bool:
         """Ask ``originating``'s authoritative server about a key (XEP-0220 §2.1.2)."""
-        if receiving not in self.domains:
+        if receiving not in self.domains or self.stopping:
             return False
         future = self._stream(receiving, originating).verify(receiving, originating, stream_id, key)
         try:

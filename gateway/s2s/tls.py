@@ -18,9 +18,13 @@ from cryptography import x509
 __all__ = ["client_context", "server_context", "peer_names", "cert_names"]
 
 
-def client_context(cert: tuple[Path, Path] | None, ca_file: Path | None, verify: bool) -> ssl.SSLContext:
+def client_context(cert: tuple[Path, Path] | None, ca_file: Path | None, verify: bool, *,
+                   direct: bool = False) -> ssl.SSLContext:
+    """``direct``: for XEP-0368 direct TLS, which names the protocol with ALPN ``xmpp-server``."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if direct:
+        ctx.set_alpn_protocols(["xmpp-server"])
     if verify:
         if ca_file is not None:
             ctx.load_verify_locations(cafile=str(ca_file))
