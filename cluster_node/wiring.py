@@ -160,16 +160,21 @@ def _control_graphql(node: Node) -> Callable[..., Any]:
 
 def _ready_checks(settings: NodeSettings, c2s: C2SListener, member: ClusterMember | None
                   ) -> dict[str, Callable[[], bool]]:
-    """Listeners up; cluster joined (discovery works, and a peer is joined when there are peers)."""
+    """Listeners up; cluster joined: discovery works and, when it lists peers, one is joined — or
+    the first join round had its time (a member whose peers are all dead stays ready)."""
     def listeners() -> bool:
         wanted = bool(settings.c2s.port or settings.c2s.tls_port)
         return bool(c2s.servers) or not wanted
 
     checks: dict[str, Callable[[], bool]] = {"listeners": listeners}
     if member is not None:
+        started = time.monotonic()
+        grace = 3 * settings.cluster.refresh_interval + settings.cluster.ping_timeout
+
         def cluster() -> bool:
             info = member.system_info()
-            return bool(info["discoveryWorks"]) and (len(info["discoveredNodes"]) <= 1 or len(member.links) > 0)
+            joined = len(info["discoveredNodes"]) <= 1 or len(member.links) > 0
+            return bool(info["discoveryWorks"]) and (joined or time.monotonic() - started > grace)
 
         checks["cluster"] = cluster
     return checks
