@@ -35,6 +35,7 @@ from cluster_node.core.services import Services
 from cluster_node.xmpp import errors
 from cluster_node.xmpp.fragment import parse_stanza
 from cluster_node.xmpp.jid import InvalidJid, Jid
+from cluster_node.xmpp.lazy import lazy_stanza
 from cluster_node.xmpp.stanza import Stanza
 
 from .link.errors import LinkError
@@ -348,7 +349,7 @@ class GlobalRouter:
             self.s.router.spawn(self._flush_offline(str(relayed.meta["flush"])))
             return
         try:
-            stanza = parse_stanza(relayed.data)
+            stanza = lazy_stanza(relayed.data)
         except ValueError as e:
             log.warning("dropping an unparsable stanza relayed from %s: %s", relayed.origin, e)
             return

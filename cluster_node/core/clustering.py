@@ -15,8 +15,8 @@ from ..net.cluster_net import ClusterMember, MemberHooks
 from ..net.tls import client_context, server_context
 from ..storage import open_storage
 from ..xmpp import errors
-from ..xmpp.fragment import parse_stanza
 from ..xmpp.jid import Jid
+from ..xmpp.lazy import lazy_stanza
 from ..xmpp.stanza import Stanza
 from .router import Fanout
 from .services import Services
@@ -132,7 +132,7 @@ def _send(services: Services, member: ClusterMember, record: SessionRecord, stan
 def _arrived(services: Services, envelope: dict[str, Any], data: bytes) -> None:
     """A stanza routed to one of our sessions by another member."""
     try:
-        stanza = parse_stanza(data)
+        stanza = lazy_stanza(data)  # routed by its start tag; the rest parsed only if needed
     except ValueError as e:
         log.warning("dropping an unparsable stanza from the cluster: %s", e)
         return
