@@ -87,6 +87,7 @@ class S2SSettings(_Section):
     enabled: bool = Field(False, description="federate with other domains over S2S")
     host: str = "0.0.0.0"
     port: int = Field(5269, ge=0, le=65535, description="incoming S2S listener; 0: outgoing only")
+    tls_port: int = Field(0, ge=0, le=65535, description="incoming direct TLS listener (XEP-0368); 0 disables")
     cert_file: Path | None = Field(None, description="certificate for every local domain (default: tls.cert_file)")
     key_file: Path | None = None
     domain_certs: dict[str, DomainCert] = Field(default_factory=dict, description="per-domain certificates (SNI)")

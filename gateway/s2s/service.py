@@ -285,8 +285,10 @@ class Outgoing:
 class Incoming:
     """One stream a peer opened to us."""
 
-    def __init__(self, service: S2SService, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, service: S2SService, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 direct_tls: bool = False) -> None:
         self.s = service
+        self.direct_tls = direct_tls
         self.reader, self.writer = reader, writer
         settings = service.settings
         self.core = IncomingStream(service.domains, service.secret, lambda: secrets.token_hex(8),
@@ -311,6 +313,8 @@ class Incoming:
 
     async def serve(self) -> None:
         settings = self.s.settings
+        if self.direct_tls:  # XEP-0368: TLS from the first byte, the stream header comes inside it
+            self.core.tls_started(peer_names(self.writer.get_extra_info("ssl_object")))
         try:
             while not self.core.closed:
                 timeout = settings.auth_timeout if not self.core.pairs else None
@@ -351,7 +355,8 @@ class Incoming:
         elif isinstance(ev, StanzaIn):
             self.s.received(ev.stanza)
         elif isinstance(ev, Authenticated):
-            log.info("s2s in: %s authenticated to %s by %s (from %s)", ev.remote, ev.local, ev.method, self.address)
+            log.info("s2s in: %s authenticated to %s by %s (from %s%s)", ev.remote, ev.local, ev.method,
+                     self.address, ", direct TLS" if self.direct_tls else "")
         elif isinstance(ev, AuthFailed):
             log.warning("s2s in from %s: %s", self.address, ev.reason)
         elif isinstance(ev, Closed):
@@ -369,7 +374,8 @@ class Incoming:
             log.warning("s2s in from %s: dialback key for %s -> %s did not verify", self.address,
                         ev.originating, ev.receiving)
         else:
-            log.info("s2s in: %s verified by dialback for %s", ev.originating, ev.receiving)
+            log.info("s2s in: %s verified by dialback for %s%s", ev.originating, ev.receiving,
+                     " (direct TLS)" if self.direct_tls else "")
         self.core.dialback_result(ev.originating, ev.receiving, valid)
         self._flush()
 
@@ -389,6 +395,7 @@ class S2SService:
         self.outgoing: dict[tuple[str, str], Outgoing] = {}
         self.incoming: set[Incoming] = set()
         self.server: asyncio.Server | None = None
+        self.tls_server: asyncio.Server | None = None
         self.stopping = False
         self.certs: Mapping[str, tuple[Path, Path]] = {
             d: (c.cert_file, c.key_file) for d, c in settings.domain_certs.items()}
@@ -427,11 +434,17 @@ class S2SService:
             self.server = await asyncio.start_server(self._accept, self.settings.host, self.settings.port,
                                                      limit=READ_SIZE * 4)
             log.info("s2s listening on %s:%d for %s", self.settings.host, self.settings.port, ", ".join(self.domains))
+        if self.settings.tls_port:
+            self.tls_server = await asyncio.start_server(
+                lambda r, w: self._accept(r, w, direct_tls=True), self.settings.host, self.settings.tls_port,
+                limit=READ_SIZE * 4, ssl=self.server_tls, ssl_handshake_timeout=self.settings.connect_timeout)
+            log.info("s2s direct TLS on %s:%d", self.settings.host, self.settings.tls_port)
 
     async def stop(self) -> None:
         self.stopping = True
-        if self.server is not None:
-            self.server.close()
+        for server in (self.server, self.tls_server):
+            if server is not None:
+                server.close()
         tasks = []
         for out in list(self.outgoing.values()):
             if out.core is not None and out.writer is not None:
@@ -446,12 +459,14 @@ class S2SService:
             inc.writer.close()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        if self.server is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.server.wait_closed(), 2)
+        for server in (self.server, self.tls_server):
+            if server is not None:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(server.wait_closed(), 2)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        inc = Incoming(self, reader, writer)
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      direct_tls: bool = False) -> None:
+        inc = Incoming(self, reader, writer, direct_tls)
         self.incoming.add(inc)
         try:
             await inc.serve()

@@ -57,6 +57,7 @@ def server_context(certs: Mapping[str, tuple[Path, Path]], default: tuple[Path, 
                    verify: bool) -> ssl.SSLContext:
     """The listener's context: ``default`` unless SNI names a domain of ``certs``."""
     main = _server_ctx(default, ca_file, verify)
+    main.set_alpn_protocols(["xmpp-server"])  # XEP-0368 on the direct TLS port; ignored by STARTTLS peers
     by_name = {domain: _server_ctx(pair, ca_file, verify) for domain, pair in certs.items()}
 
     def pick(sock: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:

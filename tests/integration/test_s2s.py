@@ -49,9 +49,10 @@ class Site:
                    "ping_interval": 0.3, "ping_timeout": 1.5}
         self.node = NodeProcess(base / name / "n1", name=f"{name}-n1", domains=[domain], storage_url=db,
                                 settings={"cluster": {**cluster, "port": free_port()}})
-        self.s2s_port = free_port()
+        self.s2s_port, self.s2s_tls_port = free_port(), free_port()
         self.s2s: dict[str, Any] = {
-            "enabled": True, "host": "127.0.0.1", "port": self.s2s_port, "cert_file": str(self.s2s_cert),
+            "enabled": True, "host": "127.0.0.1", "port": self.s2s_port, "tls_port": self.s2s_tls_port,
+            "cert_file": str(self.s2s_cert),
             "key_file": str(self.s2s_key), "ca_file": str(ca), "nameservers": ["127.0.0.1"], "dns_port": dns.port,
             "sasl_external": False, "connect_timeout": 5.0, "auth_timeout": 15.0, "retries": 2, "idle_timeout": 600.0,
             "retry_backoff": 0.2, **(s2s or {})}
@@ -302,6 +303,39 @@ async def test_idle_outgoing_stream_is_closed_and_reopened(world: World) -> None
     assert "idle for 2 s: closing" in world.eu.gateway.log()
     listed = json.loads(world.eu.gateway.ctl("s2s", "connections").stdout)  # meridian ctl s2s connections
     assert any(c["peer"] == US and c["direction"] == "out" for c in listed["data"]["s2s"]["connections"]), listed
+
+
+async def test_direct_tls_when_srv_says_xmpps(world: World) -> None:
+    """XEP-0368: an _xmpps-server record of higher priority takes eu1 to us1's direct TLS port."""
+    world.dns.add_srv(f"_xmpps-server._tcp.{US}", f"xmpp.{US}", world.us.s2s_tls_port)
+    try:
+        alice, bob = world.eu.user("alice"), world.us.user("bob")
+        a = await world.eu.client(alice).online(world.eu.node.port)
+        b = await world.us.client(bob).online(world.us.node.port)
+        try:
+            async def outgoing() -> list[dict[str, Any]]:
+                return [c for c in await world.eu.connections() if c["direction"] == "out" and c["peer"] == US]
+
+            assert await apoll_async(lambda: outgoing(), lambda conns: not conns, 20), "eu1 still has a stream"
+            a.send_message(mto=f"{bob}@{US}/r", mbody="direct", mtype="chat")
+            assert (await b.next_message(timeout=20))["body"] == "direct"
+        finally:
+            await a.close()
+            await b.close()
+        assert (await outgoing())[0]["tls"]
+        assert any(f"{EU} authenticated to {US} by external" in line and "direct TLS" in line
+                   for line in world.us.gateway.log().splitlines())
+    finally:
+        world.dns.remove(f"_xmpps-server._tcp.{US}")
+
+
+async def apoll_async(get, done, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done(await get()):
+            return True
+        await asyncio.sleep(0.2)
+    return False
 
 
 async def test_resolver_against_the_loopback_dns() -> None:
