@@ -125,7 +125,8 @@ async def running_gateway(settings: GatewaySettings, *, http_routes: Sequence[we
     conns = gd.connections
     assert conns.ca_file and conns.cert_file and conns.key_file  # checked by the settings
     dashboard = gateway_source()
-    async with running_node(settings, http_routes=[*dashboard_routes(dashboard), *http_routes]) as node:
+    routes = [*dashboard_routes(dashboard, stop=dashboard.closing), *http_routes]
+    async with running_node(settings, http_routes=routes) as node:
         services = node.services
         member = services.cluster
         assert member is not None  # a gateway is a cluster member (checked by the settings)
@@ -182,6 +183,7 @@ async def running_gateway(settings: GatewaySettings, *, http_routes: Sequence[we
         try:
             yield gateway
         finally:
+            dashboard.closing.set()
             if s2s is not None:
                 await s2s.stop()
             op = services.routes.delete(f"gateway/{settings.node_name}")

@@ -3,6 +3,7 @@ Redis (so any gateway shows all regions), plus this gateway's own live status.""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -51,6 +52,7 @@ class GatewaySource:
 
     def __init__(self, gateway: Gateway | None = None) -> None:
         self.gateway = gateway
+        self.closing = asyncio.Event()  # set when the gateway stops: open event streams end
 
     async def regions(self) -> dict[str, dict[str, Any]]:
         return await self.gateway.store.statuses() if self.gateway is not None else {}

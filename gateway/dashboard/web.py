@@ -4,6 +4,7 @@ snapshots once a second, and the static assets shipped in this package (no build
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -61,9 +62,14 @@ class Snapshots:
         return {"time": now, "local": local, "regions": out, "error": error}
 
 
-def dashboard_routes(source: StatusSource, *, prefix: str = "/dashboard", interval: float = 1.0) -> list[web.RouteDef]:
+def dashboard_routes(source: StatusSource, *, prefix: str = "/dashboard", interval: float = 1.0,
+                     stop: asyncio.Event | None = None) -> list[web.RouteDef]:
     """Routes to mount on an admin app: ``GET {prefix}``, ``{prefix}/state``, ``{prefix}/events``
-    and ``{prefix}/static/<asset>``."""
+    and ``{prefix}/static/<asset>``.
+
+    Set ``stop`` before the app shuts down: event streams never end by themselves, and aiohttp
+    waits for running handlers (60 s by default) before it cancels them."""
+    stop = stop if stop is not None else asyncio.Event()
     shared = Snapshots(source)
     files = resources.files(__package__).joinpath("static")
     page = files.joinpath("index.html").read_text("utf-8").replace("{{prefix}}", prefix)
@@ -88,10 +94,12 @@ def dashboard_routes(source: StatusSource, *, prefix: str = "/dashboard", interv
         await resp.prepare(request)
         try:
             await resp.write(b"retry: 2000\n\n")
-            while True:
+            while not stop.is_set():
                 snap = json.dumps(await own.take(), separators=(",", ":"), default=str)
                 await resp.write(f"event: snapshot\ndata: {snap}\n\n".encode())
-                await asyncio.sleep(interval)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval)
+            await resp.write_eof()
         except (ConnectionResetError, ConnectionError):
             pass  # the browser went away
         return resp

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import shutil
 import time
@@ -256,3 +257,18 @@ async def test_browser_sees_regions_link_and_live_relayed_counter(
         (REPO / "docs").mkdir(exist_ok=True)
         shutil.copyfile(shot, REPO / "docs" / "dashboard.png")
         assert not [m for m in b.console if m.startswith("exception")], b.console
+
+
+async def test_an_open_event_stream_does_not_hold_up_the_gateway_stopping(dashboard: Dashboard) -> None:
+    """Runs last: it stops eu's gateway.  aiohttp waits up to 60 s for running handlers at shutdown,
+    and an event stream never ends by itself: the gateway must end it."""
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(timeout=timeout) as http, \
+            http.get(f"{dashboard.url}/dashboard/events", headers=dashboard.headers) as r:
+        assert (await r.content.readuntil(b"event: snapshot")).endswith(b"snapshot")
+        started = time.monotonic()
+        code = await asyncio.to_thread(dashboard.gateway.stop, timeout=20)
+        took = time.monotonic() - started
+        assert code == 0 and took < 15, (code, took)
+        with contextlib.suppress(aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
+            await asyncio.wait_for(r.content.read(), 10)  # the stream ended
