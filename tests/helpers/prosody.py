@@ -15,6 +15,9 @@ Name resolution, found by trying (recorded so the next person does not have to):
   ``example.com``.
 - Prosody dials the SRV target and port, so every instance can share 127.0.0.1 with its own s2s port;
   without an SRV record it dials port 5269 on the domain's address.
+- ``srv_target``: the SRV records name the virtual host itself by default; ``"localhost"`` for a
+  server that ejabberd must dial (ejabberd resolves SRV targets through libc, see
+  :mod:`tests.helpers.ejabberd`).
 
 Certificates come from a CA the test passes in (``ca=(cert, key)``, see :mod:`gateway.link.tls`) and
 are valid for the virtual host (dNSName SAN), so peers that trust that CA accept them.  ``trust``
@@ -91,7 +94,8 @@ class ProsodyServer:
 
     def __init__(self, host: str, *, ca: tuple[Path, Path] | None = None, trust: list[Path] | None = None,
                  dns: DnsServer | None = None, users: dict[str, str] | None = None, dialback: bool = True,
-                 secure_auth: bool = False, require_encryption: bool = True, extra_config: str = "",
+                 secure_auth: bool = False, srv_target: str | None = None, require_encryption: bool = True,
+                 extra_config: str = "",
                  directory: Path | None = None) -> None:
         binary = prosody_binary()
         if binary is None:
@@ -102,6 +106,7 @@ class ProsodyServer:
         self.users = dict(users or {})
         self.dialback = dialback
         self.secure_auth = secure_auth
+        self.srv_target = srv_target or host
         self.require_encryption = require_encryption
         self.extra_config = extra_config
         self.dir = directory or Path(tempfile.mkdtemp(prefix=f"meridian-prosody-{host}-"))
@@ -185,14 +190,15 @@ class ProsodyServer:
     def jid(self, user: str) -> str:
         return f"{user}@{self.host}"
 
-    def publish(self, dns: DnsServer | None = None) -> None:
+    def publish(self, dns: DnsServer | None = None, *, target: str | None = None) -> None:
         """SRV (priority 0) and A records of this server in ``dns``."""
         dns = dns or self.dns
         if dns is None:
             raise ValueError("no DnsServer to publish to")
-        dns.add_srv(f"_xmpp-server._tcp.{self.host}", self.host, self.s2s_port)
-        dns.add_srv(f"_xmpp-client._tcp.{self.host}", self.host, self.c2s_port)
-        dns.add_a(self.host, "127.0.0.1")
+        target = target or self.srv_target
+        dns.add_srv(f"_xmpp-server._tcp.{self.host}", target, self.s2s_port)
+        dns.add_srv(f"_xmpp-client._tcp.{self.host}", target, self.c2s_port)
+        dns.add_a(target, "127.0.0.1")
 
     def _chown(self) -> None:
         if os.geteuid() != 0:

@@ -6,6 +6,7 @@ If these fail, the interop tests' failures say nothing about Meridian.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 
 from gateway.link.tls import make_ca
 from tests.helpers.dns import DnsServer
+from tests.helpers.ejabberd import EjabberdServer, ejabberdctl_binary
 from tests.helpers.prosody import ProsodyServer, prosody_binary, unbound_available
 from tests.helpers.xmpp_client import AuthFailed, Client
 
@@ -148,3 +150,45 @@ async def test_two_prosodys_federate_through_dns(ca: tuple[Path, Path], secure: 
         else:
             assert "SASL EXTERNAL identity" not in logs
             assert "verified dialback key... it is valid" in logs, logs[-5000:]
+
+
+# --- ejabberd -----------------------------------------------------------------------------------
+
+needs_ejabberd = pytest.mark.skipif(
+    ejabberdctl_binary() is None or os.geteuid() != 0,
+    reason="Debian package ejabberd not installed, or not root (Debian's ejabberdctl needs root or ejabberd)")
+
+
+@needs_prosody
+@needs_ejabberd
+@pytest.mark.parametrize("secure", [False, True], ids=["dialback", "sasl-external"])
+async def test_ejabberd_federates_with_prosody_through_dns(ca: tuple[Path, Path], secure: bool) -> None:
+    """ejabberd finds Prosody (and back) through the DnsServer's SRV records (its inetrc names the
+    server; the SRV target ``localhost`` is what ejabberd's libc lookup of targets can resolve), and
+    a user of each exchanges messages; dialback with unrelated CAs, SASL EXTERNAL with one CA."""
+    shared = ca if secure else None
+    with DnsServer() as dns_server, \
+            ProsodyServer("pro.example.org", ca=shared, dns=dns_server, users={"alice": "a-pw"},
+                          dialback=not secure, secure_auth=secure, srv_target="localhost") as pro, \
+            EjabberdServer("ej.example.net", ca=shared, dns=dns_server, users={"bob": "b-pw"},
+                           dialback=not secure, secure_auth=secure) as ej:
+        alice = await Client(pro.jid("alice"), "a-pw", cert=pro.ca_cert).online(pro.c2s_port)
+        bob = await Client(ej.jid("bob"), "b-pw", cert=ej.ca_cert).online(ej.c2s_port)
+        try:
+            bob.send_message(mto=pro.jid("alice"), mbody="hi alice", mtype="chat")
+            msg = await alice.next_message(30)
+            assert (msg["body"], str(msg["from"].bare)) == ("hi alice", ej.jid("bob"))
+            alice.send_message(mto=ej.jid("bob"), mbody="hi bob", mtype="chat")
+            msg = await bob.next_message(30)
+            assert (msg["body"], str(msg["from"].bare)) == ("hi bob", pro.jid("alice"))
+        finally:
+            await alice.close()
+            await bob.close()
+        assert ("_xmpp-server._tcp.pro.example.org.", "SRV") in dns_server.queries
+        assert ("_xmpp-server._tcp.ej.example.net.", "SRV") in dns_server.queries
+        log = pro.log_path.read_text()
+        if secure:
+            assert "Accepting SASL EXTERNAL identity from ej.example.net" in log
+            assert "SASL EXTERNAL with ej.example.net succeeded" in log
+        else:
+            assert "asking ej.example.net if key" in log and "verified dialback key... it is valid" in log

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -55,11 +55,28 @@ def s2s_settings(*, port: int, dns: DnsServer, cert: Path, key: Path, ca: Path, 
     }
 
 
+class Peer(Protocol):
+    """What the interop tests need of a peer server (ProsodyServer, EjabberdServer)."""
+
+    host: str
+    ca_cert: Path
+    c2s_port: int
+
+    def register(self, user: str, password: str) -> None: ...
+    def log(self) -> str: ...
+    def __enter__(self) -> Any: ...
+    def __exit__(self, exc_type: object, *exc: Any) -> None: ...
+
+
+# (CA of the peer's certificate, DNS server, SASL EXTERNAL only?) -> a peer, not started yet
+PeerFactory = Callable[[tuple[Path, Path], DnsServer, bool], Peer]
+
+
 @dataclass
 class World:
     method: str
     dns: DnsServer
-    prosody: ProsodyServer
+    peer: Peer
     node: NodeProcess
     gateway: GatewayProcess
 
@@ -68,21 +85,21 @@ class World:
         self.node.register(name, PASSWORD, MERIDIAN)
         return name
 
-    def prosody_user(self) -> str:
+    def peer_user(self) -> str:
         name = f"p{uuid.uuid4().hex[:8]}"
-        self.prosody.register(name, PASSWORD)
+        self.peer.register(name, PASSWORD)
         return name
 
     async def meridian_client(self, user: str) -> Client:
         return await Client(f"{user}@{MERIDIAN}/interop", PASSWORD, cert=self.node.cert).online(self.node.port)
 
-    async def prosody_client(self, user: str) -> Client:
-        return await Client(f"{user}@{PROSODY}/interop", PASSWORD,
-                            cert=self.prosody.ca_cert).online(self.prosody.c2s_port)
+    async def peer_client(self, user: str) -> Client:
+        return await Client(f"{user}@{self.peer.host}/interop", PASSWORD,
+                            cert=self.peer.ca_cert).online(self.peer.c2s_port)
 
     def dump_logs(self) -> None:
         """On failure: what each server said (pytest shows captured stderr of a failed test)."""
-        for name, text in (("prosody", self.prosody.log()), ("gateway", self.gateway.log()), ("node", self.node.log())):
+        for name, text in (("peer", self.peer.log()), ("gateway", self.gateway.log()), ("node", self.node.log())):
             print(f"===== {name} =====\n{text[-20000:]}", file=sys.stderr)
 
     async def connections(self) -> list[dict[str, Any]]:
@@ -92,18 +109,23 @@ class World:
         return list(body["data"]["s2s"]["connections"])
 
 
-def _start_world(base: Path, method: str) -> Iterator[World]:
+def start_world(base: Path, method: str, make_peer: PeerFactory, *,
+                srv_target: str = f"gw.{MERIDIAN}") -> Iterator[World]:
+    """A Meridian region for ``eu1.example.com`` and a peer, federating through a DnsServer.
+
+    ``dialback``: the peer gets its own CA and does not trust Meridian's; Meridian uses its logged
+    verification opt-out.  ``sasl-external``: one CA for both, verification on.  ``srv_target``
+    names the host in Meridian's SRV record (ejabberd needs one that libc resolves)."""
     external = method == "sasl-external"
     meridian_ca = make_ca(base / "meridian-ca", name="Meridian test CA")
-    # external: Prosody's certificate comes from Meridian's CA and trusts it; dialback: its own CA
-    prosody_ca = meridian_ca if external else make_ca(base / "prosody-ca", name="Prosody test CA")
+    peer_ca = meridian_ca if external else make_ca(base / "peer-ca", name="peer test CA")
     gw_cert, gw_key = issue_cert(*meridian_ca, base / "certs", MERIDIAN, [MERIDIAN])
     link_cert, link_key = issue_cert(*meridian_ca, base / "certs", "eu1-gw1", ["127.0.0.1"])
     s2s_port = free_port()
     with DnsServer() as dns, RedisServer() as redis_server:
-        dns.add_srv(f"_xmpp-server._tcp.{MERIDIAN}", f"gw.{MERIDIAN}", s2s_port)
-        dns.add_a(f"gw.{MERIDIAN}", "127.0.0.1")
-        prosody = ProsodyServer(PROSODY, ca=prosody_ca, dns=dns, dialback=not external, secure_auth=external)
+        dns.add_srv(f"_xmpp-server._tcp.{MERIDIAN}", srv_target, s2s_port)
+        dns.add_a(srv_target, "127.0.0.1")
+        peer = make_peer(peer_ca, dns, external)
         cluster = {"enabled": True, "secret": SECRET, "name": "eu1", "refresh_interval": 0.3,
                    "ping_interval": 0.3, "ping_timeout": 1.5}
         db = f"sqlite:///{base / 'eu1.db'}"
@@ -118,13 +140,13 @@ def _start_world(base: Path, method: str) -> Iterator[World]:
         gateway = GatewayProcess(base / "gw1", name="eu1-gw1", domains=[MERIDIAN], storage_url=db,
                                  settings={"cluster": {**cluster, "port": free_port()}, "gdistrib": gd, "s2s": s2s})
         try:
-            with prosody:
+            with peer:
                 node.start()
                 gateway.start()
                 names = sorted([node.name, gateway.name])
                 for p in (node, gateway):
                     wait_until(lambda p=p: system_info(p)["joinedNodes"] == names, 30, f"{p.name} joined")
-                yield World(method, dns, prosody, node, gateway)
+                yield World(method, dns, peer, node, gateway)
         finally:
             gateway.stop()
             node.stop()
@@ -132,12 +154,16 @@ def _start_world(base: Path, method: str) -> Iterator[World]:
             assert "Traceback" not in p.log(), p.log()
 
 
+def _prosody(ca: tuple[Path, Path], dns: DnsServer, external: bool) -> ProsodyServer:
+    return ProsodyServer(PROSODY, ca=ca, dns=dns, dialback=not external, secure_auth=external)
+
+
 @pytest.fixture(scope="module", params=["dialback", "sasl-external"])
 def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    yield from _start_world(tmp_path_factory.mktemp(f"s2s-prosody-{request.param}"), request.param)
+    yield from start_world(tmp_path_factory.mktemp(f"s2s-prosody-{request.param}"), request.param, _prosody)
 
 
-async def _subscribe(asker: Client, asker_jid: str, owner: Client, owner_jid: str) -> None:
+async def subscribe(asker: Client, asker_jid: str, owner: Client, owner_jid: str) -> None:
     """RFC 6121 §3.1: ``asker`` asks ``owner`` (on the other server); owner approves; asker gets
     ``subscribed`` and then owner's available presence, all over S2S."""
     asker.send_presence(pto=owner_jid, ptype="subscribe")
@@ -154,24 +180,27 @@ async def _subscribe(asker: Client, asker_jid: str, owner: Client, owner_jid: st
             seen.add(presence["type"])
 
 
-async def _chat(sender: Client, receiver: Client, receiver_jid: str, sender_jid: str, body: str) -> None:
+async def chat(sender: Client, receiver: Client, receiver_jid: str, sender_jid: str, body: str) -> None:
     sender.send_message(mto=receiver_jid, mbody=body, mtype="chat")
     msg = await receiver.next_message(30)
     assert (msg["body"], str(msg["from"].bare)) == (body, sender_jid)
 
 
-async def test_messages_and_subscriptions_both_ways(world: World) -> None:
-    m_user, p_user = world.meridian_user(), world.prosody_user()
-    m_jid, p_jid = f"{m_user}@{MERIDIAN}", f"{p_user}@{PROSODY}"
+async def exchange_both_ways(world: World) -> list[dict[str, Any]]:
+    """Chat, mutual presence subscription and a presence change, each started from both sides;
+    returns Meridian's S2S streams with the peer (checked: one in, one out, TLS, the right method)."""
+    peer_domain = world.peer.host
+    m_user, p_user = world.meridian_user(), world.peer_user()
+    m_jid, p_jid = f"{m_user}@{MERIDIAN}", f"{p_user}@{peer_domain}"
     m = await world.meridian_client(m_user)
-    p = await world.prosody_client(p_user)
+    p = await world.peer_client(p_user)
     try:
-        # Meridian → Prosody first: the gateway resolves Prosody's SRV and dials out
-        await _chat(m, p, p_jid, m_jid, "hello from meridian")
-        await _chat(p, m, m_jid, p_jid, "hello from prosody")
-        await _subscribe(m, m_jid, p, p_jid)
-        await _subscribe(p, p_jid, m, m_jid)
-        # both subscribed both ways: a presence change reaches the other side
+        # Meridian → peer first: the gateway resolves the peer's SRV and dials out
+        await chat(m, p, p_jid, m_jid, "hello from meridian")
+        await chat(p, m, m_jid, p_jid, "hello from the peer")
+        await subscribe(m, m_jid, p, p_jid)
+        await subscribe(p, p_jid, m, m_jid)
+        # subscribed both ways: a presence change reaches the other side
         p.send_presence(pstatus="busy", pshow="dnd")
         changed = await m.next_presence(None, sender=p_jid, timeout=30)
         while changed["show"] != "dnd":
@@ -187,15 +216,21 @@ async def test_messages_and_subscriptions_both_ways(world: World) -> None:
         await m.close()
         await p.close()
 
-    assert ("_xmpp-server._tcp.prosody.example.org.", "SRV") in world.dns.queries
-    assert ("_xmpp-server._tcp.eu1.example.com.", "SRV") in world.dns.queries
-    streams = [c for c in await world.connections() if c["peer"] == PROSODY]
+    assert (f"_xmpp-server._tcp.{peer_domain}.", "SRV") in world.dns.queries
+    assert (f"_xmpp-server._tcp.{MERIDIAN}.", "SRV") in world.dns.queries
+    streams = [c for c in await world.connections() if c["peer"] == peer_domain]
     assert {c["direction"] for c in streams} == {"in", "out"}, streams
     expected = "external" if world.method == "sasl-external" else "dialback"
     for c in streams:
         assert c["auth"] == expected and c["tls"] is True and c["localDomain"] == MERIDIAN, c
-    log = world.prosody.log_path.read_text()
-    if expected == "external":
+    return streams
+
+
+async def test_messages_and_subscriptions_both_ways(world: World) -> None:
+    await exchange_both_ways(world)
+    assert isinstance(world.peer, ProsodyServer)
+    log = world.peer.log_path.read_text()
+    if world.method == "sasl-external":
         assert f"Accepting SASL EXTERNAL identity from {MERIDIAN}" in log
         assert f"SASL EXTERNAL with {MERIDIAN} succeeded" in log
     else:
