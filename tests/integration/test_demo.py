@@ -122,6 +122,23 @@ async def _chat(state: dict[str, Any], a: str, b: str) -> None:
         await bob.close()
 
 
+async def _admin_and_dashboard(state: dict[str, Any]) -> None:
+    """The URLs of the state file answer, with the admin credentials and only with them."""
+    import aiohttp
+
+    auth = aiohttp.BasicAuth(state["admin"]["username"], state["admin"]["password"])
+    eu = next(r for r in state["regions"] if r["name"] == "eu")
+    query = {"query": "{ cets { systemInfo { joinedNodes } } }"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(eu["nodes"][0]["admin_url"], json=query, auth=auth) as resp:
+            body = await resp.json()
+        assert body["data"]["cets"]["systemInfo"]["joinedNodes"] == ["eu-gw1", "eu-n1", "eu-n2"], body
+        async with http.post(eu["nodes"][0]["admin_url"], json=query) as resp:
+            assert resp.status == 401
+        async with http.get(eu["gateways"][0]["dashboard_url"], auth=auth) as resp:
+            assert resp.status == 200 and "text/html" in resp.headers["content-type"]
+
+
 async def test_demo_runs_chats_survives_a_crash_and_stops_cleanly(tmp_path: Path) -> None:
     demo = DemoRun(tmp_path, _free_base())
     try:
@@ -131,6 +148,7 @@ async def test_demo_runs_chats_survives_a_crash_and_stops_cleanly(tmp_path: Path
         assert {u["jid"] for u in state["users"]} == {"alice@example.com", "bob@example.com", "carol@other.example"}
         await _chat(state, "alice", "bob")  # eu ↔ us: one domain, through the gateways
         await _chat(state, "alice", "carol")  # example.com ↔ other.example: S2S
+        await _admin_and_dashboard(state)
 
         # A crash (SIGKILL: no clean-up at all) takes the children with it, and a new start works.
         first = _pids(state)
