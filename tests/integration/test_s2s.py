@@ -360,3 +360,85 @@ async def test_resolver_against_the_loopback_dns() -> None:
         for missing in ("none.test", "nowhere.test"):
             with pytest.raises(ResolveError):
                 await resolver.resolve(missing)
+
+
+# -- a shared domain served by two regions, federating with a third domain ----------------------
+
+class SharedWorld:
+    def __init__(self, regions: list[Any], fed: Site, dns: DnsServer) -> None:
+        self.regions, self.fed, self.dns = regions, fed, dns
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedWorld]:
+    """Regions eu and us both serve example.com (one database, one Redis, inter-region links);
+    its SRV record names eu's gateway only.  us1.example.com is a third, federated site."""
+    from tests.helpers.node import toml_dump
+    from tests.helpers.regions import DOMAIN, make_region
+
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not installed")
+    base = tmp_path_factory.mktemp("s2s-shared")
+    with DnsServer() as dns, RedisServer() as redis, RedisServer() as fed_redis:
+        db = f"sqlite:///{base / 'shared.db'}"
+        regions = [make_region(base, name, storage_url=db, redis_url=redis.url, nodes=1) for name in ("eu", "us")]
+        ca, ca_key = make_ca(base / "ca")
+        for region in regions:
+            gw = region.gateways[0]
+            cert, key = issue_cert(ca, ca_key, base / "ca", f"{region.name}-s2s", [DOMAIN])
+            gw.s2s_port = free_port()  # type: ignore[attr-defined]
+            s2s = {"enabled": True, "host": "127.0.0.1", "port": gw.s2s_port,  # type: ignore[attr-defined]
+                   "cert_file": str(cert), "key_file": str(key), "ca_file": str(ca), "nameservers": ["127.0.0.1"],
+                   "dns_port": dns.port, "sasl_external": False, "auth_timeout": 15.0, "retries": 2}
+            gw.config.write_text(gw.config.read_text() + toml_dump({"s2s": s2s}))
+        dns.add_srv(f"_xmpp-server._tcp.{DOMAIN}", f"gw.eu.{DOMAIN}", regions[0].gateways[0].s2s_port)
+        dns.add_a(f"gw.eu.{DOMAIN}", "127.0.0.1")
+        fed: Site | None = None
+        try:
+            for region in regions:
+                region.start()
+            for region in regions:
+                names = sorted(p.name for p in region.processes)
+                for p in region.processes:
+                    assert poll(lambda p=p, names=names: system_info(p)["joinedNodes"] == names, 20), p.log()
+            fed = Site(base, "fed", US, fed_redis.url, dns)  # its ports picked just before it starts
+            fed.start()
+            yield SharedWorld(regions, fed, dns)
+        finally:
+            if fed is not None:
+                fed.stop()
+            for region in regions:
+                region.stop()
+        assert fed is not None
+        for p in [fed.node, fed.gateway, *(q for r in regions for q in r.processes)]:
+            assert "Traceback" not in p.log(), p.log()
+
+
+async def test_s2s_into_a_shared_domain_reaches_the_region_holding_the_user(shared: SharedWorld) -> None:
+    from tests.helpers.regions import DOMAIN
+
+    eu, us = shared.regions
+    name = f"u{uuid.uuid4().hex[:6]}"
+    eu.nodes[0].register(name, PASSWORD, DOMAIN)
+    carol = shared.fed.user("carol")
+    u = await Client(f"{name}@{DOMAIN}/r", PASSWORD, cert=us.nodes[0].cert).online(us.nodes[0].port)
+    c = await shared.fed.client(carol).online(shared.fed.node.port)
+    try:
+        def mapped() -> bool:
+            out = json.loads(eu.gateways[0].ctl("gdistrib", "lookup", "--jid", f"{name}@{DOMAIN}").stdout)
+            return bool(out["data"]["gdistrib"]["lookup"].get("r"))
+
+        assert await apoll(mapped, 15), "the user's session is not published"
+        # In through eu's gateway (the SRV target), relayed to region us, where the user is.
+        c.send_message(mto=f"{name}@{DOMAIN}/r", mbody="via eu", mtype="chat")
+        m = await u.next_message(timeout=20)
+        assert m["body"] == "via eu" and str(m["from"]) == f"{carol}@{US}/r"
+        # Out through us's own gateway: dialback verified by eu's gateway (the shared secret).
+        u.send_message(mto=f"{carol}@{US}/r", mbody="from us region", mtype="chat")
+        assert (await c.next_message(timeout=20))["body"] == "from us region"
+    finally:
+        await u.close()
+        await c.close()
+    us_log = us.gateways[0].log()
+    assert f"s2s {DOMAIN} -> {US} up (dialback" in us_log, us_log
+    assert f"s2s in: {US} verified by dialback for {DOMAIN}" in eu.gateways[0].log()
