@@ -159,11 +159,14 @@ class Browser:
                                      f"console: {self.console[-5:]}")
             await asyncio.sleep(0.2)
 
-    async def press(self, key: str, code: str, key_code: int, *, shift: bool = False) -> None:
+    async def press(self, key: str, code: str, key_code: int, *, shift: bool = False, text: str = "") -> None:
+        """A key press as the keyboard makes it (``text`` for keys that type, e.g. Enter = "\r")."""
         modifiers = 8 if shift else 0
-        for kind in ("rawKeyDown", "keyUp"):
+        extra = {"text": text, "unmodifiedText": text} if text else {}
+        for kind in ("keyDown" if text else "rawKeyDown", "keyUp"):
             await self.send("Input.dispatchKeyEvent", type=kind, key=key, code=code, modifiers=modifiers,
-                            windowsVirtualKeyCode=key_code, nativeVirtualKeyCode=key_code)
+                            windowsVirtualKeyCode=key_code, nativeVirtualKeyCode=key_code,
+                            **(extra if kind == "keyDown" else {}))
 
     async def screenshot(self, path: Path) -> Path:
         data = await self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)

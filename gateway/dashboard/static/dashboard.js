@@ -55,14 +55,18 @@ function renderMap(regions) {
   const gRegions = document.getElementById("map-regions");
   gLinks.replaceChildren();
   gRegions.replaceChildren();
-  const W = 800, H = 300, cx = W / 2, cy = H / 2;
+  // Two regions side by side; more on an ellipse in a taller drawing (room for members and labels).
+  const W = 800, H = names.length > 2 ? 460 : 300, cx = W / 2, cy = H / 2;
+  const svg = document.getElementById("map");
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  svg.style.height = names.length > 2 ? "440px" : "320px";
   const pos = {};
   names.forEach((n, i) => {
     if (names.length === 1) pos[n] = [cx, cy];
     else if (names.length === 2) pos[n] = [i === 0 ? 190 : 610, cy];
     else {
       const a = -Math.PI / 2 + (2 * Math.PI * i) / names.length;
-      pos[n] = [cx + 300 * Math.cos(a), cy + 105 * Math.sin(a)];
+      pos[n] = [cx + 280 * Math.cos(a), cy + 120 * Math.sin(a)];
     }
   });
   const rows = linkRows(regions);
@@ -79,7 +83,13 @@ function renderMap(regions) {
     const label = `${up ? "up" : "down"}${lat.length ? " · " + lat.join(" · ") : ""}`;
     gLinks.append(el("svg:line", { x1, y1, x2, y2, class: `link-line ${up ? "up" : "down"}`, "data-link": key.replace("\u0000", "-") },
       el("svg:title", {}, `link ${r.from} ↔ ${r.to}: ${label}`)));
-    gLinks.append(el("svg:text", { x: (x1 + x2) / 2, y: (y1 + y2) / 2 - 10, class: "link-label" }, label));
+    // The label sits beside the line's middle, on the side away from the drawing's centre.
+    const len = Math.hypot(x2 - x1, y2 - y1) || 1;
+    let nx = -(y2 - y1) / len, ny = (x2 - x1) / len;
+    const mx = (x1 + x2) / 2, my = (y1 + y2) / 2;
+    if ((mx + nx - cx) ** 2 + (my + ny - cy) ** 2 < (mx - cx) ** 2 + (my - cy) ** 2) { nx = -nx; ny = -ny; }
+    if (Math.abs(nx) < 1e-6 && Math.abs(mx - cx) < 1e-6 && names.length === 2) { nx = 0; ny = -1; }
+    gLinks.append(el("svg:text", { x: mx + 14 * nx, y: my + 14 * ny + 4, class: "link-label" }, label));
   }
   for (const n of names) {
     const st = regions[n];
@@ -177,7 +187,8 @@ function regionCard(name, st, localRegion) {
     ...row("Bounces", `${fmt(c.bounced)} (${fmt(rates.bouncedPerSec, 1)}/s), TTL drops ${fmt(c.ttlDrops)}`, "bounced"),
     ...row("Queues", `pairs ${fmt(st.pairQueue)}, links ${fmt(linkQueue)}`, "queues"),
     ...row("Errors", `link ${fmt(c.linkErrors)}, Redis ${fmt(c.redisErrors)}`, "errors"),
-    ...row("Redis", `reads ${redis.reads ? "ok" : "failing"}, writes ${redis.writes ? "ok" : "failing"}`, "redis"),
+    ...row("Redis", st.redis ? `reads ${redis.reads ? "ok" : "failing"}, writes ${redis.writes ? "ok" : "failing"}`
+      : "not reported", "redis"),
     ...row("Cache", st.cache ? `${fmt(st.cache.size)} entries, ${fmt(st.cache.hits)} hits, ${fmt(st.cache.misses)} misses` : "–"),
     ...row("Cluster conflicts", conflicts(st), "conflicts"),
   ];
