@@ -140,15 +140,20 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         pytest.skip("redis-server is not installed")
     base = tmp_path_factory.mktemp("s2s")
     with DnsServer() as dns, RedisServer() as r1, RedisServer() as r2:
+        # Each site's ports are picked just before it starts (fewer chances for another process
+        # to take one meanwhile).
         eu = Site(base, "eu1", EU, r1.url, dns)
-        us = Site(base, "us1", US, r2.url, dns)
+        us: Site | None = None
         try:
             eu.start()
+            us = Site(base, "us1", US, r2.url, dns)
             us.start()
             yield World(eu, us, dns)
         finally:
             eu.stop()
-            us.stop()
+            if us is not None:
+                us.stop()
+        assert us is not None
         for p in (eu.node, eu.gateway, us.node, us.gateway):
             assert "Traceback" not in p.log(), p.log()
 

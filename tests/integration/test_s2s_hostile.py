@@ -38,15 +38,20 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with DnsServer() as dns, RedisServer() as r1, RedisServer() as r2, Silent() as silent:
         dns.add_srv("_xmpp-server._tcp.silent.example", "xmpp.silent.example", silent.port)
         dns.add_a("xmpp.silent.example", "127.0.0.1")
+        # Each site's ports are picked just before it starts (fewer chances for another process
+        # to take one meanwhile).
         eu = Site(base, "eu1", EU, r1.url, dns, fast)
-        us = Site(base, "us1", US, r2.url, dns, fast)
+        us: Site | None = None
         try:
             eu.start()
+            us = Site(base, "us1", US, r2.url, dns, fast)
             us.start()
             yield World(eu, us, dns)
         finally:
             eu.stop()
-            us.stop()
+            if us is not None:
+                us.stop()
+        assert us is not None
         for p in (eu.node, eu.gateway, us.node, us.gateway):
             assert "Traceback" not in p.log(), p.log()
 
