@@ -50,6 +50,7 @@ __all__ = ["S2SService", "dialback_secret"]
 log = logging.getLogger("meridian.s2s")
 
 READ_SIZE = 65536
+WRITE_BUFFER_MAX = 4 * 1024 * 1024  # bytes unsent to a peer before its stanzas bounce
 
 
 def dialback_secret(settings: S2SSettings, cluster_secret: str) -> str:
@@ -105,12 +106,15 @@ class Outgoing:
         self.last_used = time.monotonic()
         data = _server_bytes(stanza)
         if self.ready:
-            assert self.core is not None
+            assert self.core is not None and self.writer is not None
+            if self.writer.transport.get_write_buffer_size() > WRITE_BUFFER_MAX:  # the peer does not read
+                self.s.bounce(stanza, errors.StanzaResourceConstraint(f"{self.remote} is not reading"))
+                return
             self.core.send(data)
             self._flush()
             return
         if len(self.queue) >= self.s.settings.queue_max:
-            self.s.bounce(stanza, errors.RemoteServerTimeout(f"too many stanzas waiting for {self.remote}"))
+            self.s.bounce(stanza, errors.StanzaResourceConstraint(f"too many stanzas waiting for {self.remote}"))
             return
         self.queue.append(_Queued(stanza, data))
 

@@ -245,3 +245,78 @@ def test_cores_import_no_io() -> None:
         source = open(mod.__file__ or "").read()
         for banned in ("import asyncio", "import socket", "import ssl"):
             assert banned not in source
+
+
+def _open_incoming(inc: IncomingStream, from_: str = EU) -> None:
+    inc.feed(f"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' "
+             f"xmlns:db='jabber:server:dialback' from='{from_}' to='{US}' version='1.0'>".encode())
+    inc.data_to_send()
+
+
+def test_external_with_equals_sign_uses_the_header_from() -> None:
+    inc = IncomingStream([US], SECRET_US, ids("us"))
+    inc.tls_started([EU])
+    _open_incoming(inc)
+    events = inc.feed(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>=</auth>")
+    assert events == [Authenticated(US, EU, "external")]
+    assert b"<success" in inc.data_to_send()
+
+
+def test_external_for_another_domain_than_the_header_is_refused() -> None:
+    inc = IncomingStream([US], SECRET_US, ids("us"))
+    inc.tls_started([EU, "other.example"])
+    _open_incoming(inc)
+    events = inc.feed(b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>"
+                      b"b3RoZXIuZXhhbXBsZQ==</auth>")  # other.example, while the header said eu1
+    assert isinstance(events[0], AuthFailed)
+    assert b"<not-authorized/>" in inc.data_to_send()
+    assert not inc.pairs
+
+
+def test_dialback_for_a_domain_not_served_is_host_unknown() -> None:
+    inc = IncomingStream([US], SECRET_US, ids("us"))
+    inc.tls_started()
+    _open_incoming(inc)
+    events = inc.feed(f"<db:result from='{EU}' to='elsewhere.example'>k</db:result>".encode())
+    assert events == [Closed("host-unknown", by_peer=False)]
+
+
+def test_pending_dialback_requests_are_bounded() -> None:
+    from gateway.s2s.stream import MAX_PENDING_DIALBACK
+
+    inc = IncomingStream([US], SECRET_US, ids("us"))
+    inc.tls_started()
+    _open_incoming(inc)
+    for i in range(MAX_PENDING_DIALBACK):
+        assert isinstance(inc.feed(f"<db:result from='d{i}.example' to='{US}'>k</db:result>".encode())[0],
+                          VerifyNeeded)
+    events = inc.feed(f"<db:result from='more.example' to='{US}'>k</db:result>".encode())
+    assert events == [Closed("policy-violation", by_peer=False)]
+
+
+def test_outgoing_sees_the_peers_stream_error() -> None:
+    out = OutgoingStream(EU, US, SECRET_EU)
+    out.start()
+    events = out.feed(b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' "
+                      b"id='x' version='1.0'><stream:error><host-unknown "
+                      b"xmlns='urn:ietf:params:xml:ns:xmpp-streams'/></stream:error>")
+    assert events == [Closed("host-unknown", by_peer=True)]
+    assert out.data_to_send().endswith(b"</stream:stream>")
+
+
+def test_outgoing_over_direct_tls_skips_starttls() -> None:
+    out = OutgoingStream(EU, US, SECRET_EU)
+    out.tls = True  # XEP-0368: the transport is TLS from the start
+    out.start()
+    out.data_to_send()
+    out.feed(b"<stream:stream xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' id='S' "
+             b"version='1.0'><stream:features><mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>"
+             b"<mechanism>EXTERNAL</mechanism></mechanisms></stream:features>")
+    sent = out.data_to_send()
+    assert b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>" in sent and b"starttls" not in sent
+
+
+def test_send_before_authentication_is_our_bug() -> None:
+    out = OutgoingStream(EU, US, SECRET_EU)
+    with pytest.raises(RuntimeError):
+        out.send(b"<message/>")
