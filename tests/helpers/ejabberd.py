@@ -15,14 +15,15 @@ lookups go there: p1_xmpp 1.6.1 (``xmpp_stream_out:a_lookup``) resolves the SRV 
 publish SRV records whose target libc knows: ``srv_target="localhost"`` (our DnsServer also gets an
 A record for it, for Meridian; libunbound answers ``localhost`` itself).
 
-``dialback=False`` leaves out mod_s2s_dialback; ``secure_auth=True`` sets
-``s2s_use_starttls: required_trusted`` (a peer certificate the CA vouches for, i.e. SASL EXTERNAL).
+STARTTLS is always required on S2S.  ``dialback=False`` leaves out mod_s2s_dialback, and so does
+``secure_auth=True``: then only a peer certificate the CA vouches for gets in (SASL EXTERNAL).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -101,7 +102,10 @@ class EjabberdServer:
         if self.dialback:
             modules["mod_s2s_dialback"] = "{}"
         mods = "\n".join(f"  {k}: {v}" for k, v in modules.items())
-        starttls = "required_trusted" if self.secure_auth else "required"
+        # 23.01 spells "trusted certificates only" as STARTTLS required and no mod_s2s_dialback (it
+        # rewrites the older ``required_trusted`` to that, with a warning)
+        if self.secure_auth:
+            modules.pop("mod_s2s_dialback", None)
         return f"""\
 hosts:
   - "{self.host}"
@@ -110,7 +114,7 @@ log_rotate_count: 0
 certfiles:
   - "{self.certfile}"
 ca_file: "{self.cafile}"
-s2s_use_starttls: {starttls}
+s2s_use_starttls: required
 auth_method: internal
 auth_password_format: plain
 shaper: {{}}
@@ -227,8 +231,23 @@ modules:
                 raise TimeoutError(f"ejabberd for {self.host} never reported started:\n{self.log()}")
             time.sleep(0.5)
 
+    def _beam_pids(self) -> list[int]:
+        """The Erlang VM of this instance: ``su -c`` puts it in a session of its own, out of reach of
+        signals to our child's process group, so find it by its unique node name."""
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if args and args[0].endswith(b"beam.smp") and self.node_name.encode() in args:
+                pids.append(int(entry.name))
+        return pids
+
     def stop(self) -> None:
-        """``ejabberdctl stop`` (a clean shutdown), then signals to the process group if it lingers."""
+        """``ejabberdctl stop`` (a clean shutdown), then SIGKILL to its VM if it lingers."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
@@ -236,8 +255,12 @@ modules:
                 self.ctl("stop", timeout=30)
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
-                self.proc.wait()
+                pass
+        for pid in self._beam_pids():
+            os.kill(pid, signal.SIGKILL)
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
         self.proc = None
 
     def close(self) -> None:
