@@ -8,6 +8,8 @@ command -v openssl >/dev/null || need+=(openssl)
 # S2S interop peer (tests/helpers/prosody.py); lua-unbound makes it resolve through the test's DNS server
 command -v prosody >/dev/null || need+=(prosody)
 dpkg -s lua-unbound >/dev/null 2>&1 || need+=(lua-unbound)
+# second S2S interop peer (tests/helpers/ejabberd.py)
+[ -x /usr/sbin/ejabberdctl ] || need+=(ejabberd)
 # Headless browser for the dashboard test (tests/helpers/browser.py drives it over DevTools)
 command -v chromium >/dev/null || need+=(chromium)
 # `docker-compose config` validates compose/docker-compose.yml in tests/integration/test_compose.py (no daemon)
