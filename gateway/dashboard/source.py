@@ -44,8 +44,9 @@ class StoreSource:
 
 
 class GatewaySource:
-    """The dashboard of a running gateway: Redis statuses, and its live status with the cluster's
-    conflict view (``cets systemInfo``), which the published record does not carry.
+    """The dashboard of a running gateway: Redis statuses, and its live status with what the
+    published record does not carry: the cluster's conflict view (``cets systemInfo``) and, when
+    S2S is enabled, its S2S connections (``ctl s2s connections``).
 
     Its routes are built before the gateway exists (the admin app starts with the node services,
     the gateway after them), so ``gateway`` is set later; until then it shows nothing."""
@@ -66,6 +67,9 @@ class GatewaySource:
             info = member.system_info()
             status["cluster"] = {k: info.get(k) for k in (
                 "joinedNodes", "unavailableNodes", "conflictNodes", "conflictTables", "discoveryWorks")}
+        s2s = self.gateway.node.queries.get(("s2s", "connections"))  # registered when [s2s] is enabled
+        if s2s is not None and "s2s" not in status:
+            status["s2s"] = {"peers": s2s()}
         return status
 
 

@@ -57,8 +57,10 @@ class Snapshots:
             if status is not local:
                 self.tracker.observe(name, status, now)
             out[name] = {**status, "rates": self.tracker.rates(name, now)}
-            if name == here and "cluster" in local and "cluster" not in status:
-                out[name]["cluster"] = local["cluster"]  # the region's cluster view, as this member sees it
+            if name == here:  # what only the live status has: the cluster view, this gateway's S2S peers
+                for key in ("cluster", "s2s"):
+                    if key in local and key not in status:
+                        out[name][key] = local[key]
         return {"time": now, "local": local, "regions": out, "error": error}
 
 

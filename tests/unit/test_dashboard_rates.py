@@ -106,3 +106,20 @@ async def test_another_gateways_record_of_the_local_region_adds_to_the_rate() ->
     snap = await snaps.take()
     assert snap["regions"]["eu"]["gateway"] == "eu-gw2"
     assert snap["regions"]["eu"]["rates"]["relayedPerSec"] == 7.0
+
+
+def test_gateway_source_adds_the_cluster_view_and_s2s_peers_to_the_live_status() -> None:
+    from types import SimpleNamespace
+
+    from gateway.dashboard import gateway_source
+
+    source = gateway_source()
+    assert source.local() == {}
+    member = SimpleNamespace(system_info=lambda: {"joinedNodes": ["eu-gw1"], "conflictNodes": ["eu-n9"],
+                                                  "conflictTables": [], "unavailableNodes": [], "other": 1})
+    peers = [{"direction": "out", "peer": "other.example", "ready": True}]
+    node = SimpleNamespace(services=SimpleNamespace(cluster=member), queries={("s2s", "connections"): lambda: peers})
+    source.gateway = SimpleNamespace(status=lambda: {"region": "eu"}, node=node)  # type: ignore[assignment]
+    local = source.local()
+    assert local["cluster"]["conflictNodes"] == ["eu-n9"] and "other" not in local["cluster"]
+    assert local["s2s"] == {"peers": peers}
