@@ -243,3 +243,27 @@ async def test_messages_and_subscriptions_both_ways(world: World) -> None:
     authenticated = [line for line in log.splitlines() if "is now authenticated" in line]
     assert any(f"{MERIDIAN}->{PROSODY}" in line for line in authenticated), authenticated
     assert any(f"{PROSODY}->{MERIDIAN}" in line for line in authenticated), authenticated
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="Meridian delivers a contact's available presence before the 'subscribed' that "
+                          "preceded it on the S2S stream (RFC 6120 §10.1 in-order processing)")
+async def test_subscribed_arrives_before_the_presence_that_follows_it(world: World) -> None:
+    """Prosody sends ``subscribed`` and then the owner's presence on one stream; the asker should
+    see them in that order.  Measured: Meridian hands the user the presence first, every time
+    (the ``subscribed`` waits for the roster update).  Strict: this fails once it is fixed."""
+    m_user, p_user = world.meridian_user(), world.peer_user()
+    m_jid, p_jid = f"{m_user}@{MERIDIAN}", f"{p_user}@{world.peer.host}"
+    m = await world.meridian_client(m_user)
+    p = await world.peer_client(p_user)
+    try:
+        m.send_presence(pto=p_jid, ptype="subscribe")
+        await p.next_presence("subscribe", sender=m_jid, timeout=30)
+        p.send_presence(pto=m_jid, ptype="subscribed")
+        seen: list[str] = []
+        while "subscribed" not in seen or "available" not in seen:
+            seen.append((await m.next_presence(None, sender=p_jid, timeout=30))["type"])
+        assert seen.index("subscribed") < seen.index("available"), seen
+    finally:
+        await m.close()
+        await p.close()
