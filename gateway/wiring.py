@@ -61,7 +61,22 @@ class Gateway:
             "cache": {"size": len(self.router.cache), "hits": self.router.cache.hits,
                       "misses": self.router.cache.misses},
             "redis": {"reads": self.router.redis_ok, "writes": self.publisher.healthy},
+            **self._cluster_and_s2s(),
         }
+
+    def _cluster_and_s2s(self) -> dict[str, Any]:
+        """The cluster's conflict view and this gateway's S2S peers, published with the status so
+        every region's dashboard shows them (not only the gateway's own)."""
+        out: dict[str, Any] = {}
+        member = self.node.services.cluster
+        if member is not None:
+            info = member.system_info()
+            out["cluster"] = {k: info.get(k) for k in (
+                "joinedNodes", "unavailableNodes", "conflictNodes", "conflictTables", "discoveryWorks")}
+        s2s = self.node.queries.get(("s2s", "connections"))  # registered when [s2s] is enabled
+        if s2s is not None:
+            out["s2s"] = {"peers": s2s()}
+        return out
 
     async def lookup(self, jid: str) -> dict[str, Any]:
         from cluster_node.xmpp.jid import Jid

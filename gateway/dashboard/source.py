@@ -44,9 +44,7 @@ class StoreSource:
 
 
 class GatewaySource:
-    """The dashboard of a running gateway: Redis statuses, and its live status with what the
-    published record does not carry: the cluster's conflict view (``cets systemInfo``) and, when
-    S2S is enabled, its S2S connections (``ctl s2s connections``).
+    """The dashboard of a running gateway: every region's status from Redis, and its own live.
 
     Its routes are built before the gateway exists (the admin app starts with the node services,
     the gateway after them), so ``gateway`` is set later; until then it shows nothing."""
@@ -59,18 +57,8 @@ class GatewaySource:
         return await self.gateway.store.statuses() if self.gateway is not None else {}
 
     def local(self) -> dict[str, Any]:
-        if self.gateway is None:
-            return {}
-        status = self.gateway.status()
-        member = self.gateway.node.services.cluster
-        if member is not None and "cluster" not in status:
-            info = member.system_info()
-            status["cluster"] = {k: info.get(k) for k in (
-                "joinedNodes", "unavailableNodes", "conflictNodes", "conflictTables", "discoveryWorks")}
-        s2s = self.gateway.node.queries.get(("s2s", "connections"))  # registered when [s2s] is enabled
-        if s2s is not None and "s2s" not in status:
-            status["s2s"] = {"peers": s2s()}
-        return status
+        # The status carries the cluster's conflict view and the S2S peers (Gateway.status).
+        return self.gateway.status() if self.gateway is not None else {}
 
 
 def gateway_source(gateway: Gateway | None = None) -> GatewaySource:
