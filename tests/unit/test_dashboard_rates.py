@@ -108,18 +108,17 @@ async def test_another_gateways_record_of_the_local_region_adds_to_the_rate() ->
     assert snap["regions"]["eu"]["rates"]["relayedPerSec"] == 7.0
 
 
-def test_gateway_source_adds_the_cluster_view_and_s2s_peers_to_the_live_status() -> None:
+def test_published_status_carries_the_cluster_view_and_s2s_peers() -> None:
     from types import SimpleNamespace
 
     from gateway.dashboard import gateway_source
+    from gateway.wiring import Gateway
 
-    source = gateway_source()
-    assert source.local() == {}
+    assert gateway_source().local() == {}
     member = SimpleNamespace(system_info=lambda: {"joinedNodes": ["eu-gw1"], "conflictNodes": ["eu-n9"],
                                                   "conflictTables": [], "unavailableNodes": [], "other": 1})
     peers = [{"direction": "out", "peer": "other.example", "ready": True}]
     node = SimpleNamespace(services=SimpleNamespace(cluster=member), queries={("s2s", "connections"): lambda: peers})
-    source.gateway = SimpleNamespace(status=lambda: {"region": "eu"}, node=node)  # type: ignore[assignment]
-    local = source.local()
-    assert local["cluster"]["conflictNodes"] == ["eu-n9"] and "other" not in local["cluster"]
-    assert local["s2s"] == {"peers": peers}
+    extra = Gateway._cluster_and_s2s(SimpleNamespace(node=node))  # type: ignore[arg-type]
+    assert extra["cluster"]["conflictNodes"] == ["eu-n9"] and "other" not in extra["cluster"]
+    assert extra["s2s"] == {"peers": peers}
