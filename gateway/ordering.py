@@ -1,9 +1,12 @@
-"""Per-conversation order: the stanzas of one (from, to) pair are handled one after another.
+"""Per-conversation order: the stanzas between two accounts are handled one after another.
 
 Relaying awaits (a Redis lookup on a cache miss, a link with no room, a bounce waiting
 ``resend_after_ms``), and independent awaits finish in any order.  Putting every stanza of a
 pair through one queue keeps the order the sender chose, through lookups and bounces alike
 (MongooseIM issue 1666), while different pairs proceed in parallel.
+
+A pair is two *bare* JIDs (:func:`pair`): a ``subscribed`` (from the account) and the presence
+that follows it (from one of its resources) must not overtake each other (RFC 6120 §10.1).
 """
 
 from __future__ import annotations
@@ -13,11 +16,16 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-__all__ = ["PairQueues"]
+__all__ = ["PairQueues", "pair"]
 
 log = logging.getLogger(__name__)
 
 Job = Callable[[], Awaitable[None]]
+
+
+def pair(from_: str | None, to: str | None) -> tuple[str, str]:
+    """The queue of a stanza from ``from_`` to ``to``: their bare JIDs (the resource dropped)."""
+    return (from_ or "").split("/", 1)[0], (to or "").split("/", 1)[0]
 
 
 class PairQueues:

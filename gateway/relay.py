@@ -40,7 +40,7 @@ from cluster_node.xmpp.stanza import Stanza
 
 from .link.errors import LinkError
 from .mapping import Location, MappingCache, MappingStore
-from .ordering import PairQueues
+from .ordering import PairQueues, pair
 
 __all__ = ["GlobalRouter", "Relayed", "RelayCounters"]
 
@@ -190,7 +190,7 @@ class GlobalRouter:
         if region is None or region == self.region:
             return False
         relayed = Relayed(secrets.token_hex(8), self.region, self.ttl, b"", stanza.from_, stanza.to)
-        self.pairs.submit((stanza.from_ or "", stanza.to or ""), lambda: self._relay(region, stanza, relayed))
+        self.pairs.submit(pair(stanza.from_, stanza.to), lambda: self._relay(region, stanza, relayed))
         return True
 
     # -- the router's GlobalRouting ---------------------------------------------------------------
@@ -205,7 +205,7 @@ class GlobalRouter:
 
     async def bounce(self, stanza: Stanza) -> bool:
         relayed = Relayed(secrets.token_hex(8), self.region, self.ttl, b"", stanza.from_, stanza.to)
-        self.pairs.submit((stanza.from_ or "", stanza.to or ""), lambda: self._deliver(relayed, stanza))
+        self.pairs.submit(pair(stanza.from_, stanza.to), lambda: self._deliver(relayed, stanza))
         return True
 
     async def better_elsewhere(self, stanza: Stanza, bare: Jid, local_top: int) -> bool:
@@ -217,7 +217,7 @@ class GlobalRouter:
         return True
 
     def fanout(self, stanza: Stanza, bare: Jid, which: Fanout) -> None:
-        self.pairs.submit((stanza.from_ or "", str(bare)), lambda: self._fanout(stanza, bare, which))
+        self.pairs.submit(pair(stanza.from_, str(bare)), lambda: self._fanout(stanza, bare, which))
 
     async def _fanout(self, stanza: Stanza, bare: Jid, which: Fanout) -> None:
         # Every region with a resource of the account: each applies ``which`` to its own sessions,
@@ -266,12 +266,12 @@ class GlobalRouter:
                 return
             self.fanout(stanza, bare, fanout_from_json(envelope.get("which")))
         elif kind == "elsewhere":
-            self.pairs.submit((stanza.from_ or "", stanza.to or ""), lambda: self._elsewhere_or_here(stanza))
+            self.pairs.submit(pair(stanza.from_, stanza.to), lambda: self._elsewhere_or_here(stanza))
         elif kind == "bounce":  # its session closed under it on a node
             relayed = Relayed(secrets.token_hex(8), self.region, self.ttl, b"", stanza.from_, stanza.to)
-            self.pairs.submit((stanza.from_ or "", stanza.to or ""), lambda: self._deliver(relayed, stanza))
+            self.pairs.submit(pair(stanza.from_, stanza.to), lambda: self._deliver(relayed, stanza))
         elif kind == "route":  # a node leaves the choice among regions to us
-            self.pairs.submit((stanza.from_ or "", stanza.to or ""), lambda: self.s.router.route(stanza))
+            self.pairs.submit(pair(stanza.from_, stanza.to), lambda: self.s.router.route(stanza))
 
     async def _elsewhere_or_here(self, stanza: Stanza) -> None:
         try:
@@ -360,10 +360,10 @@ class GlobalRouter:
             except InvalidJid:
                 return
             which = fanout_from_json(meta.get("fanout"))
-            self.pairs.submit((stanza.from_ or "", str(bare)),
+            self.pairs.submit(pair(stanza.from_, str(bare)),
                               lambda: self._deliver_fanout(bare, stanza, which))
             return
-        self.pairs.submit((stanza.from_ or "", stanza.to or ""), lambda: self._deliver(relayed, stanza))
+        self.pairs.submit(pair(stanza.from_, stanza.to), lambda: self._deliver(relayed, stanza))
 
     async def _deliver_fanout(self, bare: Jid, stanza: Stanza, which: Fanout) -> None:
         self.s.router.deliver_all(bare, stanza, which, fanout=False)

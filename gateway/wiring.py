@@ -27,6 +27,7 @@ from .link.errors import LinkError
 from .link.tls import client_context, server_context
 from .links import RegionLinks
 from .mapping import MappingCache, MappingStore, redis_client
+from .ordering import pair
 from .publisher import Publisher
 from .relay import GlobalRouter, Relayed
 from .s2s.service import S2SService, dialback_secret
@@ -225,7 +226,7 @@ async def _start_s2s(settings: GatewaySettings, node: Node, router: GlobalRouter
             default_cert = ensure_self_signed(settings.data_dir / "tls", settings.domains)
         s2s = S2SService(settings.s2s, settings.domains, dialback_secret(settings.s2s, settings.cluster.secret),
                          services.router, default_cert,
-                         submit=lambda stanza: router.pairs.submit((stanza.from_ or "", stanza.to or ""),
+                         submit=lambda stanza: router.pairs.submit(pair(stanza.from_, stanza.to),
                                                                    lambda: services.router.route(stanza)))
 
     async def remote(stanza: Stanza, to: Jid) -> None:
@@ -243,8 +244,8 @@ async def _start_s2s(settings: GatewaySettings, node: Node, router: GlobalRouter
             to = Jid.parse(stanza.to or "")
         except InvalidJid:
             return
-        # One queue per (from, to), as for relayed stanzas: a conversation keeps its order.
-        router.pairs.submit((stanza.from_ or "", stanza.to or ""),
+        # One queue per pair of accounts, as for relayed stanzas: a conversation keeps its order.
+        router.pairs.submit(pair(stanza.from_, stanza.to),
                             lambda: _remote_or_error(services.router, remote, stanza, to))
 
     services.router.remote = remote

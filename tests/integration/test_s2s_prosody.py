@@ -245,13 +245,10 @@ async def test_messages_and_subscriptions_both_ways(world: World) -> None:
     assert any(f"{PROSODY}->{MERIDIAN}" in line for line in authenticated), authenticated
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="Meridian delivers a contact's available presence before the 'subscribed' that "
-                          "preceded it on the S2S stream (RFC 6120 §10.1 in-order processing)")
 async def test_subscribed_arrives_before_the_presence_that_follows_it(world: World) -> None:
-    """Prosody sends ``subscribed`` and then the owner's presence on one stream; the asker should
-    see them in that order.  Measured: Meridian hands the user the presence first, every time
-    (the ``subscribed`` waits for the roster update).  Strict: this fails once it is fixed."""
+    """Prosody sends ``subscribed`` and then the owner's presence on one stream; the asker sees
+    them in that order (RFC 6120 §10.1).  The gateway used to queue them apart (the first from the
+    bare JID, the second from a full one) and the presence overtook the roster update."""
     m_user, p_user = world.meridian_user(), world.peer_user()
     m_jid, p_jid = f"{m_user}@{MERIDIAN}", f"{p_user}@{world.peer.host}"
     m = await world.meridian_client(m_user)
