@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from .node import NodeProcess
 from .ports import free_port
 
-__all__ = ["SECRET", "cluster_node", "system_info", "table_info", "wait_until", "eventually"]
+__all__ = ["SECRET", "cluster_node", "system_info", "table_info", "wait_until", "eventually", "poll"]
 
 SECRET = "test-cluster-secret-0123456789"
 T = TypeVar("T")
@@ -32,6 +32,16 @@ def system_info(node: NodeProcess) -> dict[str, Any]:
 def table_info(node: NodeProcess) -> dict[str, dict[str, Any]]:
     res = node.ctl("cets", "table-info")
     return {t["tableName"]: t for t in json.loads(res.stdout)["data"]["cets"]["tableInfo"]}
+
+
+def poll(check: Callable[[], T], timeout: float = 10.0) -> T:
+    """Poll ``check`` until it returns something truthy or ``timeout`` passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
 
 
 def wait_until(check: Callable[[], T], timeout: float = 15.0, what: str = "condition") -> T:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from gateway.link.tls import issue_cert, make_ca
 
 from .dns import DnsServer
 from .ports import free_port
+from .process import wait_listening
 
 __all__ = ["EjabberdServer", "ejabberdctl_binary"]
 
@@ -212,19 +212,8 @@ modules:
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        pending = [self.c2s_port, self.s2s_port]
-        while pending:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"ejabberd for {self.host} exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                with socket.create_connection(("127.0.0.1", pending[0]), timeout=1):
-                    pending.pop(0)
-                    continue
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"ejabberd for {self.host} not listening on {pending}:\n{self.log()}")
-            time.sleep(0.2)
+        wait_listening(self.proc, [self.c2s_port, self.s2s_port], timeout, f"ejabberd for {self.host}", self.log,
+                       poll=0.2)
         # the listeners open before the node answers ejabberdctl; registering needs the latter
         while self.ctl("status", timeout=30).returncode != 0:
             if time.monotonic() > deadline:

@@ -33,11 +33,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +43,7 @@ from gateway.link.tls import issue_cert, make_ca
 
 from .dns import DnsServer
 from .ports import free_port
+from .process import terminate, wait_listening
 
 __all__ = ["ProsodyServer", "prosody_binary", "unbound_available"]
 
@@ -238,32 +237,11 @@ class ProsodyServer:
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until both ports accept connections; the log is in the error if it dies or never listens."""
-        deadline = time.monotonic() + timeout
-        pending = [self.c2s_port, self.s2s_port]
-        while pending:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"prosody for {self.host} exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                with socket.create_connection(("127.0.0.1", pending[0]), timeout=1):
-                    pending.pop(0)
-                    continue
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"prosody for {self.host} not listening on {pending}:\n{self.log()}")
-            time.sleep(0.1)
+        wait_listening(self.proc, [self.c2s_port, self.s2s_port], timeout, f"prosody for {self.host}", self.log)
 
     def stop(self) -> None:
         """SIGTERM (Prosody closes its streams and exits), SIGKILL if it takes more than 15 s."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 15)
         self.proc = None
 
     def close(self) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import redis
 
 from .ports import free_port, free_ports
+from .process import terminate
 
 __all__ = ["RedisClusterServer", "RedisServer", "redis_cli_binary", "redis_server_binary"]
 
@@ -103,15 +104,7 @@ class RedisServer:
 
     def stop(self) -> None:
         """Stop the server; ``start()`` brings it back on the same port, empty."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 10)
         self.proc = None
 
     def close(self) -> None:

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 
 from tests.helpers.browser import Browser, chromium_binary
-from tests.helpers.cluster import eventually, system_info
+from tests.helpers.cluster import eventually, poll, system_info
 from tests.helpers.node import ADMIN_PASSWORD, ADMIN_USER, NodeProcess
 from tests.helpers.redis import RedisServer, redis_server_binary
 from tests.helpers.regions import DOMAIN, Region, make_region
@@ -57,13 +57,6 @@ class World:
         return name
 
 
-def poll(check, timeout: float = 20.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.1)
 
 
 def gd_status(gateway: NodeProcess) -> dict[str, Any]:
@@ -83,7 +76,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             for region in w.regions:
                 names = sorted(p.name for p in region.processes)
                 for p in region.processes:
-                    assert poll(lambda p=p, names=names: system_info(p)["joinedNodes"] == names), p.log()
+                    assert poll(lambda p=p, names=names: system_info(p)["joinedNodes"] == names, 20), p.log()
             for region, other in ((w.eu, "us"), (w.us, "eu")):
                 gw = region.gateways[0]
                 assert poll(lambda gw=gw, other=other: gd_status(gw)["links"].get(other, {}).get("up"), 30)

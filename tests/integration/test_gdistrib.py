@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.cluster import eventually, system_info
+from tests.helpers.cluster import eventually, poll, system_info
 from tests.helpers.node import NodeProcess
 from tests.helpers.proxy import FaultProxy
 from tests.helpers.redis import RedisServer, redis_server_binary
@@ -49,6 +49,7 @@ class World:
 
 def client(node: NodeProcess, user: str, resource: str) -> Client:
     return Client(f"{user}@{DOMAIN}/{resource}", PASSWORD, cert=node.cert)
+
 
 
 def gd_status(gateway: NodeProcess) -> dict:
@@ -84,14 +85,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for p in w.eu.processes + w.us.processes:
             assert "Traceback" not in p.log(), p.log()
 
-
-def poll(check, timeout: float = 10.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.1)
 
 
 def wait_joined(p: NodeProcess, names: list[str]) -> bool:

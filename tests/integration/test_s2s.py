@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from gateway.link.tls import issue_cert, make_ca
-from tests.helpers.cluster import SECRET, system_info
+from tests.helpers.cluster import SECRET, poll, system_info
 from tests.helpers.dns import DnsServer
 from tests.helpers.node import ADMIN_PASSWORD, ADMIN_USER, NodeProcess
 from tests.helpers.ports import free_port
@@ -110,14 +110,6 @@ async def ctl_query(p: NodeProcess, category: str, op: str) -> Any:
     assert status == 200, body
     return body["data"][category][op] if "data" in body else body
 
-
-def poll(check, timeout: float = 10.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.1)
 
 
 async def apoll(check, timeout: float = 10.0):  # type: ignore[no-untyped-def]
