@@ -466,7 +466,7 @@ def cross_region(args: argparse.Namespace) -> dict[str, float]:
 
     delay = args.link_delay_ms
     return {"cross.relayed_rate": num(r"relayed eu→us: .*?\s([\d,.]+) msg/s"),
-            "cross.added_p50_ms": num(r"relay adds \(relayed − same node\), p50.*?\s(-?[\d.]+) ms") - delay,
+            "cross.added_p50_ms": num(r"relay adds \(relayed − same node\), p50[^\n]*\s(-?[\d.]+) ms\n") - delay,
             "cross.added_p99_ms": num(r"\n\s+p99\s+(-?[\d.]+) ms") - delay}
 
 

@@ -1,0 +1,95 @@
+"""The side-by-side benchmark (benchmarks/compare.py) still runs: Meridian only, tiny numbers, one round.
+
+It checks the script works end to end — a real node, real Tsung runs (login storm and chat), the
+loadgen probe, idle connections and the closed loop, the table, results.json written and read back
+— not speed.  The regression check and the Tsung log reader are also exercised on fixed input.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.node import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import compare  # noqa: E402
+
+TSUNG_LOG = """\
+# stats: dump at 1795616251
+stats: users 0 0
+stats: users_count 0 0
+# stats: dump at 1795616251
+stats: users 4 4
+stats: users_count 4 4
+stats: tr_login 3 96.0 2.3 98.3 92.6 0 0
+stats: xmpp_msg_latency 10 2.0 0.5 9.0 0.4 0 0
+stats: match_abort 1 1
+# stats: dump at 1795616252
+stats: users_count 0 4
+stats: tr_login 1 100.0 0 120.0 92.6 96.5 3
+stats: xmpp_msg_latency 30 4.0 0.5 12.5 0.4 2.0 10
+stats: error_connect_econnrefused 2 2
+"""
+
+
+def test_tsung_log_is_read_back() -> None:
+    st = compare.TsungStats.parse(TSUNG_LOG)
+    assert [t for t, _ in st.dumps] == [0.0, 0.25, 0.5]  # by index: the log's stamps are whole seconds
+    assert st.total("tr_login") == 4
+    assert st.mean("xmpp_msg_latency") == pytest.approx((10 * 2.0 + 30 * 4.0) / 40)
+    assert st.max("xmpp_msg_latency") == 12.5
+    assert st.errors() == {"error_connect_econnrefused": 2.0, "match_abort": 1.0}
+
+
+def test_regressions_are_called_out() -> None:
+    recorded = {"load": {"x": 1}, "medians": {"meridian": {
+        "login.rate": 300.0, "chat.p99_ms": 4.0, "idle.kb_per_conn_1": 50.0, "chat.errors": 0.0,
+        "capacity.rate": 20000.0}}}
+    current = {"_load": {"x": 1}, "meridian": {
+        "login.rate": 200.0,           # 33 % fewer logins/s: worse than the 25 % margin
+        "chat.p99_ms": 5.5,            # within 25 % + the 1 ms floor of latencies
+        "idle.kb_per_conn_1": 70.0,    # 40 % more memory
+        "chat.errors": 3.0,            # any new error
+        "capacity.rate": 19000.0}}     # within the margin
+    found = compare.regressions(current, recorded, 0.25)  # type: ignore[arg-type]
+    assert len(found) == 3, found
+    assert all(line.startswith("REGRESSION: meridian ") for line in found)
+    text = "\n".join(found)
+    assert "logins/s" in text and "RSS per connection" in text and "chat.errors" in text
+    assert compare.regressions(current, {"medians": {}}, 0.25) == []  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(shutil.which("tsung") is None, reason="tsung is not installed (scripts/install-test-deps.sh)")
+def test_compare_runs_against_meridian(tmp_path: Path) -> None:
+    results = tmp_path / "results.json"
+    t = time.monotonic()
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--servers", "meridian", "--rounds", "1",
+           "--warmup", "5", "--login-users", "30", "--login-arrival", "100", "--login-hold", "0.5",
+           "--chat-users", "10", "--chat-rate", "4", "--chat-duration", "4", "--chat-wait", "1", "--chat-drain", "2",
+           "--probe-pairs", "2", "--probe-rate", "20", "--idle", "20", "--capacity-duration", "1",
+           "--no-cross-region", "--state-dir", str(tmp_path / "state"), "--results", str(results), "--save"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=180)
+    out = r.stdout
+    assert r.returncode == 0, out + r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    for figure in ("login storm (Tsung): logins/s", "delivered msg/s (steady)", "latency p99 (probe)",
+                   "RSS per connection, 20 held", "capacity (loadgen closed loop)", "server peak RSS"):
+        assert figure in out, f"{figure!r} missing:\n{out}"
+    assert re.search(r"errors \(failed or missing logins\)\s+0", out), out
+    doc = json.loads(results.read_text())
+    m = doc["medians"]["meridian"]
+    assert m["login.errors"] == 0 and m["chat.errors"] == 0 and m["idle.errors"] == 0, m
+    assert m["login.rate"] > 0 and m["chat.rate"] > 0 and m["capacity.rate"] > 0, m
+    assert m["chat.delivered_pct"] == pytest.approx(100.0), m  # every stamped message came back
+    assert 0 < m["chat.p50_ms"] <= m["chat.p99_ms"], m
+    assert 0 < m["idle.kb_per_conn_1"] < 1000 and m["login.peak_rss_mb"] > 10, m
+    assert time.monotonic() - t < 120, f"the smoke run took {time.monotonic() - t:.0f}s"
