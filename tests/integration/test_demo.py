@@ -126,16 +126,19 @@ async def _admin_and_dashboard(state: dict[str, Any]) -> None:
     """The URLs of the state file answer, with the admin credentials and only with them."""
     import aiohttp
 
-    auth = aiohttp.BasicAuth(state["admin"]["username"], state["admin"]["password"])
+    import base64
+
+    token = base64.b64encode(f"{state['admin']['username']}:{state['admin']['password']}".encode()).decode()
+    auth = {"Authorization": f"Basic {token}"}
     eu = next(r for r in state["regions"] if r["name"] == "eu")
     query = {"query": "{ cets { systemInfo { joinedNodes } } }"}
     async with aiohttp.ClientSession() as http:
-        async with http.post(eu["nodes"][0]["admin_url"], json=query, auth=auth) as resp:
+        async with http.post(eu["nodes"][0]["admin_url"], json=query, headers=auth) as resp:
             body = await resp.json()
         assert body["data"]["cets"]["systemInfo"]["joinedNodes"] == ["eu-gw1", "eu-n1", "eu-n2"], body
         async with http.post(eu["nodes"][0]["admin_url"], json=query) as resp:
             assert resp.status == 401
-        async with http.get(eu["gateways"][0]["dashboard_url"], auth=auth) as resp:
+        async with http.get(eu["gateways"][0]["dashboard_url"], headers=auth) as resp:
             assert resp.status == 200 and "text/html" in resp.headers["content-type"]
 
 
