@@ -124,9 +124,9 @@ async def _chat(state: dict[str, Any], a: str, b: str) -> None:
 
 async def _admin_and_dashboard(state: dict[str, Any]) -> None:
     """The URLs of the state file answer, with the admin credentials and only with them."""
-    import aiohttp
-
     import base64
+
+    import aiohttp
 
     token = base64.b64encode(f"{state['admin']['username']}:{state['admin']['password']}".encode()).decode()
     auth = {"Authorization": f"Basic {token}"}
