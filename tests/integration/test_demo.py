@@ -142,6 +142,34 @@ async def _admin_and_dashboard(state: dict[str, Any]) -> None:
             assert resp.status == 200 and "text/html" in resp.headers["content-type"]
 
 
+async def _dashboard_in_a_browser(state: dict[str, Any], tmp_path: Path) -> None:
+    """Headless Chromium on eu's dashboard: both regions and their link, and the relayed counter
+    moving, without a reload, while alice and bob chat."""
+    import base64
+
+    from tests.helpers.browser import Browser, chromium_binary
+
+    if chromium_binary() is None:
+        pytest.skip("chromium is not installed (scripts/install-test-deps.sh)")
+    token = base64.b64encode(f"{state['admin']['username']}:{state['admin']['password']}".encode()).decode()
+    eu = next(r for r in state["regions"] if r["name"] == "eu")
+    async with Browser() as b:
+        await b.send("Network.enable")
+        await b.send("Network.setExtraHTTPHeaders", headers={"Authorization": f"Basic {token}"})
+        await b.goto(eu["gateways"][0]["dashboard_url"])
+        await b.wait_for("!!(document.querySelector('#region-eu') && document.querySelector('#region-us'))",
+                         what="both region cards")
+        await b.wait_for("!!document.querySelector('#map .link-line.up')", what="the eu-us link drawn up")
+        await b.evaluate("window.__noReload = true")
+        read = "document.querySelector('#region-eu [data-metric=relayed]').textContent"
+        before = await b.evaluate(read)
+        await _chat(state, "alice", "bob")
+        await b.wait_for(f"(() => {{ const t = {read}; return t !== {json.dumps(before)} && t; }})()",
+                         what="the relayed counter to change")
+        assert await b.evaluate("window.__noReload") is True
+        await b.screenshot(tmp_path / "demo-dashboard.png")
+
+
 async def test_demo_runs_chats_survives_a_crash_and_stops_cleanly(tmp_path: Path) -> None:
     demo = DemoRun(tmp_path, _free_base())
     try:
@@ -152,6 +180,7 @@ async def test_demo_runs_chats_survives_a_crash_and_stops_cleanly(tmp_path: Path
         await _chat(state, "alice", "bob")  # eu ↔ us: one domain, through the gateways
         await _chat(state, "alice", "carol")  # example.com ↔ other.example: S2S
         await _admin_and_dashboard(state)
+        await _dashboard_in_a_browser(state, tmp_path)
 
         # A crash (SIGKILL: no clean-up at all) takes the children with it, and a new start works.
         first = _pids(state)
