@@ -118,6 +118,7 @@ class C2SConnection(asyncio.Protocol):
         lim = listener.settings.limits
         self._shaper = Shaper(lim.shaper_rate, lim.shaper_burst, lim.shaper_max_throttle)
         self._queue: deque[Stanza] = deque()
+        self._flush_pending = False
         self._worker: asyncio.Task[None] | None = None
         self._paused = {"shaper": False, "queue": False, "tls": False}
         self._limited = False
@@ -217,6 +218,17 @@ class C2SConnection(asyncio.Protocol):
             self.listener.sessions.answer_probe(self, stanza)
             return
         self.core.send_stanza(stanza)
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """One TLS record and one send() for every stanza delivered to this client in the same
+        loop turn (a burst arriving in one cluster frame batch), instead of one per stanza."""
+        if not self._flush_pending:
+            self._flush_pending = True
+            self._loop.call_soon(self._deferred_flush)
+
+    def _deferred_flush(self) -> None:
+        self._flush_pending = False
         self._flush()
 
     def kick(self, condition: str, text: str | None = None) -> None:
