@@ -118,6 +118,45 @@ async def test_documented_register_then_login_then_send(node: NodeProcess) -> No
         await bob.close()
 
 
+# The requests of MongooseIM's own GraphQL test suites (big_tests: graphql_account_SUITE,
+# graphql_stanza_SUITE), verbatim but for a trailing space: variables and an operation name, as scripts send them.
+MIM_REGISTER = """mutation M1($domain: String!, $username: String, $password: String!)
+              { account { registerUser(domain: $domain, username: $username, password: $password)
+              { jid message } } }"""
+MIM_SEND = ("mutation M1($from: JID!, $to: JID!, $body: String!) "
+            "{ stanza { sendMessage(from: $from, to: $to, body: $body) { id } } }")
+MIM_USER_SEND = ("mutation M1($from: JID, $to: JID!, $body: String!) "
+                 "{ stanza { sendMessage(from: $from, to: $to, body: $body) { id } } }")
+
+
+async def test_mongooseim_test_suite_requests_work_unchanged(node: NodeProcess) -> None:
+    async def post(url: str, query: str, variables: dict[str, Any], auth: tuple[str, str]) -> Any:
+        status, body = await node.http("POST", url, auth=auth, json_body={
+            "query": query, "variables": variables, "operationName": "M1"})
+        assert status == 200 and "errors" not in body, body
+        return body["data"]
+
+    admin = f"{node.admin_url}/api/graphql"
+    data = await post(admin, MIM_REGISTER, {"domain": "localhost", "username": "mimcarol", "password": "pw-carol-1"},
+                      (ADMIN_USER, ADMIN_PASSWORD))
+    assert data["account"]["registerUser"]["jid"] == "mimcarol@localhost"
+    await post(admin, MIM_REGISTER, {"domain": "localhost", "username": "mimdave", "password": "pw-dave-1"},
+               (ADMIN_USER, ADMIN_PASSWORD))
+    dave = await client(node, "mimdave@localhost/r", "pw-dave-1").online(node.port)
+    try:
+        data = await post(admin, MIM_SEND, {"from": "mimcarol@localhost", "to": "mimdave@localhost", "body": "a"},
+                          (ADMIN_USER, ADMIN_PASSWORD))
+        assert data["stanza"]["sendMessage"]["id"]
+        assert (await dave.next_message(timeout=10))["body"] == "a"
+        data = await post(f"{node.user_api_url}/api/graphql", MIM_USER_SEND,
+                          {"to": "mimdave@localhost", "body": "b"}, ("mimcarol@localhost", "pw-carol-1"))
+        assert data["stanza"]["sendMessage"]["id"]
+        msg = await dave.next_message(timeout=10)
+        assert msg["body"] == "b" and str(msg["from"].bare) == "mimcarol@localhost"
+    finally:
+        await dave.close()
+
+
 async def test_send_stanza_and_headline(node: NodeProcess) -> None:
     bob = await client(node, "bob@localhost/tablet", "bob-secret").online(node.port)
     try:
