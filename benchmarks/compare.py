@@ -31,7 +31,7 @@ prints a ``REGRESSION:`` line (exit status 1); ``--save`` writes this run's medi
     .venv/bin/python benchmarks/compare.py                                   # everything, 3 rounds
     .venv/bin/python benchmarks/compare.py --servers meridian --rounds 1 --login-users 50 \
         --chat-users 20 --idle 40 --no-cross-region                           # a quick look
-    .venv/bin/python benchmarks/compare.py --profile /tmp/prof               # + py-spy of Meridian in the chat
+    .venv/bin/python benchmarks/compare.py --profile /tmp/prof    # + py-spy of Meridian: closed loop, chat
 
 Exit status 0, 1 when a regression was found, 2 when the run failed.
 """
@@ -394,7 +394,8 @@ def warmup(server: peers.Server, n: int, gen_cpus: list[int]) -> None:
         w.stop()
 
 
-def idle_and_capacity(server: peers.Server, args: argparse.Namespace, gen_cpus: list[int]) -> dict[str, float]:
+def idle_and_capacity(server: peers.Server, args: argparse.Namespace, gen_cpus: list[int],
+                      profile_dir: Path | None = None) -> dict[str, float]:
     """Connections logged in and held at each size of ``--idle``; a closed loop at the first size."""
     assert server.tree is not None
     wait_idle(server.tree)
@@ -427,10 +428,15 @@ def idle_and_capacity(server: peers.Server, args: argparse.Namespace, gen_cpus: 
             out[f"idle.kb_per_conn_{k}"] = (server.tree.rss() - rss0) / size / 1000
             if k == 1 and args.capacity_duration > 0:
                 senders = sum(w.all("pair", 30, senders=max(1, size // 2 // len(w.conns))))
+                prof = Profiler(profile_dir, server.procs[0].pid) if profile_dir is not None else None
+                if prof is not None:
+                    prof.start("capacity")
                 cpu0 = server.tree.cpu_s()
                 res = w.all("closed", args.capacity_duration + 60, window=args.window,
                             duration=args.capacity_duration, drain=5.0)
                 cpu = server.tree.cpu_s() - cpu0
+                if prof is not None:
+                    prof.stop()
                 st = message_stats(res)
                 in_window = sum(r["received_in_window"] for r in res)
                 out["capacity.rate"] = in_window / (st["end"] - st["start"])
@@ -480,8 +486,8 @@ def session(kind: str, server: peers.Server, args: argparse.Namespace, rnd: int,
     server.start()
     try:
         warmup(server, args.warmup, gen_cpus)
-        if args.idle and (rnd < args.idle_rounds):
-            figures.update(idle_and_capacity(server, args, gen_cpus))
+        if args.idle and rnd < args.idle_rounds:
+            figures.update(idle_and_capacity(server, args, gen_cpus, profile_dir))
         if args.login_users:
             figures.update(tsung_login(server, args, base / f"tsung-login-{kind}-{rnd}", gen_cpus))
         if args.chat_users:
@@ -627,18 +633,23 @@ def run(args: argparse.Namespace) -> int:
     servers: dict[str, peers.Server] = {}
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in args.servers}
     busy0, wall0 = machine_busy(), time.monotonic()
+    failed: list[str] = []
+    cross: list[dict[str, float]] = []
     try:
         for kind in args.servers:
             servers[kind] = peers.make_server(kind, state, server_cpus)
             took = servers[kind].prepare(need)
             print(f"  {servers[kind].label}: {need:,} users ready" + (f" (registered in {took:.0f} s)" if took else ""),
                   flush=True)
-        cross: list[dict[str, float]] = []
         for rnd in range(args.rounds):
             order = args.servers[rnd % len(args.servers):] + args.servers[:rnd % len(args.servers)]
             for kind in order:
-                prof = profile_dir if (kind == "meridian" and rnd == args.rounds - 1) else None
-                runs[kind].append(session(kind, servers[kind], args, rnd, base, gen_cpus, prof))
+                prof = profile_dir if (kind == "meridian" and rnd == 0) else None
+                try:
+                    runs[kind].append(session(kind, servers[kind], args, rnd, base, gen_cpus, prof))
+                except (BenchError, peers.BenchError, AssertionError) as e:  # the others go on
+                    failed.append(f"round {rnd + 1} {servers[kind].label}: {e}")
+                    print(f"  round {rnd + 1} {servers[kind].label}: FAILED: {str(e)[:2000]}", flush=True)
             if args.cross_region and rnd < args.cross_rounds:
                 t = time.monotonic()
                 cross.append(cross_region(args))
@@ -658,10 +669,13 @@ def run(args: argparse.Namespace) -> int:
     wall = time.monotonic() - wall0
     busy1 = machine_busy()
 
-    results = {k: medians(v) for k, v in runs.items()}
+    results = {k: medians(v) for k, v in runs.items() if v}
     if cross and "meridian" in results:
         results["meridian"].update(medians(cross))
     labels = {k: s.label for k, s in servers.items()}
+    if not results:
+        print("BENCHMARK FAILED: no server completed a round", file=sys.stderr)
+        return 2
     print()
     for line in table(results, labels, args):
         print(line)
@@ -674,7 +688,8 @@ def run(args: argparse.Namespace) -> int:
               f"load average {load_average()}")
     if profile_dir:
         for path in sorted(profile_dir.glob("*.txt")):
-            print(f"\n  py-spy of Meridian (one node) during the Tsung chat ({path}):")
+            phase = "the closed loop" if path.stem == "capacity" else "the Tsung chat (probe window)"
+            print(f"\n  py-spy of Meridian (one node) during {phase} ({path}):")
             for line in summarize_profile(path):
                 print(line)
     load = {"login_users": args.login_users, "login_arrival": args.login_arrival, "chat_users": args.chat_users,
@@ -696,6 +711,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"  saved to {args.results}")
     if args.json:
         Path(args.json).write_text(json.dumps({"medians": results, "runs": runs, "cross": cross}, indent=1))
+    for f in failed:
+        print(f"BENCHMARK FAILED: {f[:300]}", file=sys.stderr)
+    if failed:
+        return 2
     return 1 if any(line.startswith("REGRESSION") for line in found) else 0
 
 
@@ -722,9 +741,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=200, help="logins after each start, not measured (200)")
     ap.add_argument("--login-users", type=int, default=2000, help="Tsung login storm: users (2000; 0 skips)")
     ap.add_argument("--login-arrival", type=float, default=1000.0, help="Tsung arrivals per second (1000)")
-    ap.add_argument("--login-hold", type=float, default=2.0, help="seconds each storm user stays connected (2)")
+    ap.add_argument("--login-hold", type=float, default=5.0,
+                    help="seconds each storm user stays connected (5: longer than the arrivals, or Tsung hands a "
+                         "user whose session is still closing to a new arrival, and the server kicks one: conflict)")
     ap.add_argument("--chat-users", type=int, default=1000, help="Tsung chat: online users (1000; 0 skips)")
-    ap.add_argument("--chat-rate", type=float, default=2.0, help="messages/s each chat user sends (2)")
+    ap.add_argument("--chat-rate", type=float, default=4.0, help="messages/s each chat user sends (4)")
     ap.add_argument("--chat-duration", type=float, default=20.0, help="seconds each chat user sends (20)")
     ap.add_argument("--chat-wait", type=float, default=5.0, help="seconds after the arrivals before sending (5)")
     ap.add_argument("--chat-drain", type=float, default=5.0, help="seconds to receive after the last send (5)")
@@ -751,7 +772,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--noise", type=float, default=0.25, help="relative margin before a figure is a regression (0.25)")
     ap.add_argument("--save", action="store_true", help="write this run's medians to --results")
     ap.add_argument("--json", help="also write this run's figures to this file")
-    ap.add_argument("--profile", metavar="DIR", help="py-spy Meridian (one node) during the last round's chat")
+    ap.add_argument("--profile", metavar="DIR", help="py-spy Meridian (one node) in round 1: closed loop and chat")
     ap.add_argument("--keep", action="store_true", help="keep Tsung's logs and configs (printed directory)")
     args = ap.parse_args(argv)
     if args.rounds < 1 or args.login_arrival <= 0 or args.chat_rate <= 0:
