@@ -298,7 +298,13 @@ class C2SConnection(asyncio.Protocol):
             return
         if self._closed:
             return
-        events = self.core.provide_credentials(creds)
+        # PLAIN's PBKDF2 (about 2 ms) runs on a worker thread: hashlib releases the GIL, so logins
+        # use the other CPU instead of stalling every connection of the node.
+        check = self.core.credentials_check(creds)
+        checked = await asyncio.to_thread(check) if check is not None else None
+        if self._closed or self.core.state is not State.WAIT_CREDENTIALS:
+            return  # closed (kicked, timed out) meanwhile
+        events = self.core.provide_credentials(creds, checked=checked)
         if self.core.username is None:
             self.listener.counters["auth_failures"] += 1
         self._handle(events)

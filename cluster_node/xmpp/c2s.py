@@ -174,12 +174,22 @@ class C2SStream:
             return self.receive_data(early)
         return self._take_events()
 
-    def provide_credentials(self, creds: ScramCredentials | None) -> list[C2SEvent]:
+    def credentials_check(self, creds: ScramCredentials | None) -> Callable[[], bool] | None:
+        """For a mechanism whose check is slow (PLAIN: PBKDF2), that check as a self-contained
+        function the adapter may run elsewhere (a thread) and hand back to :meth:`provide_credentials`
+        as ``checked``; None when there is nothing slow to do."""
+        slow = getattr(self._sasl, "slow_check", None)
+        return slow(creds) if self.state is State.WAIT_CREDENTIALS and slow is not None else None
+
+    def provide_credentials(self, creds: ScramCredentials | None, *, checked: bool | None = None) -> list[C2SEvent]:
         self._expect(State.WAIT_CREDENTIALS)
         assert self._sasl is not None
         self.state = State.NEGOTIATING
         try:
-            self._sasl_result(self._sasl.provide(creds))
+            if checked is not None and hasattr(self._sasl, "slow_check"):
+                self._sasl_result(self._sasl.provide(creds, checked))  # type: ignore[call-arg]
+            else:
+                self._sasl_result(self._sasl.provide(creds))
         except SaslFailure as e:
             self._sasl_failed(e)
         self._process()

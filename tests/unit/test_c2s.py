@@ -187,3 +187,28 @@ def test_clean_close():
     events = feed(c, b"</stream:stream>")
     assert events == [StreamEnded(None)]
     assert c.data_to_send() == b"</stream:stream>"
+
+
+@pytest.mark.parametrize("password, ok", [("secret", True), ("wrong", False)])
+def test_plain_check_runs_outside_the_core_and_its_answer_decides(password: str, ok: bool) -> None:
+    """The adapter runs PLAIN's PBKDF2 on a thread: the core hands it out and takes the answer back."""
+    c = new()
+    to_tls(c)
+    feed(c, HEADER)
+    c.data_to_send()
+    assert feed(c, plain(pw=password)) == [CredentialsNeeded("alice", "sha256")]
+    check = c.credentials_check(CREDS["sha256"])
+    assert check is not None and check() is ok
+    events = c.provide_credentials(CREDS["sha256"], checked=check())
+    assert (events == [Authenticated("alice")]) is ok
+    assert (b"<success" if ok else b"<not-authorized") in c.data_to_send()
+
+
+def test_scram_has_no_slow_check_to_hand_out() -> None:
+    c = new()
+    to_tls(c)
+    feed(c, HEADER)
+    c.data_to_send()
+    nonce = base64.b64encode(b"n,,n=alice,r=abc").decode()
+    feed(c, f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{nonce}</auth>".encode())
+    assert c.credentials_check(CREDS["sha256"]) is None

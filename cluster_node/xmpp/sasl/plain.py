@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 from ..errors import SaslFailure
 from ..jid import InvalidJid, nodeprep
 from . import Challenge, NeedCredentials, Success
@@ -49,11 +52,21 @@ class PlainServer:
         self._state = "wait-creds"
         return NeedCredentials(self._username)
 
-    def provide(self, creds: ScramCredentials | None) -> Success:
+    def slow_check(self, creds: ScramCredentials | None) -> Callable[[], bool] | None:
+        """The password check (PBKDF2 over the stored salt: milliseconds of CPU) as a function of
+        nothing shared, for the adapter to run off its event loop; pass its answer to
+        :meth:`provide` as ``checked``."""
+        if self._state != "wait-creds" or creds is None:
+            return None
+        return functools.partial(verify_password, self._password, creds)
+
+    def provide(self, creds: ScramCredentials | None, checked: bool | None = None) -> Success:
         if self._state != "wait-creds":
             raise SaslFailure("malformed-request")
         self._state = "done"
         password, self._password = self._password, ""
-        if creds is None or not verify_password(password, creds):
+        if creds is None:
+            raise SaslFailure("not-authorized")
+        if not (checked if checked is not None else verify_password(password, creds)):
             raise SaslFailure("not-authorized")
         return Success(self._username)
