@@ -485,6 +485,8 @@ def run(args: argparse.Namespace) -> int:
         "limits": {"max_connections_per_ip": args.clients + 1000, "max_connections": args.clients + 1000,
                    "shaper_rate": 10_000_000, "shaper_burst": 10_000_000},
         "storage": {"url": f"sqlite:///{db}"},
+        # No HTTP APIs: nothing here uses them, and their default ports would collide between runs.
+        "admin": {"port": 0}, "user_api": {"port": 0},
     }
     config = tmp / "node.toml"
     config.write_text(toml_config(conf))
