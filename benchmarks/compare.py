@@ -239,7 +239,10 @@ class Tsung:
 
         self.t0 = time.monotonic()
         with open(self.dir / "tsung.out", "wb") as out:
-            self.proc = subprocess.Popen([exe, "-n", "-f", str(self.conf), "-l", str(self.dir / "log"), "start"],
+            # -i: a controller name of our own (tsung_controller_<id>@host), or a second Tsung on the
+            # machine (another run, the smoke test in a test suite) fails: "name … in use"
+            self.proc = subprocess.Popen([exe, "-n", "-i", f"b{os.getpid()}", "-f", str(self.conf),
+                                          "-l", str(self.dir / "log"), "start"],
                                          stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                          cwd=self.dir, preexec_fn=prepare)
         self.tree = peers.ProcTree([self.proc.pid])
