@@ -131,6 +131,9 @@ async def running_node(settings: NodeSettings, *, http_routes: Sequence[web.Rout
                             settings.shutdown_timeout)
             if member is not None:
                 await member.stop()
+                # A member that left while we stopped (a whole cluster stopping at once) started
+                # its clean-up here (unavailable presence, which reads storage): finish it too.
+                await router.drain(2.0)
 
 
 def _session_queries(services: Services) -> dict[tuple[str, str], Callable[..., Any]]:

@@ -455,6 +455,12 @@ class C2SStream:
 
     def _on_stanza(self, stanza: Stanza) -> None:
         assert self.jid is not None
+        if (stanza.name == "iq" and stanza.type == "set" and stanza.to in (None, self.jid.domain)
+                and stanza.child(ns.SESSION, "session") is not None):
+            # RFC 3921 session establishment, advertised as optional: clients that still send it
+            # (after bind, as RFC 3921 has it) get the no-op result, not service-unavailable.
+            self._write(f"<iq type='result' id={quoteattr(stanza.id or '')}/>".encode())
+            return
         full = str(self.jid)
         sender = stanza.from_
         if sender is not None and sender != full:

@@ -212,3 +212,13 @@ def test_scram_has_no_slow_check_to_hand_out() -> None:
     nonce = base64.b64encode(b"n,,n=alice,r=abc").decode()
     feed(c, f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>{nonce}</auth>".encode())
     assert c.credentials_check(CREDS["sha256"]) is None
+
+
+def test_legacy_session_after_bind_gets_a_result() -> None:
+    """RFC 3921 clients (and Tsung) send <session/> after bind: the advertised optional no-op."""
+    c = new()
+    login(c)
+    c.data_to_send()
+    events = feed(c, b"<iq type='set' id='s1'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>")
+    assert events == []
+    assert c.data_to_send() == b"<iq type='result' id=\"s1\"/>"
