@@ -51,6 +51,7 @@ if str(ROOT) not in sys.path:
 
 from tests.helpers.node import toml_dump  # noqa: E402
 from tests.helpers.ports import free_port, free_ports  # noqa: E402
+from tests.helpers.prosody import _encode, _lua  # noqa: E402  (Lua literals, Prosody's file names)
 
 __all__ = ["DOMAIN", "Server", "Meridian", "Ejabberd", "Prosody", "ProcTree", "user", "password",
            "make_server", "SERVER_KINDS"]
@@ -525,24 +526,6 @@ modules:
 
 
 # -- Prosody --------------------------------------------------------------------------------------
-
-
-def _lua(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, (str, Path)):
-        return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, (list, tuple)):
-        return "{ " + "; ".join(_lua(v) for v in value) + " }"
-    if isinstance(value, dict):
-        return "{ " + "; ".join(f"[{_lua(k)}] = {_lua(v)}" for k, v in value.items()) + " }"
-    raise TypeError(value)
-
-
-def _encode(part: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]", lambda m: "".join(f"%{b:02x}" for b in m.group().encode()), part)
 
 
 class Prosody(Server):
