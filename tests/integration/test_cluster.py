@@ -69,6 +69,17 @@ async def test_chat_across_nodes_full_bare_and_iq(cluster):
         a.send_message(mto="bob@localhost/b", mbody="full jid across nodes", mtype="chat")
         m = await b.next_message()
         assert m["body"] == "full jid across nodes" and str(m["from"]) == "alice@localhost/a"
+        # A message to a bare JID goes to an *available* resource, else offline: wait until bob's
+        # node has carol's initial presence (replicated from n3), so the premise holds.
+        async def carol_available_on_n2() -> bool:
+            _, body = await n2.admin("{ session { listSessions { user available } } }")
+            return any(s["user"].startswith("carol@") and s["available"]
+                       for s in body["data"]["session"]["listSessions"])
+
+        for _ in range(100):
+            if await carol_available_on_n2():
+                break
+            await asyncio.sleep(0.05)
         b.send_message(mto="carol@localhost", mbody="bare jid across nodes", mtype="chat")
         assert (await c.next_message())["body"] == "bare jid across nodes"
         c.send_message(mto="alice@localhost", mbody="and back", mtype="chat")
