@@ -159,7 +159,7 @@ def build_topology(directory: Path, base_port: int, *, secret: str, admin: tuple
             gw["admin"] = {"host": HOST, "port": gw_ports["admin"], "username": admin[0], "password": admin[1]}
             gw["user_api"] = {"port": 0}
         if has_s2s:
-            gw["s2s"] = _s2s_settings(directory, base_port, name, domains, gw_ports["s2s"], ca_dir)
+            gw["s2s"] = _s2s_settings(base_port, name, domains, gw_ports["s2s"], ca_dir)
         region.gateways.append(DemoProcess(gw_name, "gateway", name, directory / gw_name, gw, gw_ports))
         regions.append(region)
     users = [DemoUser(f"alice@{SHARED_DOMAIN}", "eu"), DemoUser(f"bob@{SHARED_DOMAIN}", "us"),
@@ -171,7 +171,7 @@ def s2s_port(base_port: int, region_index: int) -> int:
     return base_port + 100 * region_index + 55
 
 
-def _s2s_settings(directory: Path, base_port: int, region: str, domains: list[str], port: int,
+def _s2s_settings(base_port: int, region: str, domains: list[str], port: int,
                   ca_dir: Path) -> dict[str, Any]:
     """S2S between the demo's domains, through a static host map (no DNS on a laptop)."""
     hosts = {SHARED_DOMAIN: f"{HOST}:{s2s_port(base_port, 0)}", OTHER_DOMAIN: f"{HOST}:{s2s_port(base_port, 2)}"}
