@@ -184,6 +184,15 @@ class NodeSettings(BaseSettings):
     components: ComponentSettings = ComponentSettings()
     admin: AdminApiSettings = AdminApiSettings()
     user_api: UserApiSettings = UserApiSettings()
+    # [modules.<name>] tables, checked against each module's own settings model (modules/loader.py).
+    modules: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _modules(self) -> NodeSettings:
+        from .modules.loader import module_settings
+
+        module_settings(self.modules)  # raises "modules.<name>.<key>: …"
+        return self
 
     @model_validator(mode="after")
     def _cluster_secret(self) -> NodeSettings:

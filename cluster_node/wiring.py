@@ -18,19 +18,14 @@ from prometheus_client import CollectorRegistry
 
 from .api.http import serving_api
 from .api.metrics import instrument, new_registry
+from .clustering import build_member
 from .core.accounts import Accounts
-from .core.clustering import build_member
+from .core.hooks import Hook, Hooks
 from .core.router import Router
 from .core.services import Services
 from .core.session_manager import SessionManager
 from .core.sessions import LocalSessions, SessionTable
-from .modules.disco import Disco
-from .modules.offline import Offline
-from .modules.ping import Ping
-from .modules.presence import Presence
-from .modules.register import Register
-from .modules.roster import Roster
-from .modules.version import Version
+from .modules.loader import start_modules, stop_modules
 from .net.c2s_server import C2SListener
 from .net.cluster_net import ClusterMember
 from .net.component_server import ComponentListener, ComponentRouting
@@ -86,38 +81,36 @@ async def running_node(settings: NodeSettings, *, http_routes: Sequence[web.Rout
         accounts.min_password_length = settings.registration.min_password_length
         table = SessionTable(settings.node_name)
         local = LocalSessions(settings.node_name)
-        router = Router(settings.node_name, settings.domains, table, local)
-        services = Services(settings, storage, accounts, table, local, router)
+        hooks = Hooks()
 
         async def account_exists(jid):  # type: ignore[no-untyped-def]
             return await storage.account_exists(jid.domain, jid.local or "")
 
-        router.account_exists = account_exists
-        services.roster = Roster(services)
-        services.presence = Presence(services)
-        services.offline = Offline(services)
-        Disco(services)
-        Ping(services)
-        Version(services)
-        register = Register(services)
+        router = Router(settings.node_name, settings.domains, table, local, hooks, account_exists)
+        services = Services(settings, storage, accounts, table, local, router, hooks)
         sessions = SessionManager(services)
+        services.session_manager = sessions
         registry = new_registry()
         instrument(sessions, router, registry)
         member = await build_member(services, cert, key) if settings.cluster.enabled else None
         services.components = ComponentRouting(services)
-        router.to_component = services.components
+        hooks.add(Hook.ROUTE_REMOTE, services.components, 10, owner=services.components)
+        services.envelopes["component"] = services.components.arrived
+        modules = await start_modules(services, settings.modules)
+        for collector in services.collectors:
+            registry.register(collector)
         components = ComponentListener(services, services.components, tls)
-        c2s = C2SListener(settings, sessions, register, tls)
+        c2s = C2SListener(settings, sessions, hooks, tls)
         await c2s.start()
         await components.start()
         log.info("node %s serving %s; c2s on %s", settings.node_name, ", ".join(settings.domains),
                  ", ".join(map(str, c2s.ports)))
-        queries = _control_queries(member) | _session_queries(services)
+        queries = _control_queries(member) | _session_queries(services) | services.queries
         node = Node(services, sessions, c2s, queries, metrics=registry)
         node.ready_checks.update(_ready_checks(settings, c2s, member))
         queries[("graphql", "admin")] = _control_graphql(node)
         try:
-            async with serving_api(node, tls=tls, routes=http_routes), \
+            async with serving_api(node, tls=tls, routes=[*http_routes, *services.http_routes]), \
                     serving_control(control_socket(settings.data_dir), queries):
                 yield node
         finally:
@@ -129,6 +122,7 @@ async def running_node(settings: NodeSettings, *, http_routes: Sequence[web.Rout
             if left:
                 log.warning("stopping with %d session clean-ups unfinished after %.0f s", left,
                             settings.shutdown_timeout)
+            await stop_modules(services, modules)
             if member is not None:
                 await member.stop()
                 # A member that left while we stopped (a whole cluster stopping at once) started

@@ -29,7 +29,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from cluster_node.core.clustering import fanout_from_json, fanout_to_json
+from cluster_node.core.hooks import Hook
 from cluster_node.core.router import Fanout
 from cluster_node.core.services import Services
 from cluster_node.xmpp import errors
@@ -223,7 +223,7 @@ class GlobalRouter:
         # Every region with a resource of the account: each applies ``which`` to its own sessions,
         # which it knows exactly (availability in the mapping may lag behind a presence change).
         regions = sorted({loc.region for loc in (await self.locate(bare)).values() if loc.region != self.region})
-        meta = {"fanout": fanout_to_json(which), "bare": str(bare)}
+        meta = {"fanout": which.to_json(), "bare": str(bare)}
         for region in regions:
             await self._relay(region, stanza, Relayed(secrets.token_hex(8), self.region, self.ttl, b"",
                                                       stanza.from_, stanza.to, meta), quiet=True)
@@ -264,7 +264,7 @@ class GlobalRouter:
                 bare = Jid.parse(str(envelope.get("bare"))).bare
             except InvalidJid:
                 return
-            self.fanout(stanza, bare, fanout_from_json(envelope.get("which")))
+            self.fanout(stanza, bare, Fanout.from_json(envelope.get("which")))
         elif kind == "elsewhere":
             self.pairs.submit(pair(stanza.from_, stanza.to), lambda: self._elsewhere_or_here(stanza))
         elif kind == "bounce":  # its session closed under it on a node
@@ -317,7 +317,7 @@ class GlobalRouter:
         except InvalidJid:
             return
         if records:
-            await self.s.offline.deliver_stored(max(records, key=lambda r: r.priority))
+            await self.s.hooks.run_async(Hook.OFFLINE_FLUSH, max(records, key=lambda r: r.priority))
 
     # -- from other regions ---------------------------------------------------------------------
 
@@ -359,7 +359,7 @@ class GlobalRouter:
                 bare = Jid.parse(str(meta.get("bare"))).bare
             except InvalidJid:
                 return
-            which = fanout_from_json(meta.get("fanout"))
+            which = Fanout.from_json(meta.get("fanout"))
             self.pairs.submit(pair(stanza.from_, str(bare)),
                               lambda: self._deliver_fanout(bare, stanza, which))
             return

@@ -13,7 +13,8 @@ from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from cluster_node.core.router import Router
+from cluster_node.core.hooks import Hook
+from cluster_node.core.router import Router, add_global_routing
 from cluster_node.core.sessions import SessionRecord
 from cluster_node.net.tls import ensure_self_signed
 from cluster_node.wiring import Node, run_until_signalled, running_node
@@ -170,8 +171,10 @@ async def running_gateway(settings: GatewaySettings, *, http_routes: Sequence[we
         router = GlobalRouter(services, store, cache, links.send, region=gd.local_host, ttl=gd.message_ttl,
                               bounce=gd.bounce.enabled, resend_after=gd.bounce.resend_after_ms / 1000,
                               max_retries=gd.bounce.max_retries)
-        services.router.global_routing = router
-        services.handoff = router.handoff
+        # The gateway's own router answers for the other regions before the node's hand-off would
+        # (priority 40 < 50); nodes hand it stanzas in "gd" envelopes.
+        add_global_routing(services.hooks, router, priority=40, owner=router)
+        services.envelopes["gd"] = router.handoff
         s2s = await _start_s2s(settings, node, router)
         gateway: Gateway | None = None
 
@@ -229,14 +232,17 @@ async def _start_s2s(settings: GatewaySettings, node: Node, router: GlobalRouter
                          submit=lambda stanza: router.pairs.submit(pair(stanza.from_, stanza.to),
                                                                    lambda: services.router.route(stanza)))
 
-    async def remote(stanza: Stanza, to: Jid) -> None:
+    async def remote(stanza: Stanza, to: Jid) -> bool:
+        """The routing chain after the region's components: another region's component or
+        service domain, else S2S."""
         if await router.to_domain(stanza, to):
-            return
+            return True
         if s2s is None:
             raise errors.RemoteServerNotFound(f"{to.domain} is not served here (S2S is disabled)")
         await s2s.remote(stanza, to)
+        return True
 
-    def handoff(envelope: dict[str, Any], stanza: Stanza, relay: Any = services.handoff) -> None:
+    def handoff(envelope: dict[str, Any], stanza: Stanza, relay: Any = services.envelopes["gd"]) -> None:
         if envelope.get("gd") != "s2s":
             relay(envelope, stanza)
             return
@@ -248,8 +254,8 @@ async def _start_s2s(settings: GatewaySettings, node: Node, router: GlobalRouter
         router.pairs.submit(pair(stanza.from_, stanza.to),
                             lambda: _remote_or_error(services.router, remote, stanza, to))
 
-    services.router.remote = remote
-    services.handoff = handoff
+    services.hooks.add(Hook.ROUTE_REMOTE, remote, 40, owner=router)
+    services.envelopes["gd"] = handoff
     if s2s is not None:
         await s2s.start()
         node.queries[("s2s", "connections")] = s2s.connections

@@ -21,3 +21,11 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+# JavaScript XMPP client (xmpp.js, pinned in tests/js/package-lock.json) of the Stream Management tests
+# (tests/helpers/xmppjs.py); xmpp.js 0.14 wants Node.js >= 20.10
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    if [ "$(id -u)" != 0 ]; then echo "missing packages: nodejs npm (apt-get install them as root)" >&2; exit 1; fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+[ -d tests/js/node_modules ] || npm ci --no-audit --no-fund --prefix tests/js

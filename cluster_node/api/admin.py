@@ -14,6 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from ..core.accounts import AccountError, Accounts
+from ..core.hooks import Hook
 from ..xmpp import ns
 from ..xmpp.jid import InvalidJid, Jid
 from ..xmpp.stanza import Stanza
@@ -257,17 +258,18 @@ class RosterAdmin:
         old = await s.storage.get_roster_item(u.domain, u.local or "", str(contact))
         item = RosterItem(jid=str(contact), name=name or None, subscription=old.subscription if old else "none",
                           ask=old.ask if old else False, groups=tuple(dict.fromkeys(groups or ())))
-        await s.roster.store(u, item)
+        ver = await s.storage.put_roster_item(u.domain, u.local or "", item)
+        s.hooks.run(Hook.ROSTER_CHANGED, u, item, ver, None)
         return "Contact added successfully"
 
     async def deleteContact(self, _: Info, user: Jid, contact: Jid) -> str:
         u = self._user(user)
         s = self.node.services
-        await s.presence.cancel_all(u, contact.bare)
+        await s.hooks.run_async(Hook.ROSTER_REMOVE, u, contact.bare)
         ver = await s.storage.delete_roster_item(u.domain, u.local or "", str(contact.bare))
         if ver is None:
             raise ApiError(f"{contact.bare} is not in the roster of {u}")
-        s.roster.push(u, None, ver, str(contact.bare))
+        s.hooks.run(Hook.ROSTER_CHANGED, u, None, ver, str(contact.bare))
         return "Contact deleted successfully"
 
     async def subscription(self, _: Info, user: Jid, contact: Jid, action: str | None = None) -> str:
@@ -277,7 +279,7 @@ class RosterAdmin:
         if ptype is None:
             raise ApiError("action: one of INVITE, ACCEPT, DECLINE, CANCEL is required")
         u = self._user(user)
-        await self.node.services.presence._outbound_subscription(u, contact.bare, ptype)
+        await self.node.services.hooks.first_async(Hook.SUBSCRIPTION_OUT, u, contact.bare, ptype)
         return "Subscription stanza with type " + ptype + " sent successfully"
 
 

@@ -58,6 +58,7 @@ class Op:
 
 Change = tuple[str, Record]  # ("insert" | "delete", record)
 ConflictHandler = Callable[[Record, Record], Record]  # (ours, theirs) -> winner
+Handover = Callable[[Record, Record], bool]  # (current, incoming) -> the incoming one takes over, planned
 
 
 @contextmanager
@@ -88,10 +89,14 @@ def keep_first_owner(a: Record, b: Record) -> Record:
 
 
 class ReplicatedTable:
-    def __init__(self, name: str, me: str, on_conflict: ConflictHandler = keep_first_owner) -> None:
+    def __init__(self, name: str, me: str, on_conflict: ConflictHandler = keep_first_owner,
+                 handover: Handover | None = None) -> None:
         self.name = name
         self.me = me
         self.on_conflict = on_conflict
+        # A record another member writes to take a key over on purpose (a session resumed there):
+        # it replaces the current one without being a conflict.
+        self.handover = handover
         self._records: dict[str, Record] = {}
         self.listeners: list[Callable[[Change], None]] = []
         self.on_lost: Callable[[Record], None] | None = None  # a record of ours lost a conflict
@@ -178,6 +183,9 @@ class ReplicatedTable:
         if current is None or current.owner == record.owner:
             if current != record:
                 self._put(record)
+            return
+        if self.handover is not None and self.handover(current, record):
+            self._put(record)
             return
         self.conflicts += 1
         winner = self.on_conflict(current, record)

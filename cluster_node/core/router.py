@@ -2,10 +2,15 @@
 
 ``route()`` takes any stanza with a stamped ``from`` and decides: a local session (here or on
 another cluster member), the server itself (IQ handlers registered by modules), an account's bare
-JID (delivery by priority, offline storage, presence handling), or somewhere else (the
-``remote`` hook, which the gateway fills in; without one, ``remote-server-not-found``).
+JID (delivery by priority, offline storage, presence handling), or somewhere else.  Everything
+that is not the router's own RFC logic is a hook (:class:`~cluster_node.core.hooks.Hook`), so the
+routing chain reads: ``filter_local_packet`` → components and other domains (``route_remote``:
+the component module first, then a gateway's global distribution and S2S; without a taker,
+``remote-server-not-found``) → this region's sessions → the other regions of the domain
+(``route_elsewhere``, ``route_better_elsewhere``, ``route_fanout``) → the account (presence,
+account IQs, ``offline_message``).
 
-With global distribution (the same domain served by several regions), ``global_routing`` is
+With global distribution (the same domain served by several regions), the other regions are
 asked twice: *elsewhere* when this region has no session to deliver to (another region may hold
 the user; only when no region does is the stanza handled here: offline storage, an error), and
 *fanout* after delivering to the resources of a bare JID here (the user may have resources in
@@ -25,9 +30,10 @@ from ..xmpp import errors, ns
 from ..xmpp.errors import StanzaError
 from ..xmpp.jid import InvalidJid, Jid
 from ..xmpp.stanza import Stanza
+from .hooks import Hook, Hooks
 from .sessions import LocalSessions, SessionRecord, SessionTable
 
-__all__ = ["Router", "IqRequest", "IqHandler", "RouteCounters", "Fanout", "GlobalRouting"]
+__all__ = ["Router", "IqRequest", "IqHandler", "RouteCounters", "Fanout", "GlobalRouting", "add_global_routing"]
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +49,7 @@ class IqRequest:
 
 
 IqHandler = Callable[[IqRequest], Awaitable[ET.Element | None]]
-PresenceHandler = Callable[[Stanza, Jid, Jid], Awaitable[None]]  # (stanza, sender, to)
-OfflineHandler = Callable[[Stanza, Jid], Awaitable[None]]  # (message, bare recipient)
-RemoteHandler = Callable[[Stanza, Jid], Awaitable[None]]
-ClusterSend = Callable[[SessionRecord, Stanza], None]
+AccountExists = Callable[[Jid], Awaitable[bool]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +68,23 @@ class Fanout:
             ok = record.available and (self.min_priority is None or record.priority >= self.min_priority)
         return ok and (self.exclude is None or str(record.jid) != self.exclude)
 
+    def to_json(self) -> dict[str, Any]:
+        return {"interested": self.interested, "set_to": self.set_to, "min_priority": self.min_priority,
+                "exclude": self.exclude}
+
+    @classmethod
+    def from_json(cls, d: Any) -> Fanout:
+        """Only the known fields, with their types checked (it came over a link)."""
+        d = d if isinstance(d, dict) else {}
+        mp, ex = d.get("min_priority"), d.get("exclude")
+        return cls(interested=d.get("interested") is True, set_to=d.get("set_to") is not False,
+                   min_priority=mp if isinstance(mp, int) else None, exclude=ex if isinstance(ex, str) else None)
+
 
 class GlobalRouting(Protocol):
-    """The region's way to the other regions of its domains (the gateway, or a hand-off to one)."""
+    """The region's way to the other regions of its domains (the gateway, or a hand-off to one):
+    what registers the ``route_elsewhere``/``route_fanout``/``route_bounce``/
+    ``route_better_elsewhere`` hooks (see :func:`add_global_routing`)."""
 
     async def elsewhere(self, stanza: Stanza, to: Jid) -> bool:
         """No session for ``to`` here: relay to the region holding it; False when none does."""
@@ -85,6 +102,20 @@ class GlobalRouting(Protocol):
         it was taken to a region with more available resources (RFC 6121 §8.5.2.1.1 across regions)."""
 
 
+def add_global_routing(hooks: Hooks, routing: GlobalRouting, priority: int, owner: object = None) -> None:
+    """Register ``routing`` on the routing chain's region hooks.  Its answers are final: a
+    handler of higher priority (a gateway's own router, over the node's hand-off) is the only
+    one asked."""
+    def fanout(stanza: Stanza, bare: Jid, which: Fanout) -> bool:
+        routing.fanout(stanza, bare, which)
+        return True
+
+    hooks.add(Hook.ROUTE_ELSEWHERE, routing.elsewhere, priority, owner=owner)
+    hooks.add(Hook.ROUTE_BETTER_ELSEWHERE, routing.better_elsewhere, priority, owner=owner)
+    hooks.add(Hook.ROUTE_BOUNCE, routing.bounce, priority, owner=owner)
+    hooks.add(Hook.ROUTE_FANOUT, fanout, priority, owner=owner)
+
+
 @dataclass
 class RouteCounters:
     routed: int = 0
@@ -93,23 +124,18 @@ class RouteCounters:
 
 
 class Router:
-    def __init__(self, node: str, domains: list[str], table: SessionTable, local: LocalSessions) -> None:
+    def __init__(self, node: str, domains: list[str], table: SessionTable, local: LocalSessions,
+                 hooks: Hooks | None = None, account_exists: AccountExists | None = None) -> None:
         self.node = node
         self.domains = frozenset(domains)
         self.table = table
         self.local = local
+        self.hooks = hooks if hooks is not None else Hooks()
+        self.account_exists = account_exists
         self.counters = RouteCounters()
         self._server_iq: dict[tuple[str, str], IqHandler] = {}
         self._account_iq: dict[tuple[str, str], IqHandler] = {}
         self.features: set[str] = set()
-        self.presence_handler: PresenceHandler | None = None
-        self.offline_handler: OfflineHandler | None = None
-        self.account_exists: Callable[[Jid], Awaitable[bool]] | None = None
-        self.remote: RemoteHandler | None = None
-        # External components (XEP-0114) of the region: True when it took the stanza.
-        self.to_component: Callable[[Stanza, Jid], bool] | None = None
-        self.cluster_send: ClusterSend | None = None
-        self.global_routing: GlobalRouting | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- registration by modules -------------------------------------------------------------
@@ -133,9 +159,7 @@ class Router:
             session = self.local.get(record.sid)
             if session is not None:
                 session.deliver(stanza)
-        elif self.cluster_send is not None:
-            self.cluster_send(record, stanza)
-        else:
+        elif not self.hooks.first(Hook.DELIVER_TO_MEMBER, record, stanza):
             log.warning("no cluster link for a session of %s on %s", record.jid, record.node)
 
     def deliver_all(self, bare: Jid, stanza: Stanza, which: Fanout = Fanout(), *, fanout: bool = True) -> int:
@@ -146,8 +170,8 @@ class Router:
             if which.matches(record):
                 self.deliver(record, stanza.with_attrs(to=str(record.jid)) if which.set_to else stanza)
                 count += 1
-        if fanout and self.global_routing is not None:
-            self.global_routing.fanout(stanza, bare, which)
+        if fanout:
+            self.hooks.first(Hook.ROUTE_FANOUT, stanza, bare, which)
         return count
 
     def send_error(self, stanza: Stanza, error: StanzaError) -> None:
@@ -173,7 +197,7 @@ class Router:
     async def reroute(self, stanza: Stanza) -> None:
         """Route again a stanza whose session closed under it (bounced through the gateway when
         there is one, so it keeps its place among the stanzas that follow it)."""
-        if self.global_routing is None or not await self.global_routing.bounce(stanza):
+        if not await self.hooks.first_async(Hook.ROUTE_BOUNCE, stanza):
             await self.route(stanza)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -231,15 +255,14 @@ class Router:
                 raise errors.JidMalformed(f"bad 'to': {stanza.to!r}") from None
         if kind == "iq":
             _check_iq(stanza)
-        if to.domain not in self.domains:
-            if self.to_component is not None and self.to_component(stanza, to):
-                return
-            if self.remote is None:
-                raise errors.RemoteServerNotFound(f"{to.domain} is not served here")
-            await self.remote(stanza, to)
+        if not self.hooks.run(Hook.FILTER_LOCAL_PACKET, stanza):
             return
-        if (not local_only and to.local is not None and self.global_routing is not None
-                and self.nothing_here(stanza, to) and await self.global_routing.elsewhere(stanza, to)):
+        if to.domain not in self.domains:
+            if not await self.hooks.first_async(Hook.ROUTE_REMOTE, stanza, to):
+                raise errors.RemoteServerNotFound(f"{to.domain} is not served here")
+            return
+        if (not local_only and to.local is not None and self.hooks.has(Hook.ROUTE_ELSEWHERE)
+                and self.nothing_here(stanza, to) and await self.hooks.first_async(Hook.ROUTE_ELSEWHERE, stanza, to)):
             return
         if to.local is None:
             await self._to_server(stanza, sender, to)
@@ -262,7 +285,7 @@ class Router:
     async def _to_server(self, stanza: Stanza, sender: Jid, to: Jid) -> None:
         if stanza.name == "iq":
             await self._handle_iq(stanza, sender, to, self._server_iq)
-        elif stanza.name == "presence" and self.presence_handler is not None and to.resource is None:
+        elif stanza.name == "presence" and to.resource is None:
             # Presence to the server itself: nothing to do (RFC 6121 §4.6 directed presence to a
             # domain is allowed but there is no one to deliver it to).
             return
@@ -272,8 +295,7 @@ class Router:
     async def _to_bare(self, stanza: Stanza, sender: Jid, to: Jid, local_only: bool = False) -> None:
         kind = stanza.name
         if kind == "presence":
-            if self.presence_handler is not None:
-                await self.presence_handler(stanza, sender, to)
+            await self.hooks.first_async(Hook.PRESENCE_IN, stanza, sender, to)
             return
         if kind == "iq":
             await self._handle_iq(stanza, sender, to, self._account_iq)
@@ -292,8 +314,8 @@ class Router:
             # RFC 6121 §8.5.2.1.1: the most available resources (all of them for a headline); in
             # other regions, those at least as available as ours (an allowed superset).
             top = 0 if mtype == "headline" else max(r.priority for r in candidates)
-            if (mtype != "headline" and not local_only and self.global_routing is not None
-                    and await self.global_routing.better_elsewhere(stanza, to, top)):
+            if (mtype != "headline" and not local_only
+                    and await self.hooks.first_async(Hook.ROUTE_BETTER_ELSEWHERE, stanza, to, top)):
                 return
             self.deliver_all(to, stanza, Fanout(set_to=False, min_priority=top), fanout=not local_only)
             return
@@ -301,9 +323,7 @@ class Router:
             return
         if self.account_exists is not None and not await self.account_exists(to):
             raise errors.ServiceUnavailable()
-        if self.offline_handler is not None:
-            await self.offline_handler(stanza, to)
-        else:
+        if not await self.hooks.first_async(Hook.OFFLINE_MESSAGE, stanza, to):
             raise errors.ServiceUnavailable()
 
     async def _to_full(self, stanza: Stanza, sender: Jid, to: Jid, local_only: bool = False) -> None:
@@ -313,8 +333,7 @@ class Router:
             if kind == "presence" and stanza.type in ("subscribe", "subscribed", "unsubscribe",
                                                        "unsubscribed", "probe"):
                 # RFC 6121 §3: subscription states belong to the account, not one resource.
-                if self.presence_handler is not None:
-                    await self.presence_handler(stanza, sender, to)
+                await self.hooks.first_async(Hook.PRESENCE_IN, stanza, sender, to)
                 return
             self.deliver(record, stanza)
             return
@@ -328,8 +347,7 @@ class Router:
             return
         if kind == "presence":
             if stanza.type in ("subscribe", "subscribed", "unsubscribe", "unsubscribed", "probe"):
-                if self.presence_handler is not None:
-                    await self.presence_handler(stanza, sender, to)
+                await self.hooks.first_async(Hook.PRESENCE_IN, stanza, sender, to)
             return
         if stanza.type in ("get", "set"):
             raise errors.ServiceUnavailable()

@@ -1,16 +1,22 @@
-"""Client sessions: binding resources (RFC 6120 §7), outbound stanzas, and the end of a session."""
+"""Client sessions: binding resources (RFC 6120 §7), outbound stanzas, and the end of a session.
+
+The lifecycle is announced on hooks: ``session_opened`` at bind, ``user_send_packet`` for each
+stanza from the client, ``session_detach`` when the connection is gone (a module may keep the
+session alive, detached: XEP-0198), ``session_closed`` when it ends for good.
+"""
 
 from __future__ import annotations
 
 import logging
 import secrets
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..xmpp import errors, ns
 from ..xmpp.jid import InvalidJid, Jid
 from ..xmpp.sasl.scram import ScramCredentials
 from ..xmpp.stanza import Stanza
+from .hooks import Hook
 from .services import Services
 from .sessions import SessionRecord
 
@@ -25,6 +31,7 @@ class ClientSession(Protocol):
     record: SessionRecord
     last_presence: Stanza | None
     directed: set[str]
+    ext: dict[str, Any]  # per-session state of modules, by module name
 
     def set_record(self, record: SessionRecord) -> None: ...
     def deliver(self, stanza: Stanza) -> None: ...
@@ -65,6 +72,7 @@ class SessionManager:
         session.record = record
         self.s.local.add(sid, session)
         self.s.table.insert(record)
+        self.s.hooks.run(Hook.SESSION_OPENED, session)
         log.info("session %s bound as %s", sid, jid)
         return jid
 
@@ -74,31 +82,44 @@ class SessionManager:
             session = self.s.local.get(record.sid)
             if session is not None:
                 session.kick(condition, text)
-        elif self.s.cluster is not None:
-            self.s.cluster.call(record.node, "kick", {"sid": record.sid, "condition": condition, "text": text})
+        elif self.s.calls is not None:
+            self.s.calls.call(record.node, "kick", {"sid": record.sid, "condition": condition, "text": text})
 
     async def outbound(self, session: ClientSession, stanza: Stanza) -> None:
         """A stanza from our client, ``from`` already stamped."""
         try:
-            if stanza.name == "presence":
-                await self.s.presence.outbound(session, stanza)
+            if await self.s.hooks.first_async(Hook.USER_SEND_PACKET, session, stanza):
                 return
         except errors.StanzaError as e:
             self.s.router.send_error(stanza, e)
             return
         await self.s.router.route(stanza)
 
-    async def closed(self, session: ClientSession) -> None:
-        """The connection is gone: unavailable to whoever saw us (RFC 6121 §4.5), then unbind."""
+    async def closed(self, session: ClientSession, reason: str = "closed") -> None:
+        """The connection is gone (``reason``: closed by the client, ``lost``, ``timeout``,
+        ``kicked``, ``shutdown``): a module may keep the session detached, else it ends."""
+        if getattr(session, "record", None) is None:
+            return
+        try:
+            if await self.s.hooks.first_async(Hook.SESSION_DETACH, session, reason):
+                return
+        except Exception:
+            log.exception("session_detach of %s failed; ending it", session.record.jid)
+        await self.end(session)
+
+    async def end(self, session: ClientSession) -> None:
+        """End a session for good: ``session_closed`` (unavailable to whoever saw us, RFC 6121
+        §4.5), then unbind."""
         record = getattr(session, "record", None)
         if record is None:
             return
         try:
-            await self.s.presence.unavailable(session)
+            await self.s.hooks.run_async(Hook.SESSION_CLOSED, session)
         except Exception:
-            log.exception("unavailable broadcast for %s failed", record.jid)
+            log.exception("session_closed for %s failed", record.jid)
         self.s.table.delete(record.jid, record.sid)
-        self.s.local.remove(record.sid)
+        if self.s.local.get(record.sid) is session:
+            self.s.local.remove(record.sid)
         log.info("session %s (%s) closed", record.sid, record.jid)
 
     def undeliverable(self, session: ClientSession, stanza: Stanza) -> None:
@@ -108,6 +129,8 @@ class SessionManager:
         request gets its error reply rather than no answer."""
         record = getattr(session, "record", None)
         if record is None:
+            return
+        if self.s.hooks.first(Hook.SESSION_HOLD, session, stanza):
             return
         self.s.table.delete(record.jid, record.sid)
         kind, stype = stanza.name, stanza.type

@@ -32,20 +32,25 @@ class SessionRecord:
     priority: int = 0
     available: bool = False  # has sent available presence (RFC 6121 §4.2)
     interested: bool = False  # has requested the roster (RFC 6121 §2.1.6: gets roster pushes)
+    prev: str = ""  # the session id this one took over (XEP-0198 resumption on another member)
 
     def with_presence(self, *, available: bool, priority: int) -> SessionRecord:
         return replace(self, available=available, priority=priority)
 
 
     def to_value(self) -> dict[str, Any]:
-        return {"node": self.node, "sid": self.sid, "created": self.created, "priority": self.priority,
-                "available": self.available, "interested": self.interested}
+        value = {"node": self.node, "sid": self.sid, "created": self.created, "priority": self.priority,
+                 "available": self.available, "interested": self.interested}
+        if self.prev:
+            value["prev"] = self.prev
+        return value
 
     @classmethod
     def from_table(cls, record: Record) -> SessionRecord:
         v = record.value
         return cls(_key_jid(record.key), str(v["node"]), str(v["sid"]), float(v["created"]),
-                   int(v.get("priority", 0)), bool(v.get("available")), bool(v.get("interested")))
+                   int(v.get("priority", 0)), bool(v.get("available")), bool(v.get("interested")),
+                   str(v.get("prev", "")))
 
 
 # A full JID already in canonical form and plain ASCII, as ``str(jid)`` writes the keys of the
@@ -77,12 +82,18 @@ def newest_session(ours: Record, theirs: Record) -> Record:
     return ours if a >= b else theirs
 
 
+def takes_over(current: Record, incoming: Record) -> bool:
+    """A session resumed on another member names the one it replaces: not a conflict."""
+    prev = incoming.value.get("prev")
+    return bool(prev) and prev == current.value.get("sid")
+
+
 class SessionTable:
     """Full JID → record, replicated to every cluster member, with a bare-JID index for
     RFC 6121 bare-JID delivery.  Local writes return the op the cluster broadcasts."""
 
     def __init__(self, node: str = "local") -> None:
-        self.replicated = ReplicatedTable("sessions", node, on_conflict=newest_session)
+        self.replicated = ReplicatedTable("sessions", node, on_conflict=newest_session, handover=takes_over)
         self.replicated.listeners.append(self._changed)
         self._by_full: dict[Jid, SessionRecord] = {}
         self._by_bare: dict[Jid, dict[str, SessionRecord]] = {}

@@ -1,0 +1,24 @@
+"""The built-in feature modules, by name: what ``[modules.<name>]`` tables may configure.
+
+Each module is a package of its own (its module class, its sans-IO protocol where it has one, its
+storage needs); none imports another — they meet on hooks.  Order here is start order, which
+respects ``depends``.
+"""
+
+from __future__ import annotations
+
+from ..core.module import Module
+from .disco import Disco
+from .offline import Offline
+from .ping import Ping
+from .presence import Presence
+from .register import Register
+from .roster import Roster
+from .stream_management import StreamManagement
+from .version import Version
+
+__all__ = ["BUILTIN", "Module"]
+
+BUILTIN: dict[str, type[Module]] = {m.name: m for m in (
+    Roster, Presence, Offline, Disco, Ping, Version, Register, StreamManagement,
+)}

@@ -2,7 +2,8 @@
 
 This adapter owns only I/O: the transport, the TLS upgrade, timers, the shaper's pauses, and a
 per-connection queue so one client's stanzas are handled in order while its socket keeps being
-read (up to a high-water mark, then reading pauses).
+read (up to a high-water mark, then reading pauses).  What modules add reaches the stream through
+hooks: features per stage, elements that are not stanzas, each stanza received and written.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import ssl
 from collections import deque
 from typing import Any
 
+from ..core.hooks import Hook, Hooks
 from ..core.limits import ConnectionLimiter, Shaper
 from ..core.session_manager import SessionManager, is_probe
 from ..core.sessions import SessionRecord
-from ..modules.register import Register
 from ..settings import NodeSettings
 from ..xmpp import errors
 from ..xmpp.c2s import (
@@ -26,6 +27,7 @@ from ..xmpp.c2s import (
     C2SEvent,
     C2SStream,
     CredentialsNeeded,
+    ElementIn,
     RegistrationIq,
     SessionEstablished,
     StanzaIn,
@@ -34,6 +36,7 @@ from ..xmpp.c2s import (
     StreamEnded,
 )
 from ..xmpp.errors import StreamError
+from ..xmpp.jid import InvalidJid, Jid
 from ..xmpp.stanza import Stanza
 
 __all__ = ["C2SListener"]
@@ -48,18 +51,19 @@ LINGER_SECONDS = 2.0  # after a stream error: time for the peer to read it befor
 class C2SListener:
     """Both c2s listeners of a node, sharing limits and services."""
 
-    def __init__(self, settings: NodeSettings, sessions: SessionManager, register: Register,
+    def __init__(self, settings: NodeSettings, sessions: SessionManager, hooks: Hooks,
                  tls_context: ssl.SSLContext) -> None:
         self.settings = settings
         self.sessions = sessions
-        self.register = register
+        self.hooks = hooks
         self.tls_context = tls_context
         lim = settings.limits
         self.limiter = ConnectionLimiter(lim.max_connections, lim.max_connections_per_ip)
         self.config = C2SConfig(
             domains=settings.domains, tls_available=True, tls_required=settings.c2s.require_tls,
-            allow_plain=settings.c2s.allow_plain, registration=settings.registration.allow_in_band,
+            allow_plain=settings.c2s.allow_plain, registration=hooks.has(Hook.C2S_PRE_AUTH_IQ),
             max_stanza_size=lim.max_stanza_size, max_depth=lim.max_depth,
+            features=lambda stage, stream: hooks.fold(Hook.C2S_FEATURES, [], stage, stream),
         )
         self.servers: list[asyncio.Server] = []
         self.connections: set[C2SConnection] = set()
@@ -90,7 +94,7 @@ class C2SListener:
         for server in self.servers:
             server.close()
         for conn in list(self.connections):
-            conn.kick("system-shutdown")
+            conn.kick("system-shutdown", reason="shutdown")
         # Each kicked client has LINGER_SECONDS to read its <system-shutdown/>; its session's
         # clean-up starts when its connection is lost (Python 3.11's wait_closed() does not wait).
         # A TLS close waits for the peer's close_notify: abort what is still open after that.
@@ -115,6 +119,9 @@ class C2SConnection(asyncio.Protocol):
         self.record: SessionRecord = None  # type: ignore[assignment]  # set at bind
         self.last_presence: Stanza | None = None
         self.directed: set[str] = set()
+        self.ext: dict[str, Any] = {}  # modules' per-session state
+        self.close_reason: str | None = None  # why the stream ended (StreamEnded.reason, kicked, …)
+        self._hooks = listener.hooks
         lim = listener.settings.limits
         self._shaper = Shaper(lim.shaper_rate, lim.shaper_burst, lim.shaper_max_throttle)
         self._queue: deque[Stanza] = deque()
@@ -192,6 +199,8 @@ class C2SConnection(asyncio.Protocol):
         self.listener.connections.discard(self)
         if self.core.state is not State.CLOSED:
             self.core.receive_data(b"")
+        if self.close_reason is None:
+            self.close_reason = "lost"
         if self.record is not None:
             self.listener.sessions.s.router.spawn(self._finish())
 
@@ -201,7 +210,7 @@ class C2SConnection(asyncio.Protocol):
                 await self._worker
             except Exception:  # already logged by the worker
                 pass
-        await self.listener.sessions.closed(self)
+        await self.listener.sessions.closed(self, self.close_reason or "lost")
 
     # -- LocalSession ------------------------------------------------------------------------
 
@@ -217,8 +226,29 @@ class C2SConnection(asyncio.Protocol):
         if is_probe(stanza):
             self.listener.sessions.answer_probe(self, stanza)
             return
-        self.core.send_stanza(stanza)
+        data = stanza.to_bytes()
+        self.core.send_bytes(data)
+        self._hooks.run(Hook.USER_RECEIVE_PACKET, self, stanza, data)
         self._flush_soon()
+
+    def send_raw(self, data: bytes) -> None:
+        """Write a non-stanza element (an ``<r/>``, ``<enabled/>``) in order with the stanzas."""
+        self.core.send_bytes(data)
+        self._flush_soon()
+
+    @property
+    def authenticated(self) -> Jid | None:
+        """The account this stream authenticated as (bare JID), before or after bind."""
+        if self.core.username is None or self.core.domain is None:
+            return None
+        try:
+            return Jid.parse(f"{self.core.username}@{self.core.domain}")
+        except InvalidJid:
+            return None
+
+    @property
+    def is_open(self) -> bool:
+        return not (self._closed or self._draining or self.core.state is State.CLOSED)
 
     def _flush_soon(self) -> None:
         """One TLS record and one send() for every stanza delivered to this client in the same
@@ -231,7 +261,9 @@ class C2SConnection(asyncio.Protocol):
         self._flush_pending = False
         self._flush()
 
-    def kick(self, condition: str, text: str | None = None) -> None:
+    def kick(self, condition: str, text: str | None = None, *, reason: str = "kicked") -> None:
+        if self.close_reason is None:
+            self.close_reason = reason
         cls = next((c for c in _all_stream_errors() if c.condition == condition), errors.UndefinedCondition)
         self._handle(self.core.close(cls(text)))
 
@@ -240,7 +272,16 @@ class C2SConnection(asyncio.Protocol):
     def _handle(self, events: list[C2SEvent]) -> None:
         for event in events:
             if isinstance(event, StanzaIn):
+                self._hooks.run(Hook.C2S_STANZA_RECEIVED, self, event.stanza)
                 self._enqueue(event.stanza)
+            elif isinstance(event, ElementIn):
+                if event.stage == "established":
+                    if not self._hooks.first(Hook.C2S_ELEMENT, self, event.element):
+                        el = event.element
+                        self._handle(self.core.close(errors.UnsupportedStanzaType(f"<{el.name}/> in {el.namespace}")))
+                        return
+                else:
+                    self.listener.sessions.s.router.spawn(self._pre_bind_element(event.element))
             elif isinstance(event, StartTls):
                 self._flush()
                 self._pause("tls")
@@ -256,6 +297,8 @@ class C2SConnection(asyncio.Protocol):
             elif isinstance(event, SessionEstablished):
                 pass
             elif isinstance(event, StreamEnded):
+                if self.close_reason is None:
+                    self.close_reason = "timeout" if isinstance(event.error, errors.ConnectionTimeout) else event.reason
                 if event.error is not None:
                     self.listener.counters["stream_errors"] += 1
                     log.info("c2s %s: stream error %s (%s)", self.ip, event.error.condition, event.error.text)
@@ -328,9 +371,36 @@ class C2SConnection(asyncio.Protocol):
             self._handle(self.core.bind_done(self.record.jid))
 
     async def _register(self, stanza: Stanza) -> None:
-        reply = await self.listener.register.pre_auth(stanza, self.core.domain or "")
+        reply = await self._hooks.first_async(Hook.C2S_PRE_AUTH_IQ, stanza, self.core.domain or "")
+        if reply is None:
+            self._handle(self.core.close(errors.NotAuthorized("authenticate first")))
+            return
         self.core.send_stanza(reply)
         self._flush()
+
+    async def _pre_bind_element(self, element: Stanza) -> None:
+        """An element after SASL and before bind (XEP-0198 ``<resume/>``, ``<enable/>`` too early):
+        the stream waits until its module is done with it."""
+        try:
+            taken = await self._hooks.first_async(Hook.C2S_PRE_BIND_ELEMENT, self, element)
+        except Exception:
+            log.exception("c2s %s: handling <%s/> failed", self.ip, element.name)
+            self._handle(self.core.close(errors.InternalServerError()))
+            return
+        if self._closed or self.core.state is State.CLOSED:
+            return
+        if not taken:
+            self._handle(self.core.close(errors.UnsupportedStanzaType(f"<{element.name}/> in {element.namespace}")))
+        elif self.core.state is State.WAIT_ELEMENT:
+            self._handle(self.core.element_done())
+
+    def resumed(self, record: SessionRecord, data: bytes) -> None:
+        """This connection takes over ``record``'s session (XEP-0198 resumption, the module checked
+        everything): ``data`` (``<resumed/>`` and what is resent) goes out, the stream is established."""
+        self.record = record
+        self.core.send_bytes(data)
+        self._handle(self.core.resume_done(record.jid))
+        self._arm_timer(self.listener.settings.c2s.idle_timeout)
 
     # -- in-order handling of the client's stanzas ------------------------------------------
 

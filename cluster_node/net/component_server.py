@@ -43,18 +43,25 @@ class ComponentRouting:
         self.s = services
         self.local: dict[str, ComponentConnection] = {}
 
-    def __call__(self, stanza: Stanza, to: Jid) -> bool:
-        """Deliver ``stanza`` if ``to`` is a component domain of the region; False if it is not."""
+    def __call__(self, stanza: Stanza, to: Jid) -> bool | None:
+        """The routing chain's first link (``route_remote``): deliver ``stanza`` if ``to`` is a
+        component domain of the region; None (next link) if it is not."""
         record = self.s.routes.lookup(route_key(to.domain))
         if record is None:
-            return False
-        if record.owner == self.s.routes.me or self.s.cluster is None:
+            return None
+        if record.owner == self.s.routes.me or self.s.calls is None:
             if not self.deliver(to.domain, stanza):
                 raise errors.ServiceUnavailable(f"{to.domain} is not connected")
             return True
-        if not self.s.cluster.send_stanza(record.owner, {"component": to.domain}, stanza.to_bytes()):
+        if not self.s.calls.send_stanza(record.owner, "component", {"component": to.domain}, stanza.to_bytes()):
             raise errors.ServiceUnavailable(f"{to.domain} is connected to an unreachable member")
         return True
+
+    def arrived(self, envelope: dict[str, Any], stanza: Stanza) -> None:
+        """A stanza another member routed to a component connected here."""
+        domain = str(envelope.get("component"))
+        if not self.deliver(domain, stanza):
+            self.s.router.send_error(stanza, errors.ServiceUnavailable(f"{domain} is not connected"))
 
     def deliver(self, domain: str, stanza: Stanza) -> bool:
         conn = self.local.get(domain)

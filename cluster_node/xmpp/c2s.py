@@ -6,19 +6,31 @@ socket to TLS, looking an account up, choosing a resource) are events the adapte
 calling :meth:`tls_started`, :meth:`provide_credentials`, :meth:`bind_done` or :meth:`bind_failed`;
 input that arrives meanwhile waits in order.  No sockets, no asyncio, no clock.
 
-Transitions, all in this table (one state machine, one place):
+What is not RFC 6120 comes from modules through the adapter: the stream features of each stage
+(``C2SConfig.features``), and top-level elements that are not stanzas (``ElementIn``: XEP-0198's
+``<enable/>``, ``<r/>``, ``<a/>``, ``<resume/>``…), which the adapter hands to the module that
+claims them or refuses as unsupported-stanza-type.
+
+Transitions, all in :data:`TRANSITIONS` (one state machine, one place; this table is checked
+against it by the unit tests):
 
     state            input                               next state
     ---------------  ----------------------------------  ---------------------------------
     WAIT_HEADER      stream header                       NEGOTIATING
-    NEGOTIATING      <starttls/>      (no TLS yet)       WAIT_TLS        → event StartTls
+    NEGOTIATING      <starttls/> (no TLS yet)            WAIT_TLS        → event StartTls
     WAIT_TLS         tls_started()                       WAIT_HEADER     (stream restart)
-    NEGOTIATING      <auth/>, <response/>                NEGOTIATING     (SASL exchange)
+    NEGOTIATING      <auth/> needing an account          WAIT_CREDENTIALS → event CredentialsNeeded
+    WAIT_CREDENTIALS provide_credentials()               NEGOTIATING     (SASL exchange goes on)
     NEGOTIATING      SASL success                        WAIT_HEADER     (stream restart, authenticated)
     NEGOTIATING      <iq><bind/></iq> (authenticated)    WAIT_BIND       → event BindRequested
     WAIT_BIND        bind_done(jid)                      ESTABLISHED     → event SessionEstablished
+    WAIT_BIND        bind_failed(error)                  NEGOTIATING
+    NEGOTIATING      other element (authenticated)       WAIT_ELEMENT    → event ElementIn
+    WAIT_ELEMENT     element_done()                      NEGOTIATING
+    WAIT_ELEMENT     resume_done(jid)                    ESTABLISHED     (XEP-0198 resumption)
     ESTABLISHED      stanza                              ESTABLISHED     → event StanzaIn
-    any              </stream:stream> or stream error    CLOSED          → event StreamEnded
+    ESTABLISHED      other element                       ESTABLISHED     → event ElementIn
+    any              </stream:stream>, EOF, stream error CLOSED          → event StreamEnded
 """
 
 from __future__ import annotations
@@ -42,7 +54,8 @@ from .stanza import Stanza
 
 __all__ = [
     "C2SConfig", "C2SStream", "State", "StartTls", "CredentialsNeeded", "Authenticated",
-    "BindRequested", "SessionEstablished", "StanzaIn", "RegistrationIq", "StreamEnded", "C2SEvent",
+    "BindRequested", "SessionEstablished", "StanzaIn", "ElementIn", "RegistrationIq", "StreamEnded",
+    "C2SEvent", "TRANSITIONS",
 ]
 
 STANZA_NAMES = frozenset({"message", "presence", "iq"})
@@ -55,8 +68,29 @@ class State(enum.Enum):
     WAIT_TLS = "wait-tls"
     WAIT_CREDENTIALS = "wait-credentials"
     WAIT_BIND = "wait-bind"
+    WAIT_ELEMENT = "wait-element"
     ESTABLISHED = "established"
     CLOSED = "closed"
+
+
+# (state, input, next state): every move the stream may make; _go() refuses any other.
+TRANSITIONS: tuple[tuple[State, str, State], ...] = (
+    (State.WAIT_HEADER, "stream header", State.NEGOTIATING),
+    (State.NEGOTIATING, "<starttls/> (no TLS yet)", State.WAIT_TLS),
+    (State.WAIT_TLS, "tls_started()", State.WAIT_HEADER),
+    (State.NEGOTIATING, "<auth/> needing an account", State.WAIT_CREDENTIALS),
+    (State.WAIT_CREDENTIALS, "provide_credentials()", State.NEGOTIATING),
+    (State.NEGOTIATING, "SASL success", State.WAIT_HEADER),
+    (State.NEGOTIATING, "<iq><bind/></iq> (authenticated)", State.WAIT_BIND),
+    (State.WAIT_BIND, "bind_done(jid)", State.ESTABLISHED),
+    (State.WAIT_BIND, "bind_failed(error)", State.NEGOTIATING),
+    (State.NEGOTIATING, "other element (authenticated)", State.WAIT_ELEMENT),
+    (State.WAIT_ELEMENT, "element_done()", State.NEGOTIATING),
+    (State.WAIT_ELEMENT, "resume_done(jid)", State.ESTABLISHED),
+    (State.ESTABLISHED, "stanza", State.ESTABLISHED),
+    (State.ESTABLISHED, "other element", State.ESTABLISHED),
+)
+_ALLOWED = frozenset((a, b) for a, _, b in TRANSITIONS)
 
 
 @dataclass(frozen=True)
@@ -94,6 +128,15 @@ class StanzaIn:
 
 
 @dataclass(frozen=True)
+class ElementIn:
+    """A top-level element that is not a stanza, for the module that claims it.  ``stage`` is
+    ``post_auth`` (before bind: the stream waits for ``element_done``/``resume_done``) or
+    ``established`` (nothing waits)."""
+    element: Stanza
+    stage: str
+
+
+@dataclass(frozen=True)
 class RegistrationIq:
     """XEP-0077 in-band registration before authentication; answer with ``send_stanza``."""
     stanza: Stanza
@@ -101,12 +144,16 @@ class RegistrationIq:
 
 @dataclass(frozen=True)
 class StreamEnded:
-    """The stream is over: write what is pending and close the connection."""
+    """The stream is over: write what is pending and close the connection.  ``reason``: ``closed``
+    (the client sent ``</stream:stream>``), ``lost`` (the connection ended without it), ``error``
+    (we sent a stream error), ``local`` (we closed cleanly)."""
     error: StreamError | None
+    reason: str = "local"
 
 
 C2SEvent = (StartTls | CredentialsNeeded | Authenticated | BindRequested | SessionEstablished
-            | StanzaIn | RegistrationIq | StreamEnded)
+            | StanzaIn | ElementIn | RegistrationIq | StreamEnded)
+Features = Callable[[str, "C2SStream"], list[bytes]]  # (stage, stream) -> extra feature elements
 
 
 @dataclass
@@ -120,6 +167,7 @@ class C2SConfig:
     max_depth: int = 32
     sasl_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     new_id: Callable[[], str] = field(default=lambda: secrets.token_hex(8))
+    features: Features | None = None  # what modules offer, per stage (pre_tls, pre_auth, post_auth)
 
 
 class C2SStream:
@@ -154,7 +202,7 @@ class C2SStream:
             self._early += data  # already decrypted by the TLS layer, waiting for tls_started()
             return []
         if not data:
-            self._end(None, send_close=False)
+            self._end(None, send_close=False, reason="lost")
             return self._take_events()
         try:
             self._queue.extend(self._parser.feed(data))
@@ -168,6 +216,7 @@ class C2SStream:
         """The socket now speaks TLS; bytes that arrived over it meanwhile are parsed now."""
         self._expect(State.WAIT_TLS)
         self.tls = True
+        self._go(State.WAIT_HEADER)
         self._restart()
         early, self._early = self._early, b""
         if early:
@@ -184,7 +233,7 @@ class C2SStream:
     def provide_credentials(self, creds: ScramCredentials | None, *, checked: bool | None = None) -> list[C2SEvent]:
         self._expect(State.WAIT_CREDENTIALS)
         assert self._sasl is not None
-        self.state = State.NEGOTIATING
+        self._go(State.NEGOTIATING)
         try:
             if checked is not None and hasattr(self._sasl, "slow_check"):
                 self._sasl_result(self._sasl.provide(creds, checked))  # type: ignore[call-arg]
@@ -198,7 +247,7 @@ class C2SStream:
     def bind_done(self, jid: Jid) -> list[C2SEvent]:
         self._expect(State.WAIT_BIND)
         self.jid = jid
-        self.state = State.ESTABLISHED
+        self._go(State.ESTABLISHED)
         self._write(f"<iq type='result' id={quoteattr(self._bind_iq_id or '')}>"
                     f"<bind xmlns='{ns.BIND}'><jid>{escape(str(jid))}</jid></bind></iq>".encode())
         self._events.append(SessionEstablished(jid))
@@ -207,9 +256,25 @@ class C2SStream:
 
     def bind_failed(self, error: StanzaError) -> list[C2SEvent]:
         self._expect(State.WAIT_BIND)
-        self.state = State.NEGOTIATING
+        self._go(State.NEGOTIATING)
         self._write(f"<iq type='error' id={quoteattr(self._bind_iq_id or '')}>".encode()
                     + error.to_xml() + b"</iq>")
+        self._process()
+        return self._take_events()
+
+    def element_done(self) -> list[C2SEvent]:
+        """The module finished with a pre-bind ``ElementIn`` (what it wrote is queued already)."""
+        self._expect(State.WAIT_ELEMENT)
+        self._go(State.NEGOTIATING)
+        self._process()
+        return self._take_events()
+
+    def resume_done(self, jid: Jid) -> list[C2SEvent]:
+        """A pre-bind ``ElementIn`` resumed an existing session as ``jid`` (XEP-0198 §5): the
+        stream is established without a bind; the module wrote ``<resumed/>``."""
+        self._expect(State.WAIT_ELEMENT)
+        self.jid = jid
+        self._go(State.ESTABLISHED)
         self._process()
         return self._take_events()
 
@@ -250,18 +315,24 @@ class C2SStream:
         if self.state is not state:
             raise RuntimeError(f"C2SStream: called in state {self.state}, expected {state}")
 
+    def _go(self, new: State) -> None:
+        """Every state change but the end goes through here, checked against TRANSITIONS."""
+        if (self.state, new) not in _ALLOWED:
+            raise RuntimeError(f"C2SStream: no transition {self.state.name} -> {new.name}")
+        self.state = new
+
     def _write(self, data: bytes) -> None:
         self._out.append(data)
 
     def _process(self) -> None:
-        waiting = (State.WAIT_TLS, State.WAIT_CREDENTIALS, State.WAIT_BIND, State.CLOSED)
+        waiting = (State.WAIT_TLS, State.WAIT_CREDENTIALS, State.WAIT_BIND, State.WAIT_ELEMENT, State.CLOSED)
         while self._queue and self.state not in waiting:
             event = self._queue.popleft()
             try:
                 if isinstance(event, StreamOpened):
                     self._on_header(event)
                 elif isinstance(event, StreamClosed):
-                    self._end(None, send_close=True)
+                    self._end(None, send_close=True, reason="closed")
                 else:
                     self._on_element(event.stanza)
             except StreamError as e:
@@ -271,7 +342,7 @@ class C2SStream:
         """RFC 6120 §4.3.3: after TLS and SASL both sides start a fresh stream."""
         self._parser = self._new_parser()
         self._queue.clear()
-        self.state = State.WAIT_HEADER
+        self.state = State.WAIT_HEADER  # from WAIT_TLS or after SASL success (both in TRANSITIONS)
 
     def _fail(self, error: StreamError) -> None:
         if self.state is State.CLOSED:
@@ -279,9 +350,9 @@ class C2SStream:
         if not self._header_sent:
             self._send_header(self.domain or self.config.domains[0])
         self._write(error.to_xml())
-        self._end(error, send_close=True)
+        self._end(error, send_close=True, reason="error")
 
-    def _end(self, error: StreamError | None, *, send_close: bool) -> None:
+    def _end(self, error: StreamError | None, *, send_close: bool, reason: str = "local") -> None:
         if self.state is State.CLOSED:
             return
         if send_close:
@@ -290,7 +361,7 @@ class C2SStream:
             self._write(b"</stream:stream>")
         self.state = State.CLOSED
         self._queue.clear()
-        self._events.append(StreamEnded(error))
+        self._events.append(StreamEnded(error, reason))
 
     def _send_header(self, domain: str) -> None:
         self.stream_id = self.config.new_id()
@@ -325,28 +396,32 @@ class C2SStream:
         version = header.attrs.get("version", "")
         if not version.startswith("1."):
             raise errors.UnsupportedVersion("version='1.0' is required")
-        self.state = State.NEGOTIATING
+        self._go(State.NEGOTIATING)
         self._write(self._features())
+
+    @property
+    def stage(self) -> str:
+        """Which features apply now: ``pre_tls`` (no SASL offered yet), ``pre_auth``, ``post_auth``."""
+        if self.username is not None:
+            return "post_auth"
+        return "pre_auth" if self.tls or not self.config.tls_required else "pre_tls"
 
     def _features(self) -> bytes:
         cfg = self.config
-        parts: list[str] = []
+        parts: list[bytes] = []
         if not self.tls and cfg.tls_available:
             req = "<required/>" if cfg.tls_required else ""
-            parts.append(f"<starttls xmlns='{ns.TLS}'>{req}</starttls>")
-        if self.username is None:
-            if self.tls or not cfg.tls_required:
-                mechs = "".join(f"<mechanism>{m}</mechanism>"
-                                for m in offered_mechanisms(self.tls, cfg.allow_plain))
-                parts.append(f"<mechanisms xmlns='{ns.SASL}'>{mechs}</mechanisms>")
-                if cfg.registration:
-                    parts.append(f"<register xmlns='{ns.REGISTER_FEATURE}'/>")
-        else:
-            parts.append(f"<bind xmlns='{ns.BIND}'/>")
-            parts.append(f"<session xmlns='{ns.SESSION}'><optional/></session>")
-            parts.append(f"<ver xmlns='{ns.ROSTER_VER}'/>")
-        parts.append(f"<limits xmlns='{ns.LIMITS}'><max-bytes>{cfg.max_stanza_size}</max-bytes></limits>")
-        return ("<stream:features>" + "".join(parts) + "</stream:features>").encode()
+            parts.append(f"<starttls xmlns='{ns.TLS}'>{req}</starttls>".encode())
+        stage = self.stage
+        if stage == "pre_auth":
+            mechs = "".join(f"<mechanism>{m}</mechanism>" for m in offered_mechanisms(self.tls, cfg.allow_plain))
+            parts.append(f"<mechanisms xmlns='{ns.SASL}'>{mechs}</mechanisms>".encode())
+        elif stage == "post_auth":
+            parts.append(f"<bind xmlns='{ns.BIND}'/><session xmlns='{ns.SESSION}'><optional/></session>".encode())
+        if cfg.features is not None:
+            parts.extend(cfg.features(stage, self))
+        parts.append(f"<limits xmlns='{ns.LIMITS}'><max-bytes>{cfg.max_stanza_size}</max-bytes></limits>".encode())
+        return b"<stream:features>" + b"".join(parts) + b"</stream:features>"
 
     # -- first-level elements -------------------------------------------------------------------
 
@@ -355,6 +430,9 @@ class C2SStream:
         if self.state is State.ESTABLISHED:
             if namespace == ns.CLIENT and name in STANZA_NAMES:
                 self._on_stanza(stanza)
+                return
+            if namespace != ns.CLIENT:
+                self._events.append(ElementIn(stanza, "established"))
                 return
             raise errors.UnsupportedStanzaType(f"<{name}/> in {namespace}")
         if namespace == ns.TLS and name == "starttls":
@@ -369,6 +447,9 @@ class C2SStream:
             self._events.append(RegistrationIq(stanza))
         elif namespace == ns.CLIENT and name in STANZA_NAMES:
             raise errors.NotAuthorized("authenticate and bind a resource first")
+        elif self.username is not None and namespace not in (ns.CLIENT, ns.STREAM):
+            self._go(State.WAIT_ELEMENT)
+            self._events.append(ElementIn(stanza, "post_auth"))
         else:
             raise errors.UnsupportedStanzaType(f"<{name}/> in {namespace}")
 
@@ -382,7 +463,7 @@ class C2SStream:
             # injection attempt (CVE-2011-0411 class).
             raise errors.PolicyViolation("data after <starttls/>")
         self._write(f"<proceed xmlns='{ns.TLS}'/>".encode())
-        self.state = State.WAIT_TLS
+        self._go(State.WAIT_TLS)
         self._events.append(StartTls())
 
     # -- SASL (RFC 6120 §6) -----------------------------------------------------------------
@@ -417,7 +498,7 @@ class C2SStream:
         if isinstance(step, Challenge):
             self._write(f"<challenge xmlns='{ns.SASL}'>{_b64(step.data)}</challenge>".encode())
         elif isinstance(step, NeedCredentials):
-            self.state = State.WAIT_CREDENTIALS
+            self._go(State.WAIT_CREDENTIALS)
             hash_name = "sha1" if self._sasl is not None and self._sasl.name == "SCRAM-SHA-1" else "sha256"
             self._events.append(CredentialsNeeded(step.username, hash_name))
         else:
@@ -426,6 +507,7 @@ class C2SStream:
             self._write(f"<success xmlns='{ns.SASL}'>{_b64(step.data) if step.data else ''}</success>"
                         .encode())
             self._events.append(Authenticated(step.username))
+            self._go(State.WAIT_HEADER)
             self._restart()
 
     def _sasl_failed(self, failure: SaslFailure) -> None:
@@ -444,7 +526,7 @@ class C2SStream:
             res_el = bind.find(f"{{{ns.BIND}}}resource")
             resource = (res_el.text or "").strip() if res_el is not None else ""
             self._bind_iq_id = iq_id
-            self.state = State.WAIT_BIND
+            self._go(State.WAIT_BIND)
             self._events.append(BindRequested(resource or None))
         elif stanza.type == "set" and stanza.child(ns.SESSION, "session") is not None:
             self._write(f"<iq type='result' id={quoteattr(iq_id)}/>".encode())  # RFC 3921 legacy no-op

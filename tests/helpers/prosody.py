@@ -26,6 +26,10 @@ lists the CA files Prosody verifies peers with (``ssl.cafile``, a bundle written
 ``secure_auth=True`` sets ``s2s_secure_auth`` (a valid certificate is required: SASL EXTERNAL, or
 dialback only over a verified certificate); ``dialback=False`` leaves out ``mod_dialback``, so the only
 way to authenticate with this server is SASL EXTERNAL (XEP-0178).
+
+``modules=["smacks"]`` adds modules to ``modules_enabled`` (0.12's XEP-0198 ``mod_smacks`` is a core
+module, off unless listed); ``c2s_direct_tls=True`` also listens for direct-TLS c2s (XEP-0368) on a
+free port, ``p.c2s_tls_port`` (``None`` otherwise).
 """
 
 from __future__ import annotations
@@ -94,7 +98,7 @@ class ProsodyServer:
     def __init__(self, host: str, *, ca: tuple[Path, Path] | None = None, trust: list[Path] | None = None,
                  dns: DnsServer | None = None, users: dict[str, str] | None = None, dialback: bool = True,
                  secure_auth: bool = False, srv_target: str | None = None, require_encryption: bool = True,
-                 extra_config: str = "",
+                 extra_config: str = "", modules: list[str] | tuple[str, ...] = (), c2s_direct_tls: bool = False,
                  directory: Path | None = None) -> None:
         binary = prosody_binary()
         if binary is None:
@@ -108,10 +112,12 @@ class ProsodyServer:
         self.srv_target = srv_target or host
         self.require_encryption = require_encryption
         self.extra_config = extra_config
+        self.extra_modules = list(modules)
         self.dir = directory or Path(tempfile.mkdtemp(prefix=f"meridian-prosody-{host}-"))
         self.dir.mkdir(parents=True, exist_ok=True)
         self.c2s_port = free_port()
         self.s2s_port = free_port()
+        self.c2s_tls_port = free_port() if c2s_direct_tls else None
         if ca is None:
             ca = make_ca(self.dir / "ca", name=f"Prosody test CA {host}")
         self.ca_cert = ca[0]
@@ -140,6 +146,7 @@ class ProsodyServer:
         modules = ["roster", "saslauth", "tls", "disco", "ping", "version", "uptime", "time"]
         if self.dialback:
             modules.append("dialback")
+        modules += [m for m in self.extra_modules if m not in modules]
         bundle = self.dir / "certs" / "trust.pem"
         bundle.write_text("".join(p.read_text() for p in self.trust))
         d = self.dir
@@ -152,7 +159,7 @@ class ProsodyServer:
             "local_interfaces": ["127.0.0.1"],
             "c2s_ports": [self.c2s_port],
             "s2s_ports": [self.s2s_port],
-            "c2s_direct_tls_ports": [],
+            "c2s_direct_tls_ports": [self.c2s_tls_port] if self.c2s_tls_port else [],
             "s2s_direct_tls_ports": [],
             "legacy_ssl_ports": [],
             "component_ports": [],
@@ -171,6 +178,8 @@ class ProsodyServer:
                         "resolvconf": False, "hoststxt": False},
             "ssl": {"cafile": bundle},
         }
+        if self.c2s_tls_port:
+            settings["c2s_direct_tls_ssl"] = {"certificate": self.cert, "key": self.key}
         lines = [f"{k} = {_lua(v)}" for k, v in settings.items()]
         lines.append(self.extra_config)
         lines.append(f"VirtualHost {_lua(self.host)}")
@@ -237,7 +246,8 @@ class ProsodyServer:
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until both ports accept connections; the log is in the error if it dies or never listens."""
-        wait_listening(self.proc, [self.c2s_port, self.s2s_port], timeout, f"prosody for {self.host}", self.log)
+        ports = [self.c2s_port, self.s2s_port, *([self.c2s_tls_port] if self.c2s_tls_port else [])]
+        wait_listening(self.proc, ports, timeout, f"prosody for {self.host}", self.log)
 
     def stop(self) -> None:
         """SIGTERM (Prosody closes its streams and exits), SIGKILL if it takes more than 15 s."""

@@ -185,7 +185,7 @@ def test_clean_close():
     c = new()
     login(c)
     events = feed(c, b"</stream:stream>")
-    assert events == [StreamEnded(None)]
+    assert events == [StreamEnded(None, "closed")]
     assert c.data_to_send() == b"</stream:stream>"
 
 

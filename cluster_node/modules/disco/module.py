@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from ..core.router import IqRequest
-from ..core.services import Services
-from ..xmpp import errors, ns
+from ...core.hooks import Hook
+from ...core.module import Module, ModuleHost, Xep
+from ...core.router import IqRequest
+from ...xmpp import errors, ns
 
 __all__ = ["Disco"]
 
@@ -14,10 +15,18 @@ INFO = f"{{{ns.DISCO_INFO}}}"
 ITEMS = f"{{{ns.DISCO_ITEMS}}}"
 
 
-class Disco:
-    def __init__(self, services: Services) -> None:
-        self.s = services
-        r = services.router
+class Disco(Module):
+    """Server features are the IQ namespaces modules registered plus the ``disco_server_features``
+    fold (features without an IQ: stream-level ones, e.g. XEP-0198 is in stream features)."""
+
+    name = "disco"
+    description = "Service Discovery of the server and of accounts"
+    xeps = (Xep(30, "2.5rc3"),)
+    required = True
+
+    def start(self, host: ModuleHost) -> None:
+        self.host = self.s = host
+        r = host
         r.add_server_iq(ns.DISCO_INFO, "query", self._server_info)
         r.add_server_iq(ns.DISCO_ITEMS, "query", self._server_items)
         r.add_account_iq(ns.DISCO_INFO, "query", self._account_info)
@@ -29,8 +38,12 @@ class Disco:
         if req.payload.get("node"):
             raise errors.ItemNotFound()
         q = ET.Element(INFO + "query")
-        ET.SubElement(q, INFO + "identity", {"category": "server", "type": "im", "name": "Meridian"})
-        for feature in sorted(self.s.router.features | {ns.DISCO_INFO, ns.DISCO_ITEMS}):
+        identities = self.host.hooks.fold(Hook.DISCO_SERVER_IDENTITIES,
+                                          [{"category": "server", "type": "im", "name": "Meridian"}])
+        for identity in identities:
+            ET.SubElement(q, INFO + "identity", identity)
+        features = self.host.hooks.fold(Hook.DISCO_SERVER_FEATURES, set(self.host.server_features))
+        for feature in sorted(features | {ns.DISCO_INFO, ns.DISCO_ITEMS}):
             ET.SubElement(q, INFO + "feature", {"var": feature})
         return q
 

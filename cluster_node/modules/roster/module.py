@@ -6,12 +6,13 @@ import secrets
 import xml.etree.ElementTree as ET
 from dataclasses import replace
 
-from ..core.router import Fanout, IqRequest
-from ..core.services import Services
-from ..storage import RosterItem
-from ..xmpp import errors, ns
-from ..xmpp.jid import InvalidJid, Jid
-from ..xmpp.stanza import Stanza
+from ...core.hooks import Hook
+from ...core.module import Module, ModuleHost, Xep
+from ...core.router import Fanout, IqRequest
+from ...storage import RosterItem
+from ...xmpp import errors, ns
+from ...xmpp.jid import InvalidJid, Jid
+from ...xmpp.stanza import Stanza
 
 __all__ = ["Roster", "item_element"]
 
@@ -32,12 +33,20 @@ def item_element(item: RosterItem | None, jid: str | None = None) -> ET.Element:
     return el
 
 
-class Roster:
+class Roster(Module):
     """``jabber:iq:roster`` on behalf of the account; pushes to its interested resources."""
 
-    def __init__(self, services: Services) -> None:
-        self.s = services
-        services.router.add_account_iq(ns.ROSTER, "query", self._iq)
+    name = "roster"
+    description = "Roster management with versioning"
+    rfcs = ("RFC 6121 §2",)
+    xeps = (Xep(237, "1.3", "partial", "RFC 6121 §2.6 versioning: unchanged roster, pushes follow"),)
+    required = True
+
+    def start(self, host: ModuleHost) -> None:
+        self.host = self.s = host
+        host.add_account_iq(ns.ROSTER, "query", self._iq)
+        host.hook(Hook.ROSTER_CHANGED, self.push)
+        host.hook(Hook.C2S_FEATURES, _roster_ver_feature)
 
     async def _iq(self, req: IqRequest) -> ET.Element | None:
         if req.sender.bare != req.to:
@@ -77,7 +86,7 @@ class Roster:
         if name is not None and len(name) > 1023:
             raise errors.NotAcceptable("name too long")
         if el.get("subscription") == "remove":
-            await self.s.presence.cancel_all(user, contact)
+            await self.host.hooks.run_async(Hook.ROSTER_REMOVE, user, contact)
             ver = await self.s.storage.delete_roster_item(user.domain, user.local or "", str(contact))
             if ver is None:
                 raise errors.ItemNotFound()
@@ -95,8 +104,15 @@ class Roster:
         """RFC 6121 §2.1.6: the changed item to every resource that requested the roster."""
         iq = ET.Element(f"{{{ns.CLIENT}}}iq", {"type": "set", "id": "push" + secrets.token_hex(4), "to": str(user)})
         ET.SubElement(iq, Q + "query", {"ver": ver}).append(item_element(item, jid))
-        self.s.router.deliver_all(user, Stanza(iq), Fanout(interested=True))
+        self.host.deliver_all(user, Stanza(iq), Fanout(interested=True))
 
     async def store(self, user: Jid, item: RosterItem) -> None:
         ver = await self.s.storage.put_roster_item(user.domain, user.local or "", item)
         self.push(user, item, ver)
+
+
+def _roster_ver_feature(parts: list[bytes], stage: str, stream: object) -> list[bytes]:
+    """RFC 6121 §2.6.1: versioning is announced after authentication."""
+    if stage == "post_auth":
+        parts.append(f"<ver xmlns='{ns.ROSTER_VER}'/>".encode())
+    return parts

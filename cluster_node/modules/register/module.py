@@ -7,12 +7,13 @@ import asyncio
 import logging
 import xml.etree.ElementTree as ET
 
-from ..core.accounts import AccountError
-from ..core.router import IqRequest
-from ..core.services import Services
-from ..xmpp import errors, ns
-from ..xmpp.jid import Jid
-from ..xmpp.stanza import Stanza
+from ...core.accounts import AccountError
+from ...core.hooks import Hook
+from ...core.module import Module, ModuleHost, Xep
+from ...core.router import IqRequest
+from ...xmpp import errors, ns
+from ...xmpp.jid import Jid
+from ...xmpp.stanza import Stanza
 
 __all__ = ["Register"]
 
@@ -25,10 +26,20 @@ def _field(query: ET.Element, name: str) -> str | None:
     return None if el is None else (el.text or "")
 
 
-class Register:
-    def __init__(self, services: Services) -> None:
-        self.s = services
-        services.router.add_server_iq(ns.REGISTER, "query", self._logged_in)
+class Register(Module):
+    """Logged-in users' IQs always; account creation before login (the ``<register/>`` stream
+    feature and ``c2s_pre_auth_iq``) only with ``registration.allow_in_band``."""
+
+    name = "register"
+    description = "In-band registration, password change, account removal"
+    xeps = (Xep(77, "2.4"),)
+
+    def start(self, host: ModuleHost) -> None:
+        self.host = self.s = host
+        host.add_server_iq(ns.REGISTER, "query", self._logged_in)
+        if host.settings.registration.allow_in_band:
+            host.hook(Hook.C2S_FEATURES, _register_feature)
+            host.hook(Hook.C2S_PRE_AUTH_IQ, self.pre_auth)
 
     async def pre_auth(self, stanza: Stanza, domain: str) -> Stanza:
         """Answer a ``jabber:iq:register`` IQ on a not-yet-authenticated stream."""
@@ -97,3 +108,9 @@ def _result(request: Stanza, payload: ET.Element | None) -> Stanza:
     if payload is not None:
         el.append(payload)
     return Stanza(el)
+
+
+def _register_feature(parts: list[bytes], stage: str, stream: object) -> list[bytes]:
+    if stage == "pre_auth":
+        parts.append(f"<register xmlns='{ns.REGISTER_FEATURE}'/>".encode())
+    return parts

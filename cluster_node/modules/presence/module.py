@@ -1,8 +1,10 @@
 """Presence (RFC 6121 §3–§4): subscriptions, broadcast, probes, directed presence.
 
-Outbound handling runs for the sender's session; inbound handling (the router's presence hook)
-runs wherever the stanza lands for a local account.  Subscription state changes are decided by
-the pure functions of :mod:`cluster_node.xmpp.subscription`; this module stores and sends.
+Outbound handling runs for the sender's session (``user_send_packet``); inbound handling
+(``presence_in``) runs wherever the stanza lands for a local account.  Session ends, members
+going down and coming back, roster removals and the admin API's subscriptions reach it through
+hooks too; it tells others through ``presence_available`` and ``roster_changed``.  Subscription
+state changes are decided by the pure functions of :mod:`cluster_node.xmpp.subscription`; this module stores and sends.
 """
 
 from __future__ import annotations
@@ -11,15 +13,16 @@ import logging
 import xml.etree.ElementTree as ET
 from typing import Protocol
 
-from ..core.router import Fanout
-from ..core.services import Services
-from ..core.sessions import SessionRecord
-from ..storage import RosterItem
-from ..xmpp import errors, ns
-from ..xmpp.fragment import parse_stanza
-from ..xmpp.jid import InvalidJid, Jid
-from ..xmpp.stanza import Stanza
-from ..xmpp.subscription import SUBSCRIPTION_TYPES, SubState, inbound, outbound
+from ...core.hooks import Hook
+from ...core.module import Module, ModuleHost
+from ...core.router import Fanout
+from ...core.sessions import SessionRecord
+from ...storage import RosterItem
+from ...xmpp import errors, ns
+from ...xmpp.fragment import parse_stanza
+from ...xmpp.jid import InvalidJid, Jid
+from ...xmpp.stanza import Stanza
+from ...xmpp.subscription import SUBSCRIPTION_TYPES, SubState, inbound, outbound
 
 __all__ = ["Presence", "PresenceSession", "presence_stanza"]
 
@@ -54,10 +57,51 @@ def priority_of(stanza: Stanza) -> int:
     return value if -128 <= value <= 127 else 0
 
 
-class Presence:
-    def __init__(self, services: Services) -> None:
-        self.s = services
-        services.router.presence_handler = self.inbound
+class Presence(Module):
+    name = "presence"
+    description = "Presence: subscriptions, broadcast, probes, directed presence"
+    rfcs = ("RFC 6121 §3-4",)
+    required = True
+
+    def start(self, host: ModuleHost) -> None:
+        self.host = host
+        host.hook(Hook.USER_SEND_PACKET, self._user_send, 10)
+        host.hook(Hook.PRESENCE_IN, self._presence_in)
+        host.hook(Hook.SESSION_CLOSED, self.unavailable, 10)
+        host.hook(Hook.ROSTER_REMOVE, self.cancel_all)
+        host.hook(Hook.SUBSCRIPTION_OUT, self._subscription_out)
+        host.hook(Hook.MEMBER_DOWN, self._member_down)
+        host.hook(Hook.MEMBER_BACK, self._member_back)
+
+    async def _user_send(self, session: PresenceSession, stanza: Stanza) -> bool | None:
+        if stanza.name != "presence":
+            return None
+        await self.outbound(session, stanza)
+        return True
+
+    async def _presence_in(self, stanza: Stanza, sender: Jid, to: Jid) -> bool:
+        await self.inbound(stanza, sender, to)
+        return True
+
+    async def _subscription_out(self, user: Jid, contact: Jid, ptype: str) -> bool:
+        await self._outbound_subscription(user, contact, ptype)
+        return True
+
+    def _member_down(self, node: str, sessions: list[SessionRecord], leader: bool) -> None:
+        if leader:  # one survivor speaks for the member's sessions, so contacts hear it once
+            for record in sessions:
+                self.host.spawn(self.gone(record))
+
+    def _member_back(self, node: str, sessions: list[SessionRecord]) -> None:
+        if any(r.available for r in sessions):
+            self.host.spawn(self._inform(node, sessions))
+
+    async def _inform(self, node: str, sessions: list[SessionRecord]) -> None:
+        try:
+            await self.returned(sessions)
+        except Exception as e:  # the database may be down (roster reads): say so, without a traceback
+            log.warning("presence of %s's sessions not sent to contacts here: %s: %s", node,
+                        e.__class__.__name__, e)
 
     # -- outbound: from one of our clients -------------------------------------------------------
 
@@ -85,7 +129,7 @@ class Presence:
             session.directed.add(str(to))
         elif ptype == "unavailable":
             session.directed.discard(str(to))
-        await self.s.router.route(stanza)
+        await self.host.route(stanza)
 
     async def _available(self, session: PresenceSession, stanza: Stanza) -> None:
         """RFC 6121 §4.2 (initial presence) and §4.4 (updates)."""
@@ -97,19 +141,18 @@ class Presence:
         items = await self._roster(user.bare)
         for item in items:
             if item.subscription in ("from", "both"):
-                await self.s.router.route(stanza.with_attrs(to=item.jid))
-        self.s.router.deliver_all(user.bare, stanza)
+                await self.host.route(stanza.with_attrs(to=item.jid))
+        self.host.deliver_all(user.bare, stanza)
         if not initial:
             return
         for item in items:
             if item.subscription in ("to", "both"):
-                await self.s.router.route(presence_stanza(user.bare, item.jid, "probe"))
+                await self.host.route(presence_stanza(user.bare, item.jid, "probe"))
         # Our own other resources' presence (RFC 6121 §4.2.3: probe self).
-        self.s.router.deliver_all(user.bare, presence_stanza(user, user.bare, "probe"), Fanout(exclude=str(user)))
-        for _jid, raw in await self.s.storage.get_subscription_requests(user.domain, user.local or ""):
-            self.s.router.deliver(session.record, parse_stanza(raw))
-        if priority >= 0:
-            await self.s.offline.deliver_stored(session.record)
+        self.host.deliver_all(user.bare, presence_stanza(user, user.bare, "probe"), Fanout(exclude=str(user)))
+        for _jid, raw in await self.host.storage.get_subscription_requests(user.domain, user.local or ""):
+            self.host.deliver(session.record, parse_stanza(raw))
+        await self.host.hooks.run_async(Hook.PRESENCE_AVAILABLE, session, initial, priority)
 
     async def unavailable(self, session: PresenceSession, stanza: Stanza | None = None) -> None:
         """RFC 6121 §4.5: to subscribers, directed-presence recipients and our own resources."""
@@ -127,9 +170,9 @@ class Presence:
             for item in await self._roster(user.bare):
                 if item.subscription in ("from", "both"):
                     targets.add(item.jid)
-            self.s.router.deliver_all(user.bare, stanza)
+            self.host.deliver_all(user.bare, stanza)
         for target in targets:
-            await self.s.router.route(stanza.with_attrs(to=target))
+            await self.host.route(stanza.with_attrs(to=target))
 
     async def gone(self, record: SessionRecord) -> None:
         """A session vanished with its member (RFC 6121 §4.5 on its behalf): unavailable to
@@ -139,8 +182,8 @@ class Presence:
         stanza = presence_stanza(record.jid, record.jid.bare, "unavailable")
         for item in await self._roster(record.jid.bare):
             if item.subscription in ("from", "both"):
-                await self.s.router.route(stanza.with_attrs(to=item.jid))
-        self.s.router.deliver_all(record.jid.bare, stanza)
+                await self.host.route(stanza.with_attrs(to=item.jid))
+        self.host.deliver_all(record.jid.bare, stanza)
 
     async def returned(self, records: list[SessionRecord]) -> None:
         """Sessions of another member that this member did not hold came in with its dump: it is
@@ -165,7 +208,7 @@ class Presence:
             if record.available:
                 back.setdefault(record.jid.bare, []).append(record)
         here: dict[Jid, list[SessionRecord]] = {}
-        for connection in self.s.local:
+        for connection in self.host.local:
             if connection.record.available:
                 here.setdefault(connection.record.jid.bare, []).append(connection.record)
         if not back or not here:
@@ -183,10 +226,10 @@ class Presence:
             for local in here[contact]:
                 for remote in back[user]:
                     # Both may have ended (or gone unavailable) during the roster reads.
-                    session, current = self.s.local.get(local.sid), self.s.table.lookup(remote.jid)
+                    session, current = self.host.local.get(local.sid), self.host.table.lookup(remote.jid)
                     if (session is not None and session.record.available and current is not None
                             and current.sid == remote.sid and current.available):
-                        self.s.router.deliver(current, presence_stanza(local.jid, remote.jid, "probe"))
+                        self.host.deliver(current, presence_stanza(local.jid, remote.jid, "probe"))
 
     async def _subscribed(self, user: Jid, subscriptions: tuple[str, ...]) -> set[Jid]:
         """The bare JIDs of ``user``'s roster items with one of ``subscriptions``."""
@@ -204,10 +247,10 @@ class Presence:
         out = outbound(state, ptype)
         await self._save(user, contact, item, state, out.state)
         if out.route:
-            await self.s.router.route(presence_stanza(user, contact, ptype))
+            await self.host.route(presence_stanza(user, contact, ptype))
         if out.send_presence:
             # RFC 6121 §3.1.5: the new subscriber gets our current presence, from every resource.
-            self.s.router.deliver_all(user, presence_stanza(contact, user, "probe"))
+            self.host.deliver_all(user, presence_stanza(contact, user, "probe"))
         if out.send_unavailable:
             await self._send_unavailable(user, contact)
 
@@ -215,13 +258,13 @@ class Presence:
         """Roster removal (RFC 6121 §2.5.2): unsubscribe and unsubscribed as needed."""
         item, state = await self._state(user, contact)
         if state.to or state.ask:
-            await self.s.router.route(presence_stanza(user, contact, "unsubscribe"))
+            await self.host.route(presence_stanza(user, contact, "unsubscribe"))
         if state.from_ or state.pending_in:
-            await self.s.router.route(presence_stanza(user, contact, "unsubscribed"))
+            await self.host.route(presence_stanza(user, contact, "unsubscribed"))
             if state.from_:
                 await self._send_unavailable(user, contact)
         if state.pending_in:
-            await self.s.storage.delete_subscription_request(user.domain, user.local or "", str(contact))
+            await self.host.storage.delete_subscription_request(user.domain, user.local or "", str(contact))
 
     # -- inbound: for one of our accounts --------------------------------------------------------
 
@@ -233,52 +276,51 @@ class Presence:
             await self._probe(sender, to.bare)
         else:
             # RFC 6121 §8.5.2.1.1: available/unavailable to a bare JID goes to every available resource.
-            self.s.router.deliver_all(to.bare, stanza, Fanout(set_to=False))
+            self.host.deliver_all(to.bare, stanza, Fanout(set_to=False))
 
     async def _inbound_subscription(self, stanza: Stanza, contact: Jid, user: Jid, ptype: str) -> None:
-        if not await self.s.storage.account_exists(user.domain, user.local or ""):
+        if not await self.host.storage.account_exists(user.domain, user.local or ""):
             if ptype == "subscribe":  # RFC 6121 §3.1.3: no such user
-                await self.s.router.route(presence_stanza(user, contact, "unsubscribed"))
+                await self.host.route(presence_stanza(user, contact, "unsubscribed"))
             return
         item, state = await self._state(user, contact)
         out = inbound(state, ptype)
         if out.auto_reply:
-            await self.s.router.route(presence_stanza(user, contact, out.auto_reply))
+            await self.host.route(presence_stanza(user, contact, out.auto_reply))
             return
         clean = stanza.with_attrs(from_=str(contact), to=str(user))
         if ptype == "subscribe" and out.state.pending_in:
-            await self.s.storage.put_subscription_request(user.domain, user.local or "", str(contact),
+            await self.host.storage.put_subscription_request(user.domain, user.local or "", str(contact),
                                                           clean.to_bytes())
         await self._save(user, contact, item, state, out.state)
         if out.route:
-            self.s.router.deliver_all(user, clean)
+            self.host.deliver_all(user, clean)
         if out.send_unavailable:
             await self._send_unavailable(user, contact)
 
     async def _probe(self, prober: Jid, user: Jid) -> None:
         """RFC 6121 §4.3.2: only subscribers learn presence; each available resource answers."""
         if prober.bare != user:
-            item = await self.s.storage.get_roster_item(user.domain, user.local or "", str(prober.bare))
+            item = await self.host.storage.get_roster_item(user.domain, user.local or "", str(prober.bare))
             if item is None or item.subscription not in ("from", "both"):
                 return
         # The router asked the other regions first when none of the user's resources here is
         # available (global distribution), so an unanswered probe here means: unavailable.
-        if not self.s.router.deliver_all(user, presence_stanza(prober, user, "probe"), fanout=False):
-            await self.s.router.route(presence_stanza(user, prober, "unavailable"))
+        if not self.host.deliver_all(user, presence_stanza(prober, user, "probe"), fanout=False):
+            await self.host.route(presence_stanza(user, prober, "unavailable"))
             return
-        if self.s.router.global_routing is not None:
-            self.s.router.global_routing.fanout(presence_stanza(prober, user, "probe"), user, Fanout())
+        self.host.hooks.first(Hook.ROUTE_FANOUT, presence_stanza(prober, user, "probe"), user, Fanout())
 
     # -- helpers -----------------------------------------------------------------------------
 
     async def _roster(self, user: Jid) -> list[RosterItem]:
-        items, _ = await self.s.storage.get_roster(user.domain, user.local or "")
+        items, _ = await self.host.storage.get_roster(user.domain, user.local or "")
         return items
 
     async def _state(self, user: Jid, contact: Jid) -> tuple[RosterItem | None, SubState]:
-        if user.domain not in self.s.router.domains:
+        if user.domain not in self.host.domains:
             raise errors.ServiceUnavailable()
-        store = self.s.storage
+        store = self.host.storage
         item = await store.get_roster_item(user.domain, user.local or "", str(contact))
         pending = await store.has_subscription_request(user.domain, user.local or "", str(contact))
         if item is None:
@@ -288,17 +330,18 @@ class Presence:
     async def _save(self, user: Jid, contact: Jid, item: RosterItem | None, old: SubState,
                     new: SubState) -> None:
         if old.pending_in and not new.pending_in:
-            await self.s.storage.delete_subscription_request(user.domain, user.local or "", str(contact))
+            await self.host.storage.delete_subscription_request(user.domain, user.local or "", str(contact))
         if (new.subscription, new.ask) == (old.subscription, old.ask):
             return
         if item is None:
             item = RosterItem(jid=str(contact))
         item = RosterItem(jid=item.jid, name=item.name, subscription=new.subscription, ask=new.ask,
                           groups=item.groups)
-        await self.s.roster.store(user, item)
+        ver = await self.host.storage.put_roster_item(user.domain, user.local or "", item)
+        self.host.hooks.run(Hook.ROSTER_CHANGED, user, item, ver, None)
 
     async def _send_unavailable(self, user: Jid, contact: Jid) -> None:
-        for record in self.s.table.resources(user):
+        for record in self.host.table.resources(user):
             if record.available:
-                await self.s.router.route(presence_stanza(record.jid, contact, "unavailable"))
+                await self.host.route(presence_stanza(record.jid, contact, "unavailable"))
 

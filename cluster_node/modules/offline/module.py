@@ -11,12 +11,13 @@ import datetime
 import logging
 import xml.etree.ElementTree as ET
 
-from ..core.services import Services
-from ..core.sessions import SessionRecord
-from ..xmpp import errors, ns
-from ..xmpp.fragment import parse_stanza
-from ..xmpp.jid import Jid
-from ..xmpp.stanza import Stanza
+from ...core.hooks import Hook
+from ...core.module import Module, ModuleHost, Xep
+from ...core.sessions import SessionRecord
+from ...xmpp import errors, ns
+from ...xmpp.fragment import parse_stanza
+from ...xmpp.jid import Jid
+from ...xmpp.stanza import Stanza
 
 __all__ = ["Offline"]
 
@@ -34,15 +35,28 @@ def worth_storing(stanza: Stanza) -> bool:
     return any(el.find(f"{{{ns.CLIENT}}}{name}") is not None for name in ("body", "subject"))
 
 
-class Offline:
-    def __init__(self, services: Services) -> None:
-        self.s = services
-        services.router.offline_handler = self.store
+class Offline(Module):
+    name = "offline"
+    description = "Offline message storage, delivered on the next available presence"
+    xeps = (Xep(160, "1.0.1"), Xep(203, "2.0"))
 
-    async def store(self, stanza: Stanza, to: Jid) -> None:
+    def start(self, host: ModuleHost) -> None:
+        self.host = self.s = host
+        host.hook(Hook.OFFLINE_MESSAGE, self.store, 50)
+        host.hook(Hook.OFFLINE_FLUSH, self.deliver_stored)
+        host.hook(Hook.PRESENCE_AVAILABLE, self._available)
+
+    async def _available(self, session: object, initial: bool, priority: int) -> None:
+        record = getattr(session, "record", None)
+        if initial and priority >= 0 and record is not None:
+            await self.deliver_stored(record)
+
+    async def store(self, stanza: Stanza, to: Jid) -> bool:
+        """Keep ``stanza`` for ``to``; True also for what is not worth keeping (dropped quietly,
+        like a chat state)."""
         limit = self.s.settings.offline.max_messages
         if not worth_storing(stanza):
-            return
+            return True
         if limit <= 0:
             raise errors.ServiceUnavailable()
         el = ET.Element(stanza.element.tag, dict(stanza.element.attrib))
@@ -53,6 +67,7 @@ class Offline:
         if not ok:
             # XEP-0160 §3: storage full — the sender learns the message was not kept.
             raise errors.ServiceUnavailable("offline storage is full for this user")
+        return True
 
     async def deliver_stored(self, record: SessionRecord) -> None:
         user = record.jid
@@ -66,6 +81,6 @@ class Offline:
             except ValueError:
                 log.error("offline message %s of %s does not parse; kept", msg_id, user.bare)
                 continue
-            self.s.router.deliver(record, stanza.with_attrs(to=str(user)))
+            self.host.deliver(record, stanza.with_attrs(to=str(user)))
             delivered.append(msg_id)
         await self.s.storage.delete_offline(user.domain, user.local or "", delivered)

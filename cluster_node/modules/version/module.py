@@ -6,9 +6,9 @@ import platform
 import xml.etree.ElementTree as ET
 from importlib.metadata import PackageNotFoundError, version
 
-from ..core.router import IqRequest
-from ..core.services import Services
-from ..xmpp import errors, ns
+from ...core.module import Module, ModuleHost, Xep
+from ...core.router import IqRequest
+from ...xmpp import errors, ns
 
 __all__ = ["Version"]
 
@@ -22,9 +22,14 @@ def meridian_version() -> str:
         return "0+unknown"
 
 
-class Version:
-    def __init__(self, services: Services) -> None:
-        services.router.add_server_iq(ns.VERSION, "query", self._version)
+class Version(Module):
+    name = "version"
+    description = "Software Version of the server"
+    xeps = (Xep(92, "1.1"),)
+
+    def start(self, host: ModuleHost) -> None:
+        self.host = host
+        host.add_server_iq(ns.VERSION, "query", self._version)
 
     async def _version(self, req: IqRequest) -> ET.Element:
         if req.stanza.type != "get":

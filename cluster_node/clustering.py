@@ -1,0 +1,295 @@
+"""Glue between the cluster member and the node's services: replicated session and route tables,
+stanzas routed to sessions on other members, cluster calls (one-way and request/answer) by name,
+member-down cleanup, and the hand-off of stanzas for other regions to a gateway member.
+
+Stanzas crossing a cluster link carry an envelope whose ``k`` names its kind; each kind has one
+handler in ``Services.envelopes`` (``session`` here, ``component`` from the component module,
+``gd`` on gateways).  Calls are dispatched by name from ``Services.call_handlers``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import logging
+import zlib
+from pathlib import Path
+from typing import Any
+
+from .cluster.discovery import Discovery, FileDiscovery, RdbmsDiscovery, parse_peer
+from .cluster.table import Record
+from .core.hooks import Hook
+from .core.router import Fanout, add_global_routing
+from .core.services import Services
+from .core.sessions import SessionRecord
+from .net.cluster_net import ClusterMember, MemberHooks
+from .net.tls import client_context, server_context
+from .storage import open_storage
+from .xmpp import errors
+from .xmpp.jid import Jid
+from .xmpp.lazy import lazy_stanza
+from .xmpp.stanza import Stanza
+
+__all__ = ["build_member", "GatewayHandoff", "MemberCalls", "SESSION"]
+
+SESSION = "session"  # envelope kind: a stanza for one of the receiving member's sessions
+REQUEST, ANSWER = "req", "ans"  # call names of request/answer pairs
+
+log = logging.getLogger("meridian.cluster")
+
+
+async def build_member(services: Services, cert: Path, key: Path) -> ClusterMember:
+    """A started cluster member wired into ``services``."""
+    settings = services.settings
+    cs = settings.cluster
+    advertise = cs.advertise or f"{cs.host}:{cs.port}"
+    discovery: Discovery
+    if cs.discovery == "file":
+        discovery = FileDiscovery([parse_peer(p) for p in cs.nodes], settings.node_name)
+    else:
+        url = cs.discovery_url or settings.storage_url
+        discovery = RdbmsDiscovery(lambda: open_storage(url), cs.name, settings.node_name, advertise,
+                                   cs.last_seen_threshold, cs.refresh_interval)
+    # Links are authenticated by the cluster secret (HMAC); TLS gives them confidentiality.
+    client_tls = client_context(verify=False)
+    server_tls = server_context(cert, key)
+    table = services.table
+    member = ClusterMember(
+        cluster=cs.name, node=settings.node_name, secret=cs.secret.encode(), address=advertise,
+        listen_host=cs.host, listen_port=cs.port, discovery=discovery, server_tls=server_tls,
+        client_tls=client_tls, tables={"sessions": table.replicated, "routes": services.routes},
+        refresh_interval=cs.refresh_interval,
+        ping_interval=cs.ping_interval, ping_timeout=cs.ping_timeout)
+    calls = MemberCalls(services, member)
+    returns = Returns(services)
+    member.hooks = MemberHooks(stanza=lambda env, data: _arrived(services, env, data),
+                               call=calls.called,
+                               member_down=lambda node, records, leader: _down(services, returns, node, records,
+                                                                               leader),
+                               merged=returns.merged)
+    table.on_local_op = member.broadcast
+    table.replicated.on_lost = lambda record: _lost(services, record)
+    services.cluster = member
+    services.calls = calls
+    services.envelopes[SESSION] = lambda env, stanza: _for_session(services, env, stanza)
+    services.call_handlers["kick"] = lambda _node, args: _kick(services, args)
+    services.hooks.add(Hook.DELIVER_TO_MEMBER, lambda record, stanza: _send(calls, record, stanza), owner=calls)
+    handoff = GatewayHandoff(services, calls)
+    add_global_routing(services.hooks, handoff, priority=50, owner=handoff)
+    services.hooks.add(Hook.ROUTE_REMOTE, handoff.remote, 50, owner=handoff)  # a gateway's S2S comes first
+    await member.start()
+    return member
+
+
+class MemberCalls:
+    """The cluster as modules use it (:class:`~cluster_node.core.services.ClusterCalls`): calls by
+    name, requests answered by the other member's handler, stanzas with a typed envelope."""
+
+    def __init__(self, services: Services, member: ClusterMember) -> None:
+        self.s = services
+        self.member = member
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+
+    def members(self) -> list[str]:
+        return sorted(self.member.links)
+
+    def call(self, node: str, name: str, args: dict[str, Any]) -> bool:
+        return self.member.call(node, name, args)
+
+    def send_stanza(self, node: str, kind: str, envelope: dict[str, Any], data: bytes) -> bool:
+        return self.member.send_stanza(node, {**envelope, "k": kind}, data)
+
+    async def wait_acks(self) -> None:
+        await self.member.wait_acks()
+
+    async def request(self, node: str, name: str, args: dict[str, Any], timeout: float = 5.0) -> Any:
+        rid = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[rid] = future
+        try:
+            if not self.member.call(node, REQUEST, {"rid": rid, "from": self.s.node, "name": name, "args": args}):
+                raise LookupError(f"no cluster link to {node}")
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._waiting.pop(rid, None)
+
+    def called(self, name: str, args: dict[str, Any]) -> None:
+        if name == ANSWER:
+            future = self._waiting.get(args.get("rid"))  # type: ignore[arg-type]
+            if future is not None and not future.done():
+                if "error" in args:
+                    future.set_exception(LookupError(str(args["error"])))
+                else:
+                    future.set_result(args.get("result"))
+            return
+        if name == REQUEST:
+            self.s.router.spawn(self._answer(args))
+            return
+        handler = self.s.call_handlers.get(name)
+        if handler is None:
+            log.warning("cluster call %r: no handler here", name)
+            return
+        try:
+            result = handler("", args)
+            if inspect.isawaitable(result):
+                self.s.router.spawn(_awaited(result))
+        except Exception:
+            log.exception("cluster call %r failed", name)
+
+    async def _answer(self, args: dict[str, Any]) -> None:
+        caller, rid, name = str(args.get("from", "")), args.get("rid"), str(args.get("name", ""))
+        handler = self.s.call_handlers.get(name)
+        reply: dict[str, Any] = {"rid": rid}
+        try:
+            if handler is None:
+                raise LookupError(f"no handler for {name!r} on {self.s.node}")
+            body = args.get("args")
+            result = handler(caller, body if isinstance(body, dict) else {})
+            if inspect.isawaitable(result):
+                result = await result
+            reply["result"] = result
+        except Exception as e:
+            if not isinstance(e, LookupError | ValueError):
+                log.exception("cluster request %r failed", name)
+            reply["error"] = f"{e.__class__.__name__}: {e}"
+        self.member.call(caller, ANSWER, reply)
+
+
+async def _awaited(result: Any) -> None:
+    await result
+
+
+class GatewayHandoff:
+    """A node's way to other regions: hand the stanza to one of the region's gateways, which
+    looks the destination up and relays it — or, when no region holds it, handles it locally.
+
+    The gateway is chosen by a hash of (from, to), so one conversation always takes the same
+    gateway and keeps its order.  With no gateway in the cluster the region stands alone.
+    """
+
+    def __init__(self, services: Services, calls: MemberCalls) -> None:
+        self.s = services
+        self.calls = calls
+
+    def gateway(self, stanza: Stanza) -> str | None:
+        links = self.calls.member.links
+        names = sorted(r.owner for r in self.s.routes if r.key.startswith("gateway/") and r.owner in links)
+        if not names:
+            return None
+        return names[zlib.crc32(f"{stanza.from_}|{stanza.to}".encode()) % len(names)]
+
+    async def elsewhere(self, stanza: Stanza, to: Jid) -> bool:
+        gateway = self.gateway(stanza)
+        return gateway is not None and self.calls.send_stanza(gateway, "gd", {"gd": "elsewhere"}, stanza.to_bytes())
+
+    async def bounce(self, stanza: Stanza) -> bool:
+        gateway = self.gateway(stanza)
+        return gateway is not None and self.calls.send_stanza(gateway, "gd", {"gd": "bounce"}, stanza.to_bytes())
+
+    async def better_elsewhere(self, stanza: Stanza, bare: Jid, local_top: int) -> bool:
+        # Only the gateway sees the other regions' resources: it routes the message as a whole.
+        gateway = self.gateway(stanza)
+        return gateway is not None and self.calls.send_stanza(gateway, "gd", {"gd": "route"}, stanza.to_bytes())
+
+    async def remote(self, stanza: Stanza, to: Jid) -> bool:
+        """A domain no region of ours serves: a gateway federates over S2S (docs/architecture.md)."""
+        gateway = self.gateway(stanza)
+        if gateway is None or not self.calls.send_stanza(gateway, "gd", {"gd": "s2s"}, stanza.to_bytes()):
+            raise errors.RemoteServerNotFound(f"{to.domain} is not served here and no gateway federates")
+        return True
+
+    def fanout(self, stanza: Stanza, bare: Jid, which: Fanout) -> None:
+        gateway = self.gateway(stanza)
+        if gateway is not None:
+            envelope = {"gd": "fanout", "bare": str(bare), "which": which.to_json()}
+            self.calls.send_stanza(gateway, "gd", envelope, stanza.to_bytes())
+
+
+def _send(calls: MemberCalls, record: SessionRecord, stanza: Stanza) -> bool:
+    envelope = {"sid": record.sid, "to": str(record.jid), "hops": 1}
+    if not calls.send_stanza(record.node, SESSION, envelope, stanza.to_bytes()):
+        log.warning("no link to %s for a stanza to %s", record.node, record.jid)
+    return True
+
+
+def _arrived(services: Services, envelope: dict[str, Any], data: bytes) -> None:
+    """A stanza another member routed here: its envelope kind says to whom."""
+    try:
+        stanza = lazy_stanza(data)  # routed by its start tag; the rest parsed only if needed
+    except ValueError as e:
+        log.warning("dropping an unparsable stanza from the cluster: %s", e)
+        return
+    kind = envelope.get("k")
+    handler = services.envelopes.get(kind) if isinstance(kind, str) else None
+    if handler is None:
+        log.warning("a stanza of kind %r reached %s, which has no handler for it", kind, services.node)
+        return
+    handler(envelope, stanza)
+
+
+def _for_session(services: Services, envelope: dict[str, Any], stanza: Stanza) -> None:
+    session = services.local.get(str(envelope.get("sid", "")))
+    if session is not None:
+        session.deliver(stanza)
+        return
+    # The session moved or ended meanwhile: route again from here, once.
+    if int(envelope.get("hops", 1)) < 2 and stanza.to:
+        services.router.spawn(services.router.route(stanza))
+
+
+def _kick(services: Services, args: dict[str, Any]) -> None:
+    session = services.local.get(str(args.get("sid", "")))
+    if session is not None:
+        session.kick(str(args.get("condition", "conflict")), args.get("text"))
+
+
+def _lost(services: Services, record: Record) -> None:
+    """One of our sessions lost a conflict on merge (same full JID on two members): close it."""
+    session = services.local.get(str(record.value.get("sid", "")))
+    if session is not None:
+        log.info("session %s lost a cluster conflict; closing it", record.key)
+        session.kick("conflict", "replaced by a newer session in the cluster")
+
+
+class Returns:
+    """Sessions of a member that joins (again), for the ``member_back`` hook (the presence module
+    tells local contacts they are back).
+
+    Which of its merged sessions are new here?  All of them when we held none of its records
+    before the dump: the first join, or a rejoin after member-down dropped them (a healed
+    partition, a lost link, a restart).  None when its records stayed here: the same process
+    back on a new link before our side gave the old one up (no member-down here, so nobody told
+    our contacts its sessions had gone).  Records of a member reach us only over its link, dump
+    first, so "not merged since its last member-down" is exactly "none of its records held
+    before this dump"; no copy of the table from before the merge is needed.
+
+    Once across the cluster: each member informs only its own (local) sessions, once per arrival
+    of the other member's sessions in its table, and the other member does the same the other
+    way.  The arrivals are those member-down undid here, for which ``gone`` (sent by the leader of
+    our side of the partition, to our side's contacts) said ``unavailable``.
+    """
+
+    def __init__(self, services: Services) -> None:
+        self.s = services
+        self.held: set[str] = set()  # members whose session records we hold (merged, not dropped since)
+
+    def merged(self, node: str, table: str, records: list[Record]) -> None:
+        if table != "sessions" or node in self.held:
+            return
+        self.held.add(node)
+        sessions = [SessionRecord.from_table(r) for r in records if r.value.get("sid")]
+        self.s.hooks.run(Hook.MEMBER_BACK, node, sessions)
+
+
+def _down(services: Services, returns: Returns, node: str, records: list[Record], leader: bool) -> None:
+    returns.held.discard(node)
+    sessions = [SessionRecord.from_table(r) for r in records if r.value.get("sid")]
+    # Sessions lost with a member are worth a warning; a member without any (a gateway, a node
+    # stopped after its clients left) is routine.
+    log.log(logging.WARNING if sessions else logging.INFO, "member %s down: %d of its sessions dropped%s", node,
+            len(sessions), "; sending their unavailable presence" if leader and sessions else "")
+    services.hooks.run(Hook.MEMBER_DOWN, node, sessions, leader)
+
+

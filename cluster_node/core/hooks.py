@@ -1,0 +1,223 @@
+"""Named hook points with priorities: how modules take part in handling without the core knowing them.
+
+A hook is a name (the constants of :class:`Hook`, each documenting its arguments and the
+semantics its callers use) and an ordered list of handlers, lowest priority number first, ties in
+the order they were added.  Callers pick one of four ways to run a hook:
+
+* :meth:`Hooks.run` / :meth:`Hooks.run_async` — every handler, in order, until one returns
+  :data:`STOP` (MongooseIM's ``run_fold`` with ``{stop, …}``, Prosody's returning non-nil).
+* :meth:`Hooks.first` / :meth:`Hooks.first_async` — the first handler that returns something
+  other than ``None`` decides; its value is the result (``None`` when none did).  Routing
+  decisions use this: a handler answers "taken", "not mine" (``None``) or a definite "no".
+* :meth:`Hooks.fold` / :meth:`Hooks.fold_async` — each handler gets the accumulator and returns the
+  next one (stream features, disco features); returning :data:`STOP` ends with the value so far.
+
+Async variants accept sync and async handlers alike (an awaitable result is awaited).  Handlers
+are owned: :meth:`Hooks.remove_owner` takes out everything a stopping module added.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+__all__ = ["Hooks", "Hook", "STOP", "HookHandler"]
+
+
+class _Stop:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "STOP"
+
+
+STOP: Final = _Stop()
+"""Returned by a handler of :meth:`Hooks.run`/:meth:`Hooks.fold` to end the run there."""
+
+HookHandler = Callable[..., Any]
+
+
+class Hook:
+    """The hook points of a node (name = what runs it, arguments, semantics)."""
+
+    # -- c2s stream -------------------------------------------------------------------------------
+    C2S_FEATURES = "c2s_features"
+    """fold(list[bytes], stage: str, stream) — ``<stream:features/>`` children.  stage is one of
+    ``pre_tls``, ``pre_auth`` (after TLS), ``post_auth`` (after SASL, before bind)."""
+    C2S_ELEMENT = "c2s_element"
+    """first(session, element) — a top-level element of an established stream that is not a
+    stanza, e.g. XEP-0198's ``<r/>``/``<a/>``/``<enable/>``.  True: taken; None from all:
+    unsupported-stanza-type.  Synchronous, so it keeps its place among the stanzas."""
+    C2S_PRE_BIND_ELEMENT = "c2s_pre_bind_element"
+    """first_async(session, element) — such an element after SASL, before bind (``<resume/>``); the
+    stream waits for the handler, which may call ``session.resumed(record, data)``."""
+    C2S_PRE_AUTH_IQ = "c2s_pre_auth_iq"
+    """first_async(stanza, domain) — an IQ before authentication (XEP-0077 registration): the reply
+    stanza, or None (not-authorized)."""
+    C2S_STANZA_RECEIVED = "c2s_stanza_received"
+    """run(session, stanza) — a stanza read from the client, in stream order, before it is queued
+    for handling (counts, e.g. XEP-0198 ``h``)."""
+
+    # -- the session's stanzas ----------------------------------------------------------------------
+    USER_SEND_PACKET = "user_send_packet"
+    """first_async(session, stanza) — a stanza from a bound client, ``from`` stamped.  True: a
+    module handled it (presence); None: it is routed."""
+    USER_RECEIVE_PACKET = "user_receive_packet"
+    """run(session, stanza, data: bytes) — just after ``data`` was queued to a client's stream."""
+    FILTER_LOCAL_PACKET = "filter_local_packet"
+    """run(stanza) — a stanza about to be routed; STOP drops it (the handler answered it)."""
+
+    # -- sessions ---------------------------------------------------------------------------------
+    SESSION_OPENED = "session_opened"
+    """run(session) — a resource was bound (before the bind result is sent)."""
+    SESSION_DETACH = "session_detach"
+    """first_async(session, reason) — the connection of a bound session is gone; True: a module
+    keeps the session alive detached (XEP-0198) and will end it later through the session manager."""
+    SESSION_CLOSED = "session_closed"
+    """run_async(session) — a session ended (unbound, unavailable sent)."""
+    SESSION_HOLD = "session_hold"
+    """first(session, stanza) — a stanza reached a session whose stream is closing; True: a module
+    keeps it for the session (which it will detach), else it is routed again."""
+
+    # -- presence and roster ---------------------------------------------------------------------
+    PRESENCE_OUT = "presence_out"
+    """first_async(session, stanza) — presence from a bound client (the presence module's)."""
+    PRESENCE_IN = "presence_in"
+    """first_async(stanza, sender: Jid, to: Jid) — presence for a local account (bare or a
+    subscription state to a full JID)."""
+    PRESENCE_AVAILABLE = "presence_available"
+    """run_async(session, initial: bool, priority: int) — a session sent available presence."""
+    SUBSCRIPTION_OUT = "subscription_out"
+    """first_async(user: Jid, contact: Jid, ptype) — a subscription request/answer on the user's
+    behalf (the admin API's ``roster subscription``)."""
+    ROSTER_REMOVE = "roster_remove"
+    """run_async(user: Jid, contact: Jid) — an item is being removed: cancel subscriptions."""
+    ROSTER_CHANGED = "roster_changed"
+    """run(user: Jid, item: RosterItem | None, ver: str, jid: str | None) — push to resources."""
+
+    # -- offline --------------------------------------------------------------------------------
+    OFFLINE_MESSAGE = "offline_message"
+    """first_async(stanza, to: Jid) — a message for an account with no resource to take it
+    (push → store → error).  True: kept; None from all: service-unavailable."""
+
+    OFFLINE_FLUSH = "offline_flush"
+    """run_async(record: SessionRecord) — deliver what is stored for the record's account to it
+    (a region that now holds an available resource, after a race with a login elsewhere)."""
+
+    # -- cluster ---------------------------------------------------------------------------------
+    MEMBER_DOWN = "member_down"
+    """run(node, sessions: list[SessionRecord], leader: bool) — a member left; its sessions dropped."""
+    MEMBER_BACK = "member_back"
+    """run(node, sessions: list[SessionRecord]) — a member's sessions are new here (join, heal)."""
+
+    # -- routing (the chain: components → local → other regions → S2S) ----------------------------
+    ROUTE_REMOTE = "route_remote"
+    """first_async(stanza, to: Jid) — ``to`` is a domain this region does not serve.  True:
+    taken; a handler that cannot take it raises a StanzaError or returns None for the next."""
+    ROUTE_ELSEWHERE = "route_elsewhere"
+    """first_async(stanza, to: Jid) — no session here: bool, whether another region took it."""
+    ROUTE_BETTER_ELSEWHERE = "route_better_elsewhere"
+    """first_async(stanza, bare: Jid, local_top: int) — True: taken to a region with resources of
+    higher priority (RFC 6121 §8.5.2.1.1 across regions)."""
+    ROUTE_FANOUT = "route_fanout"
+    """first(stanza, bare: Jid, which: Fanout) — deliver to ``bare``'s resources in other regions."""
+    ROUTE_BOUNCE = "route_bounce"
+    """first_async(stanza) — a stanza met a closing session: True when it will be re-resolved later."""
+    DELIVER_TO_MEMBER = "deliver_to_member"
+    """first(record: SessionRecord, stanza) — the session is on another member: True when sent."""
+
+    # -- discovery --------------------------------------------------------------------------------
+    DISCO_SERVER_FEATURES = "disco_server_features"
+    """fold(set[str]) — the server's XEP-0030 features."""
+    DISCO_SERVER_IDENTITIES = "disco_server_identities"
+    """fold(list[dict[str, str]]) — the server's identities (category, type, name)."""
+
+
+@dataclass(order=True, slots=True)
+class _Entry:
+    priority: int
+    seq: int
+    handler: HookHandler = field(compare=False)
+    owner: object = field(compare=False, default=None)
+
+
+class Hooks:
+    """The hook registry of one node (not a global: each node in a test process has its own)."""
+
+    def __init__(self) -> None:
+        self._hooks: dict[str, list[_Entry]] = {}
+        self._seq = itertools.count()
+
+    def add(self, name: str, handler: HookHandler, priority: int = 50, *, owner: object = None) -> None:
+        entries = self._hooks.setdefault(name, [])
+        entries.append(_Entry(priority, next(self._seq), handler, owner))
+        entries.sort()
+
+    def remove_owner(self, owner: object) -> None:
+        for name, entries in list(self._hooks.items()):
+            self._hooks[name] = [e for e in entries if e.owner is not owner]
+
+    def handlers(self, name: str) -> list[HookHandler]:
+        return [e.handler for e in self._hooks.get(name, ())]
+
+    def has(self, name: str) -> bool:
+        return bool(self._hooks.get(name))
+
+    # -- run all ---------------------------------------------------------------------------------
+
+    def run(self, name: str, *args: Any) -> bool:
+        """Every handler until one returns STOP; False when one did."""
+        for entry in self._hooks.get(name, ()):
+            if entry.handler(*args) is STOP:
+                return False
+        return True
+
+    async def run_async(self, name: str, *args: Any) -> bool:
+        for entry in self._hooks.get(name, ()):
+            result = entry.handler(*args)
+            if inspect.isawaitable(result):
+                result = await result
+            if result is STOP:
+                return False
+        return True
+
+    # -- first answer ------------------------------------------------------------------------------
+
+    def first(self, name: str, *args: Any) -> Any:
+        for entry in self._hooks.get(name, ()):
+            result = entry.handler(*args)
+            if result is not None:
+                return result
+        return None
+
+    async def first_async(self, name: str, *args: Any) -> Any:
+        for entry in self._hooks.get(name, ()):
+            result = entry.handler(*args)
+            if inspect.isawaitable(result):
+                result = await result
+            if result is not None:
+                return result
+        return None
+
+    # -- fold --------------------------------------------------------------------------------------
+
+    def fold(self, name: str, acc: Any, *args: Any) -> Any:
+        for entry in self._hooks.get(name, ()):
+            result = entry.handler(acc, *args)
+            if result is STOP:
+                return acc
+            acc = result
+        return acc
+
+    async def fold_async(self, name: str, acc: Any, *args: Any) -> Any:
+        for entry in self._hooks.get(name, ()):
+            result = entry.handler(acc, *args)
+            if inspect.isawaitable(result):
+                result = await result
+            if result is STOP:
+                return acc
+            acc = result
+        return acc

@@ -1,0 +1,209 @@
+"""Feature modules: the ``Module`` base, its settings, and the facade a module gets of its node.
+
+A module is one XMPP feature (a XEP, or an RFC 6121 part) in a package of its own.  It declares
+its name, the XEPs it implements, the modules it needs, and a pydantic model of its settings (the
+``[modules.<name>]`` table of the node's TOML).  At start it receives a :class:`ModuleHost`: the
+hooks, IQ handlers, routing, the session tables, storage, cluster calls, metrics, HTTP routes and
+admin queries — everything it may touch, so it never imports another module or the wiring.
+Modules talk to each other only through hooks (:mod:`cluster_node.core.hooks`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .hooks import HookHandler
+
+if TYPE_CHECKING:
+    from ..xmpp.stanza import Stanza
+    from .router import Fanout, IqHandler
+    from .services import Services
+    from .sessions import SessionRecord
+
+__all__ = ["Module", "ModuleSettings", "ModuleHost", "Xep", "CallHandler"]
+
+log = logging.getLogger(__name__)
+
+CallHandler = Callable[[str, dict[str, Any]], Any]  # (calling member, args) -> JSON-able or awaitable
+
+
+@dataclass(frozen=True, slots=True)
+class Xep:
+    """One specification a module implements (listed in the docs table and ``doap.xml``)."""
+
+    number: int
+    version: str
+    status: str = "complete"  # complete | partial (XEP-0453's DOAP terms)
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"XEP-{self.number:04d}"
+
+
+class ModuleSettings(BaseModel):
+    """Every module's table has ``enabled``; unknown keys are an error naming them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(True, description="load this module")
+
+
+class Module:
+    """Base of feature modules: subclasses set the class attributes and override ``start``."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    xeps: ClassVar[tuple[Xep, ...]] = ()
+    rfcs: ClassVar[tuple[str, ...]] = ()  # e.g. "RFC 6121 §2 (roster)"
+    depends: ClassVar[tuple[str, ...]] = ()
+    required: ClassVar[bool] = False  # cannot be disabled (the node is not XMPP without it)
+    Settings: ClassVar[type[ModuleSettings]] = ModuleSettings
+
+    def __init__(self, settings: ModuleSettings | None = None) -> None:
+        self.settings = settings if settings is not None else self.Settings()
+        self.host: ModuleHost = None  # type: ignore[assignment]  # set by start
+
+    def start(self, host: ModuleHost) -> None | Awaitable[None]:
+        self.host = host
+        return None
+
+    def stop(self) -> None | Awaitable[None]:
+        return None
+
+
+class ModuleHost:
+    """What one module may use of its node.  Hooks it adds are owned by it (removed at stop)."""
+
+    def __init__(self, services: Services, owner: object) -> None:
+        self._s = services
+        self._owner = owner
+
+    # -- identity and configuration -----------------------------------------------------------------
+
+    @property
+    def node(self) -> str:
+        return self._s.node
+
+    @property
+    def domains(self) -> frozenset[str]:
+        return self._s.router.domains
+
+    @property
+    def server_features(self) -> set[str]:
+        """The namespaces of the server IQ handlers modules registered (disco#info)."""
+        return self._s.router.features
+
+    @property
+    def settings(self) -> Any:
+        """The node's settings (read only: c2s, limits, offline, …)."""
+        return self._s.settings
+
+    # -- state a module reads ---------------------------------------------------------------------
+
+    @property
+    def storage(self) -> Any:
+        return self._s.storage
+
+    @property
+    def accounts(self) -> Any:
+        return self._s.accounts
+
+    @property
+    def table(self) -> Any:
+        """The replicated session table (:class:`~cluster_node.core.sessions.SessionTable`)."""
+        return self._s.table
+
+    @property
+    def local(self) -> Any:
+        """The sessions held by this member (:class:`~cluster_node.core.sessions.LocalSessions`)."""
+        return self._s.local
+
+    @property
+    def sessions(self) -> Any:
+        """The session manager (bind, end, kick)."""
+        return self._s.session_manager
+
+    def update_record(self, record: SessionRecord) -> None:
+        self._s.update_record(record)
+
+    # -- hooks and handlers --------------------------------------------------------------------------
+
+    @property
+    def hooks(self) -> Any:
+        return self._s.hooks
+
+    def hook(self, name: str, handler: HookHandler, priority: int = 50) -> None:
+        self._s.hooks.add(name, handler, priority, owner=self._owner)
+
+    def add_server_iq(self, namespace: str, name: str, handler: IqHandler, *, feature: bool = True) -> None:
+        self._s.router.add_server_iq(namespace, name, handler, feature=feature)
+
+    def add_account_iq(self, namespace: str, name: str, handler: IqHandler) -> None:
+        self._s.router.add_account_iq(namespace, name, handler)
+
+    # -- routing -------------------------------------------------------------------------------------
+
+    async def route(self, stanza: Stanza, *, local_only: bool = False) -> None:
+        await self._s.router.route(stanza, local_only=local_only)
+
+    def route_nowait(self, stanza: Stanza) -> None:
+        self._s.router.route_nowait(stanza)
+
+    def deliver(self, record: SessionRecord, stanza: Stanza) -> None:
+        self._s.router.deliver(record, stanza)
+
+    def deliver_all(self, bare: Any, stanza: Stanza, which: Fanout | None = None, *, fanout: bool = True) -> int:
+        from .router import Fanout
+
+        return self._s.router.deliver_all(bare, stanza, which or Fanout(), fanout=fanout)
+
+    def send_error(self, stanza: Stanza, error: Any) -> None:
+        self._s.router.send_error(stanza, error)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._s.router.spawn(coro)
+
+    # -- the cluster ---------------------------------------------------------------------------------
+
+    @property
+    def cluster_members(self) -> list[str]:
+        """The other members joined now (empty without a cluster)."""
+        calls = self._s.calls
+        return calls.members() if calls is not None else []
+
+    def on_call(self, name: str, handler: CallHandler) -> None:
+        """Answer cluster calls ``name`` (args are JSON from another member: check their types)."""
+        self._s.call_handlers[name] = handler
+
+    def call(self, node: str, name: str, args: dict[str, Any]) -> bool:
+        """One-way call to another member; False when there is no link to it."""
+        calls = self._s.calls
+        return calls is not None and calls.call(node, name, args)
+
+    async def request(self, node: str, name: str, args: dict[str, Any], timeout: float = 5.0) -> Any:
+        """A call answered by the other member's handler; raises LookupError (no link) or TimeoutError."""
+        calls = self._s.calls
+        if calls is None:
+            raise LookupError("no cluster")
+        return await calls.request(node, name, args, timeout)
+
+    # -- operations surface ------------------------------------------------------------------------
+
+    def add_query(self, category: str, name: str, fn: Callable[..., Any]) -> None:
+        """An admin query (``meridian ctl category name``, control socket)."""
+        self._s.queries[(category, name)] = fn
+
+    def add_metric(self, collector: Any) -> None:
+        """A prometheus_client collector, read at scrape time."""
+        self._s.collectors.append(collector)
+
+    def add_http_route(self, route: Any) -> None:
+        """An aiohttp route definition mounted on the node's HTTP listener."""
+        self._s.http_routes.append(route)
+

@@ -1,0 +1,5 @@
+"""disco module."""
+
+from .module import Disco
+
+__all__ = ["Disco"]

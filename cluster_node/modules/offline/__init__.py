@@ -1,0 +1,5 @@
+"""offline module."""
+
+from .module import Offline
+
+__all__ = ["Offline"]

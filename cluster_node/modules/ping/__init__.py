@@ -1,0 +1,5 @@
+"""ping module."""
+
+from .module import Ping
+
+__all__ = ["Ping"]

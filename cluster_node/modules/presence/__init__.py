@@ -1,0 +1,5 @@
+"""presence module."""
+
+from .module import Presence
+
+__all__ = ["Presence"]

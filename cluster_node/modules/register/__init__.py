@@ -1,0 +1,5 @@
+"""register module."""
+
+from .module import Register
+
+__all__ = ["Register"]

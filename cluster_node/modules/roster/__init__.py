@@ -1,0 +1,5 @@
+"""roster module."""
+
+from .module import Roster
+
+__all__ = ["Roster"]

@@ -1,0 +1,5 @@
+"""version module."""
+
+from .module import Version
+
+__all__ = ["Version"]
