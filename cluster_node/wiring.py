@@ -122,7 +122,10 @@ async def running_node(settings: NodeSettings, *, http_routes: Sequence[web.Rout
             if left:
                 log.warning("stopping with %d session clean-ups unfinished after %.0f s", left,
                             settings.shutdown_timeout)
+            # Modules stop once the sessions' clean-ups have run (XEP-0198 hands its detached
+            # sessions to another member, or ends them), and what they start is drained too.
             await stop_modules(services, modules)
+            await router.drain(settings.shutdown_timeout)
             if member is not None:
                 await member.stop()
                 # A member that left while we stopped (a whole cluster stopping at once) started
