@@ -1,0 +1,29 @@
+"""The README's XEP table and doap.xml are what the modules declare (regenerate with
+``python -m cluster_node.modules.catalog``)."""
+
+import xml.etree.ElementTree as ET
+
+from cluster_node.modules import BUILTIN
+from cluster_node.modules.catalog import ROOT, doap, with_table, xep_table
+
+
+def test_readme_table_is_current():
+    readme = (ROOT / "README.md").read_text()
+    assert with_table(readme, xep_table()) == readme, "run: python -m cluster_node.modules.catalog"
+
+
+def test_doap_is_current_and_lists_every_xep():
+    text = (ROOT / "doap.xml").read_text()
+    assert text == doap(), "run: python -m cluster_node.modules.catalog"
+    root = ET.fromstring(text)
+    listed = {el.get("{http://www.w3.org/1999/02/22-rdf-syntax-ns#}resource")
+              for el in root.iter("{https://linkmauve.fr/ns/xmpp-doap#}xep")}
+    declared = {f"https://xmpp.org/extensions/xep-{x.number:04d}.html" for m in BUILTIN.values() for x in m.xeps}
+    assert listed == declared
+    assert "https://xmpp.org/extensions/xep-0198.html" in listed
+
+
+def test_table_names_the_module_of_each_xep():
+    table = xep_table()
+    assert "| XEP-0198 | 1.6.1 | complete | module `stream_management` |" in table
+    assert "| XEP-0199 | 2.0.1 | complete | module `ping` |" in table
