@@ -99,7 +99,8 @@ async def test_enable_and_acks_both_ways(node: NodeProcess, bob: RawClient) -> N
     assert bodies(await bob.messages(3)) == ["from alice 0", "from alice 1", "from alice 2"]
     # Enabling twice is refused, the stream stays up.
     second = await alice.enable()
-    assert local(second) == "failed" and second.find("{urn:ietf:params:xml:ns:xmpp-stanzas}unexpected-request") is not None
+    assert local(second) == "failed"
+    assert second.find("{urn:ietf:params:xml:ns:xmpp-stanzas}unexpected-request") is not None
     alice.send(f"<r xmlns='{SM}'/>")
     assert (await alice.next_named("a")).get("h") == "3"
     await alice.close()

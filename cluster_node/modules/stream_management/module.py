@@ -38,6 +38,7 @@ from pydantic import Field
 
 from ...core.hooks import Hook
 from ...core.module import Module, ModuleHost, ModuleSettings, Xep
+from ...core.session_manager import is_probe
 from ...core.sessions import SessionRecord
 from ...xmpp import errors
 from ...xmpp.fragment import parse_stanza
@@ -80,6 +81,7 @@ class Detached:
         self.ended = False
         self.kicked: tuple[str, str | None] | None = None
         self.on_kick: Any = None
+        self.on_probe: Any = None
 
     @property
     def is_open(self) -> bool:
@@ -89,6 +91,10 @@ class Detached:
         self.record = record
 
     def deliver(self, stanza: Stanza) -> None:
+        if is_probe(stanza):  # the server's business, never the client's: answered for it
+            if self.on_probe is not None:
+                self.on_probe(self, stanza)
+            return
         self.pending.append(stanza.to_bytes())
 
     def send_raw(self, data: bytes) -> None:
@@ -275,6 +281,7 @@ class StreamManagement(Module):
 
     def _keep(self, det: Detached) -> None:
         det.on_kick = self._kicked
+        det.on_probe = self.host.sessions.answer_probe
         self.host.local.add(det.record.sid, det)
         self.detached[det.record.sid] = det
         loop = asyncio.get_running_loop()
