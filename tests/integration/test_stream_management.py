@@ -191,6 +191,32 @@ async def test_resume_timeout_sends_unacked_and_queued_messages_to_offline_stora
     assert "Traceback" not in n.log(), n.log()
 
 
+async def test_a_client_that_never_acks_is_closed_and_loses_nothing(tmp_path: Path) -> None:
+    n = NodeProcess(tmp_path, name="smq", settings={"modules": {"stream_management": {
+        "max_unacked": 3, "ack_every": 100}}})
+    n.register("alice", "alice-secret")
+    n.register("bob", "bob-secret")
+    n.start()
+    try:
+        bob = RawClient(n.port, n.cert)
+        await bob.start("bob", "bob-secret", "desk", sm=False)
+        alice = RawClient(n.port, n.cert)
+        await alice.start("alice", "alice-secret", "mute")
+        send_messages(bob, "alice@localhost/mute", [f"q{i}" for i in range(6)])
+        err = await alice.next_named("error")
+        assert err.find("{urn:ietf:params:xml:ns:xmpp-streams}policy-violation") is not None
+        await asyncio.sleep(0.5)
+        back = RawClient(n.port, n.cert)
+        await back.start("alice", "alice-secret", "fresh", sm=False)
+        back.send("<presence/>")
+        assert bodies(await back.messages(6)) == [f"q{i}" for i in range(6)]  # all of them, in order
+        await back.close()
+        await bob.close()
+    finally:
+        n.stop()
+    assert "Traceback" not in n.log(), n.log()
+
+
 async def test_h_mismatch_and_bad_input(node: NodeProcess, bob: RawClient) -> None:
     alice = RawClient(node.port, node.cert)
     previd = (await alice.start("alice", "alice-secret", "bad")).get("id")

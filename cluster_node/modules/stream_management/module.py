@@ -255,13 +255,14 @@ class StreamManagement(Module):
     # -- detaching and ending ----------------------------------------------------------------------
 
     def _hold(self, session: Any, stanza: Stanza) -> bool | None:
-        """A stanza for a connection that is closing: keep it for the detached session to come."""
+        """A stanza for a connection that is closing: keep it behind the unacked ones, for the
+        detached session to come or for rerouting when the session ends."""
         if session.ext.get("sm_moved"):
             self.host.route_nowait(stanza)  # it resumed elsewhere: the table leads there now
             return True
-        state = session.ext.get("sm")
-        if state is None or not state.resume or session.close_reason not in DETACH_REASONS:
+        if session.ext.get("sm") is None:
             return None
+        # Detached later, or ended: either way it follows the unacked ones, in order.
         session.ext.setdefault("sm_pending", []).append(stanza.to_bytes())
         return True
 
