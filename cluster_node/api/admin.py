@@ -21,7 +21,7 @@ from ..xmpp.stanza import Stanza
 from .schema import ApiError
 
 if TYPE_CHECKING:
-    from ..wiring import Node
+    from .view import NodeView as Node
 
 __all__ = ["admin_root", "contact_view", "message_stanza", "route_stanza"]
 

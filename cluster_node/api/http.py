@@ -31,7 +31,7 @@ from .schema import run_query
 from .user import user_root
 
 if TYPE_CHECKING:
-    from ..wiring import Node
+    from .view import NodeView as Node
 
 __all__ = ["serving_api", "graphql_handler"]
 

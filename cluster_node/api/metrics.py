@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from ..core.router import Router
     from ..core.session_manager import SessionManager
-    from ..wiring import Node
+    from .view import NodeView as Node
 
 __all__ = ["new_registry", "instrument", "NodeCollector", "OfflineGauge"]
 

@@ -10,7 +10,7 @@ from .admin import contact_view, message_stanza, route_stanza
 from .schema import ApiError
 
 if TYPE_CHECKING:
-    from ..wiring import Node
+    from .view import NodeView as Node
 
 __all__ = ["user_root"]
 

@@ -20,10 +20,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from .hooks import HookHandler
 
 if TYPE_CHECKING:
+    from ..settings import NodeSettings
+    from ..storage import Storage
     from ..xmpp.stanza import Stanza
+    from .accounts import Accounts
+    from .hooks import Hooks
     from .router import Fanout, IqHandler
     from .services import Services
-    from .sessions import SessionRecord
+    from .session_manager import SessionManager
+    from .sessions import LocalSessions, SessionRecord, SessionTable
 
 __all__ = ["Module", "ModuleSettings", "ModuleHost", "Xep", "CallHandler"]
 
@@ -100,32 +105,32 @@ class ModuleHost:
         return self._s.router.features
 
     @property
-    def settings(self) -> Any:
+    def settings(self) -> NodeSettings:
         """The node's settings (read only: c2s, limits, offline, …)."""
         return self._s.settings
 
     # -- state a module reads ---------------------------------------------------------------------
 
     @property
-    def storage(self) -> Any:
+    def storage(self) -> Storage:
         return self._s.storage
 
     @property
-    def accounts(self) -> Any:
+    def accounts(self) -> Accounts:
         return self._s.accounts
 
     @property
-    def table(self) -> Any:
+    def table(self) -> SessionTable:
         """The replicated session table (:class:`~cluster_node.core.sessions.SessionTable`)."""
         return self._s.table
 
     @property
-    def local(self) -> Any:
+    def local(self) -> LocalSessions:
         """The sessions held by this member (:class:`~cluster_node.core.sessions.LocalSessions`)."""
         return self._s.local
 
     @property
-    def sessions(self) -> Any:
+    def sessions(self) -> SessionManager:
         """The session manager (bind, end, kick)."""
         return self._s.session_manager
 
@@ -135,7 +140,7 @@ class ModuleHost:
     # -- hooks and handlers --------------------------------------------------------------------------
 
     @property
-    def hooks(self) -> Any:
+    def hooks(self) -> Hooks:
         return self._s.hooks
 
     def hook(self, name: str, handler: HookHandler, priority: int = 50) -> None:

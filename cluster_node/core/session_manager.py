@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from typing import Any, Protocol
 
 from ..xmpp import errors, ns
 from ..xmpp.jid import InvalidJid, Jid
@@ -18,24 +17,14 @@ from ..xmpp.sasl.scram import ScramCredentials
 from ..xmpp.stanza import Stanza
 from .hooks import Hook
 from .services import Services
-from .sessions import SessionRecord
+from .sessions import LocalSession, SessionRecord
 
 __all__ = ["SessionManager", "ClientSession"]
 
 log = logging.getLogger(__name__)
 
 
-class ClientSession(Protocol):
-    """A bound client connection as the session manager sees it."""
-
-    record: SessionRecord
-    last_presence: Stanza | None
-    directed: set[str]
-    ext: dict[str, Any]  # per-session state of modules, by module name
-
-    def set_record(self, record: SessionRecord) -> None: ...
-    def deliver(self, stanza: Stanza) -> None: ...
-    def kick(self, condition: str, text: str | None = None) -> None: ...
+ClientSession = LocalSession  # a bound session, as the session manager sees it
 
 
 class SessionManager:

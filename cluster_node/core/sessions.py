@@ -161,15 +161,22 @@ class SessionTable:
 
 
 class LocalSession(Protocol):
-    """What the router needs of a connection held by this member."""
+    """A session held by this member: a client connection, or what stands for one (a session
+    detached by XEP-0198, waiting for its client)."""
 
     record: SessionRecord
+    last_presence: Stanza | None
+    directed: set[str]  # full JIDs that got directed presence (RFC 6121 §4.6)
+    ext: dict[str, Any]  # per-session state of modules, by module name
 
     def deliver(self, stanza: Stanza) -> None:
         """Write ``stanza`` to the client (session-level handling, e.g. probes, happens before)."""
 
-    def kick(self, condition: str, text: str | None = None) -> None:
+    def kick(self, condition: str, text: str | None = None, *, reason: str = "kicked") -> None:
         """Close the stream with a stream error (e.g. ``conflict``)."""
+
+    def set_record(self, record: SessionRecord) -> None:
+        """The session's record changed (presence, roster interest): keep the table in step."""
 
 
 class LocalSessions:

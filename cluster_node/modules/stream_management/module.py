@@ -387,7 +387,7 @@ class StreamManagement(Module):
         self.counters["failed"] += 1
         session.send_raw(sm.failed(condition, text=text))
 
-    def _take_local(self, record: SessionRecord, token: str) -> tuple[SmSession, Detached | None, list[bytes]] | None:
+    def _take_local(self, record: SessionRecord, token: str) -> tuple[SmSession, Detached, list[bytes]] | None:
         """The session is held here: a detached one, or a live connection whose client has not
         noticed it died (the client is faster than the server to see a dead network)."""
         held = self.host.local.get(record.sid)
@@ -411,7 +411,7 @@ class StreamManagement(Module):
         return state, holder, list(held.ext.pop("sm_pending", []))
 
     async def _take_remote(self, record: SessionRecord, token: str
-                           ) -> tuple[SmSession, Detached | None, list[bytes]] | None:
+                           ) -> tuple[SmSession, Detached, list[bytes]] | None:
         new_sid = self.host.local.new_sid()
         mine = SessionRecord(record.jid, self.host.node, new_sid, time.time(), record.priority, record.available,
                              record.interested, prev=record.sid)
@@ -454,7 +454,7 @@ class StreamManagement(Module):
         assert holder is not None
         holder.ended = True
         to = SessionRecord(record.jid, caller, new_sid, time.time())
-        self.host.local.add(sid, Forwarder(self.host, record, to))  # type: ignore[arg-type]
+        self.host.local.add(sid, Forwarder(self.host, record, to))
         asyncio.get_running_loop().call_later(FORWARD_SECONDS, self._forget, sid)
         presence = holder.last_presence
         return {"sm": state.to_state(), "pending": [base64.b64encode(p).decode() for p in pending],
