@@ -10,8 +10,8 @@ from __future__ import annotations
 import itertools
 import re
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from ..cluster.table import Op, Record, ReplicatedTable
@@ -33,9 +33,19 @@ class SessionRecord:
     available: bool = False  # has sent available presence (RFC 6121 §4.2)
     interested: bool = False  # has requested the roster (RFC 6121 §2.1.6: gets roster pushes)
     prev: str = ""  # the session id this one took over (XEP-0198 resumption on another member)
+    # Modules' flags that every member and region must see (XEP-0198 "sm": "on"/"detached"; later
+    # carbons, CSI…): short strings, replicated with the record.
+    flags: Mapping[str, str] = field(default_factory=dict)
 
     def with_presence(self, *, available: bool, priority: int) -> SessionRecord:
         return replace(self, available=available, priority=priority)
+
+    def with_flag(self, key: str, value: str | None) -> SessionRecord:
+        """A copy with module flag ``key`` set (``None`` removes it)."""
+        flags = {k: v for k, v in self.flags.items() if k != key}
+        if value is not None:
+            flags[key] = value
+        return replace(self, flags=flags)
 
 
     def to_value(self) -> dict[str, Any]:
@@ -43,14 +53,18 @@ class SessionRecord:
                  "available": self.available, "interested": self.interested}
         if self.prev:
             value["prev"] = self.prev
+        if self.flags:
+            value["flags"] = dict(self.flags)
         return value
 
     @classmethod
     def from_table(cls, record: Record) -> SessionRecord:
         v = record.value
+        flags = v.get("flags")
         return cls(_key_jid(record.key), str(v["node"]), str(v["sid"]), float(v["created"]),
                    int(v.get("priority", 0)), bool(v.get("available")), bool(v.get("interested")),
-                   str(v.get("prev", "")))
+                   str(v.get("prev", "")),
+                   {str(k): str(x) for k, x in flags.items()} if isinstance(flags, dict) else {})
 
 
 # A full JID already in canonical form and plain ASCII, as ``str(jid)`` writes the keys of the

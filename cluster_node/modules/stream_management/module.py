@@ -222,6 +222,7 @@ class StreamManagement(Module):
         session.ext["sm_token"] = token
         self.counters["enabled"] += 1
         session.send_raw(sm.enabled(resume_id, state.resume, state.max))
+        session.set_record(session.record.with_flag("sm", "on"))
 
     async def _pre_bind_element(self, session: Any, element: Stanza) -> bool | None:
         if element.namespace != NS:
@@ -277,6 +278,7 @@ class StreamManagement(Module):
         if reason == "shutdown" and await self._hand_over(det):
             return True
         self._keep(det)
+        self.host.update_record(det.record.with_flag("sm", "detached"))
         log.info("sm: %s detached (%s), resumable for %d s", det.record.jid, reason, state.max or 0)
         return True
 
@@ -371,14 +373,12 @@ class StreamManagement(Module):
         for data in pending:  # queued while detached: they go out now, counted as sent
             state.sent(data, now)
             resend.append(data)
-        assert holder is not None
-        record = holder.record
+        record = holder.record.with_flag("sm", "on")
         session.last_presence, session.directed = holder.last_presence, holder.directed
         session.ext["sm"] = state
         session.ext["sm_token"] = token
         self.host.local.add(record.sid, session)
-        if record.node == self.host.node and record.prev:
-            self.host.table.insert(record)  # taken from another member: it now points here
+        self.host.table.insert(record)  # flagged on again; taken from another member: it now points here
         session.resumed(record, sm.resumed(request.previd, state.handled_in) + b"".join(resend))
         self.counters["resumed"] += 1
         log.info("sm: %s resumed on %s (%d resent)", record.jid, self.host.node, len(resend))
@@ -506,7 +506,7 @@ class StreamManagement(Module):
             raise ValueError(f"bad adopt request: {e}") from None
         record = SessionRecord(jid, self.host.node, self.host.local.new_sid(), time.time(),
                                int(rec.get("priority", 0)), bool(rec.get("available")), bool(rec.get("interested")),
-                               prev=old_sid)
+                               prev=old_sid, flags={"sm": "detached"})
         det = Detached(record, state, token, last_presence=last, ext={"sm": state, "sm_token": token},
                        directed={str(d) for d in args.get("directed") or []}, pending=pending)
         self._keep(det)

@@ -1,0 +1,335 @@
+"""The router's chain on hooks: filter_local_packet → route_remote → this region's sessions →
+route_elsewhere → the account (offline_message), and deliver_to_member for other members' sessions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from cluster_node.core.hooks import STOP, Hook
+from cluster_node.core.router import Fanout
+from cluster_node.xmpp import errors
+from cluster_node.xmpp.jid import Jid
+from tests.helpers.fake_host import FakeNode, error_condition, fake_node
+
+ALICE = "alice@example.com/phone"
+BOB = "bob@example.com"
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[FakeNode]:
+    async with fake_node(tmp_path) as n:
+        yield n
+
+
+def chat(to: str, body: str = "hi", from_: str = ALICE, mtype: str = "chat") -> str:
+    return (f"<message xmlns='jabber:client' from='{from_}' to='{to}' type='{mtype}' id='m1'>"
+            f"<body>{body}</body></message>")
+
+
+def body(s) -> str | None:
+    return s.element.findtext("{jabber:client}body")
+
+
+# -- route_remote ------------------------------------------------------------------------------------
+
+
+async def test_foreign_domain_goes_to_the_first_remote_handler_that_answers(node: FakeNode):
+    alice = node.bind(ALICE)
+    calls: list[tuple[str, str, Jid]] = []
+
+    def handler(tag: str, answer: object):
+        async def h(s, to):
+            calls.append((tag, s.to, to))
+            return answer
+        return h
+
+    node.hooks.add(Hook.ROUTE_REMOTE, handler("s2s", True), 90)
+    node.hooks.add(Hook.ROUTE_REMOTE, handler("component", None), 10)  # not mine
+    node.hooks.add(Hook.ROUTE_REMOTE, handler("gateway", True), 50)
+    await node.route(chat("carol@remote.org/x"))
+    assert calls == [("component", "carol@remote.org/x", Jid("carol", "remote.org", "x")),
+                     ("gateway", "carol@remote.org/x", Jid("carol", "remote.org", "x"))]
+    assert alice.delivered == []
+
+
+async def test_foreign_domain_without_a_taker_is_remote_server_not_found(node: FakeNode):
+    alice = node.bind(ALICE)
+    asked: list[str] = []
+
+    async def pass_(s, to):
+        asked.append(to.domain)
+        return None
+
+    node.hooks.add(Hook.ROUTE_REMOTE, pass_)
+    await node.route(chat("carol@remote.org"))
+    assert asked == ["remote.org"]
+    [err] = alice.delivered
+    assert (err.name, err.type, err.id) == ("message", "error", "m1")
+    assert (err.to, err.from_) == (ALICE, "carol@remote.org")
+    assert error_condition(err) == "remote-server-not-found"
+
+
+async def test_foreign_domain_with_no_handler_at_all(node: FakeNode):
+    alice = node.bind(ALICE)
+    await node.route(chat("remote.org"))
+    assert [error_condition(s) for s in alice.delivered] == ["remote-server-not-found"]
+
+
+async def test_a_false_answer_from_route_remote_stops_the_chain_with_an_error(node: FakeNode):
+    alice = node.bind(ALICE)
+    later: list[str] = []
+    node.hooks.add(Hook.ROUTE_REMOTE, lambda s, to: False, 10)
+    node.hooks.add(Hook.ROUTE_REMOTE, lambda s, to: later.append("asked") or True, 20)
+    await node.route(chat("carol@remote.org"))
+    assert later == []
+    assert [error_condition(s) for s in alice.delivered] == ["remote-server-not-found"]
+
+
+async def test_a_stanza_error_raised_by_a_remote_handler_is_bounced(node: FakeNode):
+    alice = node.bind(ALICE)
+
+    async def refuse(s, to):
+        raise errors.RemoteServerTimeout("too slow")
+
+    node.hooks.add(Hook.ROUTE_REMOTE, refuse)
+    await node.route(chat("carol@remote.org"))
+    assert [error_condition(s) for s in alice.delivered] == ["remote-server-timeout"]
+
+
+async def test_served_domains_never_ask_route_remote(node: FakeNode):
+    bob = node.bind(f"{BOB}/pc", available=True)
+    asked: list[str] = []
+    node.hooks.add(Hook.ROUTE_REMOTE, lambda s, to: asked.append("remote") or True)
+    node.bind(ALICE)
+    await node.route(chat(f"{BOB}/pc"))
+    assert asked == []
+    assert [body(s) for s in bob.delivered] == ["hi"]
+
+
+# -- filter_local_packet ---------------------------------------------------------------------------
+
+
+async def test_filter_stop_drops_the_stanza(node: FakeNode):
+    alice = node.bind(ALICE)
+    bob = node.bind(f"{BOB}/pc", available=True)
+    seen: list[str] = []
+
+    def drop(s):
+        seen.append(f"drop {s.id}")
+        return STOP
+
+    node.hooks.add(Hook.FILTER_LOCAL_PACKET, lambda s: seen.append(f"first {s.id}"), 10)
+    node.hooks.add(Hook.FILTER_LOCAL_PACKET, drop, 20)
+    node.hooks.add(Hook.FILTER_LOCAL_PACKET, lambda s: seen.append("never"), 30)
+    remote: list[str] = []
+    node.hooks.add(Hook.ROUTE_REMOTE, lambda s, to: remote.append("remote") or True)
+    await node.route(chat(f"{BOB}/pc"))
+    await node.route(chat("carol@remote.org"))
+    assert seen == ["first m1", "drop m1", "first m1", "drop m1"]
+    assert bob.delivered == [] and alice.delivered == [] and remote == []
+
+
+async def test_filter_passing_lets_it_through(node: FakeNode):
+    bob = node.bind(f"{BOB}/pc", available=True)
+    node.bind(ALICE)
+    node.hooks.add(Hook.FILTER_LOCAL_PACKET, lambda s: None)
+    node.hooks.add(Hook.FILTER_LOCAL_PACKET, lambda s: False)  # not STOP: goes on
+    await node.route(chat(f"{BOB}/pc"))
+    assert [(s.name, s.to) for s in bob.delivered] == [("message", f"{BOB}/pc")]
+
+
+# -- route_elsewhere --------------------------------------------------------------------------------
+
+
+async def test_elsewhere_is_not_asked_when_a_local_resource_takes_it(node: FakeNode):
+    await node.create_account(BOB)
+    bob = node.bind(f"{BOB}/pc", available=True, priority=1)
+    node.bind(ALICE)
+    asked: list[str] = []
+    node.hooks.add(Hook.ROUTE_ELSEWHERE, lambda s, to: asked.append(str(to)) or True)
+    fanout: list[tuple[str, Fanout]] = []
+    node.hooks.add(Hook.ROUTE_FANOUT, lambda s, bare, which: fanout.append((str(bare), which)) or True)
+    await node.route(chat(BOB))
+    await node.route(chat(f"{BOB}/pc"))
+    assert asked == []
+    assert len(bob.delivered) == 2
+    assert fanout == [(BOB, Fanout(set_to=False, min_priority=1))]  # the bare JID fans out to other regions
+
+
+async def test_elsewhere_is_asked_when_nothing_here_and_its_answer_ends_routing(node: FakeNode):
+    await node.create_account(BOB)
+    node.bind(ALICE)
+    asked: list[tuple[str, Jid]] = []
+    offline: list[str] = []
+
+    async def elsewhere(s, to):
+        asked.append((s.id, to))
+        return True
+
+    node.hooks.add(Hook.ROUTE_ELSEWHERE, elsewhere)
+    node.hooks.add(Hook.OFFLINE_MESSAGE, lambda s, to: offline.append(str(to)) or True)
+    await node.route(chat(BOB))
+    await node.route(chat(f"{BOB}/gone"))
+    assert asked == [("m1", Jid.parse(BOB)), ("m1", Jid.parse(f"{BOB}/gone"))]
+    assert offline == []
+
+
+async def test_elsewhere_is_asked_when_local_resources_are_not_available(node: FakeNode):
+    await node.create_account(BOB)
+    node.bind(f"{BOB}/pc", available=False)
+    node.bind(f"{BOB}/low", available=True, priority=-1)
+    node.bind(ALICE)
+    asked: list[str] = []
+    node.hooks.add(Hook.ROUTE_ELSEWHERE, lambda s, to: asked.append(str(to)) or True)
+    await node.route(chat(BOB))
+    assert asked == [BOB]
+
+
+async def test_elsewhere_saying_no_falls_back_to_local_handling(node: FakeNode):
+    await node.create_account(BOB)
+    node.bind(ALICE)
+    order: list[str] = []
+    node.hooks.add(Hook.ROUTE_ELSEWHERE, lambda s, to: order.append("elsewhere") or False)
+    node.hooks.add(Hook.OFFLINE_MESSAGE, lambda s, to: order.append("offline") or True)
+    await node.route(chat(BOB))
+    assert order == ["elsewhere", "offline"]
+
+
+async def test_local_only_never_asks_elsewhere(node: FakeNode):
+    await node.create_account(BOB)
+    node.bind(ALICE)
+    order: list[str] = []
+    node.hooks.add(Hook.ROUTE_ELSEWHERE, lambda s, to: order.append("elsewhere") or True)
+    node.hooks.add(Hook.OFFLINE_MESSAGE, lambda s, to: order.append("offline") or True)
+    await node.route(chat(BOB), local_only=True)
+    assert order == ["offline"]
+
+
+async def test_elsewhere_is_not_asked_for_the_server_itself(node: FakeNode):
+    alice = node.bind(ALICE)
+    asked: list[str] = []
+    node.hooks.add(Hook.ROUTE_ELSEWHERE, lambda s, to: asked.append("x") or True)
+    await node.route(chat("example.com"))
+    assert asked == []
+    assert [error_condition(s) for s in alice.delivered] == ["service-unavailable"]
+
+
+# -- offline_message ------------------------------------------------------------------------------
+
+
+async def test_no_offline_handler_means_service_unavailable(node: FakeNode):
+    await node.create_account(BOB)
+    alice = node.bind(ALICE)
+    await node.route(chat(BOB))
+    [err] = alice.delivered
+    assert (err.type, err.to, err.from_, err.id) == ("error", ALICE, BOB, "m1")
+    assert error_condition(err) == "service-unavailable"
+
+
+async def test_offline_handlers_in_order_until_one_keeps_it(node: FakeNode):
+    await node.create_account(BOB)
+    alice = node.bind(ALICE)
+    order: list[tuple[str, str]] = []
+
+    async def push(s, to):
+        order.append(("push", str(to)))
+        return None
+
+    def store(s, to):
+        order.append(("store", body(s)))
+        return True
+
+    node.hooks.add(Hook.OFFLINE_MESSAGE, store, 50)
+    node.hooks.add(Hook.OFFLINE_MESSAGE, push, 10)
+    node.hooks.add(Hook.OFFLINE_MESSAGE, lambda s, to: order.append(("never", "")) or True, 90)
+    await node.route(chat(BOB, "kept"))
+    assert order == [("push", BOB), ("store", "kept")]
+    assert alice.delivered == []
+
+
+async def test_offline_handlers_that_all_pass_mean_service_unavailable(node: FakeNode):
+    await node.create_account(BOB)
+    alice = node.bind(ALICE)
+    node.hooks.add(Hook.OFFLINE_MESSAGE, lambda s, to: None)
+    await node.route(chat(BOB))
+    assert [error_condition(s) for s in alice.delivered] == ["service-unavailable"]
+
+
+async def test_no_such_account_is_service_unavailable_without_asking_offline(node: FakeNode):
+    alice = node.bind(ALICE)
+    asked: list[str] = []
+    node.hooks.add(Hook.OFFLINE_MESSAGE, lambda s, to: asked.append("x") or True)
+    await node.route(chat("nobody@example.com"))
+    assert asked == []
+    assert [error_condition(s) for s in alice.delivered] == ["service-unavailable"]
+
+
+async def test_offline_for_a_missing_full_jid_asks_with_the_bare_jid(node: FakeNode):
+    await node.create_account(BOB)
+    node.bind(ALICE)
+    asked: list[Jid] = []
+    node.hooks.add(Hook.OFFLINE_MESSAGE, lambda s, to: asked.append(to) or True)
+    await node.route(chat(f"{BOB}/gone"))
+    assert asked == [Jid.parse(BOB)]
+
+
+async def test_headlines_and_errors_are_never_offered_to_offline(node: FakeNode):
+    await node.create_account(BOB)
+    alice = node.bind(ALICE)
+    asked: list[str] = []
+    node.hooks.add(Hook.OFFLINE_MESSAGE, lambda s, to: asked.append(s.type) or True)
+    await node.route(chat(BOB, mtype="headline"))
+    await node.route(chat(BOB, mtype="error"))
+    assert asked == [] and alice.delivered == []
+
+
+# -- deliver_to_member ------------------------------------------------------------------------------
+
+
+async def test_records_of_another_member_go_through_deliver_to_member(node: FakeNode):
+    node.bind(ALICE)
+    remote = node.bind_remote(f"{BOB}/tablet", "node2")
+    sent: list[tuple[str, str, str | None]] = []
+
+    def to_member(record, s):
+        sent.append((record.node, record.sid, s.to))
+        return True
+
+    node.hooks.add(Hook.DELIVER_TO_MEMBER, to_member)
+    await node.route(chat(f"{BOB}/tablet"))
+    assert sent == [("node2", remote.sid, f"{BOB}/tablet")]
+
+
+async def test_bare_jid_delivery_mixes_local_and_member_sessions(node: FakeNode):
+    await node.create_account(BOB)
+    node.bind(ALICE)
+    here = node.bind(f"{BOB}/pc", available=True, priority=5)
+    node.bind_remote(f"{BOB}/tablet", "node2", priority=5)
+    node.bind_remote(f"{BOB}/old", "node3", priority=1)  # less available: not a target
+    sent: list[tuple[str, str]] = []
+    node.hooks.add(Hook.DELIVER_TO_MEMBER, lambda record, s: sent.append((record.node, str(record.jid))) or True)
+    await node.route(chat(BOB))
+    assert sent == [("node2", f"{BOB}/tablet")]
+    assert [s.to for s in here.delivered] == [BOB]  # set_to=False: still to the bare JID
+
+
+async def test_local_records_never_use_deliver_to_member(node: FakeNode):
+    bob = node.bind(f"{BOB}/pc")
+    node.bind(ALICE)
+    sent: list[str] = []
+    node.hooks.add(Hook.DELIVER_TO_MEMBER, lambda record, s: sent.append(record.node) or True)
+    await node.route(chat(f"{BOB}/pc"))
+    assert sent == [] and len(bob.delivered) == 1
+
+
+async def test_member_without_a_link_loses_the_stanza_quietly(node: FakeNode, caplog: pytest.LogCaptureFixture):
+    alice = node.bind(ALICE)
+    node.bind_remote(f"{BOB}/tablet", "node2")
+    node.hooks.add(Hook.DELIVER_TO_MEMBER, lambda record, s: None)
+    with caplog.at_level("WARNING", logger="cluster_node.core.router"):
+        await node.route(chat(f"{BOB}/tablet"))
+    assert alice.delivered == []
+    assert any("no cluster link" in r.getMessage() and "node2" in r.getMessage() for r in caplog.records)
