@@ -89,7 +89,8 @@ class Hook:
     """first_async(stanza, sender: Jid, to: Jid) — presence for a local account (bare or a
     subscription state to a full JID)."""
     PRESENCE_AVAILABLE = "presence_available"
-    """run_async(session, initial: bool, priority: int) — a session sent available presence."""
+    """run_async(session, initial: bool, priority: int, previous: int) — a session sent available
+    presence (initial, or an update from ``previous`` priority)."""
     SUBSCRIPTION_OUT = "subscription_out"
     """first_async(user: Jid, contact: Jid, ptype) — a subscription request/answer on the user's
     behalf (the admin API's ``roster subscription``)."""

@@ -83,11 +83,33 @@ class Module:
 
 
 class ModuleHost:
-    """What one module may use of its node.  Hooks it adds are owned by it (removed at stop)."""
+    """What one module may use of its node.  Everything it adds through the host (hooks, IQ
+    handlers, cluster calls, queries, metrics) is taken out again by :meth:`release` at stop."""
 
     def __init__(self, services: Services, owner: object) -> None:
         self._s = services
         self._owner = owner
+        self._iqs: set[tuple[str, str]] = set()
+        self._calls: set[str] = set()
+        self._queries: set[tuple[str, str]] = set()
+        self._collectors: list[Any] = []
+
+    def release(self) -> None:
+        """Undo what the module added (it stopped)."""
+        self._s.hooks.remove_owner(self._owner)
+        for namespace, name in self._iqs:
+            self._s.router.remove_iq(namespace, name)
+        for call in self._calls:
+            self._s.call_handlers.pop(call, None)
+        for key in self._queries:
+            self._s.queries.pop(key, None)
+        for collector in self._collectors:
+            if collector in self._s.collectors:
+                self._s.collectors.remove(collector)
+        self._iqs.clear()
+        self._calls.clear()
+        self._queries.clear()
+        self._collectors.clear()
 
     # -- identity and configuration -----------------------------------------------------------------
 
@@ -148,9 +170,11 @@ class ModuleHost:
 
     def add_server_iq(self, namespace: str, name: str, handler: IqHandler, *, feature: bool = True) -> None:
         self._s.router.add_server_iq(namespace, name, handler, feature=feature)
+        self._iqs.add((namespace, name))
 
     def add_account_iq(self, namespace: str, name: str, handler: IqHandler) -> None:
         self._s.router.add_account_iq(namespace, name, handler)
+        self._iqs.add((namespace, name))
 
     # -- routing -------------------------------------------------------------------------------------
 
@@ -185,6 +209,7 @@ class ModuleHost:
     def on_call(self, name: str, handler: CallHandler) -> None:
         """Answer cluster calls ``name`` (args are JSON from another member: check their types)."""
         self._s.call_handlers[name] = handler
+        self._calls.add(name)
 
     def call(self, node: str, name: str, args: dict[str, Any]) -> bool:
         """One-way call to another member; False when there is no link to it."""
@@ -203,12 +228,15 @@ class ModuleHost:
     def add_query(self, category: str, name: str, fn: Callable[..., Any]) -> None:
         """An admin query (``meridian ctl category name``, control socket)."""
         self._s.queries[(category, name)] = fn
+        self._queries.add((category, name))
 
     def add_metric(self, collector: Any) -> None:
         """A prometheus_client collector, read at scrape time."""
         self._s.collectors.append(collector)
+        self._collectors.append(collector)
 
     def add_http_route(self, route: Any) -> None:
-        """An aiohttp route definition mounted on the node's HTTP listener."""
+        """An aiohttp route definition mounted on the node's HTTP listener (at start: routes stay
+        until the node stops)."""
         self._s.http_routes.append(route)
 

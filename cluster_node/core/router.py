@@ -150,6 +150,13 @@ class Router:
         """Handle IQs in ``namespace`` addressed to an account's bare JID (on its behalf)."""
         self._account_iq[(namespace, name)] = handler
 
+    def remove_iq(self, namespace: str, name: str) -> None:
+        """Take out both kinds of handler for (namespace, name) (a module stopping)."""
+        self._server_iq.pop((namespace, name), None)
+        self._account_iq.pop((namespace, name), None)
+        if not any(ns_ == namespace for ns_, _ in self._server_iq):
+            self.features.discard(namespace)
+
     # -- delivery -------------------------------------------------------------------------------
 
     def deliver(self, record: SessionRecord, stanza: Stanza) -> None:

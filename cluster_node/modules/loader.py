@@ -46,6 +46,8 @@ def module_settings(raw: Mapping[str, Any], known: Mapping[str, type[Module]] = 
     for name, settings in out.items():
         if settings.enabled:
             for dep in known[name].depends:
+                if dep not in out:
+                    raise ValueError(f"modules.{name}: needs module {dep}, which does not exist")
                 if not out[dep].enabled:
                     raise ValueError(f"modules.{name}: needs module {dep}, which is disabled")
     return out
@@ -72,7 +74,9 @@ async def start_modules(services: Services, raw: Mapping[str, Any],
     started: list[Module] = []
     for name in order:
         module = known[name](configured[name])
-        result = module.start(ModuleHost(services, module))
+        host = ModuleHost(services, module)
+        module.host = host
+        result = module.start(host)
         if inspect.isawaitable(result):
             await result
         services.modules[name] = module
@@ -89,5 +93,7 @@ async def stop_modules(services: Services, modules: list[Module]) -> None:
                 await result
         except Exception:
             log.exception("module %s did not stop cleanly", module.name)
+        if isinstance(module.host, ModuleHost):
+            module.host.release()
         services.hooks.remove_owner(module)
         services.modules.pop(module.name, None)

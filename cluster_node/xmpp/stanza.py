@@ -1,4 +1,4 @@
-"""A stanza that keeps the bytes it arrived as (ARCHITECTURE: serialize once, forward bytes).
+"""A stanza that keeps the bytes it arrived as (docs/architecture.md: serialize once, forward bytes).
 
 The tree (``xml.etree.ElementTree`` with Clark names) is for reading; relaying writes the
 original bytes.  Stamping ``from``/``to`` rewrites only the start tag: a new start tag plus the

@@ -294,3 +294,27 @@ def test_load_settings_unknown_module_in_toml(tmp_path: Path, monkeypatch: pytes
     msg = str(e.value)
     assert "\n" not in msg
     assert msg.startswith(f"config error in {path}: modules.nope: unknown module")
+
+
+async def test_stop_releases_everything_the_module_added(tmp_path: Path):
+    """IQ handlers (and their disco feature), cluster calls and admin queries go with the module."""
+    async with fake_node(tmp_path) as node:
+        started = await start_modules(node.services, {})
+        s = node.services
+        assert "urn:xmpp:ping" in s.router.features
+        assert {"sm.takeover", "sm.adopt"} <= set(s.call_handlers)
+        assert ("sm", "status") in s.queries
+        await stop_modules(s, started)
+        assert "urn:xmpp:ping" not in s.router.features
+        assert not any(n.startswith("sm.") for n in s.call_handlers)
+        assert ("sm", "status") not in s.queries
+        assert not any(s.hooks.handlers(name) for name in vars(Hook).values() if isinstance(name, str))
+
+
+def test_a_dependency_on_a_module_that_does_not_exist_is_named():
+    class Needy(Module):
+        name = "needy"
+        depends = ("ghost",)
+
+    with pytest.raises(ValueError, match=r"modules\.needy: needs module ghost, which does not exist"):
+        module_settings({}, {"needy": Needy})

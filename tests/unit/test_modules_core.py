@@ -307,7 +307,8 @@ async def test_initial_presence_broadcasts_to_subscribed_contacts_and_probes(nod
     alice = node.bind(f"{ALICE}/phone")
     other = node.bind("carol@example.com/x", available=True)
     seen: list[tuple[str, bool, int]] = []
-    node.hooks.add(Hook.PRESENCE_AVAILABLE, lambda s, initial, prio: seen.append((str(s.record.jid), initial, prio)))
+    node.hooks.add(Hook.PRESENCE_AVAILABLE,
+                   lambda s, initial, prio, _prev: seen.append((str(s.record.jid), initial, prio)))
 
     await send(node, alice, "<presence xmlns='jabber:client'><show>chat</show><priority>5</priority></presence>")
 
@@ -417,7 +418,7 @@ async def test_offline_delivers_on_initial_available_presence(node: FakeNode):
     await node.route(message(BOB, "two", id_="m2"))
     bob = node.bind(f"{BOB}/pc", available=True)
 
-    await node.hooks.run_async(Hook.PRESENCE_AVAILABLE, bob, True, 0)
+    await node.hooks.run_async(Hook.PRESENCE_AVAILABLE, bob, True, 0, 0)
 
     got = bob.take()
     assert [(s.id, s.from_, s.to, s.element.findtext(C + "body")) for s in got] == [
@@ -427,17 +428,34 @@ async def test_offline_delivers_on_initial_available_presence(node: FakeNode):
     assert await node.storage.count_offline(DOMAIN, "bob") == 0
 
 
-@pytest.mark.parametrize(("initial", "priority"), [(True, -1), (False, 0)])
-async def test_offline_waits_for_initial_presence_with_non_negative_priority(node: FakeNode, initial: bool,
-                                                                               priority: int):
+@pytest.mark.parametrize(("initial", "priority", "previous"), [(True, -1, 0), (False, 0, 0), (False, 3, 1)])
+async def test_offline_waits_for_presence_that_makes_the_resource_eligible(
+        node: FakeNode, initial: bool, priority: int, previous: int):
     await node.start(Offline)
     await node.create_account(BOB)
     node.bind(f"{ALICE}/phone")
     await node.route(message(BOB, "one"))
     bob = node.bind(f"{BOB}/pc", available=True, priority=priority)
-    await node.hooks.run_async(Hook.PRESENCE_AVAILABLE, bob, initial, priority)
+    await node.hooks.run_async(Hook.PRESENCE_AVAILABLE, bob, initial, priority, previous)
     assert bob.delivered == []
     assert await node.storage.count_offline(DOMAIN, "bob") == 1
+
+
+async def test_offline_delivers_when_a_negative_priority_becomes_non_negative(node: FakeNode):
+    """XEP-0160 §3: the update from -1 to 1 makes the resource eligible: stored messages follow."""
+    await node.start(Roster)
+    await node.start(Presence)
+    await node.start(Offline)
+    await node.create_account(BOB)
+    node.bind(f"{ALICE}/phone")
+    bob = node.bind(f"{BOB}/pc")
+    await send(node, bob, "<presence xmlns='jabber:client'><priority>-1</priority></presence>")
+    await node.route(message(BOB, "kept"))
+    assert await node.storage.count_offline(DOMAIN, "bob") == 1
+    bob.take()
+    await send(node, bob, "<presence xmlns='jabber:client'><priority>1</priority></presence>")
+    assert [s.element.findtext(C + "body") for s in bob.take() if s.name == "message"] == ["kept"]
+    assert await node.storage.count_offline(DOMAIN, "bob") == 0
 
 
 async def test_offline_through_the_presence_module(node: FakeNode):

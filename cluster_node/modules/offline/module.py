@@ -46,9 +46,11 @@ class Offline(Module):
         host.hook(Hook.OFFLINE_FLUSH, self.deliver_stored)
         host.hook(Hook.PRESENCE_AVAILABLE, self._available)
 
-    async def _available(self, session: object, initial: bool, priority: int) -> None:
+    async def _available(self, session: object, initial: bool, priority: int, previous: int) -> None:
+        """XEP-0160 §3: delivered on the available presence that makes the resource eligible (the
+        initial one with a non-negative priority, or an update from a negative one)."""
         record = getattr(session, "record", None)
-        if initial and priority >= 0 and record is not None:
+        if priority >= 0 and (initial or previous < 0) and record is not None:
             await self.deliver_stored(record)
 
     async def store(self, stanza: Stanza, to: Jid) -> bool:

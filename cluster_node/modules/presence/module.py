@@ -135,6 +135,7 @@ class Presence(Module):
         """RFC 6121 §4.2 (initial presence) and §4.4 (updates)."""
         user = session.record.jid
         initial = not session.record.available
+        previous = session.record.priority
         priority = priority_of(stanza)
         session.last_presence = stanza
         session.set_record(session.record.with_presence(available=True, priority=priority))
@@ -144,6 +145,7 @@ class Presence(Module):
                 await self.host.route(stanza.with_attrs(to=item.jid))
         self.host.deliver_all(user.bare, stanza)
         if not initial:
+            await self.host.hooks.run_async(Hook.PRESENCE_AVAILABLE, session, False, priority, previous)
             return
         for item in items:
             if item.subscription in ("to", "both"):
@@ -152,7 +154,7 @@ class Presence(Module):
         self.host.deliver_all(user.bare, presence_stanza(user, user.bare, "probe"), Fanout(exclude=str(user)))
         for _jid, raw in await self.host.storage.get_subscription_requests(user.domain, user.local or ""):
             self.host.deliver(session.record, parse_stanza(raw))
-        await self.host.hooks.run_async(Hook.PRESENCE_AVAILABLE, session, initial, priority)
+        await self.host.hooks.run_async(Hook.PRESENCE_AVAILABLE, session, True, priority, previous)
 
     async def unavailable(self, session: PresenceSession, stanza: Stanza | None = None) -> None:
         """RFC 6121 §4.5: to subscribers, directed-presence recipients and our own resources."""
