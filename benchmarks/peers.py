@@ -5,7 +5,7 @@
 - :class:`Ejabberd` — Debian's ejabberd 23.01 through ``ejabberdctl foreground``: listen backlog
   4096 (its default, 5, makes a login storm wait for SYN retransmits: 1, 3, 7 s…), no shapers, no
   mod_fail2ban/mod_pres_counter, no session limit, log level warning, BEAM busy-wait off
-  (``+sbwt none …``, see ``/work/shared/PEERS.md``), caches of 100,000 entries (1,000 by default:
+  (``+sbwt none …``, see ``docs/peers.md``), caches of 100,000 entries (1,000 by default:
   "Shrinking cache 'ejabberd_auth_mnesia_cache'" with 10,000 users); users in Mnesia, registered once through
   ``mod_http_api`` (~7 ms each) and kept in the spool between starts.
 - :class:`Prosody` — Debian's Prosody 0.12 (``-F``, as ``nobody``): ``limits = {}`` (Debian's

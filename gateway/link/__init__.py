@@ -1,4 +1,4 @@
-"""The inter-region link: gateways of different regions exchanging stanzas (ARCHITECTURE.md, "Global distribution").
+"""The inter-region link: gateways of distinct regions exchanging stanzas (docs/architecture.md, "Global distribution").
 
 Layers, bottom up (only :mod:`.tls`, :mod:`.connection`, :mod:`.server` and :mod:`.pool` do I/O):
 

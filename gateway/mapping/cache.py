@@ -8,7 +8,7 @@ routed domains (components, MUC services) rarely move, so they may live longer. 
 cached too (negative entries), so a flood of stanzas to an offline JID does not become a flood
 of Redis reads — but briefly, so a fresh login is found soon.
 
-Sans-IO like the protocol cores (STYLE.md): ``now`` is passed in, so tests never sleep.
+Sans-IO like the protocol cores: ``now`` is passed in, so tests never sleep.
 """
 
 from __future__ import annotations

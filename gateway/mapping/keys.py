@@ -1,4 +1,4 @@
-"""Redis key layout of the global-distribution mapping (ARCHITECTURE.md, "Global distribution").
+"""Redis key layout of the global-distribution mapping (docs/architecture.md, "Global distribution").
 
 Every key that a multi-key operation touches carries the same ``{hash tag}`` (the part of a key
 between the first ``{`` and the next ``}``), so the layout works unchanged on Redis Cluster,

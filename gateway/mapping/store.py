@@ -1,6 +1,6 @@
 """The mapping in Redis: which region serves each full JID, bare JID, routed domain; the regions.
 
-Why it is built this way (ARCHITECTURE.md, "Global distribution"):
+Why it is built this way (docs/architecture.md, "Global distribution"):
 
 * Writes go to the primary, reads to a replica in the gateway's own region, so a lookup never
   crosses an ocean.  Replication is asynchronous: a region may briefly read an old location, and

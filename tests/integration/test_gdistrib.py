@@ -2,7 +2,7 @@
 
 Region eu: 2 nodes + 2 gateways, reading and writing the Redis primary.  Region us: 2 nodes +
 1 gateway, reading a replica of it (writes go to the primary).  One SQLite database for the
-domain's accounts, rosters and offline messages, as ARCHITECTURE.md has it.  Real slixmpp users.
+domain's accounts, rosters and offline messages, as docs/architecture.md has it.  Real slixmpp users.
 The tests run in file order: the last ones kill gateways and stop Redis.
 """
 
