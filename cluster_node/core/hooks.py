@@ -59,7 +59,10 @@ class Hook:
     stanza, or None (not-authorized)."""
     C2S_STANZA_RECEIVED = "c2s_stanza_received"
     """run(session, stanza) — a stanza read from the client, in stream order, before it is queued
-    for handling (counts, e.g. XEP-0198 ``h``)."""
+    for handling."""
+    C2S_STANZA_HANDLED = "c2s_stanza_handled"
+    """run(session, stanza) — a stanza from the client was handled (routed, archived…), in stream
+    order: XEP-0198 counts ``h`` here, so an acknowledged stanza is never lost."""
 
     # -- the session's stanzas ----------------------------------------------------------------------
     USER_SEND_PACKET = "user_send_packet"
@@ -67,6 +70,18 @@ class Hook:
     module handled it (presence); None: it is routed."""
     USER_RECEIVE_PACKET = "user_receive_packet"
     """run(session, stanza, data: bytes) — just after ``data`` was queued to a client's stream."""
+    USER_RECEIVE_FILTER = "user_receive_filter"
+    """first(session, stanza) — before a stanza is written to a client; True: a module holds it
+    back (XEP-0352 CSI), and writes it later with ``session.write(stanza)``."""
+    MESSAGE_TO_ACCOUNT = "message_to_account"
+    """fold (async, by the router) of (stanza, to: Jid) — a message is about to be delivered to, or
+    stored for, a local account: once in the whole deployment, by the member and region that
+    handles it (archives, stanza ids).  Return the stanza to deliver (changed or not), or None to
+    take it (the handlers after are skipped)."""
+    MESSAGE_DELIVERED = "message_delivered"
+    """run(stanza, to: Jid, which: Fanout | None) — a message was delivered to an account's
+    resources: ``to`` itself (a full JID, ``which`` None) or the resources ``which`` selected
+    (a bare JID).  For copies to the others (XEP-0280 carbons)."""
     FILTER_LOCAL_PACKET = "filter_local_packet"
     """run(stanza) — a stanza about to be routed; STOP drops it (the handler answered it)."""
 

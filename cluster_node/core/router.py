@@ -20,6 +20,7 @@ other regions too).  Stanzas relayed in from another region are routed with ``lo
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable, Coroutine
@@ -60,25 +61,32 @@ class Fanout:
     set_to: bool = True  # address each copy to the resource's full JID
     min_priority: int | None = None  # messages: only resources at least this 'available'
     exclude: str | None = None  # a full JID left out (e.g. the sender's own resource)
+    flag: str | None = None  # only resources whose record has this module flag (XEP-0280: carbons)
+    max_priority: int | None = None  # only those below the ones a message went to (carbons)
 
     def matches(self, record: SessionRecord) -> bool:
         if self.interested:
             ok = record.interested
         else:
             ok = record.available and (self.min_priority is None or record.priority >= self.min_priority)
+        if self.max_priority is not None and record.priority > self.max_priority:
+            return False
+        if self.flag is not None and not record.flags.get(self.flag):
+            return False
         return ok and (self.exclude is None or str(record.jid) != self.exclude)
 
     def to_json(self) -> dict[str, Any]:
         return {"interested": self.interested, "set_to": self.set_to, "min_priority": self.min_priority,
-                "exclude": self.exclude}
+                "exclude": self.exclude, "flag": self.flag, "max_priority": self.max_priority}
 
     @classmethod
     def from_json(cls, d: Any) -> Fanout:
         """Only the known fields, with their types checked (it came over a link)."""
         d = d if isinstance(d, dict) else {}
-        mp, ex = d.get("min_priority"), d.get("exclude")
+        mp, ex, fl, xp = d.get("min_priority"), d.get("exclude"), d.get("flag"), d.get("max_priority")
         return cls(interested=d.get("interested") is True, set_to=d.get("set_to") is not False,
-                   min_priority=mp if isinstance(mp, int) else None, exclude=ex if isinstance(ex, str) else None)
+                   min_priority=mp if isinstance(mp, int) else None, exclude=ex if isinstance(ex, str) else None,
+                   flag=fl if isinstance(fl, str) else None, max_priority=xp if isinstance(xp, int) else None)
 
 
 class GlobalRouting(Protocol):
@@ -324,14 +332,33 @@ class Router:
             if (mtype != "headline" and not local_only
                     and await self.hooks.first_async(Hook.ROUTE_BETTER_ELSEWHERE, stanza, to, top)):
                 return
-            self.deliver_all(to, stanza, Fanout(set_to=False, min_priority=top), fanout=not local_only)
+            taken = await self._for_account(stanza, to)
+            if taken is None:
+                return
+            which = Fanout(set_to=False, min_priority=top)
+            self.deliver_all(to, taken, which, fanout=not local_only)
+            self.hooks.run(Hook.MESSAGE_DELIVERED, taken, to, which)
             return
         if mtype == "headline":
             return
         if self.account_exists is not None and not await self.account_exists(to):
             raise errors.ServiceUnavailable()
-        if not await self.hooks.first_async(Hook.OFFLINE_MESSAGE, stanza, to):
+        taken = await self._for_account(stanza, to)
+        if taken is None:
+            return
+        if not await self.hooks.first_async(Hook.OFFLINE_MESSAGE, taken, to):
             raise errors.ServiceUnavailable()
+
+    async def _for_account(self, stanza: Stanza, to: Jid) -> Stanza | None:
+        """``message_to_account``: the message is about to be delivered to (or stored for) a local
+        account, here, once in the whole deployment (archives, stanza ids); None: a module took it."""
+        current: Stanza | None = stanza
+        for handler in self.hooks.handlers(Hook.MESSAGE_TO_ACCOUNT):
+            result = handler(current, to)
+            current = await result if inspect.isawaitable(result) else result
+            if current is None:
+                return None
+        return current
 
     async def _to_full(self, stanza: Stanza, sender: Jid, to: Jid, local_only: bool = False) -> None:
         record = self.table.lookup(to)
@@ -341,6 +368,13 @@ class Router:
                                                        "unsubscribed", "probe"):
                 # RFC 6121 §3: subscription states belong to the account, not one resource.
                 await self.hooks.first_async(Hook.PRESENCE_IN, stanza, sender, to)
+                return
+            if kind == "message" and stanza.type != "error":
+                taken = await self._for_account(stanza, to)
+                if taken is None:
+                    return
+                self.deliver(record, taken)
+                self.hooks.run(Hook.MESSAGE_DELIVERED, taken, to, None)
                 return
             self.deliver(record, stanza)
             return

@@ -122,6 +122,7 @@ class C2SConnection(asyncio.Protocol):
         self.ext: dict[str, Any] = {}  # modules' per-session state
         self.close_reason: str | None = None  # why the stream ended (StreamEnded.reason, kicked, …)
         self._hooks = listener.hooks
+        self._filtered = listener.hooks.has(Hook.USER_RECEIVE_FILTER)
         lim = listener.settings.limits
         self._shaper = Shaper(lim.shaper_rate, lim.shaper_burst, lim.shaper_max_throttle)
         self._queue: deque[Stanza] = deque()
@@ -204,6 +205,15 @@ class C2SConnection(asyncio.Protocol):
         if self.record is not None:
             self.listener.sessions.s.router.spawn(self._finish())
 
+    async def drained(self) -> None:
+        """Wait until every stanza read from the client so far has been handled."""
+        worker = self._worker
+        if worker is not None and not worker.done():
+            try:
+                await worker
+            except Exception:  # already logged by the worker
+                pass
+
     async def _finish(self) -> None:
         if self._worker is not None:
             try:
@@ -225,6 +235,15 @@ class C2SConnection(asyncio.Protocol):
             return
         if is_probe(stanza):
             self.listener.sessions.answer_probe(self, stanza)
+            return
+        if self._filtered and self._hooks.first(Hook.USER_RECEIVE_FILTER, self, stanza):
+            return  # held back by a module (CSI), written later through write()
+        self.write(stanza)
+
+    def write(self, stanza: Stanza) -> None:
+        """Write ``stanza`` to the client now (past ``user_receive_filter``)."""
+        if not self.is_open:
+            self.listener.sessions.undeliverable(self, stanza)
             return
         data = stanza.to_bytes()
         self.core.send_bytes(data)
@@ -420,6 +439,7 @@ class C2SConnection(asyncio.Protocol):
             except Exception:
                 log.exception("handling a stanza from %s failed", self.record.jid)
                 self.listener.sessions.s.router.send_error(stanza, errors.StanzaInternalServerError())
+            self._hooks.run(Hook.C2S_STANZA_HANDLED, self, stanza)
             if self._paused["queue"] and len(self._queue) < QUEUE_HIGH_WATER // 2:
                 self._resume("queue")
 

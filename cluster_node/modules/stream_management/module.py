@@ -1,7 +1,8 @@
 """XEP-0198 Stream Management on the module host: acks, detached sessions, resumption on any node.
 
 * **Acks.** ``<enable/>`` after bind starts an :class:`SmSession` in the session's ``ext``; every
-  stanza read from the client counts toward ``h`` (``c2s_stanza_received``, in stream order), every
+  stanza from the client counts toward ``h`` once handled (``c2s_stanza_handled``: routed, stored,
+  archived — so what the client sees acknowledged is never lost), every
   stanza written to it is queued until acknowledged (``user_receive_packet``), and ``<r/>`` goes out
   after ``ack_every`` stanzas or ``ack_after`` seconds.
 * **Detached sessions.** A resumable session whose connection is lost (or timed out, or closed by
@@ -77,15 +78,20 @@ class Detached:
         self.ext = ext
         self.pending = pending or []  # stanzas that reached the closing connection, never written
         self.expiry: asyncio.TimerHandle | None = None
-        self.moved_to: SessionRecord | None = None  # resumed on another member: forward there
         self.ended = False
-        self.kicked: tuple[str, str | None] | None = None
         self.on_kick: Any = None
         self.on_probe: Any = None
+        self.old: Any = None  # the live connection it was taken from (still handling what it read)
 
     @property
     def is_open(self) -> bool:
         return False
+
+    async def settled(self) -> None:
+        """The stanzas the old connection read are handled: ``h`` is final."""
+        drained = getattr(self.old, "drained", None)
+        if drained is not None:
+            await drained()
 
     def set_record(self, record: SessionRecord) -> None:
         self.record = record
@@ -142,7 +148,7 @@ class StreamManagement(Module):
         host.hook(Hook.C2S_FEATURES, self._features)
         host.hook(Hook.C2S_ELEMENT, self._element)
         host.hook(Hook.C2S_PRE_BIND_ELEMENT, self._pre_bind_element)
-        host.hook(Hook.C2S_STANZA_RECEIVED, self._received)
+        host.hook(Hook.C2S_STANZA_HANDLED, self._received)
         host.hook(Hook.USER_RECEIVE_PACKET, self._sent)
         host.hook(Hook.SESSION_DETACH, self._detach)
         host.hook(Hook.SESSION_HOLD, self._hold)
@@ -178,7 +184,7 @@ class StreamManagement(Module):
             if state is None:
                 session.send_raw(sm.failed("unexpected-request", text="stream management is not enabled"))
             else:
-                session.send_raw(state.ack_reply())
+                self.host.spawn(self._answer_request(session, state))
         elif name == "a":
             if state is None:
                 session.send_raw(sm.failed("unexpected-request", text="stream management is not enabled"))
@@ -197,6 +203,14 @@ class StreamManagement(Module):
         else:
             return None
         return True
+
+    @staticmethod
+    async def _answer_request(session: Any, state: SmSession) -> None:
+        """``<r/>``: answered once the stanzas read before it are handled, so ``h`` covers them."""
+        drained = getattr(session, "drained", None)
+        if drained is not None:
+            await drained()
+        session.send_raw(state.ack_reply())
 
     def _enable(self, session: Any, element: Stanza) -> None:
         if session.ext.get("sm") is not None:
@@ -295,7 +309,7 @@ class StreamManagement(Module):
         self.host.spawn(self._end(det))
 
     async def _expire(self, det: Detached) -> None:
-        if det.ended or det.moved_to is not None:
+        if det.ended:
             return
         self.counters["expired"] += 1
         log.info("sm: %s not resumed in time: ending it", det.record.jid)
@@ -353,13 +367,14 @@ class StreamManagement(Module):
             return
         token = parts[1]
         if record.node == self.host.node:
-            found = self._take_local(record, token)
+            holder = self._take_local(record, token)
         else:
-            found = await self._take_remote(record, token)
-        if found is None:
+            holder = await self._take_remote(record, token)
+        if holder is None:
             self._fail(session, "item-not-found", "no such session to resume")
             return
-        state, holder, pending = found
+        await holder.settled()
+        state = holder.sm
         try:
             resend = state.resume_from(request.h, time.monotonic())
         except SmError as e:
@@ -370,6 +385,7 @@ class StreamManagement(Module):
                 self.host.table.insert(holder.record)  # its state moved here
             return
         now = time.monotonic()
+        pending, holder.pending = holder.pending, []
         for data in pending:  # queued while detached: they go out now, counted as sent
             state.sent(data, now)
             resend.append(data)
@@ -387,9 +403,10 @@ class StreamManagement(Module):
         self.counters["failed"] += 1
         session.send_raw(sm.failed(condition, text=text))
 
-    def _take_local(self, record: SessionRecord, token: str) -> tuple[SmSession, Detached, list[bytes]] | None:
+    def _take_local(self, record: SessionRecord, token: str) -> Detached | None:
         """The session is held here: a detached one, or a live connection whose client has not
-        noticed it died (the client is faster than the server to see a dead network)."""
+        noticed it died (the client is faster than the server to see a dead network).  What
+        arrives for it from now on waits in the returned holder's ``pending``."""
         held = self.host.local.get(record.sid)
         if held is None or not _token_ok(held.ext.get("sm_token"), token):
             return None
@@ -399,19 +416,19 @@ class StreamManagement(Module):
             if held.expiry is not None:
                 held.expiry.cancel()
             self.detached.pop(record.sid, None)
-            pending, held.pending = held.pending, []
-            return held.sm, held, pending
+            return held
         state = held.ext.get("sm")
         if state is None:
             return None
         holder = Detached(record, state, token, last_presence=held.last_presence, directed=held.directed,
-                          ext=held.ext)
+                          ext=held.ext, pending=list(held.ext.pop("sm_pending", [])))
+        holder.old = held
         held.ext["sm_moved"] = True
+        self.host.local.add(record.sid, holder)
         held.kick("conflict", "the session was resumed by a new connection", reason="resumed")
-        return state, holder, list(held.ext.pop("sm_pending", []))
+        return holder
 
-    async def _take_remote(self, record: SessionRecord, token: str
-                           ) -> tuple[SmSession, Detached, list[bytes]] | None:
+    async def _take_remote(self, record: SessionRecord, token: str) -> Detached | None:
         new_sid = self.host.local.new_sid()
         mine = SessionRecord(record.jid, self.host.node, new_sid, time.time(), record.priority, record.available,
                              record.interested, prev=record.sid)
@@ -431,13 +448,15 @@ class StreamManagement(Module):
             log.info("sm: taking %s over from %s failed: %s", record.jid, record.node, e)
             self.host.local.remove(new_sid)
             return None
-        holder = Detached(mine, state, token, ext={},
-                          last_presence=parse_stanza(base64.b64decode(presence)) if presence else None,
-                          directed={str(d) for d in directed if isinstance(d, str)})
+        # The buffer becomes the holder: the state, then what was forwarded meanwhile.
+        buffer.sm = state
+        buffer.pending[:0] = pending
+        buffer.last_presence = parse_stanza(base64.b64decode(presence)) if presence else None
+        buffer.directed = {str(d) for d in directed if isinstance(d, str)}
         self.counters["resumed_remote"] += 1
-        return state, holder, [*pending, *buffer.pending]
+        return buffer
 
-    def _takeover(self, caller: str, args: dict[str, Any]) -> dict[str, Any]:
+    async def _takeover(self, caller: str, args: dict[str, Any]) -> dict[str, Any]:
         """``sm.takeover`` from the member a client resumed on: give the session's state, forward
         what still arrives here."""
         sid, token, new_sid = args.get("sid"), args.get("token"), args.get("new_sid")
@@ -447,17 +466,16 @@ class StreamManagement(Module):
         if held is None or not _token_ok(held.ext.get("sm_token"), token):
             raise LookupError("no such session")
         record = held.record
-        found = self._take_local(record, token)
-        if found is None:
+        holder = self._take_local(record, token)
+        if holder is None:
             raise LookupError("no such session")
-        state, holder, pending = found
-        assert holder is not None
         holder.ended = True
         to = SessionRecord(record.jid, caller, new_sid, time.time())
         self.host.local.add(sid, Forwarder(self.host, record, to))
         asyncio.get_running_loop().call_later(FORWARD_SECONDS, self._forget, sid)
+        await holder.settled()
         presence = holder.last_presence
-        return {"sm": state.to_state(), "pending": [base64.b64encode(p).decode() for p in pending],
+        return {"sm": holder.sm.to_state(), "pending": [base64.b64encode(p).decode() for p in holder.pending],
                 "presence": base64.b64encode(presence.to_bytes()).decode() if presence is not None else None,
                 "directed": sorted(holder.directed)}
 
