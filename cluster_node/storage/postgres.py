@@ -74,6 +74,9 @@ class PostgresStorage(SqlStorage):
             async with conn.transaction():
                 yield _PgTx(conn)
 
+    async def _lock_migrations(self, tx: Tx) -> None:
+        await tx.fetchone("SELECT pg_advisory_xact_lock(?)", MIGRATION_LOCK)
+
     async def _lock_user(self, tx: Tx, domain: str, username: str) -> None:
         await tx.fetchone("SELECT pg_advisory_xact_lock(hashtext(? || '/' || ?))", domain, username)
 

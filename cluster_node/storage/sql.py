@@ -63,17 +63,76 @@ class SqlStorage:
         return None if row is None else json.loads(row[0])
 
     async def set_credentials(self, domain: str, username: str, credentials: Credentials) -> bool:
+        """New keys; what modules derived from the old password (login tokens) goes with them."""
         async with self._tx(write=True) as tx:
             n = await tx.execute("UPDATE accounts SET credentials = ? WHERE domain = ? AND username = ?",
                                  json.dumps(credentials), domain, username)
+            for table in await self._module_tables(tx, "credential"):
+                await tx.execute(f"DELETE FROM {table} WHERE domain = ? AND username = ?", domain, username)
         return n > 0
 
     async def remove_account(self, domain: str, username: str) -> bool:
+        """The account and everything kept for it, modules' tables included (also with no node
+        running: the tables are listed in the database)."""
         async with self._tx(write=True) as tx:
             n = await tx.execute("DELETE FROM accounts WHERE domain = ? AND username = ?", domain, username)
-            for table in ("roster_items", "subscription_requests", "offline_messages"):
+            tables = ["roster_items", "subscription_requests", "offline_messages"]
+            tables += await self._module_tables(tx, "user")
+            for table in tables:
                 await tx.execute(f"DELETE FROM {table} WHERE domain = ? AND username = ?", domain, username)
         return n > 0
+
+    # -- modules' own tables ------------------------------------------------------------------------
+
+    def transaction(self, write: bool = False) -> AbstractAsyncContextManager[Tx]:
+        """A transaction for a module's own SQL (``?`` placeholders on every backend)."""
+        return self._tx(write)
+
+    async def migrate_module(self, namespace: str, steps: list[tuple[int, list[str]]], *,
+                             user_tables: tuple[str, ...] = (), credential_tables: tuple[str, ...] = ()) -> None:
+        """Run a module's schema steps not yet run (numbered per ``namespace``; ``{blob}``,
+        ``{serial}``, ``{bigint}`` rendered for the backend).  ``user_tables`` have ``domain`` and
+        ``username`` columns and are emptied for an account when it is removed;
+        ``credential_tables`` also when its password changes."""
+        if not namespace.replace("_", "").isalnum():
+            raise ValueError(f"bad module namespace {namespace!r}")
+        async with self._tx(write=True) as tx:
+            await self._lock_migrations(tx)
+            await tx.execute("CREATE TABLE IF NOT EXISTS module_schema (namespace TEXT NOT NULL, "
+                             "version INTEGER NOT NULL, PRIMARY KEY (namespace, version))")
+            await tx.execute("CREATE TABLE IF NOT EXISTS module_tables (namespace TEXT NOT NULL, "
+                             "table_name TEXT NOT NULL, kind TEXT NOT NULL, PRIMARY KEY (table_name, kind))")
+            row = await tx.fetchone("SELECT MAX(version) FROM module_schema WHERE namespace = ?", namespace)
+            current = row[0] if row and row[0] is not None else 0
+            for version, statements in steps:
+                if version <= current:
+                    continue
+                for statement in statements:
+                    await tx.execute(render(statement, self.dialect))
+                await tx.execute("INSERT INTO module_schema (namespace, version) VALUES (?, ?)", namespace, version)
+            for kind, tables in (("user", user_tables), ("credential", credential_tables)):
+                for table in tables:
+                    if not table.replace("_", "").isalnum():
+                        raise ValueError(f"bad table name {table!r}")
+                    if not await tx.fetchone("SELECT 1 FROM module_tables WHERE table_name = ? AND kind = ?",
+                                             table, kind):
+                        await tx.execute("INSERT INTO module_tables (namespace, table_name, kind) VALUES (?, ?, ?)",
+                                         namespace, table, kind)
+
+    async def _module_tables(self, tx: Tx, kind: str) -> list[str]:
+        if not await self._has_table(tx, "module_tables"):
+            return []
+        rows = await tx.fetchall("SELECT table_name FROM module_tables WHERE kind = ? ORDER BY table_name", kind)
+        return [str(r[0]) for r in rows]
+
+    async def _has_table(self, tx: Tx, name: str) -> bool:
+        if self.dialect == "postgres":
+            row = await tx.fetchone("SELECT to_regclass(?) IS NOT NULL", name)
+            return bool(row and row[0])
+        return await tx.fetchone("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", name) is not None
+
+    async def _lock_migrations(self, tx: Tx) -> None:
+        """Concurrent first starts migrate one at a time (SQLite: the write transaction does)."""
 
     async def account_exists(self, domain: str, username: str) -> bool:
         async with self._tx() as tx:

@@ -100,3 +100,40 @@ async def test_schema_is_idempotent_and_concurrent_first_open(url):
 def test_bad_urls(bad):
     with pytest.raises(ValueError):
         open_storage(bad)
+
+
+STEPS = [
+    (1, ["""CREATE TABLE IF NOT EXISTS notes (id {serial}, domain TEXT NOT NULL, username TEXT NOT NULL,
+            body {blob} NOT NULL)"""]),
+    (2, ["""CREATE TABLE IF NOT EXISTS tokens (domain TEXT NOT NULL, username TEXT NOT NULL, token TEXT NOT NULL)""",
+         "CREATE INDEX IF NOT EXISTS notes_by_user ON notes (domain, username, id)"]),
+]
+
+
+async def test_module_migrations_run_once_and_module_rows_follow_the_account(store):
+    await store.migrate_module("notes", STEPS[:1], user_tables=("notes",))
+    await store.migrate_module("notes", STEPS, user_tables=("notes", "tokens"), credential_tables=("tokens",))
+    await store.migrate_module("notes", STEPS, user_tables=("notes", "tokens"), credential_tables=("tokens",))
+    assert await store.create_account("a.example", "alice", CREDS)
+    assert await store.create_account("a.example", "bob", CREDS)
+    async with store.transaction(write=True) as tx:
+        for user in ("alice", "bob"):
+            await tx.execute("INSERT INTO notes (domain, username, body) VALUES (?, ?, ?)", "a.example", user, b"n")
+            await tx.execute("INSERT INTO tokens (domain, username, token) VALUES (?, ?, ?)", "a.example", user, "t")
+
+    async def count(table: str, user: str) -> int:
+        async with store.transaction() as tx:
+            row = await tx.fetchone(f"SELECT COUNT(*) FROM {table} WHERE username = ?", user)
+        return int(row[0])
+
+    assert await store.set_credentials("a.example", "alice", CREDS)  # a password change drops the tokens
+    assert (await count("tokens", "alice"), await count("notes", "alice")) == (0, 1)
+    assert await store.remove_account("a.example", "alice")  # removal drops everything
+    assert (await count("notes", "alice"), await count("notes", "bob"), await count("tokens", "bob")) == (0, 1, 1)
+
+
+async def test_module_namespace_and_table_names_are_checked(store):
+    with pytest.raises(ValueError):
+        await store.migrate_module("x; DROP TABLE accounts", [])
+    with pytest.raises(ValueError):
+        await store.migrate_module("ok", [], user_tables=("accounts; --",))
