@@ -8,6 +8,7 @@ respects ``depends``.
 from __future__ import annotations
 
 from ..core.module import Module
+from .csi import Csi
 from .disco import Disco
 from .offline import Offline
 from .ping import Ping
@@ -20,5 +21,5 @@ from .version import Version
 __all__ = ["BUILTIN", "Module"]
 
 BUILTIN: dict[str, type[Module]] = {m.name: m for m in (
-    Roster, Presence, Offline, Disco, Ping, Version, Register, StreamManagement,
+    Roster, Presence, Offline, Disco, Ping, Version, Register, StreamManagement, Csi,
 )}

@@ -1,0 +1,5 @@
+"""csi module (XEP-0352 Client State Indication)."""
+
+from .module import Csi
+
+__all__ = ["Csi"]
