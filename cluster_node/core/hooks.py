@@ -64,6 +64,10 @@ class Hook:
     """run(session, stanza) — a stanza from the client was handled (routed, archived…), in stream
     order: XEP-0198 counts ``h`` here, so an acknowledged stanza is never lost."""
 
+    C2S_STREAM_CLOSING = "c2s_stream_closing"
+    """run(session, reason) — a bound session's stream just ended (nothing more can be written to
+    it; what is written now goes to ``session_hold``): the moment to hand over what a module holds."""
+
     # -- the session's stanzas ----------------------------------------------------------------------
     USER_SEND_PACKET = "user_send_packet"
     """first_async(session, stanza) — a stanza from a bound client, ``from`` stamped.  True: a

@@ -318,6 +318,8 @@ class C2SConnection(asyncio.Protocol):
             elif isinstance(event, StreamEnded):
                 if self.close_reason is None:
                     self.close_reason = "timeout" if isinstance(event.error, errors.ConnectionTimeout) else event.reason
+                if self.record is not None:
+                    self._hooks.run(Hook.C2S_STREAM_CLOSING, self, self.close_reason)
                 if event.error is not None:
                     self.listener.counters["stream_errors"] += 1
                     log.info("c2s %s: stream error %s (%s)", self.ip, event.error.condition, event.error.text)

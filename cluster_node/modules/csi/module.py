@@ -66,6 +66,7 @@ class Csi(Module):
         host.hook(Hook.USER_RECEIVE_FILTER, self._filter)
         host.hook(Hook.SESSION_HOLD, self._hold, 10)  # before stream management's: held ones go first
         host.hook(Hook.SESSION_DETACH, self._detach, 10)  # before stream management's (50) takes the session
+        host.hook(Hook.C2S_STREAM_CLOSING, self._closing)
         host.hook(Hook.SESSION_CLOSED, self._closed, 10)
         host.add_metric(CsiCollector(self))
         host.add_query("csi", "status", self.status)
@@ -190,6 +191,13 @@ class Csi(Module):
         if policy is not None and len(policy):
             self._hand_over(session, policy.flush("close"))
         return None  # stream management (or the session manager) takes the stanza itself
+
+    def _closing(self, session: Any, reason: str) -> None:
+        """The stream ended (a dead socket, a kick by a resumption elsewhere): what is held goes
+        where the session's stanzas go now, before anything newer."""
+        policy = self._policy(session)
+        if policy is not None and len(policy):
+            self._hand_over(session, policy.flush("close"))
 
     async def _detach(self, session: Any, reason: str) -> bool | None:
         """The connection is gone: the state ends with it (a resumed stream starts active)."""
