@@ -65,13 +65,19 @@ class Fanout:
     max_priority: int | None = None  # only those below the ones a message went to (carbons)
 
     def matches(self, record: SessionRecord) -> bool:
+        if self.flag is not None:
+            # Resources that asked for something (carbons) get it with or without presence; those
+            # available above the ceiling had the original.
+            if not record.flags.get(self.flag):
+                return False
+            if self.max_priority is not None and record.available and record.priority > self.max_priority:
+                return False
+            return self.exclude is None or str(record.jid) != self.exclude
         if self.interested:
             ok = record.interested
         else:
             ok = record.available and (self.min_priority is None or record.priority >= self.min_priority)
         if self.max_priority is not None and record.priority > self.max_priority:
-            return False
-        if self.flag is not None and not record.flags.get(self.flag):
             return False
         return ok and (self.exclude is None or str(record.jid) != self.exclude)
 

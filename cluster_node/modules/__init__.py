@@ -8,6 +8,7 @@ respects ``depends``.
 from __future__ import annotations
 
 from ..core.module import Module
+from .carbons import Carbons
 from .csi import Csi
 from .disco import Disco
 from .offline import Offline
@@ -21,5 +22,5 @@ from .version import Version
 __all__ = ["BUILTIN", "Module"]
 
 BUILTIN: dict[str, type[Module]] = {m.name: m for m in (
-    Roster, Presence, Offline, Disco, Ping, Version, Register, StreamManagement, Csi,
+    Roster, Presence, Offline, Disco, Ping, Version, Register, StreamManagement, Csi, Carbons,
 )}

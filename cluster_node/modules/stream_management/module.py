@@ -52,6 +52,7 @@ __all__ = ["StreamManagement", "SmSettings", "Detached"]
 
 log = logging.getLogger("meridian.sm")
 
+CARBONS = "urn:xmpp:carbons:2"
 DETACH_REASONS = frozenset({"lost", "timeout", "shutdown"})
 FORWARD_SECONDS = 30.0  # how long a session that moved keeps forwarding what still reaches it
 
@@ -342,6 +343,8 @@ class StreamManagement(Module):
             except ValueError:
                 continue
             kind, stype = stanza.name, stanza.type
+            if kind == "message" and _is_copy(stanza):
+                continue  # a carbon: the original went its own way, a second copy would be a duplicate
             if kind == "message" and stype not in ("error", "groupchat", "headline"):
                 await self.host.route(_unstamped(stanza))
             elif kind == "iq" and stype in ("get", "set") and stanza.from_:
@@ -545,3 +548,8 @@ def _unstamped(stanza: Stanza) -> Stanza:
     except InvalidJid:
         return stanza
     return stanza.with_attrs(to=str(to.bare)) if to.resource is not None else stanza
+
+
+def _is_copy(stanza: Stanza) -> bool:
+    """A XEP-0280 carbon (``<sent/>``/``<received/>``) of a message that has its own delivery."""
+    return any(child.tag in (f"{{{CARBONS}}}sent", f"{{{CARBONS}}}received") for child in stanza.element)

@@ -1,0 +1,5 @@
+"""carbons module (XEP-0280 Message Carbons)."""
+
+from .module import Carbons
+
+__all__ = ["Carbons"]
