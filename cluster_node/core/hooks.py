@@ -87,7 +87,9 @@ class Hook:
     resources: ``to`` itself (a full JID, ``which`` None) or the resources ``which`` selected
     (a bare JID).  For copies to the others (XEP-0280 carbons)."""
     FILTER_LOCAL_PACKET = "filter_local_packet"
-    """run(stanza) — a stanza about to be routed; STOP drops it (the handler answered it)."""
+    """run_async(stanza, sender: Jid, to: Jid) — a stanza about to be routed (by the member that
+    routes it: the sender's node, or a gateway for what comes from another region or domain);
+    STOP drops it (the handler answered it, e.g. XEP-0191 blocking)."""
 
     # -- sessions ---------------------------------------------------------------------------------
     SESSION_OPENED = "session_opened"

@@ -276,7 +276,8 @@ class Router:
                 raise errors.JidMalformed(f"bad 'to': {stanza.to!r}") from None
         if kind == "iq":
             _check_iq(stanza)
-        if not self.hooks.run(Hook.FILTER_LOCAL_PACKET, stanza):
+        if self.hooks.has(Hook.FILTER_LOCAL_PACKET) and not await self.hooks.run_async(
+                Hook.FILTER_LOCAL_PACKET, stanza, sender, to):
             return
         if to.domain not in self.domains:
             if not await self.hooks.first_async(Hook.ROUTE_REMOTE, stanza, to):

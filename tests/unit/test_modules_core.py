@@ -345,7 +345,7 @@ async def test_presence_is_handled_by_the_module_not_routed(node: FakeNode):
     await node.start(Presence)
     alice = node.bind(f"{ALICE}/phone")
     routed: list[str] = []
-    node.hooks.add(Hook.FILTER_LOCAL_PACKET, lambda s: routed.append(s.name))
+    node.hooks.add(Hook.FILTER_LOCAL_PACKET, lambda s, _f, _t: routed.append(s.name))
     await send(node, alice, "<presence xmlns='jabber:client'/>")
     assert routed == []
 

@@ -117,13 +117,13 @@ async def test_filter_stop_drops_the_stanza(node: FakeNode):
     bob = node.bind(f"{BOB}/pc", available=True)
     seen: list[str] = []
 
-    def drop(s):
+    def drop(s, _f, _t):
         seen.append(f"drop {s.id}")
         return STOP
 
-    node.hooks.add(Hook.FILTER_LOCAL_PACKET, lambda s: seen.append(f"first {s.id}"), 10)
+    node.hooks.add(Hook.FILTER_LOCAL_PACKET, lambda s, _f, _t: seen.append(f"first {s.id}"), 10)
     node.hooks.add(Hook.FILTER_LOCAL_PACKET, drop, 20)
-    node.hooks.add(Hook.FILTER_LOCAL_PACKET, lambda s: seen.append("never"), 30)
+    node.hooks.add(Hook.FILTER_LOCAL_PACKET, lambda s, _f, _t: seen.append("never"), 30)
     remote: list[str] = []
     node.hooks.add(Hook.ROUTE_REMOTE, lambda s, to: remote.append("remote") or True)
     await node.route(chat(f"{BOB}/pc"))
@@ -135,8 +135,8 @@ async def test_filter_stop_drops_the_stanza(node: FakeNode):
 async def test_filter_passing_lets_it_through(node: FakeNode):
     bob = node.bind(f"{BOB}/pc", available=True)
     node.bind(ALICE)
-    node.hooks.add(Hook.FILTER_LOCAL_PACKET, lambda s: None)
-    node.hooks.add(Hook.FILTER_LOCAL_PACKET, lambda s: False)  # not STOP: goes on
+    node.hooks.add(Hook.FILTER_LOCAL_PACKET, lambda s, _f, _t: None)
+    node.hooks.add(Hook.FILTER_LOCAL_PACKET, lambda s, _f, _t: False)  # not STOP: goes on
     await node.route(chat(f"{BOB}/pc"))
     assert [(s.name, s.to) for s in bob.delivered] == [("message", f"{BOB}/pc")]
 
