@@ -109,6 +109,9 @@ class Hook:
     PRESENCE_IN = "presence_in"
     """first_async(stanza, sender: Jid, to: Jid) — presence for a local account (bare or a
     subscription state to a full JID)."""
+    PRESENCE_BROADCAST = "presence_broadcast"
+    """fold_async(stanza, session) — the available presence a session is about to broadcast
+    (XEP-0153 adds the avatar hash): return the stanza to send (a changed copy, or the same)."""
     PRESENCE_AVAILABLE = "presence_available"
     """run_async(session, initial: bool, priority: int, previous: int) — a session sent available
     presence (initial, or an update from ``previous`` priority)."""

@@ -134,6 +134,8 @@ class Presence(Module):
     async def _available(self, session: PresenceSession, stanza: Stanza) -> None:
         """RFC 6121 §4.2 (initial presence) and §4.4 (updates)."""
         user = session.record.jid
+        if self.host.hooks.has(Hook.PRESENCE_BROADCAST):
+            stanza = await self.host.hooks.fold_async(Hook.PRESENCE_BROADCAST, stanza, session)
         initial = not session.record.available
         previous = session.record.priority
         priority = priority_of(stanza)
