@@ -157,6 +157,8 @@ class Hook:
     # -- discovery --------------------------------------------------------------------------------
     DISCO_SERVER_FEATURES = "disco_server_features"
     """fold(set[str]) — the server's XEP-0030 features."""
+    DISCO_SERVER_EXTENSIONS = "disco_server_extensions"
+    """fold(list[Element]) — XEP-0128 extension forms of the server's disco#info (XEP-0157)."""
     DISCO_SERVER_IDENTITIES = "disco_server_identities"
     """fold(list[dict[str, str]]) — the server's identities (category, type, name)."""
 

@@ -9,18 +9,25 @@ from __future__ import annotations
 
 from ..core.module import Module
 from .carbons import Carbons
+from .contact_addresses import ContactAddresses
 from .csi import Csi
 from .disco import Disco
+from .external_services import ExternalServices
+from .last import LastActivity
 from .offline import Offline
 from .ping import Ping
 from .presence import Presence
+from .private import PrivateStorage
 from .register import Register
 from .roster import Roster
 from .stream_management import StreamManagement
+from .time import EntityTime
+from .vcard import Vcard
 from .version import Version
 
 __all__ = ["BUILTIN", "Module"]
 
 BUILTIN: dict[str, type[Module]] = {m.name: m for m in (
     Roster, Presence, Offline, Disco, Ping, Version, Register, StreamManagement, Csi, Carbons,
+    Vcard, PrivateStorage, EntityTime, LastActivity, ContactAddresses, ExternalServices,
 )}

@@ -45,6 +45,8 @@ class Disco(Module):
         features = self.host.hooks.fold(Hook.DISCO_SERVER_FEATURES, set(self.host.server_features))
         for feature in sorted(features | {ns.DISCO_INFO, ns.DISCO_ITEMS}):
             ET.SubElement(q, INFO + "feature", {"var": feature})
+        for extension in self.host.hooks.fold(Hook.DISCO_SERVER_EXTENSIONS, []):
+            q.append(extension)
         return q
 
     async def _server_items(self, req: IqRequest) -> ET.Element:

@@ -1,0 +1,5 @@
+"""contact_addresses module."""
+
+from .module import ContactAddresses
+
+__all__ = ["ContactAddresses"]

@@ -1,0 +1,5 @@
+"""external_services module."""
+
+from .module import ExternalServices
+
+__all__ = ["ExternalServices"]

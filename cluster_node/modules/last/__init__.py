@@ -1,0 +1,5 @@
+"""last module."""
+
+from .module import LastActivity
+
+__all__ = ["LastActivity"]

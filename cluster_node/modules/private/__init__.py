@@ -1,0 +1,5 @@
+"""private module."""
+
+from .module import PrivateStorage
+
+__all__ = ["PrivateStorage"]

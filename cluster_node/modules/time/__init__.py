@@ -1,0 +1,5 @@
+"""time module."""
+
+from .module import EntityTime
+
+__all__ = ["EntityTime"]

@@ -1,0 +1,5 @@
+"""vcard module."""
+
+from .module import Vcard
+
+__all__ = ["Vcard"]
