@@ -212,7 +212,8 @@ class Router:
             record = self.table.lookup(to)
             if record is not None:
                 self.deliver(record, stanza)
-            return
+                return
+        # Another region's session, a bare JID, another domain: the whole routing chain.
         self.spawn(self.route(stanza))
 
     async def reroute(self, stanza: Stanza) -> None:

@@ -8,6 +8,7 @@ respects ``depends``.
 from __future__ import annotations
 
 from ..core.module import Module
+from .blocking import Blocking
 from .carbons import Carbons
 from .contact_addresses import ContactAddresses
 from .csi import Csi
@@ -30,4 +31,5 @@ __all__ = ["BUILTIN", "Module"]
 BUILTIN: dict[str, type[Module]] = {m.name: m for m in (
     Roster, Presence, Offline, Disco, Ping, Version, Register, StreamManagement, Csi, Carbons,
     Vcard, PrivateStorage, EntityTime, LastActivity, ContactAddresses, ExternalServices,
+    Blocking,
 )}

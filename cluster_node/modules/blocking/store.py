@@ -1,0 +1,81 @@
+"""The block lists' SQL: one table in the domain database, so every node and region of a deployment
+enforces the same lists.  The same statements on SQLite and PostgreSQL (``?`` placeholders).
+
+The table is a user table of the storage (``user_tables``): it is emptied for an account when the
+account is removed.  ``created`` (µs) keeps a list in the order its JIDs were blocked.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ...storage import Storage
+
+__all__ = ["BlocklistStore", "ListFull", "STEPS"]
+
+STEPS: list[tuple[int, list[str]]] = [
+    (1, [
+        """CREATE TABLE IF NOT EXISTS blocklist (
+               domain TEXT NOT NULL, username TEXT NOT NULL, jid TEXT NOT NULL, created {bigint} NOT NULL,
+               PRIMARY KEY (domain, username, jid))""",
+    ]),
+]
+
+
+class ListFull(Exception):
+    """Blocking these JIDs would make the list longer than its limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"a block list holds at most {limit} JIDs")
+        self.limit = limit
+
+
+class BlocklistStore:
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    async def migrate(self) -> None:
+        await self.storage.migrate_module("blocking", STEPS, user_tables=("blocklist",))
+
+    async def items(self, domain: str, username: str) -> list[str]:
+        """The user's blocked JIDs, in the order they were blocked."""
+        async with self.storage.transaction() as tx:
+            rows = await tx.fetchall("SELECT jid FROM blocklist WHERE domain = ? AND username = ? "
+                                     "ORDER BY created, jid", domain, username)
+        return [str(r[0]) for r in rows]
+
+    async def add(self, domain: str, username: str, jids: list[str], limit: int) -> list[str]:
+        """Block ``jids``; the ones that were not blocked yet.  Raises :class:`ListFull` (and
+        blocks nothing) when the list would hold more than ``limit`` JIDs."""
+        async with self.storage.transaction(write=True) as tx:
+            rows = await tx.fetchall("SELECT jid FROM blocklist WHERE domain = ? AND username = ?",
+                                     domain, username)
+            present = {str(r[0]) for r in rows}
+            new = [j for j in jids if j not in present]
+            if not new:
+                return []
+            if len(present) + len(new) > limit:
+                raise ListFull(limit)
+            now = time.time_ns() // 1000
+            added = []
+            for i, jid in enumerate(new):
+                n = await tx.execute("INSERT INTO blocklist (domain, username, jid, created) VALUES (?, ?, ?, ?) "
+                                     "ON CONFLICT DO NOTHING", domain, username, jid, now + i)
+                if n:
+                    added.append(jid)
+        return added
+
+    async def remove(self, domain: str, username: str, jids: list[str] | None) -> list[str]:
+        """Unblock ``jids`` (``None``: all); the ones that were blocked."""
+        async with self.storage.transaction(write=True) as tx:
+            if jids is None:
+                rows = await tx.fetchall("SELECT jid FROM blocklist WHERE domain = ? AND username = ? "
+                                         "ORDER BY created, jid", domain, username)
+                await tx.execute("DELETE FROM blocklist WHERE domain = ? AND username = ?", domain, username)
+                return [str(r[0]) for r in rows]
+            removed = []
+            for jid in jids:
+                if await tx.execute("DELETE FROM blocklist WHERE domain = ? AND username = ? AND jid = ?",
+                                    domain, username, jid):
+                    removed.append(jid)
+        return removed

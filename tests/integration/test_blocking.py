@@ -1,0 +1,318 @@
+"""XEP-0191 Blocking Command with real processes and slixmpp's own ``xep_0191`` plugin: alice blocks
+bob; bob's messages and IQs get ``<service-unavailable/>`` and never reach her; what she sends him
+gets ``<not-acceptable/>`` with ``<blocked/>``; unblocking restores both ways — on one node, across
+the two nodes of a region (each keeping lists for a minute: the other member's copy is dropped at
+once), across two regions (a change reaches the other region within its ``cache_ttl``), and over
+S2S with a blocked domain."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from slixmpp import JID
+from slixmpp.exceptions import IqError
+
+from tests.helpers.cluster import SECRET, eventually, poll, system_info, wait_until
+from tests.helpers.dns import DnsServer
+from tests.helpers.node import NodeProcess
+from tests.helpers.ports import free_port
+from tests.helpers.redis import RedisServer, redis_server_binary
+from tests.helpers.regions import DOMAIN, Region, make_region
+from tests.helpers.xmpp_client import Client
+from tests.integration.test_s2s import EU, PASSWORD as S2S_PASSWORD, US, Site
+
+BLOCKING_ERRORS = "urn:xmpp:blocking:errors"
+PASSWORD = "blocking-secret"
+
+
+class User(Client):
+    """A client with slixmpp's XEP-0191 plugin, keeping chats, message errors and pushes."""
+
+    def __init__(self, node: NodeProcess, jid: str, password: str = PASSWORD) -> None:
+        super().__init__(jid, password, cert=node.cert)
+        self.register_plugin("xep_0191")
+        self.chats: list[Any] = []
+        self.errors: list[Any] = []
+        self.pushes: list[tuple[str, set[str]]] = []
+        self.add_event_handler("message", lambda m: m["type"] != "error" and self.chats.append(m))
+        self.add_event_handler("message_error", self.errors.append)
+        self.add_event_handler("blocked", lambda iq: self.pushes.append(("block", _jids(iq["block"]))))
+        self.add_event_handler("unblocked", lambda iq: self.pushes.append(("unblock", _jids(iq["unblock"]))))
+
+    @property
+    def blocking(self) -> Any:
+        return self.plugin["xep_0191"]
+
+    async def block(self, *jids: str) -> None:
+        await self.blocking.block([JID(j) for j in jids], timeout=10)
+
+    async def unblock(self, *jids: str) -> None:
+        if jids:
+            await self.blocking.unblock([JID(j) for j in jids], timeout=10)
+            return
+        iq = self.make_iq_set()  # everything: an empty <unblock/> (the plugin sends no element then)
+        iq.enable("unblock")
+        await iq.send(timeout=10)
+
+    async def push(self, timeout: float = 5.0) -> tuple[str, set[str]]:
+        await eventually(lambda: self.pushes, timeout, f"a push to {self.boundjid}")
+        return self.pushes.pop(0)
+
+
+def _jids(el: Any) -> set[str]:
+    return {str(item["jid"]) for item in el["items"]}
+
+
+async def outcome(sender: User, to: str, receiver: User, timeout: float = 5.0) -> str:
+    """Send a chat message: ``delivered`` (``receiver`` got it), the error condition ``sender`` got
+    (``+blocked`` with XEP-0191's application condition), or ``nothing`` within ``timeout``."""
+    body = f"m-{uuid.uuid4().hex[:8]}"
+    sender.send_message(mto=to, mbody=body, mtype="chat")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(m["body"] == body for m in receiver.chats):
+            return "delivered"
+        for e in sender.errors:
+            if e["body"] == body:
+                blocked = e.xml.find(f"{{jabber:client}}error/{{{BLOCKING_ERRORS}}}blocked") is not None
+                return str(e["error"]["condition"]) + ("+blocked" if blocked else "")
+        await asyncio.sleep(0.05)
+    return "nothing"
+
+
+async def becomes(expected: str, sender: User, to: str, receiver: User, within: float) -> list[str]:
+    """Send until the outcome is ``expected`` (a change seen after a cache's TTL); what was seen."""
+    deadline = time.monotonic() + within
+    seen: list[str] = []
+    while True:
+        seen.append(await outcome(sender, to, receiver, timeout=2.0))
+        if seen[-1] == expected:
+            return seen
+        assert time.monotonic() < deadline, f"never {expected!r} within {within} s: {seen}"
+        await asyncio.sleep(0.2)
+
+
+async def close(*clients: Client) -> None:
+    for c in clients:
+        await c.close()
+
+
+# -- one node -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    n = NodeProcess(tmp_path_factory.mktemp("blocking-node"), name="b1")
+    for user in ("alice", "bob"):
+        n.register(user, PASSWORD)
+    n.start()
+    yield n
+    n.stop()
+    assert "Traceback" not in n.log(), n.log()
+
+
+async def test_one_node(node: NodeProcess):
+    alice, bob_jid = "alice@localhost", "bob@localhost"
+    phone = await User(node, f"{alice}/phone").online(node.port)
+    laptop = await User(node, f"{alice}/laptop").online(node.port)
+    bob = await User(node, f"{bob_jid}/pc").online(node.port)
+    try:
+        info = await phone.plugin["xep_0030"].get_info(jid="localhost", timeout=5)
+        assert "urn:xmpp:blocking" in info["disco_info"]["features"]
+        assert await phone.blocking.get_blocked_jids(timeout=5) == set()
+        assert await outcome(bob, alice, phone) == "delivered"
+        await phone.block(bob_jid)
+        # Pushed to the resource that fetched the list; the laptop never did.
+        assert await phone.push() == ("block", {bob_jid})
+        assert await outcome(bob, alice, phone) == "service-unavailable"
+        assert await outcome(bob, f"{alice}/laptop", laptop) == "service-unavailable"
+        with pytest.raises(IqError) as e:
+            await bob.plugin["xep_0199"].ping(f"{alice}/phone", timeout=5)
+        assert e.value.iq["error"]["condition"] == "service-unavailable"
+        assert await outcome(phone, bob_jid, bob) == "not-acceptable+blocked"
+        assert await outcome(laptop, f"{bob_jid}/pc", bob) == "not-acceptable+blocked"
+        assert await laptop.blocking.get_blocked_jids(timeout=5) == {JID(bob_jid)}
+        await laptop.unblock()  # everything: an empty <unblock/> pushed to both
+        assert await phone.push() == ("unblock", set())
+        assert await laptop.push() == ("unblock", set())
+        assert laptop.pushes == [] and phone.pushes == []
+        assert await outcome(bob, alice, phone) == "delivered"
+        assert await outcome(phone, bob_jid, bob) == "delivered"
+        await bob.plugin["xep_0199"].ping(f"{alice}/phone", timeout=5)
+        # Nothing blocked ever reached alice: the chats she got are the two delivered ones.
+        assert len(phone.chats) == 2
+    finally:
+        await close(phone, laptop, bob)
+
+
+# -- a two-node region -------------------------------------------------------------------------------
+
+
+def region_node(base: Path, name: str, url: str) -> NodeProcess:
+    """A node of one cluster whose block lists stay cached for a minute: only the drop a change
+    sends to the other members can make it hold there."""
+    cluster = {"enabled": True, "secret": SECRET, "port": free_port(), "refresh_interval": 0.3,
+               "ping_interval": 0.3, "ping_timeout": 1.5}
+    return NodeProcess(base / name, name=name, storage_url=url,
+                       settings={"cluster": cluster, "modules": {"blocking": {"cache_ttl": 60.0}}})
+
+
+@pytest.fixture(scope="module")
+def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProcess]]:
+    base = tmp_path_factory.mktemp("blocking-region")
+    url = f"sqlite:///{base / 'region.db'}"
+    nodes = [region_node(base, name, url) for name in ("r1", "r2")]
+    for user in ("alice", "bob"):
+        nodes[0].register(user, PASSWORD)
+    for n in nodes:
+        n.start()
+    wait_until(lambda: all(system_info(n)["joinedNodes"] == ["r1", "r2"] for n in nodes), 20, "two joined nodes")
+    yield nodes
+    for n in nodes:
+        n.stop()
+    for n in nodes:
+        assert "Traceback" not in n.log(), n.log()
+
+
+async def test_two_nodes_of_a_region(region: list[NodeProcess]):
+    r1, r2 = region
+    alice, bob_jid = "alice@localhost", "bob@localhost"
+    phone = await User(r1, f"{alice}/phone").online(r1.port)
+    laptop = await User(r2, f"{alice}/laptop").online(r2.port)
+    bob = await User(r2, f"{bob_jid}/pc").online(r2.port)
+    try:
+        await laptop.blocking.get_blocked_jids(timeout=5)
+        await laptop.plugin["xep_0199"].ping(str(phone.boundjid), timeout=5)  # the flag reached r1
+        # Both nodes read (and cache) alice's empty list.
+        assert await outcome(bob, f"{alice}/phone", phone) == "delivered"
+        assert await outcome(phone, bob_jid, bob) == "delivered"
+        assert await outcome(laptop, bob_jid, bob) == "delivered"
+        await phone.block(bob_jid)  # on r1
+        assert await laptop.push() == ("block", {bob_jid})  # on r2
+        # At once on both nodes: r2 (bob's, and the laptop's) dropped its copy before the result.
+        assert await outcome(bob, f"{alice}/phone", phone) == "service-unavailable"
+        assert await outcome(laptop, bob_jid, bob) == "not-acceptable+blocked"
+        assert await outcome(phone, bob_jid, bob) == "not-acceptable+blocked"
+        await laptop.unblock(bob_jid)  # on r2
+        assert await outcome(phone, bob_jid, bob) == "delivered"
+        assert await outcome(bob, alice, phone) == "delivered"
+    finally:
+        await close(phone, laptop, bob)
+
+
+# -- two regions ---------------------------------------------------------------------------------------
+
+TTL = 1.0  # the block lists' cache in the regions' nodes and gateways
+
+
+@pytest.fixture(scope="module")
+def regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Region, Region]]:
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not installed")
+    base = tmp_path_factory.mktemp("blocking-regions")
+    db = f"sqlite:///{base / 'domain.db'}"
+    modules = {"modules": {"blocking": {"cache_ttl": TTL}}}
+    with RedisServer() as redis:
+        eu = make_region(base, "eu", storage_url=db, redis_url=redis.url, nodes=1, node_settings=modules)
+        us = make_region(base, "us", storage_url=db, redis_url=redis.url, nodes=1, node_settings=modules)
+        for gw in eu.gateways + us.gateways:
+            gw.config.write_text(gw.config.read_text() + f"\n[modules.blocking]\ncache_ttl = {TTL}\n")
+        try:
+            for r in (eu, us):
+                r.start()
+            for r in (eu, us):
+                names = sorted(p.name for p in r.processes)
+                for p in r.processes:
+                    assert poll(lambda p=p, names=names: system_info(p)["joinedNodes"] == names, 20), p.name
+            yield eu, us
+        finally:
+            for r in (eu, us):
+                r.stop()
+        for p in eu.processes + us.processes:
+            assert "Traceback" not in p.log(), p.log()
+
+
+async def test_two_regions(regions: tuple[Region, Region]):
+    eu, us = regions
+    alice, bob = f"alice{uuid.uuid4().hex[:6]}", f"bob{uuid.uuid4().hex[:6]}"
+    for user in (alice, bob):
+        eu.nodes[0].register(user, PASSWORD, DOMAIN)
+    alice_jid, bob_jid = f"{alice}@{DOMAIN}", f"{bob}@{DOMAIN}"
+    phone = await User(eu.nodes[0], f"{alice_jid}/phone").online(eu.nodes[0].port)
+    pc = await User(us.nodes[0], f"{bob_jid}/pc").online(us.nodes[0].port)
+    try:
+        # Until both are mapped (Redis) a message may take a while: wait for the first.
+        await becomes("delivered", pc, alice_jid, phone, within=15)
+        assert await outcome(phone, bob_jid, pc) == "delivered"
+        await phone.block(bob_jid)  # in eu
+        # In: the gateway of alice's region has the change at once; bob's node in the other
+        # region stops the messages itself once its copy expires.  Never delivered.
+        seen = await becomes("service-unavailable", pc, alice_jid, phone, within=TTL + 5)
+        assert "delivered" not in seen, seen
+        await asyncio.sleep(TTL + 0.2)
+        assert await outcome(pc, f"{alice_jid}/phone", phone) == "service-unavailable"
+        # Out: checked in alice's region, at once.
+        assert await outcome(phone, bob_jid, pc) == "not-acceptable+blocked"
+        await phone.unblock()
+        assert await outcome(phone, bob_jid, pc) == "delivered"
+        start = time.monotonic()
+        await becomes("delivered", pc, alice_jid, phone, within=TTL + 5)
+        assert time.monotonic() - start < TTL + 5
+    finally:
+        await close(phone, pc)
+
+
+# -- another domain over S2S -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Site, Site]]:
+    """Two deployments with their own domains, as tests/integration/test_s2s.py starts them."""
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not installed")
+    base = tmp_path_factory.mktemp("blocking-s2s")
+    with DnsServer() as dns, RedisServer() as r1, RedisServer() as r2:
+        eu = Site(base, "eu1", EU, r1.url, dns)
+        us: Site | None = None
+        try:
+            eu.start()
+            us = Site(base, "us1", US, r2.url, dns)
+            us.start()
+            yield eu, us
+        finally:
+            eu.stop()
+            if us is not None:
+                us.stop()
+        assert us is not None
+        for p in (eu.node, eu.gateway, us.node, us.gateway):
+            assert "Traceback" not in p.log(), p.log()
+
+
+async def test_over_s2s(domains: tuple[Site, Site]):
+    eu, us = domains
+    alice, bob = eu.user("alice"), us.user("bob")
+    alice_jid, bob_jid = f"{alice}@{EU}", f"{bob}@{US}"
+    a = await User(eu.node, f"{alice_jid}/laptop", S2S_PASSWORD).online(eu.node.port)
+    b = await User(us.node, f"{bob_jid}/phone", S2S_PASSWORD).online(us.node.port)
+    try:
+        assert await outcome(b, alice_jid, a, timeout=20) == "delivered"  # the S2S streams are up
+        assert await outcome(a, bob_jid, b, timeout=20) == "delivered"
+        await a.block(US)  # the whole domain
+        # In through alice's gateway: answered over S2S, never delivered.
+        assert await outcome(b, alice_jid, a, timeout=10) == "service-unavailable"
+        with pytest.raises(IqError) as e:
+            await b.plugin["xep_0199"].ping(f"{alice_jid}/laptop", timeout=10)
+        assert e.value.iq["error"]["condition"] == "service-unavailable"
+        # Out: stopped at alice's node, nothing goes over S2S.
+        assert await outcome(a, bob_jid, b) == "not-acceptable+blocked"
+        await a.unblock(US)
+        assert await outcome(b, alice_jid, a, timeout=10) == "delivered"
+        assert await outcome(a, bob_jid, b, timeout=10) == "delivered"
+    finally:
+        await close(a, b)
