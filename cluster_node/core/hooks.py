@@ -112,6 +112,10 @@ class Hook:
     PRESENCE_BROADCAST = "presence_broadcast"
     """fold_async(stanza, session) — the available presence a session is about to broadcast
     (XEP-0153 adds the avatar hash): return the stanza to send (a changed copy, or the same)."""
+    PRESENCE_DELIVERED = "presence_delivered"
+    """run(stanza, sender: Jid, to: Jid) — available/unavailable presence from ``sender`` was
+    delivered to the resources of local account ``to`` (bare): e.g. PEP sends a contact that came
+    online the last items it is interested in (XEP-0163 §4.3.2)."""
     PRESENCE_AVAILABLE = "presence_available"
     """run_async(session, initial: bool, priority: int, previous: int) — a session sent available
     presence (initial, or an update from ``previous`` priority)."""
@@ -159,6 +163,10 @@ class Hook:
     """fold(set[str]) — the server's XEP-0030 features."""
     DISCO_SERVER_EXTENSIONS = "disco_server_extensions"
     """fold(list[Element]) — XEP-0128 extension forms of the server's disco#info (XEP-0157)."""
+    DISCO_ACCOUNT_FEATURES = "disco_account_features"
+    """fold(set[str], user: Jid) — the features of an account's disco#info (PEP, MAM)."""
+    DISCO_ACCOUNT_IDENTITIES = "disco_account_identities"
+    """fold(list[dict[str, str]], user: Jid) — an account's identities (``pubsub``/``pep``)."""
     DISCO_SERVER_IDENTITIES = "disco_server_identities"
     """fold(list[dict[str, str]]) — the server's identities (category, type, name)."""
 

@@ -63,8 +63,12 @@ class Disco(Module):
         if req.sender.bare != user and not await self._subscribed(req):
             raise errors.ServiceUnavailable()  # RFC 6121 §8.5.2.1.3: don't reveal the account
         q = ET.Element(INFO + "query")
-        ET.SubElement(q, INFO + "identity", {"category": "account", "type": "registered"})
-        ET.SubElement(q, INFO + "feature", {"var": ns.DISCO_INFO})
+        identities = self.host.hooks.fold(Hook.DISCO_ACCOUNT_IDENTITIES,
+                                          [{"category": "account", "type": "registered"}], user)
+        for identity in identities:
+            ET.SubElement(q, INFO + "identity", identity)
+        for feature in sorted(self.host.hooks.fold(Hook.DISCO_ACCOUNT_FEATURES, {ns.DISCO_INFO}, user)):
+            ET.SubElement(q, INFO + "feature", {"var": feature})
         return q
 
     async def _account_items(self, req: IqRequest) -> ET.Element:

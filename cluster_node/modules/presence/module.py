@@ -281,6 +281,7 @@ class Presence(Module):
         else:
             # RFC 6121 §8.5.2.1.1: available/unavailable to a bare JID goes to every available resource.
             self.host.deliver_all(to.bare, stanza, Fanout(set_to=False))
+            self.host.hooks.run(Hook.PRESENCE_DELIVERED, stanza, sender, to.bare)
 
     async def _inbound_subscription(self, stanza: Stanza, contact: Jid, user: Jid, ptype: str) -> None:
         if not await self.host.storage.account_exists(user.domain, user.local or ""):
