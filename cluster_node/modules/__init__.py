@@ -15,6 +15,7 @@ from .csi import Csi
 from .disco import Disco
 from .external_services import ExternalServices
 from .last import LastActivity
+from .mam import Mam
 from .offline import Offline
 from .ping import Ping
 from .presence import Presence
@@ -29,7 +30,7 @@ from .version import Version
 __all__ = ["BUILTIN", "Module"]
 
 BUILTIN: dict[str, type[Module]] = {m.name: m for m in (
-    Roster, Presence, Offline, Disco, Ping, Version, Register, StreamManagement, Csi, Carbons,
+    Roster, Presence, Offline, Disco, Ping, Version, Register, StreamManagement, Csi, Carbons, Mam,
     Vcard, PrivateStorage, EntityTime, LastActivity, ContactAddresses, ExternalServices,
     Blocking,
 )}

@@ -1,0 +1,335 @@
+"""XEP-0313 Message Archive Management on the module host: every user's messages, sent and
+received, in one archive that every node and region of the deployment shares (the domain
+database), queried with XEP-0059 paging.
+
+* **Archiving.**  Outgoing messages are archived in the sender's archive as the sender's node
+  handles them (``user_send_packet``, whoever the recipient is: a local account, another region,
+  another domain over S2S); incoming ones in the recipient's archive where the router delivers or
+  stores them (``message_to_account``: once in the whole deployment), which also adds the
+  XEP-0359 ``<stanza-id by='user@domain'/>`` and strips one a sender forged (a message routed
+  again — a closing session's, XEP-0198's unacked ones at the resume timeout — keeps the one it
+  was archived with and is not archived twice).  Both happen before the message is routed on,
+  so a message a client sees acknowledged (XEP-0198) is archived.
+  What is archived: :func:`~.query.archivable`; the user's preferences (XEP-0441) decide for
+  each correspondent.
+* **Queries** (``<query/>`` to the account's own bare JID) are answered on the member holding the
+  querying session, from the shared database: results go to that session with the host's
+  delivery (over the cluster link when needed), then the ``<fin/>``.  Protocol details live in
+  the sans-IO :mod:`.query`, SQL in :mod:`.store`.
+* **Retention.**  With ``retention_days`` set, a clean-up task deletes older messages every
+  ``cleanup_interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+from pydantic import Field
+
+from ...core.hooks import Hook
+from ...core.module import Module, ModuleHost, ModuleSettings, Xep
+from ...core.router import IqRequest
+from ...xmpp import errors
+from ...xmpp.fragment import parse_stanza
+from ...xmpp.jid import Jid
+from ...xmpp.stanza import Stanza
+from .query import (
+    MAM,
+    MAM_EXTENDED,
+    RANDOM_BITS,
+    IdGenerator,
+    Page,
+    Prefs,
+    Query,
+    archivable,
+    claimed_id,
+    client_stanza,
+    decide,
+    fin_element,
+    metadata_element,
+    parse_prefs,
+    parse_query,
+    peer_of,
+    prefs_element,
+    query_form,
+    result_message,
+    with_stanza_id,
+    without_forged_ids,
+)
+from .store import ArchiveStore, Row
+
+__all__ = ["Mam", "MamSettings"]
+
+log = logging.getLogger("meridian.mam")
+
+DAY_US = 86_400 * 1_000_000
+ID_ATTEMPTS = 5  # fresh ids tried when one is taken in the archive (same µs, same random bits)
+
+
+class MamSettings(ModuleSettings):
+    max_page: int = Field(250, ge=1, le=10_000, description="most messages one query returns (a larger RSM max is "
+                          "clamped to it)")
+    default_page: int = Field(50, ge=1, description="messages a query returns without an RSM max (at most max_page)")
+    count_limit: int = Field(10_000, ge=0, description="largest result counted for RSM <count/> (a query matching "
+                             "more gets none: counting a million messages takes a few hundred ms; 0: never)")
+    retention_days: int = Field(0, ge=0, description="days messages are kept (0: forever)")
+    cleanup_interval: float = Field(3600.0, gt=0, description="seconds between retention clean-ups")
+    default_mode: Literal["always", "never", "roster"] = Field(
+        "always", description="what is archived for users who set no preferences (XEP-0441)")
+
+
+def _features(features: set[str]) -> set[str]:
+    return features | {MAM, MAM_EXTENDED}
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Mam(Module):
+    name = "mam"
+    description = "Message Archive Management: one archive per user, the same from every node and region"
+    xeps = (Xep(313, "1.1.3"),
+            Xep(59, "1.0.0", "partial", "in archive queries: after/before paging, a bounded count, no index"),
+            Xep(297, "1.0", "complete", "archive results"),
+            Xep(334, "0.3.0", "partial", "store, no-store and no-permanent-store decide what is archived"),
+            Xep(359, "0.7.0", "complete", "stanza-id by the archive on received messages; origin-id kept"),
+            Xep(441, "0.2.0"))
+    Settings = MamSettings
+
+    async def start(self, host: ModuleHost) -> None:
+        self.host = host
+        self.cfg: MamSettings = self.settings  # type: ignore[assignment]
+        self.store = ArchiveStore(host.storage)
+        await self.store.migrate()
+        self.ids = IdGenerator()
+        self.counters = {"archived": 0, "failed": 0, "queries": 0, "cleaned": 0}
+        self._cleanup: asyncio.Task[None] | None = None
+        # Late: modules that take a message (and so never deliver it) answer first; before carbons
+        # (90), which marks the stanza it hands on.
+        host.hook(Hook.USER_SEND_PACKET, self._outgoing, 80)
+        host.hook(Hook.MESSAGE_TO_ACCOUNT, self._incoming, 80)
+        host.hook(Hook.DISCO_SERVER_FEATURES, _features)
+        host.hook(Hook.DISCO_ACCOUNT_FEATURES, lambda features, _user: _features(features))  # XEP-0313 §7
+        host.add_account_iq(MAM, "query", self._query)
+        host.add_account_iq(MAM, "prefs", self._prefs)
+        host.add_account_iq(MAM, "metadata", self._metadata)
+        host.add_metric(MamCollector(self))
+        host.add_query("mam", "status", self.status)
+        if self.cfg.retention_days > 0:
+            # A task of our own, not host.spawn: the router waits for its tasks before modules stop
+            # (a node's shutdown would wait shutdown_timeout for a loop that never ends).
+            self._cleanup = asyncio.get_running_loop().create_task(self._retention())
+
+    async def stop(self) -> None:
+        task, self._cleanup = self._cleanup, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def status(self) -> dict[str, Any]:
+        """This member's archive activity (``mam status`` on the control socket)."""
+        return {**self.counters, "retentionDays": self.cfg.retention_days, "maxPage": self.cfg.max_page}
+
+    # -- archiving ------------------------------------------------------------------------------------
+
+    async def _outgoing(self, session: Any, stanza: Stanza) -> None:
+        """A message from a client: into the sender's archive (whoever it is for)."""
+        if stanza.name != "message" or not archivable(stanza):
+            return None
+        record = getattr(session, "record", None)
+        sender = record.jid if record is not None else peer_of(stanza.from_)
+        to = peer_of(stanza.to)
+        if sender is None or sender.local is None or to is None:
+            return None  # no 'to': for the account itself, archived once as received
+        owner = sender.bare
+        if to.bare == owner or owner.domain not in self.host.domains:
+            return None  # to another resource of the account: archived once, as received
+        if to.local is None and to.domain in self.host.domains:
+            return None  # to the server itself: not a conversation
+        try:
+            await self._archive(owner, to, "out", stanza)
+        except Exception:
+            self.counters["failed"] += 1
+            log.exception("archiving a message sent by %s failed; it is delivered unarchived", owner)
+        return None
+
+    async def _incoming(self, stanza: Stanza, to: Jid) -> Stanza:
+        """A message about to be delivered to (or stored for) ``to``: into its archive, with the
+        stanza-id that tells the recipient where."""
+        if stanza.name != "message" or to.local is None:
+            return stanza
+        owner = to.bare
+        peer = peer_of(stanza.from_)
+        claimed = claimed_id(stanza, owner) if peer is not None else None
+        if claimed is not None and peer is not None:
+            # Routed again (a session closed under it, XEP-0198's resume timeout): archived once.
+            try:
+                if await self.store.received(owner.domain, owner.local or "", claimed, str(peer.bare)):
+                    return stanza
+            except Exception:
+                log.exception("checking the stanza-id of a message for %s failed", owner)
+        stanza = without_forged_ids(stanza, owner)
+        if peer is None or not archivable(stanza):
+            return stanza
+        try:
+            archive_id = await self._archive(owner, peer, "in", stanza)
+        except Exception:
+            self.counters["failed"] += 1
+            log.exception("archiving a message for %s failed; it is delivered unarchived", owner)
+            return stanza
+        return stanza if archive_id is None else with_stanza_id(stanza, owner, archive_id)
+
+    async def _wanted(self, owner: Jid, peer: Jid) -> bool:
+        """The user's preferences (XEP-0441) for messages with ``peer``."""
+        prefs = await self.store.get_prefs(owner.domain, owner.local or "") or Prefs(self.cfg.default_mode)
+        verdict = decide(prefs, peer)
+        if verdict is None:  # default 'roster', peer in neither list
+            if peer.bare == owner:
+                return True
+            item = await self.host.storage.get_roster_item(owner.domain, owner.local or "", str(peer.bare))
+            verdict = item is not None
+        return verdict
+
+    async def _archive(self, owner: Jid, peer: Jid, direction: str, stanza: Stanza) -> int | None:
+        """Into ``owner``'s archive if its preferences want it: the archive id, or None."""
+        data = client_stanza(stanza).to_bytes()
+        user, with_bare, with_resource = owner.local or "", str(peer.bare), peer.resource or ""
+        if self.cfg.default_mode == "always":
+            # Most users set no preferences: archived at once unless they did.
+            archive_id, ts = self.ids.next(_now_us(), secrets.randbits(RANDOM_BITS))
+            if await self.store.insert(owner.domain, user, archive_id, ts, with_bare, with_resource, direction,
+                                       data, unless_prefs=True):
+                self.counters["archived"] += 1
+                return archive_id
+        if not await self._wanted(owner, peer):
+            return None
+        for _ in range(ID_ATTEMPTS):
+            archive_id, ts = self.ids.next(_now_us(), secrets.randbits(RANDOM_BITS))
+            if await self.store.insert(owner.domain, user, archive_id, ts, with_bare, with_resource, direction, data):
+                self.counters["archived"] += 1
+                return archive_id
+        raise RuntimeError(f"no free archive id for {owner} after {ID_ATTEMPTS} attempts")
+
+    # -- queries --------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _own(req: IqRequest) -> Jid:
+        """The archive is the account's own: anyone else asking is refused."""
+        if req.to.local is None or req.sender.bare != req.to:
+            raise errors.Forbidden("an archive is only open to its own account")
+        return req.to
+
+    async def _query(self, req: IqRequest) -> ET.Element:
+        owner = self._own(req)
+        if req.stanza.type == "get":
+            return query_form()
+        max_page = self.cfg.max_page
+        query = parse_query(req.payload, default_page=min(self.cfg.default_page, max_page), max_page=max_page)
+        domain, user = owner.domain, owner.local or ""
+        if query.referenced:
+            found = await self.store.existing(domain, user, query.referenced)
+            if len(found) < len(query.referenced):
+                missing = sorted(set(query.referenced) - found)
+                raise errors.ItemNotFound(f"not in the archive: {', '.join(map(str, missing[:5]))}")
+        self.counters["queries"] += 1
+        page = await self._page(domain, user, query)
+        self._send_results(owner, req.sender, query, page)
+        return fin_element(page)
+
+    async def _page(self, domain: str, user: str, q: Query) -> Page:
+        # One more than the page: whether the query is complete (max 0: whether anything matches).
+        rows: list[Row] = await self.store.page(domain, user, q.filters, after=q.after, before=q.before,
+                                                backward=q.backward, limit=q.max + 1)
+        more = len(rows) > q.max
+        rows = rows[:q.max]
+        if q.backward:
+            rows.reverse()
+        if not more and q.after is None and q.before is None:
+            count: int | None = len(rows)  # the page is the whole result
+        elif self.cfg.count_limit > 0:
+            count = await self.store.count(domain, user, q.filters, limit=self.cfg.count_limit)
+        else:
+            count = None
+        return Page(rows, complete=not more, count=count)
+
+    def _send_results(self, owner: Jid, to: Jid, q: Query, page: Page) -> None:
+        """The page's messages to the querying resource, wherever in the region it is, before the
+        iq result (same route, so they arrive first)."""
+        record = self.host.table.lookup(to)
+        if record is None:
+            return  # the session is gone: nobody to send them to
+        prefix = secrets.token_hex(4)
+        for archive_id, ts, raw in (reversed(page.rows) if q.flip else page.rows):
+            try:
+                original = parse_stanza(raw).element
+            except ValueError:
+                log.error("archived message %s of %s does not parse; skipped", archive_id, owner)
+                continue
+            self.host.deliver(record, result_message(str(owner), str(to), q.queryid, archive_id, ts, original,
+                                                     msg_id=f"{prefix}-{archive_id}"))
+
+    async def _metadata(self, req: IqRequest) -> ET.Element:
+        owner = self._own(req)
+        if req.stanza.type != "get":
+            raise errors.BadRequest("archive metadata is read with an iq of type get")
+        bounds = await self.store.bounds(owner.domain, owner.local or "")
+        return metadata_element(*(bounds or (None, None)))
+
+    async def _prefs(self, req: IqRequest) -> ET.Element:
+        owner = self._own(req)
+        domain, user = owner.domain, owner.local or ""
+        if req.stanza.type == "get":
+            return prefs_element(await self.store.get_prefs(domain, user) or Prefs(self.cfg.default_mode))
+        prefs = parse_prefs(req.payload)
+        await self.store.set_prefs(domain, user, prefs)
+        return prefs_element(prefs)
+
+    # -- retention ------------------------------------------------------------------------------------
+
+    async def clean_up(self, now_us: int | None = None) -> int:
+        """Delete what is older than ``retention_days`` from every archive; how many went."""
+        if self.cfg.retention_days <= 0:
+            return 0
+        cutoff = (now_us if now_us is not None else _now_us()) - self.cfg.retention_days * DAY_US
+        deleted = await self.store.delete_older(cutoff)
+        self.counters["cleaned"] += deleted
+        if deleted:
+            log.info("retention: %d archived messages older than %d days deleted", deleted, self.cfg.retention_days)
+        return deleted
+
+    async def _retention(self) -> None:
+        # The members of a deployment start together: spread their first clean-ups a little.
+        await asyncio.sleep(random.uniform(0, min(self.cfg.cleanup_interval, 30.0)))
+        while True:
+            try:
+                await self.clean_up()
+            except Exception:
+                log.exception("retention clean-up failed; retried in %.0f s", self.cfg.cleanup_interval)
+            await asyncio.sleep(self.cfg.cleanup_interval)
+
+
+class MamCollector(Collector):
+    """Prometheus view of the archive's activity on this member, read at scrape time."""
+
+    def __init__(self, module: Mam) -> None:
+        self.module = module
+
+    def collect(self) -> Iterator[Metric]:
+        events = CounterMetricFamily("meridian_mam_events", "Archive events on this member: messages archived, "
+                                     "archiving failures (delivered unarchived), queries answered, messages "
+                                     "deleted by retention", labels=["event"])
+        for event, value in self.module.counters.items():
+            events.add_metric([event], value)
+        yield events

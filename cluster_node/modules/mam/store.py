@@ -1,0 +1,191 @@
+"""The archive's SQL: one table of messages per deployment (every node and region of a domain reads
+and writes the same rows), one of preferences.  The same statements on SQLite and PostgreSQL
+(``?`` placeholders; ``{bigint}``/``{blob}`` in the schema).
+
+Indexes for archives of millions of messages per user: the primary key (domain, username, id)
+serves paging, time ranges (an id range: ids start with the time) and id look-ups;
+(domain, username, with_bare, id) serves the same with a 'with' filter; (ts) serves the retention
+clean-up, which deletes across users.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ...storage import Storage
+from ...storage.migrations import render
+from .query import Filters, Prefs
+
+__all__ = ["ArchiveStore", "STEPS", "Row"]
+
+Row = tuple[int, int, bytes]  # (id, ts µs, stanza)
+
+STEPS: list[tuple[int, list[str]]] = [
+    (1, [
+        """CREATE TABLE IF NOT EXISTS mam_messages (
+               domain TEXT NOT NULL, username TEXT NOT NULL, id {bigint} NOT NULL, ts {bigint} NOT NULL,
+               with_bare TEXT NOT NULL, with_resource TEXT NOT NULL DEFAULT '',
+               direction TEXT NOT NULL, stanza {blob} NOT NULL,
+               PRIMARY KEY (domain, username, id))""",
+        "CREATE INDEX IF NOT EXISTS mam_by_with ON mam_messages (domain, username, with_bare, id)",
+        "CREATE INDEX IF NOT EXISTS mam_by_ts ON mam_messages (ts)",
+        """CREATE TABLE IF NOT EXISTS mam_prefs (
+               domain TEXT NOT NULL, username TEXT NOT NULL, default_mode TEXT NOT NULL,
+               always_json TEXT NOT NULL DEFAULT '[]', never_json TEXT NOT NULL DEFAULT '[]',
+               PRIMARY KEY (domain, username))""",
+    ]),
+]
+
+_COLUMNS = "id, ts, stanza"
+
+
+def _where(domain: str, username: str, f: Filters) -> tuple[str, list[Any]]:
+    sql = ["domain = ?", "username = ?"]
+    args: list[Any] = [domain, username]
+    if f.with_bare is not None:
+        sql.append("with_bare = ?")
+        args.append(f.with_bare)
+        if f.with_resource is not None:
+            sql.append("with_resource = ?")
+            args.append(f.with_resource)
+    if f.min_id is not None:
+        sql.append("id >= ?")
+        args.append(f.min_id)
+    if f.max_id is not None:
+        sql.append("id <= ?")
+        args.append(f.max_id)
+    if f.ids is not None:
+        if f.ids:
+            sql.append(f"id IN ({', '.join('?' * len(f.ids))})")
+            args.extend(f.ids)
+        else:
+            sql.append("1 = 0")
+    return " AND ".join(sql), args
+
+
+def _row(r: Any) -> Row:
+    return int(r[0]), int(r[1]), bytes(r[2])
+
+
+class ArchiveStore:
+    """The archive's queries over the node's storage (``transaction`` for a module's own SQL)."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    async def migrate(self) -> None:
+        await self.storage.migrate_module("mam", STEPS, user_tables=("mam_messages", "mam_prefs"))
+
+    # -- writing -------------------------------------------------------------------------------------
+
+    async def insert(self, domain: str, username: str, archive_id: int, ts: int, with_bare: str,
+                     with_resource: str, direction: str, stanza: bytes, *, unless_prefs: bool = False) -> bool:
+        """False when ``archive_id`` is taken in this archive (the caller retries with another) or,
+        with ``unless_prefs``, when the user has preferences (the caller reads them first): users
+        without any, nearly all, are archived in one statement."""
+        args = [domain, username, archive_id, ts, with_bare, with_resource, direction, stanza]
+        async with self.storage.transaction(write=True) as tx:
+            if unless_prefs:
+                n: int = await tx.execute(self._insert_unless_prefs, *args, domain, username)
+            else:
+                n = await tx.execute(
+                    "INSERT INTO mam_messages (domain, username, id, ts, with_bare, with_resource, direction, stanza) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", *args)
+        return n > 0
+
+    @property
+    def _insert_unless_prefs(self) -> str:
+        # Typed parameters: PostgreSQL infers none from an INSERT's SELECT list.
+        return render(
+            "INSERT INTO mam_messages (domain, username, id, ts, with_bare, with_resource, direction, stanza) "
+            "SELECT CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS {bigint}), CAST(? AS {bigint}), CAST(? AS TEXT), "
+            "CAST(? AS TEXT), CAST(? AS TEXT), CAST(? AS {blob}) "
+            "WHERE NOT EXISTS (SELECT 1 FROM mam_prefs WHERE domain = ? AND username = ?) ON CONFLICT DO NOTHING",
+            self.storage.dialect)
+
+    async def delete_older(self, ts: int) -> int:
+        """Retention: every archive's messages archived before ``ts`` (µs)."""
+        async with self.storage.transaction(write=True) as tx:
+            n: int = await tx.execute("DELETE FROM mam_messages WHERE ts < ?", ts)
+        return n
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    async def page(self, domain: str, username: str, filters: Filters, *, after: int | None = None,
+                   before: int | None = None, backward: bool = False, limit: int) -> list[Row]:
+        """Up to ``limit`` rows after ``after`` (forward, oldest first) or before ``before``
+        (``backward``: newest first, from the end when ``before`` is None)."""
+        where, args = _where(domain, username, filters)
+        if after is not None:
+            where += " AND id > ?"
+            args.append(after)
+        if before is not None:
+            where += " AND id < ?"
+            args.append(before)
+        order = "DESC" if backward else "ASC"
+        async with self.storage.transaction() as tx:
+            rows = await tx.fetchall(f"SELECT {_COLUMNS} FROM mam_messages WHERE {where} "
+                                     f"ORDER BY id {order} LIMIT ?", *args, limit)
+        return [_row(r) for r in rows]
+
+    async def count(self, domain: str, username: str, filters: Filters, limit: int | None = None) -> int | None:
+        """How many messages ``filters`` select; None when more than ``limit`` do (counting is a
+        scan of the matching index entries: a few hundred ms for a million)."""
+        where, args = _where(domain, username, filters)
+        if limit is None:
+            sql = f"SELECT COUNT(*) FROM mam_messages WHERE {where}"
+        else:
+            sql = f"SELECT COUNT(*) FROM (SELECT 1 FROM mam_messages WHERE {where} LIMIT ?) AS matching"
+            args.append(limit + 1)
+        async with self.storage.transaction() as tx:
+            row = await tx.fetchone(sql, *args)
+        n = int(row[0]) if row else 0
+        return None if limit is not None and n > limit else n
+
+    async def existing(self, domain: str, username: str, ids: tuple[int, ...]) -> set[int]:
+        """Which of ``ids`` are in the archive."""
+        if not ids:
+            return set()
+        marks = ", ".join("?" * len(ids))
+        async with self.storage.transaction() as tx:
+            rows = await tx.fetchall(f"SELECT id FROM mam_messages WHERE domain = ? AND username = ? "
+                                     f"AND id IN ({marks})", domain, username, *ids)
+        return {int(r[0]) for r in rows}
+
+    async def received(self, domain: str, username: str, archive_id: int, with_bare: str) -> bool:
+        """Whether ``archive_id`` is a message from ``with_bare`` received into this archive."""
+        async with self.storage.transaction() as tx:
+            row = await tx.fetchone("SELECT 1 FROM mam_messages WHERE domain = ? AND username = ? AND id = ? "
+                                    "AND with_bare = ? AND direction = 'in'", domain, username, archive_id, with_bare)
+        return row is not None
+
+    async def bounds(self, domain: str, username: str) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """(id, ts) of the first and the last message of the archive; None when it is empty."""
+        async with self.storage.transaction() as tx:
+            first = await tx.fetchone("SELECT id, ts FROM mam_messages WHERE domain = ? AND username = ? "
+                                      "ORDER BY id ASC LIMIT 1", domain, username)
+            last = await tx.fetchone("SELECT id, ts FROM mam_messages WHERE domain = ? AND username = ? "
+                                     "ORDER BY id DESC LIMIT 1", domain, username)
+        if first is None or last is None:
+            return None
+        return (int(first[0]), int(first[1])), (int(last[0]), int(last[1]))
+
+    # -- preferences ---------------------------------------------------------------------------------
+
+    async def get_prefs(self, domain: str, username: str) -> Prefs | None:
+        async with self.storage.transaction() as tx:
+            row = await tx.fetchone("SELECT default_mode, always_json, never_json FROM mam_prefs "
+                                    "WHERE domain = ? AND username = ?", domain, username)
+        if row is None:
+            return None
+        return Prefs(str(row[0]), tuple(json.loads(row[1])), tuple(json.loads(row[2])))
+
+    async def set_prefs(self, domain: str, username: str, prefs: Prefs) -> None:
+        async with self.storage.transaction(write=True) as tx:
+            await tx.execute(
+                "INSERT INTO mam_prefs (domain, username, default_mode, always_json, never_json) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (domain, username) DO UPDATE SET "
+                "default_mode = excluded.default_mode, always_json = excluded.always_json, "
+                "never_json = excluded.never_json",
+                domain, username, prefs.default, json.dumps(list(prefs.always)), json.dumps(list(prefs.never)))

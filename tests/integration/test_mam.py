@@ -1,0 +1,247 @@
+"""XEP-0313 Message Archive Management against real processes, paged with slixmpp's own xep_0313
+and xep_0059 plugins: one node; a two-node region (written on one node, read on the other); two
+regions of one domain with a gateway each and Redis (written in eu, read in us).  The archive is
+the shared domain database, so every node and region reads the same one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from slixmpp.exceptions import IqError
+
+from tests.helpers.cluster import cluster_node, eventually, poll, system_info, wait_until
+from tests.helpers.node import NodeProcess
+from tests.helpers.redis import RedisServer, redis_server_binary
+from tests.helpers.regions import DOMAIN, Region, make_region
+from tests.helpers.xmpp_client import Client
+
+MAM = "urn:xmpp:mam:2"
+SID = "{urn:xmpp:sid:0}stanza-id"
+PASSWORD = "mam-secret"
+
+
+def mam_client(node: NodeProcess, jid: str) -> Client:
+    c = Client(jid, PASSWORD, cert=node.cert)
+    c.register_plugin("xep_0059")
+    c.register_plugin("xep_0313")
+    return c
+
+
+async def archive(c: Client, *, page: int = 3, reverse: bool = False, **kwargs: Any) -> list[tuple[str, str]]:
+    """(archive id, body) of every message of the account's archive, paged with slixmpp's iterator."""
+    out = []
+    async for msg in c.plugin["xep_0313"].iterate(rsm={"max": page}, reverse=reverse, **kwargs):
+        out.append((msg["mam_result"]["id"], msg["mam_result"]["forwarded"]["stanza"]["body"]))
+    return out
+
+
+def bodies(items: list[tuple[str, str]]) -> list[str]:
+    return [body for _, body in items]
+
+
+async def live(c: Client, n: int) -> list[tuple[str, str]]:
+    """The next ``n`` messages with a body, as (stanza-id by the account, body)."""
+    out = []
+    for _ in range(n):
+        msg = await c.next_message()
+        sid = msg.xml.find(SID)
+        assert sid is not None and sid.get("by") == str(c.boundjid.bare), msg
+        out.append((sid.get("id"), msg["body"]))
+    return out
+
+
+# -- one node --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    n = NodeProcess(tmp_path_factory.mktemp("mam-node"), name="mam1",
+                    settings={"modules": {"mam": {"max_page": 5}}})
+    for user in ("alice", "bob", "carol"):
+        n.register(user, PASSWORD)
+    n.start()
+    yield n
+    n.stop()
+    assert "Traceback" not in n.log(), n.log()
+
+
+async def test_one_node_archive_paged_with_slixmpp(node: NodeProcess) -> None:
+    a = await mam_client(node, "alice@localhost/laptop").online(node.port)
+    b = await mam_client(node, "bob@localhost/phone").online(node.port)
+    try:
+        sent = [f"hello {i}" for i in range(7)]
+        for text in sent:
+            a.send_message(mto="bob@localhost", mbody=text, mtype="chat")
+        received = await live(b, 7)
+        assert bodies(received) == sent
+        a.send_message(mto="bob@localhost", mbody=None, mtype="chat")  # no body: a chat state, not archived
+        # bob's archive, page by page: the ids are the stanza-ids his client saw.
+        assert await archive(b) == received
+        assert await archive(b, reverse=True) == list(reversed(received))
+        # alice's side of the conversation, and a filter.
+        mine = await archive(a, page=4, with_jid="bob@localhost")
+        assert bodies(mine) == sent
+        assert await archive(a, with_jid="carol@localhost") == []
+        # A max far above max_page (5 here) is clamped: one page of 5, not everything at once.
+        iq = await a.plugin["xep_0313"].retrieve(rsm={"max": 1000000000})
+        assert len(iq["mam"]["results"]) == 5 and iq["mam_fin"]["complete"] == "false"
+        assert iq["mam_fin"]["rsm"]["count"] == "7" and iq["mam_fin"]["rsm"]["last"] == mine[4][0]
+        # Metadata and someone else's archive.
+        meta = await a.plugin["xep_0313"].get_archive_metadata()
+        assert meta["mam_metadata"]["start"]["id"] == mine[0][0] and meta["mam_metadata"]["end"]["id"] == mine[-1][0]
+        with pytest.raises(IqError) as e:
+            await a.plugin["xep_0313"].retrieve(jid="bob@localhost")
+        assert e.value.iq["error"]["condition"] == "forbidden"
+        with pytest.raises(IqError) as e:
+            await a.plugin["xep_0313"].retrieve(rsm={"after": "no-such-id"})
+        assert e.value.iq["error"]["condition"] == "bad-request"
+        with pytest.raises(IqError) as e:
+            await a.plugin["xep_0313"].retrieve(rsm={"after": "12345"})
+        assert e.value.iq["error"]["condition"] == "item-not-found"
+        info = await a.plugin["xep_0030"].get_info(jid="localhost", timeout=5)
+        assert {MAM, f"{MAM}#extended"} <= set(info["disco_info"]["features"])
+        assert bodies(await archive(b)) == sent  # still answering after the errors
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_one_node_offline_message_is_archived_once(node: NodeProcess) -> None:
+    a = await mam_client(node, "alice@localhost/desk").online(node.port)
+    try:
+        a.send_message(mto="carol@localhost", mbody="while you were out", mtype="chat")
+        await asyncio.sleep(0.5)
+        c = await mam_client(node, "carol@localhost/phone").online(node.port)
+        try:
+            stored = await live(c, 1)
+            assert await archive(c) == stored
+        finally:
+            await c.close()
+    finally:
+        await a.close()
+
+
+# -- a two-node region -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProcess]]:
+    base = tmp_path_factory.mktemp("mam-region")
+    url = f"sqlite:///{base / 'region.db'}"
+    nodes = [cluster_node(base, name, url) for name in ("m1", "m2")]
+    for user in ("alice", "bob"):
+        nodes[0].register(user, PASSWORD)
+    for n in nodes:
+        n.start()
+    wait_until(lambda: all(system_info(n)["joinedNodes"] == ["m1", "m2"] for n in nodes), 20, "two joined nodes")
+    yield nodes
+    for n in nodes:
+        n.stop()
+    for n in nodes:
+        assert "Traceback" not in n.log(), n.log()
+
+
+async def test_region_written_on_one_node_read_on_the_other(region: list[NodeProcess]) -> None:
+    m1, m2 = region
+    a = await mam_client(m1, "alice@localhost/one").online(m1.port)
+    b = await mam_client(m2, "bob@localhost/two").online(m2.port)
+    try:
+        # To a full JID on the other member: both copies are written by m1's router; the answers by m2's.
+        for i in range(2):
+            a.send_message(mto="bob@localhost/two", mbody=f"to bob {i}", mtype="chat")
+        received = await live(b, 2)
+        for i in range(2):
+            b.send_message(mto="alice@localhost/one", mbody=f"to alice {i}", mtype="chat")
+        await live(a, 2)
+        conversation = [f"to bob {i}" for i in range(2)] + [f"to alice {i}" for i in range(2)]
+        a2 = await mam_client(m2, "alice@localhost/other").online(m2.port)
+        b2 = await mam_client(m1, "bob@localhost/else").online(m1.port)
+        try:
+            assert bodies(await archive(a2)) == conversation  # queried on m2
+            mine = await archive(b2)  # queried on m1
+            assert bodies(mine) == conversation and mine[:2] == received
+            assert await archive(b) == mine  # the same archive from either node
+        finally:
+            await a2.close()
+            await b2.close()
+    finally:
+        await a.close()
+        await b.close()
+
+
+# -- two regions of one domain -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Region, Region]]:
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not installed")
+    base = tmp_path_factory.mktemp("mam-regions")
+    db = f"sqlite:///{base / 'domain.db'}"
+    with RedisServer() as redis:
+        eu = make_region(base, "eu", storage_url=db, redis_url=redis.url, nodes=1)
+        us = make_region(base, "us", storage_url=db, redis_url=redis.url, nodes=1)
+        try:
+            for user in ("alice", "bob"):
+                eu.nodes[0].register(user, PASSWORD, DOMAIN)
+            for r in (eu, us):
+                r.start()
+            for r in (eu, us):
+                names = sorted(p.name for p in r.processes)
+                for p in r.processes:
+                    assert poll(lambda p=p, names=names: system_info(p)["joinedNodes"] == names, 20)
+            for gw, other in ((eu.gateways[0], "us"), (us.gateways[0], "eu")):
+                assert poll(lambda gw=gw, other=other: _link_up(gw, other), 15), f"{gw.name} → {other}"
+            yield eu, us
+        finally:
+            for r in (eu, us):
+                r.stop()
+        for p in eu.processes + us.processes:
+            assert "Traceback" not in p.log(), p.log()
+
+
+def _link_up(gateway: NodeProcess, region: str) -> bool:
+    status = json.loads(gateway.ctl("gdistrib", "status").stdout)["data"]["gdistrib"]["status"]
+    return bool(status["links"].get(region, {}).get("up"))
+
+
+def _lookup(gateway: NodeProcess, jid: str) -> dict[str, Any]:
+    out = json.loads(gateway.ctl("gdistrib", "lookup", "--jid", jid).stdout)["data"]["gdistrib"]["lookup"]
+    return out if isinstance(out, dict) else {}
+
+
+async def test_two_regions_written_in_eu_paged_from_us(regions: tuple[Region, Region]) -> None:
+    eu, us = regions
+    tag = uuid.uuid4().hex[:4]
+    a = await mam_client(eu.nodes[0], f"alice@{DOMAIN}/eu-{tag}").online(eu.nodes[0].port)
+    try:
+        # bob is nowhere: kept in offline storage, archived once, in the region that stored it.
+        for i in range(3):
+            a.send_message(mto=f"bob@{DOMAIN}", mbody=f"stored {i}", mtype="chat")
+        await asyncio.sleep(1.0)
+        b = await mam_client(us.nodes[0], f"bob@{DOMAIN}/us-{tag}").online(us.nodes[0].port)
+        try:
+            received = await live(b, 3)
+            await eventually(lambda: _lookup(eu.gateways[0], f"bob@{DOMAIN}").get(f"us-{tag}"), 5, "bob mapped")
+            # bob online in us: relayed from eu, archived in us where it is delivered.
+            for i in range(2):
+                a.send_message(mto=f"bob@{DOMAIN}", mbody=f"live {i}", mtype="chat")
+            received += await live(b, 2)
+            expected = [f"stored {i}" for i in range(3)] + [f"live {i}" for i in range(2)]
+            assert bodies(received) == expected
+            assert await archive(b, page=2) == received  # once each, whichever region wrote it
+            a_us = await mam_client(us.nodes[0], f"alice@{DOMAIN}/us-{tag}").online(us.nodes[0].port)
+            try:
+                assert bodies(await archive(a_us, page=2)) == expected  # alice's archive, written in eu
+                assert bodies(await archive(a_us, page=2, reverse=True)) == list(reversed(expected))
+            finally:
+                await a_us.close()
+        finally:
+            await b.close()
+    finally:
+        await a.close()
