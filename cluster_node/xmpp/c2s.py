@@ -4,7 +4,8 @@ Bytes go in with :meth:`C2SStream.receive_data`, which returns events for the ad
 write come out of :meth:`C2SStream.data_to_send`.  Steps that need the outside world (upgrading the
 socket to TLS, looking an account up, choosing a resource) are events the adapter answers by
 calling :meth:`tls_started`, :meth:`provide_credentials`, :meth:`bind_done` or :meth:`bind_failed`;
-input that arrives meanwhile waits in order.  No sockets, no asyncio, no clock.
+input that arrives meanwhile waits in order.  No sockets, no asyncio, no clock.  The stream
+machinery (parser, output, header, close, restart) is the shared :class:`~.stream.XmlStream`.
 
 What is not RFC 6120 comes from modules through the adapter: the stream features of each stage
 (``C2SConfig.features``), and top-level elements that are not stanzas (``ElementIn``: XEP-0198's
@@ -39,7 +40,6 @@ import base64
 import binascii
 import enum
 import secrets
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape, quoteattr
@@ -47,10 +47,11 @@ from xml.sax.saxutils import escape, quoteattr
 from . import errors, ns
 from .errors import SaslFailure, StanzaError, StreamError
 from .jid import InvalidJid, Jid
-from .parser import StanzaReceived, StreamClosed, StreamOpened, StreamParser
+from .parser import StreamOpened
 from .sasl import Challenge, NeedCredentials, ServerMechanism, Success, offered_mechanisms, server_mechanism
 from .sasl.scram import ScramCredentials
 from .stanza import Stanza
+from .stream import Attr, XmlStream
 
 __all__ = [
     "C2SConfig", "C2SStream", "State", "StartTls", "CredentialsNeeded", "Authenticated",
@@ -91,6 +92,7 @@ TRANSITIONS: tuple[tuple[State, str, State], ...] = (
     (State.ESTABLISHED, "other element", State.ESTABLISHED),
 )
 _ALLOWED = frozenset((a, b) for a, _, b in TRANSITIONS)
+_WAITING = frozenset({State.WAIT_TLS, State.WAIT_CREDENTIALS, State.WAIT_BIND, State.WAIT_ELEMENT})  # on the adapter
 
 
 @dataclass(frozen=True)
@@ -170,10 +172,11 @@ class C2SConfig:
     features: Features | None = None  # what modules offer, per stage (pre_tls, pre_auth, post_auth)
 
 
-class C2SStream:
+class C2SStream(XmlStream[C2SEvent]):
     """One client connection's XMPP stream, from the first byte to ``</stream:stream>``."""
 
     def __init__(self, config: C2SConfig, *, direct_tls: bool = False) -> None:
+        super().__init__(ns.CLIENT, max_stanza_size=config.max_stanza_size, max_depth=config.max_depth)
         self.config = config
         self.state = State.WAIT_HEADER
         self.tls = direct_tls
@@ -182,11 +185,6 @@ class C2SStream:
         self.jid: Jid | None = None
         self.stream_id = ""
         self.lang = "en"
-        self._parser = self._new_parser()
-        self._queue: deque[StreamOpened | StanzaReceived | StreamClosed] = deque()
-        self._out: list[bytes] = []
-        self._events: list[C2SEvent] = []
-        self._header_sent = False
         self._sasl: ServerMechanism | None = None
         self._sasl_failures = 0
         self._bind_iq_id: str | None = None
@@ -202,14 +200,9 @@ class C2SStream:
             self._early += data  # already decrypted by the TLS layer, waiting for tls_started()
             return []
         if not data:
-            self._end(None, send_close=False, reason="lost")
+            self._end(send_close=False, reason="lost")
             return self._take_events()
-        try:
-            self._queue.extend(self._parser.feed(data))
-        except StreamError as e:
-            self._fail(e)
-            return self._take_events()
-        self._process()
+        self._receive(data)
         return self._take_events()
 
     def tls_started(self) -> list[C2SEvent]:
@@ -281,35 +274,22 @@ class C2SStream:
     def send_stanza(self, stanza: Stanza) -> None:
         """Queue a stanza for the client (a no-op once the stream is closed)."""
         if self.state is not State.CLOSED:
-            self._out.append(stanza.to_bytes())
+            self._write(stanza.to_bytes())
 
     def send_bytes(self, data: bytes) -> None:
-        """Queue an already-serialized stanza (relayed bytes are never re-serialized)."""
-        if self.state is not State.CLOSED:
-            self._out.append(data)
+        """Queue an already-serialized stanza (relayed bytes are never re-serialized; a no-op
+        once the stream is closed)."""
+        self._write(data)
 
     def close(self, error: StreamError | None = None) -> list[C2SEvent]:
         """Close from our side: with a stream error, or a clean ``</stream:stream>``."""
         if error is not None:
             self._fail(error)
         else:
-            self._end(None, send_close=True)
+            self._end()
         return self._take_events()
 
-    def data_to_send(self) -> bytes:
-        out = b"".join(self._out)
-        self._out.clear()
-        return out
-
-    # -- machinery ----------------------------------------------------------------------------
-
-    def _new_parser(self) -> StreamParser:
-        return StreamParser(max_stanza_size=self.config.max_stanza_size,
-                            max_depth=self.config.max_depth, content_ns=ns.CLIENT)
-
-    def _take_events(self) -> list[C2SEvent]:
-        ev, self._events = self._events, []
-        return ev
+    # -- machinery (the stream's own is XmlStream's) --------------------------------------------
 
     def _expect(self, state: State) -> None:
         if self.state is not state:
@@ -321,55 +301,33 @@ class C2SStream:
             raise RuntimeError(f"C2SStream: no transition {self.state.name} -> {new.name}")
         self.state = new
 
-    def _write(self, data: bytes) -> None:
-        self._out.append(data)
-
-    def _process(self) -> None:
-        waiting = (State.WAIT_TLS, State.WAIT_CREDENTIALS, State.WAIT_BIND, State.WAIT_ELEMENT, State.CLOSED)
-        while self._queue and self.state not in waiting:
-            event = self._queue.popleft()
-            try:
-                if isinstance(event, StreamOpened):
-                    self._on_header(event)
-                elif isinstance(event, StreamClosed):
-                    self._end(None, send_close=True, reason="closed")
-                else:
-                    self._on_element(event.stanza)
-            except StreamError as e:
-                self._fail(e)
+    def _paused(self) -> bool:
+        return self.state in _WAITING
 
     def _restart(self) -> None:
-        """RFC 6120 §4.3.3: after TLS and SASL both sides start a fresh stream."""
-        self._parser = self._new_parser()
-        self._queue.clear()
+        """RFC 6120 §4.3.3: after TLS and SASL both sides start a fresh stream; what was parsed
+        of the old one is dropped.  ``header_sent`` stays set (unlike S2S): our next header is the
+        answer to the client's, and a stream error before that one goes without a header."""
+        super()._restart()
+        self._input.clear()
         self.state = State.WAIT_HEADER  # from WAIT_TLS or after SASL success (both in TRANSITIONS)
 
     def _fail(self, error: StreamError) -> None:
-        if self.state is State.CLOSED:
-            return
-        if not self._header_sent:
-            self._send_header(self.domain or self.config.domains[0])
-        self._write(error.to_xml())
-        self._end(error, send_close=True, reason="error")
+        self._end(error, reason="error")
 
-    def _end(self, error: StreamError | None, *, send_close: bool, reason: str = "local") -> None:
-        if self.state is State.CLOSED:
-            return
-        if send_close:
-            if not self._header_sent:
-                self._send_header(self.domain or self.config.domains[0])
-            self._write(b"</stream:stream>")
-        self.state = State.CLOSED
-        self._queue.clear()
-        self._events.append(StreamEnded(error, reason))
+    def _end(self, error: StreamError | None = None, *, send_close: bool = True, reason: str = "local") -> None:
+        """The stream is over (with ``error``: a stream error first); once, with StreamEnded."""
+        if self._close(error, send_close=send_close):
+            self.state = State.CLOSED
+            self._events.append(StreamEnded(error, reason))
 
-    def _send_header(self, domain: str) -> None:
-        self.stream_id = self.config.new_id()
-        self._write(
-            f"<?xml version='1.0'?><stream:stream xmlns='{ns.CLIENT}' xmlns:stream='{ns.STREAM}' "
-            f"id='{self.stream_id}' from={quoteattr(domain)} version='1.0' "
-            f"xml:lang={quoteattr(self.lang)}>".encode())
-        self._header_sent = True
+    def _on_close(self) -> None:
+        self._end(reason="closed")
+
+    def _header_attrs(self) -> list[Attr]:
+        self.stream_id = self.config.new_id()  # a new id with each header
+        return [("id", f"'{self.stream_id}'"), ("from", quoteattr(self.domain or self.config.domains[0])),
+                ("version", "'1.0'"), ("xml:lang", quoteattr(self.lang))]
 
     # -- stream header and features (RFC 6120 §4.7, §4.3.2) ---------------------------------
 
@@ -388,7 +346,7 @@ class C2SStream:
                 domain = None
         # RFC 6120 §4.7.2: reply from the domain asked for, but only if we serve it.
         self.domain = domain if domain in self.config.domains else None
-        self._send_header(self.domain or self.config.domains[0])
+        self._send_header()
         if header.name != f"{{{ns.STREAM}}}stream":
             raise errors.InvalidNamespace()
         if self.domain is None:
@@ -456,9 +414,9 @@ class C2SStream:
     def _on_starttls(self) -> None:
         if self.tls or not self.config.tls_available or self.username is not None:
             self._write(f"<failure xmlns='{ns.TLS}'/>".encode())
-            self._end(None, send_close=True)
+            self._end()
             return
-        if self._queue or self._parser.bytes_buffered:
+        if self._input or self.parser.bytes_buffered:
             # RFC 6120 §5.4.3.3: nothing may follow <starttls/> in clear; pipelined data is an
             # injection attempt (CVE-2011-0411 class).
             raise errors.PolicyViolation("data after <starttls/>")

@@ -11,7 +11,8 @@ its ``from`` domain was authenticated on this stream for its ``to`` domain (else
 Both follow h11's shape: ``feed(bytes)`` returns events, ``data_to_send()`` returns the bytes to
 write; the adapter upgrades the transport on :class:`StartTls` and then calls ``tls_started``.
 A misbehaving peer gets one ``<stream:error/>``, written here and nowhere else, and a
-:class:`Closed` event naming the condition.
+:class:`Closed` event naming the condition.  The stream machinery (parser, output, header, close,
+restart) is the shared :class:`cluster_node.xmpp.stream.XmlStream`.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from dataclasses import dataclass
 from cluster_node.xmpp import errors, ns
 from cluster_node.xmpp.errors import StreamError
 from cluster_node.xmpp.jid import InvalidJid, Jid
-from cluster_node.xmpp.parser import StanzaReceived, StreamClosed, StreamOpened, StreamParser
+from cluster_node.xmpp.parser import StreamOpened
 from cluster_node.xmpp.stanza import Stanza, escape_attr
+from cluster_node.xmpp.stream import TCP, Attr, XmlStream
 
 from . import dialback
 from .dialback import dialback_key, keys_equal
@@ -42,6 +44,7 @@ _DB_RESULT = f"{{{dialback.NS}}}result"
 _DB_VERIFY = f"{{{dialback.NS}}}verify"
 _STANZAS = frozenset({f"{{{ns.SERVER}}}{k}" for k in ("message", "presence", "iq")})
 MAX_PENDING_DIALBACK = 16  # db:result requests awaiting verification on one incoming stream
+_PREFIXES = (("db", dialback.NS),)  # declared on the stream header (XEP-0220 §2.1.1)
 
 
 @dataclass(frozen=True)
@@ -100,10 +103,14 @@ S2SEvent = StartTls | Authenticated | AuthFailed | VerifyNeeded | VerifyResult |
 
 def stream_header(from_: str, to: str, stream_id: str | None = None) -> bytes:
     """RFC 6120 §4.7 with the dialback namespace declared (XEP-0220 §2.1.1)."""
-    sid = f" id='{escape_attr(stream_id)}'" if stream_id else ""
-    return (f"<?xml version='1.0'?><stream:stream xmlns='{ns.SERVER}' xmlns:stream='{ns.STREAM}' "
-            f"xmlns:db='{dialback.NS}' from='{escape_attr(from_)}' to='{escape_attr(to)}'{sid} "
-            f"version='1.0'>").encode()
+    return TCP.opening(ns.SERVER, _attrs(from_, to, stream_id), _PREFIXES)
+
+
+def _attrs(from_: str, to: str, stream_id: str | None) -> list[Attr]:
+    attrs = [("from", f"'{escape_attr(from_)}'"), ("to", f"'{escape_attr(to)}'")]
+    if stream_id:
+        attrs.append(("id", f"'{escape_attr(stream_id)}'"))
+    return [*attrs, ("version", "'1.0'")]
 
 
 def cert_matches(names: Iterable[str], domain: str) -> bool:
@@ -127,83 +134,50 @@ def _domain(value: str | None) -> str | None:
         return None
 
 
-class _Core:
-    """What both directions share: the parser, the output buffer, the one place errors are written."""
+class _Core(XmlStream[S2SEvent]):
+    """What both directions share on top of the XML stream core: the TLS flag, the peer's stream
+    error, and the :class:`Closed` events.  A clean close of ours writes no header first (an
+    incoming stream not yet answered, or restarted, ends with a bare ``</stream:stream>``)."""
 
     def __init__(self, max_stanza_size: int) -> None:
-        self.parser = StreamParser(max_stanza_size=max_stanza_size, content_ns=ns.SERVER)
-        self._out = bytearray()
-        self.closed = False
+        super().__init__(ns.SERVER, prefixes=_PREFIXES, max_stanza_size=max_stanza_size)
         self.tls = False
-        self.header_sent = False
-
-    def data_to_send(self) -> bytes:
-        out = bytes(self._out)
-        self._out.clear()
-        return out
-
-    def _write(self, data: bytes) -> None:
-        if not self.closed:
-            self._out += data
-
-    def _header(self) -> bytes:
-        raise NotImplementedError
 
     def fail(self, error: StreamError) -> list[S2SEvent]:
         """Write ``<stream:error/>`` and close: our end of a stream the peer broke."""
-        if self.closed:
-            return []
-        if not self.header_sent:
-            self._write(self._header())
-            self.header_sent = True
-        self._write(error.to_xml() + b"</stream:stream>")
-        self.closed = True
-        return [Closed(error.condition, by_peer=False)]
+        return [Closed(error.condition, by_peer=False)] if self._close(error) else []
 
     def close(self) -> list[S2SEvent]:
-        if self.closed:
-            return []
-        self._write(b"</stream:stream>")
-        self.closed = True
-        return [Closed(None, by_peer=False)]
+        return [Closed(None, by_peer=False)] if self._close(open_first=False) else []
 
     def feed(self, data: bytes) -> list[S2SEvent]:
         """Bytes from the peer (``b""`` is the end of the connection)."""
         if self.closed:
             return []
         if not data:
-            self.closed = True
+            self._close(send_close=False)
             return [Closed("connection-lost", by_peer=True)]
-        try:
-            parsed = self.parser.feed(data)
-        except StreamError as e:
-            return self.fail(e)
-        events: list[S2SEvent] = []
-        for ev in parsed:
-            if self.closed:
-                break
-            try:
-                if isinstance(ev, StreamOpened):
-                    events += self._opened(ev)
-                elif isinstance(ev, StanzaReceived):
-                    if ev.stanza.element.tag == _ERROR:
-                        events += self._peer_error(ev.stanza)
-                    else:
-                        events += self._element(ev.stanza)
-                elif isinstance(ev, StreamClosed):
-                    self._write(b"</stream:stream>")
-                    self.closed = True
-                    events.append(Closed(None, by_peer=True))
-            except StreamError as e:
-                events += self.fail(e)
-        return events
+        self._receive(data)
+        return self._take_events()
+
+    def _fail(self, error: StreamError) -> None:
+        self._events += self.fail(error)
+
+    def _on_header(self, header: StreamOpened) -> None:
+        self._events += self._opened(header)
+
+    def _on_element(self, stanza: Stanza) -> None:
+        self._events += self._peer_error(stanza) if stanza.element.tag == _ERROR else self._element(stanza)
+
+    def _on_close(self) -> None:
+        self._close(open_first=False)
+        self._events.append(Closed(None, by_peer=True))
 
     def _peer_error(self, stanza: Stanza) -> list[S2SEvent]:
         conditions = [c.tag.split("}", 1)[1] for c in stanza.element
                       if c.tag.startswith(f"{{{ns.STREAMS}}}") and not c.tag.endswith("}text")]
         condition = conditions[0] if conditions else "undefined-condition"
-        self._write(b"</stream:stream>")
-        self.closed = True
+        self._close(open_first=False)
         return [Closed(condition, by_peer=True)]
 
     def _opened(self, ev: StreamOpened) -> list[S2SEvent]:
@@ -231,22 +205,21 @@ class OutgoingStream(_Core):
         self._verifies: list[bytes] = []  # db:verify requests waiting for a secured stream
         self._secured = False  # features after TLS seen (or TLS optional and not offered)
 
-    def _header(self) -> bytes:
-        return stream_header(self.local, self.remote)
+    def _header_attrs(self) -> list[Attr]:
+        return _attrs(self.local, self.remote, None)
 
     @property
     def ready(self) -> bool:
         return self.state == "ready" and not self.closed
 
     def start(self) -> None:
-        self._write(self._header())
-        self.header_sent = True
+        self._send_header()
         self.state = "header"
 
     def tls_started(self) -> None:
         """The transport now speaks TLS: a new stream over it (RFC 6120 §5.4.3.3)."""
         self.tls = True
-        self.parser.reset()
+        self._restart()
         self.start()
 
     def send(self, data: bytes) -> None:
@@ -275,12 +248,12 @@ class OutgoingStream(_Core):
             self.state = "tls"
             return [StartTls()]
         if tag == f"{{{ns.TLS}}}failure":
-            self.closed = True
+            self._close(send_close=False)
             return [Closed("tls-failure", by_peer=True)]
         if tag == f"{{{ns.SASL}}}success" and self.state == "sasl":
             self._sasl_done = True
             self.auth_method = "external"
-            self.parser.reset()
+            self._restart()  # what the old parser had parsed is still handled (c2s drops it)
             self.start()
             return []
         if tag == f"{{{ns.SASL}}}failure" and self.state == "sasl":
@@ -357,9 +330,9 @@ class IncomingStream(_Core):
         self.pending: set[tuple[str, str]] = set()  # dialback requests being verified
         self._sasl_done = False
 
-    def _header(self) -> bytes:
+    def _header_attrs(self) -> list[Attr]:
         self.stream_id = self.stream_id or self.new_id()
-        return stream_header(self.local or next(iter(sorted(self.domains)), ""), self.peer, self.stream_id)
+        return _attrs(self.local or next(iter(sorted(self.domains)), ""), self.peer, self.stream_id)
 
     def tls_started(self, peer_names: Iterable[str] = ()) -> None:
         """The transport now speaks TLS; ``peer_names``: DNS names of the peer's certificate if it
@@ -369,7 +342,8 @@ class IncomingStream(_Core):
         self._restart()
 
     def _restart(self) -> None:
-        self.parser.reset()
+        """A new stream from the peer: we answer its header with a header and id of our own."""
+        super()._restart()
         self.header_sent = False
         self.stream_id = ""
 
@@ -381,8 +355,7 @@ class IncomingStream(_Core):
             raise errors.HostUnknown(f"{to} is not served here")
         self.local = to or self.local or next(iter(sorted(self.domains)), "")
         self.stream_id = self.new_id()
-        self._write(self._header())
-        self.header_sent = True
+        self._send_header()
         self._write(self._features())
         return []
 

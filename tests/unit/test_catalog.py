@@ -4,7 +4,7 @@
 import xml.etree.ElementTree as ET
 
 from cluster_node.modules import BUILTIN
-from cluster_node.modules.catalog import ROOT, doap, with_table, xep_table
+from cluster_node.modules.catalog import ROOT, doap, settings_reference, with_table, xep_table
 
 
 def test_readme_table_is_current():
@@ -27,3 +27,13 @@ def test_table_names_the_module_of_each_xep():
     table = xep_table()
     assert "| XEP-0198 | 1.6.1 | complete | module `stream_management` |" in table
     assert "| XEP-0199 | 2.0.1 | complete | module `ping` |" in table
+
+
+def test_settings_reference_is_current_and_documents_every_key():
+    text = (ROOT / "docs" / "module-settings.md").read_text()
+    assert text == settings_reference(), "run: python -m cluster_node.modules.catalog"
+    for name, cls in BUILTIN.items():
+        assert f"## `[modules.{name}]`" in text
+        for key in cls.Settings.model_fields:
+            assert f"| `{key}` |" in text
+    assert "| `resume_timeout` | `300` |" in text
