@@ -161,6 +161,9 @@ class Hook:
     # -- discovery --------------------------------------------------------------------------------
     DISCO_SERVER_FEATURES = "disco_server_features"
     """fold(set[str]) — the server's XEP-0030 features."""
+    DISCO_SERVER_ITEMS = "disco_server_items"
+    """fold(list[dict[str, str]], domain: Jid) — the server's disco#items (services such as
+    ``upload.<domain>``): dicts of ``jid`` and optional ``name``/``node``."""
     DISCO_SERVER_EXTENSIONS = "disco_server_extensions"
     """fold(list[Element]) — XEP-0128 extension forms of the server's disco#info (XEP-0157)."""
     DISCO_ACCOUNT_FEATURES = "disco_account_features"

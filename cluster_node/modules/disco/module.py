@@ -52,7 +52,12 @@ class Disco(Module):
     async def _server_items(self, req: IqRequest) -> ET.Element:
         if req.stanza.type != "get":
             raise errors.BadRequest()
-        return ET.Element(ITEMS + "query")
+        q = ET.Element(ITEMS + "query")
+        if req.payload.get("node"):
+            return q
+        for item in self.host.hooks.fold(Hook.DISCO_SERVER_ITEMS, [], req.to):
+            ET.SubElement(q, ITEMS + "item", {k: v for k, v in item.items() if v})
+        return q
 
     async def _account_info(self, req: IqRequest) -> ET.Element:
         if req.stanza.type != "get":

@@ -1,0 +1,5 @@
+"""http_upload module."""
+
+from .module import HttpUpload
+
+__all__ = ["HttpUpload"]

@@ -1,0 +1,206 @@
+"""HTTP File Upload (XEP-0363) with real nodes and slixmpp's own ``xep_0363`` plugin: a file
+uploaded with ``upload_file`` (disco of ``upload.localhost``, a slot, the PUT over HTTPS to the
+module's listener with the node's certificate) comes back byte-identical from the GET URL; a PUT
+of the wrong length and a slot over ``max_file_size`` are refused.  In a two-node region (one
+database, one shared upload directory, the key derived from the cluster secret) a slot given by
+one node is uploaded through the other node's listener and read back from the first."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import pytest
+from slixmpp.exceptions import IqError
+from slixmpp.plugins.xep_0363 import http_upload as slixmpp_upload
+
+from tests.helpers.cluster import SECRET, system_info, wait_until
+from tests.helpers.node import NodeProcess
+from tests.helpers.ports import free_port
+from tests.helpers.xmpp_client import Client
+
+PASSWORD = "upload-secret"
+NS = "urn:xmpp:http:upload:0"
+SERVICE = "upload.localhost"
+MAX = 1_000_000
+
+
+class Uploader(Client):
+    def __init__(self, node: NodeProcess, jid: str) -> None:
+        super().__init__(jid, PASSWORD, cert=node.cert)
+        self.register_plugin("xep_0363")
+
+
+def trust(*certs: Path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    for cert in certs:
+        ctx.load_verify_locations(cafile=str(cert))
+    return ctx
+
+
+@pytest.fixture
+def trusting_slixmpp(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Make slixmpp's uploads (its own aiohttp ClientSession) trust the given certificates."""
+    def install(ctx: ssl.SSLContext) -> None:
+        def session(**kwargs: Any) -> aiohttp.ClientSession:
+            return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx), **kwargs)
+
+        monkeypatch.setattr(slixmpp_upload, "ClientSession", session)
+
+    return install
+
+
+async def http(method: str, url: str, ctx: ssl.SSLContext, *, data: bytes | None = None,
+               headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as session, \
+            session.request(method, url, data=data, headers=headers) as resp:
+        return resp.status, await resp.read()
+
+
+def upload_settings(port: int, **more: Any) -> dict[str, Any]:
+    return {"http_upload": {"host": "127.0.0.1", "port": port, "max_file_size": MAX, **more}}
+
+
+def condition(e: IqError) -> str:
+    return str(e.iq["error"]["condition"])
+
+
+# -- one node -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    n = NodeProcess(tmp_path_factory.mktemp("upload-node"), name="up1",
+                    settings={"modules": upload_settings(free_port())})
+    n.register("alice", PASSWORD)
+    n.start()
+    yield n
+    n.stop()
+    assert "Traceback" not in n.log(), n.log()
+
+
+async def test_slixmpp_uploads_a_file_and_it_comes_back(node: NodeProcess, tmp_path: Path, trusting_slixmpp: Any):
+    ctx = trust(node.cert)
+    trusting_slixmpp(ctx)
+    content = os.urandom(300_000) + "ünïcödé".encode()
+    path = tmp_path / "holiday photo.jpg"
+    path.write_bytes(content)
+    alice = await Uploader(node, "alice@localhost/phone").login(node.port)
+    try:
+        url = await alice.plugin["xep_0363"].upload_file(path, timeout=10)  # found through the server's disco#items
+        assert alice.plugin["xep_0363"].max_file_size == MAX  # read from the service's disco#info form
+        parts = urlsplit(url)
+        assert parts.scheme == "https" and parts.hostname == "localhost"
+        assert parts.path.endswith("/holiday%20photo.jpg")
+        status, got = await http("GET", url, ctx)
+        assert status == 200 and got == content
+        # Nothing else under the upload path answers.
+        token = parts.path.split("/")[2]
+        assert (await http("GET", url.replace(token, token[::-1]), ctx))[0] == 404
+    finally:
+        await alice.close()
+
+
+async def test_wrong_length_puts_and_too_large_slots_are_refused(node: NodeProcess):
+    ctx = trust(node.cert)
+    alice = await Uploader(node, "alice@localhost/laptop").login(node.port)
+    try:
+        plugin = alice.plugin["xep_0363"]
+        slot = (await plugin.request_slot(SERVICE, "notes.txt", 100, "text/plain", timeout=5))["http_upload_slot"]
+        put, get = slot["put"]["url"], slot["get"]["url"]
+        headers = {"Content-Type": "text/plain"}
+        assert (await http("PUT", put, ctx, data=b"x" * 99, headers=headers))[0] == 400
+        assert (await http("PUT", put, ctx, data=b"x" * 101, headers=headers))[0] == 413
+        assert (await http("PUT", put, ctx, data=b"x" * 100, headers={"Content-Type": "text/html"}))[0] == 400
+        assert (await http("PUT", put.replace("size=100", "size=99"), ctx, data=b"x" * 99, headers=headers))[0] == 403
+        assert (await http("GET", get, ctx))[0] == 404
+        assert (await http("PUT", put, ctx, data=b"x" * 100, headers=headers))[0] == 201
+        assert (await http("GET", get, ctx)) == (200, b"x" * 100)
+
+        with pytest.raises(IqError) as e:
+            await plugin.request_slot(SERVICE, "big.iso", MAX + 1, "application/octet-stream", timeout=5)
+        assert condition(e.value) == "not-acceptable"
+        assert e.value.iq.xml.findtext(f"{{jabber:client}}error/{{{NS}}}file-too-large/{{{NS}}}max-file-size") \
+            == str(MAX)
+        with pytest.raises(IqError) as e:
+            await plugin.request_slot(SERVICE, "../../etc/passwd", 10, timeout=5)
+        assert condition(e.value) == "bad-request"
+    finally:
+        await alice.close()
+    assert node.alive()
+
+
+# -- a two-node region ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[NodeProcess], list[int]]]:
+    base = tmp_path_factory.mktemp("upload-region")
+    url = f"sqlite:///{base / 'region.db'}"
+    shared = base / "shared-uploads"
+    nodes, ports = [], []
+    for name in ("u1", "u2"):
+        port = free_port()
+        cluster = {"enabled": True, "secret": SECRET, "port": free_port(), "refresh_interval": 0.3,
+                   "ping_interval": 0.3, "ping_timeout": 1.5}
+        more: dict[str, Any] = {"storage_dir": str(shared)}
+        if nodes:
+            # The upload host's certificate is the same on every node (here: the one u1 makes at its start).
+            tls = nodes[0].workdir / "data" / "tls"
+            more.update(cert_file=str(tls / "cert.pem"), key_file=str(tls / "key.pem"))
+        nodes.append(NodeProcess(base / name, name=name, storage_url=url, settings={
+            "cluster": cluster, "modules": upload_settings(port, **more)}))
+        ports.append(port)
+    nodes[0].register("alice", PASSWORD)
+    nodes[0].register("bob", PASSWORD)
+    for n in nodes:
+        n.start()
+    wait_until(lambda: all(system_info(n)["joinedNodes"] == ["u1", "u2"] for n in nodes), 20, "two joined nodes")
+    yield nodes, ports
+    for n in nodes:
+        n.stop()
+    for n in nodes:
+        assert "Traceback" not in n.log(), n.log()
+
+
+def on_port(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=f"{parts.hostname}:{port}"))
+
+
+async def test_a_slot_of_one_node_is_uploaded_through_the_other(region: tuple[list[NodeProcess], list[int]],
+                                                                 tmp_path: Path, trusting_slixmpp: Any):
+    (u1, u2), (p1, p2) = region
+    ctx = trust(u1.cert)
+    alice = await Uploader(u1, "alice@localhost/phone").login(u1.port)
+    bob = await Uploader(u2, "bob@localhost/pc").login(u2.port)
+    try:
+        content = os.urandom(50_000)
+        slot = (await alice.plugin["xep_0363"].request_slot(SERVICE, "report.pdf", len(content), "application/pdf",
+                                                            timeout=5))["http_upload_slot"]
+        put, get = slot["put"]["url"], slot["get"]["url"]
+        assert urlsplit(put).port == p1  # node 1 names its own listener…
+        headers = {"Content-Type": "application/pdf"}
+        status, _ = await http("PUT", on_port(put, p2), ctx, data=content, headers=headers)  # …node 2 takes it
+        assert status == 201
+        assert await http("GET", get, ctx) == (200, content)
+        assert await http("GET", on_port(get, p2), ctx) == (200, content)
+        # The other way round: slixmpp's whole upload through node 2, the read from node 1.
+        trusting_slixmpp(ctx)
+        content = b"from bob on u2\n" * 100
+        path = tmp_path / "b.txt"
+        path.write_bytes(content)
+        url = await bob.plugin["xep_0363"].upload_file(path, domain=SERVICE, timeout=10)
+        assert urlsplit(url).port == p2
+        assert await http("GET", on_port(url, p1), ctx) == (200, content)
+        # A slot signed by the region is refused once tampered with, on either node.
+        status, _ = await http("PUT", on_port(put.replace("sig=", "sig=x"), p2), ctx, data=b"x", headers=headers)
+        assert status == 403
+    finally:
+        await asyncio.gather(alice.close(), bob.close())
