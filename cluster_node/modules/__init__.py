@@ -21,6 +21,7 @@ from .offline import Offline
 from .ping import Ping
 from .presence import Presence
 from .private import PrivateStorage
+from .push import Push
 from .register import Register
 from .roster import Roster
 from .stream_management import StreamManagement
@@ -33,5 +34,5 @@ __all__ = ["BUILTIN", "Module"]
 BUILTIN: dict[str, type[Module]] = {m.name: m for m in (
     Roster, Presence, Offline, Disco, Ping, Version, Register, StreamManagement, Csi, Carbons, Mam,
     Vcard, PrivateStorage, EntityTime, LastActivity, ContactAddresses, ExternalServices,
-    Blocking, HttpUpload,
+    Blocking, HttpUpload, Push,
 )}
