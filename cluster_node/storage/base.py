@@ -6,7 +6,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["RosterItem", "Storage", "Credentials"]
+__all__ = ["RosterItem", "RosterChange", "Storage", "Credentials"]
 
 Credentials = dict[str, dict[str, Any]]  # SCRAM salted keys per hash, never a clear password
 
@@ -20,6 +20,15 @@ class RosterItem:
     subscription: str = "none"  # none | to | from | both
     ask: bool = False  # pending-out subscription request
     groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RosterChange:
+    """One entry of a roster diff (RFC 6121 §2.6.3): a contact as it is now, or its removal."""
+
+    ver: str  # the roster version of this change (the push carries it)
+    jid: str
+    item: RosterItem | None  # None: removed (pushed as subscription='remove')
 
 
 class Storage(Protocol):
@@ -39,6 +48,9 @@ class Storage(Protocol):
     async def put_roster_item(self, domain: str, username: str, item: RosterItem) -> str: ...
     async def delete_roster_item(self, domain: str, username: str, jid: str) -> str | None: ...
     async def roster_version(self, domain: str, username: str) -> str: ...
+    async def get_roster_changes(self, domain: str, username: str,
+                                 since: str) -> tuple[list[RosterChange], str] | None: ...
+    async def prune_roster_removals(self, domain: str, username: str, *, keep: int, max_age: int) -> int: ...
 
     async def put_subscription_request(self, domain: str, username: str, jid: str, stanza: bytes) -> None: ...
     async def get_subscription_requests(self, domain: str, username: str) -> list[tuple[str, bytes]]: ...

@@ -41,6 +41,22 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
                PRIMARY KEY (cluster_name, node_name))""",
         "CREATE UNIQUE INDEX IF NOT EXISTS discovery_num ON discovery_nodes (cluster_name, node_num)",
     ]),
+    (3, [
+        # Roster diffs (RFC 6121 §2.6.3): each item keeps the account's roster version of its last
+        # change, each removal a tombstone with the version of the removal; removals pruned (the
+        # roster module's `tombstones`) raise roster_pruned_version, and a client whose version is
+        # older than that gets the whole roster.  What happened before this step is unknown: items
+        # get version 0 and only the version each account has now can be diffed from.
+        "ALTER TABLE roster_items ADD COLUMN version {bigint} NOT NULL DEFAULT 0",
+        "ALTER TABLE accounts ADD COLUMN roster_pruned_version {bigint} NOT NULL DEFAULT 0",
+        "UPDATE accounts SET roster_pruned_version = roster_version",
+        """CREATE TABLE IF NOT EXISTS roster_tombstones (
+               domain TEXT NOT NULL, username TEXT NOT NULL, jid TEXT NOT NULL,
+               version {bigint} NOT NULL, removed_at {bigint} NOT NULL,
+               PRIMARY KEY (domain, username, jid))""",
+        "CREATE INDEX IF NOT EXISTS roster_tombstones_by_version ON roster_tombstones (domain, username, version)",
+        "CREATE INDEX IF NOT EXISTS roster_items_by_version ON roster_items (domain, username, version)",
+    ]),
 ]
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
-from .base import Credentials, RosterItem
+from .base import Credentials, RosterChange, RosterItem
 from .migrations import MIGRATIONS, render
 
 __all__ = ["SqlStorage", "Tx"]
@@ -76,7 +76,7 @@ class SqlStorage:
         running: the tables are listed in the database)."""
         async with self._tx(write=True) as tx:
             n = await tx.execute("DELETE FROM accounts WHERE domain = ? AND username = ?", domain, username)
-            tables = ["roster_items", "subscription_requests", "offline_messages"]
+            tables = ["roster_items", "roster_tombstones", "subscription_requests", "offline_messages"]
             tables += await self._module_tables(tx, "user")
             for table in tables:
                 await tx.execute(f"DELETE FROM {table} WHERE domain = ? AND username = ?", domain, username)
@@ -167,10 +167,10 @@ class SqlStorage:
                 "WHERE domain = ? AND username = ? AND jid = ?", domain, username, jid)
         return None if row is None else _item(row)
 
-    async def _bump(self, tx: Tx, domain: str, username: str) -> str:
+    async def _bump(self, tx: Tx, domain: str, username: str) -> int:
         row = await tx.fetchone("UPDATE accounts SET roster_version = roster_version + 1 "
                                 "WHERE domain = ? AND username = ? RETURNING roster_version", domain, username)
-        return str(row[0] if row else 0)
+        return int(row[0]) if row else 0
 
     async def put_roster_item(self, domain: str, username: str, item: RosterItem) -> str:
         async with self._tx(write=True) as tx:
@@ -178,10 +178,13 @@ class SqlStorage:
             await tx.execute("DELETE FROM roster_items WHERE domain = ? AND username = ? AND jid = ?",
                              domain, username, item.jid)
             await tx.execute(
-                "INSERT INTO roster_items (domain, username, jid, name, subscription, ask, groups_json) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)", domain, username, item.jid, item.name, item.subscription,
-                int(item.ask), json.dumps(list(item.groups)))
-            return ver
+                "INSERT INTO roster_items (domain, username, jid, name, subscription, ask, groups_json, version) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", domain, username, item.jid, item.name, item.subscription,
+                int(item.ask), json.dumps(list(item.groups)), ver)
+            # A removal followed by this: the item's newer version tells a diff all it needs.
+            await tx.execute("DELETE FROM roster_tombstones WHERE domain = ? AND username = ? AND jid = ?",
+                             domain, username, item.jid)
+            return str(ver)
 
     async def delete_roster_item(self, domain: str, username: str, jid: str) -> str | None:
         async with self._tx(write=True) as tx:
@@ -189,13 +192,80 @@ class SqlStorage:
                                  domain, username, jid)
             if n == 0:
                 return None
-            return await self._bump(tx, domain, username)
+            ver = await self._bump(tx, domain, username)
+            await tx.execute("DELETE FROM roster_tombstones WHERE domain = ? AND username = ? AND jid = ?",
+                             domain, username, jid)
+            if ver:  # (no account row, no version: nothing to diff from)
+                await tx.execute("INSERT INTO roster_tombstones (domain, username, jid, version, removed_at) "
+                                 "VALUES (?, ?, ?, ?, ?)", domain, username, jid, ver, int(time.time()))
+            return str(ver)
 
     async def roster_version(self, domain: str, username: str) -> str:
         async with self._tx() as tx:
             row = await tx.fetchone("SELECT roster_version FROM accounts WHERE domain = ? AND username = ?",
                                     domain, username)
         return str(row[0] if row else 0)
+
+    async def get_roster_changes(self, domain: str, username: str,
+                                 since: str) -> tuple[list[RosterChange], str] | None:
+        """RFC 6121 §2.6.3: what changed after roster version ``since`` (items as they are now,
+        removals), oldest first, and the current version; no changes when ``since`` is current.
+        ``None`` when the client is better served by the whole roster: ``since`` is not a version
+        of this account's roster, is older than the removals still kept, or the changes are no
+        fewer than the roster's items."""
+        if not (since.isascii() and since.isdigit()):
+            return None
+        after = int(since)
+        async with self._tx() as tx:
+            row = await tx.fetchone("SELECT roster_version, roster_pruned_version FROM accounts "
+                                    "WHERE domain = ? AND username = ?", domain, username)
+            # (no account row: version 0, as get_roster says, and nothing to diff)
+            current, pruned = (int(row[0]), int(row[1])) if row is not None else (0, 0)
+            if after > current or after < pruned:
+                return None
+            if after == current:
+                return [], str(current)
+            # Bounded by the version read first: a change committed meanwhile is pushed live.
+            rows = await tx.fetchall(
+                "SELECT jid, name, subscription, ask, groups_json, version FROM roster_items "
+                "WHERE domain = ? AND username = ? AND version > ? AND version <= ?",
+                domain, username, after, current)
+            gone = await tx.fetchall(
+                "SELECT jid, version FROM roster_tombstones "
+                "WHERE domain = ? AND username = ? AND version > ? AND version <= ?",
+                domain, username, after, current)
+            size = await tx.fetchone("SELECT COUNT(*) FROM roster_items WHERE domain = ? AND username = ?",
+                                     domain, username)
+        if len(rows) + len(gone) >= (int(size[0]) if size else 0):
+            return None
+        changes = [(int(r[5]), RosterChange(str(r[5]), r[0], _item(r))) for r in rows]
+        changes += [(int(g[1]), RosterChange(str(g[1]), g[0], None)) for g in gone]
+        changes.sort(key=lambda c: c[0])
+        return [c for _, c in changes], str(current)
+
+    async def prune_roster_removals(self, domain: str, username: str, *, keep: int, max_age: int) -> int:
+        """Forget all but the last ``keep`` removals (and, when ``max_age`` > 0, those older than
+        ``max_age`` seconds); versions up to the newest one forgotten can no longer be diffed.
+        Returns how many were forgotten."""
+        async with self._tx(write=True) as tx:
+            cutoff: int | None = None
+            row = await tx.fetchone("SELECT version FROM roster_tombstones WHERE domain = ? AND username = ? "
+                                    "ORDER BY version DESC LIMIT 1 OFFSET ?", domain, username, keep)
+            if row is not None:
+                cutoff = int(row[0])
+            if max_age > 0:
+                row = await tx.fetchone("SELECT MAX(version) FROM roster_tombstones WHERE domain = ? "
+                                        "AND username = ? AND removed_at < ?",
+                                        domain, username, int(time.time()) - max_age)
+                if row is not None and row[0] is not None:
+                    cutoff = max(cutoff or 0, int(row[0]))
+            if cutoff is None:
+                return 0
+            n = await tx.execute("DELETE FROM roster_tombstones WHERE domain = ? AND username = ? AND version <= ?",
+                                 domain, username, cutoff)
+            await tx.execute("UPDATE accounts SET roster_pruned_version = ? WHERE domain = ? AND username = ? "
+                             "AND roster_pruned_version < ?", cutoff, domain, username, cutoff)
+            return n
 
     # -- pending subscription requests ------------------------------------------------------------
 

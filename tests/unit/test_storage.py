@@ -6,7 +6,10 @@ import asyncio
 
 import pytest
 
+import cluster_node.storage.sql as sql_module
 from cluster_node.storage import RosterItem, open_storage
+from cluster_node.storage.base import RosterChange
+from cluster_node.storage.migrations import MIGRATIONS
 
 CREDS = {"sha256": {"hash": "sha256", "salt": "c2FsdA==", "iterations": 4096, "stored_key": "a", "server_key": "b"}}
 
@@ -62,6 +65,145 @@ async def test_roster_versions_and_items(store):
     assert await store.roster_version("d", "u") == v2
     assert await store.delete_roster_item("d", "u", "c@d") is not None
     assert await store.delete_roster_item("d", "u", "c@d") is None
+
+
+def changes(diff):
+    """(ver, jid, name or 'removed') of a diff's changes, and its current version."""
+    assert diff is not None
+    entries, ver = diff
+    return [(c.ver, c.jid, "removed" if c.item is None else c.item.name) for c in entries], ver
+
+
+async def test_roster_changes_since_a_version(store):
+    await store.create_account("d", "u", CREDS)
+    for n in range(6):
+        await store.put_roster_item("d", "u", RosterItem(f"c{n}@d", name=f"C{n}"))
+    _, v6 = await store.get_roster("d", "u")
+    assert v6 == "6"
+    assert await store.get_roster_changes("d", "u", v6) == ([], v6)  # unchanged
+    v7 = await store.put_roster_item("d", "u", RosterItem("c1@d", name="renamed", groups=("G",)))
+    v8 = await store.delete_roster_item("d", "u", "c2@d")
+    v9 = await store.put_roster_item("d", "u", RosterItem("new@d", name="New"))
+    v10 = await store.put_roster_item("d", "u", RosterItem("c3@d", name="C3 again"))
+    assert (v7, v8, v9, v10) == ("7", "8", "9", "10")
+    diff = await store.get_roster_changes("d", "u", v6)
+    assert changes(diff) == ([("7", "c1@d", "renamed"), ("8", "c2@d", "removed"), ("9", "new@d", "New"),
+                              ("10", "c3@d", "C3 again")], "10")
+    assert diff[0][0] == RosterChange("7", "c1@d", RosterItem("c1@d", name="renamed", groups=("G",)))
+    assert changes(await store.get_roster_changes("d", "u", "8")) == ([("9", "new@d", "New"),
+                                                                        ("10", "c3@d", "C3 again")], "10")
+    # An item changed twice since: once, as it is now, at its last version.
+    await store.put_roster_item("d", "u", RosterItem("c1@d", name="twice"))
+    assert changes(await store.get_roster_changes("d", "u", "9")) == ([("10", "c3@d", "C3 again"),
+                                                                        ("11", "c1@d", "twice")], "11")
+    # Removed then added again: the item only; added then removed: the removal only.
+    await store.delete_roster_item("d", "u", "c4@d")
+    await store.put_roster_item("d", "u", RosterItem("c4@d", name="back"))
+    await store.put_roster_item("d", "u", RosterItem("brief@d"))
+    await store.delete_roster_item("d", "u", "brief@d")
+    assert changes(await store.get_roster_changes("d", "u", "11")) == ([("13", "c4@d", "back"),
+                                                                         ("15", "brief@d", "removed")], "15")
+
+
+@pytest.mark.parametrize("since", ["", "16", "999", "abc", "-1", " 5", "5.0", "٣", "0x5"])
+async def test_roster_changes_from_an_unknown_version_are_none(store, since):
+    await store.create_account("d", "u", CREDS)
+    for n in range(15):
+        await store.put_roster_item("d", "u", RosterItem(f"c{n}@d"))
+    assert await store.get_roster_changes("d", "u", since) is None
+    assert await store.get_roster_changes("d", "nobody", "1") is None
+    assert await store.get_roster_changes("d", "nobody", "0") == ([], "0")  # the version get_roster gives
+
+
+async def test_roster_changes_no_fewer_than_the_items_are_none(store):
+    await store.create_account("d", "u", CREDS)
+    for n in range(3):
+        await store.put_roster_item("d", "u", RosterItem(f"c{n}@d"))
+    await store.put_roster_item("d", "u", RosterItem("c0@d", name="x"))
+    assert changes(await store.get_roster_changes("d", "u", "3")) == ([("4", "c0@d", "x")], "4")
+    assert changes(await store.get_roster_changes("d", "u", "2")) == ([("3", "c2@d", None),
+                                                                        ("4", "c0@d", "x")], "4")
+    assert await store.get_roster_changes("d", "u", "1") is None  # 3 changes, 3 items: the roster
+    for n in range(3):
+        await store.delete_roster_item("d", "u", f"c{n}@d")
+    assert await store.get_roster_changes("d", "u", "6") is None  # an empty roster: nothing smaller
+    assert await store.get_roster_changes("d", "u", "7") == ([], "7")
+
+
+async def test_roster_removals_pruned_to_the_last_n(store):
+    await store.create_account("d", "u", CREDS)
+    for n in range(10):
+        await store.put_roster_item("d", "u", RosterItem(f"c{n}@d"))
+    for n in range(4):  # removals at versions 11..14
+        await store.delete_roster_item("d", "u", f"c{n}@d")
+    assert await store.prune_roster_removals("d", "u", keep=10, max_age=0) == 0
+    assert changes(await store.get_roster_changes("d", "u", "10"))[0] == [
+        (str(11 + n), f"c{n}@d", "removed") for n in range(4)]
+    assert await store.prune_roster_removals("d", "u", keep=2, max_age=0) == 2  # 11 and 12 forgotten
+    assert await store.get_roster_changes("d", "u", "10") is None
+    assert await store.get_roster_changes("d", "u", "11") is None
+    assert changes(await store.get_roster_changes("d", "u", "12")) == ([("13", "c2@d", "removed"),
+                                                                         ("14", "c3@d", "removed")], "14")
+    assert await store.prune_roster_removals("d", "u", keep=2, max_age=0) == 0
+    assert await store.prune_roster_removals("d", "u", keep=0, max_age=0) == 2
+    assert await store.get_roster_changes("d", "u", "13") is None
+    assert await store.get_roster_changes("d", "u", "14") == ([], "14")
+    await store.put_roster_item("d", "u", RosterItem("c9@d", name="n"))  # items need no tombstones
+    assert changes(await store.get_roster_changes("d", "u", "14")) == ([("15", "c9@d", "n")], "15")
+
+
+async def test_roster_removals_pruned_by_age(store):
+    await store.create_account("d", "u", CREDS)
+    for n in range(10):
+        await store.put_roster_item("d", "u", RosterItem(f"c{n}@d"))
+    await store.delete_roster_item("d", "u", "c0@d")
+    await store.delete_roster_item("d", "u", "c1@d")
+    async with store.transaction(write=True) as tx:  # the first removal, a day ago
+        await tx.execute("UPDATE roster_tombstones SET removed_at = removed_at - 86400 WHERE jid = ?", "c0@d")
+    assert await store.prune_roster_removals("d", "u", keep=100, max_age=90000) == 0
+    assert await store.prune_roster_removals("d", "u", keep=100, max_age=3600) == 1
+    assert await store.get_roster_changes("d", "u", "10") is None
+    assert changes(await store.get_roster_changes("d", "u", "11")) == ([("12", "c1@d", "removed")], "12")
+
+
+async def test_roster_removals_go_with_the_account(store):
+    await store.create_account("d", "u", CREDS)
+    await store.put_roster_item("d", "u", RosterItem("c@d"))
+    await store.delete_roster_item("d", "u", "c@d")
+    assert await store.remove_account("d", "u")
+    async with store.transaction() as tx:
+        assert (await tx.fetchone("SELECT COUNT(*) FROM roster_tombstones WHERE username = ?", "u"))[0] == 0
+
+
+async def test_roster_versions_upgrade_in_place(url, monkeypatch):
+    """A database from before roster diffs: items get version 0, only the current version diffs."""
+    monkeypatch.setattr(sql_module, "MIGRATIONS", [m for m in MIGRATIONS if m[0] <= 2])
+    old = open_storage(url)
+    await old.open()
+    await old.create_account("d", "u", CREDS)
+    async with old.transaction(write=True) as tx:  # what the version-2 code wrote
+        for n in range(4):
+            await tx.execute("INSERT INTO roster_items (domain, username, jid, name, subscription, ask, "
+                             "groups_json) VALUES (?, ?, ?, ?, 'both', 0, '[\"G\"]')", "d", "u", f"c{n}@d", f"C{n}")
+        await tx.execute("UPDATE accounts SET roster_version = 7 WHERE username = ?", "u")
+    await old.close()
+    monkeypatch.undo()
+    new = open_storage(url)
+    await new.open()
+    try:
+        items, ver = await new.get_roster("d", "u")
+        assert ver == "7" and [i.jid for i in items] == [f"c{n}@d" for n in range(4)]
+        assert items[0] == RosterItem("c0@d", name="C0", subscription="both", groups=("G",))
+        assert await new.get_roster_changes("d", "u", "7") == ([], "7")
+        assert await new.get_roster_changes("d", "u", "6") is None  # before the upgrade: unknown history
+        async with new.transaction() as tx:
+            assert (await tx.fetchone("SELECT MAX(version) FROM roster_items WHERE username = ?", "u"))[0] == 0
+        await new.delete_roster_item("d", "u", "c0@d")
+        await new.put_roster_item("d", "u", RosterItem("c1@d", name="x"))
+        assert changes(await new.get_roster_changes("d", "u", "7")) == ([("8", "c0@d", "removed"),
+                                                                          ("9", "c1@d", "x")], "9")
+    finally:
+        await new.close()
 
 
 async def test_subscription_requests(store):
