@@ -18,6 +18,7 @@ from .http_upload import HttpUpload
 from .last import LastActivity
 from .mam import Mam
 from .offline import Offline
+from .pep import Pep
 from .ping import Ping
 from .presence import Presence
 from .private import PrivateStorage
@@ -34,5 +35,5 @@ __all__ = ["BUILTIN", "Module"]
 BUILTIN: dict[str, type[Module]] = {m.name: m for m in (
     Roster, Presence, Offline, Disco, Ping, Version, Register, StreamManagement, Csi, Carbons, Mam,
     Vcard, PrivateStorage, EntityTime, LastActivity, ContactAddresses, ExternalServices,
-    Blocking, HttpUpload, Push,
+    Blocking, HttpUpload, Push, Pep,
 )}

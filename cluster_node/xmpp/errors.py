@@ -8,6 +8,8 @@ Any other exception escaping a protocol core is a bug.
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
+
 from xml.sax.saxutils import escape
 
 from . import ns
@@ -156,16 +158,22 @@ class StanzaError(Exception):
     condition = "undefined-condition"
     type = "cancel"
 
-    def __init__(self, text: str | None = None) -> None:
+    def __init__(self, text: str | None = None, *, app: ET.Element | None = None) -> None:
         super().__init__(text or self.condition)
         self.text = text
+        # An application-specific condition (RFC 6120 §8.3.3.2): XEP-0060's <precondition-not-met/>,
+        # XEP-0363's <file-too-large/>, XEP-0191's <blocked/>…
+        self.app = app
 
     def to_xml(self, by: str | None = None) -> bytes:
         """The ``<error/>`` child of an error stanza."""
         by_attr = f" by='{escape(by, {chr(39): '&apos;'})}'" if by else ""
         text = f"<text xmlns='{ns.STANZAS}'>{escape(self.text)}</text>" if self.text else ""
+        app = b""
+        if self.app is not None:  # in its own namespace, declared on it
+            app = ET.tostring(self.app, default_namespace=self.app.tag[1:].partition("}")[0])
         return (f"<error type='{self.type}'{by_attr}><{self.condition} xmlns='{ns.STANZAS}'/>"
-                f"{text}</error>").encode()
+                f"{text}").encode() + app + b"</error>"
 
 
 class BadRequest(StanzaError):

@@ -205,4 +205,6 @@ class Stanza:
         ET.SubElement(err, f"{{{ns.STANZAS}}}{error.condition}")
         if error.text:
             ET.SubElement(err, f"{{{ns.STANZAS}}}text").text = error.text
+        if error.app is not None:
+            err.append(error.app)
         return Stanza(el)

@@ -1,0 +1,640 @@
+"""XEP-0163 Personal Eventing Protocol: a XEP-0060 pubsub service at every account's bare JID,
+with XEP-0223 private nodes, XEP-0402 bookmarks (kept in step with XEP-0048's PEP node) and
+XEP-0084 avatars.
+
+* **Service.**  ``<pubsub/>`` and ``<pubsub xmlns='…#owner'/>`` IQs to an account (or with no 'to',
+  to one's own) are account IQs, answered by the member that routes them from the domain
+  database (:mod:`.store`), so a node written in one region is read in every other.  The account
+  alone publishes, retracts, configures, deletes and purges (``forbidden`` for anyone else);
+  publishing to a missing node creates it (auto-create) with the defaults, or with the
+  ``publish-options``, which are preconditions for an existing node (``conflict`` +
+  ``precondition-not-met`` when they differ).  Readers per access model (:func:`.protocol.may_read`).
+  Requests, forms and errors are parsed and built in :mod:`.protocol`.
+* **Limits.**  ``max_payload`` bytes per item (``not-acceptable``, payload-too-big),
+  ``max_items_per_node`` items per node (also what ``max`` means), ``max_nodes_per_user`` nodes
+  per account (``not-allowed``, max-nodes-exceeded).
+* **Who is interested.**  A session's available presence (``presence_available``, on the member
+  holding it) with XEP-0115 caps: the server asks the resource for the disco#info of its
+  ``node#ver`` once per verified ``ver`` (cached per member; the answer is taken out of the
+  routing in ``filter_local_packet``), and sets one flag per ``<node>+notify`` feature on the
+  session's replicated record (:func:`.protocol.notify_flag`).  Every member of the region, and
+  every region a fan-out reaches, selects the interested resources by those flags.  Contacts of
+  other domains are learnt from their presence reaching an account (``presence_delivered``), and
+  kept in ``pep_remote`` (full JIDs and nodes).
+* **Notifications.**  On publish, retract, purge and delete: the owner's available resources, and
+  — unless the node is ``whitelist`` — each contact with a subscription to the owner's presence
+  (from/both) whose resources asked for the node: same-domain ones wherever they are
+  (``Fanout(flag=…)``, to full JIDs), other-domain ones by their stored full JIDs through the
+  routing chain (S2S).
+* **Last items** (XEP-0163 §4.3.2).  When a resource's interest is first known (initial presence,
+  or caps announcing new ``+notify`` features), it gets the last item of each such node of its
+  own account and of each account it is subscribed to (to/both) — sent by the member holding it;
+  an other-domain contact gets the owner's on its presence, from the member that handled it.
+* **Bookmarks** (XEP-0402 ``#compat-pep``).  A change of ``urn:xmpp:bookmarks:1`` rewrites the
+  single ``storage:bookmarks`` item (XEP-0048 through XEP-0223); a publish or retract on
+  ``storage:bookmarks`` publishes and retracts the matching XEP-0402 items, with notifications.
+* **Avatars** (XEP-0084).  The data and metadata nodes share their access model: a new one takes
+  the other's, and configuring one's access model configures the other's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import uuid
+import xml.etree.ElementTree as ET
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from pydantic import Field
+
+from ...core.hooks import STOP, Hook
+from ...core.module import Module, ModuleHost, ModuleSettings, Xep
+from ...core.router import Fanout, IqRequest
+from ...core.sessions import LocalSession
+from ...xmpp import errors
+from ...xmpp.errors import StanzaError
+from ...xmpp.fragment import parse_stanza
+from ...xmpp.jid import InvalidJid, Jid
+from ...xmpp.stanza import Stanza, serialize
+from . import protocol as p
+from .protocol import (
+    AVATAR_DATA,
+    AVATAR_METADATA,
+    BOOKMARKS2,
+    BOOKMARKS_LEGACY,
+    OWNER,
+    PUBSUB,
+    Caps,
+    FormUnsupported,
+    FormValueError,
+    NodeConfig,
+)
+from .store import PepStore, StoredItem
+
+__all__ = ["Pep", "PepSettings", "ID_PREFIX"]
+
+log = logging.getLogger("meridian.pep")
+
+ID_PREFIX = "pep-caps-"  # ids of the disco#info queries the server sends for caps
+_P, _O = f"{{{PUBSUB}}}", f"{{{OWNER}}}"
+_AVATAR_PAIR = {AVATAR_DATA: AVATAR_METADATA, AVATAR_METADATA: AVATAR_DATA}
+# XEP-0223 / XEP-0048 §3.2 and XEP-0402 §3: the configurations of the nodes the compat creates.
+LEGACY_CONFIG = NodeConfig(access_model="whitelist")
+BOOKMARKS2_CONFIG = NodeConfig(access_model="whitelist", max_items=None, send_last_published_item="never")
+
+
+class PepSettings(ModuleSettings):
+    max_items_per_node: int = Field(1000, ge=1, le=100_000, description="most items one node keeps (and what "
+                                    "pubsub#max_items 'max' means)")
+    max_payload: int = Field(262_144, ge=64, le=16 * 1024 * 1024, description="bytes of one item's payload (larger: "
+                             "not-acceptable, payload-too-big)")
+    max_nodes_per_user: int = Field(256, ge=1, description="nodes one account may have (more: not-allowed, "
+                                    "max-nodes-exceeded)")
+    caps_timeout: float = Field(10.0, gt=0, description="seconds to wait for a resource's disco#info answer")
+    caps_cache_size: int = Field(10_000, ge=0, description="verified caps (ver → features) kept per member")
+    bookmarks_compat: bool = Field(True, description="keep XEP-0048's storage:bookmarks PEP node and XEP-0402's "
+                                   "urn:xmpp:bookmarks:1 in step (XEP-0402 #compat-pep)")
+
+
+@dataclass
+class _Interest:
+    """``session.ext["pep"]``: what the server knows of a local resource's interests."""
+
+    caps: Caps | None = None
+    resolved: bool = False
+    seq: int = 0
+    sent: frozenset[str] = frozenset()  # nodes whose last items it was sent
+
+
+def _payload(item: StoredItem) -> ET.Element:
+    return parse_stanza(item.payload).element
+
+
+def _msg_id() -> str:
+    return "pep-" + secrets.token_hex(6)
+
+
+class Pep(Module):
+    name = "pep"
+    description = "Personal Eventing Protocol: a pubsub service at each account, notifications by caps, in every region"
+    xeps = (
+        Xep(163, "1.2.2", "partial", "interest is learnt from caps in presence (a contact of another domain: "
+            "from its presence reaching the account); nodes are not listed in the account's disco#items"),
+        Xep(60, "1.26.0", "partial", "the PEP subset: publish with auto-create and publish-options, retract, "
+            "items, create, configure, delete, purge, the owner's affiliations; no explicit subscriptions"),
+        Xep(115, "1.6.0", "partial", "the server reads caps from presence to filter PEP notifications"),
+        Xep(223, "1.1.1"),
+        Xep(402, "1.2.0", "partial", "#compat-pep: kept in step with XEP-0048's PEP node; not with XEP-0049"),
+        Xep(48, "1.2", "partial", "through PEP (storage:bookmarks, XEP-0223); not through XEP-0049 private storage"),
+        Xep(84, "1.1.4"),
+    )
+    Settings = PepSettings
+
+    async def start(self, host: ModuleHost) -> None:
+        self.host = host
+        self.cfg: PepSettings = self.settings  # type: ignore[assignment]
+        self.store = PepStore(host.storage)
+        await self.store.migrate()
+        self.counters: Counter[str] = Counter()
+        self._caps: OrderedDict[tuple[str, str], frozenset[str]] = OrderedDict()
+        self._inflight: dict[tuple[str, str], asyncio.Task[tuple[frozenset[str] | None, bool]]] = {}
+        self._pending: dict[str, tuple[Jid, asyncio.Future[Stanza]]] = {}
+        host.add_account_iq(PUBSUB, "pubsub", self._pubsub)
+        host.add_account_iq(OWNER, "pubsub", self._owner)
+        host.hook(Hook.DISCO_ACCOUNT_FEATURES, self._disco_features)
+        host.hook(Hook.DISCO_ACCOUNT_IDENTITIES, _disco_identities)
+        host.hook(Hook.PRESENCE_AVAILABLE, self._available)
+        host.hook(Hook.PRESENCE_DELIVERED, self._delivered)
+        host.hook(Hook.FILTER_LOCAL_PACKET, self._caps_reply, 10)  # before anything spends work on it
+        host.add_query("pep", "status", self.status)
+
+    def stop(self) -> None:
+        for _, future in self._pending.values():
+            if not future.done():
+                future.set_exception(LookupError("the module stopped"))
+        self._pending.clear()
+
+    def status(self) -> dict[str, Any]:
+        """This member's PEP activity (``pep status`` on the control socket)."""
+        return {**self.counters, "cachedCaps": len(self._caps), "pendingCaps": len(self._pending)}
+
+    # -- disco ------------------------------------------------------------------------------------------
+
+    def _disco_features(self, features: set[str], user: Jid) -> set[str]:
+        extra = set(p.FEATURES)
+        if self.cfg.bookmarks_compat:
+            extra.add(p.BOOKMARKS2_COMPAT_PEP)
+        return features | extra
+
+    # -- the service: <pubsub xmlns='http://jabber.org/protocol/pubsub'/> ----------------------------------
+
+    async def _pubsub(self, req: IqRequest) -> ET.Element | None:
+        owner = req.to
+        if owner.local is None:
+            raise errors.ServiceUnavailable()
+        request = p.parse_request(req.stanza.type or "", req.payload)
+        mine = req.sender.bare == owner
+        if isinstance(request, p.Items):
+            return await self._items(req, owner, request, mine)
+        if isinstance(request, p.Subscriptions):
+            out = ET.Element(_P + "pubsub")
+            sub = ET.SubElement(out, _P + "subscriptions")
+            if request.node:
+                sub.set("node", request.node)
+            return out  # PEP subscriptions are presence subscriptions: none explicit
+        if isinstance(request, p.Affiliations):
+            out = ET.Element(_P + "pubsub")
+            affs = ET.SubElement(out, _P + "affiliations")
+            if mine:
+                for node in await self.store.nodes(owner):
+                    if request.node in (None, node):
+                        ET.SubElement(affs, _P + "affiliation", {"node": node, "affiliation": "owner"})
+            return out
+        if not mine:
+            raise errors.Forbidden("only the account itself changes its nodes")
+        if isinstance(request, p.Publish):
+            return await self._publish(req, owner, request)
+        if isinstance(request, p.Retract):
+            await self._retract(owner, request)
+            return None
+        if isinstance(request, p.Create):
+            await self._create(owner, request)
+            return None
+        raise errors.BadRequest("not a pubsub request")
+
+    async def _base_config(self, owner: Jid, node: str) -> NodeConfig:
+        """A new node's configuration before options: the defaults, and for the XEP-0084 nodes the
+        other one's access model."""
+        base = p.default_config(node)
+        sibling = _AVATAR_PAIR.get(node)
+        if sibling is not None:
+            other = await self.store.node(owner, sibling)
+            if other is not None:
+                base = replace(base, access_model=other.access_model)
+        return base
+
+    async def _publish(self, req: IqRequest, owner: Jid, request: p.Publish) -> ET.Element:
+        payload = serialize(request.payload)
+        if len(payload) > self.cfg.max_payload:
+            raise p.PayloadTooBig(f"an item's payload has at most {self.cfg.max_payload} bytes")
+        item_id = request.item_id or uuid.uuid4().hex
+        cap = self.cfg.max_items_per_node
+        base = await self._base_config(owner, request.node)
+        options = request.options
+
+        def decide(existing: NodeConfig | None, count: int) -> NodeConfig:
+            if existing is not None:
+                if options:
+                    try:
+                        met = p.preconditions_met(existing, options, cap)
+                    except FormValueError as e:
+                        raise errors.BadRequest(str(e)) from None
+                    if not met:
+                        raise p.PreconditionNotMet("the node's configuration differs from the publish-options")
+                return existing
+            if count >= self.cfg.max_nodes_per_user:
+                raise p.MaxNodesExceeded(f"an account has at most {self.cfg.max_nodes_per_user} nodes")
+            if not options:
+                return base
+            try:
+                return p.apply_fields(base, options, cap)
+            except FormValueError as e:
+                raise errors.BadRequest(str(e)) from None
+            except FormUnsupported as e:
+                raise p.PreconditionNotMet(str(e)) from None
+
+        published = await self.store.publish(owner, request.node, item_id, payload, str(req.sender), decide, cap)
+        self.counters["published"] += 1
+        config = published.config
+        await self._notify(owner, request.node, config, p.items_event(
+            str(owner), request.node, [(item_id, request.payload if config.deliver_payloads else None)], _msg_id()))
+        await self._compat(owner, request.node)
+        out = ET.Element(_P + "pubsub")
+        ET.SubElement(ET.SubElement(out, _P + "publish", {"node": request.node}), _P + "item", {"id": item_id})
+        return out
+
+    async def _retract(self, owner: Jid, request: p.Retract) -> None:
+        config = await self.store.node(owner, request.node)
+        if config is None:
+            raise errors.ItemNotFound("no such node")
+        removed = await self.store.retract(owner, request.node, request.item_ids)
+        if not removed:
+            raise errors.ItemNotFound("no such item")
+        notify = config.notify_retract if request.notify is None else request.notify
+        if notify:
+            await self._notify(owner, request.node, config, p.retract_event(str(owner), request.node, removed,
+                                                                             _msg_id()))
+        await self._compat(owner, request.node)
+
+    async def _create(self, owner: Jid, request: p.Create) -> None:
+        base = await self._base_config(owner, request.node)
+        cap = self.cfg.max_items_per_node
+        form = request.config
+
+        def decide(existing: NodeConfig | None, count: int) -> NodeConfig:
+            if existing is not None:
+                raise errors.StanzaConflict("the node exists")
+            if count >= self.cfg.max_nodes_per_user:
+                raise p.MaxNodesExceeded(f"an account has at most {self.cfg.max_nodes_per_user} nodes")
+            return self._configured(base, form, cap) if form else base
+
+        await self.store.create(owner, request.node, decide)
+
+    @staticmethod
+    def _configured(config: NodeConfig, form: dict[str, list[str]], cap: int) -> NodeConfig:
+        try:
+            return p.apply_fields(config, form, cap)
+        except FormValueError as e:
+            raise errors.BadRequest(str(e)) from None
+        except FormUnsupported as e:
+            if "access_model" in str(e):
+                raise p.UnsupportedAccessModel(str(e)) from None
+            raise errors.NotAcceptable(str(e)) from None
+
+    async def _items(self, req: IqRequest, owner: Jid, request: p.Items, mine: bool) -> ET.Element:
+        config = await self.store.node(owner, request.node)
+        if config is None:
+            raise errors.ItemNotFound("no such node")
+        if not mine:
+            p.may_read(config, owner=False, subscribed=await self._subscriber(owner, req.sender))
+        found = await self.store.items(owner, request.node, request.max_items, request.item_ids)
+        if request.item_ids and not found:
+            raise errors.ItemNotFound("no such item")
+        out = ET.Element(_P + "pubsub")
+        items = ET.SubElement(out, _P + "items", {"node": request.node})
+        for item in found:
+            ET.SubElement(items, _P + "item", {"id": item.item_id}).append(_payload(item))
+        return out
+
+    async def _subscriber(self, owner: Jid, who: Jid) -> bool:
+        item = await self.host.storage.get_roster_item(owner.domain, owner.local or "", str(who.bare))
+        return item is not None and item.subscription in ("from", "both")
+
+    # -- the owner's use cases: <pubsub xmlns='…#owner'/> --------------------------------------------------
+
+    async def _owner(self, req: IqRequest) -> ET.Element | None:
+        owner = req.to
+        if owner.local is None:
+            raise errors.ServiceUnavailable()
+        request = p.parse_request(req.stanza.type or "", req.payload)
+        if req.sender.bare != owner:
+            raise errors.Forbidden("only the account itself manages its nodes")
+        cap = self.cfg.max_items_per_node
+        out = ET.Element(_O + "pubsub")
+        if isinstance(request, p.GetDefault):
+            ET.SubElement(out, _O + "default").append(p.config_form(p.default_config(""), cap))
+            return out
+        node = getattr(request, "node", "")
+        config = await self.store.node(owner, node)
+        if config is None:
+            raise errors.ItemNotFound("no such node")
+        if isinstance(request, p.GetConfig):
+            ET.SubElement(out, _O + "configure", {"node": node}).append(p.config_form(config, cap))
+            return out
+        if isinstance(request, p.SetConfig):
+            if request.form is not None:
+                await self._configure(owner, node, config, self._configured(config, request.form, cap))
+            return None
+        if isinstance(request, p.Delete):
+            if await self.store.delete(owner, node):
+                self.counters["deleted"] += 1
+                if config.notify_delete:
+                    await self._notify(owner, node, config, p.delete_event(str(owner), node, _msg_id()))
+                await self._compat(owner, node, removed=True)
+            return None
+        if isinstance(request, p.Purge):
+            if await self.store.purge(owner, node):
+                await self._notify(owner, node, config, p.purge_event(str(owner), node, _msg_id()))
+                await self._compat(owner, node, removed=True)
+            return None
+        if isinstance(request, p.OwnerSubscriptions):
+            if request.change:
+                raise p.Unsupported("manage-subscriptions")
+            ET.SubElement(out, _O + "subscriptions", {"node": node})
+            return out
+        if isinstance(request, p.OwnerAffiliations):
+            if request.change:
+                raise p.Unsupported("modify-affiliations")
+            affs = ET.SubElement(out, _O + "affiliations", {"node": node})
+            ET.SubElement(affs, _O + "affiliation", {"jid": str(owner), "affiliation": "owner"})
+            return out
+        raise errors.BadRequest("not a pubsub#owner request")
+
+    async def _configure(self, owner: Jid, node: str, old: NodeConfig, new: NodeConfig) -> None:
+        cap = self.cfg.max_items_per_node
+        await self.store.configure(owner, node, new, cap)
+        sibling = _AVATAR_PAIR.get(node)
+        if sibling is not None and new.access_model != old.access_model:
+            other = await self.store.node(owner, sibling)
+            if other is not None and other.access_model != new.access_model:
+                await self.store.configure(owner, sibling, replace(other, access_model=new.access_model), cap)
+
+    # -- notifications ------------------------------------------------------------------------------------
+
+    async def _notify(self, owner: Jid, node: str, config: NodeConfig, event: Stanza) -> None:
+        """``event`` to the owner's available resources and, unless the node is whitelisted, to
+        the resources of presence subscribers that asked for ``node`` (here, on the other
+        members, in the other regions and domains)."""
+        if not config.deliver_notifications:
+            return
+        self.counters["events"] += 1
+        self.host.deliver_all(owner, event)
+        if config.access_model == "whitelist":
+            return
+        roster, _ = await self.host.storage.get_roster(owner.domain, owner.local or "")
+        which = Fanout(flag=p.notify_flag(node))
+        foreign: set[Jid] = set()
+        for item in roster:
+            if item.subscription not in ("from", "both"):
+                continue
+            try:
+                contact = Jid.parse(item.jid).bare
+            except InvalidJid:
+                continue
+            if contact == owner or contact.local is None:
+                continue
+            if contact.domain in self.host.domains:
+                self.host.deliver_all(contact, event, which)
+            else:
+                foreign.add(contact)
+        if foreign:
+            for full, nodes in await self.store.remote_for(owner):
+                if node not in nodes:
+                    continue
+                try:
+                    jid = Jid.parse(full)
+                except InvalidJid:
+                    continue
+                if jid.bare in foreign:
+                    await self.host.route(event.with_attrs(to=full))
+
+    async def _send_last(self, to: Jid, owners: Iterable[Jid], nodes: Iterable[str]) -> None:
+        """XEP-0163 §4.3.2: the last item of each of ``nodes`` of ``owners`` to the resource ``to``."""
+        for last in await self.store.last_items(owners, nodes):
+            config = last.config
+            if config.send_last_published_item != "on_sub_and_presence" or not config.deliver_notifications:
+                continue
+            if config.access_model == "whitelist" and last.owner != to.bare:
+                continue
+            payload = _payload(last.item) if config.deliver_payloads else None
+            event = p.items_event(str(last.owner), last.node, [(last.item.item_id, payload)], _msg_id(),
+                                  delay=p.stamp(last.item.created))
+            self.counters["last_items"] += 1
+            await self.host.route(event.with_attrs(to=str(to)))
+
+    # -- interest: local resources ----------------------------------------------------------------------
+
+    def _available(self, session: LocalSession, initial: bool, priority: int, previous: int) -> None:
+        """``presence_available``: (re)learn what the resource wants from its caps, without holding
+        up its stream (the answer to our disco#info comes on it)."""
+        presence = session.last_presence
+        caps = p.caps_of(presence) if presence is not None else None
+        state = session.ext.get("pep")
+        if not isinstance(state, _Interest):
+            state = session.ext["pep"] = _Interest()
+        if not initial and state.resolved and caps == state.caps:
+            return
+        state.caps, state.resolved = caps, False
+        state.seq += 1
+        self.host.spawn(self._guard(self._interest(session, state, caps, state.seq, initial),
+                                    f"the interests of {session.record.jid}"))
+
+    async def _interest(self, session: LocalSession, state: _Interest, caps: Caps | None, seq: int,
+                        initial: bool) -> None:
+        jid: Jid = session.record.jid
+        features = await self._resolve(caps, jid, jid.domain) if caps is not None else frozenset()
+        if features is None or state.seq != seq or self.host.local.get(session.record.sid) is not session:
+            return  # unknown (the next presence asks again), outdated, or the session is gone
+        state.resolved = True
+        nodes = p.notify_nodes(features)
+        record = session.record
+        flags = p.notify_flags(record.flags, nodes)
+        if flags != dict(record.flags):
+            self.host.update_record(replace(record, flags=flags))
+        fresh = nodes if initial else nodes - state.sent
+        state.sent = nodes
+        if fresh and session.record.available:
+            await self._send_last(jid, await self._followed(jid.bare), fresh)
+
+    async def _followed(self, user: Jid) -> list[Jid]:
+        """The accounts of this domain whose PEP ``user`` follows: itself, and those whose presence
+        it is subscribed to (to/both)."""
+        roster, _ = await self.host.storage.get_roster(user.domain, user.local or "")
+        owners = [user]
+        for item in roster:
+            if item.subscription in ("to", "both"):
+                try:
+                    jid = Jid.parse(item.jid).bare
+                except InvalidJid:
+                    continue
+                if jid.local is not None and jid.domain in self.host.domains and jid != user:
+                    owners.append(jid)
+        return owners
+
+    # -- interest: contacts of other domains ------------------------------------------------------------
+
+    def _delivered(self, stanza: Stanza, sender: Jid, to: Jid) -> None:
+        """``presence_delivered``: a contact of another domain came online, changed its presence,
+        or left (same-domain contacts are handled where their sessions are)."""
+        if sender.resource is None or sender.domain in self.host.domains or to.local is None:
+            return
+        if stanza.type == "unavailable":
+            self.host.spawn(self._guard(self.store.remote_delete(to, sender), f"forgetting {sender}"))
+        elif stanza.type is None:
+            self.host.spawn(self._guard(self._remote_interest(to, sender, p.caps_of(stanza)),
+                                        f"the interests of {sender}"))
+
+    async def _remote_interest(self, owner: Jid, contact: Jid, caps: Caps | None) -> None:
+        if not await self._subscriber(owner, contact):
+            return
+        features = await self._resolve(caps, contact, owner.domain) if caps is not None else frozenset()
+        if features is None:
+            return
+        nodes = p.notify_nodes(features)
+        old = await self.store.remote_get(owner, contact)
+        if old == nodes or (old is None and not nodes):
+            return
+        if nodes:
+            await self.store.remote_put(owner, contact, nodes)
+        else:
+            await self.store.remote_delete(owner, contact)
+        fresh = nodes - (old or frozenset())
+        if fresh:
+            await self._send_last(contact, [owner], fresh)
+
+    # -- caps: ver → features -----------------------------------------------------------------------------
+
+    async def _resolve(self, caps: Caps, jid: Jid, from_domain: str) -> frozenset[str] | None:
+        """The disco#info features behind ``caps`` (None when the resource did not say)."""
+        if caps.cacheable:
+            hit = self._caps.get(caps.key)
+            if hit is not None:
+                self._caps.move_to_end(caps.key)
+                self.counters["caps_hits"] += 1
+                return hit
+            shared = self._inflight.get(caps.key)
+            if shared is not None:
+                features, verified = await asyncio.shield(shared)
+                if verified:
+                    return features
+        task = asyncio.get_running_loop().create_task(self._ask(caps, jid, from_domain))
+        if caps.cacheable and caps.key not in self._inflight:
+            key = caps.key
+            self._inflight[key] = task
+            task.add_done_callback(lambda t: self._inflight.pop(key, None) if self._inflight.get(key) is t else None)
+        features, _ = await asyncio.shield(task)
+        return features
+
+    async def _ask(self, caps: Caps, jid: Jid, from_domain: str) -> tuple[frozenset[str] | None, bool]:
+        iq_id = ID_PREFIX + secrets.token_hex(8)
+        future: asyncio.Future[Stanza] = asyncio.get_running_loop().create_future()
+        self._pending[iq_id] = (jid, future)
+        self.counters["caps_queries"] += 1
+        try:
+            await self.host.route(p.caps_query(from_domain, str(jid), caps, iq_id))
+            reply = await asyncio.wait_for(future, self.cfg.caps_timeout)
+        except TimeoutError:
+            self.counters["caps_timeouts"] += 1
+            return None, False
+        except LookupError:  # stopping
+            return None, False
+        finally:
+            self._pending.pop(iq_id, None)
+        parsed = p.disco_features(reply)
+        if parsed is None:
+            return None, False
+        query, features = parsed
+        verified = p.verify_caps(caps, query)
+        if verified and self.cfg.caps_cache_size:
+            self._caps[caps.key] = features
+            while len(self._caps) > self.cfg.caps_cache_size:
+                self._caps.popitem(last=False)
+        elif not verified:
+            self.counters["caps_unverified"] += 1
+        return features, verified
+
+    def _caps_reply(self, stanza: Stanza, sender: Jid, to: Jid) -> object:
+        """``filter_local_packet``: the answer to one of our disco#info queries is ours."""
+        if stanza.name != "iq" or stanza.type not in ("result", "error"):
+            return None
+        iq_id = stanza.id
+        if not iq_id or not iq_id.startswith(ID_PREFIX) or to.local is not None:
+            return None
+        pending = self._pending.get(iq_id)
+        if pending is None or pending[0] != sender:
+            return None
+        if not pending[1].done():
+            pending[1].set_result(stanza)
+        return STOP
+
+    # -- bookmarks: XEP-0402 #compat-pep -------------------------------------------------------------------
+
+    async def _compat(self, owner: Jid, node: str, *, removed: bool = False) -> None:
+        """Mirror a change of one bookmarks node onto the other.  Deleting or purging the legacy
+        node is not mirrored (a client cleaning up after moving to XEP-0402 keeps its bookmarks)."""
+        if not self.cfg.bookmarks_compat:
+            return
+        try:
+            if node == BOOKMARKS2:
+                await self._to_legacy(owner)
+            elif node == BOOKMARKS_LEGACY and not removed:
+                await self._to_bookmarks2(owner)
+        except StanzaError as e:  # a limit: the other node stays as it was
+            log.info("bookmarks of %s not mirrored from %s: %s", owner, node, e)
+
+    async def _to_legacy(self, owner: Jid) -> None:
+        cap = self.cfg.max_items_per_node
+        items = await self.store.items(owner, BOOKMARKS2)
+        before = await self.store.items(owner, BOOKMARKS_LEGACY, 1)
+        previous = _payload(before[-1]) if before else None
+        storage = p.bookmarks2_to_legacy([(i.item_id, _payload(i)) for i in items], previous)
+        data = serialize(storage)
+        if before and before[-1].payload == data:
+            return
+        if len(data) > self.cfg.max_payload:
+            raise p.PayloadTooBig("the legacy bookmarks would be too big")
+        published = await self.store.publish(owner, BOOKMARKS_LEGACY, "current", data, str(owner),
+                                             lambda existing, _count: existing or LEGACY_CONFIG, cap)
+        await self._notify(owner, BOOKMARKS_LEGACY, published.config,
+                           p.items_event(str(owner), BOOKMARKS_LEGACY, [("current", storage)], _msg_id()))
+
+    async def _to_bookmarks2(self, owner: Jid) -> None:
+        cap = self.cfg.max_items_per_node
+        last = await self.store.items(owner, BOOKMARKS_LEGACY, 1)
+        storage = _payload(last[-1]) if last else None
+        if storage is None or storage.tag != f"{{{BOOKMARKS_LEGACY}}}storage":
+            return  # nothing (a retracted list) is not "no bookmarks"
+        existing = {i.item_id: _payload(i) for i in await self.store.items(owner, BOOKMARKS2)}
+        wanted = p.legacy_to_bookmarks2(storage, existing)
+        for room, conference in wanted.items():
+            old = existing.get(room)
+            if old is not None and p.same_conference(old, conference):
+                continue
+            published = await self.store.publish(owner, BOOKMARKS2, room, serialize(conference), str(owner),
+                                                 lambda e, _count: e or BOOKMARKS2_CONFIG, cap)
+            await self._notify(owner, BOOKMARKS2, published.config,
+                               p.items_event(str(owner), BOOKMARKS2, [(room, conference)], _msg_id()))
+        gone = [room for room in existing if room not in wanted]
+        if gone:
+            removed = await self.store.retract(owner, BOOKMARKS2, gone)
+            config = await self.store.node(owner, BOOKMARKS2)
+            if removed and config is not None:
+                await self._notify(owner, BOOKMARKS2, config,
+                                   p.retract_event(str(owner), BOOKMARKS2, removed, _msg_id()))
+
+    # -- helpers -------------------------------------------------------------------------------------------
+
+    async def _guard(self, work: Awaitable[None], what: str) -> None:
+        """Background work: a failure (the database away, a stanza error) is logged, not raised."""
+        try:
+            await work
+        except Exception as e:
+            log.warning("pep: %s failed: %s: %s", what, e.__class__.__name__, e)
+
+
+def _disco_identities(identities: list[dict[str, str]], user: Jid) -> list[dict[str, str]]:
+    return [*identities, {"category": "pubsub", "type": "pep"}]

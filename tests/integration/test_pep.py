@@ -1,0 +1,263 @@
+"""XEP-0163 PEP with real processes and slixmpp's own plugins (``xep_0060``, ``xep_0163``,
+``xep_0115``, ``xep_0084``, ``xep_0402``, ``xep_0048``/``xep_0223``): alice and bob are mutually
+subscribed; alice publishes her avatar; bob's client, whose caps say ``urn:xmpp:avatar:metadata+notify``,
+gets the last item when it comes online and every new one after — on one node, with alice and bob
+on the two nodes of a region, and in two regions (one node and one gateway each, Redis for the
+mapping; the item written in eu is read in us).  On one node also: XEP-0402 bookmarks published
+and retrieved, and read back through XEP-0048's PEP node; the errors of a foreign publish and an
+unknown node."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from slixmpp.exceptions import IqError
+from slixmpp.plugins.xep_0084.stanza import MetaData
+
+from tests.helpers.cluster import cluster_node, eventually, poll, system_info, wait_until
+from tests.helpers.node import NodeProcess
+from tests.helpers.redis import RedisServer, redis_server_binary
+from tests.helpers.regions import DOMAIN, Region, make_region
+from tests.helpers.xmpp_client import Client
+
+PASSWORD = "pep-secret"
+BOOKMARKS2 = "urn:xmpp:bookmarks:1"
+AVATAR = b"\x89PNG not really an image"
+
+
+class PepClient(Client):
+    """A client with slixmpp's PEP plugins; the avatar metadata events it gets are queued (its
+    caps carry ``urn:xmpp:avatar:metadata+notify``, added by ``xep_0084``)."""
+
+    def __init__(self, node: NodeProcess, jid: str) -> None:
+        super().__init__(jid, PASSWORD, cert=node.cert)
+        for plugin in ("xep_0004", "xep_0060", "xep_0115", "xep_0163", "xep_0084", "xep_0223", "xep_0048",
+                       "xep_0402"):
+            self.register_plugin(plugin)
+        self.avatars: asyncio.Queue[Any] = asyncio.Queue()
+        self.add_event_handler("avatar_metadata_publish", lambda m: self.avatars.put_nowait(m))
+
+    async def avatar(self, timeout: float = 10.0) -> str:
+        """The item id of the next avatar metadata event."""
+        msg = await asyncio.wait_for(self.avatars.get(), timeout)
+        return str(msg["pubsub_event"]["items"]["item"]["id"])
+
+    async def publish_avatar(self, data: bytes) -> str:
+        xep = self.plugin["xep_0084"]
+        item_id: str = xep.generate_id(data)
+        await xep.publish_avatar(data, timeout=5)
+        await xep.publish_avatar_metadata({"id": item_id, "type": "image/png", "bytes": len(data)}, timeout=5)
+        return item_id
+
+
+async def client(node: NodeProcess, port: int, jid: str) -> PepClient:
+    return await PepClient(node, jid).online(port)  # type: ignore[return-value]
+
+
+async def befriend(a: Client, b: Client) -> None:
+    """Mutual presence subscription between the accounts of ``a`` and ``b``."""
+    a_bare, b_bare = str(a.boundjid.bare), str(b.boundjid.bare)
+    a.send_presence(pto=b_bare, ptype="subscribe")
+    await b.next_presence("subscribe", sender=a_bare, timeout=10)
+    b.send_presence(pto=a_bare, ptype="subscribed")
+    b.send_presence(pto=a_bare, ptype="subscribe")
+    await a.next_presence("subscribe", sender=b_bare, timeout=10)
+    a.send_presence(pto=b_bare, ptype="subscribed")
+    await b.next_presence("available", sender=a_bare, timeout=10)  # a's presence follows its approval
+
+
+async def close(*clients: Client) -> None:
+    for c in clients:
+        await c.close()
+
+
+async def avatar_flow(alice: PepClient, bob_setup: PepClient, device_on: tuple[NodeProcess, int],
+                      bob_jid: str) -> PepClient:
+    """alice publishes an avatar; bob's device, coming online, gets it as the last item, then the
+    next one as it is published.  Returns the device."""
+    await befriend(alice, bob_setup)
+    first = await alice.publish_avatar(AVATAR)
+    assert await bob_setup.avatar() == first  # bob's first client asked for it too
+    node, port = device_on
+    device = await client(node, port, f"{bob_jid}/device")
+    assert await device.avatar() == first  # XEP-0163 §4.3.2: the last item on coming online
+    # The ping follows the device's record (with its interest flags) down the same links.
+    await device.plugin["xep_0199"].ping(str(alice.boundjid), timeout=5)
+    second = await alice.publish_avatar(AVATAR + b"2")
+    assert await device.avatar() == second
+    assert await bob_setup.avatar() == second
+    return device
+
+
+# -- one node --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    n = NodeProcess(tmp_path_factory.mktemp("pep-node"), name="p1")
+    for user in ("alice", "bob"):
+        n.register(user, PASSWORD)
+    n.start()
+    yield n
+    n.stop()
+    assert "Traceback" not in n.log(), n.log()
+
+
+async def test_one_node(node: NodeProcess):
+    alice = await client(node, node.port, "alice@localhost/phone")
+    bob = await client(node, node.port, "bob@localhost/pc")
+    device = None
+    try:
+        info = await alice.plugin["xep_0030"].get_info(jid="alice@localhost", timeout=5)
+        assert ("pubsub", "pep", None, None) in info["disco_info"]["identities"]
+        assert "http://jabber.org/protocol/pubsub#publish-options" in info["disco_info"]["features"]
+        device = await avatar_flow(alice, bob, (node, node.port), "bob@localhost")
+        # bob reads alice's avatar (presence access); he cannot publish to her nodes.
+        got = await bob.plugin["xep_0060"].get_items(jid="alice@localhost", node=MetaData.namespace, timeout=5)
+        assert len(got["pubsub"]["items"]) == 1
+        with pytest.raises(IqError) as e:
+            await bob.plugin["xep_0060"].publish("alice@localhost", MetaData.namespace, payload=MetaData(), timeout=5)
+        assert e.value.iq["error"]["condition"] == "forbidden"
+        with pytest.raises(IqError) as e:
+            await bob.plugin["xep_0060"].get_items(jid="alice@localhost", node="urn:none", timeout=5)
+        assert e.value.iq["error"]["condition"] == "item-not-found"
+        await bookmarks(alice)
+    finally:
+        await close(*(c for c in (alice, bob, device) if c is not None))
+
+
+async def bookmarks(alice: PepClient) -> None:
+    """XEP-0402: a bookmark published with the XEP's publish-options, retrieved, and seen through
+    XEP-0048's PEP node (XEP-0223) by an older client; the wrong options are refused."""
+    conf = alice.plugin["xep_0402"].stanza.Conference()
+    conf["name"], conf["autojoin"], conf["nick"] = "The Coven", True, "puck"
+    options = alice.plugin["xep_0004"].make_form(ftype="submit")
+    options.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/pubsub#publish-options")
+    for var, value in (("pubsub#persist_items", "true"), ("pubsub#max_items", "max"),
+                       ("pubsub#send_last_published_item", "never"), ("pubsub#access_model", "whitelist")):
+        options.add_field(var=var, value=value)
+    xep_0060 = alice.plugin["xep_0060"]
+    await xep_0060.publish(None, BOOKMARKS2, id="coven@chat.localhost", payload=conf, options=options, timeout=5)
+    got = await xep_0060.get_items(jid=None, node=BOOKMARKS2, timeout=5)
+    items = list(got["pubsub"]["items"])
+    assert [i["id"] for i in items] == ["coven@chat.localhost"]
+    assert items[0]["conference"]["name"] == "The Coven" and items[0]["conference"]["autojoin"]
+    legacy = await alice.plugin["xep_0048"].get_bookmarks(method="xep_0223", timeout=5)
+    conferences = legacy["pubsub"]["items"]["item"]["bookmarks"]["conferences"]
+    assert [(str(c["jid"]), c["name"], c["nick"]) for c in conferences] == [
+        ("coven@chat.localhost", "The Coven", "puck")]
+    # The node exists as whitelisted: asking for it open is a precondition that is not met.
+    open_options = alice.plugin["xep_0004"].make_form(ftype="submit")
+    open_options.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/pubsub#publish-options")
+    open_options.add_field(var="pubsub#access_model", value="open")
+    with pytest.raises(IqError) as e:
+        await xep_0060.publish(None, BOOKMARKS2, id="x@chat.localhost", payload=conf, options=open_options,
+                               timeout=5)
+    assert e.value.iq["error"]["condition"] == "conflict"
+
+
+# -- a two-node region ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProcess]]:
+    base = tmp_path_factory.mktemp("pep-region")
+    url = f"sqlite:///{base / 'region.db'}"
+    nodes = [cluster_node(base, name, url) for name in ("r1", "r2")]
+    for user in ("alice", "bob"):
+        nodes[0].register(user, PASSWORD)
+    for n in nodes:
+        n.start()
+    wait_until(lambda: all(system_info(n)["joinedNodes"] == ["r1", "r2"] for n in nodes), 20, "two joined nodes")
+    yield nodes
+    for n in nodes:
+        n.stop()
+    for n in nodes:
+        assert "Traceback" not in n.log(), n.log()
+
+
+async def test_two_nodes_of_a_region(region: list[NodeProcess]):
+    """alice on r1 publishes; bob's clients are on r2 (the device's interest reaches r1 on its record)."""
+    r1, r2 = region
+    alice = await client(r1, r1.port, "alice@localhost/phone")
+    bob = await client(r2, r2.port, "bob@localhost/pc")
+    device = None
+    try:
+        device = await avatar_flow(alice, bob, (r2, r2.port), "bob@localhost")
+    finally:
+        await close(*(c for c in (alice, bob, device) if c is not None))
+
+
+# -- two regions -----------------------------------------------------------------------------------
+
+
+def gd_status(gateway: NodeProcess) -> dict[str, Any]:
+    return json.loads(gateway.ctl("gdistrib", "status").stdout)["data"]["gdistrib"]["status"]  # type: ignore[no-any-return]
+
+
+def lookup(gateway: NodeProcess, jid: str) -> dict[str, Any]:
+    return json.loads(gateway.ctl("gdistrib", "lookup", "--jid", jid).stdout)["data"]["gdistrib"]["lookup"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Region, Region]]:
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not installed")
+    base = tmp_path_factory.mktemp("pep-regions")
+    db = f"sqlite:///{base / 'domain.db'}"
+    with RedisServer() as redis:
+        eu = make_region(base, "eu", storage_url=db, redis_url=redis.url, nodes=1)
+        us = make_region(base, "us", storage_url=db, redis_url=redis.url, nodes=1)
+        try:
+            for r in (eu, us):
+                r.start()
+            for r in (eu, us):
+                names = sorted(p.name for p in r.processes)
+                for p in r.processes:
+                    assert poll(lambda p=p, names=names: system_info(p)["joinedNodes"] == names, 20), p.name
+            for r, other in ((eu, "us"), (us, "eu")):
+                gw = r.gateways[0]
+                assert poll(lambda gw=gw, other=other: gd_status(gw)["links"].get(other, {}).get("up"), 15)
+            yield eu, us
+        finally:
+            for r in (eu, us):
+                r.stop()
+        for p in eu.processes + us.processes:
+            assert "Traceback" not in p.log(), p.log()
+
+
+async def test_two_regions(regions: tuple[Region, Region]):
+    """alice publishes in eu; bob in us reads the item and gets the events; alice's bookmark
+    written in eu is read by her own client in us."""
+    eu, us = regions
+    alice, bob = f"alice{uuid.uuid4().hex[:6]}", f"bob{uuid.uuid4().hex[:6]}"
+    for user in (alice, bob):
+        eu.nodes[0].register(user, PASSWORD, DOMAIN)
+    alice_jid, bob_jid = f"{alice}@{DOMAIN}", f"{bob}@{DOMAIN}"
+    eu_node, us_node = eu.nodes[0], us.nodes[0]
+    phone = await client(eu_node, eu_node.port, f"{alice_jid}/phone")
+    pc = await client(us_node, us_node.port, f"{bob_jid}/pc")
+    clients: list[Client] = [phone, pc]
+    try:
+        for gw in (eu.gateways[0], us.gateways[0]):
+            await eventually(lambda gw=gw: "phone" in lookup(gw, alice_jid), 10, "alice mapped")
+            await eventually(lambda gw=gw: "pc" in lookup(gw, bob_jid), 10, "bob mapped")
+        device = await avatar_flow(phone, pc, (us_node, us_node.port), bob_jid)
+        clients.append(device)
+        got = await pc.plugin["xep_0060"].get_items(jid=alice_jid, node=MetaData.namespace, timeout=5)
+        assert len(got["pubsub"]["items"]) == 1  # written in eu, read in us
+        conf = phone.plugin["xep_0402"].stanza.Conference()
+        conf["name"] = "Across"
+        await phone.plugin["xep_0060"].publish(None, BOOKMARKS2, id="across@chat.example.com", payload=conf,
+                                               timeout=5)
+        laptop = await client(us_node, us_node.port, f"{alice_jid}/laptop")
+        clients.append(laptop)
+        mine = await laptop.plugin["xep_0060"].get_items(jid=None, node=BOOKMARKS2, timeout=5)
+        assert [i["id"] for i in mine["pubsub"]["items"]] == ["across@chat.example.com"]
+    finally:
+        await close(*clients)
