@@ -46,7 +46,8 @@ class Hook:
     # -- c2s stream -------------------------------------------------------------------------------
     C2S_FEATURES = "c2s_features"
     """fold(list[bytes], stage: str, stream) — ``<stream:features/>`` children.  stage is one of
-    ``pre_tls``, ``pre_auth`` (after TLS), ``post_auth`` (after SASL, before bind)."""
+    ``pre_tls``, ``pre_auth`` (after TLS), ``post_auth`` (after SASL, before bind), ``bound`` (after
+    a SASL2 ``<success/>`` that bound a resource or resumed a session inline)."""
     C2S_ELEMENT = "c2s_element"
     """first(session, element) — a top-level element of an established stream that is not a
     stanza, e.g. XEP-0198's ``<r/>``/``<a/>``/``<enable/>``.  True: taken; None from all:
@@ -54,6 +55,29 @@ class Hook:
     C2S_PRE_BIND_ELEMENT = "c2s_pre_bind_element"
     """first_async(session, element) — such an element after SASL, before bind (``<resume/>``); the
     stream waits for the handler, which may call ``session.resumed(record, data)``."""
+    SASL2_INLINE = "sasl2_inline"
+    """fold(list[bytes], stream) — children of SASL2's ``<authentication><inline/>`` feature (XEP-0388):
+    what a client may ask for inside its ``<authenticate/>`` besides Bind 2 (XEP-0198 ``<sm/>``,
+    XEP-0484 ``<fast/>``)."""
+    BIND2_FEATURES = "bind2_features"
+    """fold(list[str], stream) — the ``var``s listed in Bind 2's ``<inline/>`` (XEP-0386): features a
+    module enables when its element is inside ``<bind xmlns='urn:xmpp:bind:0'/>`` (``bind2_inline``)."""
+    SASL2_TOKEN = "sasl2_token"
+    """first_async(domain, username, request: Sasl2Request) — a SASL2 token mechanism
+    (``request.mechanism``, XEP-0484 HT-*) needs the keys of the tokens the client may be using:
+    list[TokenKey] (empty, or None from all: not-authorized).  Having handlers is what makes the
+    c2s stream accept the HT mechanisms."""
+    SASL2_AUTHENTICATED = "sasl2_authenticated"
+    """fold_async(list[bytes], session, auth: Sasl2Authenticated) — a SASL2 mechanism accepted the
+    client (``session.authenticated`` is set; nothing is bound yet): return the ``<success/>``
+    children so far.  A handler may refuse after all by raising ``SaslFailure`` (a replayed XEP-0484
+    counter), issue what ``auth.request`` asks for (a FAST ``<token/>``), or resume a XEP-0198
+    session (``session.resumed(record, data)``: ``data`` goes out after ``<success/>``, the
+    ``<resumed/>`` goes into the returned list) — then no resource is bound."""
+    BIND2_INLINE = "bind2_inline"
+    """fold_async(list[bytes], session, bind: Element) — a Bind 2 request bound ``session`` (after the
+    replication wait, before ``<success/>``): enable what ``bind``'s children ask for and return the
+    children of ``<bound/>`` (XEP-0198 ``<enabled/>``; carbons and CSI add nothing)."""
     C2S_PRE_AUTH_IQ = "c2s_pre_auth_iq"
     """first_async(stanza, domain) — an IQ before authentication (XEP-0077 registration): the reply
     stanza, or None (not-authorized)."""

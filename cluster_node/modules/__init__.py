@@ -14,6 +14,7 @@ from .contact_addresses import ContactAddresses
 from .csi import Csi
 from .disco import Disco
 from .external_services import ExternalServices
+from .fast import Fast
 from .http_upload import HttpUpload
 from .last import LastActivity
 from .mam import Mam
@@ -35,5 +36,5 @@ __all__ = ["BUILTIN", "Module"]
 BUILTIN: dict[str, type[Module]] = {m.name: m for m in (
     Roster, Presence, Offline, Disco, Ping, Version, Register, StreamManagement, Csi, Carbons, Mam,
     Vcard, PrivateStorage, EntityTime, LastActivity, ContactAddresses, ExternalServices,
-    Blocking, HttpUpload, Push, Pep,
+    Blocking, HttpUpload, Push, Pep, Fast,
 )}

@@ -24,6 +24,8 @@ CORE = (
     ("XEP-0114", "core", "Jabber Component Protocol (external components)"),
     ("XEP-0220", "gateway", "Server Dialback (S2S)"),
     ("XEP-0368", "core", "SRV records for XMPP over TLS (direct TLS listener)"),
+    ("XEP-0386", "core", "Bind 2: resource from the user-agent, modules' features inline (SM, carbons, CSI)"),
+    ("XEP-0388", "core", "Extensible SASL Profile (SASL2): one round trip, no stream restart; no -PLUS yet"),
     ("XEP-0478", "core", "Stream limits advertisement"),
 )
 

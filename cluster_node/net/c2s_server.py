@@ -4,12 +4,21 @@ This adapter owns only I/O: the transport, the TLS upgrade, timers, the shaper's
 per-connection queue so one client's stanzas are handled in order while its socket keeps being
 read (up to a high-water mark, then reading pauses).  What modules add reaches the stream through
 hooks: features per stage, elements that are not stanzas, each stanza received and written.
+
+A SASL2 authentication (XEP-0388) is finished here, in this order, once its mechanism accepted
+the client: ``sasl2_authenticated`` (modules may still refuse — a replayed XEP-0484 counter —,
+issue a FAST token, or resume a XEP-0198 session), then, unless a session was resumed, the Bind 2
+request (XEP-0386) through the session manager exactly like an RFC 6120 bind (conflicts, the
+replication wait), then ``bind2_inline`` for the ``<bound/>`` children, and ``<success/>``.  A
+token mechanism's keys come from ``sasl2_token``, as an account's SCRAM keys come from storage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import secrets
 import ssl
 from collections import deque
 from typing import Any
@@ -19,7 +28,7 @@ from ..core.limits import ConnectionLimiter, Shaper
 from ..core.session_manager import SessionManager, is_probe
 from ..core.sessions import SessionRecord
 from ..settings import NodeSettings
-from ..xmpp import errors
+from ..xmpp import errors, ns
 from ..xmpp.c2s import (
     Authenticated,
     BindRequested,
@@ -29,14 +38,18 @@ from ..xmpp.c2s import (
     CredentialsNeeded,
     ElementIn,
     RegistrationIq,
+    Sasl2Authenticated,
+    Sasl2Request,
     SessionEstablished,
     StanzaIn,
     StartTls,
     State,
     StreamEnded,
+    TokenNeeded,
 )
-from ..xmpp.errors import StreamError
+from ..xmpp.errors import SaslFailure, StreamError
 from ..xmpp.jid import InvalidJid, Jid
+from ..xmpp.sasl.ht import HT_MECHANISMS
 from ..xmpp.stanza import Stanza
 
 __all__ = ["C2SListener"]
@@ -46,6 +59,8 @@ log = logging.getLogger(__name__)
 QUEUE_HIGH_WATER = 500  # stanzas waiting for this connection's handler before reading pauses
 WRITE_BUFFER_LIMIT = 8 * 1024 * 1024  # a client that does not read this much is dropped
 LINGER_SECONDS = 2.0  # after a stream error: time for the peer to read it before we close
+AGENT_FLAG = "agent"  # session record flag: a short hash of the SASL2 user agent id that bound it
+MAX_TAG_CHARS = 64  # of a Bind 2 <tag/> taken into a resource
 
 
 class C2SListener:
@@ -64,6 +79,9 @@ class C2SListener:
             allow_plain=settings.c2s.allow_plain, registration=hooks.has(Hook.C2S_PRE_AUTH_IQ),
             max_stanza_size=lim.max_stanza_size, max_depth=lim.max_depth,
             features=lambda stage, stream: hooks.fold(Hook.C2S_FEATURES, [], stage, stream),
+            sasl2_inline=lambda stream: hooks.fold(Hook.SASL2_INLINE, [], stream),
+            bind2_features=lambda stream: hooks.fold(Hook.BIND2_FEATURES, [], stream),
+            token_mechanisms=lambda stream: tuple(HT_MECHANISMS) if hooks.has(Hook.SASL2_TOKEN) else (),
         )
         self.servers: list[asyncio.Server] = []
         self.connections: set[C2SConnection] = set()
@@ -307,6 +325,10 @@ class C2SConnection(asyncio.Protocol):
                 self.listener.sessions.s.router.spawn(self._start_tls())
             elif isinstance(event, CredentialsNeeded):
                 self.listener.sessions.s.router.spawn(self._lookup(event))
+            elif isinstance(event, TokenNeeded):
+                self.listener.sessions.s.router.spawn(self._token_lookup(event))
+            elif isinstance(event, Sasl2Authenticated):
+                self.listener.sessions.s.router.spawn(self._sasl2(event))
             elif isinstance(event, BindRequested):
                 self._bind(event)
             elif isinstance(event, RegistrationIq):
@@ -373,6 +395,93 @@ class C2SConnection(asyncio.Protocol):
             self.listener.counters["auth_failures"] += 1
         self._handle(events)
 
+    async def _token_lookup(self, event: TokenNeeded) -> None:
+        """A token mechanism (XEP-0484 HT-*) needs the keys of the client's tokens: from the
+        module that keeps them (``sasl2_token``)."""
+        try:
+            keys = await self._hooks.first_async(Hook.SASL2_TOKEN, self.core.domain or "", event.username,
+                                                 event.request)
+        except Exception:
+            log.exception("token lookup failed")
+            self._handle(self.core.close(errors.InternalServerError()))
+            return
+        if self._closed or self.core.state is not State.WAIT_CREDENTIALS:
+            return
+        events = self.core.provide_token(list(keys or ()))
+        if self.core.username is None:
+            self.listener.counters["auth_failures"] += 1
+        self._handle(events)
+
+    async def _sasl2(self, event: Sasl2Authenticated) -> None:
+        """Finish a SASL2 authentication the mechanism accepted: modules' inline requests (a
+        XEP-0198 resumption among them), else the Bind 2 request, then ``<success/>``."""
+        try:
+            children: list[bytes] = await self._hooks.fold_async(Hook.SASL2_AUTHENTICATED, [], self, event)
+            if self._closed or self.core.state is not State.WAIT_SASL2:
+                return
+            jid: Jid | None = None
+            if self.record is not None:  # a XEP-0198 session resumed: no bind (XEP-0386 §3.2)
+                jid = self.record.jid
+            elif event.request.bind is not None:
+                bound = await self._bind2(event.request)
+                if bound is None:
+                    return  # the connection closed meanwhile
+                children.append(bound)
+                jid = self.record.jid
+        except SaslFailure as e:
+            if self._closed or self.core.state is not State.WAIT_SASL2:
+                return
+            self.listener.counters["auth_failures"] += 1
+            log.info("c2s %s: SASL2 refused after the mechanism: %s", self.ip, e)
+            self._handle(self.core.sasl2_failed(e))
+            return
+        except Exception:
+            log.exception("c2s %s: finishing a SASL2 authentication failed", self.ip)
+            self._handle(self.core.close(errors.InternalServerError()))
+            return
+        self._handle(self.core.sasl2_success(jid, b"".join(children)))
+        if jid is not None:
+            self._arm_timer(self.listener.settings.c2s.idle_timeout)
+
+    async def _bind2(self, request: Sasl2Request) -> bytes | None:
+        """XEP-0386: bind through the session manager, wait for replication, enable the inline
+        features; the ``<bound/>`` element (None: the connection closed meanwhile)."""
+        assert self.core.username is not None and self.core.domain is not None and request.bind is not None
+        resource, agent = self._bind2_resource(self.core.username, self.core.domain, request)
+        try:
+            self.listener.sessions.bind(self, self.core.username, self.core.domain, resource)
+        except errors.StanzaError as e:
+            raise SaslFailure("temporary-auth-failure", f"no resource could be bound ({e.condition})") from None
+        if agent is not None:
+            self.set_record(self.record.with_flag(AGENT_FLAG, agent))
+        cluster = self.listener.sessions.s.cluster
+        if cluster is not None and cluster.links:  # every member knows the session (CETS insert semantics)
+            await cluster.wait_acks()
+        if self._closed or self.core.state is not State.WAIT_SASL2:
+            return None
+        inline: list[bytes] = await self._hooks.fold_async(Hook.BIND2_INLINE, [], self, request.bind)
+        return f"<bound xmlns='{ns.BIND2}'>".encode() + b"".join(inline) + b"</bound>"
+
+    def _bind2_resource(self, username: str, domain: str, request: Sasl2Request) -> tuple[str | None, str | None]:
+        """The resource for a Bind 2 request, and the short hash of its user agent id.
+
+        The client's ``<tag/>`` (else its ``<software/>``) as it is, when no session holds it or
+        the one holding it was bound by the same client (the same user agent id: an earlier
+        session of this client, replaced as XEP-0386 recommends); else ``<tag>.<hash>``, where the
+        hash of the user agent id keeps it the same at every login of that client, and never
+        shows the id itself.  No tag: the hash alone; no user agent id either: the session
+        manager's choice."""
+        agent_id = request.user_agent.id
+        agent = hashlib.sha256(agent_id.encode()).hexdigest()[:8] if agent_id else None
+        preferred = _resourcepart(username, domain, request.tag) or _resourcepart(
+            username, domain, request.user_agent.software)
+        if preferred is None:
+            return agent, agent
+        holder = self.listener.sessions.s.table.lookup(Jid.parse(f"{username}@{domain}/{preferred}"))
+        if holder is None or (agent is not None and holder.flags.get(AGENT_FLAG) == agent):
+            return preferred, agent
+        return f"{preferred}.{agent or secrets.token_hex(4)}", agent
+
     def _bind(self, event: BindRequested) -> None:
         assert self.core.username is not None and self.core.domain is not None
         try:
@@ -417,9 +526,13 @@ class C2SConnection(asyncio.Protocol):
 
     def resumed(self, record: SessionRecord, data: bytes) -> None:
         """This connection takes over ``record``'s session (XEP-0198 resumption, the module checked
-        everything): ``data`` (``<resumed/>`` and what is resent) goes out, the stream is established."""
+        everything): ``data`` (``<resumed/>`` and what is resent) goes out, the stream is established.
+        Inside a SASL2 authentication (``sasl2_authenticated``), ``data`` is what is resent only:
+        it goes out after the ``<success/>`` that carries the ``<resumed/>``."""
         self.record = record
         self.core.send_bytes(data)
+        if self.core.state is State.WAIT_SASL2:
+            return  # _sasl2 writes the <success/>
         self._handle(self.core.resume_done(record.jid))
         self._arm_timer(self.listener.settings.c2s.idle_timeout)
 
@@ -464,6 +577,18 @@ class C2SConnection(asyncio.Protocol):
 
     def _timeout(self) -> None:
         self._handle(self.core.close(errors.ConnectionTimeout()))
+
+
+def _resourcepart(username: str, domain: str, text: str | None) -> str | None:
+    """``text`` (a Bind 2 tag, a software name) if it makes a valid resource, with room for a
+    suffix; else None."""
+    if not text or len(text) > MAX_TAG_CHARS:
+        return None
+    try:
+        jid = Jid.parse(f"{username}@{domain}/{text}")
+    except InvalidJid:
+        return None
+    return jid.resource
 
 
 def _all_stream_errors() -> list[type[StreamError]]:

@@ -9,7 +9,6 @@ Any other exception escaping a protocol core is a bug.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-
 from xml.sax.saxutils import escape
 
 from . import ns

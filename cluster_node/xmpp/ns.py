@@ -3,7 +3,7 @@
 __all__ = [
     "STREAM", "CLIENT", "SERVER", "TLS", "SASL", "BIND", "SESSION", "STANZAS", "STREAMS",
     "ROSTER", "ROSTER_VER", "PING", "DISCO_INFO", "DISCO_ITEMS", "VERSION", "REGISTER",
-    "REGISTER_FEATURE", "DELAY", "XML", "XML_LANG", "LIMITS",
+    "REGISTER_FEATURE", "DELAY", "XML", "XML_LANG", "LIMITS", "SASL2", "BIND2", "FAST", "SASL_CB",
 ]
 
 STREAM = "http://etherx.jabber.org/streams"
@@ -27,3 +27,7 @@ DELAY = "urn:xmpp:delay"  # XEP-0203, stamps offline messages (XEP-0160)
 XML = "http://www.w3.org/XML/1998/namespace"
 XML_LANG = "{%s}lang" % XML
 LIMITS = "urn:xmpp:stream-limits:0"  # XEP-0478
+SASL2 = "urn:xmpp:sasl:2"  # XEP-0388 Extensible SASL Profile
+BIND2 = "urn:xmpp:bind:0"  # XEP-0386 Bind 2
+FAST = "urn:xmpp:fast:0"  # XEP-0484 Fast Authentication Streamlining Tokens
+SASL_CB = "urn:xmpp:sasl-cb:0"  # XEP-0440 SASL Channel-Binding Type Capability

@@ -15,8 +15,13 @@ its events::
 time; ``scripts/install-test-deps.sh`` does the same up front.  A test is skipped only when ``node``
 is missing.
 
-What xmpp.js does (read from its source, seen against Prosody 0.12): SASL2 + Bind2 with inline SM
-when offered, else SASL1, bind, then ``<enable resume='true'/>``; "online" fires after bind, before
+What xmpp.js does (read from its source, seen against Prosody 0.12 and Meridian): SASL2 + Bind2 with
+inline SM when offered, else SASL1, bind, then ``<enable resume='true'/>``; its Bind 2 ``<tag/>`` is the
+``resource`` option and its ``<user-agent id>`` a random UUID per client object (stable across its
+reconnects); with FAST (XEP-0484) offered it asks for a token at its first SASL2 login
+(``<request-token/>``), keeps it in memory, and logs in with it (HT-SHA-256-NONE, ``<fast/>`` without a
+count) from its next connection on — a reconnect or ``restart`` — falling back to its password
+after a ``<failure/>``; "online" fires after bind, before
 SM is enabled (wait for ``sm_enabled`` before relying on SM); ``<a/>`` only in answer to ``<r/>`` and
 before a graceful close; ``<r/>`` 250 ms after its last outbound stanza and every 30 s when idle, and
 it disconnects when nothing arrives for 60 s after an ``<r/>``; after a dead socket @xmpp/reconnect
@@ -266,6 +271,21 @@ class JsClient:
     async def stop(self, timeout: float = 10.0) -> None:
         """Graceful: ``<a/>``, ``</stream:stream>``, then ``offline``; no reconnect."""
         await self.command("stop", timeout=timeout)
+
+    async def restart(self, timeout: float = 10.0) -> None:
+        """Log out gracefully, then log in again with the same xmpp.js client object (returns once
+        the login started: wait for ``online``).  A new session (stream management starts over); the
+        XEP-0484 token xmpp.js saved, if any, is what it logs in with (``authenticate`` events say how)."""
+        await self.command("restart", timeout=timeout)
+
+    async def fast_token(self) -> dict[str, Any] | None:
+        """The XEP-0484 token xmpp.js saved (``{"mechanism", "expiry", "token"}``), or None."""
+        token = (await self.command("fast_token")).get("token")
+        return token if isinstance(token, dict) else None
+
+    async def set_fast_token(self, token: dict[str, Any] | None) -> None:
+        """Replace the saved token (None: forget it; xmpp.js then logs in with its password)."""
+        await self.command("set_fast_token", token=token)
 
     async def close(self, timeout: float = 5.0) -> None:
         """Stop the client (if connected) and end the process; killed if it takes longer than ``timeout``."""

@@ -21,13 +21,23 @@
 //   {"cmd":"kill_socket","mode":"destroy"|"reset"}   drop the TCP/TLS socket without closing the stream
 //                                                    (reset: TCP RST); xmpp.js then reconnects and resumes
 //   {"cmd":"stop"}                             graceful: <a/>, </stream:stream>, then offline
+//   {"cmd":"restart"}                          stop gracefully, then log in again with the same client
+//                                              object (a new session; its FAST token, if it got one)
+//   {"cmd":"fast_token"}                       → {"token": {"mechanism","expiry","token"} | null}: the
+//                                              XEP-0484 token @xmpp/fast saved (in memory)
+//   {"cmd":"set_fast_token","token":{…}|null}  replace (or forget) the saved token
 //   {"cmd":"exit"}                             stop if needed and exit the process (also on stdin EOF)
 //
 // Events
 //   {"event":"ready"}                                          process started, commands accepted
 //   {"event":"status","status":"connecting"|"open"|"online"|"disconnect"|…}
-//   {"event":"online","jid":"…","resumed":false}              a new session (bound)
-//   {"event":"sm_resumed","previd":"…","h":"N"}               <resumed/> received (before re-sent stanzas)
+//   {"event":"online","jid":"…","resumed":false,"ms":N}       a new session (bound); ms since "connecting"
+//   {"event":"authenticate","mechanism":"…","fast":bool,"request_token":bool,"resume":bool,"bind":bool,
+//    "ms":N}                                                   a SASL2 <authenticate/> sent (XEP-0388)
+//   {"event":"sasl2_success","jid":"…","children":["bound",…],"ms":N}   SASL2 <success/> received
+//   {"event":"sasl2_failure","condition":"…","text":…}        SASL2 <failure/> received
+//   {"event":"fast_token","expiry":"…","mechanism":"…"}       a XEP-0484 <token/> received (and saved)
+//   {"event":"sm_resumed","previd":"…","h":"N","ms":N}        <resumed/> received (before re-sent stanzas)
 //   {"event":"resumed","jid":"…","id":"…","h":"N","inbound":N} xmpp.js' sm "resumed": resumption done, its
 //                                                              unacked stanzas re-sent (after the server's)
 //   {"event":"sm_enabled","id":"…","resume":"true","max":"…","location":…}
@@ -52,6 +62,7 @@ import { client, xml } from "@xmpp/client";
 const SM_NS = "urn:xmpp:sm:3";
 const SASL2_NS = "urn:xmpp:sasl:2";
 const BIND2_NS = "urn:xmpp:bind:0";
+const FAST_NS = "urn:xmpp:fast:0";
 const DEBUG = !!process.env.XMPPJS_DEBUG && process.env.XMPPJS_DEBUG !== "0";
 
 // Node 20 has no global WebSocket; xmpp.js' ws:// and wss:// transport needs one.
@@ -125,6 +136,11 @@ let xmpp = null;
 let presenceOnOnline = true;
 let rawSocket = null; // the TCP-level socket of the current connection (under STARTTLS's TLSSocket)
 let lastResumedH = null;
+let connectStarted = null; // performance.now() at the last "connecting" status
+
+function sinceConnect() {
+  return connectStarted == null ? null : Math.round((performance.now() - connectStarted) * 10) / 10;
+}
 
 function innerSockets(entity) {
   // xmpp:// → net.Socket; xmpps:// → @xmpp/tls Socket wrapping a tls.TLSSocket;
@@ -149,7 +165,17 @@ function watchSM(entity) {
   entity.on("send", (el) => {
     if (el.is("resume", SM_NS)) resumeSent = true;
     if (el.is("enable", SM_NS)) resumeSent = false;
-    if (el.is("authenticate", SASL2_NS)) resumeSent = !!el.getChild("resume", SM_NS);
+    if (el.is("authenticate", SASL2_NS)) {
+      resumeSent = !!el.getChild("resume", SM_NS);
+      emit("authenticate", {
+        mechanism: el.attrs.mechanism ?? null,
+        fast: !!el.getChild("fast", FAST_NS),
+        request_token: !!el.getChild("request-token", FAST_NS),
+        resume: resumeSent,
+        bind: !!el.getChild("bind", BIND2_NS),
+        ms: sinceConnect(),
+      });
+    }
     if (DEBUG) debug("->", describe(el));
   });
   entity.on("element", (el) => {
@@ -160,7 +186,18 @@ function watchSM(entity) {
     if (el.is("failed", SM_NS)) failed = el;
     let resumed = null;
     if (el.is("resumed", SM_NS)) resumed = el;
+    if (el.is("failure", SASL2_NS)) {
+      const cond = el.getChildElements().find((c) => c.name !== "text");
+      emit("sasl2_failure", { condition: cond?.name ?? null, text: el.getChildText("text") });
+    }
     if (el.is("success", SASL2_NS)) {
+      emit("sasl2_success", {
+        jid: el.getChildText("authorization-identifier"),
+        children: el.getChildElements().map((c) => c.name),
+        ms: sinceConnect(),
+      });
+      const token = el.getChild("token", FAST_NS);
+      if (token) emit("fast_token", { expiry: token.attrs.expiry ?? null, mechanism: entity.fast?.mechanism ?? null });
       resumed = el.getChild("resumed", SM_NS);
       enabled = el.getChild("bound", BIND2_NS)?.getChild("enabled", SM_NS) ?? null;
       failed = el.getChild("failed", SM_NS) ?? null;
@@ -170,7 +207,7 @@ function watchSM(entity) {
       // Emitted when <resumed/> arrives, so it comes before the stanzas the server re-sends right
       // after it; xmpp.js' own "resumed" (below) fires later, after it has re-sent its unacked queue.
       lastResumedH = resumed.attrs.h ?? null;
-      emit("sm_resumed", { previd: resumed.attrs.previd ?? null, h: lastResumedH });
+      emit("sm_resumed", { previd: resumed.attrs.previd ?? null, h: lastResumedH, ms: sinceConnect() });
       resumeSent = false;
     }
     if (enabled) {
@@ -214,11 +251,12 @@ function makeClient(opts) {
 
   c.on("error", (err) => emit("error", { text: errorText(err), condition: err?.condition ?? null }));
   c.on("status", (status) => {
+    if (status === "connecting") connectStarted = performance.now();
     emit("status", { status });
     if (status === "connect") rawSocket = c.socket?.socket ?? c.socket;
   });
   c.on("online", (jid) => {
-    emit("online", { jid: String(jid ?? c.jid), resumed: false });
+    emit("online", { jid: String(jid ?? c.jid), resumed: false, ms: sinceConnect() });
     if (presenceOnOnline) c.send(xml("presence")).catch((e) => emit("error", { text: errorText(e) }));
   });
   c.on("offline", () => emit("offline"));
@@ -334,6 +372,24 @@ async function handle(cmd) {
         xmpp.reconnect.stop();
         await xmpp.stop();
       }
+      return {};
+    }
+    case "restart": {
+      const c = requireClient();
+      c.reconnect.stop();
+      if (c.status !== "offline") await c.stop();
+      c.reconnect.start();
+      c.start().catch((err) => emit("error", { text: errorText(err), condition: err?.condition ?? null, during: "start" }));
+      return {};
+    }
+    case "fast_token": {
+      const token = (await requireClient().fast.fetchToken()) ?? null;
+      return { token };
+    }
+    case "set_fast_token": {
+      const c = requireClient();
+      if (cmd.token) await c.fast.saveToken(cmd.token);
+      else await c.fast.deleteToken();
       return {};
     }
     case "exit": {

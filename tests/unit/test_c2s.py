@@ -222,3 +222,47 @@ def test_legacy_session_after_bind_gets_a_result() -> None:
     events = feed(c, b"<iq type='set' id='s1'><session xmlns='urn:ietf:params:xml:ns:xmpp-session'/></iq>")
     assert events == []
     assert c.data_to_send() == b"<iq type='result' id=\"s1\"/>"
+
+
+def test_sasl1_is_unchanged_beside_sasl2() -> None:
+    """SASL2 is offered next to RFC 6120's <mechanisms/>; an <auth/> still ends in a stream restart."""
+    c = new()
+    to_tls(c)
+    feed(c, HEADER)
+    out = c.data_to_send()
+    assert out.index(b"<mechanisms xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>") < out.index(
+        b"<authentication xmlns='urn:xmpp:sasl:2'>")
+    feed(c, plain())
+    c.provide_credentials(CREDS["sha256"])
+    assert c.data_to_send() == b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'></success>"
+    assert c.state is State.WAIT_HEADER and c.stage == "post_auth"
+
+
+def test_starttls_is_not_offered_after_authentication() -> None:
+    """With TLS optional, a client that authenticated in clear is not offered STARTTLS any more
+    (it would be refused: RFC 6120 §5.3.1 negotiates TLS before SASL)."""
+    import hashlib
+    import hmac
+
+    c = new(tls_required=False)
+    feed(c, HEADER)
+    assert b"<starttls" in c.data_to_send()
+    feed(c, b"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-256'>"
+            + base64.b64encode(b"n,,n=alice,r=abc") + b"</auth>")
+    c.provide_credentials(CREDS["sha256"])
+    out = c.data_to_send()
+    server_first = base64.b64decode(out[out.index(b">") + 1:out.index(b"</challenge>")]).decode()
+    attrs = dict(part.split("=", 1) for part in server_first.split(","))
+    salted = hashlib.pbkdf2_hmac("sha256", b"secret", base64.b64decode(attrs["s"]), int(attrs["i"]))
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    without_proof = f"c=biws,r={attrs['r']}"
+    signature = hmac.new(hashlib.sha256(client_key).digest(), f"n=alice,r=abc,{server_first},{without_proof}".encode(),
+                         "sha256").digest()
+    proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature, strict=True))).decode()
+    final = base64.b64encode(f"{without_proof},p={proof}".encode()).decode()
+    assert feed(c, f"<response xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>{final}</response>".encode()) \
+        == [Authenticated("alice")]
+    c.data_to_send()
+    feed(c, HEADER)
+    out = c.data_to_send()
+    assert b"urn:ietf:params:xml:ns:xmpp-bind" in out and b"<starttls" not in out

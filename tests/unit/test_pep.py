@@ -188,7 +188,8 @@ def test_parse_publish_and_its_errors():
             p.parse_request(type_, _el(xml))
     # The reply carries the RFC 6120 condition and XEP-0060's application element.
     xml = p.PreconditionNotMet("x").to_xml().decode()
-    assert "<conflict xmlns" in xml and '<precondition-not-met xmlns="http://jabber.org/protocol/pubsub#errors" />' in xml
+    assert "<conflict xmlns" in xml
+    assert '<precondition-not-met xmlns="http://jabber.org/protocol/pubsub#errors" />' in xml
     assert p.PreconditionNotMet.condition == "conflict" and p.PayloadTooBig.condition == "not-acceptable"
 
 

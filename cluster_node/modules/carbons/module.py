@@ -12,6 +12,9 @@
   copied, wrapped in ``<received/>``, to the carbons-enabled resources that did not get the
   original: all but the addressed one for a full JID; those below the priority it was delivered
   at for a bare JID.  A message between two resources of one account is copied once, as sent.
+* **Inline in Bind 2** (XEP-0386): ``<enable xmlns='urn:xmpp:carbons:2'/>`` inside the SASL2
+  ``<bind/>`` sets the flag as the IQ would, with nothing to answer (the feature is listed in Bind 2's
+  ``<inline/>``).
 * **Private messages** (``<private/>``, XEP-0280 §7) and ``<no-copy/>`` (XEP-0334) are not copied;
   the recipient gets a private message without its ``<private/>`` (``message_to_account``).
 
@@ -59,6 +62,8 @@ class Carbons(Module):
         # Late: the recipient gets the message the modules before made, without <private/>.
         host.hook(Hook.MESSAGE_TO_ACCOUNT, _unprivate, 90)
         host.hook(Hook.MESSAGE_DELIVERED, self._received)
+        host.hook(Hook.BIND2_FEATURES, _bind2_feature)
+        host.hook(Hook.BIND2_INLINE, _bind2_enable)
 
     # -- enable / disable ----------------------------------------------------------------------------
 
@@ -128,6 +133,17 @@ class Carbons(Module):
 
 def _feature(features: set[str]) -> set[str]:
     return features | {NS}
+
+
+def _bind2_feature(variables: list[str], stream: object) -> list[str]:
+    return [*variables, NS]
+
+
+def _bind2_enable(children: list[bytes], session: Any, bind: ET.Element) -> list[bytes]:
+    """XEP-0386: carbons enabled at bind, when asked inside ``<bind/>``; no answer in ``<bound/>``."""
+    if bind.find(_ENABLE) is not None and session.record.flags.get(FLAG) != "on":
+        session.set_record(session.record.with_flag(FLAG, "on"))
+    return children
 
 
 def _unprivate(stanza: Stanza, to: Jid) -> Stanza:

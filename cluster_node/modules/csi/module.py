@@ -4,7 +4,8 @@
   ``<active/>`` on an established stream (``c2s_element``) set the session's state: a
   :class:`~.policy.CsiPolicy` in ``session.ext["csi"]``, and the flag ``csi: inactive`` on the
   replicated session record while inactive, so every member and region sees it.  A stream starts
-  active, and a resumed one too (XEP-0352 §5.2: the state is not restored).
+  active, and a resumed one too (XEP-0352 §5.2: the state is not restored), unless its Bind 2
+  request (XEP-0386) holds ``<inactive/>``: then it starts inactive.
 * **Filtering.** While inactive, ``user_receive_filter`` asks the policy: presence updates wait,
   deduplicated per sender; chat states are dropped; anything important goes out at once, after
   what waits.  Bounded by ``max_held`` senders and ``max_delay`` seconds (a timer per session).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -61,6 +63,8 @@ class Csi(Module):
         self.stats: Counter[str] = Counter()
         self.timers: dict[Any, asyncio.TimerHandle | None] = {}  # inactive sessions here → max_delay timer
         host.hook(Hook.C2S_FEATURES, self._features)
+        host.hook(Hook.BIND2_FEATURES, _bind2_feature)
+        host.hook(Hook.BIND2_INLINE, self._bind2_state)
         host.hook(Hook.C2S_ELEMENT, self._element, 10)  # before stream management's (50): <r/> flushes first
         host.hook(Hook.C2S_STANZA_RECEIVED, self._client_stanza)
         host.hook(Hook.USER_RECEIVE_FILTER, self._filter)
@@ -105,6 +109,13 @@ class Csi(Module):
                 self.cfg.flush_on_client_traffic or (element.namespace == SM_NS and element.name == "r")):
             self._flush(session, policy, "client")
         return None  # stream management (or whoever) still handles it
+
+    def _bind2_state(self, children: list[bytes], session: Any, bind: ET.Element) -> list[bytes]:
+        """``<inactive/>`` (or ``<active/>``, the default) inside Bind 2's ``<bind/>``: the state the
+        session starts in; nothing to answer in ``<bound/>``."""
+        if bind.find(f"{{{NS}}}inactive") is not None:
+            self._inactive(session)
+        return children
 
     def _inactive(self, session: Any) -> None:
         policy = self._policy(session)
@@ -245,6 +256,10 @@ class Csi(Module):
     def _policy(session: Any) -> CsiPolicy | None:
         policy = session.ext.get("csi")
         return policy if isinstance(policy, CsiPolicy) else None
+
+
+def _bind2_feature(variables: list[str], stream: object) -> list[str]:
+    return [*variables, NS]
 
 
 class CsiCollector(Collector):

@@ -18,6 +18,10 @@
   stream must have authenticated as the session's account.
 * **Shutdown.** A node that stops hands its detached sessions to another member (``sm.adopt``),
   so their clients resume there.
+* **Inline, in SASL2** (XEP-0198 §5 with XEP-0388/XEP-0386): ``<sm/>`` is offered inside SASL2's
+  ``<inline/>``; a ``<resume/>`` inside ``<authenticate/>`` is answered ``<resumed/>`` (or
+  ``<failed/>``, and the Bind 2 request is done instead) inside ``<success/>``; an ``<enable/>``
+  inside Bind 2's ``<bind/>`` is answered ``<enabled/>`` inside ``<bound/>``.
 
 Races, decided the same way everywhere: a new bind of the same resource replaces a detached
 session (RFC 6120 §7.7.2.2 kick-old: its unacked stanzas are routed to the new session) and a
@@ -33,6 +37,7 @@ import hmac
 import logging
 import secrets
 import time
+import xml.etree.ElementTree as ET
 from typing import Any
 
 from pydantic import Field
@@ -149,6 +154,10 @@ class StreamManagement(Module):
         host.hook(Hook.C2S_FEATURES, self._features)
         host.hook(Hook.C2S_ELEMENT, self._element)
         host.hook(Hook.C2S_PRE_BIND_ELEMENT, self._pre_bind_element)
+        host.hook(Hook.SASL2_INLINE, _sasl2_inline)
+        host.hook(Hook.BIND2_FEATURES, _bind2_feature)
+        host.hook(Hook.SASL2_AUTHENTICATED, self._sasl2_resume)
+        host.hook(Hook.BIND2_INLINE, self._bind2_enable)
         host.hook(Hook.C2S_STANZA_HANDLED, self._received)
         host.hook(Hook.USER_RECEIVE_PACKET, self._sent)
         host.hook(Hook.SESSION_DETACH, self._detach)
@@ -214,14 +223,16 @@ class StreamManagement(Module):
         session.send_raw(state.ack_reply())
 
     def _enable(self, session: Any, element: Stanza) -> None:
+        session.send_raw(self._enable_reply(session, element.element))
+
+    def _enable_reply(self, session: Any, element: ET.Element) -> bytes:
+        """Enable stream management on a bound session: ``<enabled/>`` or ``<failed/>``."""
         if session.ext.get("sm") is not None:
-            session.send_raw(sm.failed("unexpected-request", text="already enabled"))
-            return
+            return sm.failed("unexpected-request", text="already enabled")
         try:
-            request = sm.parse_enable(element.element)
+            request = sm.parse_enable(element)
         except SmError as e:
-            session.send_raw(e.to_failed())
-            return
+            return e.to_failed()
         token = secrets.token_urlsafe(18)
         resume_id: str | None = None
         if request.resume:
@@ -236,8 +247,31 @@ class StreamManagement(Module):
         session.ext["sm"] = state
         session.ext["sm_token"] = token
         self.counters["enabled"] += 1
-        session.send_raw(sm.enabled(resume_id, state.resume, state.max))
         session.set_record(session.record.with_flag("sm", "on"))
+        return sm.enabled(resume_id, state.resume, state.max)
+
+    # -- inline in SASL2 and Bind 2 ------------------------------------------------------------------
+
+    async def _sasl2_resume(self, children: list[bytes], session: Any, auth: Any) -> list[bytes]:
+        """A ``<resume/>`` inside the SASL2 ``<authenticate/>``: ``<resumed/>`` into the
+        ``<success/>`` (the session is taken over, nothing is bound), or ``<failed/>`` (a new
+        session is bound instead, if the client asked for one)."""
+        element = auth.request.find(NS, "resume")
+        if element is None:
+            return children
+        outcome = await self._take_over(session, element)
+        if isinstance(outcome, bytes):
+            return [*children, outcome]
+        record, resumed, resend = outcome
+        session.resumed(record, resend)
+        return [*children, resumed]
+
+    async def _bind2_enable(self, children: list[bytes], session: Any, bind: ET.Element) -> list[bytes]:
+        """An ``<enable/>`` inside Bind 2's ``<bind/>``: its answer goes into ``<bound/>``."""
+        element = bind.find(f"{{{NS}}}enable")
+        if element is None:
+            return children
+        return [*children, self._enable_reply(session, element)]
 
     async def _pre_bind_element(self, session: Any, element: Stanza) -> bool | None:
         if element.namespace != NS:
@@ -353,11 +387,20 @@ class StreamManagement(Module):
     # -- resumption ----------------------------------------------------------------------------------
 
     async def _resume(self, session: Any, element: Stanza) -> None:
-        try:
-            request = sm.parse_resume(element.element)
-        except SmError as e:
-            session.send_raw(e.to_failed())
+        outcome = await self._take_over(session, element.element)
+        if isinstance(outcome, bytes):
+            session.send_raw(outcome)
             return
+        record, resumed, resend = outcome
+        session.resumed(record, resumed + resend)
+
+    async def _take_over(self, session: Any, element: ET.Element) -> tuple[SessionRecord, bytes, bytes] | bytes:
+        """Resume the session ``<resume/>`` names on ``session``'s connection: (its record, the
+        ``<resumed/>``, what is resent after it), or the ``<failed/>`` to answer."""
+        try:
+            request = sm.parse_resume(element)
+        except SmError as e:
+            return e.to_failed()
         parts = sm.split_resume_id(request.previd)
         user = session.authenticated
         try:
@@ -366,27 +409,24 @@ class StreamManagement(Module):
             jid = None
         record = self.host.table.lookup(jid) if jid is not None else None
         if parts is None or jid is None or user is None or jid.bare != user or record is None:
-            self._fail(session, "item-not-found", "no such session to resume")
-            return
+            return self._fail("item-not-found", "no such session to resume")
         token = parts[1]
         if record.node == self.host.node:
             holder = self._take_local(record, token)
         else:
             holder = await self._take_remote(record, token)
         if holder is None:
-            self._fail(session, "item-not-found", "no such session to resume")
-            return
+            return self._fail("item-not-found", "no such session to resume")
         await holder.settled()
         state = holder.sm
         try:
             resend = state.resume_from(request.h, time.monotonic())
         except SmError as e:
-            self._fail(session, "undefined-condition", "the acknowledged count is higher than what was sent")
             log.info("sm: resume of %s refused: %s", jid, e)
             self._keep(holder)  # still resumable with the right h
             if holder.record.prev and holder.record.node == self.host.node:
                 self.host.table.insert(holder.record)  # its state moved here
-            return
+            return self._fail("undefined-condition", "the acknowledged count is higher than what was sent")
         now = time.monotonic()
         pending, holder.pending = holder.pending, []
         for data in pending:  # queued while detached: they go out now, counted as sent
@@ -398,13 +438,13 @@ class StreamManagement(Module):
         session.ext["sm_token"] = token
         self.host.local.add(record.sid, session)
         self.host.table.insert(record)  # flagged on again; taken from another member: it now points here
-        session.resumed(record, sm.resumed(request.previd, state.handled_in) + b"".join(resend))
         self.counters["resumed"] += 1
         log.info("sm: %s resumed on %s (%d resent)", record.jid, self.host.node, len(resend))
+        return record, sm.resumed(request.previd, state.handled_in), b"".join(resend)
 
-    def _fail(self, session: Any, condition: str, text: str) -> None:
+    def _fail(self, condition: str, text: str) -> bytes:
         self.counters["failed"] += 1
-        session.send_raw(sm.failed(condition, text=text))
+        return sm.failed(condition, text=text)
 
     def _take_local(self, record: SessionRecord, token: str) -> Detached | None:
         """The session is held here: a detached one, or a live connection whose client has not
@@ -434,7 +474,7 @@ class StreamManagement(Module):
     async def _take_remote(self, record: SessionRecord, token: str) -> Detached | None:
         new_sid = self.host.local.new_sid()
         mine = SessionRecord(record.jid, self.host.node, new_sid, time.time(), record.priority, record.available,
-                             record.interested, prev=record.sid)
+                             record.interested, prev=record.sid, flags=dict(record.flags))  # carbons, PEP…
         # What the holder forwards while the state travels lands here, in order, until resumed.
         buffer = Detached(mine, SmSession(), token, last_presence=None, directed=set(), ext={})
         self.host.local.add(new_sid, buffer)
@@ -499,6 +539,7 @@ class StreamManagement(Module):
                                  if det.last_presence is not None else None),
                     "directed": sorted(det.directed),
                     "record": {"priority": det.record.priority, "available": det.record.available,
+                               "flags": dict(det.record.flags),
                                "interested": det.record.interested},
                 }, timeout=self.cfg.takeover_timeout)
             except (LookupError, TimeoutError) as e:
@@ -527,13 +568,21 @@ class StreamManagement(Module):
             raise ValueError(f"bad adopt request: {e}") from None
         record = SessionRecord(jid, self.host.node, self.host.local.new_sid(), time.time(),
                                int(rec.get("priority", 0)), bool(rec.get("available")), bool(rec.get("interested")),
-                               prev=old_sid, flags={"sm": "detached"})
+                               prev=old_sid, flags={**_flags(rec.get("flags")), "sm": "detached"})
         det = Detached(record, state, token, last_presence=last, ext={"sm": state, "sm_token": token},
                        directed={str(d) for d in args.get("directed") or []}, pending=pending)
         self._keep(det)
         self.host.table.insert(record)
         self.counters["adopted"] += 1
         return {"sid": record.sid}
+
+
+def _sasl2_inline(parts: list[bytes], stream: object) -> list[bytes]:
+    return [*parts, sm.FEATURE]  # resumption inside SASL2's <authenticate/>
+
+
+def _bind2_feature(variables: list[str], stream: object) -> list[str]:
+    return [*variables, NS]  # <enable/> inside Bind 2's <bind/>
 
 
 def _token_ok(held: object, given: str) -> bool:
@@ -553,3 +602,10 @@ def _unstamped(stanza: Stanza) -> Stanza:
 def _is_copy(stanza: Stanza) -> bool:
     """A XEP-0280 carbon (``<sent/>``/``<received/>``) of a message that has its own delivery."""
     return any(child.tag in (f"{{{CARBONS}}}sent", f"{{{CARBONS}}}received") for child in stanza.element)
+
+
+def _flags(value: object) -> dict[str, str]:
+    """Module flags from another member (checked: they came over a link)."""
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}

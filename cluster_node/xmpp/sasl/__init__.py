@@ -2,7 +2,9 @@
 
 A mechanism takes the client's decoded messages and returns a :class:`Challenge`, a
 :class:`Success`, or :class:`NeedCredentials` (the caller looks the account up and calls
-``provide``); failures raise :class:`~cluster_node.xmpp.errors.SaslFailure`.
+``provide``); failures raise :class:`~cluster_node.xmpp.errors.SaslFailure`.  The same mechanisms
+serve RFC 6120's SASL profile and XEP-0388's (SASL2); the token mechanisms of XEP-0484
+(:mod:`.ht`) only the latter.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Challenge:
 class Success:
     username: str
     data: bytes = b""
+    token: str | None = None  # a token mechanism (HT): which of the keys it was given matched
 
 
 @dataclass(frozen=True)
