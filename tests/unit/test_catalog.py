@@ -4,7 +4,8 @@
 import xml.etree.ElementTree as ET
 
 from cluster_node.modules import BUILTIN
-from cluster_node.modules.catalog import ROOT, doap, settings_reference, with_table, xep_table
+from cluster_node.core.hooks import Hook
+from cluster_node.modules.catalog import ROOT, doap, hooks_reference, settings_reference, with_table, xep_table
 
 
 def test_readme_table_is_current():
@@ -37,3 +38,10 @@ def test_settings_reference_is_current_and_documents_every_key():
         for key in cls.Settings.model_fields:
             assert f"| `{key}` |" in text
     assert "| `resume_timeout` | `300` |" in text
+
+
+def test_hooks_reference_is_current_and_lists_every_hook():
+    text = (ROOT / "docs" / "hooks.md").read_text()
+    assert text == hooks_reference(), "run: python -m cluster_node.modules.catalog"
+    names = [v for k, v in vars(Hook).items() if k.isupper() and isinstance(v, str)]
+    assert names and all(f"| `{name}` |" in text for name in names)
