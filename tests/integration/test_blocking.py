@@ -11,19 +11,27 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from slixmpp import JID
 from slixmpp.exceptions import IqError
 
-from tests.helpers.cluster import SECRET, eventually, poll, system_info, wait_until
+from tests.helpers.cluster import eventually
 from tests.helpers.dns import DnsServer
 from tests.helpers.node import NodeProcess
-from tests.helpers.ports import free_port
-from tests.helpers.redis import RedisServer, redis_server_binary
-from tests.helpers.regions import DOMAIN, Region, make_region
+from tests.helpers.redis import RedisServer
+from tests.helpers.regions import Region
+from tests.helpers.topologies import (
+    check_logs,
+    close,
+    fresh_users,
+    need_redis,
+    one_node,
+    replicated,
+    two_node_region,
+    two_regions,
+)
 from tests.helpers.xmpp_client import Client
 from tests.integration.test_s2s import EU, PASSWORD as S2S_PASSWORD, US, Site
 
@@ -98,23 +106,13 @@ async def becomes(expected: str, sender: User, to: str, receiver: User, within: 
         await asyncio.sleep(0.2)
 
 
-async def close(*clients: Client) -> None:
-    for c in clients:
-        await c.close()
-
-
 # -- one node -------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    n = NodeProcess(tmp_path_factory.mktemp("blocking-node"), name="b1")
-    for user in ("alice", "bob"):
-        n.register(user, PASSWORD)
-    n.start()
-    yield n
-    n.stop()
-    assert "Traceback" not in n.log(), n.log()
+    with one_node(tmp_path_factory.mktemp("blocking-node"), "b1", users=("alice", "bob"), password=PASSWORD) as n:
+        yield n
 
 
 async def test_one_node(node: NodeProcess):
@@ -154,30 +152,13 @@ async def test_one_node(node: NodeProcess):
 # -- a two-node region -------------------------------------------------------------------------------
 
 
-def region_node(base: Path, name: str, url: str) -> NodeProcess:
-    """A node of one cluster whose block lists stay cached for a minute: only the drop a change
-    sends to the other members can make it hold there."""
-    cluster = {"enabled": True, "secret": SECRET, "port": free_port(), "refresh_interval": 0.3,
-               "ping_interval": 0.3, "ping_timeout": 1.5}
-    return NodeProcess(base / name, name=name, storage_url=url,
-                       settings={"cluster": cluster, "modules": {"blocking": {"cache_ttl": 60.0}}})
-
-
 @pytest.fixture(scope="module")
 def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProcess]]:
-    base = tmp_path_factory.mktemp("blocking-region")
-    url = f"sqlite:///{base / 'region.db'}"
-    nodes = [region_node(base, name, url) for name in ("r1", "r2")]
-    for user in ("alice", "bob"):
-        nodes[0].register(user, PASSWORD)
-    for n in nodes:
-        n.start()
-    wait_until(lambda: all(system_info(n)["joinedNodes"] == ["r1", "r2"] for n in nodes), 20, "two joined nodes")
-    yield nodes
-    for n in nodes:
-        n.stop()
-    for n in nodes:
-        assert "Traceback" not in n.log(), n.log()
+    """Nodes whose block lists stay cached for a minute: only the drop a change sends to the other
+    members can make it hold there."""
+    with two_node_region(tmp_path_factory.mktemp("blocking-region"), users=("alice", "bob"), password=PASSWORD,
+                         settings={"modules": {"blocking": {"cache_ttl": 60.0}}}) as nodes:
+        yield nodes
 
 
 async def test_two_nodes_of_a_region(region: list[NodeProcess]):
@@ -188,7 +169,7 @@ async def test_two_nodes_of_a_region(region: list[NodeProcess]):
     bob = await User(r2, f"{bob_jid}/pc").online(r2.port)
     try:
         await laptop.blocking.get_blocked_jids(timeout=5)
-        await laptop.plugin["xep_0199"].ping(str(phone.boundjid), timeout=5)  # the flag reached r1
+        await replicated((laptop, phone))  # the flag reached r1
         # Both nodes read (and cache) alice's empty list.
         assert await outcome(bob, f"{alice}/phone", phone) == "delivered"
         assert await outcome(phone, bob_jid, bob) == "delivered"
@@ -213,37 +194,17 @@ TTL = 1.0  # the block lists' cache in the regions' nodes and gateways
 
 @pytest.fixture(scope="module")
 def regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Region, Region]]:
-    if redis_server_binary() is None:
-        pytest.skip("redis-server is not installed")
+    need_redis()
     base = tmp_path_factory.mktemp("blocking-regions")
-    db = f"sqlite:///{base / 'domain.db'}"
     modules = {"modules": {"blocking": {"cache_ttl": TTL}}}
-    with RedisServer() as redis:
-        eu = make_region(base, "eu", storage_url=db, redis_url=redis.url, nodes=1, node_settings=modules)
-        us = make_region(base, "us", storage_url=db, redis_url=redis.url, nodes=1, node_settings=modules)
-        for gw in eu.gateways + us.gateways:
-            gw.config.write_text(gw.config.read_text() + f"\n[modules.blocking]\ncache_ttl = {TTL}\n")
-        try:
-            for r in (eu, us):
-                r.start()
-            for r in (eu, us):
-                names = sorted(p.name for p in r.processes)
-                for p in r.processes:
-                    assert poll(lambda p=p, names=names: system_info(p)["joinedNodes"] == names, 20), p.name
-            yield eu, us
-        finally:
-            for r in (eu, us):
-                r.stop()
-        for p in eu.processes + us.processes:
-            assert "Traceback" not in p.log(), p.log()
+    with RedisServer() as redis, two_regions(base, redis, node_settings=modules, gateway_settings=modules,
+                                             links=False) as both:
+        yield both.eu, both.us
 
 
 async def test_two_regions(regions: tuple[Region, Region]):
     eu, us = regions
-    alice, bob = f"alice{uuid.uuid4().hex[:6]}", f"bob{uuid.uuid4().hex[:6]}"
-    for user in (alice, bob):
-        eu.nodes[0].register(user, PASSWORD, DOMAIN)
-    alice_jid, bob_jid = f"{alice}@{DOMAIN}", f"{bob}@{DOMAIN}"
+    alice_jid, bob_jid = fresh_users(eu.nodes[0], PASSWORD, "alice", "bob")
     phone = await User(eu.nodes[0], f"{alice_jid}/phone").online(eu.nodes[0].port)
     pc = await User(us.nodes[0], f"{bob_jid}/pc").online(us.nodes[0].port)
     try:
@@ -274,8 +235,7 @@ async def test_two_regions(regions: tuple[Region, Region]):
 @pytest.fixture(scope="module")
 def domains(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Site, Site]]:
     """Two deployments with their own domains, as tests/integration/test_s2s.py starts them."""
-    if redis_server_binary() is None:
-        pytest.skip("redis-server is not installed")
+    need_redis()
     base = tmp_path_factory.mktemp("blocking-s2s")
     with DnsServer() as dns, RedisServer() as r1, RedisServer() as r2:
         eu = Site(base, "eu1", EU, r1.url, dns)
@@ -290,8 +250,7 @@ def domains(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Site, Si
             if us is not None:
                 us.stop()
         assert us is not None
-        for p in (eu.node, eu.gateway, us.node, us.gateway):
-            assert "Traceback" not in p.log(), p.log()
+        check_logs(eu.node, eu.gateway, us.node, us.gateway)
 
 
 async def test_over_s2s(domains: tuple[Site, Site]):

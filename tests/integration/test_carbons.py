@@ -7,18 +7,26 @@ copies of what it sent or was sent, private and ``no-copy`` messages are not cop
 from __future__ import annotations
 
 import asyncio
-import json
-import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.helpers.cluster import cluster_node, eventually, poll, system_info, wait_until
+from tests.helpers.cluster import eventually
 from tests.helpers.node import NodeProcess
-from tests.helpers.redis import RedisServer, redis_server_binary
-from tests.helpers.regions import DOMAIN, Region, make_region
+from tests.helpers.redis import RedisServer
+from tests.helpers.regions import Region
+from tests.helpers.topologies import (
+    close,
+    fresh_users,
+    lookup,
+    need_redis,
+    one_node,
+    replicated,
+    two_node_region,
+    two_regions,
+)
 from tests.helpers.xmpp_client import Client
 
 CARBONS = "urn:xmpp:carbons:2"
@@ -52,13 +60,6 @@ async def device(node: NodeProcess, port: int, jid: str, priority: int, *, carbo
     if carbons:
         await d.enable_carbons()
     return d
-
-
-async def replicated(*pairs: tuple[Device, Device]) -> None:
-    """Each ``a`` pings ``b``: the ping follows ``a``'s carbons flag down the same cluster (and
-    gateway) links, so once it is answered every member on the way has the flag."""
-    for a, b in pairs:
-        await a.plugin["xep_0199"].ping(str(b.boundjid), timeout=5)
 
 
 async def check_conversation(phone: Device, laptop: Device, bob: Device, alice: str, bob_jid: str) -> None:
@@ -112,23 +113,13 @@ def send_private(sender: Device, to: str, body: str) -> None:
     m.send()
 
 
-async def close(*clients: Client) -> None:
-    for c in clients:
-        await c.close()
-
-
 # -- one node ------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    n = NodeProcess(tmp_path_factory.mktemp("carbons-node"), name="c1")
-    for user in ("alice", "bob"):
-        n.register(user, PASSWORD)
-    n.start()
-    yield n
-    n.stop()
-    assert "Traceback" not in n.log(), n.log()
+    with one_node(tmp_path_factory.mktemp("carbons-node"), "c1", users=("alice", "bob"), password=PASSWORD) as n:
+        yield n
 
 
 async def test_one_node(node: NodeProcess):
@@ -158,18 +149,8 @@ async def test_one_node(node: NodeProcess):
 @pytest.fixture(scope="module")
 def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProcess]]:
     base = tmp_path_factory.mktemp("carbons-region")
-    url = f"sqlite:///{base / 'region.db'}"
-    nodes = [cluster_node(base, name, url) for name in ("r1", "r2")]
-    for user in ("alice", "bob"):
-        nodes[0].register(user, PASSWORD)
-    for n in nodes:
-        n.start()
-    wait_until(lambda: all(system_info(n)["joinedNodes"] == ["r1", "r2"] for n in nodes), 20, "two joined nodes")
-    yield nodes
-    for n in nodes:
-        n.stop()
-    for n in nodes:
-        assert "Traceback" not in n.log(), n.log()
+    with two_node_region(base, users=("alice", "bob"), password=PASSWORD) as nodes:
+        yield nodes
 
 
 async def test_two_nodes_of_a_region(region: list[NodeProcess]):
@@ -187,47 +168,17 @@ async def test_two_nodes_of_a_region(region: list[NodeProcess]):
 # -- two regions ------------------------------------------------------------------------------------------
 
 
-def gd_status(gateway: NodeProcess) -> dict[str, Any]:
-    return json.loads(gateway.ctl("gdistrib", "status").stdout)["data"]["gdistrib"]["status"]  # type: ignore[no-any-return]
-
-
-def lookup(gateway: NodeProcess, jid: str) -> dict[str, Any]:
-    return json.loads(gateway.ctl("gdistrib", "lookup", "--jid", jid).stdout)["data"]["gdistrib"]["lookup"]  # type: ignore[no-any-return]
-
-
 @pytest.fixture(scope="module")
 def regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Region, Region]]:
-    if redis_server_binary() is None:
-        pytest.skip("redis-server is not installed")
+    need_redis()
     base = tmp_path_factory.mktemp("carbons-regions")
-    db = f"sqlite:///{base / 'domain.db'}"
-    with RedisServer() as redis:
-        eu = make_region(base, "eu", storage_url=db, redis_url=redis.url, nodes=1)
-        us = make_region(base, "us", storage_url=db, redis_url=redis.url, nodes=1)
-        try:
-            for r in (eu, us):
-                r.start()
-            for r in (eu, us):
-                names = sorted(p.name for p in r.processes)
-                for p in r.processes:
-                    assert poll(lambda p=p, names=names: system_info(p)["joinedNodes"] == names, 20), p.name
-            for r, other in ((eu, "us"), (us, "eu")):
-                gw = r.gateways[0]
-                assert poll(lambda gw=gw, other=other: gd_status(gw)["links"].get(other, {}).get("up"), 15)
-            yield eu, us
-        finally:
-            for r in (eu, us):
-                r.stop()
-        for p in eu.processes + us.processes:
-            assert "Traceback" not in p.log(), p.log()
+    with RedisServer() as redis, two_regions(base, redis) as both:
+        yield both.eu, both.us
 
 
 async def test_two_regions(regions: tuple[Region, Region]):
     eu, us = regions
-    alice, bob = f"alice{uuid.uuid4().hex[:6]}", f"bob{uuid.uuid4().hex[:6]}"
-    for user in (alice, bob):
-        eu.nodes[0].register(user, PASSWORD, DOMAIN)
-    alice_jid, bob_jid = f"{alice}@{DOMAIN}", f"{bob}@{DOMAIN}"
+    alice_jid, bob_jid = fresh_users(eu.nodes[0], PASSWORD, "alice", "bob")
     eu_node, us_node = eu.nodes[0], us.nodes[0]
     laptop = await device(eu_node, eu_node.port, f"{alice_jid}/laptop", 1)
     phone = await device(us_node, us_node.port, f"{alice_jid}/phone", 5)

@@ -20,9 +20,9 @@ import pytest
 from slixmpp.exceptions import IqError
 from slixmpp.plugins.xep_0363 import http_upload as slixmpp_upload
 
-from tests.helpers.cluster import SECRET, system_info, wait_until
 from tests.helpers.node import NodeProcess
 from tests.helpers.ports import free_port
+from tests.helpers.topologies import one_node, two_node_region
 from tests.helpers.xmpp_client import Client
 
 PASSWORD = "upload-secret"
@@ -76,13 +76,9 @@ def condition(e: IqError) -> str:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    n = NodeProcess(tmp_path_factory.mktemp("upload-node"), name="up1",
-                    settings={"modules": upload_settings(free_port())})
-    n.register("alice", PASSWORD)
-    n.start()
-    yield n
-    n.stop()
-    assert "Traceback" not in n.log(), n.log()
+    with one_node(tmp_path_factory.mktemp("upload-node"), "up1", users=("alice",), password=PASSWORD,
+                  settings={"modules": upload_settings(free_port())}) as n:
+        yield n
 
 
 async def test_slixmpp_uploads_a_file_and_it_comes_back(node: NodeProcess, tmp_path: Path, trusting_slixmpp: Any):
@@ -142,31 +138,19 @@ async def test_wrong_length_puts_and_too_large_slots_are_refused(node: NodeProce
 @pytest.fixture(scope="module")
 def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[list[NodeProcess], list[int]]]:
     base = tmp_path_factory.mktemp("upload-region")
-    url = f"sqlite:///{base / 'region.db'}"
-    shared = base / "shared-uploads"
-    nodes, ports = [], []
-    for name in ("u1", "u2"):
-        port = free_port()
-        cluster = {"enabled": True, "secret": SECRET, "port": free_port(), "refresh_interval": 0.3,
-                   "ping_interval": 0.3, "ping_timeout": 1.5}
-        more: dict[str, Any] = {"storage_dir": str(shared)}
-        if nodes:
+    ports = {name: free_port() for name in ("u1", "u2")}
+
+    def settings(name: str) -> dict[str, Any]:
+        more: dict[str, Any] = {"storage_dir": str(base / "shared-uploads")}
+        if name != "u1":
             # The upload host's certificate is the same on every node (here: the one u1 makes at its start).
-            tls = nodes[0].workdir / "data" / "tls"
+            tls = base / "u1" / "data" / "tls"
             more.update(cert_file=str(tls / "cert.pem"), key_file=str(tls / "key.pem"))
-        nodes.append(NodeProcess(base / name, name=name, storage_url=url, settings={
-            "cluster": cluster, "modules": upload_settings(port, **more)}))
-        ports.append(port)
-    nodes[0].register("alice", PASSWORD)
-    nodes[0].register("bob", PASSWORD)
-    for n in nodes:
-        n.start()
-    wait_until(lambda: all(system_info(n)["joinedNodes"] == ["u1", "u2"] for n in nodes), 20, "two joined nodes")
-    yield nodes, ports
-    for n in nodes:
-        n.stop()
-    for n in nodes:
-        assert "Traceback" not in n.log(), n.log()
+        return {"modules": upload_settings(ports[name], **more)}
+
+    with two_node_region(base, names=("u1", "u2"), users=("alice", "bob"), password=PASSWORD,
+                         settings=settings) as nodes:
+        yield nodes, [ports[n.name] for n in nodes]
 
 
 def on_port(url: str, port: int) -> str:

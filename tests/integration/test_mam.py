@@ -6,7 +6,6 @@ the shared domain database, so every node and region reads the same one."""
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -14,10 +13,11 @@ from typing import Any
 import pytest
 from slixmpp.exceptions import IqError
 
-from tests.helpers.cluster import cluster_node, eventually, poll, system_info, wait_until
+from tests.helpers.cluster import eventually
 from tests.helpers.node import NodeProcess
-from tests.helpers.redis import RedisServer, redis_server_binary
-from tests.helpers.regions import DOMAIN, Region, make_region
+from tests.helpers.redis import RedisServer
+from tests.helpers.regions import DOMAIN, Region
+from tests.helpers.topologies import lookup, need_redis, one_node, two_node_region, two_regions
 from tests.helpers.xmpp_client import Client
 
 MAM = "urn:xmpp:mam:2"
@@ -60,14 +60,9 @@ async def live(c: Client, n: int) -> list[tuple[str, str]]:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    n = NodeProcess(tmp_path_factory.mktemp("mam-node"), name="mam1",
-                    settings={"modules": {"mam": {"max_page": 5}}})
-    for user in ("alice", "bob", "carol"):
-        n.register(user, PASSWORD)
-    n.start()
-    yield n
-    n.stop()
-    assert "Traceback" not in n.log(), n.log()
+    with one_node(tmp_path_factory.mktemp("mam-node"), "mam1", users=("alice", "bob", "carol"), password=PASSWORD,
+                  settings={"modules": {"mam": {"max_page": 5}}}) as n:
+        yield n
 
 
 async def test_one_node_archive_paged_with_slixmpp(node: NodeProcess) -> None:
@@ -131,19 +126,9 @@ async def test_one_node_offline_message_is_archived_once(node: NodeProcess) -> N
 
 @pytest.fixture(scope="module")
 def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProcess]]:
-    base = tmp_path_factory.mktemp("mam-region")
-    url = f"sqlite:///{base / 'region.db'}"
-    nodes = [cluster_node(base, name, url) for name in ("m1", "m2")]
-    for user in ("alice", "bob"):
-        nodes[0].register(user, PASSWORD)
-    for n in nodes:
-        n.start()
-    wait_until(lambda: all(system_info(n)["joinedNodes"] == ["m1", "m2"] for n in nodes), 20, "two joined nodes")
-    yield nodes
-    for n in nodes:
-        n.stop()
-    for n in nodes:
-        assert "Traceback" not in n.log(), n.log()
+    with two_node_region(tmp_path_factory.mktemp("mam-region"), names=("m1", "m2"), users=("alice", "bob"),
+                         password=PASSWORD) as nodes:
+        yield nodes
 
 
 async def test_region_written_on_one_node_read_on_the_other(region: list[NodeProcess]) -> None:
@@ -179,40 +164,10 @@ async def test_region_written_on_one_node_read_on_the_other(region: list[NodePro
 
 @pytest.fixture(scope="module")
 def regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Region, Region]]:
-    if redis_server_binary() is None:
-        pytest.skip("redis-server is not installed")
+    need_redis()
     base = tmp_path_factory.mktemp("mam-regions")
-    db = f"sqlite:///{base / 'domain.db'}"
-    with RedisServer() as redis:
-        eu = make_region(base, "eu", storage_url=db, redis_url=redis.url, nodes=1)
-        us = make_region(base, "us", storage_url=db, redis_url=redis.url, nodes=1)
-        try:
-            for user in ("alice", "bob"):
-                eu.nodes[0].register(user, PASSWORD, DOMAIN)
-            for r in (eu, us):
-                r.start()
-            for r in (eu, us):
-                names = sorted(p.name for p in r.processes)
-                for p in r.processes:
-                    assert poll(lambda p=p, names=names: system_info(p)["joinedNodes"] == names, 20)
-            for gw, other in ((eu.gateways[0], "us"), (us.gateways[0], "eu")):
-                assert poll(lambda gw=gw, other=other: _link_up(gw, other), 15), f"{gw.name} → {other}"
-            yield eu, us
-        finally:
-            for r in (eu, us):
-                r.stop()
-        for p in eu.processes + us.processes:
-            assert "Traceback" not in p.log(), p.log()
-
-
-def _link_up(gateway: NodeProcess, region: str) -> bool:
-    status = json.loads(gateway.ctl("gdistrib", "status").stdout)["data"]["gdistrib"]["status"]
-    return bool(status["links"].get(region, {}).get("up"))
-
-
-def _lookup(gateway: NodeProcess, jid: str) -> dict[str, Any]:
-    out = json.loads(gateway.ctl("gdistrib", "lookup", "--jid", jid).stdout)["data"]["gdistrib"]["lookup"]
-    return out if isinstance(out, dict) else {}
+    with RedisServer() as redis, two_regions(base, redis, users=("alice", "bob"), password=PASSWORD) as both:
+        yield both.eu, both.us
 
 
 async def test_two_regions_written_in_eu_paged_from_us(regions: tuple[Region, Region]) -> None:
@@ -227,7 +182,7 @@ async def test_two_regions_written_in_eu_paged_from_us(regions: tuple[Region, Re
         b = await mam_client(us.nodes[0], f"bob@{DOMAIN}/us-{tag}").online(us.nodes[0].port)
         try:
             received = await live(b, 3)
-            await eventually(lambda: _lookup(eu.gateways[0], f"bob@{DOMAIN}").get(f"us-{tag}"), 5, "bob mapped")
+            await eventually(lambda: lookup(eu.gateways[0], f"bob@{DOMAIN}").get(f"us-{tag}"), 5, "bob mapped")
             # bob online in us: relayed from eu, archived in us where it is delivered.
             for i in range(2):
                 a.send_message(mto=f"bob@{DOMAIN}", mbody=f"live {i}", mtype="chat")

@@ -10,8 +10,6 @@ unknown node."""
 from __future__ import annotations
 
 import asyncio
-import json
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,10 +17,20 @@ import pytest
 from slixmpp.exceptions import IqError
 from slixmpp.plugins.xep_0084.stanza import MetaData
 
-from tests.helpers.cluster import cluster_node, eventually, poll, system_info, wait_until
+from tests.helpers.cluster import eventually
 from tests.helpers.node import NodeProcess
-from tests.helpers.redis import RedisServer, redis_server_binary
-from tests.helpers.regions import DOMAIN, Region, make_region
+from tests.helpers.redis import RedisServer
+from tests.helpers.regions import Region
+from tests.helpers.topologies import (
+    close,
+    fresh_users,
+    lookup,
+    need_redis,
+    one_node,
+    replicated,
+    two_node_region,
+    two_regions,
+)
 from tests.helpers.xmpp_client import Client
 
 PASSWORD = "pep-secret"
@@ -71,11 +79,6 @@ async def befriend(a: Client, b: Client) -> None:
     await b.next_presence("available", sender=a_bare, timeout=10)  # a's presence follows its approval
 
 
-async def close(*clients: Client) -> None:
-    for c in clients:
-        await c.close()
-
-
 async def avatar_flow(alice: PepClient, bob_setup: PepClient, device_on: tuple[NodeProcess, int],
                       bob_jid: str) -> PepClient:
     """alice publishes an avatar; bob's device, coming online, gets it as the last item, then the
@@ -87,7 +90,7 @@ async def avatar_flow(alice: PepClient, bob_setup: PepClient, device_on: tuple[N
     device = await client(node, port, f"{bob_jid}/device")
     assert await device.avatar() == first  # XEP-0163 §4.3.2: the last item on coming online
     # The ping follows the device's record (with its interest flags) down the same links.
-    await device.plugin["xep_0199"].ping(str(alice.boundjid), timeout=5)
+    await replicated((device, alice))
     second = await alice.publish_avatar(AVATAR + b"2")
     assert await device.avatar() == second
     assert await bob_setup.avatar() == second
@@ -99,13 +102,8 @@ async def avatar_flow(alice: PepClient, bob_setup: PepClient, device_on: tuple[N
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    n = NodeProcess(tmp_path_factory.mktemp("pep-node"), name="p1")
-    for user in ("alice", "bob"):
-        n.register(user, PASSWORD)
-    n.start()
-    yield n
-    n.stop()
-    assert "Traceback" not in n.log(), n.log()
+    with one_node(tmp_path_factory.mktemp("pep-node"), "p1", users=("alice", "bob"), password=PASSWORD) as n:
+        yield n
 
 
 async def test_one_node(node: NodeProcess):
@@ -166,19 +164,8 @@ async def bookmarks(alice: PepClient) -> None:
 
 @pytest.fixture(scope="module")
 def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProcess]]:
-    base = tmp_path_factory.mktemp("pep-region")
-    url = f"sqlite:///{base / 'region.db'}"
-    nodes = [cluster_node(base, name, url) for name in ("r1", "r2")]
-    for user in ("alice", "bob"):
-        nodes[0].register(user, PASSWORD)
-    for n in nodes:
-        n.start()
-    wait_until(lambda: all(system_info(n)["joinedNodes"] == ["r1", "r2"] for n in nodes), 20, "two joined nodes")
-    yield nodes
-    for n in nodes:
-        n.stop()
-    for n in nodes:
-        assert "Traceback" not in n.log(), n.log()
+    with two_node_region(tmp_path_factory.mktemp("pep-region"), users=("alice", "bob"), password=PASSWORD) as nodes:
+        yield nodes
 
 
 async def test_two_nodes_of_a_region(region: list[NodeProcess]):
@@ -196,49 +183,19 @@ async def test_two_nodes_of_a_region(region: list[NodeProcess]):
 # -- two regions -----------------------------------------------------------------------------------
 
 
-def gd_status(gateway: NodeProcess) -> dict[str, Any]:
-    return json.loads(gateway.ctl("gdistrib", "status").stdout)["data"]["gdistrib"]["status"]  # type: ignore[no-any-return]
-
-
-def lookup(gateway: NodeProcess, jid: str) -> dict[str, Any]:
-    return json.loads(gateway.ctl("gdistrib", "lookup", "--jid", jid).stdout)["data"]["gdistrib"]["lookup"]  # type: ignore[no-any-return]
-
-
 @pytest.fixture(scope="module")
 def regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Region, Region]]:
-    if redis_server_binary() is None:
-        pytest.skip("redis-server is not installed")
+    need_redis()
     base = tmp_path_factory.mktemp("pep-regions")
-    db = f"sqlite:///{base / 'domain.db'}"
-    with RedisServer() as redis:
-        eu = make_region(base, "eu", storage_url=db, redis_url=redis.url, nodes=1)
-        us = make_region(base, "us", storage_url=db, redis_url=redis.url, nodes=1)
-        try:
-            for r in (eu, us):
-                r.start()
-            for r in (eu, us):
-                names = sorted(p.name for p in r.processes)
-                for p in r.processes:
-                    assert poll(lambda p=p, names=names: system_info(p)["joinedNodes"] == names, 20), p.name
-            for r, other in ((eu, "us"), (us, "eu")):
-                gw = r.gateways[0]
-                assert poll(lambda gw=gw, other=other: gd_status(gw)["links"].get(other, {}).get("up"), 15)
-            yield eu, us
-        finally:
-            for r in (eu, us):
-                r.stop()
-        for p in eu.processes + us.processes:
-            assert "Traceback" not in p.log(), p.log()
+    with RedisServer() as redis, two_regions(base, redis) as both:
+        yield both.eu, both.us
 
 
 async def test_two_regions(regions: tuple[Region, Region]):
     """alice publishes in eu; bob in us reads the item and gets the events; alice's bookmark
     written in eu is read by her own client in us."""
     eu, us = regions
-    alice, bob = f"alice{uuid.uuid4().hex[:6]}", f"bob{uuid.uuid4().hex[:6]}"
-    for user in (alice, bob):
-        eu.nodes[0].register(user, PASSWORD, DOMAIN)
-    alice_jid, bob_jid = f"{alice}@{DOMAIN}", f"{bob}@{DOMAIN}"
+    alice_jid, bob_jid = fresh_users(eu.nodes[0], PASSWORD, "alice", "bob")
     eu_node, us_node = eu.nodes[0], us.nodes[0]
     phone = await client(eu_node, eu_node.port, f"{alice_jid}/phone")
     pc = await client(us_node, us_node.port, f"{bob_jid}/pc")

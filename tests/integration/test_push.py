@@ -8,7 +8,6 @@ same with the phone detached in another region than the sender and the app serve
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import ssl
 import uuid
@@ -21,11 +20,12 @@ import slixmpp
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from tests.helpers.cluster import SECRET, eventually, poll, system_info, wait_until
+from tests.helpers.cluster import eventually
 from tests.helpers.node import NodeProcess
 from tests.helpers.ports import free_port
-from tests.helpers.redis import RedisServer, redis_server_binary
-from tests.helpers.regions import DOMAIN, Region, make_region
+from tests.helpers.redis import RedisServer
+from tests.helpers.regions import DOMAIN, Region
+from tests.helpers.topologies import logged_in, lookup, need_redis, one_node, two_node_region, two_regions
 from tests.helpers.xmpp_raw import RawClient, local
 
 PUSH = "push.example.com"
@@ -106,10 +106,6 @@ def chat(sender: RawClient, to: str, body: str) -> None:
     sender.send(f"<message to='{to}' type='chat' id='{uuid.uuid4().hex[:8]}'><body>{body}</body></message>")
 
 
-def lookup(gateway: NodeProcess, jid: str) -> dict[str, Any]:
-    return json.loads(gateway.ctl("gdistrib", "lookup", "--jid", jid).stdout)["data"]["gdistrib"]["lookup"]  # type: ignore[no-any-return]
-
-
 def offline_count(db: Path, user: str) -> int:
     with sqlite3.connect(db) as conn:
         return int(conn.execute("SELECT COUNT(*) FROM offline_messages WHERE username = ?", (user,)).fetchone()[0])
@@ -128,14 +124,10 @@ def registered_nodes(db: Path, user: str) -> list[str]:
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     base = tmp_path_factory.mktemp("push-node")
     port = free_port()
-    n = with_components(NodeProcess(base, name="p1", domains=[DOMAIN], storage_url=f"sqlite:///{base / 'push.db'}",
-                                    settings={"components": {"port": port, **COMPONENTS}}), port)
-    for user in ("alice", "bob"):
-        n.register(user, PASSWORD, DOMAIN)
-    n.start()
-    yield n
-    n.stop()
-    assert "Traceback" not in n.log(), n.log()
+    settings = {"components": {"port": port, **COMPONENTS}}
+    with one_node(base, "p1", users=("alice", "bob"), password=PASSWORD, domains=[DOMAIN],
+                  storage_url=f"sqlite:///{base / 'push.db'}", settings=settings) as n:
+        yield with_components(n, port)
 
 
 async def test_offline_user_is_pushed_and_an_app_server_error_disables(node: NodeProcess) -> None:
@@ -183,24 +175,10 @@ async def test_offline_user_is_pushed_and_an_app_server_error_disables(node: Nod
 @pytest.fixture(scope="module")
 def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProcess]]:
     base = tmp_path_factory.mktemp("push-region")
-    url = f"sqlite:///{base / 'region.db'}"
-    nodes = []
-    for name in ("r1", "r2"):
-        port = free_port()
-        nodes.append(with_components(NodeProcess(base / name, name=name, domains=[DOMAIN], storage_url=url, settings={
-            "cluster": {"enabled": True, "secret": SECRET, "port": free_port(), "refresh_interval": 0.3,
-                        "ping_interval": 0.3, "ping_timeout": 1.5},
-            "components": {"port": port, **COMPONENTS}}), port))
-    for user in ("alice", "bob"):
-        nodes[0].register(user, PASSWORD, DOMAIN)
-    for n in nodes:
-        n.start()
-    wait_until(lambda: all(system_info(n)["joinedNodes"] == ["r1", "r2"] for n in nodes), 20, "two joined nodes")
-    yield nodes
-    for n in nodes:
-        n.stop()
-    for n in nodes:
-        assert "Traceback" not in n.log(), n.log()
+    ports = {name: free_port() for name in ("r1", "r2")}
+    with two_node_region(base, users=("alice", "bob"), password=PASSWORD, domains=[DOMAIN],
+                         settings=lambda name: {"components": {"port": ports[name], **COMPONENTS}}) as nodes:
+        yield [with_components(n, ports[n.name]) for n in nodes]
 
 
 async def test_detached_phone_in_a_two_node_region(region: list[NodeProcess]) -> None:
@@ -223,9 +201,7 @@ async def test_detached_phone_in_a_two_node_region(region: list[NodeProcess]) ->
         assert "last-message-body" not in got["fields"]
         assert offline_count(r1.workdir.parent / "region.db", "alice") == 0  # queued for the session
         # The phone wakes up and resumes: the message was kept for it.
-        again = RawClient(r2.port, r2.cert, domain=DOMAIN)
-        await again.connect()
-        await again.login("alice", PASSWORD)
+        again = await logged_in(r2, "alice", PASSWORD, domain=DOMAIN)
         assert local(await again.resume(str(previd), 0)) == "resumed"
         await again.next(lambda el: local(el) == "message" and el.findtext("{jabber:client}body") == "wake up")
         await asyncio.sleep(0.3)
@@ -241,31 +217,14 @@ async def test_detached_phone_in_a_two_node_region(region: list[NodeProcess]) ->
 
 @pytest.fixture(scope="module")
 def regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Region, Region, Path]]:
-    if redis_server_binary() is None:
-        pytest.skip("redis-server is not installed")
+    need_redis()
     base = tmp_path_factory.mktemp("push-regions")
-    db = f"sqlite:///{base / 'domain.db'}"
     port = free_port()
-    with RedisServer() as redis:
-        eu = make_region(base, "eu", storage_url=db, redis_url=redis.url, nodes=1,
-                         node_settings={"components": {"port": port, **COMPONENTS}})
-        us = make_region(base, "us", storage_url=db, redis_url=redis.url, nodes=1)
-        with_components(eu.nodes[0], port)
-        for user in ("alice", "bob"):
-            eu.nodes[0].register(user, PASSWORD, DOMAIN)
-        try:
-            for r in (eu, us):
-                r.start()
-            for r in (eu, us):
-                names = sorted(p.name for p in r.processes)
-                for p in r.processes:
-                    assert poll(lambda p=p, names=names: system_info(p)["joinedNodes"] == names, 20), p.name
-            yield eu, us, base / "domain.db"
-        finally:
-            for r in (eu, us):
-                r.stop()
-        for p in eu.processes + us.processes:
-            assert "Traceback" not in p.log(), p.log()
+    eu = {"node_settings": {"components": {"port": port, **COMPONENTS}}}
+    with RedisServer() as redis, two_regions(base, redis, users=("alice", "bob"), password=PASSWORD, eu=eu,
+                                             links=False) as both:
+        with_components(both.eu.nodes[0], port)
+        yield both.eu, both.us, both.db
 
 
 async def test_detached_phone_in_another_region(regions: tuple[Region, Region, Path]) -> None:

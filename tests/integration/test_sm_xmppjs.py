@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.cluster import poll, system_info
-from tests.helpers.node import NodeProcess
-from tests.helpers.redis import RedisServer, redis_server_binary
-from tests.helpers.regions import DOMAIN, Region, make_region
+from tests.helpers.redis import RedisServer
+from tests.helpers.regions import DOMAIN, Region
+from tests.helpers.topologies import need_redis, one_node, two_regions
 from tests.helpers.xmpp_raw import RawClient
 from tests.helpers.xmppjs import js_client, node_binary
 
@@ -38,11 +37,7 @@ async def writer(sender: RawClient, to: str, prefix: str, stop: asyncio.Event, s
 
 
 async def test_xmppjs_resumes_on_one_node(tmp_path: Path) -> None:
-    node = NodeProcess(tmp_path, name="js1", domains=[DOMAIN])
-    node.register("alice", PASSWORD, DOMAIN)
-    node.register("bob", PASSWORD, DOMAIN)
-    node.start()
-    try:
+    with one_node(tmp_path, "js1", users=("alice", "bob"), password=PASSWORD, domains=[DOMAIN]) as node:
         bob = RawClient(node.port, node.cert, domain=DOMAIN)
         await bob.start("bob", PASSWORD, "desk", sm=False)
         async with js_client(f"xmpp://127.0.0.1:{node.port}", domain=DOMAIN, username="alice",
@@ -61,33 +56,14 @@ async def test_xmppjs_resumes_on_one_node(tmp_path: Path) -> None:
             assert bodies(alice.messages) == [f"m{i}" for i in range(6)]
             assert len(alice.of("online")) == 1  # resumed, never bound again
         await bob.close()
-    finally:
-        node.stop()
-    assert "Traceback" not in node.log(), node.log()
 
 
 @pytest.fixture(scope="module")
 def regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Region, Region]]:
-    if redis_server_binary() is None:
-        pytest.skip("redis-server is not installed")
+    need_redis()
     base = tmp_path_factory.mktemp("js-regions")
-    with RedisServer() as redis:
-        db = f"sqlite:///{base / 'domain.db'}"
-        eu = make_region(base, "eu", storage_url=db, redis_url=redis.url, nodes=2)
-        us = make_region(base, "us", storage_url=db, redis_url=redis.url, nodes=1)
-        try:
-            for region in (eu, us):
-                region.start()
-            for region in (eu, us):
-                names = sorted(p.name for p in region.processes)
-                for p in region.processes:
-                    assert poll(lambda p=p, names=names: system_info(p)["joinedNodes"] == names, 20)
-            yield eu, us
-        finally:
-            for region in (eu, us):
-                region.stop()
-        for p in eu.processes + us.processes:
-            assert "Traceback" not in p.log(), p.log()
+    with RedisServer() as redis, two_regions(base, redis, eu={"nodes": 2}, links=False) as both:
+        yield both.eu, both.us
 
 
 async def test_xmppjs_resumes_on_the_other_node_while_another_region_writes(

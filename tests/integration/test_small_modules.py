@@ -23,8 +23,8 @@ from slixmpp.exceptions import IqError
 from slixmpp.plugins.xep_0054.stanza import VCardTemp
 from slixmpp.xmlstream import ElementBase
 
-from tests.helpers.cluster import cluster_node, system_info, wait_until
 from tests.helpers.node import NodeProcess
+from tests.helpers.topologies import close, one_node, two_node_region
 from tests.helpers.xmpp_client import Client
 
 PASSWORD = "small-modules-secret"
@@ -74,11 +74,6 @@ async def user(node: NodeProcess, jid: str, *, presence: bool = True) -> User:
     return u
 
 
-async def close(*clients: Client) -> None:
-    for c in clients:
-        await c.close()
-
-
 def vcard(fn: str, photo: bytes | None = None, desc: str = "") -> VCardTemp:
     v = VCardTemp()
     v["FN"] = fn
@@ -113,22 +108,30 @@ async def subscribe(contact: User, to: User) -> None:
     await contact.next_presence("subscribed", sender=target)
 
 
+async def last_activity_after_logout(contact: User, alice: User, status: str, *, settle: float) -> None:
+    """``contact`` subscribes to alice (alice@localhost): her last activity is 0 while she is online;
+    once she left with ``status`` (and ``settle`` seconds passed), a couple of seconds and that status."""
+    await subscribe(contact, alice)
+    last = await contact.plugin["xep_0012"].get_last_activity("alice@localhost", timeout=5)
+    assert int(last["last_activity"]["seconds"]) == 0  # online
+    alice.send_presence(ptype="unavailable", pstatus=status)
+    await close(alice)
+    await asyncio.sleep(settle)
+    last = await contact.plugin["xep_0012"].get_last_activity("alice@localhost", timeout=5)
+    assert int(last["last_activity"]["seconds"]) <= 2 and last["last_activity"]["status"] == status
+
+
 # -- one node --------------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    n = NodeProcess(tmp_path_factory.mktemp("small-node"), name="sm1", settings={"modules": {
-        "external_services": {"secret": SECRET, "ttl": 600},
-        "contact_addresses": {"abuse": ["mailto:abuse@localhost", "xmpp:abuse@localhost"]},
-    }})
-    n.config.write_text(n.config.read_text() + SERVICES)
-    for name in ("alice", "bob", "carol"):
-        n.register(name, PASSWORD)
-    n.start()
-    yield n
-    n.stop()
-    assert "Traceback" not in n.log(), n.log()
+    with one_node(tmp_path_factory.mktemp("small-node"), "sm1", users=("alice", "bob", "carol"), password=PASSWORD,
+                  config=SERVICES, settings={"modules": {
+                      "external_services": {"secret": SECRET, "ttl": 600},
+                      "contact_addresses": {"abuse": ["mailto:abuse@localhost", "xmpp:abuse@localhost"]},
+                  }}) as n:
+        yield n
 
 
 async def test_vcards_and_avatar_hash_on_one_node(node: NodeProcess):
@@ -224,14 +227,7 @@ async def test_time_uptime_and_last_activity_on_one_node(node: NodeProcess):
         with pytest.raises(IqError) as e:
             await carol.plugin["xep_0012"].get_last_activity("alice@localhost", timeout=5)
         assert condition(e.value) == "forbidden"
-        await subscribe(bob, alice)
-        last = await bob.plugin["xep_0012"].get_last_activity("alice@localhost", timeout=5)
-        assert int(last["last_activity"]["seconds"]) == 0  # online
-        alice.send_presence(ptype="unavailable", pstatus="Heading Home")
-        await close(alice)
-        await asyncio.sleep(0.3)
-        last = await bob.plugin["xep_0012"].get_last_activity("alice@localhost", timeout=5)
-        assert int(last["last_activity"]["seconds"]) <= 2 and last["last_activity"]["status"] == "Heading Home"
+        await last_activity_after_logout(bob, alice, "Heading Home", settle=0.3)
     finally:
         await close(alice, bob, carol)
 
@@ -269,19 +265,8 @@ async def test_extdisco_and_server_features_on_one_node(node: NodeProcess):
 
 @pytest.fixture(scope="module")
 def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProcess]]:
-    base = tmp_path_factory.mktemp("small-region")
-    url = f"sqlite:///{base / 'region.db'}"
-    nodes = [cluster_node(base, name, url) for name in ("r1", "r2")]
-    for name in ("alice", "bob"):
-        nodes[0].register(name, PASSWORD)
-    for n in nodes:
-        n.start()
-    wait_until(lambda: all(system_info(n)["joinedNodes"] == ["r1", "r2"] for n in nodes), 20, "two joined nodes")
-    yield nodes
-    for n in nodes:
-        n.stop()
-    for n in nodes:
-        assert "Traceback" not in n.log(), n.log()
+    with two_node_region(tmp_path_factory.mktemp("small-region"), users=("alice", "bob"), password=PASSWORD) as nodes:
+        yield nodes
 
 
 async def test_region_shares_vcards_private_xml_and_last_activity(region: list[NodeProcess]):
@@ -300,13 +285,6 @@ async def test_region_shares_vcards_private_xml_and_last_activity(region: list[N
         assert got["private"]["test_prefs"]["colour"] == "ochre"
         # Last activity: alice online on r1 is 0 for bob on r2; once she left, her status from the database.
         await close(alice_too)
-        await subscribe(bob, alice)
-        last = await bob.plugin["xep_0012"].get_last_activity("alice@localhost", timeout=5)
-        assert int(last["last_activity"]["seconds"]) == 0
-        alice.send_presence(ptype="unavailable", pstatus="gone from r1")
-        await close(alice)
-        await asyncio.sleep(0.5)
-        last = await bob.plugin["xep_0012"].get_last_activity("alice@localhost", timeout=5)
-        assert int(last["last_activity"]["seconds"]) <= 2 and last["last_activity"]["status"] == "gone from r1"
+        await last_activity_after_logout(bob, alice, "gone from r1", settle=0.5)
     finally:
         await close(alice, bob, alice_too)

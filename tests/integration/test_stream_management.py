@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.cluster import cluster_node, system_info, wait_until
+from tests.helpers.cluster import system_info
 from tests.helpers.node import NodeProcess
+from tests.helpers.topologies import logged_in, one_node, two_node_region
 from tests.helpers.xmpp_client import Client
 from tests.helpers.xmpp_raw import SM, RawClient, local
 
@@ -30,6 +31,11 @@ def bodies(els: list) -> list[str]:  # type: ignore[type-arg]
     return [body(e) for e in els]
 
 
+def accounts(*users: str) -> dict[str, str]:
+    """Each user's password is ``<user>-secret``."""
+    return {user: f"{user}-secret" for user in users}
+
+
 def send_messages(sender: RawClient, to: str, texts: list[str]) -> None:
     for text in texts:
         sender.send(f"<message to='{to}' type='chat' id='{uuid.uuid4().hex[:8]}'><body>{text}</body></message>")
@@ -37,34 +43,16 @@ def send_messages(sender: RawClient, to: str, texts: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    base = tmp_path_factory.mktemp("sm-node")
-    n = NodeProcess(base, name="sm1", settings={"modules": SM_SETTINGS})
-    for user in ("alice", "bob", "eve", "sam"):
-        n.register(user, f"{user}-secret")
-    n.start()
-    yield n
-    n.stop()
-    assert "Traceback" not in n.log(), n.log()
+    with one_node(tmp_path_factory.mktemp("sm-node"), "sm1", users=accounts("alice", "bob", "eve", "sam"),
+                  settings={"modules": SM_SETTINGS}) as n:
+        yield n
 
 
 @pytest.fixture(scope="module")
 def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProcess]]:
-    base = tmp_path_factory.mktemp("sm-region")
-    url = f"sqlite:///{base / 'region.db'}"
-    nodes = [cluster_node(base, name, url) for name in ("r1", "r2")]
-    for n in nodes:
-        n.config.write_text(n.config.read_text() + "\n[modules.stream_management]\nack_every = 2\n"
-                            "resume_timeout = 30\n")
-    for user in ("alice", "bob"):
-        nodes[0].register(user, f"{user}-secret")
-    for n in nodes:
-        n.start()
-    wait_until(lambda: all(system_info(n)["joinedNodes"] == ["r1", "r2"] for n in nodes), 20, "two joined nodes")
-    yield nodes
-    for n in nodes:
-        n.stop()
-    for n in nodes:
-        assert "Traceback" not in n.log(), n.log()
+    with two_node_region(tmp_path_factory.mktemp("sm-region"), users=accounts("alice", "bob"),
+                         settings={"modules": SM_SETTINGS}) as nodes:
+        yield nodes
 
 
 @pytest.fixture
@@ -119,9 +107,7 @@ async def test_resume_on_the_same_node_resends_only_unacked_once_in_order(node: 
     await asyncio.sleep(0.3)
     send_messages(bob, "alice@localhost/same", ["m4", "m5"])  # while detached
     await asyncio.sleep(0.3)
-    again = RawClient(node.port, node.cert)
-    await again.connect()
-    await again.login("alice", "alice-secret")
+    again = await logged_in(node, "alice", "alice-secret")
     resumed = await again.resume(previd, 1)
     assert local(resumed) == "resumed", resumed.attrib
     assert resumed.get("h") == "1"  # the one message alice sent was handled
@@ -142,9 +128,7 @@ async def test_resume_while_the_old_connection_still_looks_alive(node: NodeProce
     previd = (await alice.start("alice", "alice-secret", "halfopen")).get("id")
     send_messages(bob, "alice@localhost/halfopen", ["h1"])
     assert bodies(await alice.messages(1)) == ["h1"]
-    again = RawClient(node.port, node.cert)
-    await again.connect()
-    await again.login("alice", "alice-secret")
+    again = await logged_in(node, "alice", "alice-secret")
     resumed = await again.resume(previd, 0)
     assert local(resumed) == "resumed"
     assert bodies(await again.messages(1)) == ["h1"]
@@ -157,11 +141,8 @@ async def test_resume_while_the_old_connection_still_looks_alive(node: NodeProce
 
 async def test_resume_timeout_sends_unacked_and_queued_messages_to_offline_storage(
         tmp_path: Path) -> None:
-    n = NodeProcess(tmp_path, name="smt", settings={"modules": {"stream_management": {"resume_timeout": 1}}})
-    n.register("alice", "alice-secret")
-    n.register("bob", "bob-secret")
-    n.start()
-    try:
+    with one_node(tmp_path, "smt", users=accounts("alice", "bob"),
+                  settings={"modules": {"stream_management": {"resume_timeout": 1}}}) as n:
         bob = RawClient(n.port, n.cert)
         await bob.start("bob", "bob-secret", "desk", sm=False)
         alice = RawClient(n.port, n.cert)
@@ -173,9 +154,7 @@ async def test_resume_timeout_sends_unacked_and_queued_messages_to_offline_stora
         await asyncio.sleep(0.3)
         send_messages(bob, "alice@localhost/phone", ["while away"])
         await asyncio.sleep(2.5)  # past the resume timeout
-        late = RawClient(n.port, n.cert)
-        await late.connect()
-        await late.login("alice", "alice-secret")
+        late = await logged_in(n, "alice", "alice-secret")
         failed = await late.resume(enabled.get("id"), 0)
         assert local(failed) == "failed"
         assert failed.find("{urn:ietf:params:xml:ns:xmpp-stanzas}item-not-found") is not None
@@ -186,18 +165,11 @@ async def test_resume_timeout_sends_unacked_and_queued_messages_to_offline_stora
         assert all(m.find("{urn:xmpp:delay}delay") is not None for m in got)  # from offline storage
         await late.close()
         await bob.close()
-    finally:
-        n.stop()
-    assert "Traceback" not in n.log(), n.log()
 
 
 async def test_a_client_that_never_acks_is_closed_and_loses_nothing(tmp_path: Path) -> None:
-    n = NodeProcess(tmp_path, name="smq", settings={"modules": {"stream_management": {
-        "max_unacked": 3, "ack_every": 100}}})
-    n.register("alice", "alice-secret")
-    n.register("bob", "bob-secret")
-    n.start()
-    try:
+    with one_node(tmp_path, "smq", users=accounts("alice", "bob"), settings={"modules": {"stream_management": {
+            "max_unacked": 3, "ack_every": 100}}}) as n:
         bob = RawClient(n.port, n.cert)
         await bob.start("bob", "bob-secret", "desk", sm=False)
         alice = RawClient(n.port, n.cert)
@@ -212,9 +184,6 @@ async def test_a_client_that_never_acks_is_closed_and_loses_nothing(tmp_path: Pa
         assert bodies(await back.messages(6)) == [f"q{i}" for i in range(6)]  # all of them, in order
         await back.close()
         await bob.close()
-    finally:
-        n.stop()
-    assert "Traceback" not in n.log(), n.log()
 
 
 async def test_h_mismatch_and_bad_input(node: NodeProcess, bob: RawClient) -> None:
@@ -225,9 +194,7 @@ async def test_h_mismatch_and_bad_input(node: NodeProcess, bob: RawClient) -> No
     alice.die()
     await asyncio.sleep(0.3)
     # Resuming with an h above what was sent: failed, and the session stays resumable.
-    c = RawClient(node.port, node.cert)
-    await c.connect()
-    await c.login("alice", "alice-secret")
+    c = await logged_in(node, "alice", "alice-secret")
     failed = await c.resume(previd, 5)
     assert local(failed) == "failed"
     assert failed.find("{urn:ietf:params:xml:ns:xmpp-stanzas}undefined-condition") is not None
@@ -246,9 +213,7 @@ async def test_h_mismatch_and_bad_input(node: NodeProcess, bob: RawClient) -> No
 
 
 async def test_sm_elements_at_the_wrong_time_and_foreign_resumes(node: NodeProcess) -> None:
-    c = RawClient(node.port, node.cert)
-    await c.connect()
-    await c.login("alice", "alice-secret")
+    c = await logged_in(node, "alice", "alice-secret")
     c.send(f"<enable xmlns='{SM}' resume='true'/>")  # before bind
     early = await c.next(lambda el: el.tag.startswith(f"{{{SM}}}"))
     assert local(early) == "failed"
@@ -262,9 +227,7 @@ async def test_sm_elements_at_the_wrong_time_and_foreign_resumes(node: NodeProce
     enabled = await c.enable()
     assert local(enabled) == "enabled"
     # Another account cannot resume alice's session, even with its id.
-    eve = RawClient(node.port, node.cert)
-    await eve.connect()
-    await eve.login("eve", "eve-secret")
+    eve = await logged_in(node, "eve", "eve-secret")
     failed = await eve.resume(enabled.get("id"), 0)
     assert local(failed) == "failed"
     assert failed.find("{urn:ietf:params:xml:ns:xmpp-stanzas}item-not-found") is not None
@@ -325,9 +288,7 @@ async def test_resume_on_the_other_node_of_the_region(region: list[NodeProcess])
     await asyncio.sleep(0.3)
     send_messages(bob, "alice@localhost/roam", ["a3", "a4"])
     await asyncio.sleep(0.3)
-    moved = RawClient(r2.port, r2.cert)
-    await moved.connect()
-    await moved.login("alice", "alice-secret")
+    moved = await logged_in(r2, "alice", "alice-secret")
     resumed = await moved.resume(previd, 1)
     assert local(resumed) == "resumed", resumed.attrib
     assert bodies(await moved.messages(3)) == ["a2", "a3", "a4"]
@@ -348,15 +309,7 @@ async def test_resume_on_the_other_node_of_the_region(region: list[NodeProcess])
 
 
 async def test_graceful_shutdown_then_resume_on_the_survivor(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'region.db'}"
-    nodes = [cluster_node(tmp_path, name, url) for name in ("g1", "g2")]
-    nodes[0].register("alice", "alice-secret")
-    nodes[0].register("bob", "bob-secret")
-    for n in nodes:
-        n.start()
-    try:
-        wait_until(lambda: all(system_info(n)["joinedNodes"] == ["g1", "g2"] for n in nodes), 20, "joined")
-        g1, g2 = nodes
+    with two_node_region(tmp_path, names=("g1", "g2"), users=accounts("alice", "bob")) as (g1, g2):
         bob = RawClient(g2.port, g2.cert)
         await bob.start("bob", "bob-secret", "desk", sm=False)
         alice = RawClient(g1.port, g1.cert)
@@ -369,16 +322,9 @@ async def test_graceful_shutdown_then_resume_on_the_survivor(tmp_path: Path) -> 
         await asyncio.get_running_loop().run_in_executor(None, g1.proc.wait, 20)  # type: ignore[union-attr]
         send_messages(bob, "alice@localhost/phone", ["b2"])
         await asyncio.sleep(0.3)
-        moved = RawClient(g2.port, g2.cert)
-        await moved.connect()
-        await moved.login("alice", "alice-secret")
+        moved = await logged_in(g2, "alice", "alice-secret")
         resumed = await moved.resume(previd, 0)
         assert local(resumed) == "resumed", resumed.attrib
         assert bodies(await moved.messages(2)) == ["b1", "b2"]
         await moved.close()
         await bob.close()
-    finally:
-        for n in nodes:
-            n.stop()
-    for n in nodes:
-        assert "Traceback" not in n.log(), n.log()

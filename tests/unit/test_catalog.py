@@ -3,8 +3,8 @@
 
 import xml.etree.ElementTree as ET
 
-from cluster_node.modules import BUILTIN
 from cluster_node.core.hooks import Hook
+from cluster_node.modules import BUILTIN
 from cluster_node.modules.catalog import ROOT, doap, hooks_reference, settings_reference, with_table, xep_table
 
 
