@@ -124,10 +124,11 @@ def hooks_reference() -> str:
     body = hook_class.body
     for i, node in enumerate(body):
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and i + 1 < len(body):
-            doc = body[i + 1]
-            if isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant) and isinstance(doc.value.value, str):
+            doc, name = body[i + 1], node.value.value
+            if (isinstance(name, str) and isinstance(doc, ast.Expr) and isinstance(doc.value, ast.Constant)
+                    and isinstance(doc.value.value, str)):
                 text = " ".join(doc.value.value.split()).replace("|", "\\|")
-                out.append(f"| `{node.value.value}` | {text} |")
+                out.append(f"| `{name}` | {text} |")
     return "\n".join(out) + "\n"
 
 

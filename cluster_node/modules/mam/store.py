@@ -10,6 +10,7 @@ clean-up, which deletes across users.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -73,6 +74,11 @@ class ArchiveStore:
 
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
+        # Group commit: archive rows written while a transaction is in flight wait for the next one,
+        # together (one BEGIN/COMMIT for all of them instead of one each).  Every caller still
+        # awaits its own row, so a message is archived before it is routed.
+        self._waiting: list[tuple[list[Any], bool, asyncio.Future[bool]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def migrate(self) -> None:
         await self.storage.migrate_module("mam", STEPS, user_tables=("mam_messages", "mam_prefs"))
@@ -85,14 +91,34 @@ class ArchiveStore:
         with ``unless_prefs``, when the user has preferences (the caller reads them first): users
         without any, nearly all, are archived in one statement."""
         args = [domain, username, archive_id, ts, with_bare, with_resource, direction, stanza]
-        async with self.storage.transaction(write=True) as tx:
-            if unless_prefs:
-                n: int = await tx.execute(self._insert_unless_prefs, *args, domain, username)
-            else:
-                n = await tx.execute(
-                    "INSERT INTO mam_messages (domain, username, id, ts, with_bare, with_resource, direction, stanza) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", *args)
-        return n > 0
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append((args, unless_prefs, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_batches())
+        return await future
+
+    async def _write_batches(self, most: int = 500) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting[:most], self._waiting[most:]
+            try:
+                done: list[bool] = []
+                async with self.storage.transaction(write=True) as tx:
+                    for args, unless_prefs, _ in batch:
+                        if unless_prefs:
+                            n: int = await tx.execute(self._insert_unless_prefs, *args, args[0], args[1])
+                        else:
+                            n = await tx.execute(
+                                "INSERT INTO mam_messages (domain, username, id, ts, with_bare, with_resource, "
+                                "direction, stanza) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", *args)
+                        done.append(n > 0)
+            except Exception as e:  # the whole batch failed: every caller hears it
+                for _, _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            for (_, _, future), ok in zip(batch, done, strict=True):
+                if not future.done():
+                    future.set_result(ok)
 
     @property
     def _insert_unless_prefs(self) -> str:
