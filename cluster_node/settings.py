@@ -22,7 +22,7 @@ from pydantic_settings import (
 __all__ = [
     "ConfigError", "NodeSettings", "C2SSettings", "LimitsSettings", "TlsSettings",
     "StorageSettings", "OfflineSettings", "RegistrationSettings", "AdminApiSettings", "UserApiSettings",
-    "load_settings",
+    "WebSocketSettings", "load_settings",
 ]
 
 
@@ -45,6 +45,33 @@ class C2SSettings(_Section):
     resource_conflict: Literal["kick_old", "refuse", "rename"] = "kick_old"
     handshake_timeout: float = Field(30.0, gt=0, description="seconds to finish TLS+SASL+bind")
     idle_timeout: float = Field(600.0, gt=0, description="seconds of silence before connection-timeout")
+
+
+class WebSocketSettings(_Section):
+    """XMPP over WebSocket (RFC 7395) and its XEP-0156 discovery (``/.well-known/host-meta``), on
+    their own HTTP listener.  Disabled by default (like ``[components]``): 5280 is the usual port."""
+
+    host: str = Field("127.0.0.1", description="listen address of the WebSocket listener")
+    port: int = Field(0, ge=0, le=65535, description="WebSocket listener (e.g. 5280); 0 disables")
+    tls: bool = Field(True, description="wss:// with the node's certificate; false behind a TLS proxy")
+    path: str = Field("/ws", pattern=r"^/", description="the WebSocket endpoint")
+    public_url: str = Field("", description="the URL XEP-0156 advertises; empty: from host, port and path")
+    allowed_origins: list[str] = Field(default_factory=list, description="Origin header values; empty: any")
+    trusted_proxies: list[str] = Field(
+        default_factory=list, description="addresses/networks whose X-Forwarded-For/-Proto are honoured")
+    ping_interval: float = Field(30.0, ge=0, description="seconds between WebSocket pings; 0: none")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network") from None
+        return value
 
 
 class LimitsSettings(_Section):
@@ -175,6 +202,7 @@ class NodeSettings(BaseSettings):
     scram_iterations: int = Field(4096, ge=4096, description="PBKDF2 rounds for new passwords")
     shutdown_timeout: float = Field(10.0, gt=0, description="seconds a stop waits for session clean-ups")
     c2s: C2SSettings = C2SSettings()
+    websocket: WebSocketSettings = WebSocketSettings()
     limits: LimitsSettings = LimitsSettings()
     tls: TlsSettings = TlsSettings()
     storage: StorageSettings = StorageSettings()

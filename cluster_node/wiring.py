@@ -31,6 +31,7 @@ from .net.cluster_net import ClusterMember
 from .net.component_server import ComponentListener, ComponentRouting
 from .net.control import control_socket, serving_control
 from .net.tls import ensure_self_signed, server_context
+from .net.websocket_server import WebSocketListener
 from .settings import NodeSettings
 from .storage import Storage, open_storage
 
@@ -102,6 +103,8 @@ async def running_node(settings: NodeSettings, *, http_routes: Sequence[web.Rout
         components = ComponentListener(services, services.components, tls)
         c2s = C2SListener(settings, sessions, hooks, tls)
         await c2s.start()
+        websocket = WebSocketListener(settings, c2s, tls)
+        await websocket.start()
         await components.start()
         log.info("node %s serving %s; c2s on %s", settings.node_name, ", ".join(settings.domains),
                  ", ".join(map(str, c2s.ports)))
@@ -115,6 +118,7 @@ async def running_node(settings: NodeSettings, *, http_routes: Sequence[web.Rout
                 yield node
         finally:
             await components.stop()
+            await websocket.stop()
             await c2s.stop()
             # Session clean-ups (unavailable presence, replicated deletes) need storage and the
             # cluster links: let them finish first, for a bounded time.

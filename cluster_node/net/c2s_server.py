@@ -21,7 +21,7 @@ import logging
 import secrets
 import ssl
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 from ..core.hooks import Hook, Hooks
 from ..core.limits import ConnectionLimiter, Shaper
@@ -51,8 +51,9 @@ from ..xmpp.errors import SaslFailure, StreamError
 from ..xmpp.jid import InvalidJid, Jid
 from ..xmpp.sasl.ht import HT_MECHANISMS
 from ..xmpp.stanza import Stanza
+from ..xmpp.stream import TCP, Framing
 
-__all__ = ["C2SListener"]
+__all__ = ["C2SListener", "C2SConnection", "C2STransport"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,22 @@ WRITE_BUFFER_LIMIT = 8 * 1024 * 1024  # a client that does not read this much is
 LINGER_SECONDS = 2.0  # after a stream error: time for the peer to read it before we close
 AGENT_FLAG = "agent"  # session record flag: a short hash of the SASL2 user agent id that bound it
 MAX_TAG_CHARS = 64  # of a Bind 2 <tag/> taken into a resource
+
+
+class C2STransport(Protocol):
+    """What a connection needs of its transport: an ``asyncio.Transport`` (TCP, TLS), or the
+    WebSocket adapter's (``websocket_server.WebSocketTransport``)."""
+
+    def write(self, data: bytes) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+    def is_closing(self) -> bool: ...
+    def get_write_buffer_size(self) -> int: ...
+    def can_write_eof(self) -> bool: ...
+    def write_eof(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
 
 
 class C2SListener:
@@ -127,12 +144,18 @@ class C2SListener:
 
 
 class C2SConnection(asyncio.Protocol):
-    """One client connection; implements the router's ``LocalSession``."""
+    """One client connection; implements the router's ``LocalSession``.
 
-    def __init__(self, listener: C2SListener, *, direct_tls: bool) -> None:
+    The session logic only needs a :class:`C2STransport`: over TCP, asyncio calls the
+    ``asyncio.Protocol`` methods; the WebSocket adapter calls the same ones (``connection_made``
+    with its transport, ``data_received`` once per message, ``connection_lost``) and passes its
+    ``framing`` and ``config`` (no STARTTLS)."""
+
+    def __init__(self, listener: C2SListener, *, direct_tls: bool, framing: Framing = TCP,
+                 config: C2SConfig | None = None) -> None:
         self.listener = listener
-        self.core = C2SStream(listener.config, direct_tls=direct_tls)
-        self.transport: asyncio.Transport | None = None
+        self.core = C2SStream(config or listener.config, direct_tls=direct_tls, framing=framing)
+        self.transport: C2STransport | None = None
         self.ip = "?"
         self.record: SessionRecord = None  # type: ignore[assignment]  # set at bind
         self.last_presence: Stanza | None = None
@@ -359,7 +382,7 @@ class C2SConnection(asyncio.Protocol):
                 self.transport.abort()
 
     async def _start_tls(self) -> None:
-        assert self.transport is not None
+        assert isinstance(self.transport, asyncio.Transport)  # STARTTLS is only offered over TCP
         try:
             new = await self._loop.start_tls(self.transport, self, self.listener.tls_context, server_side=True,
                                              ssl_handshake_timeout=self.listener.settings.c2s.handshake_timeout)

@@ -74,7 +74,7 @@ from .sasl import Challenge, NeedCredentials, ServerMechanism, Success, offered_
 from .sasl.ht import HtServer, NeedToken, TokenKey
 from .sasl.scram import ScramCredentials
 from .stanza import Stanza
-from .stream import Attr, XmlStream
+from .stream import TCP, Attr, Framing, XmlStream
 
 __all__ = [
     "C2SConfig", "C2SStream", "State", "StartTls", "CredentialsNeeded", "TokenNeeded", "Authenticated",
@@ -257,8 +257,11 @@ class C2SConfig:
 class C2SStream(XmlStream[C2SEvent]):
     """One client connection's XMPP stream, from the first byte to ``</stream:stream>``."""
 
-    def __init__(self, config: C2SConfig, *, direct_tls: bool = False) -> None:
-        super().__init__(ns.CLIENT, max_stanza_size=config.max_stanza_size, max_depth=config.max_depth)
+    def __init__(self, config: C2SConfig, *, direct_tls: bool = False, framing: Framing = TCP) -> None:
+        """``direct_tls``: the transport is already secure (TLS, or a WebSocket over TLS);
+        ``framing``: TCP's (RFC 6120) or WebSocket's (RFC 7395, :mod:`.websocket`)."""
+        super().__init__(ns.CLIENT, framing=framing, max_stanza_size=config.max_stanza_size,
+                         max_depth=config.max_depth)
         self.config = config
         self.state = State.WAIT_HEADER
         self.tls = direct_tls

@@ -16,28 +16,14 @@ and closes the stream, how a stream error is wrapped, and which parser reads the
 ``<?xml version='1.0'?><stream:stream xmlns=… xmlns:stream=… …>`` … ``</stream:stream>``, parsed
 incrementally by :class:`~.parser.StreamParser`.
 
-WebSocket (RFC 7395) is not implemented; it would be a second framing, and the protocols would not
-change.  A ``WebSocketFraming`` would:
-
-- ``opening``: write ``<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' …/>`` with the same
-  attributes (``id``, ``from``, ``version``, ``xml:lang``; they come as ready-quoted literals) and
-  without the XML declaration, the content namespace and the prefix declarations: over WebSocket
-  there is no enclosing document to declare them;
-- ``closing``: write ``<close xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>``;
-- ``error``: write the ``<stream:error/>`` with ``xmlns:stream`` declared on itself
-  (``<stream:error xmlns:stream='http://etherx.jabber.org/streams'>``), since no ``<stream:stream>``
-  binds the prefix;
-- ``parser``: return a parser fed one whole WebSocket message at a time, each one complete XML
-  element: ``<open/>`` gives :class:`~.parser.StreamOpened`, ``<close/>``
-  :class:`~.parser.StreamClosed`, anything else :class:`~.parser.StanzaReceived` (with the same
-  size and depth limits; it only has to satisfy :class:`Parser`).
-
-Two things would come with it, and are left until then because TCP needs neither: each
-top-level element we write must then be a message of its own declaring its namespaces (RFC 7395
-§3.3.3: stanzas ``xmlns='jabber:client'``, ``<stream:features>`` its ``xmlns:stream``), so the
-output buffer would hand out elements one by one rather than joined bytes; and the WebSocket
-listener in ``cluster_node/net`` would pass ``framing=`` to :class:`~.c2s.C2SStream` (c2s is the
-only protocol RFC 7395 covers).
+WebSocket (RFC 7395) is :class:`~.websocket.WebSocketFraming` (:data:`~.websocket.WEBSOCKET`), and
+the protocols do not change: ``<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' …/>`` with the same
+header attributes, ``<close/>``, a ``<stream:error/>`` declaring its own ``xmlns:stream``, and a
+parser fed one whole message at a time whose ``<open/>`` is the stream header.  The output buffer
+still hands out joined bytes of complete elements; the WebSocket adapter
+(``cluster_node/net/websocket_server.py``) cuts them into one message per element, each declaring
+its namespaces, with :meth:`~.websocket.WebSocketFraming.messages`, and passes ``framing=`` to
+:class:`~.c2s.C2SStream` (c2s is the only protocol RFC 7395 covers).
 """
 
 from __future__ import annotations

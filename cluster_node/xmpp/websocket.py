@@ -1,0 +1,172 @@
+"""XMPP over WebSocket (RFC 7395): the :class:`~.stream.Framing` of a stream carried in WebSocket
+messages, sans-IO.
+
+Each message is one complete XML element that declares its own namespaces.  Our side opens and
+closes with ``<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' …/>`` and ``<close …/>`` (a stream
+error is ``<stream:error xmlns:stream=…>`` then ``<close/>``); a restart after SASL is a new
+``<open/>`` from the client, which the fresh parser of the restarted stream waits for.
+
+:class:`WebSocketParser` parses each message on its own (a fresh expat parser, inside a synthetic
+``<stream:stream xmlns='jabber:client'>`` so the usual limits, hostile-XML checks and
+``Stanza`` raw bytes all come from :class:`~.parser.StreamParser`): ``<open/>`` becomes the
+:class:`~.parser.StreamOpened` of a ``<stream:stream>`` header, ``<close/>`` a
+:class:`~.parser.StreamClosed`, anything else a :class:`~.parser.StanzaReceived` — anything but an
+``<open/>`` before one is ``not-well-formed``, as is a message that is not exactly one element.
+
+The protocols write joined bytes of complete elements, as over TCP; :meth:`WebSocketFraming.messages`
+cuts them into one message per top-level element and declares on each what our TCP header would
+have declared (``xmlns='jabber:client'`` on stanzas, ``xmlns:stream`` on ``<stream:features>``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from xml.parsers import expat
+
+from . import errors, ns
+from .errors import StreamError
+from .parser import Event, StanzaReceived, StreamClosed, StreamOpened, StreamParser, _tag_end
+from .stream import Attr, Parser
+
+__all__ = ["FRAMING_NS", "WebSocketFraming", "WebSocketParser", "WEBSOCKET"]
+
+FRAMING_NS = "urn:ietf:params:xml:ns:xmpp-framing"
+_SEP = "\x01"
+
+
+def _wrapper(content_ns: str) -> bytes:
+    return f"<stream:stream xmlns='{content_ns}' xmlns:stream='{ns.STREAM}'>".encode()
+
+
+class WebSocketParser:
+    """Parses one WebSocket message per :meth:`feed` (see the module docstring)."""
+
+    def __init__(self, content_ns: str, *, max_stanza_size: int, max_depth: int) -> None:
+        self.content_ns = content_ns
+        self.max_stanza_size = max_stanza_size
+        self.max_depth = max_depth
+        self.opened = False
+        self._dead: StreamError | None = None
+
+    @property
+    def bytes_buffered(self) -> int:
+        return 0  # a message is parsed whole or refused
+
+    def feed(self, data: bytes) -> list[Event]:
+        if self._dead is not None:
+            raise type(self._dead)(self._dead.text)
+        try:
+            return self._parse(data)
+        except StreamError as e:
+            self._dead = e
+            raise
+
+    def _parse(self, data: bytes) -> list[Event]:
+        if not data.strip():
+            return []  # nothing (RFC 7395 has no whitespace keepalives; tolerate them)
+        if len(data) > self.max_stanza_size:
+            raise errors.PolicyViolation("stanza too large")
+        parser = StreamParser(max_stanza_size=self.max_stanza_size, max_depth=self.max_depth,
+                              content_ns=self.content_ns)
+        parser.feed(_wrapper(self.content_ns))  # its StreamOpened is ours, not the peer's
+        events = parser.feed(data)
+        if len(events) != 1 or not isinstance(events[0], StanzaReceived) or not parser.between_stanzas \
+                or parser.bytes_buffered:
+            raise errors.NotWellFormed("a WebSocket message must be one complete XML element")
+        stanza = events[0].stanza
+        if stanza.namespace == FRAMING_NS:
+            if stanza.name == "open":
+                if self.opened:
+                    raise errors.NotWellFormed("second <open/>")
+                self.opened = True
+                attrs = {k: v for k, v in stanza.element.attrib.items()}
+                return [StreamOpened(attrs, f"{{{ns.STREAM}}}stream", self.content_ns)]
+            if stanza.name == "close":
+                return [StreamClosed()]
+            raise errors.UnsupportedStanzaType(f"<{stanza.name}/> in {FRAMING_NS}")
+        if not self.opened:
+            raise errors.NotWellFormed("<open/> must come first")
+        if stanza.namespace == ns.STREAM and stanza.name == "stream":
+            raise errors.NotWellFormed("<stream:stream> is not used over WebSocket")
+        return events
+
+
+class WebSocketFraming:
+    """RFC 7395: one element per WebSocket message."""
+
+    def parser(self, content_ns: str, *, max_stanza_size: int, max_depth: int) -> Parser:
+        return WebSocketParser(content_ns, max_stanza_size=max_stanza_size, max_depth=max_depth)
+
+    def opening(self, content_ns: str, attrs: Sequence[Attr], prefixes: Sequence[tuple[str, str]] = ()) -> bytes:
+        rest = "".join(f" {name}={value}" for name, value in attrs)
+        return f"<open xmlns='{FRAMING_NS}'{rest}/>".encode()
+
+    def closing(self) -> bytes:
+        return f"<close xmlns='{FRAMING_NS}'/>".encode()
+
+    def error(self, error: StreamError) -> bytes:
+        xml = error.to_xml()
+        assert xml.startswith(b"<stream:error")
+        return b"<stream:error xmlns:stream='" + ns.STREAM.encode() + b"'" + xml[len(b"<stream:error"):]
+
+    def messages(self, data: bytes, content_ns: str = ns.CLIENT) -> list[bytes]:
+        """``data`` (complete top-level elements, as a protocol writes them) as WebSocket messages:
+        one per element, each declaring its namespace and the ``stream:`` prefix if it uses it."""
+        if not data:
+            return []
+        wrapper = _wrapper(content_ns)
+        buf = wrapper + data
+        p = expat.ParserCreate("UTF-8", _SEP)
+        p.namespace_prefixes = True
+        out: list[bytes] = []
+        depth = 0
+        start = start_end = 0
+        decls: set[str] = set()
+        pending: list[str] = []
+
+        def on_decl(prefix: str | None, uri: str) -> None:
+            pending.append(prefix or "")
+
+        def on_start(name: str, attrs: dict[str, str]) -> None:
+            nonlocal depth, start, start_end, decls
+            depth += 1
+            if depth == 2:
+                start = p.CurrentByteIndex
+                start_end = _tag_end(buf, start)
+                decls = set(pending)
+            pending.clear()
+
+        def on_end(name: str) -> None:
+            nonlocal depth
+            depth -= 1
+            if depth != 1:
+                return
+            end = start_end if buf[start_end - 2] == 0x2F else _tag_end(buf, p.CurrentByteIndex)
+            out.append(_declared(buf[start:end], decls, content_ns))
+
+        p.StartNamespaceDeclHandler = on_decl
+        p.StartElementHandler = on_start
+        p.EndElementHandler = on_end
+        p.Parse(buf, False)
+        return out
+
+
+def _declared(element: bytes, decls: set[str], content_ns: str) -> bytes:
+    """``element`` with ``xmlns`` (or ``xmlns:stream``) declared on its start tag if it was not."""
+    i = 1
+    while i < len(element) and element[i] not in b" \t\r\n/>":
+        i += 1
+    qname = element[1:i]
+    prefix = qname.split(b":", 1)[0].decode() if b":" in qname else ""
+    if prefix in decls:
+        return element
+    if prefix == "stream":
+        decl = f" xmlns:stream='{ns.STREAM}'"
+    elif prefix == "":
+        decl = f" xmlns='{content_ns}'"
+    else:
+        return element  # no other prefix is bound by our side's header
+    return element[:i] + decl.encode() + element[i:]
+
+
+WEBSOCKET = WebSocketFraming()

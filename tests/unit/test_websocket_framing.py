@@ -1,0 +1,177 @@
+"""RFC 7395 framing: <open/>/<close/>, one element per message, stream errors, restart after SASL."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from cluster_node.xmpp import errors
+from cluster_node.xmpp.c2s import (
+    Authenticated,
+    C2SConfig,
+    C2SStream,
+    CredentialsNeeded,
+    State,
+    StreamEnded,
+)
+from cluster_node.xmpp.parser import StanzaReceived, StreamClosed, StreamOpened
+from cluster_node.xmpp.sasl.scram import derive_credentials
+from cluster_node.xmpp.websocket import FRAMING_NS, WEBSOCKET, WebSocketParser
+
+OPEN = f"<open xmlns='{FRAMING_NS}' to='localhost' version='1.0'/>".encode()
+CLOSE = f"<close xmlns='{FRAMING_NS}'/>".encode()
+
+
+def stream(*, secure: bool = True) -> C2SStream:
+    cfg = C2SConfig(domains=["localhost"], tls_available=False, new_id=lambda: "sid")
+    return C2SStream(cfg, direct_tls=secure, framing=WEBSOCKET)
+
+
+def out(s: C2SStream) -> list[bytes]:
+    return WEBSOCKET.messages(s.data_to_send())
+
+
+def parser() -> WebSocketParser:
+    return WebSocketParser("jabber:client", max_stanza_size=10_000, max_depth=8)
+
+
+def test_open_is_the_stream_header_and_close_its_end() -> None:
+    p = parser()
+    [opened] = p.feed(OPEN)
+    assert isinstance(opened, StreamOpened)
+    assert opened.name == "{http://etherx.jabber.org/streams}stream"
+    assert opened.attrs["to"] == "localhost" and opened.attrs["version"] == "1.0"
+    [el] = p.feed(b"<message xmlns='jabber:client' to='a@localhost'><body>hi</body></message>")
+    assert isinstance(el, StanzaReceived) and el.stanza.name == "message"
+    assert el.stanza.namespace == "jabber:client"
+    assert p.feed(CLOSE) == [StreamClosed()]
+
+
+@pytest.mark.parametrize("message", [
+    b"<message xmlns='jabber:client'/><presence xmlns='jabber:client'/>",  # two elements
+    b"<message xmlns='jabber:client'><body>half",  # not complete
+    b"text",
+    b"<?xml version='1.0'?><message xmlns='jabber:client'/>",
+])
+def test_a_message_is_one_complete_element(message: bytes) -> None:
+    p = parser()
+    p.feed(OPEN)
+    with pytest.raises(errors.StreamError):
+        p.feed(message)
+
+
+def test_open_comes_first_and_tcp_headers_are_refused() -> None:
+    with pytest.raises(errors.NotWellFormed):
+        parser().feed(b"<message xmlns='jabber:client'/>")
+    with pytest.raises(errors.StreamError):
+        parser().feed(b"<stream:stream xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>")
+
+
+def test_hostile_xml_is_refused_per_message() -> None:
+    p = parser()
+    p.feed(OPEN)
+    with pytest.raises(errors.RestrictedXml):
+        p.feed(b"<!DOCTYPE x [<!ENTITY a 'b'>]><message xmlns='jabber:client'>&a;</message>")
+    with pytest.raises(errors.PolicyViolation):
+        parser().feed(b"<message xmlns='jabber:client'><body>" + b"x" * 20_000 + b"</body></message>")
+
+
+def test_output_is_one_element_per_message_with_namespaces_declared() -> None:
+    msgs = WEBSOCKET.messages(b"<stream:features><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>"
+                              b"<message to='a@b'><body>x</body></message><r xmlns='urn:xmpp:sm:3'/>"
+                              b"<iq xmlns='jabber:client' type='result' id='1'/>")
+    assert msgs == [
+        b"<stream:features xmlns:stream='http://etherx.jabber.org/streams'>"
+        b"<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></stream:features>",
+        b"<message xmlns='jabber:client' to='a@b'><body>x</body></message>",
+        b"<r xmlns='urn:xmpp:sm:3'/>",
+        b"<iq xmlns='jabber:client' type='result' id='1'/>",
+    ]
+    assert WEBSOCKET.messages(b"") == []
+
+
+def test_stream_answers_open_with_open_and_features_without_starttls() -> None:
+    s = stream(secure=False)
+    s.receive_data(OPEN)
+    opening, features = out(s)
+    assert opening == f"<open xmlns='{FRAMING_NS}' id='sid' from=\"localhost\" version='1.0' xml:lang=\"en\"/>".encode()
+    assert features.startswith(b"<stream:features xmlns:stream='http://etherx.jabber.org/streams'>")
+    assert b"starttls" not in features
+    assert b"PLAIN" not in features  # not secure: no SASL before TLS (tls_required)
+
+
+def test_login_with_plain_restarts_with_a_new_open() -> None:
+    s = stream()
+    s.receive_data(OPEN)
+    assert b"<mechanism>PLAIN</mechanism>" in out(s)[1]
+    token = base64.b64encode(b"\0alice\0secret").decode()
+    events = s.receive_data(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>"
+                            .encode())
+    assert isinstance(events[0], CredentialsNeeded)
+    check = s.credentials_check(None)
+    events = s.provide_credentials(None, checked=check() if check else None)
+    # No stored credentials: a failure, in one message, the stream goes on.
+    [failure] = out(s)
+    assert failure.startswith(b"<failure xmlns='urn:ietf:params:xml:ns:xmpp-sasl'>")
+    assert s.state is State.NEGOTIATING
+
+
+def test_stream_error_is_an_element_then_close() -> None:
+    s = stream()
+    s.receive_data(OPEN)
+    out(s)
+    events = s.receive_data(b"<message xmlns='jabber:client'><body>broken</message>")
+    assert isinstance(events[-1], StreamEnded) and isinstance(events[-1].error, errors.NotWellFormed)
+    error, close = out(s)
+    assert error.startswith(b"<stream:error xmlns:stream='http://etherx.jabber.org/streams'>"
+                            b"<not-well-formed xmlns='urn:ietf:params:xml:ns:xmpp-streams'/>")
+    assert close == CLOSE
+
+
+def test_error_before_open_sends_open_first() -> None:
+    s = stream()
+    s.receive_data(b"<message xmlns='jabber:client'/>")
+    opening, error, close = out(s)
+    assert opening.startswith(b"<open ") and error.startswith(b"<stream:error ") and close == CLOSE
+
+
+def test_client_close_is_answered_with_close() -> None:
+    s = stream()
+    s.receive_data(OPEN)
+    out(s)
+    events = s.receive_data(CLOSE)
+    assert events == [StreamEnded(None, "closed")]
+    assert out(s) == [CLOSE]
+
+
+def logged_in() -> C2SStream:
+    s = stream()
+    s.receive_data(OPEN)
+    out(s)
+    token = base64.b64encode(b"\0alice\0secret").decode()
+    s.receive_data(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>{token}</auth>".encode())
+    creds = derive_credentials("secret", "sha256")
+    check = s.credentials_check(creds)
+    events = s.provide_credentials(creds, checked=check() if check else None)
+    assert any(isinstance(e, Authenticated) for e in events)
+    assert out(s) == [b"<success xmlns='urn:ietf:params:xml:ns:xmpp-sasl'></success>"]
+    assert s.state is State.WAIT_HEADER
+    return s
+
+
+def test_restart_after_sasl_is_a_new_open() -> None:
+    s = logged_in()
+    s.receive_data(OPEN)
+    opening, features = out(s)
+    assert opening.startswith(f"<open xmlns='{FRAMING_NS}'".encode())
+    assert b"urn:ietf:params:xml:ns:xmpp-bind" in features
+    assert s.state is State.NEGOTIATING
+
+
+def test_restart_after_sasl_without_open_is_a_stream_error() -> None:
+    s = logged_in()
+    events = s.receive_data(b"<iq xmlns='jabber:client' type='set' id='b'>"
+                            b"<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
+    assert isinstance(events[-1], StreamEnded) and isinstance(events[-1].error, errors.NotWellFormed)
+    assert out(s)[-1] == CLOSE
