@@ -374,6 +374,24 @@ class S2SAdmin:
         return list(await _query(self.node, ("s2s", "connections")))
 
 
+class FastAdmin:
+    """Meridian's ``fast``: the FAST module's tokens (a node without the module says so)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def _module(self, name: str, **args: Any) -> Any:
+        if ("fast", name) not in self.node.queries:
+            raise ApiError("the fast module is not running on this node ([modules.fast] enabled = false)")
+        return await _query(self.node, ("fast", name), **args)
+
+    async def listTokens(self, _: Info, user: Jid) -> Any:
+        return await self._module("tokens", jid=str(user.bare))
+
+    async def revokeTokens(self, _: Info, user: Jid, agent: str | None = None) -> Any:
+        return await self._module("revoke", jid=str(user.bare), agent=agent)
+
+
 class _Unavailable:
     """A category that needs a running node, asked of ``meridian ctl`` with none running."""
 
@@ -394,7 +412,7 @@ def admin_root(accounts: Accounts, node: Node | None) -> dict[str, Any]:
                               min_password_length=1)
     root: dict[str, Any] = {"account": AccountAdmin(admin_accounts, node)}
     categories = {"session": SessionAdmin, "stanza": StanzaAdmin, "roster": RosterAdmin, "cets": CetsAdmin,
-                  "server": ServerAdmin, "gdistrib": GDistribAdmin, "s2s": S2SAdmin}
+                  "server": ServerAdmin, "gdistrib": GDistribAdmin, "s2s": S2SAdmin, "fast": FastAdmin}
     for name, cls in categories.items():
         root[name] = cls(node) if node is not None else _Unavailable(name)
     return root

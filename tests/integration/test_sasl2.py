@@ -393,9 +393,13 @@ async def test_fast_counter_wrong_client_and_revocation(node: NodeProcess) -> No
     assert condition(await fast_login(node, "dave", token, agent)) == "not-authorized"
     listed = await control(node, "fast", "tokens", jid=f"carol@{DOMAIN}")
     assert len(listed) == 1 and listed[0]["name"] == "rawtest / ci" and token not in str(listed)
-    revoked = await control(node, "fast", "revoke", jid=f"carol@{DOMAIN}")
-    assert revoked["revoked"] == 1
+    # The operator revokes them through the admin API (GraphQL, also `meridian ctl fast revoke-tokens`).
+    status, body = await node.admin("mutation { fast { revokeTokens(user: \"carol@localhost\") } }")
+    assert status == 200 and not body.get("errors"), body
+    assert body["data"]["fast"]["revokeTokens"]["revoked"] == 1
     assert condition(await fast_login(node, "carol", token, agent)) == "not-authorized"
+    status, body = await node.admin("{ fast { listTokens(user: \"carol@localhost\") } }")
+    assert status == 200 and body["data"]["fast"]["listTokens"] == [], body
 
 
 async def test_a_password_change_ends_fast_tokens(node: NodeProcess) -> None:
