@@ -227,6 +227,9 @@ class Meridian(Server):
                            "shaper_rate": 10_000_000, "shaper_burst": 10_000_000},
                 "storage": {"url": f"sqlite:///{self.db}"},
                 "admin": {"port": 0}, "user_api": {"port": 0},
+                # The peers run without a message archive: so does Meridian here (a MAM-on run is
+                # benchmarks/mobile.py's).
+                "modules": {"mam": {"enabled": False}},
             }
             if nodes > 1:
                 conf["cluster"] = {"enabled": True, "name": "bench", "secret": "benchmark-cluster-secret-0123",
