@@ -139,6 +139,23 @@ async def test_resume_while_the_old_connection_still_looks_alive(node: NodeProce
     await again.close()
 
 
+async def test_an_idle_stream_is_asked_for_an_ack_after_ack_after(tmp_path: Path) -> None:
+    """One unacknowledged stanza and then silence: the server still asks (ack_after), not only
+    when the next stanza goes out."""
+    with one_node(tmp_path, "sma", users=accounts("alice", "bob"),
+                  settings={"modules": {"stream_management": {"ack_after": 1.0, "ack_every": 100}}}) as n:
+        bob = RawClient(n.port, n.cert)
+        await bob.start("bob", "bob-secret", "desk", sm=False)
+        alice = RawClient(n.port, n.cert)
+        await alice.start("alice", "alice-secret", "idle")
+        send_messages(bob, "alice@localhost/idle", ["lonely"])
+        assert bodies(await alice.messages(1)) == ["lonely"]
+        r = await alice.next_named("r", timeout=5)
+        assert r.tag == f"{{{SM}}}r"
+        await alice.close()
+        await bob.close()
+
+
 async def test_resume_timeout_sends_unacked_and_queued_messages_to_offline_storage(
         tmp_path: Path) -> None:
     with one_node(tmp_path, "smt", users=accounts("alice", "bob"),

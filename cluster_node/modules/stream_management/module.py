@@ -298,9 +298,24 @@ class StreamManagement(Module):
             return
         if state.sent(data, time.monotonic()):
             session.send_raw(sm.request())
+        elif session.ext.get("sm_timer") is None:  # ask after ack_after even if nothing else is sent
+            session.ext["sm_timer"] = asyncio.get_running_loop().call_later(
+                self.cfg.ack_after, self._ack_due, session)
         if state.overflow:
             log.info("sm: %s acknowledges nothing (%d unacked): closing", session.record.jid, len(state))
             session.kick("policy-violation", "too many unacknowledged stanzas")
+
+    def _ack_due(self, session: Any) -> None:
+        """``ack_after`` passed since a stanza went out unrequested: ask now, on an idle stream too."""
+        session.ext.pop("sm_timer", None)
+        state: SmSession | None = session.ext.get("sm")
+        if state is None or not getattr(session, "is_open", False) or not len(state):
+            return
+        if state.request_due(time.monotonic()):
+            session.send_raw(sm.request())
+        elif not state.request_pending:  # not old enough yet: look again when it will be
+            session.ext["sm_timer"] = asyncio.get_running_loop().call_later(
+                self.cfg.ack_after / 2, self._ack_due, session)
 
     # -- detaching and ending ----------------------------------------------------------------------
 
