@@ -10,7 +10,9 @@ Modules talk to each other only through hooks (:mod:`cluster_node.core.hooks`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -93,6 +95,7 @@ class ModuleHost:
         self._calls: set[str] = set()
         self._queries: set[tuple[str, str]] = set()
         self._collectors: list[Any] = []
+        self._tasks: list[asyncio.Task[None]] = []
 
     def release(self) -> None:
         """Undo what the module added (it stopped)."""
@@ -106,6 +109,9 @@ class ModuleHost:
         for collector in self._collectors:
             if collector in self._s.collectors:
                 self._s.collectors.remove(collector)
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
         self._iqs.clear()
         self._calls.clear()
         self._queries.clear()
@@ -196,7 +202,25 @@ class ModuleHost:
         self._s.router.send_error(stanza, error)
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Background work the node waits for before it stops (a clean-up after a session)."""
         self._s.router.spawn(coro)
+
+    def every(self, seconds: float, job: Callable[[], Awaitable[Any]], what: str) -> asyncio.Task[None]:
+        """Run ``job`` every ``seconds`` until the module stops (retention, expiry).  The first run
+        comes after a random part of the interval (at most 30 s): the members of a region start
+        together and share the database.  A failing run is logged and retried next time."""
+        async def loop() -> None:
+            await asyncio.sleep(random.uniform(0, min(seconds, 30.0)))
+            while True:
+                try:
+                    await job()
+                except Exception:
+                    log.exception("%s failed; retried in %.0f s", what, seconds)
+                await asyncio.sleep(seconds)
+
+        task = asyncio.get_running_loop().create_task(loop())
+        self._tasks.append(task)
+        return task
 
     # -- the cluster ---------------------------------------------------------------------------------
 

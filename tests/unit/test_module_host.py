@@ -318,3 +318,33 @@ def test_a_dependency_on_a_module_that_does_not_exist_is_named():
 
     with pytest.raises(ValueError, match=r"modules\.needy: needs module ghost, which does not exist"):
         module_settings({}, {"needy": Needy})
+
+
+async def test_every_runs_a_job_until_the_module_stops_and_survives_a_failure(tmp_path: Path):
+    import asyncio
+
+    runs: list[int] = []
+
+    class Ticker(Module):
+        name = "ticker"
+
+        def start(self, host: ModuleHost) -> None:
+            self.host = host
+
+            async def job() -> None:
+                runs.append(len(runs))
+                if len(runs) == 1:
+                    raise RuntimeError("a bad run is logged, the next one comes")
+
+            self.task = host.every(0.01, job, "ticking")
+
+    async with fake_node(tmp_path) as node:
+        started = await start_modules(node.services, {}, known={"ticker": Ticker})
+        await asyncio.sleep(0.2)
+        assert len(runs) >= 3
+        await stop_modules(node.services, started)
+        await asyncio.sleep(0)
+        assert started[0].task.cancelled() or started[0].task.done()
+        count = len(runs)
+        await asyncio.sleep(0.05)
+        assert len(runs) == count

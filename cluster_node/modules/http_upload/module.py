@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import secrets
 import ssl
 import time
@@ -213,7 +212,7 @@ class HttpUpload(Module):
             await self.server.start(cfg.host, cfg.port, context)
             log.info("http_upload: %s on %s:%d (%s), files in %s", ", ".join(sorted(self.services)), cfg.host,
                      cfg.port, "https" if context else "http", cfg.storage_dir or node.data_dir / "upload")
-        self._cleanup = asyncio.get_running_loop().create_task(self._periodic())
+        self._cleanup = host.every(self.cfg.cleanup_interval, self.clean_up, "http_upload clean-up")
 
     async def stop(self) -> None:
         task, self._cleanup = self._cleanup, None
@@ -258,16 +257,6 @@ class HttpUpload(Module):
                 log.info("http_upload: %d files older than %d s removed", removed, self.cfg.expire_after)
         await self.slot_log.forget(now - self.cfg.quota_window)
         return removed
-
-    async def _periodic(self) -> None:
-        # The members of a region start together and share the directory: spread their clean-ups.
-        await asyncio.sleep(random.uniform(0, min(self.cfg.cleanup_interval, 30.0)))
-        while True:
-            try:
-                await self.clean_up()
-            except Exception:
-                log.exception("http_upload clean-up failed; retried in %.0f s", self.cfg.cleanup_interval)
-            await asyncio.sleep(self.cfg.cleanup_interval)
 
     # -- the service ------------------------------------------------------------------------------------
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import secrets
 import time
 import xml.etree.ElementTree as ET
@@ -127,9 +126,7 @@ class Mam(Module):
         host.add_metric(MamCollector(self))
         host.add_query("mam", "status", self.status)
         if self.cfg.retention_days > 0:
-            # A task of our own, not host.spawn: the router waits for its tasks before modules stop
-            # (a node's shutdown would wait shutdown_timeout for a loop that never ends).
-            self._cleanup = asyncio.get_running_loop().create_task(self._retention())
+            self._cleanup = host.every(self.cfg.cleanup_interval, self.clean_up, "MAM retention clean-up")
 
     async def stop(self) -> None:
         task, self._cleanup = self._cleanup, None
@@ -308,17 +305,6 @@ class Mam(Module):
         if deleted:
             log.info("retention: %d archived messages older than %d days deleted", deleted, self.cfg.retention_days)
         return deleted
-
-    async def _retention(self) -> None:
-        # The members of a deployment start together: spread their first clean-ups a little.
-        await asyncio.sleep(random.uniform(0, min(self.cfg.cleanup_interval, 30.0)))
-        while True:
-            try:
-                await self.clean_up()
-            except Exception:
-                log.exception("retention clean-up failed; retried in %.0f s", self.cfg.cleanup_interval)
-            await asyncio.sleep(self.cfg.cleanup_interval)
-
 
 class MamCollector(Collector):
     """Prometheus view of the archive's activity on this member, read at scrape time."""
