@@ -140,6 +140,7 @@ class ClusterMember:
 
     def __post_init__(self) -> None:
         self._server: asyncio.Server | None = None
+        self.stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._connecting: set[str] = set()
         for table in self.tables.values():
@@ -164,6 +165,7 @@ class ClusterMember:
         self._tasks.append(loop.create_task(self._timer_loop()))
 
     async def stop(self) -> None:
+        self.stopping = True  # our own links closing now are not the other members going down
         for task in self._tasks:
             task.cancel()
         if self._tasks:  # let them unwind (the discovery loop hands its refresh to discovery.close)
@@ -296,8 +298,9 @@ class ClusterMember:
         peer = conn.peer
         if self.links.get(peer) is conn:
             del self.links[peer]
-        # The surviving member with the smallest name does the side effects, once (not per survivor).
-        leader = min([self.node, *self.links]) == self.node
+        # The surviving member with the smallest name does the side effects, once (not per survivor);
+        # a member that is stopping survives nobody: it only forgets their records.
+        leader = min([self.node, *self.links]) == self.node and not self.stopping
         records: list[Record] = []
         for table in self.tables.values():
             records += table.drop_owner(peer)
