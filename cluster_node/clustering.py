@@ -13,6 +13,7 @@ import asyncio
 import inspect
 import itertools
 import logging
+import time
 import zlib
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from .cluster.discovery import Discovery, FileDiscovery, RdbmsDiscovery, parse_p
 from .cluster.table import Record
 from .core.hooks import Hook
 from .core.router import Fanout, add_global_routing
-from .core.services import Services
+from .core.services import AUTH_BAN_CALL, Services
 from .core.sessions import SessionRecord
 from .net.cluster_net import ClusterMember, MemberHooks
 from .net.tls import client_context, server_context
@@ -74,6 +75,7 @@ async def build_member(services: Services, cert: Path, key: Path) -> ClusterMemb
     services.calls = calls
     services.envelopes[SESSION] = lambda env, stanza: _for_session(services, env, stanza)
     services.call_handlers["kick"] = lambda _node, args: _kick(services, args)
+    services.call_handlers[AUTH_BAN_CALL] = lambda node, args: _banned(services, node, args)
     services.hooks.add(Hook.DELIVER_TO_MEMBER, lambda record, stanza: _send(calls, record, stanza), owner=calls)
     handoff = GatewayHandoff(services, calls)
     add_global_routing(services.hooks, handoff, priority=50, owner=handoff)
@@ -243,6 +245,16 @@ def _kick(services: Services, args: dict[str, Any]) -> None:
     session = services.local.get(str(args.get("sid", "")))
     if session is not None:
         session.kick(str(args.get("condition", "conflict")), args.get("text"))
+
+
+def _banned(services: Services, node: str, args: dict[str, Any]) -> None:
+    """Another member banned an address after too many authentication failures: ban it here too."""
+    try:
+        address, seconds = str(args["address"]), float(args["seconds"])
+    except (KeyError, TypeError, ValueError):
+        return
+    log.info("%s banned %s for %d s (%s)", node, address, seconds, args.get("reason", ""))
+    services.auth_throttle.ban(address, time.monotonic(), min(seconds, 86_400.0), f"banned by {node}")
 
 
 def _lost(services: Services, record: Record) -> None:

@@ -47,6 +47,17 @@ class C2SSettings(_Section):
     idle_timeout: float = Field(600.0, gt=0, description="seconds of silence before connection-timeout")
 
 
+def _ip_networks(value: list[str]) -> list[str]:
+    import ipaddress
+
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or network") from None
+    return value
+
+
 class WebSocketSettings(_Section):
     """XMPP over WebSocket (RFC 7395) and its XEP-0156 discovery (``/.well-known/host-meta``), on
     their own HTTP listener.  Disabled by default (like ``[components]``): 5280 is the usual port."""
@@ -64,14 +75,7 @@ class WebSocketSettings(_Section):
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        import ipaddress
-
-        for item in value:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                raise ValueError(f"{item!r} is not an IP address or network") from None
-        return value
+        return _ip_networks(value)
 
 
 class LimitsSettings(_Section):
@@ -85,6 +89,26 @@ class LimitsSettings(_Section):
     shaper_burst: int = Field(500_000, ge=1024, description="bytes a client may send at once")
     shaper_max_throttle: float = Field(
         10.0, gt=0, description="seconds a client may stay throttled before policy-violation")
+
+
+class AuthThrottleSettings(_Section):
+    """Authentication failures per source address (SASL, SASL2, FAST, the user API), shared by the
+    members of a region: past ``delay_after`` failures in ``window`` each answer waits, at
+    ``max_failures`` the address is refused for ``ban_seconds``."""
+
+    enabled: bool = True
+    max_failures: int = Field(20, ge=1, description="failures in the window that ban the address")
+    window: float = Field(600.0, gt=0, description="seconds over which failures are counted")
+    delay_after: int = Field(3, ge=0, description="failures answered at once; later ones are delayed")
+    failure_delay: float = Field(1.0, ge=0, description="seconds of delay added per failure past delay_after")
+    max_delay: float = Field(5.0, ge=0, description="longest delay of one answer")
+    ban_seconds: float = Field(900.0, gt=0, description="how long a banned address is refused")
+    exempt: list[str] = Field(default_factory=list, description="addresses/networks never throttled")
+
+    @field_validator("exempt")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return _ip_networks(value)
 
 
 class TlsSettings(_Section):
@@ -204,6 +228,7 @@ class NodeSettings(BaseSettings):
     c2s: C2SSettings = C2SSettings()
     websocket: WebSocketSettings = WebSocketSettings()
     limits: LimitsSettings = LimitsSettings()
+    auth_throttle: AuthThrottleSettings = AuthThrottleSettings()
     tls: TlsSettings = TlsSettings()
     storage: StorageSettings = StorageSettings()
     offline: OfflineSettings = OfflineSettings()

@@ -392,6 +392,22 @@ class FastAdmin:
         return await self._module("revoke", jid=str(user.bare), agent=agent)
 
 
+class ThrottleAdmin:
+    """Authentication throttling: addresses banned after too many failures, and lifting a ban."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def listBans(self, _: Info) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        return [{"address": b.address, "seconds": round(b.until - now, 1), "reason": b.reason}
+                for b in self.node.services.auth_throttle.bans(now)]
+
+    def liftBan(self, _: Info, address: str) -> bool:
+        """On this member only; each member keeps its own copy of the region's bans."""
+        return self.node.services.auth_throttle.lift(address)
+
+
 class _Unavailable:
     """A category that needs a running node, asked of ``meridian ctl`` with none running."""
 
@@ -412,7 +428,8 @@ def admin_root(accounts: Accounts, node: Node | None) -> dict[str, Any]:
                               min_password_length=1)
     root: dict[str, Any] = {"account": AccountAdmin(admin_accounts, node)}
     categories = {"session": SessionAdmin, "stanza": StanzaAdmin, "roster": RosterAdmin, "cets": CetsAdmin,
-                  "server": ServerAdmin, "gdistrib": GDistribAdmin, "s2s": S2SAdmin, "fast": FastAdmin}
+                  "server": ServerAdmin, "gdistrib": GDistribAdmin, "s2s": S2SAdmin, "fast": FastAdmin,
+                  "throttle": ThrottleAdmin}
     for name, cls in categories.items():
         root[name] = cls(node) if node is not None else _Unavailable(name)
     return root

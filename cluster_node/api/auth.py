@@ -17,7 +17,7 @@ import os
 
 from ..core.accounts import Accounts
 from ..settings import AdminApiSettings
-from ..xmpp.sasl.scram import ScramCredentials, verify_password
+from ..xmpp.sasl.scram import ScramCredentials, derive_credentials, verify_password
 
 __all__ = ["parse_basic", "hash_password", "AdminAuth", "check_password", "is_loopback"]
 
@@ -99,7 +99,19 @@ async def check_password(accounts: Accounts, domain: str, username: str, passwor
     """Whether ``password`` is the account's, from its stored SCRAM keys (off the event loop)."""
     stored = await accounts.storage.get_credentials(domain, username)
     if not stored:
+        # Unknown user: the same PBKDF2 work as a wrong password, so timing tells nothing.
+        await asyncio.to_thread(verify_password, password, _unknown_user(accounts.iterations))
         return False
     name = "sha256" if "sha256" in stored else next(iter(stored))
     creds = ScramCredentials.from_dict(stored[name])
     return await asyncio.to_thread(verify_password, password, creds)
+
+
+_UNKNOWN: dict[int, ScramCredentials] = {}
+
+
+def _unknown_user(iterations: int) -> ScramCredentials:
+    """Credentials no password matches, with the iteration count of real accounts."""
+    if iterations not in _UNKNOWN:
+        _UNKNOWN[iterations] = derive_credentials(os.urandom(16).hex(), "sha256", iterations=iterations)
+    return _UNKNOWN[iterations]

@@ -103,8 +103,13 @@ def _admin_app(node: Node, accounts: Accounts, auth: AdminAuth, routes: Sequence
 
     @web.middleware
     async def require_admin(request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path not in _OPEN and not await auth.allowed(request.headers.get("Authorization"),
-                                                                request.remote):
+        if request.path in _OPEN:
+            return await handler(request)  # type: ignore[no-any-return]
+        refused = _throttled(node, request)
+        if refused is not None:
+            return refused
+        if not await auth.allowed(request.headers.get("Authorization"), request.remote):
+            _failed(node, request)
             return _error(401, "admin credentials required (HTTP Basic)",
                           **{"WWW-Authenticate": 'Basic realm="meridian admin", charset="UTF-8"'})
         return await handler(request)  # type: ignore[no-any-return]
@@ -143,6 +148,19 @@ def _admin_app(node: Node, accounts: Accounts, auth: AdminAuth, routes: Sequence
     return app
 
 
+def _throttled(node: Node, request: web.Request) -> web.Response | None:
+    """429 for an address banned after too many authentication failures (on any way in)."""
+    refusal = node.services.auth_refusal(request.remote or "?")
+    return _error(429, refusal) if refusal is not None else None
+
+
+def _failed(node: Node, request: web.Request) -> None:
+    """Credentials were given and refused: count it against the address.  (No delay here: an
+    HTTP client holds no stream to slow down; the ban is what stops a guesser.)"""
+    if request.headers.get("Authorization"):
+        node.services.auth_failed(request.remote or "?")
+
+
 def _user_app(node: Node, accounts: Accounts) -> web.Application:
     async def authenticated(request: web.Request) -> Jid | None:
         creds = parse_basic(request.headers.get("Authorization"))
@@ -161,8 +179,12 @@ def _user_app(node: Node, accounts: Accounts) -> web.Application:
 
     @web.middleware
     async def require_user(request: web.Request, handler: Any) -> web.StreamResponse:
+        refused = _throttled(node, request)
+        if refused is not None:
+            return refused
         user = await authenticated(request)
         if user is None:
+            _failed(node, request)
             return _error(401, "user credentials required (HTTP Basic with your bare JID and password)",
                           **{"WWW-Authenticate": 'Basic realm="meridian user", charset="UTF-8"'})
         request["user"] = user

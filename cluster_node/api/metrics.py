@@ -110,6 +110,14 @@ class NodeCollector(Collector):
         yield _counter("meridian_auth_failures", "Failed client authentications", c2s.counters["auth_failures"])
         yield _counter("meridian_c2s_stream_errors", "Client streams closed with an error",
                        c2s.counters["stream_errors"])
+        throttle = s.auth_throttle
+        yield _counter("meridian_auth_throttle_delayed", "Authentication failures answered late (throttling)",
+                       throttle.counters["delayed"])
+        yield _counter("meridian_auth_throttle_bans", "Addresses banned after authentication failures",
+                       throttle.counters["bans"])
+        yield _counter("meridian_auth_throttle_refused", "Connections and requests refused from banned addresses",
+                       throttle.counters["refused"])
+        yield _gauge("meridian_auth_throttle_banned", "Addresses banned now", len(throttle.bans(time.monotonic())))
         yield _gauge("meridian_sessions_local", "Sessions held by this process", len(s.local))
         yield _gauge("meridian_sessions_region", "Sessions in the region's replicated table", len(s.table))
         rc = s.router.counters

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -10,6 +11,7 @@ from ..cluster.table import ReplicatedTable
 from ..settings import NodeSettings
 from ..storage import Storage
 from .accounts import Accounts
+from .auth_throttle import AuthThrottle, Ban
 from .hooks import Hooks
 from .router import Router
 from .sessions import LocalSessions, SessionRecord, SessionTable
@@ -18,6 +20,8 @@ if TYPE_CHECKING:
     from .session_manager import SessionManager
 
 __all__ = ["Services", "ClusterCalls"]
+
+AUTH_BAN_CALL = "auth.ban"  # {"address", "seconds", "reason"}: a member banned an address
 
 
 class ClusterCalls(Protocol):
@@ -54,6 +58,27 @@ class Services:
     collectors: list[Any] = field(default_factory=list)
     http_routes: list[Any] = field(default_factory=list)
     modules: dict[str, Any] = field(default_factory=dict)  # name -> started Module
+    # Authentication failures per address, shared by every way in (c2s, user API) and the region.
+    auth_throttle: AuthThrottle = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.auth_throttle = AuthThrottle.from_settings(self.settings.auth_throttle)
+
+    def auth_failed(self, address: str) -> tuple[float, Ban | None]:
+        """Count an authentication failure from ``address``: (seconds to hold the answer back, the
+        ban it caused).  A ban goes to the other members too: a guesser spreading its attempts
+        over the region's nodes is banned by all of them."""
+        now = time.monotonic()
+        delay, ban = self.auth_throttle.failed(address, now)
+        if ban is not None and self.calls is not None:
+            args = {"address": ban.address, "seconds": ban.until - now, "reason": ban.reason}
+            for member in self.calls.members():
+                self.calls.call(member, AUTH_BAN_CALL, args)
+        return delay, ban
+
+    def auth_refusal(self, address: str) -> str | None:
+        """The text of a refusal if ``address`` is banned."""
+        return self.auth_throttle.refuse(address, time.monotonic())
 
     def update_record(self, record: SessionRecord) -> None:
         """Change a session's record in the table and, if it lives here, on its connection."""

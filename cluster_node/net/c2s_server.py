@@ -30,6 +30,7 @@ from ..core.sessions import SessionRecord
 from ..settings import NodeSettings
 from ..xmpp import errors, ns
 from ..xmpp.c2s import (
+    AuthFailed,
     Authenticated,
     BindRequested,
     C2SConfig,
@@ -169,7 +170,8 @@ class C2SConnection(asyncio.Protocol):
         self._queue: deque[Stanza] = deque()
         self._flush_pending = False
         self._worker: asyncio.Task[None] | None = None
-        self._paused = {"shaper": False, "queue": False, "tls": False}
+        self._paused = {"shaper": False, "queue": False, "tls": False, "auth": False}
+        self._held = False  # an authentication failure's answer waits (address throttling)
         self._limited = False
         self._timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
@@ -182,7 +184,7 @@ class C2SConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.ip = peer[0] if peer else "?"
-        refusal = self.listener.limiter.acquire(self.ip)
+        refusal = self.listener.sessions.s.auth_refusal(self.ip) or self.listener.limiter.acquire(self.ip)
         if refusal is not None:
             self._handle(self.core.close(errors.PolicyViolation(refusal)))
             return
@@ -358,9 +360,13 @@ class C2SConnection(asyncio.Protocol):
                 self.listener.sessions.s.router.spawn(self._register(event.stanza))
             elif isinstance(event, Authenticated):
                 self.listener.counters["logins"] += 1
+            elif isinstance(event, AuthFailed):
+                if self._auth_failed():
+                    return
             elif isinstance(event, SessionEstablished):
                 pass
             elif isinstance(event, StreamEnded):
+                self._held = False
                 if self.close_reason is None:
                     self.close_reason = "timeout" if isinstance(event.error, errors.ConnectionTimeout) else event.reason
                 if self.record is not None:
@@ -373,7 +379,30 @@ class C2SConnection(asyncio.Protocol):
                 return
         self._flush()
 
+    def _auth_failed(self) -> bool:
+        """Count a refused authentication against the address: hold the answer back (and stop
+        reading) for the throttle's delay, or close the stream if it banned the address.  True
+        when the stream was closed."""
+        delay, ban = self.listener.sessions.s.auth_failed(self.ip)
+        if ban is not None:
+            log.warning("c2s %s: banned for %d s after %s", self.ip, self.listener.settings.auth_throttle.ban_seconds,
+                        ban.reason)
+            self._handle(self.core.close(errors.PolicyViolation("too many authentication failures")))
+            return True
+        if delay > 0 and not self._held:
+            self._held = True
+            self._pause("auth")
+            self._loop.call_later(delay, self._release)
+        return False
+
+    def _release(self) -> None:
+        self._held = False
+        self._flush()
+        self._resume("auth")
+
     def _flush(self) -> None:
+        if self._held:
+            return
         data = self.core.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)

@@ -79,7 +79,7 @@ from .stream import TCP, Attr, Framing, XmlStream
 __all__ = [
     "C2SConfig", "C2SStream", "State", "StartTls", "CredentialsNeeded", "TokenNeeded", "Authenticated",
     "Sasl2Authenticated", "Sasl2Request", "UserAgent", "BindRequested", "SessionEstablished", "StanzaIn",
-    "ElementIn", "RegistrationIq", "StreamEnded", "C2SEvent", "TRANSITIONS",
+    "ElementIn", "RegistrationIq", "StreamEnded", "AuthFailed", "C2SEvent", "TRANSITIONS",
 ]
 
 STANZA_NAMES = frozenset({"message", "presence", "iq"})
@@ -191,6 +191,16 @@ class Sasl2Authenticated:
 
 
 @dataclass(frozen=True)
+class AuthFailed:
+    """A ``<failure/>`` that refused credentials (not a malformed or aborted exchange) was written:
+    the connection counts it against the client's address and may hold the answer back."""
+    condition: str
+
+
+AUTH_FAILURES = frozenset({"not-authorized", "credentials-expired", "account-disabled"})
+
+
+@dataclass(frozen=True)
 class BindRequested:
     """Pick the full JID (resource conflicts are the session manager's policy), then ``bind_done``."""
     resource: str | None
@@ -231,8 +241,8 @@ class StreamEnded:
     reason: str = "local"
 
 
-C2SEvent = (StartTls | CredentialsNeeded | TokenNeeded | Authenticated | Sasl2Authenticated | BindRequested
-            | SessionEstablished | StanzaIn | ElementIn | RegistrationIq | StreamEnded)
+C2SEvent = (StartTls | CredentialsNeeded | TokenNeeded | Authenticated | Sasl2Authenticated | AuthFailed
+            | BindRequested | SessionEstablished | StanzaIn | ElementIn | RegistrationIq | StreamEnded)
 Features = Callable[[str, "C2SStream"], list[bytes]]  # (stage, stream) -> extra feature elements
 
 
@@ -662,6 +672,8 @@ class C2SStream(XmlStream[C2SEvent]):
                         .encode())
         else:
             self._write(failure.to_xml())
+        if failure.condition in AUTH_FAILURES:
+            self._events.append(AuthFailed(failure.condition))
         if self._sasl_failures >= MAX_SASL_FAILURES:
             self._fail(errors.PolicyViolation("too many authentication failures"))
 

@@ -25,8 +25,9 @@ def local(el: ET.Element) -> str:
 class RawClient:
     """One stream: STARTTLS, SASL PLAIN, then bind or resume; elements in, bytes out."""
 
-    def __init__(self, port: int, cert: Path, *, domain: str = "localhost") -> None:
+    def __init__(self, port: int, cert: Path, *, domain: str = "localhost", source: str | None = None) -> None:
         self.port = port
+        self.source = source  # local address to connect from (any 127.0.0.0/8 address on Linux)
         self.cert = cert
         self.domain = domain
         self.reader: asyncio.StreamReader | None = None
@@ -84,7 +85,8 @@ class RawClient:
     # -- set-up ---------------------------------------------------------------------------------
 
     async def connect(self) -> RawClient:
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.reader, self.writer = await asyncio.open_connection(
+            "127.0.0.1", self.port, local_addr=(self.source, 0) if self.source else None)
         self._restart()
         await self.next_named("features")
         self.send("<starttls xmlns='urn:ietf:params:xml:ns:xmpp-tls'/>")

@@ -20,6 +20,7 @@ from cluster_node.modules.csi import Csi
 from cluster_node.modules.stream_management import StreamManagement
 from cluster_node.xmpp import errors
 from cluster_node.xmpp.c2s import (
+    AuthFailed,
     Authenticated,
     BindRequested,
     C2SConfig,
@@ -373,7 +374,7 @@ def test_refused_after_the_mechanism_accepted() -> None:
     c.provide_credentials(CREDS["sha256"])
     c.send_bytes(b"<message/>")
     events = c.sasl2_failed(SaslFailure("not-authorized", "replayed"))
-    assert events == []
+    assert events == [AuthFailed("not-authorized")]  # counted against the address
     out = c.data_to_send()
     assert out == (f"<failure xmlns='{SASL2}'><not-authorized xmlns='{SASL}'/><text>replayed</text></failure>"
                    .encode())
