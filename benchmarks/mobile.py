@@ -371,7 +371,8 @@ class NodeProc:
             "c2s": {"host": "127.0.0.1", "port": self.port, "tls_port": tls_port, "handshake_timeout": 120.0,
                     "idle_timeout": 3600.0},
             "limits": {"max_connections_per_ip": clients + 1000, "max_connections": clients + 1000,
-                       "shaper_rate": 10_000_000, "shaper_burst": 10_000_000},
+                       "shaper_rate": 10_000_000, "shaper_burst": 10_000_000,
+                       "stanza_rate": 10_000_000, "stanza_burst": 10_000_000},
             "storage": {"url": storage_url},
             "admin": {"port": 0}, "user_api": {"port": 0},
         }

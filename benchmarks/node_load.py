@@ -483,7 +483,8 @@ def run(args: argparse.Namespace) -> int:
         # Every client comes from 127.0.0.1: room for all of them; the shaper well above what a
         # sender sends (its cost per read is paid all the same).
         "limits": {"max_connections_per_ip": args.clients + 1000, "max_connections": args.clients + 1000,
-                   "shaper_rate": 10_000_000, "shaper_burst": 10_000_000},
+                   "shaper_rate": 10_000_000, "shaper_burst": 10_000_000,
+                   "stanza_rate": 10_000_000, "stanza_burst": 10_000_000},
         "storage": {"url": f"sqlite:///{db}"},
         # No HTTP APIs: nothing here uses them, and their default ports would collide between runs.
         "admin": {"port": 0}, "user_api": {"port": 0},

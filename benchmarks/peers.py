@@ -224,7 +224,8 @@ class Meridian(Server):
                 "c2s": {"host": "127.0.0.1", "port": self.ports[2 * k], "tls_port": self.ports[2 * k + 1],
                         "handshake_timeout": 120.0, "idle_timeout": 3600.0},
                 "limits": {"max_connections_per_ip": 100_000, "max_connections": 100_000,
-                           "shaper_rate": 10_000_000, "shaper_burst": 10_000_000},
+                           "shaper_rate": 10_000_000, "shaper_burst": 10_000_000,
+                           "stanza_rate": 10_000_000, "stanza_burst": 10_000_000},
                 "storage": {"url": f"sqlite:///{self.db}"},
                 "admin": {"port": 0}, "user_api": {"port": 0},
                 # The peers run without a message archive: so does Meridian here (a MAM-on run is

@@ -110,6 +110,8 @@ class NodeCollector(Collector):
         yield _counter("meridian_auth_failures", "Failed client authentications", c2s.counters["auth_failures"])
         yield _counter("meridian_c2s_stream_errors", "Client streams closed with an error",
                        c2s.counters["stream_errors"])
+        yield _counter("meridian_c2s_stanza_rate_refused", "Client stanzas refused over the stanza rate",
+                       c2s.counters["stanza_rate_refused"])
         throttle = s.auth_throttle
         yield _counter("meridian_auth_throttle_delayed", "Authentication failures answered late (throttling)",
                        throttle.counters["delayed"])

@@ -103,7 +103,8 @@ class C2SListener:
         )
         self.servers: list[asyncio.Server] = []
         self.connections: set[C2SConnection] = set()
-        self.counters = {"connections": 0, "logins": 0, "auth_failures": 0, "stream_errors": 0}
+        self.counters = {"connections": 0, "logins": 0, "auth_failures": 0, "stream_errors": 0,
+                         "stanza_rate_refused": 0}
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -167,6 +168,7 @@ class C2SConnection(asyncio.Protocol):
         self._filtered = listener.hooks.has(Hook.USER_RECEIVE_FILTER)
         lim = listener.settings.limits
         self._shaper = Shaper(lim.shaper_rate, lim.shaper_burst, lim.shaper_max_throttle)
+        self._stanza_rate = Shaper(lim.stanza_rate, lim.stanza_burst, lim.shaper_max_throttle)
         self._queue: deque[Stanza] = deque()
         self._flush_pending = False
         self._worker: asyncio.Task[None] | None = None
@@ -602,13 +604,29 @@ class C2SConnection(asyncio.Protocol):
         while self._queue:
             stanza = self._queue.popleft()
             try:
-                await outbound(self, stanza)
+                if not self._over_rate(stanza):  # answered with an error: it counts as handled (XEP-0198)
+                    await outbound(self, stanza)
             except Exception:
                 log.exception("handling a stanza from %s failed", self.record.jid)
                 self.listener.sessions.s.router.send_error(stanza, errors.StanzaInternalServerError())
             self._hooks.run(Hook.C2S_STANZA_HANDLED, self, stanza)
             if self._paused["queue"] and len(self._queue) < QUEUE_HIGH_WATER // 2:
                 self._resume("queue")
+
+    def _over_rate(self, stanza: Stanza) -> bool:
+        """Whether ``stanza`` is over the client's stanza rate: then it gets ``<policy-violation/>``
+        instead of being handled, and a client over the rate for ``shaper_max_throttle`` seconds
+        loses its stream (a flood, not a burst)."""
+        now = self._loop.time()
+        if self._stanza_rate.consume(1, now) <= 0:
+            return False
+        self.listener.counters["stanza_rate_refused"] += 1
+        if self._stanza_rate.flooding(now):
+            self._queue.clear()
+            self._handle(self.core.close(errors.PolicyViolation("too many stanzas")))
+        elif stanza.type != "error":
+            self.listener.sessions.s.router.send_error(stanza, errors.StanzaPolicyViolation("too many stanzas: slow down"))
+        return True
 
     # -- flow control and timers --------------------------------------------------------------
 

@@ -13,18 +13,21 @@ import pytest_asyncio
 from tests.helpers.node import NodeProcess
 from tests.helpers.raw import HEADER, raw, read_until, stream_error
 from tests.helpers.xmpp_client import Client
+from tests.helpers.xmpp_raw import RawClient, local
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 MAX_STANZA = 65536
 PER_IP = 40
+STANZA_RATE = 50
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     n = NodeProcess(tmp_path_factory.mktemp("hostile"), settings={"limits": {
         "max_stanza_size": MAX_STANZA, "max_depth": 32, "shaper_rate": 20000, "shaper_burst": 40000,
-        "shaper_max_throttle": 1.0, "max_connections_per_ip": PER_IP}})
+        "shaper_max_throttle": 1.0, "max_connections_per_ip": PER_IP, "stanza_rate": STANZA_RATE,
+        "stanza_burst": STANZA_RATE}})
     n.register("alice", "alice-pw")
     n.register("bob", "bob-pw")
     yield n.start()
@@ -120,3 +123,34 @@ async def test_connections_per_ip_limit(node, chatters):
             w.close()
     await asyncio.sleep(0.3)
     await still_chatting(node, chatters, "connection-limit")
+
+
+async def test_stanza_rate(node, chatters):
+    """Over the stanza rate, each stanza gets <policy-violation/> instead of being routed; a
+    client that stays over it for shaper_max_throttle seconds loses its stream."""
+    c = RawClient(node.port, node.cert)
+    await c.start("alice", "alice-pw", "flooder", sm=False)
+    burst = 3 * STANZA_RATE
+    c.send("".join(f"<message to='alice@localhost/flooder' id='m{i}' type='chat'><body>{i}</body></message>"
+                   for i in range(burst)))
+    got = [await c.next(lambda el: local(el) == "message") for _ in range(burst)]
+    refused = [m for m in got if m.get("type") == "error"]
+    assert STANZA_RATE * 3 // 2 <= len(refused) < burst  # the burst went through, most of the rest did not
+    assert all(m.find(".//{urn:ietf:params:xml:ns:xmpp-stanzas}policy-violation") is not None for m in refused)
+    # Keep it up: the stream ends with policy-violation.
+    error = None
+    for i in range(200):
+        c.send(f"<message to='alice@localhost/flooder' type='chat'><body>flood {i}</body></message>")
+        await asyncio.sleep(0.01)
+        try:
+            error = await c.next(lambda el: local(el) == "error", timeout=0.01)
+            break
+        except TimeoutError:
+            continue
+        except (ConnectionError, EOFError):
+            break
+    assert error is not None and error.find("{urn:ietf:params:xml:ns:xmpp-streams}policy-violation") is not None
+    await c.close()
+    status, metrics = await node.http("GET", f"{node.admin_url}/metrics", auth=("admin", "admin-secret-for-tests"))
+    assert "meridian_c2s_stanza_rate_refused_total" in metrics
+    await still_chatting(node, chatters, "stanza-flood")
