@@ -85,6 +85,10 @@ class LimitsSettings(_Section):
     max_depth: int = Field(32, ge=4, description="element nesting inside a stanza")
     max_connections_per_ip: int = Field(1000, ge=1)
     max_connections: int = Field(100_000, ge=1)
+    max_pre_auth_connections: int = Field(
+        10_000, ge=1, description="connections not yet authenticated, in all (a flood of idle handshakes)")
+    max_sessions_per_account: int = Field(
+        100, ge=1, description="resources one account may have bound in the region; beyond: resource-constraint")
     shaper_rate: int = Field(100_000, ge=100, description="bytes/s a client may send, sustained")
     shaper_burst: int = Field(500_000, ge=1024, description="bytes a client may send at once")
     shaper_max_throttle: float = Field(
@@ -144,6 +148,8 @@ class RegistrationSettings(_Section):
 
     allow_in_band: bool = False
     min_password_length: int = Field(8, ge=1)
+    max_per_address: int = Field(
+        10, ge=0, description="in-band registrations one address may make per hour on a node; 0: no limit")
 
 
 class ClusterSettings(_Section):

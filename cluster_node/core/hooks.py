@@ -79,8 +79,9 @@ class Hook:
     replication wait, before ``<success/>``): enable what ``bind``'s children ask for and return the
     children of ``<bound/>`` (XEP-0198 ``<enabled/>``; carbons and CSI add nothing)."""
     C2S_PRE_AUTH_IQ = "c2s_pre_auth_iq"
-    """first_async(stanza, domain) — an IQ before authentication (XEP-0077 registration): the reply
-    stanza, or None (not-authorized)."""
+    """first_async(stanza, domain, session) — an IQ before authentication (XEP-0077 registration)
+    on ``session``'s stream (its ``ip`` for per-address limits): the reply stanza, or None
+    (not-authorized)."""
     C2S_STANZA_RECEIVED = "c2s_stanza_received"
     """run(session, stanza) — a stanza read from the client, in stream order, before it is queued
     for handling."""

@@ -42,26 +42,39 @@ class Shaper:
 
 
 class ConnectionLimiter:
-    """Counts open connections, in all and per remote address."""
+    """Counts open connections, in all, per remote address, and those not yet authenticated (a
+    flood of idle TLS handshakes and stream headers costs memory without ever logging in)."""
 
-    def __init__(self, max_total: int, max_per_ip: int) -> None:
+    def __init__(self, max_total: int, max_per_ip: int, max_pre_auth: int | None = None) -> None:
         self.max_total = max_total
         self.max_per_ip = max_per_ip
+        self.max_pre_auth = max_total if max_pre_auth is None else max_pre_auth
         self._per_ip: Counter[str] = Counter()
         self.total = 0
+        self.pre_auth = 0
 
     def acquire(self, ip: str) -> str | None:
-        """Take a slot; on refusal return the reason (and take nothing)."""
+        """Take a slot (counted as not authenticated); on refusal return the reason (and take nothing)."""
         if self.total >= self.max_total:
             return "too many connections to this server"
+        if self.pre_auth >= self.max_pre_auth:
+            return "too many connections waiting to authenticate"
         if self._per_ip[ip] >= self.max_per_ip:
             return "too many connections from your address"
         self._per_ip[ip] += 1
         self.total += 1
+        self.pre_auth += 1
         return None
 
-    def release(self, ip: str) -> None:
+    def authenticated(self) -> None:
+        """A connection of the slots taken logged in."""
+        self.pre_auth -= 1
+
+    def release(self, ip: str, *, pre_auth: bool = True) -> None:
+        """Give a slot back (``pre_auth``: its connection never logged in)."""
         self._per_ip[ip] -= 1
         if self._per_ip[ip] <= 0:
             del self._per_ip[ip]
         self.total -= 1
+        if pre_auth:
+            self.pre_auth -= 1

@@ -48,6 +48,11 @@ class SessionManager:
         except InvalidJid as e:
             raise errors.BadRequest(f"invalid resource: {e}") from None
         existing = self.s.table.lookup(jid)
+        if existing is None:
+            limit = self.s.settings.limits.max_sessions_per_account
+            if len(self.s.table.resources(jid.bare)) >= limit:
+                # RFC 6120 §7.6.2.1: the account has reached its limit of connected resources
+                raise errors.StanzaResourceConstraint(f"at most {limit} sessions per account")
         if existing is not None:
             policy = self.s.settings.c2s.resource_conflict
             if policy == "refuse":

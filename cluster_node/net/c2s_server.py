@@ -91,7 +91,7 @@ class C2SListener:
         self.hooks = hooks
         self.tls_context = tls_context
         lim = settings.limits
-        self.limiter = ConnectionLimiter(lim.max_connections, lim.max_connections_per_ip)
+        self.limiter = ConnectionLimiter(lim.max_connections, lim.max_connections_per_ip, lim.max_pre_auth_connections)
         self.config = C2SConfig(
             domains=settings.domains, tls_available=True, tls_required=settings.c2s.require_tls,
             allow_plain=settings.c2s.allow_plain, registration=hooks.has(Hook.C2S_PRE_AUTH_IQ),
@@ -175,6 +175,7 @@ class C2SConnection(asyncio.Protocol):
         self._paused = {"shaper": False, "queue": False, "tls": False, "auth": False}
         self._held = False  # an authentication failure's answer waits (address throttling)
         self._limited = False
+        self._pre_auth = False  # holds one of the limiter's not-yet-authenticated slots
         self._timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
         self._closed = False
@@ -190,7 +191,7 @@ class C2SConnection(asyncio.Protocol):
         if refusal is not None:
             self._handle(self.core.close(errors.PolicyViolation(refusal)))
             return
-        self._limited = True
+        self._limited = self._pre_auth = True
         self.listener.connections.add(self)
         self.listener.counters["connections"] += 1
         self._arm_timer(self.listener.settings.c2s.handshake_timeout)
@@ -241,7 +242,8 @@ class C2SConnection(asyncio.Protocol):
             self._timer.cancel()
         if self._limited:
             self._limited = False
-            self.listener.limiter.release(self.ip)
+            self.listener.limiter.release(self.ip, pre_auth=self._pre_auth)
+            self._pre_auth = False
         self.listener.connections.discard(self)
         if self.core.state is not State.CLOSED:
             self.core.receive_data(b"")
@@ -362,6 +364,7 @@ class C2SConnection(asyncio.Protocol):
                 self.listener.sessions.s.router.spawn(self._register(event.stanza))
             elif isinstance(event, Authenticated):
                 self.listener.counters["logins"] += 1
+                self._logged_in()
             elif isinstance(event, AuthFailed):
                 if self._auth_failed():
                     return
@@ -380,6 +383,12 @@ class C2SConnection(asyncio.Protocol):
                 self._linger()
                 return
         self._flush()
+
+    def _logged_in(self) -> None:
+        """The stream authenticated: it no longer counts against ``max_pre_auth_connections``."""
+        if self._pre_auth:
+            self._pre_auth = False
+            self.listener.limiter.authenticated()
 
     def _auth_failed(self) -> bool:
         """Count a refused authentication against the address: hold the answer back (and stop
@@ -494,6 +503,7 @@ class C2SConnection(asyncio.Protocol):
             self._handle(self.core.close(errors.InternalServerError()))
             return
         self._handle(self.core.sasl2_success(jid, b"".join(children)))
+        self._logged_in()
         if jid is not None:
             self._arm_timer(self.listener.settings.c2s.idle_timeout)
 
@@ -555,7 +565,7 @@ class C2SConnection(asyncio.Protocol):
             self._handle(self.core.bind_done(self.record.jid))
 
     async def _register(self, stanza: Stanza) -> None:
-        reply = await self._hooks.first_async(Hook.C2S_PRE_AUTH_IQ, stanza, self.core.domain or "")
+        reply = await self._hooks.first_async(Hook.C2S_PRE_AUTH_IQ, stanza, self.core.domain or "", self)
         if reply is None:
             self._handle(self.core.close(errors.NotAuthorized("authenticate first")))
             return

@@ -36,3 +36,15 @@ def test_connection_limiter():
     assert "this server" in lim.acquire("c")
     lim.release("a")
     assert lim.acquire("c") is None
+
+
+def test_connections_waiting_to_authenticate_are_limited():
+    lim = ConnectionLimiter(max_total=10, max_per_ip=10, max_pre_auth=2)
+    assert lim.acquire("a") is None and lim.acquire("b") is None
+    assert "waiting to authenticate" in lim.acquire("c")
+    lim.authenticated()  # one logged in: room for another newcomer
+    assert lim.acquire("c") is None
+    lim.release("a", pre_auth=False)  # the logged-in one leaves
+    assert lim.pre_auth == 2 and lim.total == 2
+    lim.release("c")
+    assert lim.acquire("d") is None

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import xml.etree.ElementTree as ET
+from collections import deque
+from typing import Any
 
 from ...core.accounts import AccountError
 from ...core.hooks import Hook
@@ -36,12 +39,14 @@ class Register(Module):
 
     def start(self, host: ModuleHost) -> None:
         self.host = self.s = host
+        self._recent: dict[str, deque[float]] = {}  # address -> times of its registrations this hour
+        self.refused = 0
         host.add_server_iq(ns.REGISTER, "query", self._logged_in)
         if host.settings.registration.allow_in_band:
             host.hook(Hook.C2S_FEATURES, _register_feature)
             host.hook(Hook.C2S_PRE_AUTH_IQ, self.pre_auth)
 
-    async def pre_auth(self, stanza: Stanza, domain: str) -> Stanza:
+    async def pre_auth(self, stanza: Stanza, domain: str, session: Any = None) -> Stanza:
         """Answer a ``jabber:iq:register`` IQ on a not-yet-authenticated stream."""
         query = stanza.child(ns.REGISTER, "query")
         try:
@@ -52,6 +57,7 @@ class Register(Module):
             username, password = _field(query, "username"), _field(query, "password")
             if not username or not password:
                 raise errors.NotAcceptable("username and password are required")
+            self._rate(getattr(session, "ip", "?"))
             try:
                 jid = await self.s.accounts.register(domain, username, password)
             except AccountError as e:
@@ -62,6 +68,25 @@ class Register(Module):
             return _result(stanza, None)
         except errors.StanzaError as e:
             return stanza.error_reply(e)
+
+    def _rate(self, address: str) -> None:
+        """``registration.max_per_address`` accounts per address per hour (like ejabberd's
+        registration_timeout): beyond it, ``<resource-constraint/>`` until the hour has passed."""
+        limit = self.host.settings.registration.max_per_address
+        if not limit:
+            return
+        now = time.monotonic()
+        recent = self._recent.setdefault(address, deque())
+        while recent and recent[0] <= now - 3600:
+            recent.popleft()
+        if len(recent) >= limit:
+            self.refused += 1
+            raise errors.StanzaResourceConstraint(
+                f"too many registrations from your address: try again in {int(recent[0] + 3600 - now) + 1} s")
+        recent.append(now)
+        if len(self._recent) > 10_000:  # bounded: forget addresses quiet for an hour
+            for quiet in [a for a, times in self._recent.items() if not times or times[-1] <= now - 3600]:
+                del self._recent[quiet]
 
     async def _logged_in(self, req: IqRequest) -> ET.Element | None:
         user = req.sender
