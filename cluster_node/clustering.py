@@ -36,6 +36,7 @@ __all__ = ["build_member", "GatewayHandoff", "MemberCalls", "SESSION"]
 
 SESSION = "session"  # envelope kind: a stanza for one of the receiving member's sessions
 REQUEST, ANSWER = "req", "ans"  # call names of request/answer pairs
+SYNC_CALL = "sync"  # a request answered at once: its answer comes after what the member sent before
 
 log = logging.getLogger("meridian.cluster")
 
@@ -76,6 +77,8 @@ async def build_member(services: Services, cert: Path, key: Path) -> ClusterMemb
     services.envelopes[SESSION] = lambda env, stanza: _for_session(services, env, stanza)
     services.call_handlers["kick"] = lambda _node, args: _kick(services, args)
     services.call_handlers[AUTH_BAN_CALL] = lambda node, args: _banned(services, node, args)
+    services.call_handlers[SYNC_CALL] = lambda _node, _args: True
+    services.hooks.add(Hook.REGION_SYNC, lambda: _sync(services, calls), owner=calls)
     services.hooks.add(Hook.DELIVER_TO_MEMBER, lambda record, stanza: _send(calls, record, stanza), owner=calls)
     handoff = GatewayHandoff(services, calls)
     add_global_routing(services.hooks, handoff, priority=50, owner=handoff)
@@ -245,6 +248,16 @@ def _kick(services: Services, args: dict[str, Any]) -> None:
     session = services.local.get(str(args.get("sid", "")))
     if session is not None:
         session.kick(str(args.get("condition", "conflict")), args.get("text"))
+
+
+async def _sync(services: Services, calls: MemberCalls) -> None:
+    """``region_sync``: a request to every member; each answers on its link after the table
+    changes it sent us earlier, so once all have answered (or the ping timeout passed) our
+    table holds what theirs held when we asked."""
+    members = calls.members()
+    if members:
+        timeout = services.settings.cluster.ping_timeout
+        await asyncio.gather(*(calls.request(m, SYNC_CALL, {}, timeout) for m in members), return_exceptions=True)
 
 
 def _banned(services: Services, node: str, args: dict[str, Any]) -> None:

@@ -153,6 +153,11 @@ class Hook:
     """run(user: Jid, item: RosterItem | None, ver: str, jid: str | None) — push to resources."""
 
     # -- offline --------------------------------------------------------------------------------
+    REGION_SYNC = "region_sync"
+    """run_async() — before a decision that rests on the other members' sessions (a bare-JID
+    message about to go to offline storage): returns once this member has received every table
+    change the others made before the call (the cluster answers a request on each link after
+    what it sent earlier), or after the cluster's ping timeout."""
     OFFLINE_MESSAGE = "offline_message"
     """first_async(stanza, to: Jid) — a message for an account with no resource to take it
     (push → store → error).  True: kept; None from all: service-unavailable."""

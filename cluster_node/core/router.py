@@ -333,6 +333,11 @@ class Router:
         if mtype == "groupchat":
             raise errors.ServiceUnavailable()
         candidates = [r for r in self.table.resources(to) if r.available and r.priority >= 0]
+        if not candidates and mtype != "headline" and self.hooks.has(Hook.REGION_SYNC):
+            # Offline storage only if no member of the region holds an available resource now:
+            # a presence sent on another member just before may not have reached this table yet.
+            await self.hooks.run_async(Hook.REGION_SYNC)
+            candidates = [r for r in self.table.resources(to) if r.available and r.priority >= 0]
         if candidates:
             # RFC 6121 §8.5.2.1.1: the most available resources (all of them for a headline); in
             # other regions, those at least as available as ours (an allowed superset).
