@@ -105,6 +105,8 @@ class NodeCollector(Collector):
         for direction in ("in", "out"):
             conns.add_metric([f"s2s_{direction}"], sum(1 for c in s2s if c.get("direction") == direction))
         yield conns
+        yield _gauge("meridian_s2s_rate_refused", "Stanzas refused over a peer's stanza rate, on open S2S streams",
+                     sum(int(c.get("refused") or 0) for c in s2s))
         yield _counter("meridian_c2s_connections", "Client connections accepted", c2s.counters["connections"])
         yield _counter("meridian_logins", "Successful client logins", c2s.counters["logins"])
         yield _counter("meridian_auth_failures", "Failed client authentications", c2s.counters["auth_failures"])

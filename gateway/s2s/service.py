@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tenacity import AsyncRetrying, RetryError, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from cluster_node.core.limits import Shaper
 
 from cluster_node.core.router import Router
 from cluster_node.xmpp import errors
@@ -141,15 +149,12 @@ class Outgoing:
         s = self.s.settings
         reader: asyncio.StreamReader | None = None
         try:
-            try:
-                async for attempt in AsyncRetrying(
-                        stop=stop_after_attempt(s.retries), reraise=True,
-                        wait=wait_exponential(multiplier=s.retry_backoff, max=30),
-                        retry=retry_if_exception_type(_Unreachable)):
-                    with attempt:
-                        reader = await asyncio.wait_for(self._connect(), s.auth_timeout)
-            except TimeoutError:
-                raise _Unreachable(f"{self.remote}: not authenticated within {s.auth_timeout} s", True) from None
+            async for attempt in AsyncRetrying(
+                    stop=stop_after_attempt(s.retries), reraise=True,
+                    wait=wait_exponential_jitter(initial=s.retry_backoff, max=30, jitter=s.retry_backoff),
+                    retry=retry_if_exception_type(_Unreachable)):
+                with attempt:
+                    reader = await self._attempt()
             self._ready()
             assert reader is not None
             await self._serve(reader)
@@ -175,6 +180,15 @@ class Outgoing:
                         self.s.bounce(q.stanza, errors.RemoteServerTimeout("the gateway is shutting down"))
                     else:
                         self.s.send_from(self.local, self.remote, q.stanza)
+
+    async def _attempt(self) -> asyncio.StreamReader:
+        """One connection attempt within ``auth_timeout``; a handshake that times out (a peer
+        that accepts and then stalls, a slow dialback) is retried like a refused connection."""
+        timeout = self.s.settings.auth_timeout
+        try:
+            return await asyncio.wait_for(self._connect(), timeout)
+        except TimeoutError:  # _try closes what the attempt left open on the next one
+            raise _Unreachable(f"{self.remote}: not authenticated within {timeout} s", True) from None
 
     def _give_up(self, error: StanzaError) -> None:
         pending, self.queue = list(self.queue), deque()
@@ -302,13 +316,19 @@ class Incoming:
         peer = writer.get_extra_info("peername")
         self.address = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.tasks: set[asyncio.Task[None]] = set()
+        # A peer over its byte budget is read more slowly (TCP pushes back on it); over its stanza
+        # budget, its stanzas are answered with <policy-violation/> instead of being routed.
+        self.shaper = Shaper(settings.shaper_rate, settings.shaper_burst, float("inf"))
+        self.stanza_rate = Shaper(settings.stanza_rate, settings.stanza_burst, float("inf"))
+        self.refused = 0
+        self._warned = 0.0
 
     def info(self) -> dict[str, Any]:
         peers = sorted({o for o, _ in self.core.pairs})
         return {"direction": "in", "peer": ",".join(peers) or self.core.peer or self.address,
                 "localDomain": self.core.local, "auth": ",".join(sorted(set(self.core.methods.values()))) or None,
                 "tls": self.core.tls, "age": round(time.monotonic() - self.created, 1), "queued": 0,
-                "ready": bool(self.core.pairs)}
+                "ready": bool(self.core.pairs), "refused": self.refused}
 
     def _flush(self) -> None:
         data = self.core.data_to_send()
@@ -333,6 +353,9 @@ class Incoming:
                 for ev in self.core.feed(data):
                     await self._event(ev)
                 self._flush()
+                delay = self.shaper.consume(len(data), time.monotonic())
+                if delay > 0:
+                    await asyncio.sleep(delay)
             self._flush()
             with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
                 await asyncio.wait_for(self.writer.drain(), 2)
@@ -357,7 +380,10 @@ class Incoming:
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
         elif isinstance(ev, StanzaIn):
-            self.s.received(ev.stanza)
+            if self.stanza_rate.consume(1, time.monotonic()) > 0:
+                self._over_rate(ev.stanza)
+            else:
+                self.s.received(ev.stanza)
         elif isinstance(ev, Authenticated):
             log.info("s2s in: %s authenticated to %s by %s (from %s%s)", ev.remote, ev.local, ev.method,
                      self.address, ", direct TLS" if self.direct_tls else "")
@@ -365,6 +391,17 @@ class Incoming:
             log.warning("s2s in from %s: %s", self.address, ev.reason)
         elif isinstance(ev, Closed):
             self._closed([ev])
+
+    def _over_rate(self, stanza: Stanza) -> None:
+        """A stanza over the peer's stanza rate: an error to its sender, a warning once a minute."""
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._warned >= 60:
+            self._warned = now
+            log.warning("s2s in from %s (%s): over the stanza rate (%s/s); refusing its stanzas",
+                        self.address, self.core.peer or "?", self.s.settings.stanza_rate)
+        if stanza.type != "error":
+            self.s.bounce(stanza, errors.StanzaPolicyViolation("too many stanzas from your server: slow down"))
 
     def _closed(self, events: list[S2SEvent]) -> None:
         for ev in events:

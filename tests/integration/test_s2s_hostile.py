@@ -25,6 +25,7 @@ from tests.helpers.redis import RedisServer, redis_server_binary
 
 from .test_s2s import EU, US, Site, World, apoll
 
+RATE = 20
 NS = ("xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' "
       "xmlns:db='jabber:server:dialback' version='1.0'")
 
@@ -34,7 +35,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     if redis_server_binary() is None:
         pytest.skip("redis-server is not installed")
     base = tmp_path_factory.mktemp("s2s-hostile")
-    fast = {"sasl_external": True, "auth_timeout": 8.0, "retries": 1}
+    # Two attempts per connection (a stalled handshake is retried), a low stanza rate per incoming stream.
+    fast = {"sasl_external": True, "auth_timeout": 5.0, "retries": 2, "stanza_rate": RATE, "stanza_burst": RATE}
     with DnsServer() as dns, RedisServer() as r1, RedisServer() as r2, Silent() as silent:
         dns.add_srv("_xmpp-server._tcp.silent.example", "xmpp.silent.example", silent.port)
         dns.add_a("xmpp.silent.example", "127.0.0.1")
@@ -46,7 +48,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             eu.start()
             us = Site(base, "us1", US, r2.url, dns, fast)
             us.start()
-            yield World(eu, us, dns)
+            world = World(eu, us, dns)
+            world.silent = silent  # type: ignore[attr-defined]
+            yield world
         finally:
             eu.stop()
             if us is not None:
@@ -232,6 +236,7 @@ async def test_peer_that_never_answers_gets_stanzas_bounced_with_timeout(world: 
                 errors.append(m)
         assert {m["error"]["condition"] for m in errors} == {"remote-server-timeout"}
         assert sorted(m["body"] for m in errors) == [f"hello? {i}" for i in range(3)]
+        assert len(world.silent.conns) == 2  # type: ignore[attr-defined]  # the timed-out handshake was retried once
     finally:
         await a.close()
     assert log_count(world.eu, "s2s eu1.example.com -> silent.example failed") == 1
@@ -262,4 +267,36 @@ async def test_garbage_after_starttls(world: World) -> None:
         peer.close()
     await apoll(lambda: log_count(world.eu, "TLS handshake failed") >= 1, 10)
     assert log_count(world.eu, "TLS handshake failed") == 1
+    await still_federating(world)
+
+
+async def test_incoming_stream_over_its_stanza_rate(world: World, tmp_path: Path) -> None:
+    """An authenticated peer pushing stanzas faster than ``stanza_rate``: those over it are refused
+    (policy-violation to their senders), counted on the stream in the admin API, logged once."""
+    ca_dir = world.eu.ca.parent
+    cert = issue_cert(world.eu.ca, ca_dir / "ca-key.pem", tmp_path, "chatty.example", ["chatty.example"])
+    alice = world.eu.user("alice")
+    peer = await RawPeer.connect(world.eu.s2s_port)
+    try:
+        await peer.open("chatty.example", EU)
+        await peer.starttls(client_ctx(world.eu, cert), "chatty.example", EU)
+        peer.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>"
+                  "Y2hhdHR5LmV4YW1wbGU=</auth>")  # base64("chatty.example")
+        await peer.expect("<success")
+        await peer.open("chatty.example", EU)
+        peer.send("".join(f"<message from='x@chatty.example/r' to='{alice}@{EU}' type='headline'><body>{i}</body>"
+                          "</message>" for i in range(3 * RATE)))
+
+        def refused() -> int:
+            import json
+
+            out = json.loads(world.eu.gateway.ctl("s2s", "connections").stdout)
+            return sum(int(c.get("refused") or 0) for c in out["data"]["s2s"]["connections"]
+                       if c["peer"] == "chatty.example")
+
+        await apoll(lambda: refused() >= RATE, 20)
+        assert refused() < 3 * RATE  # the burst went through
+    finally:
+        peer.close()
+    assert log_count(world.eu, "(chatty.example): over the stanza rate") == 1
     await still_federating(world)
