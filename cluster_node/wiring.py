@@ -30,7 +30,7 @@ from .net.c2s_server import C2SListener
 from .net.cluster_net import ClusterMember
 from .net.component_server import ComponentListener, ComponentRouting
 from .net.control import control_socket, serving_control
-from .net.tls import ensure_self_signed, server_context
+from .net.tls import ensure_self_signed, reload_certificates, server_context
 from .net.websocket_server import WebSocketListener
 from .settings import NodeSettings
 from .storage import Storage, open_storage
@@ -200,6 +200,7 @@ async def run_until_signalled(running: contextlib.AbstractAsyncContextManager[An
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_certificates)  # renewed certificates, no restart
     async with running:
         gc.freeze()  # what start-up built lives as long as the process: keep it out of every collection
         print("ready", flush=True)

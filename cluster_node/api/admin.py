@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..core.accounts import AccountError, Accounts
 from ..core.hooks import Hook
+from ..net.tls import reload_certificates
 from ..xmpp import ns
 from ..xmpp.jid import InvalidJid, Jid
 from ..xmpp.stanza import Stanza
@@ -327,6 +328,10 @@ class ServerAdmin:
     def status(self, _: Info) -> dict[str, Any]:
         return {"statusCode": "RUNNING", "message": f"The node {self.node.services.node} is running",
                 "version": _version(), "commitHash": None}
+
+    def reloadCertificates(self, _: Info) -> dict[str, Any]:
+        reloaded, failed = reload_certificates()
+        return {"reloaded": reloaded, "errors": failed}
 
 
 async def _query(node: Node, key: tuple[str, str], **args: Any) -> Any:

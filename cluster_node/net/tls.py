@@ -10,10 +10,11 @@ import ipaddress
 import logging
 import os
 import ssl
+import weakref
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ensure_self_signed", "server_context", "client_context"]
+__all__ = ["ensure_self_signed", "server_context", "client_context", "reloadable", "reload_certificates"]
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def ensure_self_signed(directory: Path, domains: list[str]) -> tuple[Path, Path]
 def server_context(cert: Path, key: Path, *, alpn: list[str] | None = None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert, key)
+    reloadable(ctx, cert, key)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     if alpn:
         ctx.set_alpn_protocols(alpn)
@@ -117,3 +118,32 @@ def client_context(cafile: Path | None = None, *, verify: bool = True) -> ssl.SS
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+# Every context that presents a certificate read from files, with those files: a renewed
+# certificate (an ACME client replaced the files) is loaded into the same context objects, so
+# every listener, link and outgoing stream presents it from its next handshake on, without a
+# restart and without touching an open connection.
+_LOADED: weakref.WeakKeyDictionary[ssl.SSLContext, tuple[Path, Path]] = weakref.WeakKeyDictionary()
+
+
+def reloadable(ctx: ssl.SSLContext, cert: Path | str, key: Path | str) -> ssl.SSLContext:
+    """Load ``cert``/``key`` into ``ctx`` and remember them for :func:`reload_certificates`."""
+    ctx.load_cert_chain(str(cert), str(key))
+    _LOADED[ctx] = (Path(cert), Path(key))
+    return ctx
+
+
+def reload_certificates() -> tuple[int, list[str]]:
+    """Load every remembered certificate again: (contexts reloaded, errors).  A pair that fails
+    to load (half-written files, a key that does not match) leaves its context as it was."""
+    done, failed = 0, []
+    for ctx, (cert, key) in list(_LOADED.items()):
+        try:
+            ctx.load_cert_chain(str(cert), str(key))
+            done += 1
+        except (OSError, ssl.SSLError) as e:
+            failed.append(f"{cert}: {e}")
+            log.warning("certificate %s not reloaded: %s (the previous one stays in use)", cert, e)
+    log.info("reloaded %d TLS certificate(s)%s", done, f", {len(failed)} failed" if failed else "")
+    return done, failed

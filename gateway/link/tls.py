@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from cluster_node.net.tls import reloadable
+
 __all__ = ["make_ca", "issue_cert", "server_context", "client_context"]
 
 _CA_DAYS = 3650
@@ -130,7 +132,7 @@ def _base(purpose: int, cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
     ctx = ssl.SSLContext(purpose)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION
-    ctx.load_cert_chain(cert, key)
+    reloadable(ctx, cert, key)
     ctx.load_verify_locations(cafile=str(ca))  # only the inter-region CA: no system roots
     return ctx
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from cryptography import x509
 
+from cluster_node.net.tls import reloadable
+
 __all__ = ["client_context", "server_context", "peer_names", "cert_names"]
 
 
@@ -34,14 +36,14 @@ def client_context(cert: tuple[Path, Path] | None, ca_file: Path | None, verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     if cert is not None:
-        ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+        reloadable(ctx, cert[0], cert[1])
     return ctx
 
 
 def _server_ctx(cert: tuple[Path, Path], ca_file: Path | None, verify: bool) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(cert[0]), str(cert[1]))
+    reloadable(ctx, cert[0], cert[1])
     if verify:
         # Optional: a peer without a certificate still gets dialback; one with an invalid
         # certificate fails the handshake (OpenSSL has no "ask, keep going" mode).
