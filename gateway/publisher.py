@@ -28,6 +28,17 @@ __all__ = ["Publisher"]
 log = logging.getLogger("meridian.gdistrib")
 
 
+def routed_domain(key: str) -> str | None:
+    """The domain a ``routes`` record routes to this region: ``component/<domain>`` (a component
+    connected here), ``service/<domain>/<member>`` (a module's service, one record per member)."""
+    kind, _, rest = key.partition("/")
+    if kind == "component":
+        return rest
+    if kind == "service":
+        return rest.partition("/")[0] or None
+    return None
+
+
 def location(record: SessionRecord, region: str) -> Location:
     return Location(region=region, node=record.node, sid=record.sid, created=record.created,
                     priority=record.priority, available=record.available)
@@ -68,15 +79,17 @@ class Publisher:
 
     def _route_changed(self, change: RouteChange) -> None:
         kind, record = change
-        if record.key.startswith("component/"):
-            self._domains[record.key.split("/", 1)[1]] = kind == "insert"
+        domain = routed_domain(record.key)
+        if domain is not None:
+            self._domains[domain] = kind == "insert"
             self._wake.set()
 
     def component_domains(self) -> list[str]:
-        """The component domains connected in this region (MongooseIM PR 1700: routable from all)."""
+        """The component domains connected in this region (MongooseIM PR 1700: routable from all),
+        and the service domains its members' modules serve for every region (MUC)."""
         if self.routes is None:
             return []
-        return sorted(r.key.split("/", 1)[1] for r in self.routes if r.key.startswith("component/"))
+        return sorted({d for r in self.routes if (d := routed_domain(r.key)) is not None})
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cluster_node.settings import C2SSettings, NodeSettings
+from cluster_node.xmpp.jid import InvalidJid, Jid
 
 from .link.connection import parse_endpoint
 
@@ -112,6 +113,23 @@ class S2SSettings(_Section):
     shaper_rate: int = Field(1_000_000, ge=1000, description="bytes/s read from one incoming stream (reading slows)")
     shaper_burst: int = Field(4_000_000, ge=65536, description="bytes read from one incoming stream at once")
     max_stanza_size: int = Field(262_144, ge=4096)
+    service_domains: list[str] = Field(default_factory=list, description="subdomains the region's modules serve "
+                                       "(e.g. conference.example.com, MUC): peers reach them and they send over S2S "
+                                       "like the domains (give them DNS records and certificate names)")
+
+    @field_validator("service_domains")
+    @classmethod
+    def _service_domains(cls, value: list[str]) -> list[str]:
+        out = []
+        for d in value:
+            try:
+                jid = Jid.parse(d)
+            except InvalidJid as e:
+                raise ValueError(f"{d!r} is not a valid domain ({e})") from None
+            if not jid.is_domain:
+                raise ValueError(f"{d!r} is not a bare domain")
+            out.append(jid.domain)
+        return out
 
     @field_validator("hosts")
     @classmethod

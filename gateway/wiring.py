@@ -227,8 +227,8 @@ async def _start_s2s(settings: GatewaySettings, node: Node, router: GlobalRouter
             default_cert = (settings.tls.cert_file, settings.tls.key_file)
         else:
             default_cert = ensure_self_signed(settings.data_dir / "tls", settings.domains)
-        s2s = S2SService(settings.s2s, settings.domains, dialback_secret(settings.s2s, settings.cluster.secret),
-                         services.router, default_cert,
+        s2s = S2SService(settings.s2s, [*settings.domains, *settings.s2s.service_domains],
+                         dialback_secret(settings.s2s, settings.cluster.secret), services.router, default_cert,
                          submit=lambda stanza: router.pairs.submit(pair(stanza.from_, stanza.to),
                                                                    lambda: services.router.route(stanza)))
 

@@ -397,6 +397,30 @@ class FastAdmin:
         return await self._module("revoke", jid=str(user.bare), agent=agent)
 
 
+class MucAdmin:
+    """MongooseIM's ``muc``: the MUC module's rooms (a node without the module says so)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    async def _module(self, name: str, **args: Any) -> Any:
+        if ("muc", name) not in self.node.queries:
+            raise ApiError("the muc module is not running on this node ([modules.muc] enabled = false)")
+        return await _query(self.node, ("muc", name), **args)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        async def resolve(_: Info, **args: Any) -> Any:
+            args.pop("from_", None)
+            if name == "listRooms":
+                args.pop("from", None)  # MongooseIM filters by the asker; an admin sees every room
+            return await self._module(name, **args)
+
+        return resolve
+
+
 class ThrottleAdmin:
     """Authentication throttling: addresses banned after too many failures, and lifting a ban."""
 
@@ -434,7 +458,7 @@ def admin_root(accounts: Accounts, node: Node | None) -> dict[str, Any]:
     root: dict[str, Any] = {"account": AccountAdmin(admin_accounts, node)}
     categories = {"session": SessionAdmin, "stanza": StanzaAdmin, "roster": RosterAdmin, "cets": CetsAdmin,
                   "server": ServerAdmin, "gdistrib": GDistribAdmin, "s2s": S2SAdmin, "fast": FastAdmin,
-                  "throttle": ThrottleAdmin}
+                  "throttle": ThrottleAdmin, "muc": MucAdmin}
     for name, cls in categories.items():
         root[name] = cls(node) if node is not None else _Unavailable(name)
     return root

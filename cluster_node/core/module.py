@@ -96,9 +96,12 @@ class ModuleHost:
         self._queries: set[tuple[str, str]] = set()
         self._collectors: list[Any] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._domains: set[str] = set()
 
     def release(self) -> None:
         """Undo what the module added (it stopped)."""
+        for domain in list(self._domains):
+            self.withdraw_domain(domain)
         self._s.hooks.remove_owner(self._owner)
         for namespace, name in self._iqs:
             self._s.router.remove_iq(namespace, name)
@@ -246,6 +249,23 @@ class ModuleHost:
         if calls is None:
             raise LookupError("no cluster")
         return await calls.request(node, name, args, timeout)
+
+    def publish_domain(self, domain: str) -> None:
+        """Have the other regions route ``domain`` to this one: a record ``service/<domain>/<node>``
+        in the replicated routes, which gateways publish to the mapping like a connected component's
+        domain (a service a module serves for every region of the deployment, e.g. MUC).  It goes
+        with this member (member down) or the module (stop)."""
+        key = f"service/{domain}/{self.node}"
+        self._domains.add(domain)
+        op = self._s.routes.insert(key, {})
+        if self._s.cluster is not None:
+            self._s.cluster.broadcast(op)
+
+    def withdraw_domain(self, domain: str) -> None:
+        self._domains.discard(domain)
+        op = self._s.routes.delete(f"service/{domain}/{self.node}")
+        if op is not None and self._s.cluster is not None:
+            self._s.cluster.broadcast(op)
 
     # -- operations surface ------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from .fast import Fast
 from .http_upload import HttpUpload
 from .last import LastActivity
 from .mam import Mam
+from .muc import Muc
 from .offline import Offline
 from .pep import Pep
 from .ping import Ping
@@ -36,5 +37,5 @@ __all__ = ["BUILTIN", "Module"]
 BUILTIN: dict[str, type[Module]] = {m.name: m for m in (
     Roster, Presence, Offline, Disco, Ping, Version, Register, StreamManagement, Csi, Carbons, Mam,
     Vcard, PrivateStorage, EntityTime, LastActivity, ContactAddresses, ExternalServices,
-    Blocking, HttpUpload, Push, Pep, Fast,
+    Blocking, HttpUpload, Push, Pep, Fast, Muc,
 )}

@@ -1,0 +1,90 @@
+"""MUC over S2S between two Meridian deployments of different domains (each a node and a gateway,
+the gateways found through SRV records on a loopback DNS server, dialback over verified TLS):
+carol of us1 joins a room of ``conference.eu1.example.com``, gets its history and subject and
+chats with alice; alice joins a room of ``conference.us1.example.com``.  The gateways serve the
+MUC subdomain over S2S (``s2s.service_domains``) with a certificate naming it."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from slixmpp import JID
+
+from gateway.link.tls import issue_cert, make_ca
+from tests.helpers.dns import DnsServer
+from tests.helpers.redis import RedisServer, redis_server_binary
+
+from .test_muc import MucClient, create
+from .test_s2s import EU, PASSWORD, US, Site
+
+
+def muc_site(base: Path, name: str, domain: str, redis_url: str, dns: DnsServer) -> Site:
+    """A :class:`Site` whose gateway also speaks S2S for ``conference.<domain>``."""
+    service = f"conference.{domain}"
+    ca, ca_key = make_ca(base / "ca")
+    cert, key = issue_cert(ca, ca_key, base / "ca", f"{name}-muc", [domain, service])
+    site = Site(base, name, domain, redis_url, dns, s2s={"cert_file": str(cert), "key_file": str(key),
+                                                         "service_domains": [service]})
+    dns.add_srv(f"_xmpp-server._tcp.{service}", f"xmpp.{domain}", site.s2s_port)
+    return site
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Site, Site]]:
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not installed")
+    base = tmp_path_factory.mktemp("muc-s2s")
+    with DnsServer() as dns, RedisServer() as r1, RedisServer() as r2:
+        eu = muc_site(base, "eu1", EU, r1.url, dns)
+        us: Site | None = None
+        try:
+            eu.start()
+            us = muc_site(base, "us1", US, r2.url, dns)
+            us.start()
+            yield eu, us
+        finally:
+            eu.stop()
+            if us is not None:
+                us.stop()
+        assert us is not None
+        for p in (eu.node, eu.gateway, us.node, us.gateway):
+            assert "Traceback" not in p.log(), p.log()
+
+
+async def user(site: Site, prefix: str) -> MucClient:
+    name = site.user(prefix)
+    c = MucClient(site.node, f"{name}@{site.domain}/{uuid.uuid4().hex[:4]}", PASSWORD)
+    await c.online(site.node.port, roster=False)
+    return c
+
+
+async def test_a_user_of_another_domain_joins_over_s2s(sites: tuple[Site, Site]) -> None:
+    eu, us = sites
+    alice, carol = await user(eu, "alice"), await user(us, "carol")
+    room = JID(f"lobby{uuid.uuid4().hex[:4]}@conference.{EU}")
+    try:
+        await create(alice, room, "Alice", **{"muc#roomconfig_roomname": "Federated"})
+        alice.muc.set_subject(room, "Across domains")
+        alice.send_message(mto=room, mbody="before carol", mtype="groupchat")
+        await alice.said("before carol")
+        pres, subject, _, history = await carol.muc.join_muc_wait(room, "Carol", timeout=30)
+        assert 110 in pres["muc"]["status_codes"] and subject["subject"] == "Across domains"
+        assert [h["body"] for h in history] == ["before carol"]
+        joined = await alice.presence_of("Carol", timeout=15)
+        assert str(joined["muc"]["jid"]) == str(carol.boundjid)
+        carol.send_message(mto=room, mbody="hello from us1", mtype="groupchat")
+        assert (await alice.said("hello from us1", timeout=15))["from"] == JID(f"{room}/Carol")
+        await carol.said("hello from us1", timeout=15)
+
+        theirs = JID(f"hall{uuid.uuid4().hex[:4]}@conference.{US}")
+        await create(carol, theirs, "Carol")
+        await alice.muc.join_muc_wait(theirs, "Alice", timeout=30)
+        alice.send_message(mto=theirs, mbody="visiting", mtype="groupchat")
+        await asyncio.gather(carol.said("visiting", timeout=15), alice.said("visiting", timeout=15))
+    finally:
+        await alice.close()
+        await carol.close()
