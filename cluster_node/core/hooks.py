@@ -152,6 +152,16 @@ class Hook:
     ROSTER_CHANGED = "roster_changed"
     """run(user: Jid, item: RosterItem | None, ver: str, jid: str | None) — push to resources."""
 
+    # -- account data ---------------------------------------------------------------------------
+    PRIVATE_GET = "private_get"
+    """first_async(user: Jid, namespace: str) — a XEP-0049 get of ``namespace`` by the account
+    ``user``: a module that keeps that namespace itself (PEP: XEP-0048 bookmarks, XEP-0402 §5.3)
+    returns its elements (list[Element]); None from all: the private storage's own rows."""
+    PRIVATE_SET = "private_set"
+    """first_async(user: Jid, namespace: str, elements: list[Element]) — a XEP-0049 set: True when
+    a module stored the elements itself (the private storage then drops its own row); a
+    StanzaError refuses the set."""
+
     # -- offline --------------------------------------------------------------------------------
     REGION_SYNC = "region_sync"
     """run_async() — before a decision that rests on the other members' sessions (a bare-JID
@@ -246,8 +256,8 @@ class Hooks:
     async def run_async(self, name: str, *args: Any) -> bool:
         for entry in self._hooks.get(name, ()):
             result = entry.handler(*args)
-            if inspect.isawaitable(result):
-                result = await result
+            if result is not None and result is not STOP and inspect.isawaitable(result):
+                result = await result  # (None and STOP first: isawaitable costs ~0.5 µs on them)
             if result is STOP:
                 return False
         return True
@@ -264,8 +274,8 @@ class Hooks:
     async def first_async(self, name: str, *args: Any) -> Any:
         for entry in self._hooks.get(name, ()):
             result = entry.handler(*args)
-            if inspect.isawaitable(result):
-                result = await result
+            if result is not None and result is not STOP and inspect.isawaitable(result):
+                result = await result  # (None and STOP first: isawaitable costs ~0.5 µs on them)
             if result is not None:
                 return result
         return None
@@ -283,8 +293,8 @@ class Hooks:
     async def fold_async(self, name: str, acc: Any, *args: Any) -> Any:
         for entry in self._hooks.get(name, ()):
             result = entry.handler(acc, *args)
-            if inspect.isawaitable(result):
-                result = await result
+            if result is not None and result is not STOP and inspect.isawaitable(result):
+                result = await result  # (None and STOP first: isawaitable costs ~0.5 µs on them)
             if result is STOP:
                 return acc
             acc = result

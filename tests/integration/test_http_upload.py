@@ -20,9 +20,12 @@ import pytest
 from slixmpp.exceptions import IqError
 from slixmpp.plugins.xep_0363 import http_upload as slixmpp_upload
 
+from tests.helpers.cluster import eventually
 from tests.helpers.node import NodeProcess
 from tests.helpers.ports import free_port
-from tests.helpers.topologies import one_node, two_node_region
+from tests.helpers.redis import RedisServer
+from tests.helpers.regions import DOMAIN, Region
+from tests.helpers.topologies import fresh_users, lookup, need_redis, one_node, two_node_region, two_regions
 from tests.helpers.xmpp_client import Client
 
 PASSWORD = "upload-secret"
@@ -127,6 +130,12 @@ async def test_wrong_length_puts_and_too_large_slots_are_refused(node: NodeProce
         with pytest.raises(IqError) as e:
             await plugin.request_slot(SERVICE, "../../etc/passwd", 10, timeout=5)
         assert condition(e.value) == "bad-request"
+        with pytest.raises(IqError) as e:
+            await plugin.request_slot(SERVICE, "negative.txt", -5, timeout=5)
+        assert condition(e.value) == "bad-request"
+        with pytest.raises(IqError) as e:
+            await plugin.request_slot(SERVICE, "huge.bin", 10**30, timeout=5)
+        assert condition(e.value) in ("not-acceptable", "bad-request")
     finally:
         await alice.close()
     assert node.alive()
@@ -186,5 +195,47 @@ async def test_a_slot_of_one_node_is_uploaded_through_the_other(region: tuple[li
         # A slot signed by the region is refused once tampered with, on either node.
         status, _ = await http("PUT", on_port(put.replace("sig=", "sig=x"), p2), ctx, data=b"x", headers=headers)
         assert status == 403
+    finally:
+        await asyncio.gather(alice.close(), bob.close())
+
+
+# -- two regions ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Region, Region, int]]:
+    """eu and us, each node with its own listener and upload directory (plain HTTP on loopback:
+    the domain's certificate does not name 127.0.0.1)."""
+    need_redis()
+    ports = {name: free_port() for name in ("eu", "us")}
+
+    def settings(name: str) -> dict[str, Any]:
+        return {"node_settings": {"modules": upload_settings(
+            ports[name], tls=False, public_url=f"http://127.0.0.1:{ports[name]}")}}
+
+    with RedisServer() as redis, two_regions(tmp_path_factory.mktemp("upload-regions"), redis,
+                                             eu=settings("eu"), us=settings("us")) as both:
+        yield both.eu, both.us, ports["eu"]
+
+
+async def test_a_file_uploaded_in_eu_is_fetched_in_us(regions: tuple[Region, Region, int], tmp_path: Path):
+    """alice (eu) uploads with slixmpp's plugin and sends bob (us) the URL; bob, in the other
+    region, fetches it from the URL (eu's listener): the file is the same."""
+    eu, us, eu_port = regions
+    alice_jid, bob_jid = fresh_users(eu.nodes[0], PASSWORD, "alice", "bob", domain=DOMAIN)
+    alice = await Uploader(eu.nodes[0], f"{alice_jid}/phone").online(eu.nodes[0].port)
+    bob = await Uploader(us.nodes[0], f"{bob_jid}/pc").online(us.nodes[0].port)
+    try:
+        content = os.urandom(80_000)
+        path = tmp_path / "map.png"
+        path.write_bytes(content)
+        url = await alice.plugin["xep_0363"].upload_file(path, domain=f"upload.{DOMAIN}", timeout=10)
+        assert urlsplit(url).port == eu_port
+        await eventually(lambda: "pc" in lookup(eu.gateways[0], bob_jid), 10, "bob mapped")
+        alice.send_message(mto=bob_jid, mbody=url, mtype="chat")
+        got = await bob.next_message(timeout=10)
+        assert got["body"] == url
+        async with aiohttp.ClientSession() as session, session.get(got["body"]) as resp:
+            assert (resp.status, await resp.read()) == (200, content)
     finally:
         await asyncio.gather(alice.close(), bob.close())

@@ -4,8 +4,9 @@ subscribed; alice publishes her avatar; bob's client, whose caps say ``urn:xmpp:
 gets the last item when it comes online and every new one after — on one node, with alice and bob
 on the two nodes of a region, and in two regions (one node and one gateway each, Redis for the
 mapping; the item written in eu is read in us).  On one node also: XEP-0402 bookmarks published
-and retrieved, and read back through XEP-0048's PEP node; the errors of a foreign publish and an
-unknown node."""
+and retrieved, and read back through XEP-0048's PEP node and through XEP-0049 private storage
+(``xep_0049``), which also writes them (in two regions too); the errors of a foreign publish and
+an unknown node."""
 
 from __future__ import annotations
 
@@ -15,13 +16,17 @@ from typing import Any
 
 import pytest
 from slixmpp.exceptions import IqError
+from slixmpp.plugins.xep_0048.stanza import Bookmarks
+from slixmpp.plugins.xep_0054.stanza import VCardTemp
 from slixmpp.plugins.xep_0084.stanza import MetaData
 
 from tests.helpers.cluster import eventually
+from tests.helpers.dns import DnsServer
 from tests.helpers.node import NodeProcess
 from tests.helpers.redis import RedisServer
 from tests.helpers.regions import Region
 from tests.helpers.topologies import (
+    check_logs,
     close,
     fresh_users,
     lookup,
@@ -32,6 +37,7 @@ from tests.helpers.topologies import (
     two_regions,
 )
 from tests.helpers.xmpp_client import Client
+from tests.integration.test_s2s import EU, PASSWORD as S2S_PASSWORD, US, Site
 
 PASSWORD = "pep-secret"
 BOOKMARKS2 = "urn:xmpp:bookmarks:1"
@@ -39,13 +45,13 @@ AVATAR = b"\x89PNG not really an image"
 
 
 class PepClient(Client):
-    """A client with slixmpp's PEP plugins; the avatar metadata events it gets are queued (its
-    caps carry ``urn:xmpp:avatar:metadata+notify``, added by ``xep_0084``)."""
+    """A client with slixmpp's PEP plugins (and vCards, ``xep_0054``); the avatar metadata events it
+    gets are queued (its caps carry ``urn:xmpp:avatar:metadata+notify``, added by ``xep_0084``)."""
 
-    def __init__(self, node: NodeProcess, jid: str) -> None:
-        super().__init__(jid, PASSWORD, cert=node.cert)
+    def __init__(self, node: NodeProcess, jid: str, password: str = PASSWORD) -> None:
+        super().__init__(jid, password, cert=node.cert)
         for plugin in ("xep_0004", "xep_0060", "xep_0115", "xep_0163", "xep_0084", "xep_0223", "xep_0048",
-                       "xep_0402"):
+                       "xep_0402", "xep_0054"):
             self.register_plugin(plugin)
         self.avatars: asyncio.Queue[Any] = asyncio.Queue()
         self.add_event_handler("avatar_metadata_publish", lambda m: self.avatars.put_nowait(m))
@@ -129,6 +135,47 @@ async def test_one_node(node: NodeProcess):
         await close(*(c for c in (alice, bob, device) if c is not None))
 
 
+async def test_access_models_private_nodes_and_subscriptions(node: NodeProcess):
+    """XEP-0223 private storage is the owner's alone until she names a member (XEP-0060 §8.9);
+    an explicit subscription (§6.1) to an open node brings its events to a client without caps."""
+    alice = await client(node, node.port, "alice@localhost/desk")
+    bob = await client(node, node.port, "bob@localhost/desk")
+    try:
+        xep_0060 = alice.plugin["xep_0060"]
+        note = MetaData()  # any payload: a XEP-0223 node stores what it is given
+        await alice.plugin["xep_0223"].store(note, node="urn:example:notes", id="n1", timeout=5)
+        with pytest.raises(IqError) as e:
+            await bob.plugin["xep_0060"].get_items(jid="alice@localhost", node="urn:example:notes", timeout=5)
+        assert e.value.iq["error"]["condition"] == "not-allowed"
+        await xep_0060.modify_affiliations("alice@localhost", "urn:example:notes",
+                                           affiliations=[("bob@localhost", "member")], timeout=5)
+        got = await bob.plugin["xep_0060"].get_items(jid="alice@localhost", node="urn:example:notes", timeout=5)
+        assert [i["id"] for i in got["pubsub"]["items"]] == ["n1"]
+        # Publishing to another account's node: forbidden, whatever the affiliation.
+        with pytest.raises(IqError) as e:
+            await bob.plugin["xep_0060"].publish("alice@localhost", "urn:example:notes", payload=MetaData(), timeout=5)
+        assert e.value.iq["error"]["condition"] == "forbidden"
+        # An open node: bob (no presence subscription, no caps for it) subscribes and gets events.
+        options = alice.plugin["xep_0004"].make_form(ftype="submit")
+        options.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/pubsub#publish-options")
+        options.add_field(var="pubsub#access_model", value="open")
+        options.add_field(var="pubsub#send_last_published_item", value="never")
+        await xep_0060.publish(None, "urn:example:news", id="first", payload=MetaData(), options=options, timeout=5)
+        events: asyncio.Queue[Any] = asyncio.Queue()
+        bob.add_event_handler("pubsub_publish", lambda m: events.put_nowait(m))
+        sub = await bob.plugin["xep_0060"].subscribe("alice@localhost", "urn:example:news", timeout=5)
+        assert sub["pubsub"]["subscription"]["subscription"] == "subscribed"
+        await xep_0060.publish(None, "urn:example:news", id="second", payload=MetaData(), timeout=5)
+        got_event = await asyncio.wait_for(events.get(), 10)
+        assert got_event["pubsub_event"]["items"]["item"]["id"] == "second"
+        await bob.plugin["xep_0060"].unsubscribe("alice@localhost", "urn:example:news", timeout=5)
+        with pytest.raises(IqError) as e:
+            await bob.plugin["xep_0060"].unsubscribe("alice@localhost", "urn:example:news", timeout=5)
+        assert e.value.iq["error"]["condition"] == "unexpected-request"
+    finally:
+        await close(alice, bob)
+
+
 async def bookmarks(alice: PepClient) -> None:
     """XEP-0402: a bookmark published with the XEP's publish-options, retrieved, and seen through
     XEP-0048's PEP node (XEP-0223) by an older client; the wrong options are refused."""
@@ -157,6 +204,28 @@ async def bookmarks(alice: PepClient) -> None:
         await xep_0060.publish(None, BOOKMARKS2, id="x@chat.localhost", payload=conf, options=open_options,
                                timeout=5)
     assert e.value.iq["error"]["condition"] == "conflict"
+    await bookmarks_through_private_storage(alice, "coven@chat.localhost")
+
+
+async def bookmarks_through_private_storage(alice: PepClient, present: str) -> None:
+    """XEP-0402 §5.3: a XEP-0048 client on XEP-0049 private storage (slixmpp's xep_0048 default)
+    reads the XEP-0402 list (``present`` is in it) and replaces it; a XEP-0402 client sees the change."""
+    xep_0048 = alice.plugin["xep_0048"]
+    info = await alice.plugin["xep_0030"].get_info(jid=alice.boundjid.bare, timeout=5)
+    assert f"{BOOKMARKS2}#compat" in info["disco_info"]["features"]
+    got = await xep_0048.get_bookmarks(method="xep_0049", timeout=5)
+    assert present in [str(c["jid"]) for c in got["private"]["bookmarks"]["conferences"]]
+    storage = Bookmarks()
+    storage.add_conference("hall@chat.example.net", "oberon", name="The Hall", autojoin=True)
+    storage.add_url("https://example.net/", name="Site")
+    await xep_0048.set_bookmarks(storage, method="xep_0049", timeout=5)
+    got = await alice.plugin["xep_0060"].get_items(jid=None, node=BOOKMARKS2, timeout=5)
+    items = list(got["pubsub"]["items"])
+    assert [i["id"] for i in items] == ["hall@chat.example.net"]
+    assert items[0]["conference"]["name"] == "The Hall" and items[0]["conference"]["nick"] == "oberon"
+    got = await xep_0048.get_bookmarks(method="xep_0049", timeout=5)
+    assert [str(c["jid"]) for c in got["private"]["bookmarks"]["conferences"]] == ["hall@chat.example.net"]
+    assert [u["url"] for u in got["private"]["bookmarks"]["urls"]] == ["https://example.net/"]
 
 
 # -- a two-node region ------------------------------------------------------------------------------
@@ -216,5 +285,63 @@ async def test_two_regions(regions: tuple[Region, Region]):
         clients.append(laptop)
         mine = await laptop.plugin["xep_0060"].get_items(jid=None, node=BOOKMARKS2, timeout=5)
         assert [i["id"] for i in mine["pubsub"]["items"]] == ["across@chat.example.com"]
+        # Her older client in us keeps bookmarks through XEP-0049; her eu phone reads them as XEP-0402.
+        await bookmarks_through_private_storage(laptop, "across@chat.example.com")
+        mine = await phone.plugin["xep_0060"].get_items(jid=None, node=BOOKMARKS2, timeout=5)
+        assert [i["id"] for i in mine["pubsub"]["items"]] == ["hall@chat.example.net"]
     finally:
         await close(*clients)
+
+
+# -- another domain over S2S -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Site, Site]]:
+    """Two Meridian deployments with their own domains, as tests/integration/test_s2s.py starts them."""
+    need_redis()
+    base = tmp_path_factory.mktemp("pep-s2s")
+    with DnsServer() as dns, RedisServer() as r1, RedisServer() as r2:
+        eu = Site(base, "eu1", EU, r1.url, dns)
+        us: Site | None = None
+        try:
+            eu.start()
+            us = Site(base, "us1", US, r2.url, dns)
+            us.start()
+            yield eu, us
+        finally:
+            eu.stop()
+            if us is not None:
+                us.stop()
+        assert us is not None
+        check_logs(eu.node, eu.gateway, us.node, us.gateway)
+
+
+async def test_over_s2s(domains: tuple[Site, Site]):
+    """bob, of another domain, and alice befriend over S2S: her avatar reaches his client as an
+    event (his interest learnt from his caps, asked over S2S), he reads her node's items and her
+    vCard (XEP-0054) through his own server, and cannot publish to her node."""
+    eu, us = domains
+    alice_jid, bob_jid = f"{eu.user('alice')}@{EU}", f"{us.user('bob')}@{US}"
+    alice = await PepClient(eu.node, f"{alice_jid}/phone", S2S_PASSWORD).online(eu.node.port)
+    bob = await PepClient(us.node, f"{bob_jid}/pc", S2S_PASSWORD).online(us.node.port)
+    try:
+        # bob asks first: his presence, sent when he approves alice's request, then reaches a
+        # subscriber of hers (an other-domain contact's interest is learnt from its presence).
+        await befriend(bob, alice)
+        card = VCardTemp()
+        card["FN"] = "Alice of eu1"
+        await alice.plugin["xep_0054"].publish_vcard(card, timeout=5)
+        first = await alice.publish_avatar(AVATAR)
+        assert await bob.avatar(timeout=20) == first  # as it is published, or as the last item once known
+        got = await bob.plugin["xep_0060"].get_items(jid=alice_jid, node=MetaData.namespace, timeout=10)
+        assert [i["id"] for i in got["pubsub"]["items"]] == [first]
+        vcard = await bob.plugin["xep_0054"].get_vcard(alice_jid, timeout=10)
+        assert vcard["vcard_temp"]["FN"] == "Alice of eu1"
+        with pytest.raises(IqError) as e:
+            await bob.plugin["xep_0060"].publish(alice_jid, MetaData.namespace, payload=MetaData(), timeout=10)
+        assert e.value.iq["error"]["condition"] == "forbidden"
+        second = await alice.publish_avatar(AVATAR + b"2")
+        assert await bob.avatar(timeout=10) == second
+    finally:
+        await close(alice, bob)

@@ -1,4 +1,4 @@
-"""Interop (issue 5): Meridian federates with Debian's Prosody 0.12 over standard S2S.
+"""Interop: Meridian federates with Debian's Prosody 0.12 over standard S2S.
 
 One Meridian region serving ``eu1.example.com`` (a node, a gateway that is its S2S edge, a Redis for
 the gateway's mapping) and one Prosody serving ``prosody.example.org``.  Each finds the other only
@@ -261,6 +261,31 @@ async def test_subscribed_arrives_before_the_presence_that_follows_it(world: Wor
         while "subscribed" not in seen or "available" not in seen:
             seen.append((await m.next_presence(None, sender=p_jid, timeout=30))["type"])
         assert seen.index("subscribed") < seen.index("available"), seen
+    finally:
+        await m.close()
+        await p.close()
+
+
+async def test_a_prosody_user_reads_a_meridian_users_vcard(world: World) -> None:
+    """XEP-0054 across servers: the Meridian user's vCard, asked by a Prosody user's client through
+    Prosody, is answered by Meridian over S2S."""
+    m_user, p_user = world.meridian_user(), world.peer_user()
+    m_jid, p_jid = f"{m_user}@{MERIDIAN}", f"{p_user}@{world.peer.host}"
+    m = Client(f"{m_jid}/vcard", PASSWORD, cert=world.node.cert)
+    p = Client(f"{p_jid}/vcard", PASSWORD, cert=world.peer.ca_cert)
+    for c in (m, p):
+        c.register_plugin("xep_0054")
+    try:
+        await m.online(world.node.port)
+        await p.online(world.peer.c2s_port)
+        card = m.plugin["xep_0054"].stanza.VCardTemp()
+        card["FN"] = "Meridian Person"
+        await m.plugin["xep_0054"].publish_vcard(card, timeout=10)
+        got = await p.plugin["xep_0054"].get_vcard(m_jid, timeout=30)
+        assert got["vcard_temp"]["FN"] == "Meridian Person"
+    except BaseException:
+        world.dump_logs()
+        raise
     finally:
         await m.close()
         await p.close()

@@ -2,8 +2,9 @@
 private storage, ``xep_0202`` entity time, ``xep_0012`` last activity; slixmpp has no XEP-0215
 plugin, so external services are asked with raw IQs): everything on one node, and what a region
 shares through its database — a vCard, private XML and a last logout written on one node are read
-on the other.  An oversized vCard is refused (``not-acceptable`` over ``max_size``; a 10 MB one
-ends the stream at the stanza size limit) without being stored, and the node stays up."""
+on the other — and two regions of the domain (a vCard and private XML written in eu, read in us).
+An oversized vCard is refused (``not-acceptable`` over ``max_size``; a 10 MB one ends the stream at
+the stanza size limit) without being stored, and the node stays up."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from slixmpp.plugins.xep_0054.stanza import VCardTemp
 from slixmpp.xmlstream import ElementBase
 
 from tests.helpers.node import NodeProcess
-from tests.helpers.topologies import close, one_node, two_node_region
+from tests.helpers.redis import RedisServer
+from tests.helpers.regions import Region
+from tests.helpers.topologies import close, fresh_users, need_redis, one_node, two_node_region, two_regions
 from tests.helpers.xmpp_client import Client
 
 PASSWORD = "small-modules-secret"
@@ -288,3 +291,38 @@ async def test_region_shares_vcards_private_xml_and_last_activity(region: list[N
         await last_activity_after_logout(bob, alice, "gone from r1", settle=0.5)
     finally:
         await close(alice, bob, alice_too)
+
+
+# -- two regions of one domain ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Region, Region]]:
+    need_redis()
+    with RedisServer() as redis, two_regions(tmp_path_factory.mktemp("small-regions"), redis) as both:
+        yield both.eu, both.us
+
+
+async def test_vcard_and_private_xml_written_in_eu_are_read_in_us(regions: tuple[Region, Region]):
+    """The domain's one database: what alice stores through eu, bob (and her own client) read in us;
+    her avatar hash (XEP-0153) is in the presence her us client broadcasts."""
+    eu, us = regions
+    alice_jid, bob_jid = fresh_users(eu.nodes[0], PASSWORD, "alice", "bob")
+    phone = await user(eu.nodes[0], f"{alice_jid}/phone", presence=False)
+    pc = await user(us.nodes[0], f"{bob_jid}/pc", presence=False)
+    laptop = await user(us.nodes[0], f"{alice_jid}/laptop", presence=False)
+    try:
+        await phone.plugin["xep_0054"].publish_vcard(vcard("Alice of eu", IMAGE), timeout=5)
+        got = await get_vcard(pc, alice_jid)
+        assert (got["FN"], got["PHOTO"]["BINVAL"]) == ("Alice of eu", IMAGE)
+        prefs = Prefs()
+        prefs["colour"] = "vermilion"
+        await phone.plugin["xep_0049"].store(prefs, timeout=5)
+        got = await laptop.plugin["xep_0049"].retrieve("test_prefs", timeout=5)
+        assert got["private"]["test_prefs"]["colour"] == "vermilion"
+        phone.send_presence()
+        laptop.send_presence()
+        p = await phone.next_presence(sender=f"{alice_jid}/laptop", timeout=10)
+        assert p.xml.findtext(f"{{{UPDATE}}}x/{{{UPDATE}}}photo") == hashlib.sha1(IMAGE).hexdigest()
+    finally:
+        await close(phone, pc, laptop)

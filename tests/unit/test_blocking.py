@@ -169,19 +169,40 @@ def test_parse_items_normalises_dedupes_and_checks():
         rules.parse_items(missing, 10)
 
 
-def test_list_cache_expires_evicts_and_keeps_stale():
-    cache = ListCache(ttl=5.0, size=2)
+def test_list_cache_ages_evicts_and_keeps_stale():
+    cache = ListCache(max_age=5.0, size=2)
     a, b, c = Blocklist(["a.example"]), Blocklist(["b.example"]), Blocklist(["c.example"])
-    cache.put("a", a, now=0.0)
-    cache.put("b", b, now=0.0)
-    assert cache.get("a", now=1.0) is a  # a is now the most recent
-    cache.put("c", c, now=1.0)
-    assert cache.get("b", now=1.0) is None and cache.stale("b") is None  # evicted
-    assert cache.get("a", now=5.0) is None and cache.stale("a") is a  # expired, still at hand
-    assert cache.drop("c") and cache.get("c", now=1.0) is None
-    off = ListCache(ttl=0.0, size=10)
-    off.put("a", a, now=0.0)
-    assert off.get("a", now=0.0) is None
+    ka, kb, kc = ("a", "x"), ("b", "x"), ("c", "x")
+    cache.put(ka, a, now=0.0)
+    cache.put(kb, b, now=0.0)
+    assert cache.get(ka, now=1.0) == (a, False)
+    cache.put(ka, a, now=1.0)  # read again: the newest
+    cache.put(kc, c, now=1.0)
+    assert cache.get(kb, now=1.0) == (None, True) and cache.stale(kb) is None  # evicted: the oldest read
+    assert cache.get(ka, now=6.0) == (a, True)  # due for a re-read, still returned
+    assert cache.due(now=6.0) == [ka, kc] and cache.due(now=5.5) == []
+    assert cache.drop(kc) and cache.get(kc, now=1.0) == (None, True)
+    off = ListCache(max_age=0.0, size=10)
+    off.put(ka, a, now=0.0)
+    assert off.get(ka, now=0.0) == (None, True)
+    assert rules.key_of(Jid.parse("Alice@Example.com/x")) == rules.parse_key("alice@example.com") == (
+        "alice", "example.com")
+    assert rules.key_of(Jid.parse("example.com")) == rules.parse_key("example.com") == ("", "example.com")
+
+
+def test_change_watch_reports_each_change_once_within_its_window():
+    watch = rules.ChangeWatch(start_us=1_000_000, window_us=100)
+    assert watch.since() == 999_900
+    assert watch.changed([("x", "alice", 1_000_010), ("x", "bob", 1_000_020)]) == [("alice", "x"), ("bob", "x")]
+    assert watch.since() == 1_000_020 - 100
+    # The same rows again (the window overlaps): nothing new; a new change of alice: alice.
+    assert watch.changed([("x", "alice", 1_000_010), ("x", "bob", 1_000_020)]) == []
+    assert watch.changed([("x", "alice", 1_000_030), ("x", "bob", 1_000_020)]) == [("alice", "x")]
+    # A change stamped a little in the past (a clock behind, a late commit) is still seen.
+    assert watch.changed([("x", "carol", 1_000_001)]) == [("carol", "x")]
+    # What fell out of the window is forgotten (the poll no longer returns it either).
+    watch.changed([("x", "dave", 1_000_500)])
+    assert watch.since() == 1_000_400 and watch.changed([("x", "dave", 1_000_500)]) == []
 
 
 # -- commands ------------------------------------------------------------------------------------------
@@ -472,7 +493,7 @@ async def test_a_change_is_dropped_from_every_other_members_cache(node: FakeNode
 
 async def test_the_drop_call_makes_the_next_stanza_read_the_database(tmp_path: Path):
     async with fake_node(tmp_path) as node:
-        m: Blocking = await node.start(Blocking, cache_ttl=3600)
+        m: Blocking = await node.start(Blocking, cache_ttl=3600, poll_interval=0)
         alice = node.bind(f"{ALICE}/phone", available=True)
         bob = node.bind(f"{BOB}/pc", available=True)
         await node.route(chat(f"{BOB}/pc", ALICE, "before"))
@@ -490,16 +511,23 @@ async def test_the_drop_call_makes_the_next_stanza_read_the_database(tmp_path: P
             handler("node2", {"user": 42})
 
 
-async def test_lists_expire_after_the_ttl_and_a_failed_read_keeps_the_last(tmp_path: Path):
+async def test_old_lists_are_read_again_by_the_periodic_job_and_a_failed_read_keeps_the_last(tmp_path: Path):
     async with fake_node(tmp_path) as node:
-        m: Blocking = await node.start(Blocking, cache_ttl=0.05)
+        m: Blocking = await node.start(Blocking, cache_ttl=0.05, poll_interval=0)
         alice = node.bind(f"{ALICE}/phone", available=True)
         bob = node.bind(f"{BOB}/pc", available=True)
         await node.route(chat(f"{BOB}/pc", ALICE, "before"))
         assert len(alice.take()) == 1
-        await m.store.add(DOMAIN, "alice", [BOB], 10)  # another region blocks
+        await m.store.add(DOMAIN, "alice", [BOB], 10)  # another region blocks; no poll here
         await asyncio.sleep(0.06)
-        await node.route(chat(f"{BOB}/pc", ALICE, "after the ttl"))
+        # Past cache_ttl: stanzas go on with the copy at hand until the periodic job read it again.
+        reads = m.counters["reads"]
+        await node.route(chat(f"{BOB}/pc", ALICE, "with the old copy"))
+        assert len(alice.take()) == 1 and m.counters["reads"] == reads
+        await m.tick()
+        await read_done(m)
+        assert m.counters["reads"] > reads
+        await node.route(chat(f"{BOB}/pc", ALICE, "after the re-read"))
         assert alice.take() == [] and len(bob.take()) == 1
 
         async def broken(domain: str, username: str) -> list[str]:
@@ -507,12 +535,49 @@ async def test_lists_expire_after_the_ttl_and_a_failed_read_keeps_the_last(tmp_p
 
         m.store.items = broken  # type: ignore[method-assign]
         await asyncio.sleep(0.06)
-        await node.route(chat(f"{BOB}/pc", ALICE, "database down"))
-        assert alice.take() == [] and len(bob.take()) == 1  # the last list read still holds
+        for _ in range(2):
+            await m.tick()
+            await read_done(m)
+            await node.route(chat(f"{BOB}/pc", ALICE, "database down"))
+        assert alice.take() == [] and len(bob.take()) == 2  # the last list read still holds
         assert m.counters["read_failures"] >= 1
         carol = node.bind("carol@example.com/x", available=True)
         await node.route(chat(f"{ALICE}/phone", "carol@example.com", "no list known"))
         assert len(carol.take()) == 1  # nothing known: let through
+
+
+async def read_done(m: Blocking) -> None:
+    """Wait for the lists being read in the background."""
+    while m._loading:
+        await asyncio.gather(*m._loading.values(), return_exceptions=True)
+
+
+async def test_a_change_made_elsewhere_is_seen_by_the_poll(tmp_path: Path):
+    """Another region (another member writing the database, no cluster call) blocks: this
+    member's cached lists hold until its poll of the change table drops them."""
+    async with fake_node(tmp_path) as node:
+        m: Blocking = await node.start(Blocking, cache_ttl=3600, poll_interval=3600)
+        alice = node.bind(f"{ALICE}/phone", available=True)
+        bob = node.bind(f"{BOB}/pc", available=True)
+        await node.route(chat(f"{BOB}/pc", ALICE, "before"))
+        assert len(alice.take()) == 1
+        reads = m.counters["reads"]
+        for _ in range(3):  # cached: no read
+            await node.route(chat(f"{BOB}/pc", ALICE, "cached"))
+        assert len(alice.take()) == 3 and m.counters["reads"] == reads
+        await m.store.add(DOMAIN, "alice", [BOB], 10)
+        await node.route(chat(f"{BOB}/pc", ALICE, "not polled yet"))
+        assert len(alice.take()) == 1
+        await m.poll()
+        assert m.counters["dropped_by_poll"] == 1
+        await node.route(chat(f"{BOB}/pc", ALICE, "blocked now"))
+        assert alice.take() == [] and error_condition(only(bob.take())) == "service-unavailable"
+        await m.poll()  # the same change again: nothing dropped
+        assert m.counters["dropped_by_poll"] == 1
+        await m.store.remove(DOMAIN, "alice", None)
+        await m.poll()
+        await node.route(chat(f"{BOB}/pc", ALICE, "unblocked"))
+        assert len(alice.take()) == 1
 
 
 async def test_concurrent_reads_of_one_list_share_one_query(node: FakeNode):

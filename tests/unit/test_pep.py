@@ -34,6 +34,7 @@ from cluster_node.modules.pep.protocol import (
     NodeConfig,
 )
 from cluster_node.modules.pep.store import PepStore
+from cluster_node.modules.private import PrivateStorage
 from cluster_node.storage import RosterItem, Storage, open_storage
 from cluster_node.xmpp import errors, ns
 from cluster_node.xmpp.jid import Jid
@@ -175,7 +176,12 @@ def test_parse_publish_and_its_errors():
          f"</publish></pubsub>", p.InvalidPayload),
         ("set", f"<pubsub xmlns='{PUBSUB}'><publish node='n'><item>{tune('a')}</item></publish><publish-options>"
          f"{form(p.NODE_CONFIG, access_model='open')}</publish-options></pubsub>", p.InvalidOptions),
-        ("set", f"<pubsub xmlns='{PUBSUB}'><subscribe node='n' jid='a@b'/></pubsub>", p.Unsupported),
+        ("set", f"<pubsub xmlns='{PUBSUB}'><options node='n' jid='a@b'/></pubsub>", p.Unsupported),
+        ("get", f"<pubsub xmlns='{PUBSUB}'><subscribe node='n' jid='a@b'/></pubsub>", errors.BadRequest),
+        ("set", f"<pubsub xmlns='{PUBSUB}'><subscribe node='n'/></pubsub>", p.InvalidJid),
+        ("set", f"<pubsub xmlns='{OWNER}'><affiliations node='n'><affiliation jid='a@b' affiliation='publisher'/>"
+         f"</affiliations></pubsub>", errors.NotAcceptable),
+        ("set", f"<pubsub xmlns='{OWNER}'><subscriptions node='n'/></pubsub>", errors.BadRequest),
         ("get", f"<pubsub xmlns='{PUBSUB}'><items node='n' max_items='0'/></pubsub>", errors.BadRequest),
         ("get", f"<pubsub xmlns='{PUBSUB}'><items node='n' max_items='x'/></pubsub>", errors.BadRequest),
         ("set", f"<pubsub xmlns='{PUBSUB}'><retract node='n'/></pubsub>", p.ItemRequired),
@@ -389,7 +395,7 @@ async def test_access_models(node: FakeNode):
     assert item_ids(await items(node, carol, ALICE, "open-node")) == ["current"]
     assert error_condition(await items(node, bob, ALICE, "private-node")) == "not-allowed"
     assert item_ids(await items(node, alice, ALICE, "private-node")) == ["current"]
-    # Affiliations: the owner's nodes for the owner, none for others; subscriptions: none explicit.
+    # Affiliations: the owner's nodes for the owner, none for others; no explicit subscriptions yet.
     affs = await iq(node, alice, f"<pubsub xmlns='{PUBSUB}'><affiliations/></pubsub>", "get")
     listed = affs.element.findall(f"{_P}pubsub/{_P}affiliations/{_P}affiliation")
     assert sorted(a.get("node") for a in listed) == ["open-node", "presence-node", "private-node"]
@@ -400,9 +406,104 @@ async def test_access_models(node: FakeNode):
     owner_affs = await iq(node, alice, f"<pubsub xmlns='{OWNER}'><affiliations node='open-node'/></pubsub>", "get")
     aff = owner_affs.element.find(f"{_O}pubsub/{_O}affiliations/{_O}affiliation")
     assert aff is not None and (aff.get("jid"), aff.get("affiliation")) == (ALICE, "owner")
-    assert error_condition(await iq(node, alice, f"<pubsub xmlns='{OWNER}'><affiliations node='open-node'>"
-                                    f"<affiliation jid='{BOB}' affiliation='member'/></affiliations></pubsub>")) \
-        == "feature-not-implemented"
+
+
+async def test_whitelist_members_and_outcasts(node: FakeNode):
+    """XEP-0060 §8.9: the owner names members (they read a whitelist node, and get its
+    notifications when they asked for them) and outcasts (they read nothing)."""
+    alice = node.bind(f"{ALICE}/phone", available=True)
+    bob = node.bind(f"{BOB}/pc", available=True)
+    carol = node.bind(f"{CAROL}/pc", available=True)
+    await mutual(node, ALICE, BOB)
+    await mutual(node, ALICE, CAROL)
+    set_interest(node, bob, "private-node", "presence-node")
+    set_interest(node, carol, "private-node", "presence-node")
+    await publish(node, alice, "private-node", tune("w"), access_model="whitelist")
+    await publish(node, alice, "presence-node", tune("p"))
+    events(bob), events(carol)
+    assert error_condition(await items(node, bob, ALICE, "private-node")) == "not-allowed"
+
+    def affiliate(node_name: str, jid: str, aff: str) -> str:
+        return (f"<pubsub xmlns='{OWNER}'><affiliations node='{node_name}'>"
+                f"<affiliation jid='{jid}' affiliation='{aff}'/></affiliations></pubsub>")
+
+    assert (await iq(node, alice, affiliate("private-node", BOB, "member"))).type == "result"
+    assert (await iq(node, alice, affiliate("presence-node", f"{CAROL}/pc", "outcast"))).type == "result"
+    assert item_ids(await items(node, bob, ALICE, "private-node")) == ["current"]
+    assert error_condition(await items(node, carol, ALICE, "private-node")) == "not-allowed"
+    assert error_condition(await items(node, carol, ALICE, "presence-node")) == "forbidden"
+    got = await iq(node, alice, f"<pubsub xmlns='{OWNER}'><affiliations node='private-node'/></pubsub>", "get")
+    listed = got.element.findall(f"{_O}pubsub/{_O}affiliations/{_O}affiliation")
+    assert [(a.get("jid"), a.get("affiliation")) for a in listed] == [(ALICE, "owner"), (BOB, "member")]
+    mine = await iq(node, bob, f"<pubsub xmlns='{PUBSUB}'><affiliations/></pubsub>", "get", ALICE)
+    assert [(a.get("node"), a.get("affiliation")) for a in mine.element.iter(_P + "affiliation")] == [
+        ("private-node", "member")]
+    # Notifications follow: the member gets the whitelist node's, the outcast not the presence node's.
+    await publish(node, alice, "private-node", tune("w2"))
+    await publish(node, alice, "presence-node", tune("p2"))
+    assert sorted(events(bob)) == [("presence-node", "item", "current"), ("private-node", "item", "current")]
+    assert events(carol) == []
+    # The owner stays the owner; only member, outcast and none are offered; 'none' removes.
+    assert error_condition(await iq(node, alice, affiliate("private-node", ALICE, "none"))) == "not-acceptable"
+    assert error_condition(await iq(node, alice, affiliate("private-node", BOB, "publisher"))) == "not-acceptable"
+    assert error_condition(await iq(node, bob, affiliate("private-node", BOB, "member"), to=ALICE)) == "forbidden"
+    await iq(node, alice, affiliate("private-node", BOB, "none"))
+    assert error_condition(await items(node, bob, ALICE, "private-node")) == "not-allowed"
+    # Publish-options preconditions are about the configuration, not the affiliations.
+    await iq(node, alice, affiliate("private-node", BOB, "member"))
+    assert (await publish(node, alice, "private-node", tune("w3"), access_model="whitelist")).type == "result"
+
+
+async def test_explicit_subscriptions(node: FakeNode):
+    """XEP-0060 §6.1/§6.2 on a PEP node: subscribe (per access model), the last item on
+    subscribing, notifications to the subscribed JID, unsubscribe, the owner's management."""
+    alice = node.bind(f"{ALICE}/phone", available=True)
+    bob = node.bind(f"{BOB}/pc", available=True)  # no caps interest: only explicit subscriptions
+    carol = node.bind(f"{CAROL}/pc", available=True)
+    await subscribe(node, ALICE, BOB, "from")
+    await publish(node, alice, "presence-node", tune("p"))
+    await publish(node, alice, "open-node", tune("o"), access_model="open")
+    await publish(node, alice, "private-node", tune("w"), access_model="whitelist")
+    events(bob), events(carol)
+
+    def sub(node_name: str, jid: str, verb: str = "subscribe") -> str:
+        return f"<pubsub xmlns='{PUBSUB}'><{verb} node='{node_name}' jid='{jid}'/></pubsub>"
+
+    reply = await iq(node, bob, sub("presence-node", f"{BOB}/pc"), to=ALICE)
+    el = reply.element.find(f"{_P}pubsub/{_P}subscription")
+    assert el is not None and (el.get("jid"), el.get("subscription")) == (f"{BOB}/pc", "subscribed")
+    await until(lambda: bob.of("message", "headline"))
+    assert events(bob) == [("presence-node", "item", "current")]  # the last item (send_last_published_item)
+    assert (await iq(node, carol, sub("open-node", CAROL), to=ALICE)).type == "result"
+    assert error_condition(await iq(node, carol, sub("presence-node", CAROL), to=ALICE)) == "not-authorized"
+    assert error_condition(await iq(node, bob, sub("private-node", BOB), to=ALICE)) == "not-allowed"
+    assert error_condition(await iq(node, bob, sub("presence-node", CAROL), to=ALICE)) == "bad-request"
+    assert error_condition(await iq(node, bob, sub("none", BOB), to=ALICE)) == "item-not-found"
+    await until(lambda: carol.of("message", "headline"))
+    events(carol)
+    await publish(node, alice, "presence-node", tune("p2"))
+    await publish(node, alice, "open-node", tune("o2"))
+    assert events(bob) == [("presence-node", "item", "current")]
+    assert events(carol) == [("open-node", "item", "current")]
+    listed = await iq(node, bob, f"<pubsub xmlns='{PUBSUB}'><subscriptions/></pubsub>", "get", ALICE)
+    assert [(s.get("node"), s.get("jid")) for s in listed.element.iter(_P + "subscription")] == [
+        ("presence-node", f"{BOB}/pc")]
+    # Access lost (presence subscription gone): no more notifications.
+    await subscribe(node, ALICE, BOB, "none")
+    await publish(node, alice, "presence-node", tune("p3"))
+    assert events(bob) == []
+    # Unsubscribe; twice is not-subscribed (unexpected-request).
+    assert (await iq(node, carol, sub("open-node", CAROL, "unsubscribe"), to=ALICE)).type == "result"
+    assert error_condition(await iq(node, carol, sub("open-node", CAROL, "unsubscribe"), to=ALICE)) \
+        == "unexpected-request"
+    # The owner lists and manages them; deleting the node tells its subscribers.
+    owner_subs = (f"<pubsub xmlns='{OWNER}'><subscriptions node='open-node'><subscription jid='{CAROL}' "
+                  f"subscription='subscribed'/></subscriptions></pubsub>")
+    assert (await iq(node, alice, owner_subs)).type == "result"
+    got = await iq(node, alice, f"<pubsub xmlns='{OWNER}'><subscriptions node='open-node'/></pubsub>", "get")
+    assert [s.get("jid") for s in got.element.iter(_O + "subscription")] == [CAROL]
+    await iq(node, alice, f"<pubsub xmlns='{OWNER}'><delete node='open-node'/></pubsub>")
+    assert events(carol) == [("open-node", "delete", "")]
 
 
 async def test_publish_options_are_preconditions(node: FakeNode):
@@ -695,6 +796,96 @@ async def test_bookmarks2_and_legacy_pep_node_stay_in_step(node: FakeNode):
     assert legacy.element.findall(f".//{{{BOOKMARKS_LEGACY}}}conference") == []
     assert await pep(node).store.node(Jid.parse(ALICE), BOOKMARKS2) == NodeConfig(
         access_model="whitelist", max_items=None, send_last_published_item="never")
+
+
+PRIVATE = "jabber:iq:private"
+
+
+def private_get() -> str:
+    return f"<query xmlns='{PRIVATE}'><storage xmlns='{BOOKMARKS_LEGACY}'/></query>"
+
+
+def stored_conferences(reply: Stanza) -> list[tuple[str | None, str | None]]:
+    assert reply.type == "result", reply
+    storage = reply.element.findall(f"{{{PRIVATE}}}query/{{{BOOKMARKS_LEGACY}}}storage")
+    assert len(storage) == 1, reply
+    return [(c.get("jid"), c.get("name")) for c in storage[0].findall(f"{{{BOOKMARKS_LEGACY}}}conference")]
+
+
+async def test_bookmarks_through_private_storage_are_the_pep_ones(node: FakeNode):
+    """XEP-0402 §5.3: a XEP-0049 client's storage:bookmarks is the XEP-0402 list (and the legacy
+    PEP node), both ways; other private XML stays private XML."""
+    await node.start(PrivateStorage)
+    await node.start(Disco)
+    alice = node.bind(f"{ALICE}/phone", available=True)
+    # Nothing anywhere: the empty element, as before.
+    assert stored_conferences(await iq(node, alice, private_get(), "get")) == []
+    # A XEP-0049 set publishes: XEP-0402 items (with notifications) and the legacy node.
+    storage = (f"<storage xmlns='{BOOKMARKS_LEGACY}'><conference jid='coven@chat.x' name='Coven' autojoin='true'>"
+               f"<nick>puck</nick></conference><url name='Site' url='https://x.example/'/></storage>")
+    assert (await iq(node, alice, f"<query xmlns='{PRIVATE}'>{storage}</query>")).type == "result"
+    got = await items(node, alice, ALICE, BOOKMARKS2)
+    assert item_ids(got) == ["coven@chat.x"]
+    conf = got.element.find(f".//{{{BOOKMARKS2}}}conference")
+    assert conf is not None and conf.get("autojoin") == "true" and conf.findtext(f"{{{BOOKMARKS2}}}nick") == "puck"
+    assert sorted(events(alice)) == sorted([(BOOKMARKS2, "item", "coven@chat.x"),
+                                            (BOOKMARKS_LEGACY, "item", "current")])
+    assert await pep(node).store.node(Jid.parse(ALICE), BOOKMARKS_LEGACY) == NodeConfig(access_model="whitelist")
+    # A XEP-0402 client adds one: the XEP-0049 client reads both (and its <url/> is kept).
+    b2 = f"<conference xmlns='{BOOKMARKS2}' name='Garden'/>"
+    await publish(node, alice, BOOKMARKS2, b2, "garden@chat.x", access_model="whitelist", max_items="max")
+    reply = await iq(node, alice, private_get(), "get")
+    assert stored_conferences(reply) == [("coven@chat.x", "Coven"), ("garden@chat.x", "Garden")]
+    assert reply.element.find(f".//{{{BOOKMARKS_LEGACY}}}url") is not None
+    # Retracting through XEP-0402 removes it there too; a XEP-0049 set of one drops the other item.
+    await iq(node, alice, f"<pubsub xmlns='{PUBSUB}'><retract node='{BOOKMARKS2}'><item id='coven@chat.x'/>"
+             f"</retract></pubsub>")
+    assert stored_conferences(await iq(node, alice, private_get(), "get")) == [("garden@chat.x", "Garden")]
+    storage = f"<storage xmlns='{BOOKMARKS_LEGACY}'><conference jid='hall@chat.x' name='Hall'/></storage>"
+    await iq(node, alice, f"<query xmlns='{PRIVATE}'>{storage}</query>")
+    assert item_ids(await items(node, alice, ALICE, BOOKMARKS2)) == ["hall@chat.x"]
+    # Nothing of it is in the private XML table; other namespaces still are.
+    private = node.services.modules["private"].store
+    assert await private.get(Jid.parse(ALICE), [BOOKMARKS_LEGACY]) == {}
+    await iq(node, alice, f"<query xmlns='{PRIVATE}'><prefs xmlns='urn:x:prefs'>teal</prefs></query>")
+    assert await private.get(Jid.parse(ALICE), ["urn:x:prefs"]) != {}
+    # Too big for a PEP item: refused as PEP refuses it (max_payload 2048 here), nothing changed.
+    many = "".join(f"<conference jid='r{i}@chat.x' name='{'n' * 40}'/>" for i in range(60))
+    reply = await iq(node, alice, f"<query xmlns='{PRIVATE}'><storage xmlns='{BOOKMARKS_LEGACY}'>{many}</storage>"
+                                  f"</query>")
+    assert error_condition(reply) == "not-acceptable"
+    assert item_ids(await items(node, alice, ALICE, BOOKMARKS2)) == ["hall@chat.x"]
+    # The account says so (XEP-0402 §5.3).
+    info = await iq(node, alice, f"<query xmlns='{ns.DISCO_INFO}'/>", "get", ALICE)
+    features = {f.get("var") for f in info.element.iter(f"{{{ns.DISCO_INFO}}}feature")}
+    assert {p.BOOKMARKS2_COMPAT, p.BOOKMARKS2_COMPAT_PEP} <= features
+
+
+async def test_bookmarks_stored_as_private_xml_before_move_to_pep(node: FakeNode):
+    """A list stored as private XML before PEP kept bookmarks is served, then moved to PEP by
+    the first get (so XEP-0402 clients see it), and not left behind."""
+    await node.start(PrivateStorage)
+    owner = Jid.parse(ALICE)
+    old = f"<query xmlns='{PRIVATE}'><storage xmlns='{BOOKMARKS_LEGACY}'><conference jid='old@chat.x' name='Old'/>" \
+          f"</storage></query>".encode()
+    assert await node.services.modules["private"].store.put(owner, {BOOKMARKS_LEGACY: old}, 10)
+    alice = node.bind(f"{ALICE}/phone", available=True)
+    assert stored_conferences(await iq(node, alice, private_get(), "get")) == [("old@chat.x", "Old")]
+    assert item_ids(await items(node, alice, ALICE, BOOKMARKS2)) == ["old@chat.x"]
+    assert await node.services.modules["private"].store.get(owner, [BOOKMARKS_LEGACY]) == {}
+    assert stored_conferences(await iq(node, alice, private_get(), "get")) == [("old@chat.x", "Old")]
+
+
+async def test_without_compat_bookmarks_stay_private_xml(tmp_path: Path):
+    async with fake_node(tmp_path) as n:
+        await n.create_account(ALICE)
+        await n.start(Pep, bookmarks_compat=False)
+        await n.start(PrivateStorage)
+        alice = n.bind(f"{ALICE}/phone", available=True)
+        storage = f"<storage xmlns='{BOOKMARKS_LEGACY}'><conference jid='a@chat.x' name='A'/></storage>"
+        assert (await iq(n, alice, f"<query xmlns='{PRIVATE}'>{storage}</query>")).type == "result"
+        assert error_condition(await items(n, alice, ALICE, BOOKMARKS2)) == "item-not-found"
+        assert stored_conferences(await iq(n, alice, private_get(), "get")) == [("a@chat.x", "A")]
 
 
 async def test_avatar_nodes_share_their_access_model(node: FakeNode):

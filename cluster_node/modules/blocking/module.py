@@ -14,14 +14,23 @@ every node and gateway of every region, and toward other domains over S2S.
   account and the server's own domains are never blocked.  A user's outgoing stanzas are checked
   where its session is (its region), so the error it gets is delivered straight to it.
 * **Where the lists live.**  In SQL (:mod:`.store`), so all regions read the same lists.  Each
-  member keeps the lists it reads in memory for ``cache_ttl`` seconds (default 5).  A change is
-  written to the database, then every other member of the region where it was made drops its copy
-  (a cluster request, ``blocking.drop``, answered before the command's result is sent): in that
-  region the change holds for the next stanza.  Other regions re-read the list when their copy
-  expires, so there a block (or an unblock) takes effect within ``cache_ttl``.  Stanzas between
-  regions pass a gateway of the recipient's region, which already has the change when the
-  recipient's block was made there.  Should the database be unreadable, a member keeps using the
+  member keeps the lists it read in memory (at most ``cache_size``, the oldest read out first) and
+  forgets one when it changes:
+  - in the region where a change is made, the change is written to the database, then every other
+    member drops its copy (a cluster request, ``blocking.drop``, answered before the command's
+    result is sent): there the change holds for the next stanza;
+  - every member polls the table of changes every ``poll_interval`` seconds (one indexed query)
+    and drops the lists changed elsewhere: in other regions a block (or an unblock) takes effect
+    within that interval.  Stanzas between regions pass a gateway of the recipient's region, which
+    already has the change when the recipient's block was made there.
+  A list older than ``cache_ttl`` is read again in the background while the stanza goes on with
+  the copy at hand (a safety net, for a change the poll missed): once a member has read a list,
+  no stanza waits for the database.  Should the database be unreadable, a member keeps using the
   last list it read (however old), else lets the stanza through (logged).
+* **The cost on the message path.**  The filter is synchronous while both lists are cached (no
+  coroutine per stanza), works on the JIDs the router parsed (cache keys and matching on their
+  parts, never a string made again), reads no clock (old lists are found by the periodic job),
+  and looks the sender's session up only when its list matches.
 """
 
 from __future__ import annotations
@@ -46,7 +55,7 @@ from ...xmpp import errors, ns
 from ...xmpp.jid import InvalidJid, Jid
 from ...xmpp.stanza import Stanza
 from . import rules
-from .rules import NS, Blocklist, ListCache
+from .rules import NS, Blocklist, ChangeWatch, Key, ListCache, key_of, parse_key
 from .store import BlocklistStore, ListFull
 
 __all__ = ["Blocking", "BlockingSettings", "FLAG", "DROP_CALL"]
@@ -56,6 +65,7 @@ log = logging.getLogger("meridian.blocking")
 FLAG = "blocklist"  # the session record flag of a resource that requested the block list
 DROP_CALL = "blocking.drop"  # cluster request: forget the cached list of args["user"]
 MEMBER_TIMEOUT = 2.0  # seconds a command waits for each other member to drop its copy
+RETRY_AFTER = 5.0  # seconds before a list whose re-read failed is read again
 
 
 class BlockingSettings(ModuleSettings):
@@ -63,11 +73,15 @@ class BlockingSettings(ModuleSettings):
                            "not-acceptable)")
     max_request_items: int = Field(250, ge=1, description="most items one block or unblock command carries "
                                    "(more: policy-violation)")
-    cache_ttl: float = Field(5.0, ge=0, description="seconds a member keeps a block list it read; the other "
-                             "members of the region where a list changes drop their copy at once, other regions "
-                             "see the change within this window (0: read the database for every stanza)")
-    cache_size: int = Field(100_000, ge=0, description="block lists kept in memory per member (least recently "
-                            "used out first)")
+    cache_ttl: float = Field(300.0, ge=0, description="seconds after which a cached block list is read again, in "
+                             "the background (stanzas use the copy at hand meanwhile); changes reach the cache "
+                             "sooner, see poll_interval (0: no cache, the database is read for every stanza)")
+    cache_size: int = Field(100_000, ge=0, description="block lists kept in memory per member (the oldest read "
+                            "out first)")
+    poll_interval: float = Field(2.0, ge=0, description="seconds between two reads of the table of changed lists, "
+                                 "by which lists changed in another region are forgotten (0: only cache_ttl)")
+    poll_window: float = Field(60.0, gt=0, description="seconds a change stays visible to the poll: covers "
+                               "transactions committing late and the members' clocks disagreeing by less")
 
 
 def _feature(features: set[str]) -> set[str]:
@@ -87,9 +101,11 @@ class Blocking(Module):
         self.store = BlocklistStore(host.storage)
         await self.store.migrate()
         self.cache = ListCache(self.cfg.cache_ttl, self.cfg.cache_size)
-        self._loading: dict[str, asyncio.Task[Blocklist]] = {}
+        self._loading: dict[Key, asyncio.Task[Blocklist]] = {}
         self._locks: dict[str, _UserLock] = {}
-        self.counters = {"blocked_in": 0, "blocked_out": 0, "commands": 0, "read_failures": 0}
+        self.counters = {"blocked_in": 0, "blocked_out": 0, "commands": 0, "read_failures": 0, "reads": 0,
+                         "polls": 0, "poll_failures": 0, "dropped_by_poll": 0}
+        self._watch = ChangeWatch(time.time_ns() // 1000, int(self.cfg.poll_window * 1_000_000))
         host.add_account_iq(NS, "blocklist", self._iq)
         host.add_account_iq(NS, "block", self._iq)
         host.add_account_iq(NS, "unblock", self._iq)
@@ -99,6 +115,11 @@ class Blocking(Module):
         host.on_call(DROP_CALL, self._drop_call)
         host.add_metric(BlockingCollector(self))
         host.add_query("blocking", "status", self.status)
+        self._domains = host.domains  # fixed at start (the router's)
+        self._entry = self.cache.entry
+        if self.cfg.cache_ttl > 0:
+            every = self.cfg.poll_interval or min(max(self.cfg.cache_ttl / 2, 0.01), 60.0)
+            host.every(every, self.tick, "blocking: the changed and the old block lists")
 
     def stop(self) -> None:
         for task in self._loading.values():
@@ -111,39 +132,46 @@ class Blocking(Module):
     async def blocklist(self, user: Jid) -> Blocklist:
         """The block list of the account ``user`` (a bare JID), from the cache or the database;
         concurrent reads of one list share one query."""
-        key = str(user)
-        found = self.cache.get(key, time.monotonic())
+        key = key_of(user)
+        found = self._entry(key)
         if found is not None:
-            return found
-        task = self._loading.get(key)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._load(key, user))
-            self._loading[key] = task
-            task.add_done_callback(functools.partial(self._loaded, key))
+            return found[1]
+        task = self._loading.get(key) or self._start_load(key, user)
         return await asyncio.shield(task)
 
-    async def _load(self, key: str, user: Jid) -> Blocklist:
+    def _start_load(self, key: Key, user: Jid) -> asyncio.Task[Blocklist]:
+        task = asyncio.get_running_loop().create_task(self._load(key, user))
+        self._loading[key] = task
+        task.add_done_callback(functools.partial(self._loaded, key))
+        return task
+
+    async def _load(self, key: Key, user: Jid) -> Blocklist:
+        self.counters["reads"] += 1
         try:
             items = await self.store.items(user.domain, user.local or "")
         except Exception as e:
             self.counters["read_failures"] += 1
             stale = self.cache.stale(key)
-            log.warning("reading the block list of %s failed (%s: %s); using %s", user, e.__class__.__name__, e,
+            log.warning("reading the block list of %s failed (%s: %s); using %s", user.bare, e.__class__.__name__, e,
                         "the last one read" if stale is not None else "none")
-            return stale if stale is not None else rules.EMPTY
+            if stale is None:
+                return rules.EMPTY
+            if self._loading.get(key) is asyncio.current_task():  # tried again later, not per stanza
+                self.cache.put(key, stale, time.monotonic(), RETRY_AFTER)
+            return stale
         found = Blocklist(items)
         if self._loading.get(key) is asyncio.current_task():  # not dropped while we read
             self.cache.put(key, found, time.monotonic())
         return found
 
-    def _loaded(self, key: str, task: asyncio.Task[Blocklist]) -> None:
+    def _loaded(self, key: Key, task: asyncio.Task[Blocklist]) -> None:
         if self._loading.get(key) is task:
             del self._loading[key]
         if not task.cancelled():
             task.exception()  # retrieved: the waiters raise it
 
-    def drop(self, key: str) -> None:
-        """Forget the cached list of ``key`` (a bare JID): the next stanza reads the database."""
+    def drop(self, key: Key) -> None:
+        """Forget the cached list of ``key``: the next stanza reads the database."""
         self.cache.drop(key)
         self._loading.pop(key, None)  # a read in flight may predate the change: not cached
 
@@ -151,8 +179,31 @@ class Blocking(Module):
         user = args.get("user")
         if not isinstance(user, str) or len(user) > 3100:
             raise ValueError("blocking.drop needs a 'user'")
-        self.drop(user)
+        self.drop(parse_key(user))
         return True
+
+    async def tick(self) -> None:
+        """The periodic job: forget the lists changed elsewhere (when polling), and read again in
+        the background those older than ``cache_ttl`` (the stanzas go on with them meanwhile)."""
+        if self.cfg.poll_interval > 0:
+            await self.poll()
+        for key in self.cache.due(time.monotonic()):
+            if key not in self._loading:
+                self._start_load(key, Jid(key[0] or None, key[1], None))
+
+    async def poll(self) -> None:
+        """Forget the lists changed since the last poll (by any member, in any region)."""
+        try:
+            rows = await self.store.changes(self._watch.since())
+        except Exception as e:
+            self.counters["poll_failures"] += 1
+            log.warning("reading the changed block lists failed (%s: %s)", e.__class__.__name__, e)
+            return
+        self.counters["polls"] += 1
+        for key in self._watch.changed(rows):
+            if key in self._loading or self.cache.stale(key) is not None:
+                self.counters["dropped_by_poll"] += 1
+            self.drop(key)
 
     async def _tell_members(self, key: str) -> None:
         """Have every other member of the region drop its copy of ``key``'s list, and wait for them
@@ -170,32 +221,61 @@ class Blocking(Module):
 
     # -- enforcement ---------------------------------------------------------------------------------------
 
-    async def _filter(self, stanza: Stanza, sender: Jid, to: Jid) -> object:
-        domains = self.host.domains
-        if sender.domain == to.domain and sender.local == to.local:
+    def _filter(self, stanza: Stanza, sender: Jid, to: Jid) -> object:
+        """``filter_local_packet``: STOP for a stanza a block list stops.  Synchronous while the
+        lists are cached (the message path: a dictionary lookup and a few set lookups per list);
+        else the coroutine that reads them (the hook awaits it)."""
+        s_local, s_domain, t_local, t_domain = sender.local, sender.domain, to.local, to.domain
+        if s_local == t_local and s_domain == t_domain:
             return None  # the account itself (its resources, its own bare JID)
-        # Outgoing: from one of our accounts (a resource of it in this region, or the server on its
-        # behalf), to anyone but our own server.
-        if (sender.local is not None and sender.domain in domains and not (to.local is None and to.domain in domains)
-                and (sender.resource is None or self.host.table.lookup(sender) is not None)):
-            mine = await self.blocklist(sender.bare)
-            if mine and mine.matches(to):
-                action = rules.outbound(stanza.name, stanza.type)
-                if action != rules.PASS:
-                    self.counters["blocked_out"] += 1
-                    if action == rules.ERROR and stanza.from_:
-                        self.host.route_nowait(rules.blocked_reply(stanza))
-                    return STOP
+        domains, entry = self._domains, self._entry
+        mine = theirs = None
+        # Outgoing: from one of our accounts, to anyone but our own server.
+        if s_local is not None and s_domain in domains and (t_local is not None or t_domain not in domains):
+            found = entry((s_local, s_domain))
+            if found is None:
+                return self._filter_reading(stanza, sender, to)
+            mine = found[1]
         # Incoming: to one of our accounts, from anyone but our own server.
-        if to.local is not None and to.domain in domains and not (sender.local is None and sender.domain in domains):
-            theirs = await self.blocklist(to.bare)
-            if theirs and theirs.matches(sender):
-                self.counters["blocked_in"] += 1
-                if rules.inbound(stanza.name, stanza.type) == rules.ERROR and stanza.from_:
-                    # Routed in full (not ``send_error``): the sender may be a user of ours in
-                    # another region, which only the routing chain reaches.
-                    self.host.spawn(self.host.route(stanza.error_reply(errors.ServiceUnavailable())))
+        if t_local is not None and t_domain in domains and (s_local is not None or s_domain not in domains):
+            found = entry((t_local, t_domain))
+            if found is None:
+                return self._filter_reading(stanza, sender, to)
+            theirs = found[1]
+        if (mine is not None and mine.matches(to)) or (theirs is not None and theirs.matches(sender)):
+            return self._decide(stanza, sender, to, mine, theirs)
+        return None
+
+    async def _filter_reading(self, stanza: Stanza, sender: Jid, to: Jid) -> object:
+        """The filter when a list is not cached yet: read it (both, as the directions need)."""
+        domains = self._domains
+        outgoing = sender.local is not None and sender.domain in domains and not (
+            to.local is None and to.domain in domains)
+        incoming = to.local is not None and to.domain in domains and not (
+            sender.local is None and sender.domain in domains)
+        mine = await self.blocklist(sender.bare) if outgoing else None
+        theirs = await self.blocklist(to.bare) if incoming else None
+        return self._decide(stanza, sender, to, mine, theirs)
+
+    def _decide(self, stanza: Stanza, sender: Jid, to: Jid, mine: Blocklist | None,
+                theirs: Blocklist | None) -> object:
+        # The sender's list counts for a resource of it in this region (whose session gets the
+        # error), or the server on its behalf (a bare JID).
+        if (mine and mine.matches(to)
+                and (sender.resource is None or self.host.table.lookup(sender) is not None)):
+            action = rules.outbound(stanza.name, stanza.type)
+            if action != rules.PASS:
+                self.counters["blocked_out"] += 1
+                if action == rules.ERROR and stanza.from_:
+                    self.host.route_nowait(rules.blocked_reply(stanza))
                 return STOP
+        if theirs and theirs.matches(sender):
+            self.counters["blocked_in"] += 1
+            if rules.inbound(stanza.name, stanza.type) == rules.ERROR and stanza.from_:
+                # Routed in full (not ``send_error``): the sender may be a user of ours in
+                # another region, which only the routing chain reaches.
+                self.host.spawn(self.host.route(stanza.error_reply(errors.ServiceUnavailable())))
+            return STOP
         return None
 
     # -- commands --------------------------------------------------------------------------------------------
@@ -231,7 +311,7 @@ class Blocking(Module):
                 else:
                     changed = await self.store.remove(user.domain, user.local or "", jids or None)
                 if changed:
-                    self.drop(key)
+                    self.drop(key_of(user))
                     await self._tell_members(key)
         finally:
             lock.users -= 1
@@ -308,7 +388,8 @@ class Blocking(Module):
 
     def status(self) -> dict[str, Any]:
         """This member's blocking activity (``blocking status`` on the control socket)."""
-        return {**self.counters, "cached": len(self.cache), "cacheTtl": self.cfg.cache_ttl}
+        return {**self.counters, "cached": len(self.cache), "cacheTtl": self.cfg.cache_ttl,
+                "pollInterval": self.cfg.poll_interval}
 
 
 class _UserLock:

@@ -14,13 +14,19 @@ that meets a block, the protocol elements, and the per-member cache of block lis
   dropped, except unavailable — a blocked contact may always learn that the user is offline,
   which is what blocking shows it, §3.2; errors pass: they answer what came before).
 * :func:`parse_items` — the JIDs of a ``<block/>``/``<unblock/>``, normalised (RFC 7622), checked.
-* :class:`ListCache` — a bounded TTL + LRU map of block lists (time passed in).
+* :class:`ListCache` — a bounded map of block lists by account, each with an age after which it is
+  read again (time passed in).
+* :class:`ChangeWatch` — which accounts' lists changed, from the rows of the change table a member
+  polls (so other regions' changes reach it without re-reading lists on the message path).
+
+Matching and the cache sit on the path of every stanza, so they work on the ``(local, domain)``
+and ``(local, domain, resource)`` tuples of the JIDs the router already parsed: no JID is turned
+back into a string there.
 """
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Final
 
@@ -29,7 +35,8 @@ from ...xmpp.jid import InvalidJid, Jid
 from ...xmpp.stanza import Stanza
 
 __all__ = ["NS", "ERRORS_NS", "Blocklist", "EMPTY", "DROP", "ERROR", "PASS", "inbound", "outbound",
-           "parse_items", "list_element", "push_element", "blocked_reply", "ListCache"]
+           "parse_items", "list_element", "push_element", "blocked_reply", "ListCache", "ChangeWatch", "Key",
+           "key_of", "parse_key"]
 
 NS = "urn:xmpp:blocking"  # XEP-0191
 ERRORS_NS = "urn:xmpp:blocking:errors"
@@ -44,12 +51,12 @@ PASS: Final = "pass"  # routed as if there were no block
 class Blocklist:
     """One user's block list, indexed for matching (built once per load, then only read)."""
 
-    __slots__ = ("items", "_full", "_bare", "_domain_resource", "_domains")
+    __slots__ = ("items", "_full", "_bare", "_domain_resource", "_domains", "_mentioned", "_by_domain")
 
     def __init__(self, items: Iterable[str] = ()) -> None:
         self.items: tuple[str, ...] = tuple(items)
-        full: set[str] = set()
-        bare: set[str] = set()
+        full: set[tuple[str, str, str]] = set()
+        bare: set[tuple[str, str]] = set()
         domain_resource: set[tuple[str, str]] = set()
         domains: set[str] = set()
         for item in self.items:
@@ -58,7 +65,10 @@ class Blocklist:
             except InvalidJid:
                 continue  # stored before a stricter parser: it matches nothing
             if jid.local is not None:
-                (full if jid.resource is not None else bare).add(str(jid))
+                if jid.resource is not None:
+                    full.add((jid.local, jid.domain, jid.resource))
+                else:
+                    bare.add((jid.local, jid.domain))
             elif jid.resource is not None:
                 domain_resource.add((jid.domain, jid.resource))
             else:
@@ -67,6 +77,10 @@ class Blocklist:
         self._bare = frozenset(bare)
         self._domain_resource = frozenset(domain_resource)
         self._domains = frozenset(domains)
+        self._mentioned = frozenset({d for _, d, _ in full} | {d for _, d in bare} | {d for d, _ in domain_resource})
+        # domain → what this list says of its JIDs (the list never changes; correspondents' domains
+        # repeat): _NOTHING, _SOME (look at the JID) or _ALL (a domain item blocks the domain).
+        self._by_domain: dict[str, int] = {}
 
     def __bool__(self) -> bool:
         return bool(self.items)
@@ -81,14 +95,32 @@ class Blocklist:
         """Whether ``jid`` is blocked by an item of this list (XEP-0191 §3.1, XEP-0016 §2.1)."""
         if not self.items:
             return False
-        if jid.resource is not None:
-            if self._full and jid.local is not None and str(jid) in self._full:
+        domain = jid.domain
+        said = self._by_domain.get(domain)
+        if said is None:
+            said = self._about(domain)
+        if said != _SOME:
+            return said == _ALL
+        local, resource = jid.local, jid.resource
+        if resource is not None:
+            if local is not None and (local, domain, resource) in self._full:
                 return True
-            if (jid.domain, jid.resource) in self._domain_resource:
+            if (domain, resource) in self._domain_resource:
                 return True
-        if self._bare and jid.local is not None and f"{jid.local}@{jid.domain}" in self._bare:
-            return True
-        return bool(self._domains) and _domain_blocked(jid.domain, self._domains)
+        return local is not None and (local, domain) in self._bare
+
+    def _about(self, domain: str) -> int:
+        if self._domains and _domain_blocked(domain, self._domains):
+            said = _ALL
+        else:
+            said = _SOME if domain in self._mentioned else _NOTHING
+        if len(self._by_domain) < _DOMAIN_MEMO:
+            self._by_domain[domain] = said
+        return said
+
+
+_NOTHING, _SOME, _ALL = 0, 1, 2
+_DOMAIN_MEMO = 256  # domains whose answer one list remembers (correspondents' domains repeat)
 
 
 def _domain_blocked(domain: str, blocked: frozenset[str]) -> bool:
@@ -193,44 +225,104 @@ def blocked_reply(stanza: Stanza) -> Stanza:
 # -- the cache --------------------------------------------------------------------------------------------
 
 
-class ListCache:
-    """Block lists by bare JID for ``ttl`` seconds, at most ``size`` of them (least recently used
-    out first).  An expired entry is still at hand (:meth:`stale`) for when the database cannot
-    be read."""
+Key = tuple[str, str]
+"""An account's block list in the cache: (local, domain) of its bare JID."""
 
-    def __init__(self, ttl: float, size: int) -> None:
-        self.ttl = ttl
+
+def key_of(jid: Jid) -> Key:
+    return (jid.local or "", jid.domain)
+
+
+def parse_key(bare: str) -> Key:
+    """The key of a bare JID as the cluster calls and the change table name it."""
+    local, _, domain = bare.rpartition("@")
+    return (local, domain)
+
+
+class ListCache:
+    """Block lists by account, at most ``size`` of them (the oldest read out first).  A list
+    older than ``max_age`` seconds is still returned (:meth:`get` says it is due, :meth:`due`
+    lists those), for a re-read in the background: the message path never waits for the database
+    once a list was read.  ``max_age`` 0 keeps nothing."""
+
+    __slots__ = ("max_age", "size", "_entries", "entry")
+
+    def __init__(self, max_age: float, size: int) -> None:
+        self.max_age = max_age
         self.size = size
-        self._entries: OrderedDict[str, tuple[float, Blocklist]] = OrderedDict()
-        self.hits = 0
-        self.misses = 0
+        self._entries: dict[Key, tuple[float, Blocklist]] = {}
+        # (when it is due for a re-read, the list) or None: :meth:`get` for the message path,
+        # the dictionary's own lookup (no call of ours, no tuple made per stanza).
+        self.entry = self._entries.get
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: str, now: float) -> Blocklist | None:
+    def get(self, key: Key, now: float) -> tuple[Blocklist | None, bool]:
+        """(the list or None, whether it is due for a re-read)."""
         entry = self._entries.get(key)
-        if entry is None or entry[0] <= now:
-            self.misses += 1
-            return None
-        self._entries.move_to_end(key)
-        self.hits += 1
-        return entry[1]
+        if entry is None:
+            return None, True
+        return entry[1], entry[0] <= now
 
-    def stale(self, key: str) -> Blocklist | None:
+
+    def due(self, now: float) -> list[Key]:
+        """The lists due for a re-read: the oldest read first, up to the first that is not due
+        (every entry lives ``max_age``, so they are due in read order; one kept for a short
+        retry is found once the scan reaches it)."""
+        out: list[Key] = []
+        for key, (expires, _) in self._entries.items():
+            if expires > now:
+                break
+            out.append(key)
+        return out
+
+    def stale(self, key: Key) -> Blocklist | None:
         entry = self._entries.get(key)
         return None if entry is None else entry[1]
 
-    def put(self, key: str, value: Blocklist, now: float) -> None:
-        if self.ttl <= 0 or self.size <= 0:
+    def put(self, key: Key, value: Blocklist, now: float, max_age: float | None = None) -> None:
+        """Keep ``value``, due for a re-read after ``max_age`` (default: the cache's)."""
+        if self.max_age <= 0 or self.size <= 0:
             return
-        self._entries[key] = (now + self.ttl, value)
-        self._entries.move_to_end(key)
+        self._entries.pop(key, None)  # re-read: the newest again (eviction order is read order)
+        self._entries[key] = (now + (self.max_age if max_age is None else max_age), value)
         while len(self._entries) > self.size:
-            self._entries.popitem(last=False)
+            del self._entries[next(iter(self._entries))]
 
-    def drop(self, key: str) -> bool:
+    def drop(self, key: Key) -> bool:
         return self._entries.pop(key, None) is not None
 
     def clear(self) -> None:
         self._entries.clear()
+
+
+class ChangeWatch:
+    """The accounts whose lists changed, from polls of the change table: each row is an account
+    and the time (µs, the writer's clock) of its last change.  A poll asks for the rows changed
+    after :meth:`since` — ``window`` µs before the newest change seen (or before the start), so a
+    change committed late or stamped by a clock a little behind is still seen — and
+    :meth:`changed` returns the accounts whose time is new."""
+
+    def __init__(self, start_us: int, window_us: int) -> None:
+        self.window = window_us
+        self.high = start_us
+        self._seen: dict[Key, int] = {}
+
+    def since(self) -> int:
+        return self.high - self.window
+
+    def changed(self, rows: Iterable[tuple[str, str, int]]) -> list[Key]:
+        """(domain, username, changed µs) rows → the keys to drop from the cache."""
+        out: list[Key] = []
+        for domain, username, changed in rows:
+            key = (username, domain)
+            if self._seen.get(key) != changed:
+                self._seen[key] = changed
+                out.append(key)
+            if changed > self.high:
+                self.high = changed
+        floor = self.high - self.window
+        if self._seen and min(self._seen.values()) < floor:
+            self._seen = {k: t for k, t in self._seen.items() if t >= floor}
+        return out

@@ -1,8 +1,10 @@
 """The block lists' SQL: one table in the domain database, so every node and region of a deployment
 enforces the same lists.  The same statements on SQLite and PostgreSQL (``?`` placeholders).
 
-The table is a user table of the storage (``user_tables``): it is emptied for an account when the
-account is removed.  ``created`` (µs) keeps a list in the order its JIDs were blocked.
+``blocklist`` holds the lists; ``created`` (µs) keeps a list in the order its JIDs were blocked.
+``blocklist_changes`` holds, per account, when its list last changed (µs, written in the same
+transaction as the change): every member polls it to forget the lists changed elsewhere.  Both
+are user tables of the storage (``user_tables``): emptied for an account when it is removed.
 """
 
 from __future__ import annotations
@@ -19,7 +21,16 @@ STEPS: list[tuple[int, list[str]]] = [
                domain TEXT NOT NULL, username TEXT NOT NULL, jid TEXT NOT NULL, created {bigint} NOT NULL,
                PRIMARY KEY (domain, username, jid))""",
     ]),
+    (2, [
+        """CREATE TABLE IF NOT EXISTS blocklist_changes (
+               domain TEXT NOT NULL, username TEXT NOT NULL, changed {bigint} NOT NULL,
+               PRIMARY KEY (domain, username))""",
+        "CREATE INDEX IF NOT EXISTS blocklist_changes_by_time ON blocklist_changes (changed)",
+    ]),
 ]
+
+_TOUCH = ("INSERT INTO blocklist_changes (domain, username, changed) VALUES (?, ?, ?) "
+          "ON CONFLICT (domain, username) DO UPDATE SET changed = excluded.changed")
 
 
 class ListFull(Exception):
@@ -35,7 +46,7 @@ class BlocklistStore:
         self.storage = storage
 
     async def migrate(self) -> None:
-        await self.storage.migrate_module("blocking", STEPS, user_tables=("blocklist",))
+        await self.storage.migrate_module("blocking", STEPS, user_tables=("blocklist", "blocklist_changes"))
 
     async def items(self, domain: str, username: str) -> list[str]:
         """The user's blocked JIDs, in the order they were blocked."""
@@ -63,6 +74,7 @@ class BlocklistStore:
                                      "ON CONFLICT DO NOTHING", domain, username, jid, now + i)
                 if n:
                     added.append(jid)
+            await tx.execute(_TOUCH, domain, username, time.time_ns() // 1000)
         return added
 
     async def remove(self, domain: str, username: str, jids: list[str] | None) -> list[str]:
@@ -72,10 +84,20 @@ class BlocklistStore:
                 rows = await tx.fetchall("SELECT jid FROM blocklist WHERE domain = ? AND username = ? "
                                          "ORDER BY created, jid", domain, username)
                 await tx.execute("DELETE FROM blocklist WHERE domain = ? AND username = ?", domain, username)
-                return [str(r[0]) for r in rows]
-            removed = []
-            for jid in jids:
-                if await tx.execute("DELETE FROM blocklist WHERE domain = ? AND username = ? AND jid = ?",
-                                    domain, username, jid):
-                    removed.append(jid)
+                removed = [str(r[0]) for r in rows]
+            else:
+                removed = []
+                for jid in jids:
+                    if await tx.execute("DELETE FROM blocklist WHERE domain = ? AND username = ? AND jid = ?",
+                                        domain, username, jid):
+                        removed.append(jid)
+            if removed:
+                await tx.execute(_TOUCH, domain, username, time.time_ns() // 1000)
         return removed
+
+    async def changes(self, since_us: int) -> list[tuple[str, str, int]]:
+        """(domain, username, changed µs) of the lists changed after ``since_us``."""
+        async with self.storage.transaction() as tx:
+            rows = await tx.fetchall("SELECT domain, username, changed FROM blocklist_changes WHERE changed > ?",
+                                     since_us)
+        return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]

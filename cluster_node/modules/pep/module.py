@@ -8,8 +8,16 @@ XEP-0084 avatars.
   alone publishes, retracts, configures, deletes and purges (``forbidden`` for anyone else);
   publishing to a missing node creates it (auto-create) with the defaults, or with the
   ``publish-options``, which are preconditions for an existing node (``conflict`` +
-  ``precondition-not-met`` when they differ).  Readers per access model (:func:`.protocol.may_read`).
-  Requests, forms and errors are parsed and built in :mod:`.protocol`.
+  ``precondition-not-met`` when they differ).  Readers per access model (:func:`.protocol.may_read`):
+  ``presence`` (the default) the contacts subscribed to the owner's presence, ``open`` anyone,
+  ``whitelist`` (XEP-0223 private nodes, bookmarks) the owner and the members she names; an
+  outcast nobody's node.  Affiliations (member, outcast) are kept in the node's configuration row,
+  so each access check has them without another query.  Requests, forms and errors are parsed and
+  built in :mod:`.protocol`.
+* **Explicit subscriptions** (XEP-0060 §6.1, §6.2, §8.8).  Besides the implicit ones (presence +
+  caps), anyone who may read a node subscribes a JID of its own to it (``pep_subscriptions``) and
+  gets its events, the last item on subscribing; the owner lists and changes them.  Whether a
+  subscriber may still read is checked at each event (a presence subscription ended, an outcast).
 * **Limits.**  ``max_payload`` bytes per item (``not-acceptable``, payload-too-big),
   ``max_items_per_node`` items per node (also what ``max`` means), ``max_nodes_per_user`` nodes
   per account (``not-allowed``, max-nodes-exceeded).
@@ -21,18 +29,21 @@ XEP-0084 avatars.
   every region a fan-out reaches, selects the interested resources by those flags.  Contacts of
   other domains are learnt from their presence reaching an account (``presence_delivered``), and
   kept in ``pep_remote`` (full JIDs and nodes).
-* **Notifications.**  On publish, retract, purge and delete: the owner's available resources, and
-  — unless the node is ``whitelist`` — each contact with a subscription to the owner's presence
-  (from/both) whose resources asked for the node: same-domain ones wherever they are
+* **Notifications.**  On publish, retract, purge and delete: the owner's available resources;
+  each contact with a subscription to the owner's presence (from/both) whose resources asked for
+  the node and whom the access model lets read it: same-domain ones wherever they are
   (``Fanout(flag=…)``, to full JIDs), other-domain ones by their stored full JIDs through the
-  routing chain (S2S).
+  routing chain (S2S); and each explicit subscription (a bare JID of ours: all its resources).
 * **Last items** (XEP-0163 §4.3.2).  When a resource's interest is first known (initial presence,
   or caps announcing new ``+notify`` features), it gets the last item of each such node of its
   own account and of each account it is subscribed to (to/both) — sent by the member holding it;
   an other-domain contact gets the owner's on its presence, from the member that handled it.
-* **Bookmarks** (XEP-0402 ``#compat-pep``).  A change of ``urn:xmpp:bookmarks:1`` rewrites the
-  single ``storage:bookmarks`` item (XEP-0048 through XEP-0223); a publish or retract on
-  ``storage:bookmarks`` publishes and retracts the matching XEP-0402 items, with notifications.
+* **Bookmarks** (XEP-0402 ``#compat-pep`` and ``#compat``).  A change of ``urn:xmpp:bookmarks:1``
+  rewrites the single ``storage:bookmarks`` item (XEP-0048 through XEP-0223); a publish or retract
+  on ``storage:bookmarks`` publishes and retracts the matching XEP-0402 items, with notifications.
+  XEP-0048 through XEP-0049 private storage is the same list: the private module hands
+  ``storage:bookmarks`` to PEP (hooks ``private_get``/``private_set``), a set being a publish on the
+  legacy node, a get reading it.
 * **Avatars** (XEP-0084).  The data and metadata nodes share their access model: a new one takes
   the other's, and configuring one's access model configures the other's.
 """
@@ -96,6 +107,8 @@ class PepSettings(ModuleSettings):
                                     "max-nodes-exceeded)")
     caps_timeout: float = Field(10.0, gt=0, description="seconds to wait for a resource's disco#info answer")
     caps_cache_size: int = Field(10_000, ge=0, description="verified caps (ver → features) kept per member")
+    max_affiliations: int = Field(1000, ge=0, description="members and outcasts the owner may name on one node "
+                                  "(more: not-acceptable)")
     bookmarks_compat: bool = Field(True, description="keep XEP-0048's storage:bookmarks PEP node and XEP-0402's "
                                    "urn:xmpp:bookmarks:1 in step (XEP-0402 #compat-pep)")
 
@@ -125,11 +138,14 @@ class Pep(Module):
         Xep(163, "1.2.2", "partial", "interest is learnt from caps in presence (a contact of another domain: "
             "from its presence reaching the account); nodes are not listed in the account's disco#items"),
         Xep(60, "1.26.0", "partial", "the PEP subset: publish with auto-create and publish-options, retract, "
-            "items, create, configure, delete, purge, the owner's affiliations; no explicit subscriptions"),
+            "items, create, configure, delete, purge, subscribe and unsubscribe, the owner's subscriptions and "
+            "affiliations (member, outcast); no subscription options, no other publishers"),
         Xep(115, "1.6.0", "partial", "the server reads caps from presence to filter PEP notifications"),
         Xep(223, "1.1.1"),
-        Xep(402, "1.2.0", "partial", "#compat-pep: kept in step with XEP-0048's PEP node; not with XEP-0049"),
-        Xep(48, "1.2", "partial", "through PEP (storage:bookmarks, XEP-0223); not through XEP-0049 private storage"),
+        Xep(402, "1.2.0", "complete", "#compat-pep and #compat: kept in step with XEP-0048 through PEP and "
+            "through XEP-0049 private storage"),
+        Xep(48, "1.2", "complete", "through PEP (storage:bookmarks, XEP-0223) and XEP-0049 private storage, "
+            "one list with XEP-0402's"),
         Xep(84, "1.1.4"),
     )
     Settings = PepSettings
@@ -150,6 +166,9 @@ class Pep(Module):
         host.hook(Hook.PRESENCE_AVAILABLE, self._available)
         host.hook(Hook.PRESENCE_DELIVERED, self._delivered)
         host.hook(Hook.FILTER_LOCAL_PACKET, self._caps_reply, 10)  # before anything spends work on it
+        if self.cfg.bookmarks_compat:
+            host.hook(Hook.PRIVATE_GET, self._private_get)
+            host.hook(Hook.PRIVATE_SET, self._private_set)
         host.add_query("pep", "status", self.status)
 
     def stop(self) -> None:
@@ -168,7 +187,14 @@ class Pep(Module):
         extra = set(p.FEATURES)
         if self.cfg.bookmarks_compat:
             extra.add(p.BOOKMARKS2_COMPAT_PEP)
+            if self._private_enabled():
+                extra.add(p.BOOKMARKS2_COMPAT)
         return features | extra
+
+    def _private_enabled(self) -> bool:
+        """Whether XEP-0049 is served here (the private module's own ``enabled``), for ``#compat``."""
+        table = self.host.settings.modules.get("private") or {}
+        return bool(table.get("enabled", True))
 
     # -- the service: <pubsub xmlns='http://jabber.org/protocol/pubsub'/> ----------------------------------
 
@@ -181,19 +207,28 @@ class Pep(Module):
         if isinstance(request, p.Items):
             return await self._items(req, owner, request, mine)
         if isinstance(request, p.Subscriptions):
+            # The requester's explicit subscriptions (those by presence and caps are implicit).
             out = ET.Element(_P + "pubsub")
             sub = ET.SubElement(out, _P + "subscriptions")
             if request.node:
                 sub.set("node", request.node)
-            return out  # PEP subscriptions are presence subscriptions: none explicit
+            for node, jid in await self.store.subscribers(owner, request.node, str(req.sender.bare)):
+                ET.SubElement(sub, _P + "subscription", {"node": node, "jid": jid, "subscription": "subscribed"})
+            return out
         if isinstance(request, p.Affiliations):
             out = ET.Element(_P + "pubsub")
             affs = ET.SubElement(out, _P + "affiliations")
-            if mine:
-                for node in await self.store.nodes(owner):
-                    if request.node in (None, node):
-                        ET.SubElement(affs, _P + "affiliation", {"node": node, "affiliation": "owner"})
+            who = str(req.sender.bare)
+            for node, config in (await self.store.nodes(owner)).items():
+                aff = "owner" if mine else config.affiliation(who)
+                if request.node in (None, node) and aff != "none":
+                    ET.SubElement(affs, _P + "affiliation", {"node": node, "affiliation": aff})
             return out
+        if isinstance(request, p.Subscribe):
+            return await self._subscribe(req, owner, request, mine)
+        if isinstance(request, p.Unsubscribe):
+            await self._unsubscribe(req, owner, request)
+            return None
         if not mine:
             raise errors.Forbidden("only the account itself changes its nodes")
         if isinstance(request, p.Publish):
@@ -300,7 +335,8 @@ class Pep(Module):
         if config is None:
             raise errors.ItemNotFound("no such node")
         if not mine:
-            p.may_read(config, owner=False, subscribed=await self._subscriber(owner, req.sender))
+            p.may_read(config, owner=False, subscribed=await self._subscriber(owner, req.sender),
+                       affiliation=config.affiliation(str(req.sender.bare)))
         found = await self.store.items(owner, request.node, request.max_items, request.item_ids)
         if request.item_ids and not found:
             raise errors.ItemNotFound("no such item")
@@ -309,6 +345,45 @@ class Pep(Module):
         for item in found:
             ET.SubElement(items, _P + "item", {"id": item.item_id}).append(_payload(item))
         return out
+
+    # -- explicit subscriptions (XEP-0060 §6.1, §6.2) ------------------------------------------------------
+
+    def _own_jid(self, req: IqRequest, given: str) -> Jid:
+        """The JID a (un)subscribe names: the requester's, bare or full (§6.1.3.1: JIDs do not match)."""
+        try:
+            jid = Jid.parse(given)
+        except InvalidJid:
+            raise p.InvalidJid("not a JID") from None
+        if jid.bare != req.sender.bare:
+            raise p.InvalidJid("one subscribes only the JID one speaks from")
+        return jid
+
+    async def _subscribe(self, req: IqRequest, owner: Jid, request: p.Subscribe, mine: bool) -> ET.Element:
+        jid = self._own_jid(req, request.jid)
+        config = await self.store.node(owner, request.node)
+        if config is None:
+            raise errors.ItemNotFound("no such node")
+        if not mine:
+            p.may_read(config, owner=False, subscribed=await self._subscriber(owner, req.sender),
+                       affiliation=config.affiliation(str(jid.bare)))
+        if not await self.store.subscribe(owner, request.node, jid):
+            raise errors.ItemNotFound("no such node")
+        self.counters["subscribed"] += 1
+        if config.send_last_published_item != "never" and config.deliver_notifications:
+            last = await self.store.items(owner, request.node, 1)
+            if last:  # §6.1.7: the last item, once the subscription result is on its way
+                payload = _payload(last[-1]) if config.deliver_payloads else None
+                event = p.items_event(str(owner), request.node, [(last[-1].item_id, payload)], _msg_id(),
+                                      delay=p.stamp(last[-1].created))
+                self.host.spawn(self._guard(self._to_subscriber(jid, event), f"the last item to {jid}"))
+        return p.subscription_element(request.node, str(jid), "subscribed")
+
+    async def _unsubscribe(self, req: IqRequest, owner: Jid, request: p.Unsubscribe) -> None:
+        jid = self._own_jid(req, request.jid)
+        if await self.store.node(owner, request.node) is None:
+            raise errors.ItemNotFound("no such node")
+        if not await self.store.unsubscribe(owner, request.node, [str(jid)]):
+            raise p.NotSubscribed()
 
     async def _subscriber(self, owner: Jid, who: Jid) -> bool:
         item = await self.host.storage.get_roster_item(owner.domain, owner.local or "", str(who.bare))
@@ -340,10 +415,11 @@ class Pep(Module):
                 await self._configure(owner, node, config, self._configured(config, request.form, cap))
             return None
         if isinstance(request, p.Delete):
+            explicit = await self.store.subscribers(owner, node)  # before they go with the node
             if await self.store.delete(owner, node):
                 self.counters["deleted"] += 1
                 if config.notify_delete:
-                    await self._notify(owner, node, config, p.delete_event(str(owner), node, _msg_id()))
+                    await self._notify(owner, node, config, p.delete_event(str(owner), node, _msg_id()), explicit)
                 await self._compat(owner, node, removed=True)
             return None
         if isinstance(request, p.Purge):
@@ -353,16 +429,56 @@ class Pep(Module):
             return None
         if isinstance(request, p.OwnerSubscriptions):
             if request.change:
-                raise p.Unsupported("manage-subscriptions")
-            ET.SubElement(out, _O + "subscriptions", {"node": node})
+                await self._manage_subscriptions(owner, node, request.entries)
+                return None
+            subs = ET.SubElement(out, _O + "subscriptions", {"node": node})
+            for _, jid in await self.store.subscribers(owner, node):
+                ET.SubElement(subs, _O + "subscription", {"jid": jid, "subscription": "subscribed"})
             return out
         if isinstance(request, p.OwnerAffiliations):
             if request.change:
-                raise p.Unsupported("modify-affiliations")
+                await self._modify_affiliations(owner, node, config, request.entries)
+                return None
             affs = ET.SubElement(out, _O + "affiliations", {"node": node})
             ET.SubElement(affs, _O + "affiliation", {"jid": str(owner), "affiliation": "owner"})
+            for jid, aff in config.affiliations:
+                ET.SubElement(affs, _O + "affiliation", {"jid": jid, "affiliation": aff})
             return out
         raise errors.BadRequest("not a pubsub#owner request")
+
+    async def _manage_subscriptions(self, owner: Jid, node: str, entries: tuple[tuple[str, str], ...]) -> None:
+        """XEP-0060 §8.8.2: the owner subscribes others (whatever the access model) or removes them."""
+        for given, state in entries:
+            try:
+                jid = Jid.parse(given)
+            except InvalidJid:
+                raise errors.JidMalformed(f"not a JID: {given!r}") from None
+            if state == "subscribed":
+                await self.store.subscribe(owner, node, jid)
+            else:
+                await self.store.unsubscribe(owner, node, [str(jid)])
+
+    async def _modify_affiliations(self, owner: Jid, node: str, config: NodeConfig,
+                                   entries: tuple[tuple[str, str], ...]) -> None:
+        """XEP-0060 §8.9.2: members read a whitelist node; outcasts nothing (and lose their
+        subscriptions).  The owner's own affiliation is not changed."""
+        changes: dict[str, str] = {}
+        for given, aff in entries:
+            try:
+                jid = Jid.parse(given).bare
+            except InvalidJid:
+                raise errors.JidMalformed(f"not a JID: {given!r}") from None
+            if jid == owner:
+                raise errors.NotAcceptable("the owner stays the owner")
+            changes[str(jid)] = aff
+        new = config.with_affiliations(changes)
+        if len(new.affiliations) > self.cfg.max_affiliations:
+            raise errors.NotAcceptable(f"a node has at most {self.cfg.max_affiliations} affiliations")
+        await self.store.configure(owner, node, new, self.cfg.max_items_per_node)
+        outcasts = {jid for jid, aff in changes.items() if aff == "outcast"}
+        if outcasts:
+            gone = [jid for _, jid in await self.store.subscribers(owner, node) if str(Jid.parse(jid).bare) in outcasts]
+            await self.store.unsubscribe(owner, node, gone)
 
     async def _configure(self, owner: Jid, node: str, old: NodeConfig, new: NodeConfig) -> None:
         cap = self.cfg.max_items_per_node
@@ -375,32 +491,41 @@ class Pep(Module):
 
     # -- notifications ------------------------------------------------------------------------------------
 
-    async def _notify(self, owner: Jid, node: str, config: NodeConfig, event: Stanza) -> None:
-        """``event`` to the owner's available resources and, unless the node is whitelisted, to
-        the resources of presence subscribers that asked for ``node`` (here, on the other
-        members, in the other regions and domains)."""
+    async def _notify(self, owner: Jid, node: str, config: NodeConfig, event: Stanza,
+                      explicit: list[tuple[str, str]] | None = None) -> None:
+        """``event`` to the owner's available resources; to the resources of presence subscribers
+        that asked for ``node`` (here, on the other members, in the other regions and domains)
+        and to the explicit subscribers — each only if the access model lets it read the node."""
         if not config.deliver_notifications:
             return
         self.counters["events"] += 1
         self.host.deliver_all(owner, event)
-        if config.access_model == "whitelist":
-            return
+        if explicit is None:
+            explicit = await self.store.subscribers(owner, node)
+        if config.access_model == "whitelist" and not explicit and not any(
+                aff == "member" for _, aff in config.affiliations):
+            return  # the owner's alone (XEP-0223 private nodes, bookmarks): no roster read
         roster, _ = await self.host.storage.get_roster(owner.domain, owner.local or "")
-        which = Fanout(flag=p.notify_flag(node))
-        foreign: set[Jid] = set()
+        subscribed: set[str] = set()
         for item in roster:
-            if item.subscription not in ("from", "both"):
+            if item.subscription in ("from", "both"):
+                try:
+                    subscribed.add(str(Jid.parse(item.jid).bare))
+                except InvalidJid:
+                    continue
+        everywhere = {jid for _, jid in explicit if "/" not in jid}  # bare subscriptions: every resource
+        which = Fanout(flag=p.notify_flag(node))
+        foreign: set[str] = set()
+        for bare in subscribed:
+            contact = Jid.parse(bare)
+            if contact == owner or contact.local is None or bare in everywhere:
                 continue
-            try:
-                contact = Jid.parse(item.jid).bare
-            except InvalidJid:
-                continue
-            if contact == owner or contact.local is None:
+            if not p.may_receive(config, bare, subscribed=True):
                 continue
             if contact.domain in self.host.domains:
                 self.host.deliver_all(contact, event, which)
             else:
-                foreign.add(contact)
+                foreign.add(bare)
         if foreign:
             for full, nodes in await self.store.remote_for(owner):
                 if node not in nodes:
@@ -409,8 +534,26 @@ class Pep(Module):
                     jid = Jid.parse(full)
                 except InvalidJid:
                     continue
-                if jid.bare in foreign:
+                if str(jid.bare) in foreign:
                     await self.host.route(event.with_attrs(to=full))
+        for _, given in explicit:
+            try:
+                jid = Jid.parse(given)
+            except InvalidJid:
+                continue
+            bare = str(jid.bare)
+            if jid.bare == owner or not p.may_receive(config, bare, subscribed=bare in subscribed):
+                continue
+            self.counters["explicit_events"] += 1
+            await self._to_subscriber(jid, event)
+
+    async def _to_subscriber(self, jid: Jid, event: Stanza) -> None:
+        """An event to an explicit subscription: a bare JID of ours is each of its available
+        resources (wherever they are); any other JID is routed as it is."""
+        if jid.resource is None and jid.domain in self.host.domains:
+            self.host.deliver_all(jid, event)
+        else:
+            await self.host.route(event.with_attrs(to=str(jid)))
 
     async def _send_last(self, to: Jid, owners: Iterable[Jid], nodes: Iterable[str]) -> None:
         """XEP-0163 §4.3.2: the last item of each of ``nodes`` of ``owners`` to the resource ``to``."""
@@ -418,7 +561,7 @@ class Pep(Module):
             config = last.config
             if config.send_last_published_item != "on_sub_and_presence" or not config.deliver_notifications:
                 continue
-            if config.access_model == "whitelist" and last.owner != to.bare:
+            if last.owner != to.bare and not p.may_receive(config, str(to.bare), subscribed=True):
                 continue
             payload = _payload(last.item) if config.deliver_payloads else None
             event = p.items_event(str(last.owner), last.node, [(last.item.item_id, payload)], _msg_id(),
@@ -625,6 +768,51 @@ class Pep(Module):
             if removed and config is not None:
                 await self._notify(owner, BOOKMARKS2, config,
                                    p.retract_event(str(owner), BOOKMARKS2, removed, _msg_id()))
+
+    # -- bookmarks: XEP-0402 #compat (XEP-0048 through XEP-0049 private storage) ----------------------------
+
+    async def _private_get(self, user: Jid, namespace: str) -> list[ET.Element] | None:
+        """``private_get``: XEP-0048 bookmarks are the legacy PEP node's list (kept in step with
+        XEP-0402's items), or made from the XEP-0402 items; None while PEP holds neither node."""
+        if namespace != BOOKMARKS_LEGACY:
+            return None
+        legacy, bookmarks2 = await self.store.node(user, BOOKMARKS_LEGACY), await self.store.node(user, BOOKMARKS2)
+        if legacy is None and bookmarks2 is None:
+            return None
+        last = await self.store.items(user, BOOKMARKS_LEGACY, 1) if legacy is not None else []
+        if last:
+            storage = _payload(last[-1])
+            if storage.tag == f"{{{BOOKMARKS_LEGACY}}}storage":
+                return [storage]
+        if bookmarks2 is None:
+            return []
+        items = await self.store.items(user, BOOKMARKS2)
+        return [p.bookmarks2_to_legacy([(i.item_id, _payload(i)) for i in items], None)]
+
+    async def _private_set(self, user: Jid, namespace: str, elements: list[ET.Element]) -> bool | None:
+        """``private_set``: a XEP-0048 client's list is published to the legacy PEP node (with
+        notifications), from which the XEP-0402 items follow, as if it had published it there."""
+        if namespace != BOOKMARKS_LEGACY:
+            return None
+        storage = next((e for e in elements if e.tag == f"{{{BOOKMARKS_LEGACY}}}storage"), None)
+        if storage is None:
+            return None  # not bookmarks after all: kept as private XML
+        data = serialize(storage)
+        if len(data) > self.cfg.max_payload:
+            raise p.PayloadTooBig(f"bookmarks of at most {self.cfg.max_payload} bytes")
+        cap = self.cfg.max_items_per_node
+
+        def decide(existing: NodeConfig | None, count: int) -> NodeConfig:
+            if existing is None and count >= self.cfg.max_nodes_per_user:
+                raise p.MaxNodesExceeded(f"an account has at most {self.cfg.max_nodes_per_user} nodes")
+            return existing or LEGACY_CONFIG
+
+        published = await self.store.publish(user, BOOKMARKS_LEGACY, "current", data, str(user), decide, cap)
+        self.counters["published"] += 1
+        await self._notify(user, BOOKMARKS_LEGACY, published.config,
+                           p.items_event(str(user), BOOKMARKS_LEGACY, [("current", storage)], _msg_id()))
+        await self._compat(user, BOOKMARKS_LEGACY)
+        return True
 
     # -- helpers -------------------------------------------------------------------------------------------
 

@@ -10,8 +10,9 @@ access rules, notifications, entity capabilities (XEP-0115) and the bookmarks co
   open/presence/whitelist, more items than the node cap, an unknown field) is
   :class:`FormUnsupported` (``precondition-not-met`` for publish-options, ``not-acceptable`` for
   a configuration).
-* :func:`may_read` — who reads a node's items: the owner always; ``open`` anyone; ``presence``
-  the contacts with a subscription to the owner's presence (from/both); ``whitelist`` the owner only.
+* :func:`may_read` / :func:`may_receive` — who reads a node's items (and subscribes to it, gets
+  its events): the owner always; an outcast never; ``open`` anyone; ``presence`` the contacts with
+  a subscription to the owner's presence (from/both); ``whitelist`` the owner and its members.
 * :func:`items_event`, :func:`retract_event`, :func:`delete_event`, :func:`purge_event` — the
   ``<message type='headline'><event xmlns='…pubsub#event'/>`` notifications, from the owner's
   bare JID, addressed later to each recipient.
@@ -43,13 +44,15 @@ from ...xmpp.stanza import Stanza, serialize
 __all__ = [
     "PUBSUB", "OWNER", "EVENT", "ERRORS", "DATA", "CAPS", "NODE_CONFIG", "PUBLISH_OPTIONS", "BOOKMARKS2",
     "BOOKMARKS_LEGACY", "AVATAR_DATA", "AVATAR_METADATA", "ACCESS_MODELS", "FEATURES", "BOOKMARKS2_COMPAT_PEP",
+    "BOOKMARKS2_COMPAT",
     "NodeConfig", "FormValueError", "FormUnsupported", "apply_fields", "parse_form", "config_form",
     "preconditions_met", "default_config",
     "Publish", "Retract", "Items", "Create", "GetConfig", "SetConfig", "GetDefault", "Delete", "Purge",
     "Subscriptions", "Affiliations", "OwnerSubscriptions", "OwnerAffiliations", "Request", "parse_request",
     "PubsubError", "PreconditionNotMet", "PayloadTooBig", "MaxNodesExceeded", "NodeIdRequired", "ItemRequired",
     "InvalidPayload", "PayloadRequired", "InvalidOptions", "PresenceSubscriptionRequired", "ClosedNode",
-    "UnsupportedAccessModel", "Unsupported", "may_read",
+    "UnsupportedAccessModel", "Unsupported", "InvalidJid", "NotSubscribed", "may_read", "may_receive",
+    "Subscribe", "Unsubscribe", "AFFILIATIONS", "subscription_element",
     "items_event", "retract_event", "delete_event", "purge_event", "stamp",
     "Caps", "caps_of", "caps_query", "disco_features", "verify_caps", "verification_string", "notify_nodes",
     "FLAG_PREFIX", "notify_flag", "notify_flags",
@@ -67,11 +70,13 @@ NODE_CONFIG = PUBSUB + "#node_config"
 PUBLISH_OPTIONS = PUBSUB + "#publish-options"
 BOOKMARKS2 = "urn:xmpp:bookmarks:1"  # XEP-0402
 BOOKMARKS2_COMPAT_PEP = BOOKMARKS2 + "#compat-pep"
+BOOKMARKS2_COMPAT = BOOKMARKS2 + "#compat"  # XEP-0402 §5.3: kept in step with XEP-0049's storage:bookmarks
 BOOKMARKS_LEGACY = "storage:bookmarks"  # XEP-0048 (its PEP variant, XEP-0223 profile)
 AVATAR_DATA = "urn:xmpp:avatar:data"  # XEP-0084
 AVATAR_METADATA = "urn:xmpp:avatar:metadata"
 
 ACCESS_MODELS = ("open", "presence", "whitelist")
+AFFILIATIONS = ("member", "outcast")  # what the owner may give others (XEP-0060 §4.1; "none" removes)
 SEND_LAST = ("never", "on_sub", "on_sub_and_presence")
 MAX_NAME = 1024  # characters of a node name or an item id
 
@@ -81,6 +86,7 @@ FEATURES = frozenset({PUBSUB} | {f"{PUBSUB}#{f}" for f in (
     "create-nodes", "delete-items", "delete-nodes", "filtered-notifications", "item-ids", "last-published",
     "multi-items", "persistent-items", "presence-notifications", "publish", "publish-options", "purge-nodes",
     "retract-items", "retrieve-affiliations", "retrieve-default", "retrieve-items", "retrieve-subscriptions",
+    "subscribe", "manage-subscriptions", "modify-affiliations", "member-affiliation", "outcast-affiliation",
 )})
 
 _P, _O, _E, _X = f"{{{PUBSUB}}}", f"{{{OWNER}}}", f"{{{EVENT}}}", f"{{{DATA}}}"
@@ -147,6 +153,14 @@ class UnsupportedAccessModel(PubsubError, errors.NotAcceptable):
     app_condition = "unsupported-access-model"
 
 
+class InvalidJid(PubsubError, errors.BadRequest):
+    app_condition = "invalid-jid"
+
+
+class NotSubscribed(PubsubError, errors.UnexpectedRequest):
+    app_condition = "not-subscribed"
+
+
 class Unsupported(PubsubError, errors.FeatureNotImplemented):
     """``<unsupported feature='…'/>``: the feature is named in the text."""
 
@@ -179,6 +193,26 @@ class NodeConfig:
     deliver_payloads: bool = True
     title: str = ""
     type: str = ""
+    # The owner's XEP-0060 §8.9 affiliations of other JIDs (bare), sorted: ``member`` reads a
+    # whitelist node, ``outcast`` reads nothing.  Kept with the node so every access check has them.
+    affiliations: tuple[tuple[str, str], ...] = ()
+
+    def affiliation(self, jid: str) -> str:
+        """The affiliation of the bare JID ``jid`` (``none`` when the owner gave it none)."""
+        for who, aff in self.affiliations:
+            if who == jid:
+                return aff
+        return "none"
+
+    def with_affiliations(self, changes: Mapping[str, str]) -> NodeConfig:
+        """This configuration with ``changes`` (bare JID → affiliation; ``none`` removes)."""
+        current = dict(self.affiliations)
+        for jid, aff in changes.items():
+            if aff == "none":
+                current.pop(jid, None)
+            else:
+                current[jid] = aff
+        return replace(self, affiliations=tuple(sorted(current.items())))
 
     def effective_max(self, cap: int) -> int:
         """How many items the node keeps (a node that does not persist keeps its last one)."""
@@ -191,7 +225,9 @@ class NodeConfig:
         return replace(self, max_items=cap if self.max_items is None else self.max_items)
 
     def to_json(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["affiliations"] = [list(a) for a in self.affiliations]
+        return out
 
     @classmethod
     def from_json(cls, value: Any) -> NodeConfig:
@@ -206,6 +242,11 @@ class NodeConfig:
             if f.name == "max_items":
                 if v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
                     kwargs[f.name] = v
+            elif f.name == "affiliations":
+                if isinstance(v, list):
+                    kwargs[f.name] = tuple(sorted(
+                        (a[0], a[1]) for a in v if isinstance(a, list) and len(a) == 2
+                        and isinstance(a[0], str) and a[1] in AFFILIATIONS))
             elif isinstance(v, type(d)):
                 kwargs[f.name] = v
         return cls(**kwargs)
@@ -417,19 +458,33 @@ class Affiliations:
 
 
 @dataclass(frozen=True, slots=True)
+class Subscribe:
+    node: str
+    jid: str  # as given (full or bare); the requester's own, checked by the service
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    node: str
+    jid: str
+
+
+@dataclass(frozen=True, slots=True)
 class OwnerSubscriptions:
     node: str
     change: bool = False
+    entries: tuple[tuple[str, str], ...] = ()  # (jid, subscribed | none) of a set
 
 
 @dataclass(frozen=True, slots=True)
 class OwnerAffiliations:
     node: str
     change: bool = False
+    entries: tuple[tuple[str, str], ...] = ()  # (bare jid, member | outcast | none) of a set
 
 
 Request = (Publish | Retract | Items | Create | GetConfig | SetConfig | GetDefault | Delete | Purge | Subscriptions
-           | Affiliations | OwnerSubscriptions | OwnerAffiliations)
+           | Affiliations | Subscribe | Unsubscribe | OwnerSubscriptions | OwnerAffiliations)
 
 
 def _node(el: ET.Element, required: bool = True) -> str:
@@ -462,6 +517,22 @@ def _only(children: list[ET.Element], what: str) -> ET.Element:
     return children[0]
 
 
+def _entries(el: ET.Element, tag: str, attr: str, allowed: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """The (jid, value) pairs of an owner's change of subscriptions or affiliations (XEP-0060
+    §8.8.2, §8.9.2): each child names a JID and one of ``allowed``."""
+    out = []
+    for child in el.findall(tag):
+        jid, value = (child.get("jid") or "").strip(), child.get(attr) or ""
+        if not jid or len(jid) > 3 * MAX_NAME:
+            raise errors.BadRequest(f"each <{tag.rpartition('}')[2]}/> names a 'jid'")
+        if value not in allowed:
+            raise errors.NotAcceptable(f"{attr} {value!r} is not offered here (only {', '.join(allowed)})")
+        out.append((jid, value))
+    if not out:
+        raise errors.BadRequest("the change names at least one JID")
+    return tuple(out)
+
+
 def parse_request(iq_type: str, pubsub: ET.Element) -> Request:
     """The request in ``pubsub`` (``<pubsub xmlns='…pubsub'/>`` or ``…#owner``) of an IQ of ``iq_type``."""
     children = list(pubsub)
@@ -482,9 +553,13 @@ def parse_request(iq_type: str, pubsub: ET.Element) -> Request:
             _expect(iq_type, "set", "purge")
             return Purge(_node(el))
         if kind == _O + "subscriptions":
-            return OwnerSubscriptions(_node(el), iq_type == "set")
+            change = iq_type == "set"
+            entries = _entries(el, _O + "subscription", "subscription", ("subscribed", "none")) if change else ()
+            return OwnerSubscriptions(_node(el), change, entries)
         if kind == _O + "affiliations":
-            return OwnerAffiliations(_node(el), iq_type == "set")
+            change = iq_type == "set"
+            entries = _entries(el, _O + "affiliation", "affiliation", (*AFFILIATIONS, "none")) if change else ()
+            return OwnerAffiliations(_node(el), change, entries)
         raise Unsupported(f"{kind.rpartition('}')[2]} (owner use case)")
     by_tag: dict[str, list[ET.Element]] = {}
     for c in children:
@@ -548,24 +623,53 @@ def parse_request(iq_type: str, pubsub: ET.Element) -> Request:
     if kind == _P + "affiliations":
         _expect(iq_type, "get", "affiliations")
         return Affiliations(_node(el, False) or None)
+    if kind in (_P + "subscribe", _P + "unsubscribe"):
+        _expect(iq_type, "set", kind.rpartition("}")[2])
+        jid = (el.get("jid") or "").strip()
+        if not jid or len(jid) > 3 * MAX_NAME:
+            raise InvalidJid("a subscription names the subscribing JID")
+        return (Subscribe if kind == _P + "subscribe" else Unsubscribe)(_node(el), jid)
     name = kind.rpartition("}")[2]
-    if name in ("subscribe", "unsubscribe", "options", "default"):
-        raise Unsupported("subscribe (PEP subscriptions follow presence subscriptions and caps)")
+    if name in ("options", "default"):
+        raise Unsupported("subscription-options")
     raise errors.BadRequest(f"unknown pubsub request <{name}/>")
 
 
 # -- access ------------------------------------------------------------------------------------------
 
 
-def may_read(config: NodeConfig, *, owner: bool, subscribed: bool) -> None:
-    """Raise the XEP-0060 §6.5.9 error when the requester may not read the node's items."""
-    if owner or config.access_model == "open":
+def may_read(config: NodeConfig, *, owner: bool, subscribed: bool, affiliation: str = "none") -> None:
+    """Raise the XEP-0060 §6.5.9 error when the requester may not read the node's items (or
+    subscribe to it, §6.1.3): an outcast never (forbidden), a member of a whitelist node may."""
+    if owner:
+        return
+    if affiliation == "outcast":
+        raise errors.Forbidden("the owner keeps this node from you")
+    if config.access_model == "open":
         return
     if config.access_model == "presence":
         if not subscribed:
             raise PresenceSubscriptionRequired()
         return
-    raise ClosedNode()
+    if affiliation != "member":
+        raise ClosedNode()
+
+
+def may_receive(config: NodeConfig, jid: str, *, subscribed: bool) -> bool:
+    """Whether the bare JID ``jid`` (not the owner) may get the node's notifications."""
+    try:
+        may_read(config, owner=False, subscribed=subscribed, affiliation=config.affiliation(jid))
+    except errors.StanzaError:
+        return False
+    return True
+
+
+def subscription_element(node: str, jid: str, state: str, owner: bool = False) -> ET.Element:
+    """``<pubsub><subscription node jid subscription/></pubsub>`` (XEP-0060 §6.1.2, §6.2.2)."""
+    prefix = _O if owner else _P
+    out = ET.Element(prefix + "pubsub")
+    ET.SubElement(out, prefix + "subscription", {"node": node, "jid": jid, "subscription": state})
+    return out
 
 
 # -- notifications ---------------------------------------------------------------------------------------

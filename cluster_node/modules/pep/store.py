@@ -4,11 +4,13 @@ reads what any of them wrote; the same statements on SQLite and PostgreSQL (``?`
 * ``pep_nodes`` — one row per (account, node): its configuration as JSON.
 * ``pep_items`` — one row per item: the payload as stored XML bytes, ``created`` in µs, strictly
   increasing per node (the order of "last item" and of eviction beyond ``max_items``).
+* ``pep_subscriptions`` — explicit XEP-0060 subscriptions (§6.1) to a node: the subscribed JID
+  as given (full or bare) and its bare JID.
 * ``pep_remote`` — contacts of another domain whose presence with caps reached the account
   (``presence_delivered``): their full JID and the nodes they asked notifications for.  Same-domain
   contacts need no row: their interest is on their replicated session records.
 
-All three are user tables: emptied for an account when it is removed.  A publish (or a node's
+All four are user tables: emptied for an account when it is removed.  A publish (or a node's
 creation) runs in one write transaction with the decision about the node's configuration, so
 the node limit and the preconditions are checked against what is stored.
 """
@@ -42,6 +44,12 @@ STEPS: list[tuple[int, list[str]]] = [
                domain TEXT NOT NULL, username TEXT NOT NULL, jid TEXT NOT NULL, nodes TEXT NOT NULL,
                updated {bigint} NOT NULL,
                PRIMARY KEY (domain, username, jid))""",
+    ]),
+    (2, [
+        """CREATE TABLE IF NOT EXISTS pep_subscriptions (
+               domain TEXT NOT NULL, username TEXT NOT NULL, node TEXT NOT NULL, jid TEXT NOT NULL,
+               bare TEXT NOT NULL, created {bigint} NOT NULL,
+               PRIMARY KEY (domain, username, node, jid))""",
     ]),
 ]
 
@@ -93,7 +101,8 @@ class PepStore:
         self.storage = storage
 
     async def migrate(self) -> None:
-        await self.storage.migrate_module("pep", STEPS, user_tables=("pep_nodes", "pep_items", "pep_remote"))
+        await self.storage.migrate_module("pep", STEPS, user_tables=("pep_nodes", "pep_items", "pep_remote",
+                                                                        "pep_subscriptions"))
 
     # -- nodes -----------------------------------------------------------------------------------------
 
@@ -130,6 +139,8 @@ class PepStore:
             n = await tx.execute("DELETE FROM pep_nodes WHERE domain = ? AND username = ? AND node = ?",
                                  *_user(owner), node)
             await tx.execute(_DELETE_ITEMS, *_user(owner), node)
+            await tx.execute("DELETE FROM pep_subscriptions WHERE domain = ? AND username = ? AND node = ?",
+                             *_user(owner), node)
         return bool(n)
 
     async def purge(self, owner: Jid, node: str) -> bool:
@@ -232,6 +243,44 @@ class PepStore:
                         found.append(LastItem(Jid(str(r[0]) or None, domain, None), str(r[1]), _config(r[5]),
                                               StoredItem(str(r[2]), bytes(r[3]), int(r[4]))))
         return found
+
+    # -- explicit subscriptions ------------------------------------------------------------------------
+
+    async def subscribe(self, owner: Jid, node: str, jid: Jid) -> bool:
+        """Subscribe ``jid`` to an existing node (False: no such node)."""
+        async with self.storage.transaction(write=True) as tx:
+            if not await tx.fetchone("SELECT 1 FROM pep_nodes WHERE domain = ? AND username = ? AND node = ?",
+                                     *_user(owner), node):
+                return False
+            await tx.execute("INSERT INTO pep_subscriptions (domain, username, node, jid, bare, created) "
+                             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (domain, username, node, jid) DO NOTHING",
+                             *_user(owner), node, str(jid), str(jid.bare), time.time_ns() // 1000)
+        return True
+
+    async def unsubscribe(self, owner: Jid, node: str, jids: Iterable[str]) -> list[str]:
+        """Remove the subscriptions of ``jids``; those that existed."""
+        removed = []
+        async with self.storage.transaction(write=True) as tx:
+            for jid in jids:
+                if await tx.execute("DELETE FROM pep_subscriptions WHERE domain = ? AND username = ? AND node = ? "
+                                    "AND jid = ?", *_user(owner), node, jid):
+                    removed.append(jid)
+        return removed
+
+    async def subscribers(self, owner: Jid, node: str | None = None,
+                          bare: str | None = None) -> list[tuple[str, str]]:
+        """(node, subscribed JID) of the owner's subscriptions: to ``node``, or by ``bare``, or all."""
+        sql = "SELECT node, jid FROM pep_subscriptions WHERE domain = ? AND username = ?"
+        args: list[Any] = [*_user(owner)]
+        if node is not None:
+            sql += " AND node = ?"
+            args.append(node)
+        if bare is not None:
+            sql += " AND bare = ?"
+            args.append(bare)
+        async with self.storage.transaction() as tx:
+            rows = await tx.fetchall(sql + " ORDER BY node, created", *args)
+        return [(str(r[0]), str(r[1])) for r in rows]
 
     # -- contacts of other domains -----------------------------------------------------------------------
 

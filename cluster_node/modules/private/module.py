@@ -15,14 +15,22 @@ it carries (several elements of one namespace are stored together).  Rules of th
 
 Rows live in the domain database (``private_storage``), shared by every node and region, and are
 deleted with the account.
+
+A namespace another module keeps itself is handed to it (hooks ``private_get``/``private_set``):
+with the pep module, ``storage:bookmarks`` (XEP-0048) is read from and written to PEP, so a client
+on XEP-0049 and one on XEP-0402 see the same bookmarks (XEP-0402 §5.3).  A row stored here before
+such a module took the namespace is served until the module holds something, and handed to it on
+that first get (so it is moved, not lost).
 """
 
 from __future__ import annotations
 
+import logging
 import xml.etree.ElementTree as ET
 
 from pydantic import Field
 
+from ...core.hooks import Hook
 from ...core.module import Module, ModuleHost, ModuleSettings, Xep
 from ...core.router import IqRequest
 from ...storage import Storage
@@ -35,6 +43,8 @@ __all__ = ["PrivateStorage", "PrivateSettings", "PrivateStore", "PRIVATE", "rese
 
 PRIVATE = "jabber:iq:private"
 Q = f"{{{PRIVATE}}}"
+
+log = logging.getLogger("meridian.private")
 
 STEPS: list[tuple[int, list[str]]] = [
     (1, [
@@ -77,6 +87,12 @@ class PrivateStore:
                                      f"AND namespace IN ({marks})", user.domain, user.local or "", *namespaces)
         return {str(r[0]): bytes(r[1]) for r in rows}
 
+    async def delete(self, user: Jid, namespaces: list[str]) -> None:
+        marks = ", ".join("?" * len(namespaces))
+        async with self.storage.transaction(write=True) as tx:
+            await tx.execute(f"DELETE FROM private_storage WHERE domain = ? AND username = ? "
+                             f"AND namespace IN ({marks})", user.domain, user.local or "", *namespaces)
+
     async def put(self, user: Jid, entries: dict[str, bytes], max_namespaces: int) -> bool:
         """Store every entry, or none (False) when the account would hold more than ``max_namespaces``."""
         domain, username = user.domain, user.local or ""
@@ -97,7 +113,8 @@ class PrivateStore:
 class PrivateStorage(Module):
     name = "private"
     description = "Private XML Storage: namespaced XML an account keeps on the server for itself"
-    xeps = (Xep(49, "1.2"),)
+    xeps = (Xep(49, "1.2", "complete", "storage:bookmarks is the PEP bookmarks list when the pep module runs "
+                "(XEP-0402 §5.3)"),)
     Settings = PrivateSettings
 
     async def start(self, host: ModuleHost) -> None:
@@ -121,15 +138,7 @@ class PrivateStorage(Module):
                 raise errors.NotAcceptable(f"{namespace!r} is a reserved namespace")
             groups.setdefault(namespace, []).append(child)
         if req.stanza.type == "get":
-            stored = await self.store.get(req.to, list(groups))
-            q = ET.Element(Q + "query")
-            for namespace, asked in groups.items():
-                data = stored.get(namespace)
-                if data is None:
-                    q.append(ET.Element(asked[0].tag))  # nothing stored: the element asked for, empty
-                else:
-                    q.extend(parse_stanza(data).element)
-            return q
+            return await self._get(req.to, groups)
         entries: dict[str, bytes] = {}
         for namespace, elements in groups.items():
             wrapper = ET.Element(Q + "query")
@@ -138,6 +147,48 @@ class PrivateStorage(Module):
             if len(data) - _WRAPPER > self.cfg.max_size:
                 raise errors.NotAcceptable(f"at most {self.cfg.max_size} bytes are stored under one namespace")
             entries[namespace] = data
-        if not await self.store.put(req.to, entries, self.cfg.max_namespaces):
+        hooks = self.host.hooks
+        if hooks.has(Hook.PRIVATE_SET):
+            taken = [ns_ for ns_ in groups if await hooks.first_async(Hook.PRIVATE_SET, req.to, ns_, groups[ns_])]
+            if taken:
+                await self.store.delete(req.to, taken)
+                for namespace in taken:
+                    del entries[namespace]
+        if entries and not await self.store.put(req.to, entries, self.cfg.max_namespaces):
             raise errors.NotAcceptable(f"an account stores under at most {self.cfg.max_namespaces} namespaces")
         return None
+
+    async def _get(self, user: Jid, groups: dict[str, list[ET.Element]]) -> ET.Element:
+        q = ET.Element(Q + "query")
+        hooks = self.host.hooks
+        elsewhere: dict[str, list[ET.Element]] = {}
+        if hooks.has(Hook.PRIVATE_GET):
+            for namespace in groups:
+                found = await hooks.first_async(Hook.PRIVATE_GET, user, namespace)
+                if found is not None:
+                    elsewhere[namespace] = found
+        rest = [n for n in groups if n not in elsewhere]
+        stored = await self.store.get(user, rest) if rest else {}
+        for namespace, asked in groups.items():
+            if namespace in elsewhere:
+                q.extend(elsewhere[namespace] or [ET.Element(asked[0].tag)])
+                continue
+            data = stored.get(namespace)
+            if data is None:
+                q.append(ET.Element(asked[0].tag))  # nothing stored: the element asked for, empty
+                continue
+            elements = list(parse_stanza(data).element)
+            q.extend(elements)
+            if hooks.has(Hook.PRIVATE_SET):
+                await self._move(user, namespace, elements)
+        return q
+
+    async def _move(self, user: Jid, namespace: str, elements: list[ET.Element]) -> None:
+        """Hand a row stored here to the module that keeps its namespace now (if one does)."""
+        try:
+            taken = await self.host.hooks.first_async(Hook.PRIVATE_SET, user, namespace, elements)
+        except errors.StanzaError as e:  # over a limit there: the row stays here, and is still served
+            log.info("private XML %s of %s not moved: %s", namespace, user, e)
+            return
+        if taken:
+            await self.store.delete(user, [namespace])
