@@ -22,7 +22,7 @@ from pydantic_settings import (
 __all__ = [
     "ConfigError", "NodeSettings", "C2SSettings", "LimitsSettings", "TlsSettings",
     "StorageSettings", "OfflineSettings", "RegistrationSettings", "AdminApiSettings", "UserApiSettings",
-    "WebSocketSettings", "load_settings",
+    "WebSocketSettings", "BoshSettings", "load_settings",
 ]
 
 
@@ -71,11 +71,30 @@ class WebSocketSettings(_Section):
     trusted_proxies: list[str] = Field(
         default_factory=list, description="addresses/networks whose X-Forwarded-For/-Proto are honoured")
     ping_interval: float = Field(30.0, ge=0, description="seconds between WebSocket pings; 0: none")
+    web_root: str = Field("", description="a directory served at /web/ (e.g. a web client); empty: none")
 
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         return _ip_networks(value)
+
+
+class BoshSettings(_Section):
+    """XMPP over BOSH (XEP-0124, XEP-0206), served at ``path`` on the ``[websocket]`` HTTP listener
+    (same address, port and TLS): on whenever that listener is, unless ``enabled`` is false."""
+
+    enabled: bool = Field(True, description="serve BOSH on the [websocket] listener (when its port is set)")
+    path: str = Field("/http-bind", pattern=r"^/", description="the BOSH endpoint")
+    public_url: str = Field("", description="the URL XEP-0156 advertises; empty: the WebSocket's, with this path")
+    allowed_origins: list[str] = Field(
+        default_factory=list, description="Origin header values (CORS); empty: those of [websocket]; both empty: any")
+    max_wait: int = Field(60, ge=1, le=3600, description="cap on the seconds a request is held (client's 'wait')")
+    max_hold: int = Field(1, ge=1, le=10, description="cap on the requests held at once (client's 'hold')")
+    inactivity: int = Field(60, ge=1, le=3600, description="seconds without a request before the session ends")
+    max_pause: int = Field(120, ge=0, le=3600, description="longest 'pause' a client may ask for, in seconds")
+    polling: int = Field(2, ge=0, le=60, description="seconds between a polling (hold 0) client's empty requests")
+    max_body_size: int = Field(524_288, ge=4096, description="bytes of one request body (413 beyond)")
+    max_sessions: int = Field(10_000, ge=1, description="BOSH sessions this node holds at once")
 
 
 class LimitsSettings(_Section):
@@ -235,6 +254,7 @@ class NodeSettings(BaseSettings):
     shutdown_timeout: float = Field(10.0, gt=0, description="seconds a stop waits for session clean-ups")
     c2s: C2SSettings = C2SSettings()
     websocket: WebSocketSettings = WebSocketSettings()
+    bosh: BoshSettings = BoshSettings()
     limits: LimitsSettings = LimitsSettings()
     auth_throttle: AuthThrottleSettings = AuthThrottleSettings()
     tls: TlsSettings = TlsSettings()

@@ -31,6 +31,7 @@ from .net.cluster_net import ClusterMember
 from .net.component_server import ComponentListener, ComponentRouting
 from .net.control import control_socket, serving_control
 from .net.tls import ensure_self_signed, reload_certificates, server_context
+from .net.transport_metrics import CALL as TRANSPORTS_CALL, TransportCollector
 from .net.websocket_server import WebSocketListener
 from .settings import NodeSettings
 from .storage import Storage, open_storage
@@ -102,6 +103,9 @@ async def running_node(settings: NodeSettings, *, http_routes: Sequence[web.Rout
             registry.register(collector)
         components = ComponentListener(services, services.components, tls)
         c2s = C2SListener(settings, sessions, hooks, tls)
+        registry.register(TransportCollector(c2s.transports))
+        # Per-transport counters for the gateways' dashboard (every member answers, gateways too).
+        services.call_handlers[TRANSPORTS_CALL] = lambda caller, args: c2s.transports.snapshot()
         await c2s.start()
         websocket = WebSocketListener(settings, c2s, tls)
         await websocket.start()
@@ -110,7 +114,7 @@ async def running_node(settings: NodeSettings, *, http_routes: Sequence[web.Rout
                  ", ".join(map(str, c2s.ports)))
         queries = _control_queries(member) | _session_queries(services) | services.queries
         node = Node(services, sessions, c2s, queries, metrics=registry)
-        node.ready_checks.update(_ready_checks(settings, c2s, member))
+        node.ready_checks.update(_ready_checks(settings, storage, c2s, member))
         queries[("graphql", "admin")] = _control_graphql(node)
         try:
             async with serving_api(node, tls=tls, routes=[*http_routes, *services.http_routes]), \
@@ -162,26 +166,63 @@ def _control_graphql(node: Node) -> Callable[..., Any]:
     return run
 
 
-def _ready_checks(settings: NodeSettings, c2s: C2SListener, member: ClusterMember | None
-                  ) -> dict[str, Callable[[], bool]]:
-    """Listeners up; cluster joined: discovery works and, when it lists peers, one is joined — or
-    the first join round had its time (a member whose peers are all dead stays ready)."""
+def _ready_checks(settings: NodeSettings, storage: Storage, c2s: C2SListener, member: ClusterMember | None
+                  ) -> dict[str, Callable[[], bool | Awaitable[bool]]]:
+    """What ``/ready`` requires before a load balancer (a Kubernetes Service) sends clients here.
+
+    ``listeners``: the c2s listeners are open.  ``storage``: the database answers a query (logins,
+    rosters and offline messages need it).  ``cluster``: discovery works and this member has
+    *joined the region*: linked to every member whose discovery row is fresh, with their tables
+    merged — so a client's first message finds every session of the region, not offline storage.
+    After a grace period a member whose live peers stay unreachable is ready anyway (it serves
+    what it can rather than nothing; the partition is in ``cets systemInfo``)."""
     def listeners() -> bool:
         wanted = bool(settings.c2s.port or settings.c2s.tls_port)
         return bool(c2s.servers) or not wanted
 
-    checks: dict[str, Callable[[], bool]] = {"listeners": listeners}
+    checks: dict[str, Callable[[], bool | Awaitable[bool]]] = {
+        "listeners": listeners, "storage": _StorageProbe(storage, settings.domains[0])}
     if member is not None:
         started = time.monotonic()
-        grace = 3 * settings.cluster.refresh_interval + settings.cluster.ping_timeout
+        refresh = settings.cluster.refresh_interval
+        grace = 3 * refresh + settings.cluster.ping_timeout
+        fresh = max(3 * refresh, 2.0)  # as discovery judges a row live (whole seconds)
 
         def cluster() -> bool:
-            info = member.system_info()
-            joined = len(info["discoveredNodes"]) <= 1 or len(member.links) > 0
-            return bool(info["discoveryWorks"]) and (joined or time.monotonic() - started > grace)
+            if not member.discovery_works:
+                return False
+            now = time.time()
+            live = {p.node for p in member.discovered
+                    if p.node != member.node and (p.updated is None or now - p.updated < fresh)}
+            # The session table's dump is the one a router needs (the others follow it on the link).
+            wanted = "sessions" if "sessions" in member.tables else None
+            merged = all(peer in member.links and (wanted in member.links[peer].tables_seen
+                                                   if wanted else bool(member.links[peer].tables_seen))
+                         for peer in live)
+            return merged or time.monotonic() - started > grace
 
         checks["cluster"] = cluster
     return checks
+
+
+class _StorageProbe:
+    """One cheap indexed query, at most one in flight and bounded in time: a database that has
+    gone silent makes the check fail in ``timeout`` seconds instead of piling up probes (a driver
+    may not give up a query it was asked to cancel until the server answers)."""
+
+    def __init__(self, storage: Storage, domain: str, timeout: float = 2.0) -> None:
+        self.storage, self.domain, self.timeout = storage, domain, timeout
+        self._task: asyncio.Task[bool] | None = None
+
+    async def __call__(self) -> bool:
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._query())
+        done, _ = await asyncio.wait({self._task}, timeout=self.timeout)
+        return bool(done) and not self._task.cancelled() and self._task.exception() is None
+
+    async def _query(self) -> bool:
+        await self.storage.account_exists(self.domain, "")
+        return True
 
 
 def _control_queries(member: ClusterMember | None) -> dict[tuple[str, str], Callable[..., Any]]:

@@ -47,7 +47,7 @@ def _demo(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s demo %(levelname)s %(name)s: %(message)s")
     try:
         return asyncio.run(run_demo(Path(args.dir), args.base_port, Path(args.state_file) if args.state_file else None,
-                                    args.redis_url))
+                                    args.redis_url, sentinel=args.sentinel))
     except DemoError as e:
         print(f"meridian demo: {e}", file=sys.stderr)
         return 1
@@ -64,6 +64,8 @@ def _add_roles(sub: Any) -> None:
     demo.add_argument("--base-port", type=int, default=15200, help="first of the 300 ports the demo uses")
     demo.add_argument("--state-file", help="write a JSON description of the running demo here once it is ready")
     demo.add_argument("--redis-url", help="use this Redis for every region instead of starting redis-server")
+    demo.add_argument("--sentinel", action="store_true",
+                      help="also start three Redis Sentinels; the eu and us gateways follow a failover through them")
     demo.set_defaults(func=_demo)
 
 

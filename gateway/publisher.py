@@ -84,6 +84,17 @@ class Publisher:
             self._domains[domain] = kind == "insert"
             self._wake.set()
 
+    def region_endpoints(self) -> list[str]:
+        """The endpoints of every gateway of the region (each one's ``gateway/<name>`` route carries
+        its own): every gateway publishes the same list.  Each publishing only its own overwrote
+        the others' every ``announce_every``, and the other regions kept closing and reopening
+        their links to this one, resending what was in flight to another gateway (delivered twice)."""
+        found = set(self.endpoints)
+        for r in self.routes or ():
+            if r.key.startswith("gateway/") and isinstance(r.value, dict) and r.value.get("region") == self.region:
+                found.update(e for e in r.value.get("endpoints") or () if isinstance(e, str))
+        return sorted(found)
+
     def component_domains(self) -> list[str]:
         """The component domains connected in this region (MongooseIM PR 1700: routable from all),
         and the service domains its members' modules serve for every region (MUC)."""
@@ -153,16 +164,20 @@ class Publisher:
             await asyncio.sleep(delay)
 
     async def _announcer(self) -> None:
-        """The region record (endpoints, status for dashboards), more often than the sessions."""
+        """The region record (endpoints, status for dashboards), more often than the sessions; it
+        is also what notices first that Redis is back (or a replica was promoted) when no session
+        changed, and then the region is re-published (what the old primary had not replicated)."""
         while True:
             await asyncio.sleep(self.announce_every)
             try:
-                await self.store.publish_region(self.endpoints, self.status())
+                await self.store.publish_region(self.region_endpoints(), self.status())
             except RedisError as e:
                 self._failed(e)
+            else:
+                self._recovered()
 
     async def publish_all(self) -> None:
-        await self.store.publish_region(self.endpoints, self.status())
+        await self.store.publish_region(self.region_endpoints(), self.status())
         for domain in self.component_domains():
             await self.store.publish_domain(domain)
         await self._publish(list(self.table))

@@ -177,9 +177,12 @@ class GlobalRouter:
             region = await self.store.lookup_domain(domain)
         except RedisError as e:
             self.counters.redis_errors += 1
+            if self.redis_ok:  # once per outage, as for JIDs
+                log.warning("Redis lookup of domain %s failed (%s): routing from the cache until it is back",
+                            domain, e)
             self.redis_ok = False
-            log.warning("Redis lookup of domain %s failed: %s", domain, e)
             return self.domains.stale(domain)
+        self.redis_ok = True
         self.domains.put(domain, region, now, kind="domain")
         return region
 

@@ -7,13 +7,16 @@ Times are seconds unless the name says otherwise (``resend_after_ms``).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from cluster_node.settings import C2SSettings, NodeSettings
 from cluster_node.xmpp.jid import InvalidJid, Jid
 
 from .link.connection import parse_endpoint
+from .mapping.sentinel import parse_address
 
 __all__ = ["GatewaySettings", "GDistribSettings", "ConnectionsSettings", "RedisSettings", "CacheSettings",
            "BounceSettings", "S2SSettings", "DomainCert"]
@@ -46,12 +49,60 @@ class ConnectionsSettings(_Section):
         return value
 
 
+def check_sentinel_setting(value: Any, info: ValidationInfo) -> Any:
+    """The Sentinel keys must agree with each other (each is checked once the keys before it are
+    in ``info.data``), so a mistake is one line naming the key."""
+    sentinels = info.data.get("sentinels") or []
+    url = str(info.data.get("url", ""))
+    problem = ""
+    if info.field_name == "sentinels":
+        for spec in value:
+            try:
+                parse_address(spec)
+            except ValueError as e:
+                problem = str(e)
+        if value and url.partition("://")[0].lower() not in ("redis", "rediss"):
+            problem = "need a redis:// or rediss:// url (for credentials, database, TLS), not a cluster or socket"
+    elif "sentinels" not in info.data:
+        return value  # sentinels itself is wrong: that is the error to report
+    elif info.field_name == "sentinel_master":
+        if sentinels and not value:
+            problem = "the primary's name is required with sentinels"
+        elif value and not sentinels:
+            problem = "needs sentinels (host:port list)"
+    elif value and not sentinels:
+        problem = "only with sentinels"
+    elif info.field_name == "read_from_replicas" and value and info.data.get("read_url"):
+        problem = "give read_url or read_from_replicas, not both"
+    if problem:
+        raise PydanticCustomError("sentinel", "{problem}", {"problem": problem})
+    return value
+
+
 class RedisSettings(_Section):
     url: str = Field("redis://127.0.0.1:6379/0",
                      description="the primary: every write goes here; redis+cluster://h1:p1,h2:p2/ for Redis Cluster")
     read_url: str = Field("", description="a replica near this region for lookups (default: url)")
+    sentinels: list[str] = Field(default_factory=list, description="Redis Sentinels (host:port) that name the "
+                                 "primary: failovers are followed; url then gives only credentials, db and TLS")
+    sentinel_master: str = Field("", description="the primary's name in the Sentinels (sentinel monitor <name>)",
+                                 validate_default=True)
+    sentinel_password: str = Field("", description="AUTH to the Sentinels")
+    sentinel_tls: bool = Field(False, description="TLS to the Sentinels (the url's ssl_* options)",
+                               validate_default=True)
+    read_from_replicas: bool = Field(False, description="with sentinels: lookups from a replica they list "
+                                     "(the primary when none is up)", validate_default=True)
     expire_after: float = Field(120.0, ge=2, description="seconds a mapping lives unless refreshed")
     refresh_after: float = Field(60.0, gt=0, description="seconds between refreshes of this region's entries")
+
+    _sentinel_checks = field_validator("sentinels", "sentinel_master", "sentinel_tls",
+                                       "read_from_replicas")(check_sentinel_setting)
+
+    @model_validator(mode="after")
+    def _sentinel_password(self) -> RedisSettings:
+        if self.sentinel_password and not self.sentinels:  # checked here: a key's error would show the value
+            raise PydanticCustomError("sentinel", "sentinel_password: only with sentinels")
+        return self
 
 
 class CacheSettings(_Section):

@@ -27,12 +27,13 @@ from .dashboard import dashboard_routes, gateway_source
 from .link.errors import LinkError
 from .link.tls import client_context, server_context
 from .links import RegionLinks
-from .mapping import MappingCache, MappingStore, redis_client
+from .mapping import MappingCache, MappingStore, mapping_clients
 from .ordering import pair
 from .publisher import Publisher
 from .relay import GlobalRouter, Relayed
 from .s2s.service import S2SService, dialback_secret
 from .settings import GatewaySettings
+from .transports import TransportPoll
 
 __all__ = ["Gateway", "running_gateway", "run_gateway"]
 
@@ -46,6 +47,7 @@ class Gateway:
     router: GlobalRouter
     links: RegionLinks
     publisher: Publisher
+    transports: TransportPoll | None = None  # the nodes' per-transport counters, for the dashboard
 
     def status(self) -> dict[str, Any]:
         """This region as the dashboard and ``ctl gdistrib status`` show it."""
@@ -63,6 +65,7 @@ class Gateway:
             "cache": {"size": len(self.router.cache), "hits": self.router.cache.hits,
                       "misses": self.router.cache.misses},
             "redis": {"reads": self.router.redis_ok, "writes": self.publisher.healthy},
+            **(self.transports.status() if self.transports is not None else {}),
             **self._cluster_and_s2s(),
         }
 
@@ -147,9 +150,11 @@ async def running_gateway(settings: GatewaySettings, *, http_routes: Sequence[we
         services = node.services
         member = services.cluster
         assert member is not None  # a gateway is a cluster member (checked by the settings)
-        write = redis_client(gd.redis.url)
-        read = redis_client(gd.redis.read_url) if gd.redis.read_url else None
-        store = MappingStore(write, read, region=gd.local_host, expire_after=gd.redis.expire_after)
+        r = gd.redis
+        clients = mapping_clients(r.url, r.read_url, sentinels=r.sentinels, sentinel_master=r.sentinel_master,
+                                  sentinel_password=r.sentinel_password, sentinel_tls=r.sentinel_tls,
+                                  read_from_replicas=r.read_from_replicas)
+        store = MappingStore(clients.write, clients.read, region=gd.local_host, expire_after=gd.redis.expire_after)
         cache: MappingCache[Any] = MappingCache(
             gd.cache.max_size, jid_lifetime=gd.cache.jid_lifetime or 0.001,
             domain_lifetime=gd.cache.domain_lifetime or 0.001,
@@ -187,9 +192,11 @@ async def running_gateway(settings: GatewaySettings, *, http_routes: Sequence[we
                               announce_every=conns.endpoint_refresh_interval, on_replaced=replaced,
                               on_published=lambda bares: router.announce(bares, list(links.pools)),
                               routes=services.routes)
-        gateway = Gateway(node, store, router, links, publisher)
+        transports = TransportPoll(services)
+        gateway = Gateway(node, store, router, links, publisher, transports)
         dashboard.gateway = gateway
         await links.start()
+        transports.start()
         await publisher.start()
         # Tell the region's nodes that stanzas for other regions may be handed to us.
         member.broadcast(services.routes.insert(f"gateway/{settings.node_name}", {"region": gd.local_host}))
@@ -198,11 +205,12 @@ async def running_gateway(settings: GatewaySettings, *, http_routes: Sequence[we
         node.metrics.register(GatewayCollector(gateway))
         node.ready_checks["redis"] = lambda: router.redis_ok and publisher.healthy
         log.info("gateway %s of region %s: links on %s, Redis %s", settings.node_name, gd.local_host,
-                 ", ".join(links.addresses), gd.redis.url)
+                 ", ".join(links.addresses), clients.description)
         try:
             yield gateway
         finally:
             dashboard.closing.set()
+            await transports.stop()
             if s2s is not None:
                 await s2s.stop()
             op = services.routes.delete(f"gateway/{settings.node_name}")
@@ -211,9 +219,7 @@ async def running_gateway(settings: GatewaySettings, *, http_routes: Sequence[we
             await publisher.stop()
             await links.stop()
             await router.pairs.close()
-            await write.aclose()
-            if read is not None:
-                await read.aclose()
+            await clients.aclose()
 
 
 async def _start_s2s(settings: GatewaySettings, node: Node, router: GlobalRouter) -> S2SService | None:

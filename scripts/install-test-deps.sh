@@ -12,7 +12,7 @@ dpkg -s lua-unbound >/dev/null 2>&1 || need+=(lua-unbound)
 [ -x /usr/sbin/ejabberdctl ] || need+=(ejabberd)
 # Load tool of benchmarks/compare.py (tests/integration/test_benchmark_compare_smoke.py runs it)
 command -v tsung >/dev/null || need+=(tsung)
-# Headless browser for the dashboard test (tests/helpers/browser.py drives it over DevTools)
+# Headless browser for the dashboard and web client tests (tests/helpers/browser.py drives it over DevTools)
 command -v chromium >/dev/null || need+=(chromium)
 # `docker-compose config` validates compose/docker-compose.yml in tests/integration/test_compose.py (no daemon)
 command -v docker-compose >/dev/null || need+=(docker-compose)
@@ -29,3 +29,6 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 fi
 [ -d tests/js/node_modules ] || npm ci --no-audit --no-fund --prefix tests/js
+# The demo's web client (Converse.js, pinned in web/package-lock.json) that the nodes serve at /web/
+# and tests/integration/test_web_client.py drives in Chromium
+[ -f web/node_modules/converse.js/dist/converse.min.js ] || npm ci --no-audit --no-fund --ignore-scripts --prefix web

@@ -53,6 +53,7 @@ from ..xmpp.jid import InvalidJid, Jid
 from ..xmpp.sasl.ht import HT_MECHANISMS
 from ..xmpp.stanza import Stanza
 from ..xmpp.stream import TCP, Framing
+from .transport_metrics import TransportMetrics
 
 __all__ = ["C2SListener", "C2SConnection", "C2STransport"]
 
@@ -105,6 +106,7 @@ class C2SListener:
         self.connections: set[C2SConnection] = set()
         self.counters = {"connections": 0, "logins": 0, "auth_failures": 0, "stream_errors": 0,
                          "stanza_rate_refused": 0}
+        self.transports = TransportMetrics()  # per transport: its connections count there by name
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -153,6 +155,8 @@ class C2SConnection(asyncio.Protocol):
     with its transport, ``data_received`` once per message, ``connection_lost``) and passes its
     ``framing`` and ``config`` (no STARTTLS)."""
 
+    transport_name = "tcp"  # whose counters in ``listener.transports`` (a subclass per transport)
+
     def __init__(self, listener: C2SListener, *, direct_tls: bool, framing: Framing = TCP,
                  config: C2SConfig | None = None) -> None:
         self.listener = listener
@@ -166,6 +170,7 @@ class C2SConnection(asyncio.Protocol):
         self.close_reason: str | None = None  # why the stream ended (StreamEnded.reason, kicked, …)
         self._hooks = listener.hooks
         self._filtered = listener.hooks.has(Hook.USER_RECEIVE_FILTER)
+        self._tc = listener.transports[self.transport_name]
         lim = listener.settings.limits
         self._shaper = Shaper(lim.shaper_rate, lim.shaper_burst, lim.shaper_max_throttle)
         self._stanza_rate = Shaper(lim.stanza_rate, lim.stanza_burst, lim.shaper_max_throttle)
@@ -177,6 +182,8 @@ class C2SConnection(asyncio.Protocol):
         self._limited = False
         self._pre_auth = False  # holds one of the limiter's not-yet-authenticated slots
         self._timer: asyncio.TimerHandle | None = None
+        self._idle_armed = False  # the timer is the idle timeout counted from _last_input
+        self._last_input = 0.0
         self._loop = asyncio.get_running_loop()
         self._closed = False
         self._draining = False
@@ -194,11 +201,13 @@ class C2SConnection(asyncio.Protocol):
         self._limited = self._pre_auth = True
         self.listener.connections.add(self)
         self.listener.counters["connections"] += 1
+        self._tc.opened()
         self._arm_timer(self.listener.settings.c2s.handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self._closed or self._draining:
             return
+        self._tc.bytes_in += len(data)
         now = self._loop.time()
         delay = self._shaper.consume(len(data), now)
         if delay > 0:
@@ -209,7 +218,10 @@ class C2SConnection(asyncio.Protocol):
             self._loop.call_later(delay, self._resume, "shaper")
         self._handle(self.core.receive_data(data))
         if self.core.state is State.ESTABLISHED:
-            self._arm_timer(self.listener.settings.c2s.idle_timeout)
+            self._last_input = now
+            if not self._idle_armed:  # else moved when it fires (not a new timer at every read)
+                self._arm_timer(self.listener.settings.c2s.idle_timeout)
+                self._idle_armed = True
 
     def eof_received(self) -> bool | None:
         if self._draining:
@@ -244,6 +256,7 @@ class C2SConnection(asyncio.Protocol):
             self._limited = False
             self.listener.limiter.release(self.ip, pre_auth=self._pre_auth)
             self._pre_auth = False
+            self._tc.closed()
         self.listener.connections.discard(self)
         if self.core.state is not State.CLOSED:
             self.core.receive_data(b"")
@@ -294,6 +307,7 @@ class C2SConnection(asyncio.Protocol):
             return
         data = stanza.to_bytes()
         self.core.send_bytes(data)
+        self._tc.stanzas_out += 1
         self._hooks.run(Hook.USER_RECEIVE_PACKET, self, stanza, data)
         self._flush_soon()
 
@@ -338,6 +352,7 @@ class C2SConnection(asyncio.Protocol):
     def _handle(self, events: list[C2SEvent]) -> None:
         for event in events:
             if isinstance(event, StanzaIn):
+                self._tc.stanzas_in += 1
                 self._hooks.run(Hook.C2S_STANZA_RECEIVED, self, event.stanza)
                 self._enqueue(event.stanza)
             elif isinstance(event, ElementIn):
@@ -414,12 +429,17 @@ class C2SConnection(asyncio.Protocol):
     def _flush(self) -> None:
         if self._held:
             return
-        data = self.core.data_to_send()
+        data = self._output()
         if data and self.transport is not None and not self.transport.is_closing():
+            self._tc.bytes_out += len(data)
             self.transport.write(data)
             if self.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
                 log.warning("c2s %s: client is not reading; dropping it", self.record and self.record.jid)
                 self.transport.abort()
+
+    def _output(self) -> bytes:
+        """What the stream has for the client now (the WebSocket connection's knows its elements)."""
+        return self.core.data_to_send()
 
     async def _start_tls(self) -> None:
         assert isinstance(self.transport, asyncio.Transport)  # STARTTLS is only offered over TCP
@@ -653,9 +673,15 @@ class C2SConnection(asyncio.Protocol):
     def _arm_timer(self, seconds: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        self._idle_armed = False
         self._timer = self._loop.call_later(seconds, self._timeout)
 
     def _timeout(self) -> None:
+        if self._idle_armed:  # input came since the timer was set: wait for the rest of the idle time
+            left = self._last_input + self.listener.settings.c2s.idle_timeout - self._loop.time()
+            if left > 0:
+                self._timer = self._loop.call_later(left, self._timeout)
+                return
         self._handle(self.core.close(errors.ConnectionTimeout()))
 
 

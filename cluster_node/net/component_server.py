@@ -17,8 +17,10 @@ import logging
 import ssl
 from typing import TYPE_CHECKING, Any
 
+from ..cluster.table import Record
 from ..xmpp import errors
 from ..xmpp.component import ComponentEnded, ComponentEvent, ComponentStanza, ComponentStream, HandshakeDone
+from ..xmpp.errors import StreamError
 from ..xmpp.jid import Jid
 from ..xmpp.stanza import Stanza
 
@@ -82,6 +84,7 @@ class ComponentListener:
         self.tls_context = tls_context if self.settings.tls else None
         self.server: asyncio.Server | None = None
         self.connections: set[ComponentConnection] = set()
+        services.routes.on_lost = self._lost
 
     async def start(self) -> None:
         if not self.settings.port:
@@ -115,6 +118,20 @@ class ComponentListener:
         self.routing.local[domain] = conn
         log.info("component %s connected", domain)
         return True
+
+    def _lost(self, record: Record) -> None:
+        """Two members let the same component domain in at the same instant (each before the
+        other's claim reached it); the routes table kept the other's claim on every member, so
+        our connection for it goes, with ``<conflict/>``: the component reconnects and is told
+        whether the domain is still taken."""
+        if not record.key.startswith("component/"):
+            return
+        domain = record.key.split("/", 1)[1]
+        conn = self.routing.local.pop(domain, None)
+        if conn is not None:
+            log.warning("component %s: another member let it in at the same time; closing ours", domain)
+            conn.domain = None  # the route is the other member's now: nothing to release
+            conn.kick(errors.Conflict("connected to another member of the region at the same time"))
 
     def release(self, conn: ComponentConnection, domain: str) -> None:
         if self.routing.local.get(domain) is not conn:
@@ -186,6 +203,9 @@ class ComponentConnection(asyncio.Protocol):
         data = self.stream.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+
+    def kick(self, error: StreamError) -> None:
+        self._handle(self.stream.close(error))
 
     def shutdown(self) -> None:
         self._handle(self.stream.close(errors.SystemShutdown("the server is stopping")))

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import ipaddress
 import json
 import logging
 import ssl
-from collections import deque
+import struct
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
@@ -25,82 +26,79 @@ from aiohttp import WSMsgType, web
 
 from ..settings import NodeSettings
 from ..xmpp.websocket import WEBSOCKET, WebSocketFraming
+from .bosh_server import ALT_CONNECTIONS_XBOSH, BoshEndpoint
 from .c2s_server import LINGER_SECONDS, C2SConnection, C2SListener
+from .web_root import add_web_root
 
 __all__ = ["WebSocketListener", "WebSocketConnection", "WebSocketTransport", "ALT_CONNECTIONS_WS"]
 
 log = logging.getLogger(__name__)
 
 ALT_CONNECTIONS_WS = "urn:xmpp:alt-connections:websocket"
+# Text messages as the bytes they came in (aiohttp ≥ 3.14): the stream's parser checks the UTF-8,
+# no str to decode and encode again.
+_AS_BYTES: dict[str, Any] = (
+    {"decode_text": False} if "decode_text" in inspect.signature(web.WebSocketResponse).parameters else {})
 XRD_NS = "http://docs.oasis-open.org/ns/xri/xrd-1.0"
 
 
 class WebSocketTransport:
-    """A :class:`~.c2s_server.C2STransport` on an aiohttp WebSocket: what the connection writes
-    (joined elements) goes out one element per text message, in order, from one writer task."""
+    """A :class:`~.c2s_server.C2STransport` on an aiohttp WebSocket.
+
+    What the connection writes (joined elements, once per loop turn) goes out at once as one text
+    frame per element, all of them in one write to the socket — one TLS record and one ``send()``,
+    as over TCP — rather than one ``send_str()`` each (a record and a system call per element); the
+    frames are RFC 6455's simplest (final, unmasked, no extension: the listener negotiates none), so
+    aiohttp's own frames (pings, pongs, the close) slot in between whole ones.  Closing is aiohttp's
+    closing handshake, in a task of its own (:attr:`closer`)."""
 
     def __init__(self, ws: web.WebSocketResponse, raw: asyncio.BaseTransport | None, peer: tuple[str, int],
                  framing: WebSocketFraming = WEBSOCKET) -> None:
         self.ws = ws
-        self._raw = raw
+        self._raw = raw if isinstance(raw, asyncio.WriteTransport) else None
         self._peer = peer
         self._framing = framing
-        self._queue: deque[str] = deque()
-        self._size = 0
-        self._wake = asyncio.Event()
         self._closing = False
+        self.closer: asyncio.Task[None] | None = None
         self.readable = asyncio.Event()  # cleared while the connection pauses reading
         self.readable.set()
-        self.writer = asyncio.get_running_loop().create_task(self._write_loop())
 
     def write(self, data: bytes) -> None:
+        raw = self._raw
+        if self._closing or raw is None or raw.is_closing():
+            return
+        messages = data.messages if isinstance(data, Messages) else self._framing.messages(data)
+        raw.write(b"".join([_text_frame(m) for m in messages]))
+
+    def close(self) -> None:
+        """The WebSocket closing handshake, after what was written (already on the socket)."""
         if self._closing:
             return
-        for message in self._framing.messages(data):
-            self._queue.append(message.decode("utf-8"))
-            self._size += len(message)
-        self._wake.set()
+        self._closing = True
+        self.closer = asyncio.get_running_loop().create_task(self._close())
 
-    async def _write_loop(self) -> None:
+    async def _close(self) -> None:
         try:
-            while True:
-                if self._queue:
-                    text = self._queue.popleft()
-                    self._size -= len(text)
-                    await self.ws.send_str(text)
-                    continue
-                if self._closing:
-                    break
-                self._wake.clear()
-                await self._wake.wait()
             await self.ws.close()
         except asyncio.CancelledError:
             raise
         except Exception as e:  # the peer went away meanwhile
-            log.debug("websocket %s: write failed: %s", self._peer[0], e)
+            log.debug("websocket %s: close failed: %s", self._peer[0], e)
             self.abort()
-
-    def close(self) -> None:
-        """Send what is queued, then close the WebSocket (its closing handshake)."""
-        self._closing = True
-        self._wake.set()
 
     def abort(self) -> None:
         self._closing = True
-        self._queue.clear()
-        self._size = 0
-        if not self.writer.done() and asyncio.current_task() is not self.writer:
-            self.writer.cancel()
+        if self.closer is not None and not self.closer.done() and asyncio.current_task() is not self.closer:
+            self.closer.cancel()
         if self._raw is not None:
-            self._raw.abort()  # type: ignore[attr-defined]
+            self._raw.abort()
         self.readable.set()
 
     def is_closing(self) -> bool:
         return self._closing
 
     def get_write_buffer_size(self) -> int:
-        raw = self._raw.get_write_buffer_size() if isinstance(self._raw, asyncio.WriteTransport) else 0
-        return self._size + raw
+        return self._raw.get_write_buffer_size() if self._raw is not None else 0
 
     def can_write_eof(self) -> bool:
         return False
@@ -120,12 +118,41 @@ class WebSocketTransport:
         return self._raw.get_extra_info(name, default) if self._raw is not None else default
 
 
+class Messages(bytes):
+    """Joined elements (what the byte counters count) that are already cut into WebSocket
+    messages: :meth:`WebSocketConnection._output` cuts each piece the stream wrote on its own,
+    most of them one stanza, instead of searching the joined bytes for the elements again."""
+
+    messages: list[bytes]
+
+
+def _text_frame(payload: bytes) -> bytes:
+    """A final, unmasked text frame (RFC 6455 §5.2: a server never masks)."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+
 class WebSocketConnection(C2SConnection):
     """A c2s session over a WebSocket: the TCP session logic, the WebSocket framing."""
+
+    transport_name = "websocket"
 
     def __init__(self, listener: C2SListener, *, secure: bool) -> None:
         config = dataclasses.replace(listener.config, tls_available=False)  # no STARTTLS over WebSocket
         super().__init__(listener, direct_tls=secure, framing=WEBSOCKET, config=config)
+
+    def _output(self) -> bytes:
+        chunks = self.core.chunks_to_send()
+        if not chunks:
+            return b""
+        messages = [m for chunk in chunks for m in WEBSOCKET.messages(chunk)]
+        out = Messages(b"".join(messages))
+        out.messages = messages
+        return out
 
     def _linger(self) -> None:
         """The WebSocket closing handshake delivers what was queued: close right away (reading
@@ -156,6 +183,11 @@ class WebSocketListener:
         app.router.add_get(ws.path, self._websocket)
         app.router.add_get("/.well-known/host-meta", self._host_meta)
         app.router.add_get("/.well-known/host-meta.json", self._host_meta_json)
+        if ws.web_root:
+            add_web_root(app, ws.web_root)
+        self.bosh = BoshEndpoint(self) if settings.bosh.enabled else None  # XEP-0206 on the same listener
+        if self.bosh is not None:
+            self.bosh.add_routes(app)
         self.app = app
 
     @property
@@ -192,6 +224,8 @@ class WebSocketListener:
             return
         if self.site is not None:
             await self.site.stop()  # no new connections
+        if self.bosh is not None:
+            await self.bosh.stop()
         for conn in list(self.connections):
             conn.kick("system-shutdown", reason="shutdown")
         loop = asyncio.get_running_loop()
@@ -229,8 +263,11 @@ class WebSocketListener:
         origins = settings.allowed_origins
         if origins and request.headers.get("Origin") not in origins:
             return web.Response(status=403, text="origin not allowed\n")
+        # No permessage-deflate: WebSocketTransport writes plain frames (and Prosody and ejabberd
+        # do not compress either).
         ws = web.WebSocketResponse(protocols=("xmpp",), heartbeat=settings.ping_interval or None,
-                                   max_msg_size=self.settings.limits.max_stanza_size + 1024)
+                                   max_msg_size=self.settings.limits.max_stanza_size + 1024, compress=False,
+                                   **_AS_BYTES)
         ready = ws.can_prepare(request)
         if not ready.ok:
             return web.Response(status=426, headers={"Upgrade": "websocket", "Sec-WebSocket-Protocol": "xmpp"},
@@ -244,21 +281,24 @@ class WebSocketListener:
         self.connections.add(conn)
         try:
             conn.connection_made(transport)  # type: ignore[arg-type]  # a C2STransport
+            readable = transport.readable
             while not ws.closed:
-                await transport.readable.wait()
+                if not readable.is_set():
+                    await readable.wait()
                 msg = await ws.receive()
                 if msg.type is WSMsgType.TEXT:
-                    conn.data_received(msg.data.encode("utf-8"))
+                    data = msg.data
+                    conn.data_received(data if isinstance(data, bytes) else data.encode("utf-8"))
                 elif msg.type is WSMsgType.BINARY:
                     # RFC 7395 §3.2: text messages only.
                     conn.kick("not-well-formed", "XMPP over WebSocket uses text messages", reason="error")
                 else:  # CLOSE, CLOSING, CLOSED, ERROR
                     break
         finally:
-            if not transport.writer.done():
-                transport.close()
+            transport.close()  # (if the connection has not)
+            if transport.closer is not None and not transport.closer.done():
                 try:
-                    await asyncio.wait_for(asyncio.shield(transport.writer), LINGER_SECONDS)
+                    await asyncio.wait_for(asyncio.shield(transport.closer), LINGER_SECONDS)
                 except (TimeoutError, asyncio.CancelledError, Exception):
                     transport.abort()
             conn.connection_lost(None)
@@ -267,13 +307,17 @@ class WebSocketListener:
 
     # -- XEP-0156 -----------------------------------------------------------------------------
 
+    def _links(self) -> list[tuple[str, str]]:
+        bosh = [(ALT_CONNECTIONS_XBOSH, self.bosh.public_url)] if self.bosh is not None else []
+        return [(ALT_CONNECTIONS_WS, self.public_url), *bosh]
+
     async def _host_meta(self, request: web.Request) -> web.Response:
-        xrd = (f"<?xml version='1.0' encoding='utf-8'?>\n<XRD xmlns='{XRD_NS}'>\n"
-               f"  <Link rel='{ALT_CONNECTIONS_WS}' href={quoteattr(self.public_url)}/>\n</XRD>\n")
+        links = "".join(f"  <Link rel='{rel}' href={quoteattr(href)}/>\n" for rel, href in self._links())
+        xrd = f"<?xml version='1.0' encoding='utf-8'?>\n<XRD xmlns='{XRD_NS}'>\n{links}</XRD>\n"
         return web.Response(text=xrd, content_type="application/xrd+xml",
                             headers={"Access-Control-Allow-Origin": "*"})
 
     async def _host_meta_json(self, request: web.Request) -> web.Response:
-        body = {"links": [{"rel": ALT_CONNECTIONS_WS, "href": self.public_url}]}
+        body = {"links": [{"rel": rel, "href": href} for rel, href in self._links()]}
         return web.Response(text=json.dumps(body), content_type="application/json",
                             headers={"Access-Control-Allow-Origin": "*"})

@@ -20,10 +20,11 @@ WebSocket (RFC 7395) is :class:`~.websocket.WebSocketFraming` (:data:`~.websocke
 the protocols do not change: ``<open xmlns='urn:ietf:params:xml:ns:xmpp-framing' …/>`` with the same
 header attributes, ``<close/>``, a ``<stream:error/>`` declaring its own ``xmlns:stream``, and a
 parser fed one whole message at a time whose ``<open/>`` is the stream header.  The output buffer
-still hands out joined bytes of complete elements; the WebSocket adapter
-(``cluster_node/net/websocket_server.py``) cuts them into one message per element, each declaring
-its namespaces, with :meth:`~.websocket.WebSocketFraming.messages`, and passes ``framing=`` to
-:class:`~.c2s.C2SStream` (c2s is the only protocol RFC 7395 covers).
+still hands out complete elements — joined (:meth:`~XmlStream.data_to_send`), or in the pieces they
+were written in (:meth:`~XmlStream.chunks_to_send`); the WebSocket adapter
+(``cluster_node/net/websocket_server.py``) cuts each piece into one message per element, each
+declaring its namespaces, with :meth:`~.websocket.WebSocketFraming.messages`, and passes
+``framing=`` to :class:`~.c2s.C2SStream` (c2s is the only protocol RFC 7395 covers).
 """
 
 from __future__ import annotations
@@ -125,6 +126,12 @@ class XmlStream(Generic[E]):
         """The bytes to write to the connection, each returned once."""
         out = b"".join(self._out)
         self._out.clear()
+        return out
+
+    def chunks_to_send(self) -> list[bytes]:
+        """:meth:`data_to_send` as the pieces it was written in — each one or more whole elements
+        (one stanza, mostly): a framing with one message per element cuts them without a search."""
+        out, self._out = self._out, []
         return out
 
     # -- for the protocols ------------------------------------------------------------------------

@@ -35,7 +35,9 @@ from cluster_node.wiring import open_accounts
 
 from ..link.tls import issue_cert, make_ca
 from ..settings import GatewaySettings
+from .sentinel import MASTER, DemoSentinel, add_sentinels, wait_sentinels, wait_synced
 from .topology import HOST, DemoProcess, DemoRedis, Topology, build_topology
+from .web import REPO_WEB, prepare_web_root
 
 __all__ = ["DemoError", "run_demo"]
 
@@ -104,6 +106,9 @@ async def _register_users(topo: Topology, passwords: dict[str, str]) -> None:
 
 # -- processes --------------------------------------------------------------------------------
 
+RESTART_AFTER = 3.0  # seconds before a process that died is started again
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGKILL when the demo process dies, whatever kills it."""
     with contextlib.suppress(OSError, AttributeError):
@@ -145,8 +150,8 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-def _check_ports(topo: Topology) -> None:
-    ports = [r.port for r in topo.redis] + [port for p in topo.processes for port in p.ports.values()]
+def _check_ports(topo: Topology, extra: list[int]) -> None:
+    ports = [r.port for r in topo.redis] + [port for p in topo.processes for port in p.ports.values()] + extra
     for port in ports:
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -189,9 +194,39 @@ class Demo:
             argv += ["--replicaof", HOST, str(r.replicaof)]
         self._spawn(f"redis-{r.region}", argv, work / "redis.log", work)
 
+    def start_sentinel(self, s: DemoSentinel) -> None:
+        assert self.redis_binary is not None
+        work = self.topo.directory / s.name
+        work.mkdir(parents=True, exist_ok=True)
+        (work / "sentinel.conf").write_text(s.conf(work))  # fresh each start: the Redis servers are too
+        self._spawn(s.name, [self.redis_binary, str(work / "sentinel.conf"), "--sentinel"], work / "redis.log", work)
+
+    async def start_sentinels(self, sentinels: list[DemoSentinel]) -> None:
+        """Once the replica has synced (so the Sentinels list it at once), until they know each other."""
+        replicas = [r for r in self.topo.redis if r.replicaof == sentinels[0].primary.port]
+        try:
+            await wait_synced(replicas)
+            for s in sentinels:
+                self.start_sentinel(s)
+            await wait_sentinels(sentinels, replicas, alive=self.check_alive)
+        except TimeoutError as e:
+            raise DemoError(str(e)) from None
+
     def start_process(self, p: DemoProcess) -> None:
         argv = [sys.executable, "-m", "gateway.cli", p.role, "--config", str(p.config)]
         self._spawn(p.name, argv, p.log, p.workdir)
+
+    def restart(self, name: str) -> None:
+        """Start again a process that died (a node, a gateway, a Redis server or Sentinel)."""
+        for p in self.topo.processes:
+            if p.name == name:
+                self.start_process(p)
+                return
+        for r in self.topo.redis:
+            if f"redis-{r.region}" == name:
+                self.start_redis(r)
+                return
+        raise KeyError(name)
 
     def dead(self) -> list[str]:
         return [name for name, proc in self.procs.items() if proc.poll() is not None]
@@ -273,13 +308,20 @@ def state(topo: Topology, demo: Demo, secret: dict[str, Any], has_admin: bool) -
     def url(port: int, path: str = "") -> str | None:
         return f"http://{HOST}:{port}{path}" if has_admin else None
 
+    def browser(p: DemoProcess) -> dict[str, str | None]:
+        """The node's HTTPS listener: RFC 7395 WebSocket, BOSH, and the web client if installed."""
+        base = f"{HOST}:{p.ports['http']}"
+        web = p.settings["websocket"].get("web_root")
+        return {"websocket_url": f"wss://{base}/ws", "bosh_url": f"https://{base}/http-bind",
+                "web_client_url": f"https://{base}/web/" if web else None}
+
     regions = []
     for r in topo.regions:
         regions.append({
             "name": r.name, "domains": r.domains, "redis_url": r.redis.url,
             "nodes": [{"name": p.name, "pid": demo.procs[p.name].pid, "host": HOST, "c2s_port": p.ports["c2s"],
                        "c2s_tls_port": p.ports["c2s_tls"], "admin_url": url(p.ports["admin"], "/api/graphql"),
-                       "user_api_url": url(p.ports["user_api"], "/api/graphql")} for p in r.nodes],
+                       "user_api_url": url(p.ports["user_api"], "/api/graphql"), **browser(p)} for p in r.nodes],
             "gateways": [{"name": p.name, "pid": demo.procs[p.name].pid,
                           "admin_url": url(p.ports["admin"], "/api/graphql"),
                           "dashboard_url": url(p.ports["admin"], "/dashboard"), "s2s_port": p.ports["s2s"]}
@@ -303,14 +345,18 @@ def _summary(data: dict[str, Any]) -> str:
     for r in data["regions"]:
         lines.append(f"  region {r['name']} ({', '.join(r['domains'])}), Redis {r['redis_url']}")
         for n in r["nodes"]:
-            lines.append(f"    {n['name']}: c2s {n['host']}:{n['c2s_port']} (STARTTLS), {n['c2s_tls_port']} (TLS)")
+            lines.append(f"    {n['name']}: c2s {n['host']}:{n['c2s_port']} (STARTTLS), {n['c2s_tls_port']} (TLS), "
+                         f"web client {n['web_client_url'] or '(not installed: npm ci --prefix web)'}")
         for g in r["gateways"]:
             extra = f", dashboard {g['dashboard_url']}" if g["dashboard_url"] else ""
             lines.append(f"    {g['name']}: S2S port {g['s2s_port']}{extra}")
+    if data.get("sentinels"):
+        lines.append(f"  Redis Sentinels {', '.join(data['sentinels']['addresses'])} watch eu's primary "
+                     f"({data['sentinels']['master']!r}): kill -9 it and us's replica takes over")
     lines += ["", "  users:"]
     for u in data["users"]:
         lines.append(f"    {u['jid']:24} password {u['password']:14} (ports of region {u['region']})")
-    lines += ["", f"  CA certificate for clients: {data['ca_cert']}",
+    lines += ["", f"  CA certificate for clients (and browsers, or accept the warning): {data['ca_cert']}",
               f"  admin API: {data['admin']['username']} / {data['admin']['password']}", "",
               "Ctrl-C stops everything."]
     return "\n".join(lines)
@@ -322,8 +368,11 @@ def _settings_have(section: str, cls: type[NodeSettings]) -> bool:
     return section in cls.model_fields
 
 
-async def run_demo(directory: Path, base_port: int, state_file: Path | None, redis_url: str | None) -> int:
+async def run_demo(directory: Path, base_port: int, state_file: Path | None, redis_url: str | None,
+                   sentinel: bool = False) -> int:
     """Start everything, write the state file, run until SIGINT/SIGTERM, stop everything."""
+    if sentinel and redis_url is not None:
+        raise DemoError("--sentinel starts its own Redis servers and Sentinels: not with --redis-url")
     redis_binary = None
     if redis_url is None:
         redis_binary = shutil.which("redis-server") or (
@@ -337,13 +386,17 @@ async def run_demo(directory: Path, base_port: int, state_file: Path | None, red
     has_admin, has_s2s = _settings_have("admin", NodeSettings), _settings_have("s2s", GatewaySettings)
     probe = build_topology(directory, base_port, secret="", admin=("admin", ""))
     secret = _secrets(directory, [u.jid for u in probe.users])
+    web_root = prepare_web_root(directory / "web")
+    if web_root is None:
+        print(f"web client not installed ({REPO_WEB}/node_modules missing): npm ci --prefix web", flush=True)
     topo = build_topology(directory, base_port, secret=secret["cluster_secret"],
                           admin=("admin", secret["admin_password"]), external_redis=redis_url,
-                          has_admin=has_admin, has_s2s=has_s2s)
+                          has_admin=has_admin, has_s2s=has_s2s, web_root=web_root)
     if redis_url is not None:
         for r in topo.regions:
             r.redis.port = 0
-    _check_ports(topo)
+    sentinels = add_sentinels(topo) if sentinel else []
+    _check_ports(topo, [s.port for s in sentinels])
     _certificates(topo)
     _write_configs(topo)
     try:
@@ -363,6 +416,8 @@ async def run_demo(directory: Path, base_port: int, state_file: Path | None, red
             for server in topo.redis:
                 demo.start_redis(server)
             await demo.wait_redis()
+            if sentinels:
+                await demo.start_sentinels(sentinels)
         for p in topo.processes:
             demo.start_process(p)
         print(f"starting {len(topo.processes)} processes in {directory} …", flush=True)
@@ -374,16 +429,40 @@ async def run_demo(directory: Path, base_port: int, state_file: Path | None, red
             return 130
         ready.result()
         data = state(topo, demo, secret, has_admin)
+        if sentinels:
+            data["sentinels"] = {"master": MASTER, "addresses": [s.address for s in sentinels]}
         if state_file is not None:
             _write_state(state_file, data)
         print(_summary(data), flush=True)
+        watched = sentinels[0].primary.port if sentinels else None
+        survivable = {f"redis-{r.region}" for r in topo.redis
+                      if watched is not None and watched in (r.port, r.replicaof)}
+        told: set[str] = set()
+        restarts: dict[str, float] = {}  # a process that died -> when it starts again
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
+                await asyncio.wait_for(stop.wait(), 0.5)
+            now = time.monotonic()
             for name in demo.dead():
-                print(f"meridian demo: {name} exited with {demo.procs[name].returncode}; stopping",
-                      file=sys.stderr, flush=True)
-                stop.set()
+                if name in told or name in restarts:
+                    continue
+                if name in survivable:  # with Sentinels: a Redis server's death is what they handle
+                    told.add(name)
+                    print(f"meridian demo: {name} exited; the Sentinels fail over to a replica", flush=True)
+                    continue
+                # A fault-tolerant system's demo stays up when one of its processes dies: the
+                # dashboard shows it down, its region serves on, and it comes back and rejoins.
+                print(f"meridian demo: {name} exited with {demo.procs[name].returncode}; restarting it in "
+                      f"{RESTART_AFTER:.0f} s (Ctrl-C stops the demo)", flush=True)
+                restarts[name] = now + RESTART_AFTER
+            for name, when in list(restarts.items()):
+                if now >= when:
+                    del restarts[name]
+                    demo.restart(name)
+                    print(f"meridian demo: {name} restarted (pid {demo.procs[name].pid})", flush=True)
+                    if state_file is not None:
+                        data = {**data, **state(topo, demo, secret, has_admin)}
+                        _write_state(state_file, data)
         return 0
     finally:
         print("stopping the demo …", flush=True)

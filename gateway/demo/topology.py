@@ -5,7 +5,8 @@ read by :mod:`gateway.demo.runner`, which only writes the files and starts the p
 
 Ports, from ``--base-port B``: region *k* (``eu`` 0, ``us`` 1, ``other`` 2) owns ``B+100k …
 B+100k+99``: its Redis on ``+0``; node *i* on ``+10i`` (c2s STARTTLS), ``+10i+1`` (direct TLS),
-``+10i+2`` (cluster link), ``+10i+3`` (admin API), ``+10i+4`` (user API); its gateway on ``+50``
+``+10i+2`` (cluster link), ``+10i+3`` (admin API), ``+10i+4`` (user API), ``+10i+5`` (HTTPS:
+WebSocket at ``/ws``, BOSH at ``/http-bind``, the web client at ``/web/``); its gateway on ``+50``
 (cluster link), ``+51`` (inter-region link), ``+53`` (admin API and dashboard), ``+55`` (S2S).
 """
 
@@ -106,12 +107,13 @@ class Topology:
 
 def build_topology(directory: Path, base_port: int, *, secret: str, admin: tuple[str, str],
                    external_redis: str | None = None, has_admin: bool = False,
-                   has_s2s: bool = False) -> Topology:
+                   has_s2s: bool = False, web_root: Path | None = None) -> Topology:
     """The demo's regions: ``eu`` and ``us`` (2 nodes + 1 gateway each) share ``example.com``
     and one SQLite file; ``other`` (1 node + 1 gateway) serves ``other.example``, reached over S2S.
 
     ``has_admin``/``has_s2s``: whether this build's settings have the ``[admin]``/``[s2s]``
     sections, so the demo configures what exists and nothing the settings would refuse.
+    ``web_root``: the directory every node serves at ``/web/`` (the web client), if any.
     """
     if not 1024 <= base_port <= 65535 - 300:
         raise ValueError(f"--base-port must be between 1024 and {65535 - 300}")
@@ -133,12 +135,15 @@ def build_topology(directory: Path, base_port: int, *, secret: str, admin: tuple
                           "key_file": str(ca_dir / f"{name}-c2s-key.pem")}}
         for i in range(1, n_nodes + 1):
             p = base + 10 * i
-            ports = {"c2s": p, "c2s_tls": p + 1, "cluster": p + 2, "admin": p + 3, "user_api": p + 4}
+            ports = {"c2s": p, "c2s_tls": p + 1, "cluster": p + 2, "admin": p + 3, "user_api": p + 4,
+                     "http": p + 5}
             node_name = f"{name}-n{i}"
             settings: dict[str, Any] = {
                 "node_name": node_name, **common, "data_dir": str(directory / node_name / "data"),
                 "c2s": {"host": HOST, "port": ports["c2s"], "tls_port": ports["c2s_tls"]},
-                "cluster": {**cluster, "port": ports["cluster"]}}
+                "cluster": {**cluster, "port": ports["cluster"]},
+                "websocket": {"host": HOST, "port": ports["http"], "tls": True,
+                              **({"web_root": str(web_root)} if web_root is not None else {})}}
             if has_admin:
                 settings["admin"] = {"host": HOST, "port": ports["admin"], "username": admin[0],
                                      "password": admin[1]}

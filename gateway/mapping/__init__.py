@@ -2,11 +2,12 @@
 
 ``keys`` is the key layout, ``store`` the Redis access (conditional writes, replica reads),
 ``cache`` the sans-IO cache the router consults first, ``connect`` the client for a URL (one
-server, or a Redis Cluster with ``redis+cluster://``).
+server, or a Redis Cluster with ``redis+cluster://``) or, with ``sentinel``, for the primary
+and replicas Redis Sentinel names.
 """
 
 from .cache import Kind, MappingCache
-from .connect import redis_client
+from .connect import MappingClients, mapping_clients, redis_client
 from .keys import (
     PREFIX,
     REGIONS_KEY,
@@ -21,6 +22,8 @@ from .store import Client, Location, MappingStore
 __all__ = [
     "Client",
     "redis_client",
+    "MappingClients",
+    "mapping_clients",
     "Location",
     "MappingStore",
     "MappingCache",

@@ -13,6 +13,7 @@ Sans-IO like the protocol cores: ``now`` is passed in, so tests never sleep.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -85,8 +86,15 @@ class MappingCache(Generic[V]):
         return entry.value if entry is not None else None
 
     def invalidate(self, key: Hashable) -> bool:
-        """Forget ``key`` (a stanza sent by it bounced: the JID moved); True if it was cached."""
-        return self._entries.pop(key, None) is not None
+        """Make the next lookup of ``key`` ask the store (the JID moved, or changed in another
+        region); True if it was cached and live.  The answer itself stays for :meth:`stale`: if
+        the store is unreachable at that next lookup (a failover just began), the last known
+        region is a better guess than none, which would send the stanza to offline storage."""
+        entry = self._entries.get(key)
+        if entry is None or entry.expires_at == -math.inf:
+            return False
+        entry.expires_at = -math.inf
+        return True
 
     def purge(self, now: float) -> int:
         """Drop every expired entry (a periodic sweep, skipped while the store is unreachable)."""

@@ -24,21 +24,29 @@ ones redis-py accepts in a ``redis://`` URL (``socket_timeout``, ``protocol``, .
 replicas, e.g. for the gateway's ``read_url``).  An option ``RedisCluster`` does not take
 (``retry_on_timeout``, ``timeout``) is refused with ValueError rather than failing at the first
 command.
+
+:func:`mapping_clients` makes what a gateway needs from its settings: the write client, the
+read client if reads go elsewhere, either from URLs or through Redis Sentinel (:mod:`.sentinel`).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
 
 import redis.asyncio
 from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import parse_url
+from redis.asyncio.sentinel import Sentinel
 from redis.cluster import LoadBalancingStrategy
 
-__all__ = ["CLUSTER_SCHEMES", "redis_client"]
+from .sentinel import sentinel_clients
+
+__all__ = ["CLUSTER_SCHEMES", "MappingClients", "mapping_clients", "redis_client"]
 
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 
@@ -58,6 +66,39 @@ def redis_client(url: str) -> redis.asyncio.Redis | redis.asyncio.RedisCluster:
         pool = redis.asyncio.BlockingConnectionPool.from_url(url, max_connections=64, timeout=5)
         return redis.asyncio.Redis(connection_pool=pool)
     return _cluster_client(url, tls=scheme == "rediss+cluster")
+
+
+@dataclass
+class MappingClients:
+    """The clients a gateway's :class:`~gateway.mapping.MappingStore` uses, closed together."""
+
+    write: redis.asyncio.Redis | redis.asyncio.RedisCluster
+    read: redis.asyncio.Redis | redis.asyncio.RedisCluster | None
+    description: str  # for the log: where the primary is found
+    sentinel: Sentinel | None = None
+
+    async def aclose(self) -> None:
+        await self.write.aclose()
+        if self.read is not None:
+            await self.read.aclose()
+        if self.sentinel is not None:
+            await self.sentinel.aclose()
+
+
+def mapping_clients(url: str, read_url: str = "", *, sentinels: Sequence[str] = (), sentinel_master: str = "",
+                    sentinel_password: str = "", sentinel_tls: bool = False,
+                    read_from_replicas: bool = False) -> MappingClients:
+    """Clients for the ``[gdistrib.redis]`` settings: with ``sentinels``, the primary named
+    ``sentinel_master`` wherever Sentinel says it is (``url`` gives only credentials, database and
+    TLS), reads from ``read_url`` or (``read_from_replicas``) a replica Sentinel lists; without,
+    ``url`` and ``read_url`` as :func:`redis_client` reads them.  Raises ValueError."""
+    if not sentinels:
+        return MappingClients(redis_client(url), redis_client(read_url) if read_url else None, url)
+    manager, write, replicas = sentinel_clients(sentinels, sentinel_master, url=url, password=sentinel_password,
+                                                tls=sentinel_tls, replica_reads=read_from_replicas)
+    read = replicas if replicas is not None else redis_client(read_url) if read_url else None
+    where = f"Sentinel primary {sentinel_master!r} via {', '.join(sentinels)}"
+    return MappingClients(write, read, where, manager)
 
 
 def _cluster_client(url: str, *, tls: bool) -> redis.asyncio.RedisCluster:

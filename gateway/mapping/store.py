@@ -19,6 +19,12 @@ Why it is built this way (docs/architecture.md, "Global distribution"):
   ``publish_region``, ``statuses``) are not transactions, so a cluster client splits them per
   node, one round trip to each node concerned, all in parallel.
 
+Writes that fail on a lost connection (a primary that died, Sentinel still promoting a replica)
+are retried with exponential backoff for up to ``write_retry_for`` seconds (tenacity), so a short
+failover costs the caller nothing; writes are idempotent (the scripts compare ``created`` and
+``sid``), so a retry after a reply was lost does no harm.  Reads are not retried: the router
+answers from its cache at once instead.
+
 Redis errors (``redis.RedisError``) propagate: the caller decides what "Redis is down" means
 (keep serving from the cache, re-publish everything with :meth:`MappingStore.publish_many` once
 Redis is back).  A cluster client reports an unreachable cluster or uncovered slots with
@@ -39,11 +45,21 @@ from dataclasses import dataclass, replace
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import redis.asyncio
+from redis.asyncio.sentinel import MasterNotFoundError, SlaveNotFoundError
 from redis.exceptions import (
     ConnectionError as RedisConnectionError,
     NoScriptError,
     RedisClusterException,
     ResponseError,
+    TimeoutError as RedisTimeoutError,
+)
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+    wait_random,
 )
 
 from .keys import REGIONS_KEY, domain_key, endpoints_key, resources_key, split_full_jid, status_key
@@ -170,6 +186,26 @@ def _redis_call(method: Callable[Concatenate[MappingStore, _P], Awaitable[_T]]
             return await method(self, *args, **kwargs)
         except RedisClusterException as e:
             raise RedisConnectionError(f"Redis Cluster: {e}") from e
+        except (MasterNotFoundError, SlaveNotFoundError) as e:
+            # redis-py appends every Sentinel's client repr: keep the one line that says what happened
+            raise type(e)(f"Sentinel: {str(e).partition(' : ')[0]}") from e
+    return call
+
+
+def _write_call(method: Callable[Concatenate[MappingStore, _P], Awaitable[_T]]
+                ) -> Callable[Concatenate[MappingStore, _P], Coroutine[Any, Any, _T]]:
+    """A write, retried while the connection fails, for up to ``write_retry_for`` seconds with
+    exponential backoff (0.05 s doubling to 1 s, jittered); then the last error is raised."""
+    @functools.wraps(method)
+    async def call(self: MappingStore, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        retrying = AsyncRetrying(stop=stop_after_delay(self.write_retry_for),
+                                 wait=wait_exponential(multiplier=0.05, max=1.0) + wait_random(0, 0.05),
+                                 retry=retry_if_exception_type((RedisConnectionError, RedisTimeoutError)),
+                                 before_sleep=self._retrying, reraise=True)
+        async for attempt in retrying:
+            with attempt:
+                return await method(self, *args, **kwargs)
+        raise AssertionError("unreachable: tenacity returns or raises")
     return call
 
 
@@ -230,14 +266,20 @@ class MappingStore:
     ``write`` is the primary; ``read`` (a replica in this region), when given, serves lookups.
     Either may be a :class:`redis.asyncio.RedisCluster`.
     ``expire_after`` is how long an entry outlives its last refresh: publishers refresh well
-    within it (e.g. every third of it), readers ignore anything older.
+    within it (e.g. every third of it), readers ignore anything older.  ``write_retry_for``:
+    seconds a write is retried on connection errors (0: not retried); ``write_retries`` counts
+    the retries.
     """
 
     def __init__(self, write: Client, read: Client | None = None, *, region: str,
-                 expire_after: float = 120.0, forget_after: float = 86400.0,
+                 expire_after: float = 120.0, forget_after: float = 86400.0, write_retry_for: float = 2.0,
                  clock: Callable[[], float] = time.time) -> None:
         if expire_after <= 0:
             raise ValueError("expire_after must be positive")
+        if write_retry_for < 0:
+            raise ValueError("write_retry_for must not be negative")
+        self.write_retry_for = write_retry_for
+        self.write_retries = 0
         self.region = region
         self.expire_after = expire_after
         self.forget_after = max(forget_after, expire_after)  # dead regions stay listed this long
@@ -250,6 +292,11 @@ class MappingStore:
         self._remove = write.register_script(_REMOVE_LUA)
         self._remove_domain = write.register_script(_REMOVE_DOMAIN_LUA)
 
+    def _retrying(self, state: RetryCallState) -> None:
+        self.write_retries += 1
+        error = state.outcome.exception() if state.outcome is not None else None
+        log.debug("Redis write failed (%s); retry %d", error, state.attempt_number)
+
     # -- sessions ---------------------------------------------------------------------------
 
     def _publish_args(self, jid: str, loc: Location, now: float) -> tuple[str, list[str]]:
@@ -257,6 +304,7 @@ class MappingStore:
         stamped = replace(loc, expires_at=now + self.expire_after)
         return resources_key(bare), [resource, stamped.encode(), repr(float(loc.created)), repr(now)]
 
+    @_write_call
     @_redis_call
     async def publish_session(self, jid: str, loc: Location) -> bool:
         """Map full ``jid`` to ``loc`` unless a newer login holds it; True when written."""
@@ -280,6 +328,7 @@ class MappingStore:
             results.extend(await self._publish_batch(batch))
         return results
 
+    @_write_call
     @_redis_call
     async def _publish_batch(self, batch: Sequence[tuple[str, Location]]) -> list[bool]:
         now = self._clock()
@@ -305,6 +354,7 @@ class MappingStore:
             pipe.execute_command("EVALSHA", self._publish.sha, 1, key, *args)
         return list(await pipe.execute(raise_on_error=False))
 
+    @_write_call
     @_redis_call
     async def remove_session(self, jid: str, sid: str) -> bool:
         """Unmap ``jid`` if it is still session ``sid``; the user's other resources stay."""
@@ -344,11 +394,13 @@ class MappingStore:
 
     # -- routed domains ---------------------------------------------------------------------
 
+    @_write_call
     @_redis_call
     async def publish_domain(self, domain: str) -> None:
         """Route ``domain`` (a component or service registered here) to this region."""
         await self._write.set(domain_key(domain), self.region, px=_ms(self.expire_after))
 
+    @_write_call
     @_redis_call
     async def remove_domain(self, domain: str) -> bool:
         """Stop routing ``domain`` here; a registration by another region is left alone."""
@@ -366,6 +418,7 @@ class MappingStore:
 
     # -- regions ----------------------------------------------------------------------------
 
+    @_write_call
     @_redis_call
     async def publish_region(self, endpoints: list[str], status: dict[str, Any]) -> None:
         """Announce this region: last seen now, its endpoints and status (both expiring).

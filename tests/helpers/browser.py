@@ -1,6 +1,7 @@
 """Headless Chromium (Debian's ``chromium``) driven over the Chrome DevTools protocol with aiohttp's
-websocket client: no browser download, no Playwright.  Enough for the dashboard test: open a page,
-evaluate JavaScript, wait for a condition, press keys, take a screenshot."""
+websocket client: no browser download, no Playwright.  Enough for the dashboard and web client tests:
+open a page, evaluate JavaScript, wait for a condition, press keys, type text, watch requests, take
+a screenshot."""
 
 from __future__ import annotations
 
@@ -35,12 +36,15 @@ def chromium_binary() -> str | None:
 class Browser:
     """``async with Browser() as b: await b.goto(url); await b.evaluate("1+1")``."""
 
-    def __init__(self, *, width: int = 1366, height: int = 900, timeout: float = 60.0) -> None:
+    def __init__(self, *, width: int = 1366, height: int = 900, timeout: float = 60.0,
+                 ignore_certificate_errors: bool = False) -> None:
+        """``ignore_certificate_errors``: accept any TLS certificate (a test CA's), for https and wss."""
         binary = chromium_binary()
         if binary is None:
             raise BrowserError("chromium is not installed (apt-get install chromium)")
         self.binary = binary
         self.width, self.height, self.timeout = width, height, timeout
+        self.ignore_certificate_errors = ignore_certificate_errors
         self._dir = Path(tempfile.mkdtemp(prefix="meridian-chromium-"))
         self._proc: subprocess.Popen[bytes] | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -57,7 +61,7 @@ class Browser:
              "--no-default-browser-check", "--disable-extensions", "--disable-background-networking",
              "--disable-dev-shm-usage", "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0",
              f"--user-data-dir={self._dir / 'profile'}", f"--window-size={self.width},{self.height}",
-             "about:blank"],
+             *(["--ignore-certificate-errors"] if self.ignore_certificate_errors else []), "about:blank"],
             stdout=subprocess.DEVNULL, stderr=open(self._dir / "stderr.log", "wb"))
         port_file = self._dir / "profile" / "DevToolsActivePort"
         deadline = time.monotonic() + self.timeout
@@ -167,6 +171,21 @@ class Browser:
             await self.send("Input.dispatchKeyEvent", type=kind, key=key, code=code, modifiers=modifiers,
                             windowsVirtualKeyCode=key_code, nativeVirtualKeyCode=key_code,
                             **(extra if kind == "keyDown" else {}))
+
+    def requested_urls(self) -> list[str]:
+        """What the page fetched or opened as WebSockets since the last :meth:`goto` (needs
+        ``send("Network.enable")`` first)."""
+        urls = []
+        for e in self._events:
+            if e.get("method") == "Network.requestWillBeSent":
+                urls.append(e["params"]["request"]["url"])
+            elif e.get("method") == "Network.webSocketCreated":
+                urls.append(e["params"]["url"])
+        return urls
+
+    async def type_text(self, text: str) -> None:
+        """Text into the focused element, as an input method commits it (input events fire)."""
+        await self.send("Input.insertText", text=text)
 
     async def screenshot(self, path: Path) -> Path:
         data = await self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)

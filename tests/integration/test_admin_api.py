@@ -1,4 +1,4 @@
-"""The admin GraphQL API of a running node, over HTTP (issue 6): MongooseIM's documented
+"""The admin GraphQL API of a running node, over HTTP: MongooseIM's documented
 queries work unchanged, accounts made through it log in with slixmpp, messages sent through it
 arrive, credentials are required, errors are GraphQL errors; a 3-node cluster's cets systemInfo;
 the served schema is the file in the repository; ``meridian ctl`` is generated from it."""

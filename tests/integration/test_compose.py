@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import pytest
 import yaml
 
 from cluster_node.net.tls import server_context as c2s_context
-from cluster_node.settings import NodeSettings, load_settings
+from cluster_node.settings import NodeSettings, WebSocketSettings, load_settings
 from gateway.link.tls import client_context, server_context
 from gateway.settings import GatewaySettings
 
@@ -113,7 +114,7 @@ def test_topology_two_regions_of_three_nodes_and_two_gateways(compose: dict[str,
     services = compose["services"]
     for region in ("eu", "us"):
         assert services[f"{region}-node"]["deploy"]["replicas"] == 3
-        assert services[f"{region}-node"]["ports"] == ["5222", "5223"]  # host ports picked by Docker: scalable
+        assert services[f"{region}-node"]["ports"] == ["5222", "5223", "5280"]  # host ports picked by Docker: scalable
         assert {f"{region}-gw1", f"{region}-gw2"} <= set(services)
     assert services["sentinel"]["deploy"]["replicas"] == 3
     assert "--replicaof" in services["redis-us"]["command"]
@@ -140,10 +141,59 @@ def test_every_mounted_file_exists(compose: dict[str, Any]) -> None:
     assert mounts >= 8
     build = compose["services"]["certs"]["build"]
     dockerfile = (COMPOSE / build["context"] / build["dockerfile"]).resolve()
-    for line in dockerfile.read_text().splitlines():
+    text = dockerfile.read_text()
+    stages = re.findall(r"^FROM \S+ AS (\S+)$", text, re.MULTILINE)
+    ignore = dockerfile.with_name(dockerfile.name + ".dockerignore")
+    for line in text.splitlines():
         if line.startswith("COPY "):
-            for source in line.split()[1:-1]:
+            sources = line.split()[1:-1]
+            if sources[0].startswith("--from="):  # from an earlier stage of this file
+                assert sources[0].removeprefix("--from=") in stages, line
+                continue
+            for source in sources:
                 assert (dockerfile.parents[1] / source).exists(), f"Dockerfile copies missing {source}"
+                if (dockerfile.parents[1] / source).is_file():
+                    assert in_build_context(source, ignore), f"{ignore.name} leaves out {source}"
+
+
+def in_build_context(path: str, dockerignore: Path) -> bool:
+    """Whether ``path`` survives the .dockerignore (its last matching pattern is not an exclusion)."""
+    kept = True
+    for pattern in dockerignore.read_text().splitlines():
+        pattern = pattern.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negated = pattern.startswith("!")
+        glob = re.escape(pattern.removeprefix("!")).replace(r"\*\*", ".*").replace(r"\*", "[^/]*")
+        if re.fullmatch(glob, path):
+            kept = negated
+    return kept
+
+
+def test_browsers_reach_every_node_on_its_web_port(compose: dict[str, Any], tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each node serves WebSocket, BOSH, host-meta and the web client on [websocket]'s port: the
+    compose file publishes it, the image exposes it and holds the web client where web_root says."""
+    for key in [k for k in os.environ if k.startswith("MERIDIAN_")]:
+        monkeypatch.delenv(key)
+    dockerfile = (COMPOSE / "Dockerfile").read_text()
+    exposed = re.search(r"^EXPOSE (.+)$", dockerfile, re.MULTILINE)
+    assert exposed is not None
+    for region in ("eu", "us"):
+        service = compose["services"][f"{region}-node"]
+        with monkeypatch.context() as m:
+            for key, value in container_env(service, tmp_path, hostname="n").items():
+                m.setenv(key, value)
+            ws = load_settings(mounted_config(service), NodeSettings).websocket
+        assert ws.port and ws.tls and ws.host == "0.0.0.0"
+        assert str(ws.port) in service["ports"] and str(ws.port) in exposed.group(1).split()
+        assert f"COPY web/index.html {ws.web_root}/index.html" in dockerfile
+        assert re.search(rf"^COPY --from=web /web/dist {re.escape(ws.web_root)}/dist$", dockerfile, re.MULTILINE)
+    pinned = json.loads((REPO / "web" / "package.json").read_text())["dependencies"]["converse.js"]
+    lock = json.loads((REPO / "web" / "package-lock.json").read_text())
+    assert re.fullmatch(r"\d+\.\d+\.\d+", pinned), "the web client is pinned to one version"
+    assert lock["packages"]["node_modules/converse.js"]["version"] == pinned
+    assert "COPY web/package.json web/package-lock.json ./" in dockerfile and "npm ci" in dockerfile
 
 
 def test_every_meridian_config_loads_with_the_service_environment(
@@ -313,3 +363,33 @@ def test_k8s_containers_load_their_config_with_their_environment(
             assert c.advertised_endpoints == [f"{host}:5555"]
             assert str(c.cert_file) == f"/certs/{host}.pem" and str(c.key_file) == f"/certs/{host}-key.pem"
             assert settings.gdistrib.local_host == settings.cluster.name
+
+
+def test_k8s_an_ingress_per_region_routes_browsers_to_its_nodes() -> None:
+    objects = k8s_objects()
+    by_kind: dict[str, dict[str, dict[str, Any]]] = {}
+    for obj in objects:
+        by_kind.setdefault(obj["kind"], {})[obj["metadata"]["name"]] = obj
+    config = by_kind["ConfigMap"]["meridian-config"]["data"]
+    for region in ("eu", "us"):
+        ws = WebSocketSettings(**tomllib.loads(config[f"node-{region}.toml"])["websocket"])
+        ingress = by_kind["Ingress"][f"{region}-web"]
+        (rule,) = ingress["spec"]["rules"]
+        paths = {p["path"]: p for p in rule["http"]["paths"]}
+        assert {"/ws", "/http-bind", "/web", "/.well-known/host-meta", "/.well-known/host-meta.json"} <= set(paths)
+        assert paths["/ws"]["pathType"] == "Prefix" and paths["/web"]["pathType"] == "Prefix"
+        assert any(rule["host"] in t["hosts"] for t in ingress["spec"]["tls"])
+        if ws.tls:  # the controller must speak TLS to the nodes
+            assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "HTTPS"
+        pod = by_kind["StatefulSet"][f"{region}-node"]["spec"]["template"]
+        (container,) = pod["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        env = {v["name"]: v.get("value") for v in container["env"]}
+        assert env["MERIDIAN_WEBSOCKET__PUBLIC_URL"] == f"wss://{rule['host']}{ws.path}"
+        for p in paths.values():
+            backend = p["backend"]["service"]
+            service = by_kind["Service"][backend["name"]]
+            assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+            assert service["spec"]["selector"]["meridian/region"] == region
+            (sport,) = [sp for sp in service["spec"]["ports"] if sp["name"] == backend["port"]["name"]]
+            assert ports[sport["targetPort"]] == ws.port  # reaches the nodes' [websocket] listener

@@ -1,4 +1,4 @@
-"""The live dashboard (issue 7) over two real regions: eu and us, one node and one gateway each,
+"""The live dashboard over two real regions: eu and us, one node and one gateway each,
 sharing example.com, publishing their status to a real Redis.  The dashboard is the one eu's gateway
 serves on its admin port; it shows both regions (read from Redis).  Real slixmpp users make the
 relayed counters move; headless Chromium (Debian's) watches the page update live."""
@@ -279,6 +279,11 @@ async def test_browser_sees_regions_link_and_live_relayed_counter(
                                 ".textContent") == "other.example — state up, direction out"
         assert "nodes: ap-n2" in await b.evaluate("document.querySelector('#region-ap .warn').textContent")
         assert "ap to eu down" in await b.evaluate("document.getElementById('announce').textContent")
+        # client transports: the region's sums per transport, and per node what is open
+        assert await b.evaluate("document.querySelector('#region-ap [data-transport=websocket] "
+                                "[data-field=connections]').textContent") == "2"
+        assert await b.evaluate("document.querySelector('#region-ap [data-node=\"ap-n1\"]').textContent") \
+            == "ap-n1: tcp 1, websocket 2, bosh 0 open"
         await b.screenshot(tmp_path / "dashboard-synthetic.png")
         assert not [m for m in b.console if m.startswith("exception")], b.console
 
@@ -296,7 +301,14 @@ SYNTHETIC = {"time": 1_700_000_000, "local": {}, "error": None, "regions": {
     "us": _region("us", {"eu": True, "ap": True}),
     "ap": _region("ap", {"eu": False, "us": True},
                   s2s={"peers": [{"domain": "other.example", "state": "up", "direction": "out"}]},
-                  cluster={"conflictNodes": ["ap-n2"], "conflictTables": [], "unavailableNodes": []}),
+                  cluster={"conflictNodes": ["ap-n2"], "conflictTables": [], "unavailableNodes": []},
+                  transports={"tcp": {"connections": 1, "accepted": 9, "bytesIn": 4096, "bytesOut": 81920,
+                                      "stanzasIn": 12, "stanzasOut": 30},
+                              "websocket": {"connections": 2, "accepted": 2, "bytesIn": 900, "bytesOut": 2048,
+                                            "stanzasIn": 4, "stanzasOut": 7},
+                              "bosh": {"connections": 0, "accepted": 0, "bytesIn": 0, "bytesOut": 0,
+                                       "stanzasIn": 0, "stanzasOut": 0}},
+                  nodeTransports={"ap-n1": {"tcp": 1, "websocket": 2, "bosh": 0}}),
 }}
 
 

@@ -3,6 +3,8 @@ crash it, start it again, stop it with Ctrl-C, and find no process left behind."
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import os
 import random
@@ -37,8 +39,8 @@ def _free_base() -> int:
 
 
 class DemoRun:
-    def __init__(self, tmp: Path, base: int) -> None:
-        self.dir, self.base = tmp / "demo", base
+    def __init__(self, tmp: Path, base: int, *options: str) -> None:
+        self.dir, self.base, self.options = tmp / "demo", base, options
         self.state_file = tmp / "state.json"
         self.log = tmp / "demo.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -50,7 +52,7 @@ class DemoRun:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gateway.cli", "demo", "--dir", str(self.dir), "--base-port", str(self.base),
-                 "--state-file", str(self.state_file)], stdout=out, stderr=subprocess.STDOUT, env=env)
+                 "--state-file", str(self.state_file), *self.options], stdout=out, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -170,6 +172,23 @@ async def _dashboard_in_a_browser(state: dict[str, Any], tmp_path: Path) -> None
         await b.screenshot(tmp_path / "demo-dashboard.png")
 
 
+async def _rejoined(node: dict[str, Any], names: list[str], state: dict[str, Any]) -> None:
+    """Wait until ``node``'s cluster lists every one of ``names`` again (admin API)."""
+    import aiohttp
+
+    token = base64.b64encode(f"{state['admin']['username']}:{state['admin']['password']}".encode()).decode()
+    query = {"query": "{ cets { systemInfo { joinedNodes } } }"}
+    deadline = time.monotonic() + 60
+    async with aiohttp.ClientSession() as http:
+        while True:
+            async with http.post(node["admin_url"], json=query, headers={"Authorization": f"Basic {token}"}) as resp:
+                joined = (await resp.json())["data"]["cets"]["systemInfo"]["joinedNodes"]
+            if sorted(joined) == sorted(names):
+                return
+            assert time.monotonic() < deadline, joined
+            await asyncio.sleep(0.5)
+
+
 async def test_demo_runs_chats_survives_a_crash_and_stops_cleanly(tmp_path: Path) -> None:
     demo = DemoRun(tmp_path, _free_base())
     try:
@@ -181,6 +200,24 @@ async def test_demo_runs_chats_survives_a_crash_and_stops_cleanly(tmp_path: Path
         await _chat(state, "alice", "carol")  # example.com ↔ other.example: S2S
         await _admin_and_dashboard(state)
         await _dashboard_in_a_browser(state, tmp_path)
+
+        # kill -9 of one node: the demo stays up, the region serves on, the node is restarted
+        # (new pid in the state file) and rejoins its cluster.
+        eu = next(r for r in state["regions"] if r["name"] == "eu")
+        victim = eu["nodes"][1]
+        os.kill(victim["pid"], signal.SIGKILL)
+        await _chat(state, "alice", "bob")  # alice is on eu's first node
+        deadline = time.monotonic() + 60
+        while f"{victim['name']} restarted" not in demo.output():
+            assert demo.proc is not None and demo.proc.poll() is None, demo.output()
+            assert time.monotonic() < deadline, demo.output()
+            await asyncio.sleep(0.3)
+        assert f"{victim['name']} exited with -9; restarting it" in demo.output()
+        restarted = json.loads(demo.state_file.read_text())
+        new_pid = next(n["pid"] for r in restarted["regions"] for n in r["nodes"] if n["name"] == victim["name"])
+        assert new_pid != victim["pid"] and _alive(new_pid)
+        await _rejoined(eu["nodes"][0], [p["name"] for p in (*eu["nodes"], *eu["gateways"])], restarted)
+        state = restarted
 
         # A crash (SIGKILL: no clean-up at all) takes the children with it, and a new start works.
         first = _pids(state)

@@ -1,5 +1,5 @@
 """``/metrics`` (Prometheus text format, parsed with prometheus_client's parser), ``/ready`` and
-the ``gdistrib`` admin category on running processes (issue 6): counters move with traffic."""
+the ``gdistrib`` admin category on running processes: counters move with traffic."""
 
 from __future__ import annotations
 

@@ -4,6 +4,10 @@ link in a fault-injecting proxy at the wrong moment (tests/helpers/proxy.py)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import re
+import ssl
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,10 +23,14 @@ from tests.helpers.xmpp_raw import RawClient, local
 pytestmark = pytest.mark.asyncio
 
 
+SERVICE, SERVICE_SECRET = "svc.localhost", "component-secret"
+
+
 def node(base: Path, name: str, cluster_port: int, db: str, advertise: str) -> NodeProcess:
     cluster = {"enabled": True, "secret": SECRET, "host": "127.0.0.1", "port": cluster_port, "advertise": advertise,
                "refresh_interval": 0.3, "ping_interval": 0.3, "ping_timeout": 2.0}
-    return NodeProcess(base / name, name=name, storage_url=db, settings={"cluster": cluster})
+    components = {"port": free_ports(1)[0], "secrets": {SERVICE: SERVICE_SECRET}}
+    return NodeProcess(base / name, name=name, storage_url=db, settings={"cluster": cluster, "components": components})
 
 
 @pytest.fixture
@@ -72,3 +80,60 @@ async def test_bare_jid_message_never_goes_offline_while_a_presence_is_on_its_wa
     assert msg.get("id") == "race1" and msg.get("type") == "chat"
     await alice.close()
     await bob.close()
+
+
+class RawComponent:
+    """A XEP-0114 component over direct TLS, by hand."""
+
+    def __init__(self, node: NodeProcess) -> None:
+        self.node = node
+        self.data = b""
+
+    async def connect(self) -> str:
+        """Handshake; the node's answer (``<handshake/>`` or a stream error)."""
+        port = int(tomllib.loads(self.node.config.read_text())["components"]["port"])
+        ctx = ssl.create_default_context(cafile=str(self.node.cert))
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx,
+                                                                 server_hostname="localhost")
+        self.writer.write(f"<stream:stream xmlns='jabber:component:accept' "
+                          f"xmlns:stream='http://etherx.jabber.org/streams' to='{SERVICE}'>".encode())
+        header = await self.until(rb"<stream:stream[^>]*>")
+        stream_id = re.search(rb"id=['\"]([^'\"]+)", header).group(1).decode()  # type: ignore[union-attr]
+        digest = hashlib.sha1((stream_id + SERVICE_SECRET).encode()).hexdigest()
+        self.writer.write(f"<handshake>{digest}</handshake>".encode())
+        return (await self.until(rb"<handshake/>|</stream:error>")).decode()
+
+    async def until(self, pattern: bytes, timeout: float = 10.0) -> bytes:
+        async with asyncio.timeout(timeout):
+            while not re.search(pattern, self.data):
+                chunk = await self.reader.read(65536)
+                if not chunk:
+                    raise ConnectionError(f"closed; got {self.data!r}")
+                self.data += chunk
+        m = re.search(pattern, self.data)
+        assert m is not None
+        out, self.data = self.data[:m.end()], self.data[m.end():]
+        return out
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def test_one_component_domain_claimed_on_two_members_at_once(held_region) -> None:
+    """With the link held, the component connects to both members (each lets it in: the other's
+    claim has not arrived).  Once the link carries the claims, every member keeps r1's (the
+    routes table's rule) and r2 closes its connection with <conflict/>; r1's stays."""
+    r1, r2, proxy = held_region
+    await asyncio.to_thread(proxy.partition, "blackhole")
+    first, second = RawComponent(r1), RawComponent(r2)
+    try:
+        assert "<handshake/>" in await first.connect()
+        assert "<handshake/>" in await second.connect()
+    finally:
+        await asyncio.to_thread(proxy.heal)
+    error = await second.until(rb"</stream:error>")
+    assert b"<conflict" in error, error
+    with pytest.raises(TimeoutError):  # the winner's connection is left alone
+        await first.until(rb"</stream:error>", timeout=1.5)
+    first.close()
+    second.close()

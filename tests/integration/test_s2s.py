@@ -1,4 +1,4 @@
-"""S2S federation between two Meridian regions with different domains (issue 5).
+"""S2S federation between two Meridian regions with different domains.
 
 Region eu1 serves ``eu1.example.com``, region us1 ``us1.example.com``; each is one node and one
 gateway (its own SQLite, its own Redis), and the gateways find each other through SRV records

@@ -1,4 +1,4 @@
-"""Interop (issue 5): Meridian federates with Debian's ejabberd 23.01 over standard S2S.
+"""Interop: Meridian federates with Debian's ejabberd 23.01 over standard S2S.
 
 The same world and exchange as :mod:`tests.integration.test_s2s_prosody` (a Meridian region for
 ``eu1.example.com``, SRV records on a loopback DNS server, messages and presence subscriptions

@@ -1,4 +1,4 @@
-"""Hostile S2S peers against a Meridian gateway (issue 5): each is refused with the right error,
+"""Hostile S2S peers against a Meridian gateway: each is refused with the right error,
 logged once, and the eu1 <-> us1 federation keeps working.
 
 The two regions of ``test_s2s`` (SASL EXTERNAL allowed, short timeouts), plus raw peers speaking

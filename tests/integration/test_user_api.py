@@ -1,4 +1,4 @@
-"""The user GraphQL API of a running node (issue 6): HTTP Basic as the user's own bare JID and
+"""The user GraphQL API of a running node: HTTP Basic as the user's own bare JID and
 password (checked against the stored SCRAM keys), messages sent as that user arrive in slixmpp,
 the user's resources and roster, a password change, and nothing for anyone else."""
 

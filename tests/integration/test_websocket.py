@@ -3,7 +3,9 @@ xmpp.js over wss://, a TCP client on the other end, and /.well-known/host-meta(.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import ssl
 import uuid
 import xml.etree.ElementTree as ET
@@ -176,3 +178,251 @@ async def test_host_meta_lists_the_websocket_endpoint(node: NodeProcess, session
         assert resp.headers.get("Access-Control-Allow-Origin") == "*"
         body = await resp.json()
     assert {"rel": "urn:xmpp:alt-connections:websocket", "href": endpoint} in body["links"]
+
+
+# -- bad input: one complete element per text message, a size limit, the node stays up ------------------
+
+
+async def opened(session: aiohttp.ClientSession, node: NodeProcess) -> aiohttp.ClientWebSocketResponse:
+    ws = await session.ws_connect(url(node), protocols=("xmpp",))
+    await ws.send_str(OPEN)
+    await recv(ws)
+    await recv(ws)  # features
+    return ws
+
+
+async def stream_error(ws: aiohttp.ClientWebSocketResponse) -> str:
+    """The condition of the stream error the node sends, after checking the ``<close/>`` and the
+    closing handshake that follow it."""
+    error = await recv_named(ws, "error")
+    assert error.tag == "{http://etherx.jabber.org/streams}error", ET.tostring(error)
+    [condition] = [local(c) for c in error if c.tag.startswith("{urn:ietf:params:xml:ns:xmpp-streams}")
+                   and local(c) != "text"]
+    assert (await recv(ws)).tag == f"{{{FRAMING}}}close"
+    msg = await ws.receive(timeout=5)
+    assert msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED), msg
+    return condition
+
+
+async def still_serves(node: NodeProcess, session: aiohttp.ClientSession) -> None:
+    async with session.ws_connect(url(node), protocols=("xmpp",)) as ws:
+        assert await ws_login(ws, "bob", f"after-{uuid.uuid4().hex[:6]}")
+
+
+@pytest.mark.parametrize("frame", [
+    "<message xmlns='jabber:client' to='bob@localhost'><body>one</body></message>"
+    "<message xmlns='jabber:client' to='bob@localhost'><body>two</body></message>",  # two stanzas
+    "<message xmlns='jabber:client' to='bob@localhost'><body>half a stanza",  # the rest never comes
+    "just text",
+    "<presence xmlns='jabber:client'/> trailing text",
+], ids=["two-stanzas", "half-a-stanza", "text", "trailing-text"])
+async def test_a_message_that_is_not_one_complete_element_is_not_well_formed(
+        node: NodeProcess, session: aiohttp.ClientSession, frame: str) -> None:
+    bob = RawClient(node.port, node.cert)
+    await bob.start("bob", PASSWORDS["bob"], f"watch-{uuid.uuid4().hex[:6]}", sm=False)
+    try:
+        async with session.ws_connect(url(node), protocols=("xmpp",)) as ws:
+            await ws_login(ws, "alice", f"bad-{uuid.uuid4().hex[:6]}")
+            await ws.send_str(frame.replace("bob@localhost", str(bob.jid)))
+            assert await stream_error(ws) == "not-well-formed"
+        with pytest.raises(TimeoutError):  # neither of the two stanzas was routed
+            await bob.next_named("message", timeout=0.5)
+    finally:
+        await bob.close()
+    await still_serves(node, session)
+
+
+async def test_a_binary_message_is_a_stream_error(node: NodeProcess, session: aiohttp.ClientSession) -> None:
+    ws = await opened(session, node)
+    await ws.send_bytes(b"<presence xmlns='jabber:client'/>")
+    assert await stream_error(ws) == "not-well-formed"
+    await ws.close()
+    await still_serves(node, session)
+
+
+async def test_a_stanza_over_the_size_limit_is_a_policy_violation(
+        node: NodeProcess, session: aiohttp.ClientSession) -> None:
+    ws = await opened(session, node)  # max_stanza_size is 262,144 bytes (the default)
+    body = "x" * 262_500
+    await ws.send_str(f"<message xmlns='jabber:client' to='bob@localhost'><body>{body}</body></message>")
+    assert await stream_error(ws) == "policy-violation"
+    await ws.close()
+    await still_serves(node, session)
+
+
+async def test_a_10_mb_message_closes_the_websocket_before_it_is_read(
+        node: NodeProcess, session: aiohttp.ClientSession) -> None:
+    ws = await opened(session, node)
+    await ws.send_str("<message xmlns='jabber:client'><body>" + "x" * (10 * 1024 * 1024) + "</body></message>")
+    msg = await ws.receive(timeout=10)
+    while msg.type is aiohttp.WSMsgType.TEXT:  # whatever the node sent before it saw the frame's length
+        msg = await ws.receive(timeout=10)
+    # aiohttp refuses the frame from its header (RFC 6455's 1009), no 10 MB buffered: nothing of the
+    # stream can follow a close frame, so there is no stream error
+    assert msg.type is aiohttp.WSMsgType.CLOSE and msg.data == aiohttp.WSCloseCode.MESSAGE_TOO_BIG, msg
+    await ws.close()
+    await still_serves(node, session)
+    assert node.alive()
+
+
+# -- a plain ws:// listener behind a proxy: origins, X-Forwarded-*, per-IP limits, keep-alive ------------
+
+ORIGIN = "https://chat.example"
+PROXY = "127.0.0.2"  # the trusted proxy: the test connects from this loopback address
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    [port] = free_ports(1)
+    ws = {"host": "127.0.0.1", "port": port, "tls": False, "allowed_origins": [ORIGIN],
+          "trusted_proxies": [f"{PROXY}/32"], "ping_interval": 1.0}
+    with one_node(tmp_path_factory.mktemp("ws-guarded"), "ws2", users=PASSWORDS,
+                  settings={"websocket": ws, "limits": {"max_connections_per_ip": 2}}) as n:
+        n.ws_port = port  # type: ignore[attr-defined]
+        yield n
+
+
+def plain_url(node: NodeProcess) -> str:
+    return f"http://127.0.0.1:{node.ws_port}/ws"  # type: ignore[attr-defined]
+
+
+@contextlib.asynccontextmanager
+async def client_from(address: str) -> AsyncIterator[aiohttp.ClientSession]:
+    """An HTTP client whose connections come from ``address`` (a loopback address of this machine)."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(address, 0),
+                                                                     force_close=True)) as s:
+        yield s
+
+
+async def first_features(ws: aiohttp.ClientWebSocketResponse) -> ET.Element:
+    await ws.send_str(OPEN)
+    assert (await recv(ws)).tag == f"{{{FRAMING}}}open"
+    return await recv_named(ws, "features")
+
+
+def mechanisms(features: ET.Element) -> list[str]:
+    return [m.text or "" for m in features.iter("{urn:ietf:params:xml:ns:xmpp-sasl}mechanism")]
+
+
+async def test_only_allowed_origins_may_connect(guarded: NodeProcess) -> None:
+    async with client_from("127.0.0.1") as s:
+        for headers in ({"Origin": "https://evil.example"}, {}):  # a browser always sends one
+            with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+                async with s.ws_connect(plain_url(guarded), protocols=("xmpp",), headers=headers):
+                    pass
+            assert info.value.status == 403, headers
+        async with s.ws_connect(plain_url(guarded), protocols=("xmpp",), headers={"Origin": ORIGIN}) as ws:
+            assert (await first_features(ws)).tag == "{http://etherx.jabber.org/streams}features"
+
+
+async def test_forwarded_headers_count_only_from_a_trusted_proxy(guarded: NodeProcess) -> None:
+    https = {"Origin": ORIGIN, "X-Forwarded-Proto": "https"}
+    # Not from the proxy: X-Forwarded-Proto is ignored, ws:// is not TLS, so no SASL before TLS (and
+    # STARTTLS does not exist over WebSocket).
+    async with client_from("127.0.0.1") as s, \
+            s.ws_connect(plain_url(guarded), protocols=("xmpp",), headers=https) as ws:
+        assert mechanisms(await first_features(ws)) == []
+    # From the proxy: it terminated TLS, PLAIN is offered and works.
+    async with client_from(PROXY) as s, \
+            s.ws_connect(plain_url(guarded), protocols=("xmpp",), headers=https) as ws:
+        assert "PLAIN" in mechanisms(await first_features(ws))
+        await ws.send_str("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='PLAIN'>"
+                          + base64.b64encode(b"\0alice\0" + PASSWORDS["alice"].encode()).decode() + "</auth>")
+        assert local(await recv(ws)) == "success"
+    # From the proxy, saying plain http: no SASL either.
+    async with client_from(PROXY) as s, \
+            s.ws_connect(plain_url(guarded), protocols=("xmpp",),
+                         headers={"Origin": ORIGIN, "X-Forwarded-Proto": "http"}) as ws:
+        assert mechanisms(await first_features(ws)) == []
+
+
+async def refused(ws: aiohttp.ClientWebSocketResponse) -> bool:
+    """Whether the node refused this connection with a policy-violation stream error (sent at once,
+    with the node's ``<open/>``: our own may find the connection closing already)."""
+    with contextlib.suppress(aiohttp.ClientConnectionResetError):
+        await ws.send_str(OPEN)
+    while True:
+        msg = await ws.receive(timeout=5)
+        if msg.type is not aiohttp.WSMsgType.TEXT:
+            return False
+        el = ET.fromstring(msg.data)
+        if local(el) == "features":
+            return False
+        if local(el) == "error":
+            return el.find("{urn:ietf:params:xml:ns:xmpp-streams}policy-violation") is not None
+
+
+async def test_per_ip_connection_limit_counts_the_client_behind_a_trusted_proxy(guarded: NodeProcess) -> None:
+    """``max_connections_per_ip`` (2) as for TCP: per client address, which behind the trusted proxy
+    is the one it forwards; anyone else's X-Forwarded-For is not believed."""
+    async def connect(s: aiohttp.ClientSession, forwarded_for: str) -> aiohttp.ClientWebSocketResponse:
+        return await s.ws_connect(plain_url(guarded), protocols=("xmpp",),
+                                  headers={"Origin": ORIGIN, "X-Forwarded-For": forwarded_for})
+
+    async with client_from("127.0.0.1") as direct, client_from(PROXY) as proxy:
+        # Direct: three "different" forwarded addresses are all 127.0.0.1; the third is refused.
+        open_ = [await connect(direct, f"198.51.100.{i}") for i in (1, 2)]
+        assert [await refused(ws) for ws in open_] == [False, False]
+        third = await connect(direct, "198.51.100.3")
+        assert await refused(third)
+        # Through the proxy: each forwarded client has its own budget of two …
+        behind = [await connect(proxy, f"203.0.113.{i}") for i in (1, 2, 3)]
+        assert [await refused(ws) for ws in behind] == [False, False, False]
+        # … and it is the last address of X-Forwarded-For (the one the proxy appended): what a client
+        # put before it proves nothing.
+        same = [await connect(proxy, f"10.0.0.{i}, 192.0.2.99") for i in (1, 2, 3)]
+        assert [await refused(ws) for ws in same] == [False, False, True]
+        for ws in [*open_, third, *behind, *same]:
+            await ws.close()
+    async with client_from("127.0.0.1") as s:  # the closed ones gave their places back
+        ws = await connect(s, "")
+        assert not await refused(ws)
+        await ws.close()
+
+
+async def test_ping_pong_keeps_a_live_client_and_drops_a_silent_one(guarded: NodeProcess) -> None:
+    async with client_from(PROXY) as s:
+        headers = {"Origin": ORIGIN, "X-Forwarded-Proto": "https"}
+        # A client that answers pings stays, idle for several intervals (aiohttp answers them while
+        # something reads: receive() times out with nothing but pings having come).
+        async with s.ws_connect(plain_url(guarded), protocols=("xmpp",), headers=headers) as live:
+            await ws_login(live, "bob", "live")
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(3.5):  # receive(timeout=) restarts its clock at each ping
+                    await live.receive()
+            await live.send_str("<iq xmlns='jabber:client' type='get' id='p1'><ping xmlns='urn:xmpp:ping'/></iq>")
+            assert (await recv_named(live, "iq")).get("type") == "result"
+        # One that does not answer is pinged, then dropped once the pong is overdue (half an interval).
+        async with s.ws_connect(plain_url(guarded), protocols=("xmpp",), headers=headers, autoping=False) as silent:
+            await ws_login(silent, "bob", "silent")
+            kinds = []
+            async with asyncio.timeout(10):
+                while (msg := await silent.receive()).type not in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED,
+                                                                   aiohttp.WSMsgType.ERROR):
+                    kinds.append(msg.type)
+            assert aiohttp.WSMsgType.PING in kinds, kinds
+
+
+async def test_the_idle_timeout_counts_from_the_last_input_over_websocket_and_tcp(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``c2s.idle_timeout`` (1.5 s here) after the last thing a client sent, whatever the transport:
+    a client that keeps talking stays past it, a silent one gets ``connection-timeout``."""
+    [port] = free_ports(1)
+    with one_node(tmp_path, "ws3", users=PASSWORDS, settings={"websocket": {"host": "127.0.0.1", "port": port},
+                                                                "c2s": {"idle_timeout": 1.5}}) as n:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=insecure())) as s, \
+                s.ws_connect(f"https://127.0.0.1:{port}/ws", protocols=("xmpp",)) as ws:
+            tcp = RawClient(n.port, n.cert)
+            await tcp.start("bob", PASSWORDS["bob"], "idle", sm=False)
+            await ws_login(ws, "alice", "idle")
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            while loop.time() - started < 3.0:  # twice the timeout, talking every 0.5 s
+                await ws.send_str("<presence xmlns='jabber:client'/>")
+                tcp.send("<presence/>")
+                silent_since = loop.time()
+                await asyncio.sleep(0.5)
+            assert await stream_error(ws) == "connection-timeout"
+            error = await tcp.next_named("error", timeout=5)
+            assert error.find("{urn:ietf:params:xml:ns:xmpp-streams}connection-timeout") is not None
+            assert 1.2 < loop.time() - silent_since < 4.0
+            await tcp.close()

@@ -1,4 +1,4 @@
-"""HTTP Basic parsing, admin credentials and the schema-generated ``meridian ctl`` (issue 6)."""
+"""HTTP Basic parsing, admin credentials and the schema-generated ``meridian ctl``."""
 
 from __future__ import annotations
 

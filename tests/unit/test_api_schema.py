@@ -1,4 +1,4 @@
-"""The GraphQL schemas and their execution, without a server (issue 6)."""
+"""The GraphQL schemas and their execution, without a server."""
 
 from __future__ import annotations
 

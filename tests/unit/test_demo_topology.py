@@ -41,3 +41,15 @@ def test_every_process_gets_settings_its_role_accepts(tmp_path: Path) -> None:
 def test_base_port_out_of_range_is_refused(tmp_path: Path, base: int) -> None:
     with pytest.raises(ValueError, match="--base-port"):
         build_topology(tmp_path, base, secret="s" * 16, admin=("admin", "pw"))
+
+
+def test_every_node_serves_browsers_on_its_own_port(tmp_path: Path) -> None:
+    web = tmp_path / "web"
+    topo = build_topology(tmp_path, 20000, secret="s" * 16, admin=("admin", "pw"), web_root=web)
+    for k, region in enumerate(topo.regions):
+        for i, node in enumerate(region.nodes, start=1):
+            ws = node.settings["websocket"]
+            assert ws["port"] == node.ports["http"] == 20000 + 100 * k + 10 * i + 5
+            assert ws["tls"] is True and ws["web_root"] == str(web)
+    plain = build_topology(tmp_path, 20000, secret="s" * 16, admin=("admin", "pw"))
+    assert all("web_root" not in n.settings["websocket"] for r in plain.regions for n in r.nodes)

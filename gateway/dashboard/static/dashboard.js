@@ -167,6 +167,52 @@ function conflicts(st) {
   return el("span", { class: "warn" }, parts.join("; "));
 }
 
+function bytes(v) {
+  const n = num(v);
+  if (n < 1024) return `${fmt(n)} B`;
+  const units = ["K", "M", "G", "T"];
+  let x = n / 1024, i = 0;
+  while (x >= 1024 && i < units.length - 1) { x /= 1024; i++; }
+  return `${fmt(x, x < 10 ? 1 : 0)} ${units[i]}`;
+}
+
+// Client transports of the region's nodes (TCP, WebSocket, BOSH), summed by the gateway: a line of
+// open connections for the card's list, and a table (per transport; per node what is open) below it.
+const TRANSPORT_ORDER = ["tcp", "websocket", "bosh"];
+function transportNames(t) {
+  const rank = (n) => (TRANSPORT_ORDER.indexOf(n) + 1) || 99;
+  return Object.keys(t).sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
+}
+
+function transportsLine(st) {
+  const t = st.transports;
+  if (!t || typeof t !== "object" || !Object.keys(t).length) return el("span", { class: "muted" }, "not reported");
+  return transportNames(t).map((n) => `${n} ${fmt((t[n] || {}).connections)}`).join(" · ") + " open";
+}
+
+function transportsTable(st) {
+  const t = st.transports;
+  if (!t || typeof t !== "object" || !Object.keys(t).length) return null;
+  const names = transportNames(t);
+  const table = el("table", { class: "transports" },
+    el("caption", { class: "visually-hidden" }, "Client connections, stanzas and bytes per transport"),
+    el("thead", {}, el("tr", {}, ...["transport", "open", "since start", "stanzas in / out", "bytes in / out"]
+      .map((h) => el("th", { scope: "col" }, h)))),
+    el("tbody", {}, ...names.map((n) => {
+      const c = t[n] || {};
+      return el("tr", { "data-transport": n }, el("th", { scope: "row" }, n),
+        el("td", { class: "num", "data-field": "connections" }, fmt(c.connections)),
+        el("td", { class: "num", "data-field": "accepted" }, fmt(c.accepted)),
+        el("td", { class: "num" }, `${fmt(c.stanzasIn)} / ${fmt(c.stanzasOut)}`),
+        el("td", { class: "num" }, `${bytes(c.bytesIn)} / ${bytes(c.bytesOut)}`));
+    })));
+  const perNode = st.nodeTransports && typeof st.nodeTransports === "object" ? Object.entries(st.nodeTransports) : [];
+  return el("div", { class: "transports-block", "data-metric": "transports" }, table,
+    perNode.length ? el("ul", { class: "plain muted" }, ...perNode.map(([node, open]) =>
+      el("li", { "data-node": node }, `${node}: ` + names.map((n) => `${n} ${fmt((open || {})[n])}`).join(", ")
+        + " open"))) : null);
+}
+
 function row(label, value, metric) {
   return [el("dt", {}, label), el("dd", metric ? { "data-metric": metric } : {}, value)];
 }
@@ -191,6 +237,7 @@ function regionCard(name, st, localRegion) {
       : "not reported", "redis"),
     ...row("Cache", st.cache ? `${fmt(st.cache.size)} entries, ${fmt(st.cache.hits)} hits, ${fmt(st.cache.misses)} misses` : "–"),
     ...row("Cluster conflicts", conflicts(st), "conflicts"),
+    ...row("Client transports", transportsLine(st), "transports-open"),
   ];
   const s2s = describeS2S(st.s2s);
   if (s2s) items.push(...row("S2S peers", s2s, "s2s"));
@@ -198,7 +245,8 @@ function regionCard(name, st, localRegion) {
   return el("article", { class: "card", id: slug(name), "data-region": name, tabindex: -1, "aria-labelledby": slug(name) + "-h" },
     el("h3", { id: slug(name) + "-h" }, title),
     el("p", { class: "muted" }, `status from ${st.gateway || "?"}`),
-    el("dl", {}, ...items));
+    el("dl", {}, ...items),
+    transportsTable(st));
 }
 
 function renderLocal(local) {
