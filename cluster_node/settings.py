@@ -112,7 +112,8 @@ class LimitsSettings(_Section):
     shaper_burst: int = Field(500_000, ge=1024, description="bytes a client may send at once")
     shaper_max_throttle: float = Field(
         10.0, gt=0, description="seconds a client may stay throttled before policy-violation")
-    stanza_rate: float = Field(200.0, ge=1, description="stanzas/s a client may send, sustained; excess: policy-violation")
+    stanza_rate: float = Field(
+        200.0, ge=1, description="stanzas/s a client may send, sustained; excess: policy-violation")
     stanza_burst: int = Field(1000, ge=10, description="stanzas a client may send at once")
 
 

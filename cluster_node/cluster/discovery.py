@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 __all__ = ["Peer", "Discovery", "RdbmsDiscovery", "FileDiscovery", "parse_peer"]
@@ -27,6 +27,9 @@ class Peer:
     node: str
     address: str  # host:port of its cluster listener
     node_num: int | None = None
+    # When the member last refreshed its row (epoch s; None: a static list).  Rows of members that
+    # died stay for ``last_seen_threshold``: readiness waits only for members whose row is fresh.
+    updated: int | None = field(default=None, compare=False)
 
 
 class Discovery(Protocol):
@@ -108,10 +111,10 @@ class RdbmsDiscovery:
                                 "members' links will refuse ours", self.node, address, age)
                     self._warned = True
                 await store.discovery_cleanup(self.cluster, now - int(self.last_seen_threshold))
-                return [Peer(n, a, num) for n, a, num, _ in rows]
+                return [Peer(n, a, num, updated) for n, a, num, updated in rows]
         self._num = await store.discovery_register(self.cluster, self.node, self.address, now)
         await store.discovery_cleanup(self.cluster, now - int(self.last_seen_threshold))
-        return [Peer(n, a, num) for n, a, num, _ in await store.discovery_nodes(self.cluster)]
+        return [Peer(n, a, num, updated) for n, a, num, updated in await store.discovery_nodes(self.cluster)]
 
     async def close(self) -> None:
         work, self._work = self._work, None

@@ -24,7 +24,8 @@ CORE = (
     ("RFC 7622", "core", "JID format with PRECIS"),
     ("RFC 7395", "core", "XMPP over WebSocket (/ws on the [websocket] listener)"),
     ("XEP-0114", "core", "Jabber Component Protocol (external components)"),
-    ("XEP-0124", "core", "BOSH (/http-bind on the [websocket] listener; requests forwarded to the member holding the session)"),
+    ("XEP-0124", "core", "BOSH (/http-bind on the [websocket] listener; requests forwarded to the member "
+                         "holding the session)"),
     ("XEP-0156", "core", "Discovering alternative connection methods (/.well-known/host-meta and host-meta.json)"),
     ("XEP-0206", "core", "XMPP over BOSH"),
     ("XEP-0220", "gateway", "Server Dialback (S2S)"),

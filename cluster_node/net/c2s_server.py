@@ -30,8 +30,8 @@ from ..core.sessions import SessionRecord
 from ..settings import NodeSettings
 from ..xmpp import errors, ns
 from ..xmpp.c2s import (
-    AuthFailed,
     Authenticated,
+    AuthFailed,
     BindRequested,
     C2SConfig,
     C2SEvent,
@@ -655,7 +655,8 @@ class C2SConnection(asyncio.Protocol):
             self._queue.clear()
             self._handle(self.core.close(errors.PolicyViolation("too many stanzas")))
         elif stanza.type != "error":
-            self.listener.sessions.s.router.send_error(stanza, errors.StanzaPolicyViolation("too many stanzas: slow down"))
+            slow_down = errors.StanzaPolicyViolation("too many stanzas: slow down")
+            self.listener.sessions.s.router.send_error(stanza, slow_down)
         return True
 
     # -- flow control and timers --------------------------------------------------------------

@@ -28,7 +28,6 @@ from tenacity import (
 )
 
 from cluster_node.core.limits import Shaper
-
 from cluster_node.core.router import Router
 from cluster_node.xmpp import errors
 from cluster_node.xmpp.errors import StanzaError

@@ -20,8 +20,8 @@ from cluster_node.modules.csi import Csi
 from cluster_node.modules.stream_management import StreamManagement
 from cluster_node.xmpp import errors
 from cluster_node.xmpp.c2s import (
-    AuthFailed,
     Authenticated,
+    AuthFailed,
     BindRequested,
     C2SConfig,
     C2SStream,
