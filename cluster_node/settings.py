@@ -47,6 +47,22 @@ class C2SSettings(_Section):
     idle_timeout: float = Field(600.0, gt=0, description="seconds of silence before connection-timeout")
 
 
+def domain_list(value: list[str]) -> list[str]:
+    """Domains in their normalised form (RFC 7622), or a ValueError naming the bad one."""
+    from .xmpp.jid import InvalidJid, Jid
+
+    out = []
+    for d in value:
+        try:
+            jid = Jid.parse(d)
+        except InvalidJid as e:
+            raise ValueError(f"{d!r} is not a valid domain ({e})") from None
+        if not jid.is_domain:
+            raise ValueError(f"{d!r} is not a bare domain")
+        out.append(jid.domain)
+    return out
+
+
 def _ip_networks(value: list[str]) -> list[str]:
     import ipaddress
 
@@ -285,18 +301,7 @@ class NodeSettings(BaseSettings):
     @field_validator("domains")
     @classmethod
     def _domains(cls, value: list[str]) -> list[str]:
-        from .xmpp.jid import InvalidJid, Jid
-
-        out = []
-        for d in value:
-            try:
-                jid = Jid.parse(d)
-            except InvalidJid as e:
-                raise ValueError(f"{d!r} is not a valid domain ({e})") from None
-            if not jid.is_domain:
-                raise ValueError(f"{d!r} is not a bare domain")
-            out.append(jid.domain)
-        return out
+        return domain_list(value)
 
     @property
     def storage_url(self) -> str:

@@ -12,8 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from cluster_node.settings import C2SSettings, NodeSettings
-from cluster_node.xmpp.jid import InvalidJid, Jid
+from cluster_node.settings import C2SSettings, NodeSettings, domain_list
 
 from .link.connection import parse_endpoint
 from .mapping.sentinel import parse_address
@@ -171,16 +170,7 @@ class S2SSettings(_Section):
     @field_validator("service_domains")
     @classmethod
     def _service_domains(cls, value: list[str]) -> list[str]:
-        out = []
-        for d in value:
-            try:
-                jid = Jid.parse(d)
-            except InvalidJid as e:
-                raise ValueError(f"{d!r} is not a valid domain ({e})") from None
-            if not jid.is_domain:
-                raise ValueError(f"{d!r} is not a bare domain")
-            out.append(jid.domain)
-        return out
+        return domain_list(value)
 
     @field_validator("hosts")
     @classmethod
