@@ -19,12 +19,10 @@ from slixmpp import JID
 from slixmpp.exceptions import IqError
 
 from tests.helpers.cluster import eventually
-from tests.helpers.dns import DnsServer
 from tests.helpers.node import NodeProcess
 from tests.helpers.redis import RedisServer
 from tests.helpers.regions import Region
 from tests.helpers.topologies import (
-    check_logs,
     close,
     fresh_users,
     need_redis,
@@ -35,7 +33,7 @@ from tests.helpers.topologies import (
 )
 from tests.helpers.xmpp_client import Client
 from tests.helpers.xmpp_raw import RawClient
-from tests.integration.test_s2s import EU, PASSWORD as S2S_PASSWORD, US, Site
+from tests.integration.test_s2s import EU, PASSWORD as S2S_PASSWORD, US, Site, two_sites
 
 BLOCKING_ERRORS = "urn:xmpp:blocking:errors"
 PASSWORD = "blocking-secret"
@@ -283,22 +281,8 @@ async def test_two_regions(regions: tuple[Region, Region]):
 @pytest.fixture(scope="module")
 def domains(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Site, Site]]:
     """Two deployments with their own domains, as tests/integration/test_s2s.py starts them."""
-    need_redis()
-    base = tmp_path_factory.mktemp("blocking-s2s")
-    with DnsServer() as dns, RedisServer() as r1, RedisServer() as r2:
-        eu = Site(base, "eu1", EU, r1.url, dns)
-        us: Site | None = None
-        try:
-            eu.start()
-            us = Site(base, "us1", US, r2.url, dns)
-            us.start()
-            yield eu, us
-        finally:
-            eu.stop()
-            if us is not None:
-                us.stop()
-        assert us is not None
-        check_logs(eu.node, eu.gateway, us.node, us.gateway)
+    with two_sites(tmp_path_factory.mktemp("blocking-s2s")) as world:
+        yield world.eu, world.us
 
 
 async def test_over_s2s(domains: tuple[Site, Site]):

@@ -16,10 +16,9 @@ from slixmpp import JID
 
 from gateway.link.tls import issue_cert, make_ca
 from tests.helpers.dns import DnsServer
-from tests.helpers.redis import RedisServer, redis_server_binary
 
 from .test_muc import MucClient, create
-from .test_s2s import EU, PASSWORD, US, Site
+from .test_s2s import EU, PASSWORD, US, Site, two_sites
 
 
 def muc_site(base: Path, name: str, domain: str, redis_url: str, dns: DnsServer) -> Site:
@@ -35,24 +34,8 @@ def muc_site(base: Path, name: str, domain: str, redis_url: str, dns: DnsServer)
 
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Site, Site]]:
-    if redis_server_binary() is None:
-        pytest.skip("redis-server is not installed")
-    base = tmp_path_factory.mktemp("muc-s2s")
-    with DnsServer() as dns, RedisServer() as r1, RedisServer() as r2:
-        eu = muc_site(base, "eu1", EU, r1.url, dns)
-        us: Site | None = None
-        try:
-            eu.start()
-            us = muc_site(base, "us1", US, r2.url, dns)
-            us.start()
-            yield eu, us
-        finally:
-            eu.stop()
-            if us is not None:
-                us.stop()
-        assert us is not None
-        for p in (eu.node, eu.gateway, us.node, us.gateway):
-            assert "Traceback" not in p.log(), p.log()
+    with two_sites(tmp_path_factory.mktemp("muc-s2s"), muc_site) as world:
+        yield world.eu, world.us
 
 
 async def user(site: Site, prefix: str) -> MucClient:

@@ -12,10 +12,12 @@ with SASL EXTERNAL allowed and check it is what they use.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -126,19 +128,27 @@ class World:
         self.eu, self.us, self.dns = eu, us, dns
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+MakeSite = Callable[[Path, str, str, str, DnsServer], Site]  # (base, name, domain, redis_url, dns)
+
+
+@contextmanager
+def two_sites(base: Path, make: MakeSite = Site, dns: DnsServer | None = None) -> Iterator[World]:
+    """eu1.example.com and us1.example.com, each a node and a gateway with its own Redis, federating
+    over S2S through a DNS server of the test's (given, or started here); stopped at the end, and
+    their logs checked for tracebacks.  ``make`` builds a site (more S2S settings, certificates)."""
     if redis_server_binary() is None:
         pytest.skip("redis-server is not installed")
-    base = tmp_path_factory.mktemp("s2s")
-    with DnsServer() as dns, RedisServer() as r1, RedisServer() as r2:
+    with contextlib.ExitStack() as stack:
+        if dns is None:
+            dns = stack.enter_context(DnsServer())
+        r1, r2 = stack.enter_context(RedisServer()), stack.enter_context(RedisServer())
         # Each site's ports are picked just before it starts (fewer chances for another process
         # to take one meanwhile).
-        eu = Site(base, "eu1", EU, r1.url, dns)
+        eu = make(base, "eu1", EU, r1.url, dns)
         us: Site | None = None
         try:
             eu.start()
-            us = Site(base, "us1", US, r2.url, dns)
+            us = make(base, "us1", US, r2.url, dns)
             us.start()
             yield World(eu, us, dns)
         finally:
@@ -148,6 +158,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         assert us is not None
         for p in (eu.node, eu.gateway, us.node, us.gateway):
             assert "Traceback" not in p.log(), p.log()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with two_sites(tmp_path_factory.mktemp("s2s")) as w:
+        yield w
 
 
 async def presences(c: Client, types: set[str], *, sender: str, timeout: float = 15.0) -> set[str]:

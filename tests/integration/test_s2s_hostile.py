@@ -21,9 +21,9 @@ import pytest
 
 from gateway.link.tls import issue_cert
 from tests.helpers.dns import DnsServer
-from tests.helpers.redis import RedisServer, redis_server_binary
+from tests.helpers.redis import redis_server_binary
 
-from .test_s2s import EU, US, Site, World, apoll
+from .test_s2s import EU, US, Site, World, apoll, two_sites
 
 RATE = 20
 NS = ("xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' "
@@ -37,27 +37,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     base = tmp_path_factory.mktemp("s2s-hostile")
     # Two attempts per connection (a stalled handshake is retried), a low stanza rate per incoming stream.
     fast = {"sasl_external": True, "auth_timeout": 5.0, "retries": 2, "stanza_rate": RATE, "stanza_burst": RATE}
-    with DnsServer() as dns, RedisServer() as r1, RedisServer() as r2, Silent() as silent:
+    with DnsServer() as dns, Silent() as silent:
         dns.add_srv("_xmpp-server._tcp.silent.example", "xmpp.silent.example", silent.port)
         dns.add_a("xmpp.silent.example", "127.0.0.1")
-        # Each site's ports are picked just before it starts (fewer chances for another process
-        # to take one meanwhile).
-        eu = Site(base, "eu1", EU, r1.url, dns, fast)
-        us: Site | None = None
-        try:
-            eu.start()
-            us = Site(base, "us1", US, r2.url, dns, fast)
-            us.start()
-            world = World(eu, us, dns)
+        with two_sites(base, lambda b, name, domain, url, d: Site(b, name, domain, url, d, fast), dns) as world:
             world.silent = silent  # type: ignore[attr-defined]
             yield world
-        finally:
-            eu.stop()
-            if us is not None:
-                us.stop()
-        assert us is not None
-        for p in (eu.node, eu.gateway, us.node, us.gateway):
-            assert "Traceback" not in p.log(), p.log()
 
 
 class Silent:
