@@ -214,7 +214,20 @@ class GatewayHandoff:
 
 def _send(calls: MemberCalls, record: SessionRecord, stanza: Stanza) -> bool:
     envelope = {"sid": record.sid, "to": str(record.jid), "hops": 1}
-    if not calls.send_stanza(record.node, SESSION, envelope, stanza.to_bytes()):
+    if calls.send_stanza(record.node, SESSION, envelope, stanza.to_bytes()):
+        return True
+    # No link: the member left (a node drained by SIGTERM) or went down after ``record`` was read
+    # (routing awaits hooks, an archive write, between the lookup and here).  Its records left the
+    # table with its link, so the table now says where the session went — to the member it was
+    # handed to, or nowhere — and the stanza follows that instead of being dropped after its
+    # sender was told it was handled (XEP-0198 acks count routed stanzas).
+    services = calls.s
+    current = services.table.lookup(record.jid)
+    if current is not None and current.node != record.node:
+        services.router.deliver(current, stanza)
+    elif current is None:
+        services.router.spawn(services.router.route(stanza))  # other resources or offline storage
+    else:
         log.warning("no link to %s for a stanza to %s", record.node, record.jid)
     return True
 

@@ -16,6 +16,8 @@ command -v tsung >/dev/null || need+=(tsung)
 command -v chromium >/dev/null || need+=(chromium)
 # `docker-compose config` validates compose/docker-compose.yml in tests/integration/test_compose.py (no daemon)
 command -v docker-compose >/dev/null || need+=(docker-compose)
+# `kubectl kustomize` renders compose/k8s in tests/integration/test_k8s.py (no cluster needed)
+command -v kubectl >/dev/null || need+=(kubernetes-client)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then echo "missing packages: ${need[*]} (apt-get install them as root)" >&2; exit 1; fi
     apt-get update -qq

@@ -16,7 +16,6 @@ import os
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import pytest
 import yaml
 
 from cluster_node.net.tls import server_context as c2s_context
-from cluster_node.settings import NodeSettings, WebSocketSettings, load_settings
+from cluster_node.settings import NodeSettings, load_settings
 from gateway.link.tls import client_context, server_context
 from gateway.settings import GatewaySettings
 
@@ -278,118 +277,3 @@ def test_docker_compose_itself_accepts_the_file() -> None:
     res = subprocess.run([*cmd, "-f", str(COMPOSE / "docker-compose.yml"), "config", "-q"], capture_output=True,
                          text=True, timeout=120, cwd=COMPOSE)
     assert res.returncode == 0, res.stderr
-
-
-# -- compose/k8s: plain manifests of the same topology ------------------------------------------
-
-K8S = COMPOSE / "k8s"
-
-
-def k8s_objects() -> list[dict[str, Any]]:
-    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
-    files = [*kustomization["resources"], "secrets.example.yaml"]
-    assert sorted(p.name for p in K8S.glob("*.yaml")) == sorted([*files, "kustomization.yaml"])
-    return [doc for f in files for doc in yaml.safe_load_all((K8S / f).read_text()) if doc]
-
-
-def expand(value: str, env: dict[str, str]) -> str:
-    """Kubernetes' ``$(VAR)`` expansion of variables defined earlier in the container's env."""
-    return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m.group(1), m.group(0)), value)
-
-
-def test_k8s_manifests_a_statefulset_per_region_without_volume_claims() -> None:
-    objects = k8s_objects()
-    by_kind: dict[str, dict[str, dict[str, Any]]] = {}
-    for obj in objects:
-        assert obj["apiVersion"] and obj["metadata"]["name"]
-        by_kind.setdefault(obj["kind"], {})[obj["metadata"]["name"]] = obj
-    sets = by_kind["StatefulSet"]
-    assert sorted(sets) == ["eu-gw", "eu-node", "us-gw", "us-node"]
-    for name, sts in sets.items():
-        spec = sts["spec"]
-        assert "volumeClaimTemplates" not in spec, name  # nodes keep nothing on disk
-        assert spec["replicas"] == (3 if name.endswith("node") else 2)
-        labels = spec["template"]["metadata"]["labels"]
-        assert spec["selector"]["matchLabels"].items() <= labels.items()
-        headless = by_kind["Service"][spec["serviceName"]]
-        assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["selector"].items() <= labels.items()
-        for volume in spec["template"]["spec"]["volumes"]:
-            assert "persistentVolumeClaim" not in volume
-    config = by_kind["ConfigMap"]["meridian-config"]["data"]
-    assert config == {p.name: p.read_text() for p in (COMPOSE / "config").glob("*.toml")}, \
-        "compose/k8s/config.yaml must carry compose/config/*.toml unchanged"
-    for host in ("pg-eu", "redis-eu", "redis-us"):  # the names the configs use
-        assert host in by_kind["Service"]
-
-
-def test_k8s_containers_load_their_config_with_their_environment(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    objects = k8s_objects()
-    secrets = {o["metadata"]["name"]: o["stringData"] for o in objects if o["kind"] == "Secret"}
-    configs = {o["metadata"]["name"]: o["data"] for o in objects if o["kind"] == "ConfigMap"}
-    for key in [k for k in os.environ if k.startswith("MERIDIAN_")]:
-        monkeypatch.delenv(key)
-    for sts in (o for o in objects if o["kind"] == "StatefulSet"):
-        name = sts["metadata"]["name"]
-        pod = sts["spec"]["template"]["spec"]
-        volumes = {v["name"]: v for v in pod["volumes"]}
-        (container,) = pod["containers"]
-        env: dict[str, str] = {}
-        for var in container["env"]:
-            if "value" in var:
-                env[var["name"]] = expand(var["value"], env)
-            elif "secretKeyRef" in var["valueFrom"]:
-                ref = var["valueFrom"]["secretKeyRef"]
-                env[var["name"]] = secrets[ref["name"]][ref["key"]]
-            else:
-                field = var["valueFrom"]["fieldRef"]["fieldPath"]
-                env[var["name"]] = {"metadata.name": f"{name}-1", "status.podIP": "10.4.0.17"}[field]
-        args = container["args"]
-        target = args[args.index("--config") + 1]
-        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == target]
-        source = volumes[mount["name"]]["configMap"]["name"]
-        path = tmp_path / f"{name}.toml"
-        path.write_text(configs[source][mount["subPath"]])
-        with monkeypatch.context() as m:
-            for key, value in env.items():
-                if key.startswith("MERIDIAN_"):
-                    m.setenv(key, value)
-            settings = load_settings(path, ROLES[args[0]])
-        assert settings.node_name == f"{name}-1" and settings.cluster.advertise == "10.4.0.17:7100"
-        assert settings.cluster.name == name.split("-")[0] and len(settings.cluster.secret) >= 16
-        if isinstance(settings, GatewaySettings):
-            host = f"{name}-1.{sts['spec']['serviceName']}"  # the pod's DNS name in the namespace
-            c = settings.gdistrib.connections
-            assert c.advertised_endpoints == [f"{host}:5555"]
-            assert str(c.cert_file) == f"/certs/{host}.pem" and str(c.key_file) == f"/certs/{host}-key.pem"
-            assert settings.gdistrib.local_host == settings.cluster.name
-
-
-def test_k8s_an_ingress_per_region_routes_browsers_to_its_nodes() -> None:
-    objects = k8s_objects()
-    by_kind: dict[str, dict[str, dict[str, Any]]] = {}
-    for obj in objects:
-        by_kind.setdefault(obj["kind"], {})[obj["metadata"]["name"]] = obj
-    config = by_kind["ConfigMap"]["meridian-config"]["data"]
-    for region in ("eu", "us"):
-        ws = WebSocketSettings(**tomllib.loads(config[f"node-{region}.toml"])["websocket"])
-        ingress = by_kind["Ingress"][f"{region}-web"]
-        (rule,) = ingress["spec"]["rules"]
-        paths = {p["path"]: p for p in rule["http"]["paths"]}
-        assert {"/ws", "/http-bind", "/web", "/.well-known/host-meta", "/.well-known/host-meta.json"} <= set(paths)
-        assert paths["/ws"]["pathType"] == "Prefix" and paths["/web"]["pathType"] == "Prefix"
-        assert any(rule["host"] in t["hosts"] for t in ingress["spec"]["tls"])
-        if ws.tls:  # the controller must speak TLS to the nodes
-            assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "HTTPS"
-        pod = by_kind["StatefulSet"][f"{region}-node"]["spec"]["template"]
-        (container,) = pod["spec"]["containers"]
-        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        env = {v["name"]: v.get("value") for v in container["env"]}
-        assert env["MERIDIAN_WEBSOCKET__PUBLIC_URL"] == f"wss://{rule['host']}{ws.path}"
-        for p in paths.values():
-            backend = p["backend"]["service"]
-            service = by_kind["Service"][backend["name"]]
-            assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
-            assert service["spec"]["selector"]["meridian/region"] == region
-            (sport,) = [sp for sp in service["spec"]["ports"] if sp["name"] == backend["port"]["name"]]
-            assert ports[sport["targetPort"]] == ws.port  # reaches the nodes' [websocket] listener

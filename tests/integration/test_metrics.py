@@ -91,7 +91,7 @@ async def test_health_and_ready(node: NodeProcess) -> None:
     status, body = await node.http("GET", f"{node.admin_url}/health")
     assert status == 200 and body == {"status": "ok", "node": node.name}
     status, body = await node.http("GET", f"{node.admin_url}/ready")
-    assert status == 200 and body == {"ready": True, "checks": {"listeners": True}}
+    assert status == 200 and body == {"ready": True, "checks": {"listeners": True, "storage": True}}
 
 
 class TwoRegions:
