@@ -174,3 +174,43 @@ async def test_gateway_metrics_move_with_relayed_traffic(regions: TwoRegions) ->
     finally:
         await a.close()
         await b.close()
+
+
+MONITORING = Path(__file__).resolve().parents[2] / "compose" / "monitoring"
+SUFFIXES = ("", "_total", "_bucket", "_sum", "_count", "_created")
+
+
+def _referenced() -> dict[str, set[str]]:
+    """The metric names each monitoring file's expressions use."""
+    import json
+    import re
+
+    import yaml
+
+    rules = yaml.safe_load((MONITORING / "alerts.yml").read_text())
+    exprs = {"alerts.yml": [r["expr"] for g in rules["groups"] for r in g["rules"]]}
+    for g in rules["groups"]:
+        for r in g["rules"]:
+            assert {"alert", "expr", "labels", "annotations"} <= set(r), r
+            assert r["labels"]["severity"] in ("info", "warning", "critical") and r["annotations"]["summary"]
+    dash = json.loads((MONITORING / "grafana-dashboard.json").read_text())
+    exprs["grafana-dashboard.json"] = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    return {f: {m for e in es for m in re.findall(r"\bmeridian_[a-z0-9_]+", e)} for f, es in exprs.items()}
+
+
+async def test_alert_rules_and_dashboard_name_only_exported_metrics(regions: TwoRegions) -> None:
+    """Every metric the alert rules and the Grafana dashboard use is exported by a node or a
+    gateway (a renamed metric would leave an alert that never fires)."""
+    exported: set[str] = set()
+    for p in (regions.eu.nodes[0], regions.eu.gateways[0]):
+        status, text = await p.http("GET", f"{p.admin_url}/metrics", auth=(ADMIN_USER, ADMIN_PASSWORD))
+        assert status == 200, text
+        for fam in text_string_to_metric_families(text):  # families without samples yet count too
+            exported |= {fam.name, *(fam.name + s for s in SUFFIXES)} if fam.type == "counter" else {fam.name}
+            exported |= {s.name for s in fam.samples}
+    referenced = _referenced()
+    assert all(referenced.values())
+    for file, names in referenced.items():
+        missing = sorted(n for n in names if not any(n.removesuffix(s) + t in exported for s in SUFFIXES
+                                                     for t in SUFFIXES if n.endswith(s)))
+        assert not missing, f"{file} names metrics nobody exports: {missing}"
