@@ -62,6 +62,12 @@ class PairQueues:
         """Stanzas waiting behind another of their conversation (for metrics)."""
         return sum(len(q) for q in self._queues.values())
 
+    async def drain(self, timeout: float) -> None:
+        """Until every job submitted so far has run, or ``timeout``: a stopping gateway lets what
+        it already accepted (and acked) go on its way rather than dropping it in :meth:`close`."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
+
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()

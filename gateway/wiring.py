@@ -199,7 +199,8 @@ async def running_gateway(settings: GatewaySettings, *, http_routes: Sequence[we
         transports.start()
         await publisher.start()
         # Tell the region's nodes that stanzas for other regions may be handed to us.
-        member.broadcast(services.routes.insert(f"gateway/{settings.node_name}", {"region": gd.local_host}))
+        member.broadcast(services.routes.insert(f"gateway/{settings.node_name}", {
+            "region": gd.local_host, "endpoints": list(conns.advertised_endpoints or conns.endpoints)}))
         node.queries[("gdistrib", "status")] = gateway.status
         node.queries[("gdistrib", "lookup")] = gateway.lookup
         node.metrics.register(GatewayCollector(gateway))
@@ -217,6 +218,12 @@ async def running_gateway(settings: GatewaySettings, *, http_routes: Sequence[we
             if op is not None:
                 member.broadcast(op)
             await publisher.stop()
+            # What the members handed us before they learnt we are going (their stanzas arrive
+            # before their acks), and what other regions relayed to us (acked on receipt: ours to
+            # deliver), goes on its way before the links close; other regions resend the rest.
+            await links.server.stop()
+            await member.wait_acks(settings.shutdown_timeout)
+            await router.pairs.drain(settings.shutdown_timeout)
             await links.stop()
             await router.pairs.close()
             await clients.aclose()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
 import logging
 import secrets
@@ -69,6 +70,10 @@ class SmSettings(ModuleSettings):
     ack_after: float = Field(30.0, gt=0, description="seconds an unacked stanza waits before the server asks")
     max_unacked: int = Field(1000, ge=1, description="unacked stanzas before the stream is closed")
     takeover_timeout: float = Field(5.0, gt=0, description="seconds to fetch a session from another member")
+
+
+class SessionMoved(Exception):
+    """The member asked for a session had handed it to another one (it is stopping)."""
 
 
 class Detached:
@@ -170,6 +175,8 @@ class StreamManagement(Module):
     async def stop(self) -> None:
         """Hand the sessions still detached here to another member (the node is stopping)."""
         for det in list(self.detached.values()):
+            if det.ended or self.detached.get(det.record.sid) is not det:
+                continue  # resumed elsewhere while the ones before it were handed over
             if det.expiry is not None:
                 det.expiry.cancel()
             if not await self._hand_over(det):
@@ -426,10 +433,7 @@ class StreamManagement(Module):
         if parts is None or jid is None or user is None or jid.bare != user or record is None:
             return self._fail("item-not-found", "no such session to resume")
         token = parts[1]
-        if record.node == self.host.node:
-            holder = self._take_local(record, token)
-        else:
-            holder = await self._take_remote(record, token)
+        holder = await self._holder(jid, record, token)
         if holder is None:
             return self._fail("item-not-found", "no such session to resume")
         await holder.settled()
@@ -456,6 +460,27 @@ class StreamManagement(Module):
         self.counters["resumed"] += 1
         log.info("sm: %s resumed on %s (%d resent)", record.jid, self.host.node, len(resend))
         return record, sm.resumed(request.previd, state.handled_in), b"".join(resend)
+
+    async def _holder(self, jid: Jid, record: SessionRecord, token: str) -> Detached | None:
+        """The session's state, taken from this member or the one holding it.  A holder that is
+        stopping hands its detached sessions to another member: a session that moved meanwhile is
+        followed there (the new holder's record reaches our table right after it answered)."""
+        deadline = time.monotonic() + self.cfg.takeover_timeout
+        while True:
+            if record.node == self.host.node:
+                return self._take_local(record, token)
+            try:
+                return await self._take_remote(record, token)
+            except SessionMoved:
+                pass
+            while True:
+                await asyncio.sleep(0.02)
+                newer = self.host.table.lookup(jid)
+                if newer is None or time.monotonic() > deadline:
+                    return None
+                if newer.sid != record.sid:
+                    record = newer
+                    break
 
     def _fail(self, condition: str, text: str) -> bytes:
         self.counters["failed"] += 1
@@ -497,6 +522,9 @@ class StreamManagement(Module):
             answer = await self.host.request(record.node, "sm.takeover",
                                              {"sid": record.sid, "token": token, "new_sid": new_sid},
                                              timeout=self.cfg.takeover_timeout)
+            if answer.get("moved"):
+                self.host.local.remove(new_sid)
+                raise SessionMoved(str(answer["moved"]))
             state = SmSession.from_state(answer["sm"], ack_every=self.cfg.ack_every, ack_after=self.cfg.ack_after,
                                          max_queue=self.cfg.max_unacked)
             pending = [base64.b64decode(p) for p in answer.get("pending", [])]
@@ -521,6 +549,12 @@ class StreamManagement(Module):
         if not (isinstance(sid, str) and isinstance(token, str) and isinstance(new_sid, str)) or not caller:
             raise ValueError("bad takeover request")
         held = self.host.local.get(sid)
+        moving = held.ext.get("sm_moving") if held is not None else None
+        if moving is not None:  # being handed over right now: wait for where it ends up
+            await asyncio.shield(moving)
+            held = self.host.local.get(sid)
+        if isinstance(held, Forwarder):  # handed over (this member is stopping) or resumed elsewhere
+            return {"moved": held.to.node}
         if held is None or not _token_ok(held.ext.get("sm_token"), token):
             raise LookupError("no such session")
         record = held.record
@@ -544,10 +578,23 @@ class StreamManagement(Module):
     # -- hand-over at shutdown -------------------------------------------------------------------------
 
     async def _hand_over(self, det: Detached) -> bool:
-        """Give a detached session to another member (this one is stopping)."""
+        """Give a detached session to another member (this one is stopping).  A takeover asked
+        meanwhile waits for the outcome (two members must never both hold the session), and what
+        reaches the session here after its state was copied follows it to the new member."""
+        moving: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        det.ext["sm_moving"] = moving
+        try:
+            return await self._adopted_by_another(det, moving)
+        finally:
+            if not moving.done():
+                moving.set_result(False)
+            det.ext.pop("sm_moving", None)
+
+    async def _adopted_by_another(self, det: Detached, moving: asyncio.Future[bool]) -> bool:
         for member in self.host.cluster_members:
+            copied = len(det.pending)
             try:
-                await self.host.request(member, "sm.adopt", {
+                answer = await self.host.request(member, "sm.adopt", {
                     "jid": str(det.record.jid), "sid": det.record.sid, "token": det.token,
                     "sm": det.sm.to_state(), "pending": [base64.b64encode(p).decode() for p in det.pending],
                     "presence": (base64.b64encode(det.last_presence.to_bytes()).decode()
@@ -562,8 +609,14 @@ class StreamManagement(Module):
                 continue
             det.ended = True
             self.detached.pop(det.record.sid, None)
-            if self.host.local.get(det.record.sid) is det:
-                self.host.local.remove(det.record.sid)
+            to = SessionRecord(det.record.jid, member, str(answer.get("sid", "")), time.time())
+            det.ext["sm_moved"] = True  # a closing connection routes what it still gets (``_hold``)
+            self.host.local.add(det.record.sid, Forwarder(self.host, det.record, to))
+            asyncio.get_running_loop().call_later(FORWARD_SECONDS, self._forget, det.record.sid)
+            for data in [*det.pending[copied:], *det.ext.pop("sm_pending", [])]:
+                with contextlib.suppress(ValueError):
+                    self.host.deliver(to, parse_stanza(data))
+            moving.set_result(True)
             log.info("sm: %s handed over to %s", det.record.jid, member)
             return True
         return False

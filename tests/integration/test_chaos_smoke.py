@@ -1,0 +1,72 @@
+"""The chaos suite's short run (``benchmarks/chaos.py --quick``): every scenario, under load, must
+lose no acknowledged message, deliver none twice, and leave none in offline storage for a
+recipient who stayed online (late is not good enough for an online user).
+
+One run of the script serves every test (it starts seven server processes, two Redis and the
+proxies once; the scenarios run one after another).  A scenario that does not meet the goal yet is
+``xfail(strict=True)`` with what goes wrong: when it is fixed, the test fails until the mark goes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.chaos import SCENARIOS
+from tests.helpers.node import ROOT
+from tests.helpers.redis import redis_server_binary
+
+pytestmark = pytest.mark.timeout(600)  # the whole run happens in the first test's fixture
+
+# Scenarios that do not meet the goal yet, and why (see benchmarks/README.md, "Chaos").
+# A gateway killed with messages in hand loses them (a node acknowledges a message once it is
+# written to a gateway's cluster link): 1 message in some full-size runs of gateway-kill and
+# only-gateway-kill, too rare at the quick run's load to fail here but for bad luck.
+KNOWN: dict[str, str] = {
+    "only-gateway-kill": "while us has no gateway its nodes store messages for online eu users offline (they "
+                         "arrive at those users' next login); also, acknowledged messages a node had handed to "
+                         "the gateway just before it died are lost (1 in 3 of 5 full-size runs)",
+}
+
+# What each fault must visibly do to the clients, so a scenario that injected nothing cannot pass.
+FELT: dict[str, str] = {"node-kill": "resume failed", "rolling-restart": "disconnected", "move-region": "moved"}
+
+
+@pytest.fixture(scope="module")
+def chaos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    if redis_server_binary() is None:
+        pytest.skip("redis-server is not installed")
+    out: Path = tmp_path_factory.mktemp("chaos") / "chaos.json"
+    r = subprocess.run([sys.executable, "-m", "benchmarks.chaos", "--quick", "--out", str(out)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=540)
+    # 1: a scenario missed the goal (each test below says which); 2: the run itself failed.
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    data: dict[str, Any] = json.loads(out.read_text())
+    assert not data["failed"] and not data["run"]["tracebacks"], r.stdout
+    data["stdout"] = r.stdout
+    return data
+
+
+def _param(name: str) -> Any:
+    if name in KNOWN:
+        return pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KNOWN[name]))
+    return name
+
+
+@pytest.mark.parametrize("scenario", [_param(name) for name in SCENARIOS])
+def test_nothing_lost_duplicated_or_parked(chaos: dict[str, Any], scenario: str) -> None:
+    row = next(r for r in chaos["scenarios"] if r["scenario"] == scenario)
+    story = json.dumps({k: row[k] for k in ("fault", "examples", "server_warnings", "clients")}, indent=1)
+    assert row["sent"] >= 50 and row["acked"] > 0 and row["delivered"] > 0, story  # the load ran
+    if scenario in FELT:
+        assert row["clients"].get(FELT[scenario], 0) > 0, story
+    assert row["unsent"] == 0, story  # every client was back online to send what it kept
+    assert row["lost"] == 0, story
+    assert row["duplicates"] == 0, story
+    assert row["parked"] == 0, story
