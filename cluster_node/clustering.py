@@ -178,12 +178,12 @@ class GatewayHandoff:
         self.s = services
         self.calls = calls
 
-    def gateway(self, stanza: Stanza) -> str | None:
+    def gateway(self, stanza: Stanza, key: str | None = None) -> str | None:
         links = self.calls.member.links
         names = sorted(r.owner for r in self.s.routes if r.key.startswith("gateway/") and r.owner in links)
         if not names:
             return None
-        return names[zlib.crc32(f"{stanza.from_}|{stanza.to}".encode()) % len(names)]
+        return names[zlib.crc32((key or f"{stanza.from_}|{stanza.to}").encode()) % len(names)]
 
     async def elsewhere(self, stanza: Stanza, to: Jid) -> bool:
         gateway = self.gateway(stanza)
@@ -204,6 +204,17 @@ class GatewayHandoff:
         if gateway is None or not self.calls.send_stanza(gateway, "gd", {"gd": "s2s"}, stanza.to_bytes()):
             raise errors.RemoteServerNotFound(f"{to.domain} is not served here and no gateway federates")
         return True
+
+    def many(self, stanza: Stanza, recipients: list[str]) -> bool:
+        # The gateway is chosen by the sender's bare JID (a room): all it sends to other regions
+        # takes one gateway, so it keeps its order.
+        try:
+            key = str(Jid.parse(stanza.from_ or "").bare)
+        except ValueError:
+            return False
+        gateway = self.gateway(stanza, key)
+        return gateway is not None and self.calls.send_stanza(gateway, "gd", {"gd": "many", "to": recipients},
+                                                              stanza.to_bytes())
 
     def fanout(self, stanza: Stanza, bare: Jid, which: Fanout) -> None:
         gateway = self.gateway(stanza)

@@ -38,6 +38,7 @@ from cluster_node.xmpp.jid import InvalidJid, Jid
 from cluster_node.xmpp.lazy import lazy_stanza
 from cluster_node.xmpp.stanza import Stanza
 
+from . import many as many_frames
 from .link.errors import LinkError
 from .mapping import Location, MappingCache, MappingStore
 from .ordering import PairQueues, pair
@@ -74,11 +75,14 @@ class RelayCounters:
     lookups: int = 0
     lookup_seconds: float = 0.0
     handled_locally: int = 0  # no region held the recipient
+    many_copies: Counter[str] = field(default_factory=Counter)  # recipients carried by one-for-many frames, per region
+    expanded: int = 0  # deliveries made here from one-for-many frames other regions relayed
 
     def as_dict(self) -> dict[str, Any]:
         return {"relayed": dict(self.relayed), "received": dict(self.received), "bounced": self.bounced,
                 "ttlDrops": self.ttl_drops, "linkErrors": self.link_errors, "redisErrors": self.redis_errors,
-                "lookups": self.lookups, "handledLocally": self.handled_locally}
+                "lookups": self.lookups, "handledLocally": self.handled_locally,
+                "manyCopies": dict(self.many_copies), "expanded": self.expanded}
 
 
 class GlobalRouter:
@@ -231,6 +235,50 @@ class GlobalRouter:
             await self._relay(region, stanza, Relayed(secrets.token_hex(8), self.region, self.ttl, b"",
                                                       stanza.from_, stanza.to, meta), quiet=True)
 
+    def many(self, stanza: Stanza, recipients: list[str]) -> bool:
+        """Copies of a room's ``stanza`` for ``recipients`` (full JIDs of our domains, no session in
+        this region): one relay per region holding some, in the room's order (one queue and one
+        link lane per sender's bare JID)."""
+        try:
+            room = str(Jid.parse(stanza.from_ or "").bare)
+        except InvalidJid:
+            return False
+        self.pairs.submit((room, room), lambda: self._many(stanza, recipients, room))
+        return True
+
+    async def _many(self, stanza: Stanza, recipients: list[str], room: str) -> None:
+        regions: dict[str, list[str]] = {}
+        here: list[str] = []
+        for r in recipients:
+            try:
+                to = Jid.parse(r)
+            except InvalidJid:
+                continue
+            loc = (await self.locate(to.bare)).get(to.resource or "")
+            if loc is None:  # a login newer than the cached answer?
+                loc = (await self.locate(to.bare, fresh=True)).get(to.resource or "")
+            if loc is None or loc.region == self.region:
+                here.append(r)
+            else:
+                regions.setdefault(loc.region, []).append(r)
+        for region, chunk in ((g, c) for g, rs in sorted(regions.items()) for c in many_frames.chunks(rs)):
+            data, meta = many_frames.encode(chunk, stanza.to_bytes())
+            envelope = Relayed(secrets.token_hex(8), self.region, self.ttl, data, room, room, meta)
+            log.debug("relay to %s: %s for %d recipients", region, stanza.from_, len(chunk))
+            try:
+                await self.send(region, envelope)
+            except LinkError as e:  # as for single copies: each recipient's error goes to the sender
+                self.counters.link_errors += 1
+                log.warning("cannot relay to region %s: %s", region, e)
+                for r in chunk:
+                    self.s.router.send_error(stanza.with_attrs(to=r), e)
+                continue
+            self.counters.relayed[region] += 1
+            self.counters.many_copies[region] += len(chunk)
+        for r in here:  # no region holds it (any more): handled here (an error back to the room)
+            self.counters.handled_locally += 1
+            await self.s.router.route(stanza.with_attrs(to=r), local_only=True)
+
     async def _relay(self, region: str, stanza: Stanza, envelope: Relayed, *, quiet: bool = False) -> None:
         relayed = Relayed(envelope.id, envelope.origin, envelope.ttl, stanza.to_bytes(), envelope.from_,
                           envelope.to, envelope.meta)
@@ -262,7 +310,11 @@ class GlobalRouter:
         """A node handed us ``stanza`` (over the cluster link): it had no session for it."""
         kind = envelope.get("gd")
         log.debug("handoff %s: %s -> %s %s", kind, stanza.from_, stanza.to, envelope)
-        if kind == "fanout":
+        if kind == "many":
+            recipients = envelope.get("to")
+            if isinstance(recipients, list) and recipients:
+                self.many(stanza, [r for r in recipients if isinstance(r, str)])
+        elif kind == "fanout":
             try:
                 bare = Jid.parse(str(envelope.get("bare"))).bare
             except InvalidJid:
@@ -334,6 +386,21 @@ class GlobalRouter:
             for bare in bares:
                 self.pairs.submit(("", bare), functools.partial(self._announce, region, bare))
 
+    def domain_moved(self, domain: str, holder: str | None, regions: list[str]) -> None:
+        """A service domain's lease changed hands (:mod:`gateway.leases`): route it to ``holder``
+        from now on, and have the other regions' gateways forget the region they cached for it."""
+        self.domains.put(domain, holder, self.clock(), kind="domain")
+        for region in regions:
+            if region != self.region:
+                self.pairs.submit(("", domain), functools.partial(self._announce_domain, region, domain))
+
+    async def _announce_domain(self, region: str, domain: str) -> None:
+        try:
+            await self.send(region, Relayed(secrets.token_hex(8), self.region, 1, domain.encode(), None, None,
+                                            {"domain": domain}))
+        except LinkError:
+            pass  # that region's cache entry expires on its own
+
     async def _announce(self, region: str, bare: str) -> None:
         try:
             await self.send(region, Relayed(secrets.token_hex(8), self.region, 1, bare.encode(), None, None,
@@ -348,15 +415,29 @@ class GlobalRouter:
         if relayed.meta and "invalidate" in relayed.meta:
             self.cache.invalidate(str(relayed.meta["invalidate"]))
             return
+        if relayed.meta and "domain" in relayed.meta:  # a service domain moved to another region
+            self.domains.invalidate(str(relayed.meta["domain"]))
+            return
         if relayed.meta and "flush" in relayed.meta:
             self.s.router.spawn(self._flush_offline(str(relayed.meta["flush"])))
             return
+        meta = relayed.meta or {}
+        data, recipients = relayed.data, None
+        if many_frames.MANY in meta:
+            try:
+                recipients, data = many_frames.decode(meta, data)
+            except ValueError as e:
+                log.warning("dropping a one-for-many frame from %s: %s", relayed.origin, e)
+                return
         try:
-            stanza = lazy_stanza(relayed.data)
+            stanza = lazy_stanza(data)
         except ValueError as e:
             log.warning("dropping an unparsable stanza relayed from %s: %s", relayed.origin, e)
             return
-        meta = relayed.meta or {}
+        if recipients is not None:
+            room = str(relayed.to)
+            self.pairs.submit((room, room), lambda: self._expand(stanza, recipients))
+            return
         if "fanout" in meta:
             try:
                 bare = Jid.parse(str(meta.get("bare"))).bare
@@ -367,6 +448,20 @@ class GlobalRouter:
                               lambda: self._deliver_fanout(bare, stanza, which))
             return
         self.pairs.submit(pair(stanza.from_, stanza.to), lambda: self._deliver(relayed, stanza))
+
+    async def _expand(self, stanza: Stanza, recipients: list[str]) -> None:
+        """A one-for-many frame: each recipient's copy through the routing chain here, in order
+        (blocking lists, carbons and the rest apply as for a single copy; one whose session has
+        gone gets an error back to the room, which then removes it)."""
+        for r in recipients:
+            try:
+                to = Jid.parse(r)
+            except InvalidJid:
+                continue
+            if to.domain not in self.s.router.domains or to.resource is None:
+                continue  # only our accounts' sessions are expanded here
+            self.counters.expanded += 1
+            await self.s.router.route(stanza.with_attrs(to=r), local_only=True)
 
     async def _deliver_fanout(self, bare: Jid, stanza: Stanza, which: Fanout) -> None:
         self.s.router.deliver_all(bare, stanza, which, fanout=False)

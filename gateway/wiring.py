@@ -24,6 +24,7 @@ from cluster_node.xmpp.jid import InvalidJid, Jid
 from cluster_node.xmpp.stanza import Stanza
 
 from .dashboard import dashboard_routes, gateway_source
+from .leases import Leases
 from .link.errors import LinkError
 from .link.tls import client_context, server_context
 from .links import RegionLinks
@@ -48,6 +49,7 @@ class Gateway:
     links: RegionLinks
     publisher: Publisher
     transports: TransportPoll | None = None  # the nodes' per-transport counters, for the dashboard
+    leases: Leases | None = None  # service domains held by one region at a time (MUC re-homing)
 
     def status(self) -> dict[str, Any]:
         """This region as the dashboard and ``ctl gdistrib status`` show it."""
@@ -62,6 +64,7 @@ class Gateway:
             "links": self.links.status(),
             "pairQueue": self.router.pairs.depth,
             "counters": self.router.counters.as_dict(),
+            "leases": self.leases.status() if self.leases is not None else {},
             "cache": {"size": len(self.router.cache), "hits": self.router.cache.hits,
                       "misses": self.router.cache.misses},
             "redis": {"reads": self.router.redis_ok, "writes": self.publisher.healthy},
@@ -193,11 +196,16 @@ async def running_gateway(settings: GatewaySettings, *, http_routes: Sequence[we
                               on_published=lambda bares: router.announce(bares, list(links.pools)),
                               routes=services.routes)
         transports = TransportPoll(services)
-        gateway = Gateway(node, store, router, links, publisher, transports)
+        expire = gd.redis.expire_after
+        leases = Leases(store, services.routes, member.broadcast, node=settings.node_name, region=gd.local_host,
+                        expire_after=expire, every=min(gd.redis.refresh_after, expire / 3),
+                        on_change=lambda domain, holder: router.domain_moved(domain, holder, list(links.pools)))
+        gateway = Gateway(node, store, router, links, publisher, transports, leases)
         dashboard.gateway = gateway
         await links.start()
         transports.start()
         await publisher.start()
+        await leases.start()
         # Tell the region's nodes that stanzas for other regions may be handed to us.
         member.broadcast(services.routes.insert(f"gateway/{settings.node_name}", {
             "region": gd.local_host, "endpoints": list(conns.advertised_endpoints or conns.endpoints)}))
@@ -217,6 +225,7 @@ async def running_gateway(settings: GatewaySettings, *, http_routes: Sequence[we
             op = services.routes.delete(f"gateway/{settings.node_name}")
             if op is not None:
                 member.broadcast(op)
+            await leases.stop()
             await publisher.stop()
             # What the members handed us before they learnt we are going (their stanzas arrive
             # before their acks), and what other regions relayed to us (acked on receipt: ours to

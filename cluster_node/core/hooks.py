@@ -193,6 +193,11 @@ class Hook:
     higher priority (RFC 6121 §8.5.2.1.1 across regions)."""
     ROUTE_FANOUT = "route_fanout"
     """first(stanza, bare: Jid, which: Fanout) — deliver to ``bare``'s resources in other regions."""
+    ROUTE_MANY = "route_many"
+    """first(stanza, recipients: list[str]) — copies of ``stanza`` (``to`` set on each) for full JIDs
+    of the served domains that have no session in this region (an occupant of a room in another
+    region): True when the way to the other regions took them all, one relay per region holding
+    some, expanded by that region's gateway."""
     ROUTE_BOUNCE = "route_bounce"
     """first_async(stanza) — a stanza met a closing session: True when it will be re-resolved later."""
     DELIVER_TO_MEMBER = "deliver_to_member"

@@ -196,6 +196,11 @@ class ModuleHost:
     def deliver(self, record: SessionRecord, stanza: Stanza) -> None:
         self._s.router.deliver(record, stanza)
 
+    def route_many(self, stanza: Stanza, recipients: list[str]) -> list[Stanza]:
+        """One stanza to many full JIDs (see :meth:`Router.route_many`): the copies left for
+        :meth:`route` are returned."""
+        return self._s.router.route_many(stanza, recipients)
+
     def deliver_all(self, bare: Any, stanza: Stanza, which: Fanout | None = None, *, fanout: bool = True) -> int:
         from .router import Fanout
 
@@ -263,9 +268,29 @@ class ModuleHost:
 
     def withdraw_domain(self, domain: str) -> None:
         self._domains.discard(domain)
-        op = self._s.routes.delete(f"service/{domain}/{self.node}")
-        if op is not None and self._s.cluster is not None:
+        for key in (f"service/{domain}/{self.node}", f"claim/{domain}/{self.node}"):
+            op = self._s.routes.delete(key)
+            if op is not None and self._s.cluster is not None:
+                self._s.cluster.broadcast(op)
+
+    def claim_domain(self, domain: str, *, home: bool, after: float) -> None:
+        """Ask for ``domain`` to be served by one region at a time, this one if it gets the lease
+        (``gateway/leases.py``): ``home``, the region that takes it whenever it is free; any other
+        takes it once it has been free for ``after`` seconds.  A record ``claim/<domain>/<node>``
+        in the replicated routes, gone with this member or the module; :meth:`domain_holder` says
+        which region got it."""
+        self._domains.add(domain)
+        op = self._s.routes.insert(f"claim/{domain}/{self.node}", {"home": home, "after": after})
+        if self._s.cluster is not None:
             self._s.cluster.broadcast(op)
+
+    def domain_holder(self, domain: str) -> str | None:
+        """The region holding the lease on a claimed ``domain`` as this region's gateways last found
+        it: a region's name, ``""`` for nobody, None when no gateway said (none is up yet)."""
+        prefix = f"holder/{domain}/"
+        found = sorted(str(r.value.get("region") or "") for r in self._s.routes
+                       if r.key.startswith(prefix) and isinstance(r.value, dict))
+        return found[-1] if found else None
 
     # -- operations surface ------------------------------------------------------------------------
 

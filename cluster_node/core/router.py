@@ -115,6 +115,10 @@ class GlobalRouting(Protocol):
         """A message to ``bare``, whose best resources here have priority ``local_top``: True when
         it was taken to a region with more available resources (RFC 6121 §8.5.2.1.1 across regions)."""
 
+    def many(self, stanza: Stanza, recipients: list[str]) -> bool:
+        """Copies of ``stanza`` for ``recipients`` (full JIDs of our domains, no session here): one
+        relay per region holding some; False when there is no one to do it."""
+
 
 def add_global_routing(hooks: Hooks, routing: GlobalRouting, priority: int, owner: object = None) -> None:
     """Register ``routing`` on the routing chain's region hooks.  Its answers are final: a
@@ -128,6 +132,7 @@ def add_global_routing(hooks: Hooks, routing: GlobalRouting, priority: int, owne
     hooks.add(Hook.ROUTE_BETTER_ELSEWHERE, routing.better_elsewhere, priority, owner=owner)
     hooks.add(Hook.ROUTE_BOUNCE, routing.bounce, priority, owner=owner)
     hooks.add(Hook.ROUTE_FANOUT, fanout, priority, owner=owner)
+    hooks.add(Hook.ROUTE_MANY, routing.many, priority, owner=owner)
 
 
 @dataclass
@@ -194,6 +199,30 @@ class Router:
         if fanout:
             self.hooks.first(Hook.ROUTE_FANOUT, stanza, bare, which)
         return count
+
+    def route_many(self, stanza: Stanza, recipients: list[str]) -> list[Stanza]:
+        """Copies of ``stanza`` for ``recipients`` (``to`` set on each; a room's message to its
+        occupants): sessions of the region get theirs at once; full JIDs of our domains with no
+        session here go to the other regions in one hand-off (``route_many``: one relay per region,
+        not per recipient).  Returns the copies left for the routing chain (other domains, no
+        gateway), in order."""
+        left: list[Stanza] = []
+        away: list[str] = []
+        for r in recipients:
+            to = _jid(r)
+            if to is None:
+                continue
+            if to.domain in self.domains and to.resource is not None:
+                record = self.table.lookup(to)
+                if record is not None:
+                    self.deliver(record, stanza.with_attrs(to=r))
+                else:
+                    away.append(r)
+            else:
+                left.append(stanza.with_attrs(to=r))
+        if away and not self.hooks.first(Hook.ROUTE_MANY, stanza, away):
+            left.extend(stanza.with_attrs(to=r) for r in away)
+        return left
 
     def send_error(self, stanza: Stanza, error: StanzaError) -> None:
         """Bounce ``stanza`` to its sender; never answer an error with an error (RFC 6120 §8.3.1)."""

@@ -35,8 +35,9 @@ from cluster_node.wiring import open_accounts
 
 from ..link.tls import issue_cert, make_ca
 from ..settings import GatewaySettings
+from .lobby import LobbyError, make_lobby
 from .sentinel import MASTER, DemoSentinel, add_sentinels, wait_sentinels, wait_synced
-from .topology import HOST, DemoProcess, DemoRedis, Topology, build_topology
+from .topology import HOST, LOBBY, SHARED_DOMAIN, DemoProcess, DemoRedis, Topology, build_topology
 from .web import REPO_WEB, prepare_web_root
 
 __all__ = ["DemoError", "run_demo"]
@@ -77,7 +78,8 @@ def _certificates(topo: Topology) -> None:
     ca, ca_key = make_ca(topo.ca_dir, "Meridian demo CA")
     for region in topo.regions:
         # One certificate per region for its domains: c2s on every node, and S2S on its gateway.
-        issue_cert(ca, ca_key, topo.ca_dir, f"{region.name}-c2s", [*region.domains, "localhost", HOST])
+        issue_cert(ca, ca_key, topo.ca_dir, f"{region.name}-c2s",
+                   [*region.domains, *region.services, "localhost", HOST])
         for gw in region.gateways:
             issue_cert(ca, ca_key, topo.ca_dir, gw.name, [HOST, "localhost", gw.name])
 
@@ -353,13 +355,24 @@ def _summary(data: dict[str, Any]) -> str:
     if data.get("sentinels"):
         lines.append(f"  Redis Sentinels {', '.join(data['sentinels']['addresses'])} watch eu's primary "
                      f"({data['sentinels']['master']!r}): kill -9 it and us's replica takes over")
-    lines += ["", "  users:"]
+    lines += ["", f"  group chat: {LOBBY} (persistent, in eu; alice owns it, bob is a member)", "", "  users:"]
     for u in data["users"]:
         lines.append(f"    {u['jid']:24} password {u['password']:14} (ports of region {u['region']})")
     lines += ["", f"  CA certificate for clients (and browsers, or accept the warning): {data['ca_cert']}",
               f"  admin API: {data['admin']['username']} / {data['admin']['password']}", "",
               "Ctrl-C stops everything."]
     return "\n".join(lines)
+
+
+async def _lobby(topo: Topology, secret: dict[str, Any]) -> None:
+    """The room alice (eu) and bob (us) chat in, made through an eu node's admin API."""
+    node = topo.region("eu").nodes[0]
+    url = f"http://{HOST}:{node.ports['admin']}/api/graphql"
+    try:
+        await make_lobby(url, ("admin", secret["admin_password"]), LOBBY, f"alice@{SHARED_DOMAIN}",
+                         [f"bob@{SHARED_DOMAIN}"])
+    except (LobbyError, aiohttp.ClientError, TimeoutError) as e:
+        raise DemoError(f"cannot make the room {LOBBY}: {e}") from None
 
 
 # -- entry point ------------------------------------------------------------------------------
@@ -428,6 +441,8 @@ async def run_demo(directory: Path, base_port: int, state_file: Path | None, red
             ready.cancel()
             return 130
         ready.result()
+        if has_admin:
+            await _lobby(topo, secret)
         data = state(topo, demo, secret, has_admin)
         if sentinels:
             data["sentinels"] = {"master": MASTER, "addresses": [s.address for s in sentinels]}

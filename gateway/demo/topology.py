@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["DemoProcess", "DemoRegion", "DemoRedis", "DemoUser", "Topology", "build_topology",
-           "SHARED_DOMAIN", "OTHER_DOMAIN"]
+           "SHARED_DOMAIN", "OTHER_DOMAIN", "LOBBY", "MUC_SERVICE"]
 
 SHARED_DOMAIN = "example.com"
 OTHER_DOMAIN = "other.example"
+MUC_SERVICE = f"conference.{SHARED_DOMAIN}"  # homed in eu for both regions, reachable over S2S
+LOBBY = f"lobby@{MUC_SERVICE}"  # the persistent room the demo makes: alice owns it, bob is a member
 HOST = "127.0.0.1"
 
 
@@ -63,6 +65,7 @@ class DemoRegion:
     domains: list[str]
     redis: DemoRedis
     storage: Path
+    services: list[str] = field(default_factory=list)  # subdomains its gateways also speak S2S for
     nodes: list[DemoProcess] = field(default_factory=list)
     gateways: list[DemoProcess] = field(default_factory=list)
 
@@ -127,10 +130,12 @@ def build_topology(directory: Path, base_port: int, *, secret: str, admin: tuple
     regions: list[DemoRegion] = []
     for k, (name, domains, n_nodes, redis, db) in enumerate(layout):
         base = base_port + 100 * k
-        region = DemoRegion(name, domains, redis, db)
+        region = DemoRegion(name, domains, redis, db, [MUC_SERVICE] if SHARED_DOMAIN in domains else [])
         cluster = {"enabled": True, "name": name, "secret": secret, "host": HOST, "refresh_interval": 1.0,
                    "ping_interval": 1.0, "ping_timeout": 5.0}
-        common = {"domains": domains, "log_level": "INFO", "storage": {"url": f"sqlite:///{db}"},
+        # example.com's rooms live in eu for both regions (us's members leave them to its gateway).
+        muc = {"modules": {"muc": {"home_cluster": "eu"}}} if region.services else {}
+        common = {"domains": domains, "log_level": "INFO", "storage": {"url": f"sqlite:///{db}"}, **muc,
                   "tls": {"cert_file": str(ca_dir / f"{name}-c2s.pem"),
                           "key_file": str(ca_dir / f"{name}-c2s-key.pem")}}
         for i in range(1, n_nodes + 1):
@@ -165,6 +170,8 @@ def build_topology(directory: Path, base_port: int, *, secret: str, admin: tuple
             gw["user_api"] = {"port": 0}
         if has_s2s:
             gw["s2s"] = _s2s_settings(base_port, name, domains, gw_ports["s2s"], ca_dir)
+            if region.services:
+                gw["s2s"]["service_domains"] = region.services
         region.gateways.append(DemoProcess(gw_name, "gateway", name, directory / gw_name, gw, gw_ports))
         regions.append(region)
     users = [DemoUser(f"alice@{SHARED_DOMAIN}", "eu"), DemoUser(f"bob@{SHARED_DOMAIN}", "us"),
@@ -179,7 +186,9 @@ def s2s_port(base_port: int, region_index: int) -> int:
 def _s2s_settings(base_port: int, region: str, domains: list[str], port: int,
                   ca_dir: Path) -> dict[str, Any]:
     """S2S between the demo's domains, through a static host map (no DNS on a laptop)."""
-    hosts = {SHARED_DOMAIN: f"{HOST}:{s2s_port(base_port, 0)}", OTHER_DOMAIN: f"{HOST}:{s2s_port(base_port, 2)}"}
+    eu = f"{HOST}:{s2s_port(base_port, 0)}"
+    hosts = {SHARED_DOMAIN: eu, MUC_SERVICE: eu, OTHER_DOMAIN: f"{HOST}:{s2s_port(base_port, 2)}"}
+    ours = {*domains, MUC_SERVICE} if SHARED_DOMAIN in domains else set(domains)
     return {"enabled": True, "host": HOST, "port": port, "ca_file": str(ca_dir / "ca.pem"),
             "cert_file": str(ca_dir / f"{region}-c2s.pem"), "key_file": str(ca_dir / f"{region}-c2s-key.pem"),
-            "hosts": {d: h for d, h in hosts.items() if d not in domains}}
+            "hosts": {d: h for d, h in hosts.items() if d not in ours}}

@@ -137,6 +137,22 @@ end
 return 0
 """
 
+# KEYS[1] = domain key; ARGV[1] = our region, ARGV[2] = expiry (ms), ARGV[3] = '1' when we may take
+# it if nobody holds it.  The lease of a service domain: renewed only by its holder, taken only
+# when free.  Returns the holder afterwards (nil: nobody).
+_CLAIM_DOMAIN_LUA = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return holder
+end
+if not holder and ARGV[3] == '1' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return ARGV[1]
+end
+return holder
+"""
+
 
 def _text(raw: object) -> str | None:
     """A reply as text whether the client decodes responses or not; None for invalid UTF-8."""
@@ -291,6 +307,7 @@ class MappingStore:
         self._publish = write.register_script(_PUBLISH_LUA)
         self._remove = write.register_script(_REMOVE_LUA)
         self._remove_domain = write.register_script(_REMOVE_DOMAIN_LUA)
+        self._claim_domain = write.register_script(_CLAIM_DOMAIN_LUA)
 
     def _retrying(self, state: RetryCallState) -> None:
         self.write_retries += 1
@@ -405,6 +422,15 @@ class MappingStore:
     async def remove_domain(self, domain: str) -> bool:
         """Stop routing ``domain`` here; a registration by another region is left alone."""
         return bool(await self._remove_domain(keys=[domain_key(domain)], args=[self.region]))
+
+    @_write_call
+    @_redis_call
+    async def claim_domain(self, domain: str, take: bool) -> str | None:
+        """The lease on a service ``domain`` (:mod:`gateway.leases`): renew it when this region
+        holds it, take it when nobody does and ``take``; the holder afterwards, or None."""
+        holder = await self._claim_domain(keys=[domain_key(domain)],
+                                          args=[self.region, _ms(self.expire_after), "1" if take else "0"])
+        return _text(holder) if holder is not None else None
 
     @_redis_call
     async def lookup_domain(self, domain: str) -> str | None:

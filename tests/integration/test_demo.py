@@ -124,6 +124,28 @@ async def _chat(state: dict[str, Any], a: str, b: str) -> None:
         await bob.close()
 
 
+async def _lobby(state: dict[str, Any]) -> None:
+    """The demo's persistent room (homed in eu): alice in eu and bob in us join it and chat."""
+    ca, room = Path(state["ca_cert"]), "lobby@conference.example.com"
+    clients: list[Client] = []
+    try:
+        for local in ("alice", "bob"):
+            jid, password, port = _user(state, local)
+            c = Client(f"{jid}/lobby", password, cert=ca)
+            c.register_plugin("xep_0045")
+            clients.append(await c.online(port, roster=False))
+            await c.plugin["xep_0045"].join_muc_wait(room, local, timeout=30)
+        said: asyncio.Queue[Any] = asyncio.Queue()
+        clients[1].add_event_handler("groupchat_message", said.put_nowait)
+        clients[0].send_message(mto=room, mbody="hello lobby", mtype="groupchat")
+        while (msg := await asyncio.wait_for(said.get(), 30))["body"] != "hello lobby":
+            pass
+        assert str(msg["from"]) == f"{room}/alice"
+    finally:
+        for c in clients:
+            await c.close()
+
+
 async def _admin_and_dashboard(state: dict[str, Any]) -> None:
     """The URLs of the state file answer, with the admin credentials and only with them."""
     import base64
@@ -198,6 +220,7 @@ async def test_demo_runs_chats_survives_a_crash_and_stops_cleanly(tmp_path: Path
         assert {u["jid"] for u in state["users"]} == {"alice@example.com", "bob@example.com", "carol@other.example"}
         await _chat(state, "alice", "bob")  # eu ↔ us: one domain, through the gateways
         await _chat(state, "alice", "carol")  # example.com ↔ other.example: S2S
+        await _lobby(state)
         await _admin_and_dashboard(state)
         await _dashboard_in_a_browser(state, tmp_path)
 

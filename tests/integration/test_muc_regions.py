@@ -6,6 +6,8 @@ in eu and bob in us share a room: join, chat in one order for both, subject, kic
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -16,7 +18,7 @@ from gateway.mapping.keys import domain_key
 from tests.helpers.cluster import eventually
 from tests.helpers.redis import RedisServer
 from tests.helpers.regions import Region
-from tests.helpers.topologies import close, fresh_users, lookup, need_redis, two_regions
+from tests.helpers.topologies import close, fresh_users, gd_status, lookup, need_redis, two_regions
 
 from .test_muc import PASSWORD, MucClient, create
 
@@ -85,3 +87,93 @@ async def test_one_room_across_two_regions(regions: tuple[Region, Region, str]) 
         assert [h["body"] for h in history] == seen_by_alice[-3:]
     finally:
         await close(alice, bob)
+
+
+async def test_one_frame_per_region_for_each_message(regions: tuple[Region, Region, str]) -> None:
+    """Five occupants in us, two in eu: each message alice sends in eu crosses the eu–us link once
+    (one frame listing the five, expanded by us's gateway), and all seven see one order."""
+    eu, us, _ = regions
+    eu_gw, us_gw = eu.gateways[0], us.gateways[0]
+    jids = fresh_users(eu.nodes[0], PASSWORD, "alice", "eve", *[f"u{i}" for i in range(5)])
+    clients = [MucClient(eu.nodes[0], f"{jids[0]}/eu"), MucClient(eu.nodes[0], f"{jids[1]}/eu")]
+    clients += [MucClient(us.nodes[0], f"{j}/us") for j in jids[2:]]
+    alice, eve, in_us = clients[0], clients[1], clients[2:]
+    for c in clients[:2]:
+        await c.online(eu.nodes[0].port, roster=False)
+    for c in in_us:
+        await c.online(us.nodes[0].port, roster=False)
+    room = JID(f"fanout@{SERVICE}")
+    try:
+        for j in jids[2:]:
+            await eventually(lambda j=j: "us" in lookup(eu_gw, j), 10, "us occupants mapped in eu")
+        await create(alice, room, "alice")
+        for i, c in enumerate(in_us):
+            await c.muc.join_muc_wait(room, f"u{i}", timeout=15)
+        await eve.muc.join_muc_wait(room, "eve", timeout=15)
+        for c in clients:  # the last join's presence reached everyone: nothing else is on its way
+            await c.presence_of("eve", timeout=15)
+        before_eu, before_us = gd_status(eu_gw)["counters"], gd_status(us_gw)["counters"]
+
+        bodies = [f"m{i}" for i in range(5)]
+        for body in bodies:
+            alice.send_message(mto=room, mbody=body, mtype="groupchat")
+
+        async def five(c: MucClient) -> list[str]:
+            got: list[str] = []
+            while len(got) < len(bodies):
+                got.append((await asyncio.wait_for(c.groupchat.get(), 15))["body"])
+            return got
+
+        seen = [await five(c) for c in clients]
+        assert all(s == bodies for s in seen), seen
+        after_eu, after_us = gd_status(eu_gw)["counters"], gd_status(us_gw)["counters"]
+        assert after_eu["relayed"].get("us", 0) - before_eu["relayed"].get("us", 0) == len(bodies)
+        assert after_eu["manyCopies"].get("us", 0) - before_eu["manyCopies"].get("us", 0) == 5 * len(bodies)
+        assert after_us["expanded"] - before_us["expanded"] == 5 * len(bodies)
+    finally:
+        await close(*clients)
+
+
+REHOME = {"modules": {"muc": {"home_cluster": "eu", "rehome_after": 2.0}}}
+FAST_LEASE = {"gdistrib": {"redis": {"expire_after": 3.0, "refresh_after": 1.0}}}
+
+
+async def test_the_rooms_move_to_us_when_eu_is_gone(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """With ``rehome_after``, eu holds the service's lease; kill -9 of all of eu lets it lapse, us
+    takes the service over, and a persistent, archived room comes back there from the database:
+    its subject, and its history from the archive."""
+    need_redis()
+    with RedisServer() as redis, two_regions(tmp_path_factory.mktemp("muc-rehome"), redis, node_settings=REHOME,
+                                             gateway_settings=REHOME, eu=FAST_LEASE, us=FAST_LEASE) as both:
+        eu, us = both.eu, both.us
+        us_gw = us.gateways[0]
+        await eventually(lambda: gd_status(us_gw)["leases"] == {SERVICE: "eu"}, 15, "eu holds the service")
+        alice_jid, bob_jid = fresh_users(eu.nodes[0], PASSWORD, "alice", "bob")
+        alice = MucClient(eu.nodes[0], f"{alice_jid}/eu")
+        bob = MucClient(us.nodes[0], f"{bob_jid}/us")
+        await alice.online(eu.nodes[0].port, roster=False)
+        await bob.online(us.nodes[0].port, roster=False)
+        room = JID(f"kept@{SERVICE}")
+        try:
+            await create(alice, room, "alice", **{"muc#roomconfig_persistentroom": True,
+                                                  "muc#roomconfig_enablearchiving": True})
+            alice.muc.set_subject(room, "Before the move")
+            alice.send_message(mto=room, mbody="said in eu", mtype="groupchat")
+            await alice.said("said in eu", timeout=15)
+            await bob.muc.join_muc_wait(room, "bob", timeout=15)
+
+            for p in (*eu.nodes, *eu.gateways):  # the whole home region dies at once
+                p.stop(signal.SIGKILL)
+            await eventually(lambda: gd_status(us_gw)["leases"] == {SERVICE: "us"}, 30, "us took the service")
+
+            # bob's client notices (a self-ping would say not-acceptable) and joins again: the room
+            # is loaded in us from the shared database, its history from the archive.
+            _, subject, _, history = await bob.muc.join_muc_wait(room, "bob", maxstanzas=5, timeout=15)
+            assert subject["subject"] == "Before the move"
+            assert [h["body"] for h in history] == ["said in eu"]
+            bob.send_message(mto=room, mbody="said in us", mtype="groupchat")
+            assert (await bob.said("said in us", timeout=15))["from"] == JID(f"{room}/bob")
+        finally:
+            await close(bob)
+            with contextlib.suppress(Exception):
+                await alice.close()

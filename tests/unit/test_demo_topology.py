@@ -53,3 +53,15 @@ def test_every_node_serves_browsers_on_its_own_port(tmp_path: Path) -> None:
             assert ws["tls"] is True and ws["web_root"] == str(web)
     plain = build_topology(tmp_path, 20000, secret="s" * 16, admin=("admin", "pw"))
     assert all("web_root" not in n.settings["websocket"] for r in plain.regions for n in r.nodes)
+
+
+def test_example_com_rooms_live_in_eu_and_are_reachable_over_s2s(tmp_path: Path) -> None:
+    topo = build_topology(tmp_path, 20000, secret="s" * 16, admin=("admin", "pw"), has_s2s=True)
+    for region in ("eu", "us"):
+        for proc in topo.region(region).processes:
+            assert proc.settings["modules"]["muc"]["home_cluster"] == "eu"
+        assert topo.region(region).gateways[0].settings["s2s"]["service_domains"] == ["conference.example.com"]
+    other = topo.region("other")
+    assert "modules" not in other.nodes[0].settings  # other.example's own rooms, at home
+    hosts = other.gateways[0].settings["s2s"]["hosts"]
+    assert hosts["conference.example.com"] == hosts["example.com"] == "127.0.0.1:20055"

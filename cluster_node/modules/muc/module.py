@@ -23,8 +23,10 @@ region serves and none of them owns alone.
 * **Regions.**  With several regions of a domain, ``home_cluster`` names the one that hosts the
   rooms: its members publish the service's domain (``host.publish_domain``: gateways write it to
   the mapping like a component's), and in the other regions the module leaves the service's
-  stanzas to the gateways, which relay them there.  Users of other domains arrive over S2S (the
-  gateways' ``s2s.service_domains``).
+  stanzas to the gateways, which relay them there.  With ``rehome_after`` the members claim the
+  service instead (``host.claim_domain``) and the region holding its lease in the mapping serves
+  it, so another region takes the rooms over when the home region is gone (``gateway/leases.py``).
+  Users of other domains arrive over S2S (the gateways' ``s2s.service_domains``).
 * **Archive.**  Rooms with archiving on keep their groupchat messages in SQL (:mod:`.archive`),
   written by the sequencer, queried with XEP-0313 on the room's JID, and read back as the history
   of a room loaded after the region restarted.
@@ -58,6 +60,7 @@ from ...xmpp.stanza import Stanza
 from .admin import MucAdmin
 from .archive import ArchiveStore, fin_element, history_items, may_read, parse_query, query_form, result_message
 from .config import RoomConfig
+from .fanout import runs
 from .protocol import MAM, q
 from .room import Room, iq_result as _iq_result
 from .service import sequencer, service_iq
@@ -79,6 +82,9 @@ class MucSettings(ModuleSettings):
     home_cluster: str = Field("", description="with several regions of a domain: the cluster (region) whose "
                               "members host the rooms, which the others reach through their gateways; empty: "
                               "this region hosts rooms of its own")
+    rehome_after: float = Field(0.0, ge=0, description="with home_cluster, the same in every region: seconds "
+                                "the service may go unserved (its home region's lease on it in the mapping "
+                                "lapsed) before another region takes it over; 0: the rooms stay in home_cluster")
     create_rooms: Literal["anyone", "local", "admins"] = Field(
         "anyone", description="who may create rooms: anyone, accounts of the served domains, or the admins")
     admins: list[str] = Field(default_factory=list, description="bare JIDs that are owners of every room")
@@ -165,7 +171,10 @@ class Muc(Module):
         # Several regions of a domain serve the rooms from one of them (``home_cluster``): its
         # members take the service's stanzas and publish its domain; the others leave the stanzas
         # to their gateways, which relay them there.
+        # With rehome_after, the region holding the service's lease serves it (gateway/leases.py).
         self.serving = not cfg.home_cluster or cfg.home_cluster == host.settings.cluster.name
+        self.leased = bool(cfg.home_cluster) and cfg.rehome_after > 0
+        self.holders: dict[str, str | None] = {}  # service -> the region holding its lease, as last told
         self.store = MucStore(host.storage)
         await self.store.migrate()
         self.archive = ArchiveStore(host.storage)
@@ -188,7 +197,11 @@ class Muc(Module):
         MucAdmin(self).register()
         for member in host.cluster_members:  # members joined before we started
             self._say_hello(member, reply=True)
-        if cfg.home_cluster and self.serving:
+        if self.leased:
+            for service in self.services:
+                host.claim_domain(service, home=cfg.home_cluster == host.settings.cluster.name,
+                                  after=cfg.rehome_after)
+        elif cfg.home_cluster and self.serving:
             for service in self.services:
                 host.publish_domain(service)
 
@@ -224,7 +237,7 @@ class Muc(Module):
 
     async def _route(self, stanza: Stanza, to: Jid) -> bool | None:
         """``route_remote``: take what is addressed to one of our services."""
-        if to.domain not in self.services or not self.serving:
+        if to.domain not in self.services or not self.serves(to.domain):
             return None
         if to.local is None:
             await self._service(stanza, to)
@@ -233,6 +246,34 @@ class Muc(Module):
             raise errors.NotAcceptable(f"a room's name has at most {self.cfg.max_room_name_length} characters")
         await self.dispatch(stanza, 0)
         return True
+
+    def serves(self, service: str) -> bool:
+        """Whether this region serves ``service`` now: always or never without re-homing; with it,
+        while it holds the lease (as its gateways last said: a region whose gateways are all down
+        goes on with the last answer)."""
+        if not self.leased:
+            return self.serving
+        holder = self.host.domain_holder(service)
+        if holder is None:
+            holder = self.holders.get(service)
+        elif holder != self.holders.get(service):
+            self._moved(service, holder)
+        return holder == self.host.settings.cluster.name
+
+    def _moved(self, service: str, holder: str) -> None:
+        """The lease on ``service`` changed hands: a region that lost it drops its copies of the
+        rooms (the new holder loads persistent rooms from the database, their history from the
+        archive); its occupants find out with their next stanza or XEP-0410 self-ping."""
+        mine = self.host.settings.cluster.name
+        if self.holders.get(service) == mine and holder != mine:
+            gone = [k for k, r in self.rooms.items() if r.jid.domain == service]
+            for key in gone:
+                self._forget(key)
+            log.warning("muc: %s is served by region %s now; %d rooms dropped here", service, holder or "(none)",
+                        len(gone))
+        elif holder == mine:
+            log.info("muc: this region serves %s now", service)
+        self.holders[service] = holder
 
     async def _service(self, stanza: Stanza, to: Jid) -> None:
         if to.resource is not None:
@@ -461,19 +502,13 @@ class Muc(Module):
     # -- sending -------------------------------------------------------------------------------------------
 
     def _send(self, out: list[Stanza]) -> None:
-        """Deliver to sessions of the region at once (in order, over the cluster links); the rest
-        (other regions, other domains) through the routing chain, one at a time, in order."""
-        table, domains = self.host.table, self.host.domains
-        for stanza in out:
-            try:
-                to = Jid.parse(stanza.to or "")
-            except InvalidJid:
-                continue
-            record = table.lookup(to) if to.domain in domains and to.resource is not None else None
-            if record is not None:
-                self.host.deliver(record, stanza)
-            else:
-                self._outbox.put_nowait(stanza)
+        """Each broadcast once to the routing (:func:`.fanout.runs`): sessions of the region get
+        their copies at once (in order, over the cluster links), occupants in other regions one
+        relayed frame per region (``route_many``); the rest (other domains) goes through the
+        routing chain, one at a time, in order."""
+        for stanza, recipients in runs(out):
+            for left in self.host.route_many(stanza, recipients):
+                self._outbox.put_nowait(left)
 
     async def _send_loop(self) -> None:
         while True:

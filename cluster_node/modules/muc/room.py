@@ -17,7 +17,7 @@ from __future__ import annotations
 import secrets
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ...xmpp import errors, ns
 from ...xmpp.errors import StanzaError
@@ -147,11 +147,26 @@ class Room(RoomState):
         ET.SubElement(el, q(OCCUPANT_ID, "occupant-id"), {"id": occ.occupant_id})
         return Stanza(el)
 
+    def _seen_by_others(self, occ: Occupant, **kw: object) -> Callable[[str, bool], Stanza]:
+        """``occ``'s presence as the other occupants see it, to one of them: built once per variant
+        (with or without the real JID) and copied with only ``to`` rewritten, so a broadcast to a
+        thousand occupants builds two stanzas, not a thousand (and leaves as one run, see fanout.py)."""
+        built: dict[bool, Stanza] = {}
+
+        def to(jid: str, show_jid: bool) -> Stanza:
+            shared = built.get(show_jid)
+            if shared is None:
+                shared = built[show_jid] = _shared(self._presence_el(occ, jid, show_jid=show_jid,
+                                                                     **kw).element)  # type: ignore[arg-type]
+            return shared.with_attrs(to=jid)
+        return to
+
     def _broadcast_presence(self, occ: Occupant, out: list[Stanza], *, self_codes: Iterable[int] = (),
                             codes: Iterable[int] = (), skip: Iterable[str] = (), **kw: object) -> None:
         """``occ``'s presence to every occupant (its own sessions get 110 and ``self_codes``)."""
         skipped = set(skip)
         mine = set(occ.jids)
+        others = self._seen_by_others(occ, codes=codes, **kw)
         for viewer in list(self.occupants.values()):
             for j in viewer.jids:
                 if j in skipped:
@@ -160,8 +175,7 @@ class Room(RoomState):
                     out.append(self._presence_el(occ, j, show_jid=True, codes=(110, *codes, *self_codes),
                                                  real=j, **kw))  # type: ignore[arg-type]
                 else:
-                    out.append(self._presence_el(occ, j, show_jid=self._reveals_to(viewer), codes=codes,
-                                                 **kw))  # type: ignore[arg-type]
+                    out.append(others(j, self._reveals_to(viewer)))
         for j in occ.jids:  # an occupant already out of the room still hears about itself
             if j not in skipped and j not in self.nick_of:
                 out.append(self._presence_el(occ, j, show_jid=True, codes=(110, *codes, *self_codes), real=j,
@@ -284,12 +298,15 @@ class Room(RoomState):
         if self.config.archiving:
             codes.append(170)
         out.append(self._presence_el(occ, full, show_jid=True, codes=(110, *codes), real=full))
+        others = self._seen_by_others(occ)
         for viewer in self.occupants.values():
             for j in viewer.jids:
-                if j != full:
-                    same = j in occ.jids
-                    out.append(self._presence_el(occ, j, show_jid=same or self._reveals_to(viewer),
-                                                 codes=(110,) if same else (), real=j if same else None))
+                if j == full:
+                    continue
+                if j in occ.jids:
+                    out.append(self._presence_el(occ, j, show_jid=True, codes=(110,), real=j))
+                else:
+                    out.append(others(j, self._reveals_to(viewer)))
         for item in self._history(req.history, now):
             out.append(parse_stanza(item.data.encode()).with_attrs(to=full))
         out.append(self._subject_message(full))
