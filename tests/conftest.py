@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from tests.helpers.postgres import PostgresServer, pg_bindir
+
+# Property-based fuzzing (tests/unit/test_fuzz_*.py): a fixed, small budget in the normal suite,
+# the same examples on every run (derandomize: CI is reproducible, nothing stored in .hypothesis/).
+# MERIDIAN_FUZZ=long explores far more, with fresh random examples each run, for a session of hunting.
+settings.register_profile("meridian", max_examples=200, deadline=None, derandomize=True, database=None,
+                          print_blob=False, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", settings.get_profile("meridian"), max_examples=20_000, derandomize=False)
+settings.load_profile("long" if os.environ.get("MERIDIAN_FUZZ") == "long" else "meridian")
 
 
 @pytest.fixture(scope="session")

@@ -55,7 +55,7 @@ class Frame:
             else:
                 with collector_paused():  # tens of thousands of containers, no cycles
                     value = json.loads(self.body)
-        except (ValueError, UnicodeDecodeError) as e:
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nesting too deep
             raise FrameError(f"{self.kind.name}: bad JSON: {e}") from None
         if not isinstance(value, dict):
             raise FrameError(f"{self.kind.name}: body is not an object")
@@ -82,7 +82,7 @@ def decode_stanza(frame: Frame) -> tuple[dict[str, Any], bytes]:
         raise FrameError("STANZA: envelope longer than frame")
     try:
         envelope = json.loads(body[4:4 + n])
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nesting too deep
         raise FrameError(f"STANZA: bad envelope: {e}") from None
     if not isinstance(envelope, dict):
         raise FrameError("STANZA: envelope is not an object")

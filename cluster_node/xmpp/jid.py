@@ -25,7 +25,10 @@ class InvalidJid(ValueError):
 
 
 def _check_len(part: str, what: str) -> None:
-    n = len(part.encode("utf-8"))
+    try:
+        n = len(part.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in a JSON string): not Unicode text
+        raise InvalidJid(f"{what} is not valid Unicode") from None
     if n == 0:
         raise InvalidJid(f"empty {what}")
     if n > 1023:

@@ -7,7 +7,8 @@ reads just the start tag (one regular expression, in C) and returns a :class:`La
 parses the rest on first use of ``element`` — a module handling it locally, an error reply.
 
 Only plain start tags are read this way: an attribute with a character reference, a namespaced
-or prefixed attribute, a prefixed element name — anything unusual — is parsed fully at once.
+or prefixed attribute, a tab or line break in a routing attribute (XML reads it as a space), a
+prefixed element name — anything unusual — is parsed fully at once.
 """
 
 from __future__ import annotations
@@ -87,8 +88,11 @@ def lazy_stanza(raw: bytes) -> Stanza:
         if k == "xmlns" or k in attrs or (":" in k and k != "xml:lang"):
             return parse_stanza(raw)  # a namespace declaration or a namespaced attribute
         if k in _KNOWN:
+            value = single or double
+            if b"\t" in value or b"\n" in value or b"\r" in value:
+                return parse_stanza(raw)  # XML reads these as spaces (§3.3.3): the parser says what the value is
             try:
-                attrs[k] = (single or double).decode()
+                attrs[k] = value.decode()
             except UnicodeDecodeError:
                 return parse_stanza(raw)
     if b"&" in m.group(0):

@@ -27,6 +27,8 @@ def escape_text(s: str) -> str:
         s = s.replace("<", "&lt;")
     if ">" in s:
         s = s.replace(">", "&gt;")
+    if "\r" in s:  # written as is, a parser reads it back as "\n" (XML 1.0 §2.11)
+        s = s.replace("\r", "&#13;")
     return s
 
 

@@ -208,7 +208,7 @@ def _object(kind: Kind, body: bytes) -> dict[str, Any]:
         raise FrameError(f"{kind.name}: body of {len(body)} bytes (at most {MAX_CONTROL})")
     try:
         value = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nesting too deep
         raise FrameError(f"{kind.name}: bad JSON: {e}") from None
     if not isinstance(value, dict):
         raise FrameError(f"{kind.name}: body is not an object")
@@ -217,16 +217,26 @@ def _object(kind: Kind, body: bytes) -> dict[str, Any]:
 
 def _str_field(kind: Kind, body: dict[str, Any], name: str, limit: int) -> str:
     value = body.get(name)
-    if not isinstance(value, str) or not value or len(value.encode()) > limit:
-        raise FrameError(f"{kind.name}: {name!r} must be a non-empty string of at most {limit} bytes")
-    return value
+    if isinstance(value, str) and value:
+        try:
+            if len(value.encode()) <= limit:
+                return value
+        except UnicodeEncodeError:  # a lone surrogate escaped in the JSON ("\ud800") is not text
+            pass
+    raise FrameError(f"{kind.name}: {name!r} must be a non-empty string of at most {limit} bytes")
 
 
 def _time_field(kind: Kind, body: dict[str, Any]) -> float:
     t = body.get("t")
-    if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t):
+    if isinstance(t, bool) or not isinstance(t, int | float):
         raise FrameError(f"{kind.name}: 't' must be a finite number")
-    return float(t)
+    try:
+        value = float(t)
+    except OverflowError:  # an int beyond the float range (a JSON number of 400 digits)
+        value = math.inf
+    if not math.isfinite(value):
+        raise FrameError(f"{kind.name}: 't' must be a finite number")
+    return value
 
 
 def _read_text(body: bytes, pos: int, what: str, limit: int) -> tuple[str, int]:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import base64
+import random
+import xml.etree.ElementTree as ET
 
 import pytest
+from hypothesis import given, strategies as st
 
-from cluster_node.xmpp import errors
+from cluster_node.xmpp import errors, ns
 from cluster_node.xmpp.c2s import (
     Authenticated,
     C2SConfig,
@@ -17,7 +20,8 @@ from cluster_node.xmpp.c2s import (
 )
 from cluster_node.xmpp.parser import StanzaReceived, StreamClosed, StreamOpened
 from cluster_node.xmpp.sasl.scram import derive_credentials
-from cluster_node.xmpp.websocket import FRAMING_NS, WEBSOCKET, WebSocketParser
+from cluster_node.xmpp.websocket import FRAMING_NS, WEBSOCKET, WebSocketParser, _messages_expat
+from tests.unit.test_fuzz_xml import stanzas, write_stanza
 
 OPEN = f"<open xmlns='{FRAMING_NS}' to='localhost' version='1.0'/>".encode()
 CLOSE = f"<close xmlns='{FRAMING_NS}'/>".encode()
@@ -175,3 +179,28 @@ def test_restart_after_sasl_without_open_is_a_stream_error() -> None:
                             b"<bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'/></iq>")
     assert isinstance(events[-1], StreamEnded) and isinstance(events[-1].error, errors.NotWellFormed)
     assert out(s)[-1] == CLOSE
+
+
+# -- what the node writes, cut into messages: the tag scan agrees with expat ---------------------------------
+
+
+@given(st.lists(stanzas, min_size=1, max_size=4), st.randoms(use_true_random=False),
+       st.sampled_from(["", " ", "\n", " \r\n\t"]))
+def test_the_tag_scan_cuts_messages_as_expat_does(elements: list[ET.Element], rnd: random.Random, gap: str) -> None:
+    """Elements written with every liberty XML allows (either quote, '>' in values and text,
+    references, CDATA, prefixes, namespace declarations): the same messages as expat's, each
+    declaring what it uses."""
+    data = gap.encode().join(write_stanza(el, rnd) for el in elements)
+    assert WEBSOCKET.messages(data) == _messages_expat(data, ns.CLIENT), data
+
+
+@pytest.mark.parametrize("data", [
+    b"<message to='x' a='1>2' b=\"/>\"><body>it's > that</body></message>",  # '>' and '/>' in values
+    b"<message><sent xmlns='urn:xmpp:carbons:2'><forwarded xmlns='urn:xmpp:forward:0'><message xmlns='jabber:client'"
+    b" to='a'><body>nested</body></message></forwarded></sent></message>",
+    b"<message a='xmlns=\"x\"'><body/></message>",  # a declaration in a value is not one
+    b"<message><body><![CDATA[<a>]]></body></message>",  # CDATA: expat decides
+    b"<a></a><b></b>", b"<a><b></b></a>", b"<a/><b/>", b"  <presence/>\n ",
+])
+def test_the_tag_scan_on_awkward_input(data: bytes) -> None:
+    assert WEBSOCKET.messages(data) == _messages_expat(data, ns.CLIENT)

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 from dataclasses import dataclass
 
 from ..errors import SaslFailure
@@ -100,8 +101,11 @@ def _attrs(msg: str) -> list[tuple[str, str]]:
     return out
 
 
+_SASLNAME = re.compile("(?:[^=]|=2C|=3D)*")  # RFC 5802 §5.1: '=' only as '=2C' or '=3D'
+
+
 def _unescape_name(name: str) -> str:
-    if "=" in name.replace("=2C", "").replace("=3D", ""):
+    if not _SASLNAME.fullmatch(name):  # (removing the escapes first let "==2C3D" through)
         raise SaslFailure("malformed-request", "bad escaping in username")
     return name.replace("=2C", ",").replace("=3D", "=")
 
