@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .session_manager import SessionManager
     from .sessions import LocalSessions, SessionRecord, SessionTable
 
-__all__ = ["Module", "ModuleSettings", "ModuleHost", "Xep", "CallHandler"]
+__all__ = ["Module", "ModuleSettings", "ModuleHost", "Xep", "CallHandler", "domain_template"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,20 @@ class Xep:
     @property
     def name(self) -> str:
         return f"XEP-{self.number:04d}"
+
+
+def domain_template(value: str, example: str) -> str:
+    """Check a service's domain template (``conference.{domain}``: ``{domain}`` is each served
+    domain) for a settings validator; ``example`` names a good one in the error."""
+    from ..xmpp.jid import Jid
+
+    try:
+        jid = Jid.parse(value.format(domain="example.com"))
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"{value!r} is not a domain template like {example} ({e})") from None
+    if not jid.is_domain:
+        raise ValueError(f"{value!r} is not a domain")
+    return value
 
 
 class ModuleSettings(BaseModel):

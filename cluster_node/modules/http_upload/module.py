@@ -47,7 +47,7 @@ from typing import Any
 from pydantic import Field, ValidationInfo, field_validator
 
 from ...core.hooks import Hook
-from ...core.module import Module, ModuleHost, ModuleSettings, Xep
+from ...core.module import Module, ModuleHost, ModuleSettings, Xep, domain_template
 from ...xmpp import errors, ns
 from ...xmpp.errors import StanzaError
 from ...xmpp.jid import InvalidJid, Jid
@@ -111,13 +111,7 @@ class HttpUploadSettings(ModuleSettings):
     @field_validator("service_domain")
     @classmethod
     def _service_domain(cls, value: str) -> str:
-        try:
-            jid = Jid.parse(value.format(domain="example.com"))
-        except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"{value!r} is not a domain template like upload.{{domain}} ({e})") from None
-        if not jid.is_domain:
-            raise ValueError(f"{value!r} is not a domain")
-        return value
+        return domain_template(value, "upload.{domain}")
 
     @field_validator("public_url")
     @classmethod

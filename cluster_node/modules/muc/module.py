@@ -50,7 +50,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from ...core.hooks import Hook
-from ...core.module import Module, ModuleHost, ModuleSettings, Xep
+from ...core.module import Module, ModuleHost, ModuleSettings, Xep, domain_template
 from ...core.sessions import SessionRecord
 from ...xmpp import errors
 from ...xmpp.errors import StanzaError
@@ -111,13 +111,7 @@ class MucSettings(ModuleSettings):
     @field_validator("service_domain")
     @classmethod
     def _service_domain(cls, value: str) -> str:
-        try:
-            jid = Jid.parse(value.format(domain="example.com"))
-        except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"{value!r} is not a domain template like conference.{{domain}} ({e})") from None
-        if not jid.is_domain:
-            raise ValueError(f"{value!r} is not a domain")
-        return value
+        return domain_template(value, "conference.{domain}")
 
     @field_validator("admins")
     @classmethod
