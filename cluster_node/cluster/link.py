@@ -171,7 +171,7 @@ class ClusterLink:
                 events += self._on_frame(frame, now)
                 if self.closed:
                     break
-        except (FrameError, ValueError, KeyError, TypeError) as e:
+        except (FrameError, ValueError, KeyError, TypeError, OverflowError) as e:  # a 400-digit number, Infinity
             return events + self.refuse(f"malformed frame: {e}")
         return events
 

@@ -2,6 +2,7 @@
 
 import pytest
 
+from cluster_node.cluster.frames import Kind, encode
 from cluster_node.cluster.link import (
     Acked,
     Closed,
@@ -96,4 +97,13 @@ def test_pings_keep_a_link_alive_and_silence_closes_it():
 def test_garbage_closes_with_a_reason():
     a = ClusterLink(cfg("a"), 0)
     events = a.receive_data(b"\x00\x00\x00\x02\x63\x00GET / HTTP/1.1", 0)
+    assert isinstance(events[-1], Closed) and "malformed frame" in events[-1].reason
+
+
+@pytest.mark.parametrize("kind, body", [(Kind.PONG, b'{"t": ' + b"9" * 400 + b"}"),
+                                        (Kind.ACK, b'{"seq": Infinity}')])
+def test_a_joined_member_sending_an_absurd_number_is_refused_not_crashing(kind, body):
+    a, b = ClusterLink(cfg("a"), 0), ClusterLink(cfg("b"), 0)
+    pump(a, b)
+    events = a.receive_data(encode(kind, body), 1.0)
     assert isinstance(events[-1], Closed) and "malformed frame" in events[-1].reason
