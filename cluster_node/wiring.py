@@ -175,7 +175,8 @@ def _ready_checks(settings: NodeSettings, storage: Storage, c2s: C2SListener, me
     *joined the region*: linked to every member whose discovery row is fresh, with their tables
     merged — so a client's first message finds every session of the region, not offline storage.
     After a grace period a member whose live peers stay unreachable is ready anyway (it serves
-    what it can rather than nothing; the partition is in ``cets systemInfo``)."""
+    what it can rather than nothing; the partition is in ``cets systemInfo``).  Once joined it
+    stays so: a peer's death is not a reason to stop taking clients."""
     def listeners() -> bool:
         wanted = bool(settings.c2s.port or settings.c2s.tls_port)
         return bool(c2s.servers) or not wanted
@@ -188,9 +189,16 @@ def _ready_checks(settings: NodeSettings, storage: Storage, c2s: C2SListener, me
         grace = 3 * refresh + settings.cluster.ping_timeout
         fresh = max(3 * refresh, 2.0)  # as discovery judges a row live (whole seconds)
 
+        joined = False
+
         def cluster() -> bool:
+            nonlocal joined
             if not member.discovery_works:
                 return False
+            if joined:
+                # Joined once: a peer dying later must not take every survivor out of the load
+                # balancer until the dead peer's discovery row ages out.
+                return True
             now = time.time()
             live = {p.node for p in member.discovered
                     if p.node != member.node and (p.updated is None or now - p.updated < fresh)}
@@ -199,7 +207,8 @@ def _ready_checks(settings: NodeSettings, storage: Storage, c2s: C2SListener, me
             merged = all(peer in member.links and (wanted in member.links[peer].tables_seen
                                                    if wanted else bool(member.links[peer].tables_seen))
                          for peer in live)
-            return merged or time.monotonic() - started > grace
+            joined = merged or time.monotonic() - started > grace
+            return joined
 
         checks["cluster"] = cluster
     return checks
