@@ -35,6 +35,7 @@ from .net.transport_metrics import CALL as TRANSPORTS_CALL, TransportCollector
 from .net.websocket_server import WebSocketListener
 from .settings import NodeSettings
 from .storage import Storage, open_storage
+from .xmpp.sasl.cache import LoginCache
 
 __all__ = ["Node", "running_node", "run_node", "run_until_signalled", "open_accounts"]
 
@@ -61,7 +62,7 @@ async def open_accounts(settings: NodeSettings) -> AsyncIterator[tuple[Storage, 
     await storage.open()
     try:
         yield storage, Accounts(storage, settings.domains, iterations=settings.scram_iterations,
-                                min_password_length=1)
+                                min_password_length=1, login_cache=LoginCache.from_settings(settings.login_cache))
     finally:
         await storage.close()
 

@@ -454,7 +454,7 @@ def admin_root(accounts: Accounts, node: Node | None) -> dict[str, Any]:
     # The admin is trusted like ``meridian ctl``: the in-band registration's password policy
     # ([registration] min_password_length) is for users registering themselves.
     admin_accounts = Accounts(accounts.storage, accounts.domains, iterations=accounts.iterations,
-                              min_password_length=1)
+                              min_password_length=1, login_cache=accounts.login_cache)
     root: dict[str, Any] = {"account": AccountAdmin(admin_accounts, node)}
     categories = {"session": SessionAdmin, "stanza": StanzaAdmin, "roster": RosterAdmin, "cets": CetsAdmin,
                   "server": ServerAdmin, "gdistrib": GDistribAdmin, "s2s": S2SAdmin, "fast": FastAdmin,

@@ -10,6 +10,7 @@ import asyncio
 
 from ..storage import Storage
 from ..xmpp.jid import InvalidJid, nodeprep
+from ..xmpp.sasl.cache import LoginCache
 from ..xmpp.sasl.scram import ScramCredentials, make_credentials
 
 __all__ = ["Accounts", "AccountError"]
@@ -21,8 +22,12 @@ class AccountError(ValueError):
 
 class Accounts:
     def __init__(self, storage: Storage, domains: list[str], *, iterations: int = 4096,
-                 min_password_length: int = 1) -> None:
+                 min_password_length: int = 1, login_cache: LoginCache | None = None) -> None:
+        """``login_cache``: the node's PLAIN cache, told here when a password changes or an
+        account goes (its MACs cover the stored credentials anyway, so a change made elsewhere
+        — another member, ``meridian ctl`` — invalidates it too; this frees the entries at once)."""
         self.storage = storage
+        self.login_cache = login_cache
         self.domains = domains
         self.iterations = iterations
         self.min_password_length = min_password_length
@@ -52,11 +57,15 @@ class Accounts:
 
     async def change_password(self, domain: str, username: str, password: str) -> None:
         domain, user = self.normalise(domain, username)
+        if self.login_cache is not None:
+            self.login_cache.forget(f"{user}@{domain}")
         if not await self.storage.set_credentials(domain, user, await self._credentials(password)):
             raise AccountError(f"user {user}@{domain} does not exist")
 
     async def remove(self, domain: str, username: str) -> None:
         domain, user = self.normalise(domain, username)
+        if self.login_cache is not None:
+            self.login_cache.forget(f"{user}@{domain}")
         if not await self.storage.remove_account(domain, user):
             raise AccountError(f"user {user}@{domain} does not exist")
 

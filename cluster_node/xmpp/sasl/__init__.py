@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 from ..errors import SaslFailure
 
 if TYPE_CHECKING:
+    from .cache import LoginCache
     from .scram import ScramCredentials
 
 __all__ = ["Challenge", "Success", "NeedCredentials", "ServerMechanism", "server_mechanism",
@@ -53,7 +54,10 @@ def offered_mechanisms(tls: bool, allow_plain: bool = True) -> list[str]:
     return mechs
 
 
-def server_mechanism(name: str, *, domain: str, secret: bytes, tls: bool) -> ServerMechanism:
+def server_mechanism(name: str, *, domain: str, secret: bytes, tls: bool,
+                     login_cache: LoginCache | None = None) -> ServerMechanism:
+    """``login_cache``: PLAIN's memory of passwords verified recently (SCRAM needs none: the
+    server side only computes HMACs over the stored keys, the client does the PBKDF2)."""
     from .plain import PlainServer
     from .scram import MECHANISM_HASHES, ScramServer
 
@@ -62,5 +66,5 @@ def server_mechanism(name: str, *, domain: str, secret: bytes, tls: bool) -> Ser
     if name == "PLAIN":
         if not tls:
             raise SaslFailure("encryption-required")
-        return PlainServer(domain=domain)
+        return PlainServer(domain=domain, secret=secret, cache=login_cache)
     raise SaslFailure("invalid-mechanism")
