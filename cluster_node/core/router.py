@@ -25,6 +25,7 @@ import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any, Protocol
 
 from ..xmpp import errors, ns
@@ -156,6 +157,8 @@ class Router:
         self._account_iq: dict[tuple[str, str], IqHandler] = {}
         self.features: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Told each routing's duration in seconds (the metrics' histogram); None: not timed.
+        self.observe_route: Callable[[float], None] | None = None
 
     # -- registration by modules -------------------------------------------------------------
 
@@ -280,10 +283,15 @@ class Router:
         other region holds its recipient), never hand it to another region again.
         """
         self.counters.routed += 1
+        observe = self.observe_route
+        start = perf_counter() if observe is not None else 0.0
         try:
             await self._route(stanza, local_only)
         except StanzaError as e:
             self.send_error(stanza, e)
+        finally:
+            if observe is not None:
+                observe(perf_counter() - start)
 
     async def _route(self, stanza: Stanza, local_only: bool = False) -> None:
         sender = _jid(stanza.from_)
@@ -291,7 +299,8 @@ class Router:
             log.debug("dropping a stanza without a valid 'from': %r", stanza.from_)
             return
         kind = stanza.name
-        if stanza.to is None:
+        to_attr = stanza.to
+        if to_attr is None:
             to = sender.bare if kind != "iq" else Jid(None, sender.domain, None)
             if kind == "iq" and stanza.payload() is not None:
                 # RFC 6120 §10.3.3: no 'to' = handled by the server on behalf of the account.
@@ -301,9 +310,9 @@ class Router:
                     to = sender.bare
         else:
             try:
-                to = Jid.parse(stanza.to)
+                to = Jid.parse(to_attr)
             except InvalidJid:
-                raise errors.JidMalformed(f"bad 'to': {stanza.to!r}") from None
+                raise errors.JidMalformed(f"bad 'to': {to_attr!r}") from None
         if kind == "iq":
             _check_iq(stanza)
         if self.hooks.has(Hook.FILTER_LOCAL_PACKET) and not await self.hooks.run_async(
@@ -412,7 +421,9 @@ class Router:
                 await self.hooks.first_async(Hook.PRESENCE_IN, stanza, sender, to)
                 return
             if kind == "message" and stanza.type != "error":
-                taken = await self._for_account(stanza, to)
+                # (no coroutine to create and await when no module listens: the plain chat path)
+                taken = (await self._for_account(stanza, to) if self.hooks.has(Hook.MESSAGE_TO_ACCOUNT)
+                         else stanza)
                 if taken is None:
                     return
                 self.deliver(record, taken)

@@ -71,6 +71,7 @@ from .errors import SaslFailure, StanzaError, StreamError
 from .jid import InvalidJid, Jid
 from .parser import StreamOpened
 from .sasl import Challenge, NeedCredentials, ServerMechanism, Success, offered_mechanisms, server_mechanism
+from .sasl.cache import LoginCache
 from .sasl.ht import HtServer, NeedToken, TokenKey
 from .sasl.scram import ScramCredentials
 from .stanza import Stanza
@@ -262,6 +263,7 @@ class C2SConfig:
     sasl2_inline: Callable[[C2SStream], list[bytes]] | None = None  # children of SASL2's <inline/>
     bind2_features: Callable[[C2SStream], list[str]] | None = None  # 'var's of Bind 2's <inline/>
     token_mechanisms: Callable[[C2SStream], Collection[str]] | None = None  # HT-* accepted in SASL2
+    login_cache: LoginCache | None = None  # PLAIN passwords verified recently (no PBKDF2 for those)
 
 
 class C2SStream(XmlStream[C2SEvent]):
@@ -287,6 +289,8 @@ class C2SStream(XmlStream[C2SEvent]):
         self._held: list[bytes] = []  # written for the client in WAIT_SASL2: goes out after <success/>
         self._bind_iq_id: str | None = None
         self._early = b""
+        self._full_of: Jid | None = None  # the JID that ``_full`` is the string of
+        self._full = ""
 
     # -- inputs -------------------------------------------------------------------------------
 
@@ -615,7 +619,7 @@ class C2SStream(XmlStream[C2SEvent]):
             if name == "auth":
                 self._sasl = server_mechanism(stanza.element.get("mechanism", ""),
                                               domain=self.domain or "", secret=self.config.sasl_secret,
-                                              tls=self.tls)
+                                              tls=self.tls, login_cache=self.config.login_cache)
                 if self._sasl.name == "PLAIN" and not self.config.allow_plain:
                     raise SaslFailure("invalid-mechanism")
                 self._sasl_result(self._sasl.start(_b64_payload(stanza, initial=True)))
@@ -717,7 +721,8 @@ class C2SStream(XmlStream[C2SEvent]):
             return HtServer(name)
         if name not in offered_mechanisms(self.tls, self.config.allow_plain):
             raise SaslFailure("invalid-mechanism")
-        return server_mechanism(name, domain=self.domain or "", secret=self.config.sasl_secret, tls=self.tls)
+        return server_mechanism(name, domain=self.domain or "", secret=self.config.sasl_secret, tls=self.tls,
+                                login_cache=self.config.login_cache)
 
     # -- resource binding (RFC 6120 §7) -----------------------------------------------------
 
@@ -745,7 +750,9 @@ class C2SStream(XmlStream[C2SEvent]):
             # (after bind, as RFC 3921 has it) get the no-op result, not service-unavailable.
             self._write(f"<iq type='result' id={quoteattr(stanza.id or '')}/>".encode())
             return
-        full = str(self.jid)
+        if self.jid is not self._full_of:  # str(Jid) per stanza was measurable: once per bound JID
+            self._full_of, self._full = self.jid, str(self.jid)
+        full = self._full
         sender = stanza.from_
         if sender is not None and sender != full:
             try:
@@ -755,7 +762,7 @@ class C2SStream(XmlStream[C2SEvent]):
             if claimed != self.jid and claimed != self.jid.bare:
                 raise errors.InvalidFrom(f"'from' {sender!r} is not this stream's JID")
         if sender != full:
-            stanza = stanza.with_attrs(from_=full)
+            stanza = stanza.stamp(from_=full)  # the parsed original is dropped: no copy
         self._events.append(StanzaIn(stanza))
 
 

@@ -52,14 +52,26 @@ class StreamClosed:
 Event = StreamOpened | StanzaReceived | StreamClosed
 
 
+_CLARK_CACHE: dict[str, tuple[str, str | None]] = {}
+_CLARK_CACHE_MAX = 4096  # distinct names remembered; a peer inventing names cannot grow it further
+
+
 def _clark(name: str) -> tuple[str, str | None]:
-    """expat's 'uri SEP local [SEP prefix]' → ('{uri}local', prefix)."""
+    """expat's 'uri SEP local [SEP prefix]' → ('{uri}local', prefix).  Remembered: every stanza
+    repeats the same few names, and this ran for each element and attribute."""
+    got = _CLARK_CACHE.get(name)
+    if got is not None:
+        return got
     parts = name.split(SEP)
     if len(parts) == 1:
-        return parts[0], None
-    if len(parts) == 2:
-        return "{%s}%s" % (parts[0], parts[1]), None
-    return "{%s}%s" % (parts[0], parts[1]), parts[2]
+        got = (parts[0], None)
+    elif len(parts) == 2:
+        got = ("{%s}%s" % (parts[0], parts[1]), None)
+    else:
+        got = ("{%s}%s" % (parts[0], parts[1]), parts[2])
+    if len(_CLARK_CACHE) < _CLARK_CACHE_MAX:
+        _CLARK_CACHE[name] = got
+    return got
 
 
 def _tag_end(buf: bytearray | bytes, start: int) -> int:
@@ -123,6 +135,7 @@ class StreamParser:
         p.CharacterDataHandler = self._text
         self._p = p
         self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
+        self._utf8_partial = False  # the decoder holds an incomplete character
         self._events: list[Event] = []
         self._buf = bytearray()
         self._base = 0  # absolute input offset of _buf[0]
@@ -145,12 +158,16 @@ class StreamParser:
         if self._dead is not None:
             raise type(self._dead)(self._dead.text)
         try:
-            try:
-                self._decoder.decode(data)
-            except UnicodeDecodeError:
-                raise errors.UnsupportedEncoding("invalid UTF-8") from None
+            # ASCII is valid UTF-8: the decoder (which builds a str of the input) only runs for
+            # other bytes, or when it holds the start of a character from the previous input.
+            if self._utf8_partial or not data.isascii():
+                try:
+                    self._decoder.decode(data)
+                except UnicodeDecodeError:
+                    raise errors.UnsupportedEncoding("invalid UTF-8") from None
+                self._utf8_partial = bool(self._decoder.getstate()[0])
             for i in range(0, len(data), SLICE):
-                chunk = data[i:i + SLICE]
+                chunk = data[i:i + SLICE] if len(data) > SLICE else data  # one read: no copy
                 self._buf += chunk
                 self._fed += len(chunk)
                 try:
@@ -225,40 +242,53 @@ class StreamParser:
             raise errors.NotWellFormed("text between stanzas")
 
     def _start(self, name: str, attrs: dict[str, str]) -> None:
-        self._depth += 1
-        decls, self._pending_decls = self._pending_decls, []
+        depth = self._depth = self._depth + 1
+        decls = self._pending_decls
+        if decls:
+            self._pending_decls = []  # ``decls`` is kept (the stanza's own declarations)
         tag, prefix = _clark(name)
         clean: dict[str, str] = {}
-        attr_prefixes = []
+        attr_prefixes: list[str] | None = None
         for key, value in attrs.items():
-            k, p = _clark(key)
+            k, p = _CLARK_CACHE.get(key) or _clark(key)
             clean[k] = value
             if p is not None and p != "xml":
+                if attr_prefixes is None:
+                    attr_prefixes = []
                 attr_prefixes.append(p)
-        if self._depth == 1:
+        if depth == 1:
             self._open_stream(tag, clean, decls)
             return
-        if self._depth - 1 > self.max_depth:
+        if depth - 1 > self.max_depth:
             raise errors.PolicyViolation("stanza too deep")
-        self._flush_text()
-        if self._depth == 2:
+        if self._texts:
+            self._flush_text()
+        stack = self._stack
+        if depth == 2:
             start = self._p.CurrentByteIndex
             self._stanza_start = start
             self._stanza_decls = tuple(decls)
-            self._stanza_prefixes = set()
+            prefixes = self._stanza_prefixes = set()
             self._raw_ok = True
             rel = start - self._base
             self._start_end = _tag_end(self._buf, rel) - rel
             if self._lang is not None and ns.XML_LANG not in clean:
                 clean[ns.XML_LANG] = self._lang
-        self._stanza_prefixes.update(p for p, _ in decls if p)
-        if (prefix is not None and (self._depth == 2 or prefix not in self._stanza_prefixes)) or any(
-                p not in self._stanza_prefixes for p in attr_prefixes):
-            self._raw_ok = False
-        el = ET.Element(tag, clean)
-        if self._stack and self._depth > 2:
-            self._stack[-1].append(el)
-        self._stack.append(el)
+            if decls:
+                prefixes.update(p for p, _ in decls if p)
+            if prefix is not None or attr_prefixes is not None and any(
+                    p not in prefixes for p in attr_prefixes):
+                self._raw_ok = False
+            el = ET.Element(tag, clean)
+        else:
+            prefixes = self._stanza_prefixes
+            if decls:
+                prefixes.update(p for p, _ in decls if p)
+            if (prefix is not None and prefix not in prefixes) or attr_prefixes is not None and any(
+                    p not in prefixes for p in attr_prefixes):
+                self._raw_ok = False
+            el = ET.SubElement(stack[-1], tag, clean)
+        stack.append(el)
 
     def _open_stream(self, tag: str, attrs: dict[str, str], decls: list[tuple[str, str]]) -> None:
         default = next((uri for p, uri in decls if p == ""), None)
@@ -275,25 +305,27 @@ class StreamParser:
 
     def _end(self, name: str) -> None:
         depth = self._depth
-        self._depth -= 1
+        self._depth = depth - 1
         if depth == 1:
             self._events.append(StreamClosed())
             return
-        self._flush_text()
+        if self._texts:
+            self._flush_text()
         el = self._stack.pop()
         if depth != 2:
             return
-        rel_start = self._stanza_start - self._base
-        if self._buf[rel_start + self._start_end - 2] == 0x2F:  # '/>': an empty-element tag
-            rel_end = rel_start + self._start_end
-        else:  # expat points at the '<' of the end tag
-            rel_end = _tag_end(self._buf, self._p.CurrentByteIndex - self._base)
-        raw = bytes(self._buf[rel_start:rel_end])
-        del self._buf[:rel_end]
-        self._base += rel_end
+        buf, base, start_end = self._buf, self._base, self._start_end
+        rel_start = self._stanza_start - base
+        if buf[rel_start + start_end - 2] == 0x2F:  # '/>': an empty-element tag
+            rel_end = rel_start + start_end
+        else:  # expat points at the '<' of the end tag, which has no attributes: the next '>'
+            rel_end = buf.find(b">", self._p.CurrentByteIndex - base) + 1
+        raw = bytes(buf[rel_start:rel_end])
+        del buf[:rel_end]
+        self._base = base + rel_end
         self._stanza_start = -1
         if self._raw_ok:
-            stanza = Stanza(el, raw, min(self._start_end, len(raw)), self._stanza_decls)
+            stanza = Stanza(el, raw, min(start_end, len(raw)), self._stanza_decls)
         else:
             stanza = Stanza(el)
         self._events.append(StanzaReceived(stanza))
