@@ -131,6 +131,24 @@ class LimitsSettings(_Section):
     stanza_rate: float = Field(
         200.0, ge=1, description="stanzas/s a client may send, sustained; excess: policy-violation")
     stanza_burst: int = Field(1000, ge=10, description="stanzas a client may send at once")
+    # Backpressure: a client whose output is behind, and every client sending to it, stop being
+    # read until it catches up; the excess waits in the senders' sockets, not in the node.
+    outbound_high_water: int = Field(
+        262_144, ge=4096, description="bytes waiting to be written to a client before its senders stop being read")
+    outbound_low_water: int = Field(
+        65_536, ge=0, description="bytes waiting to be written to a client under which its senders are read again")
+    inbound_queue: int = Field(
+        500, ge=1, description="stanzas read from a client and not yet handled before reading it pauses")
+    write_buffer_limit: int = Field(
+        8_388_608, ge=65_536, description="bytes waiting to be written to a client that does not read: dropped")
+
+    @model_validator(mode="after")
+    def _water_marks(self) -> LimitsSettings:
+        if self.outbound_low_water >= self.outbound_high_water:
+            raise ValueError("limits.outbound_low_water must be below limits.outbound_high_water")
+        if self.write_buffer_limit <= self.outbound_high_water:
+            raise ValueError("limits.write_buffer_limit must be above limits.outbound_high_water")
+        return self
 
 
 class AuthThrottleSettings(_Section):
@@ -151,6 +169,17 @@ class AuthThrottleSettings(_Section):
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
         return _ip_networks(value)
+
+
+class LoginCacheSettings(_Section):
+    """SASL PLAIN passwords verified recently, remembered per process so a returning client costs
+    no PBKDF2: keyed by an HMAC (random per-process key) of the account, the password and the
+    stored SCRAM keys — a password changed anywhere in the cluster no longer matches.  Only
+    successes are kept."""
+
+    enabled: bool = Field(True, description="remember PLAIN passwords verified by PBKDF2 (successes only)")
+    max_entries: int = Field(20_000, ge=1, description="accounts whose verified login is remembered (~300 bytes each)")
+    ttl: float = Field(3600.0, gt=0, description="seconds an entry counts from the PBKDF2 that proved it")
 
 
 class TlsSettings(_Section):
@@ -204,6 +233,10 @@ class ClusterSettings(_Section):
     last_seen_threshold: float = Field(3600.0, gt=0, description="seconds before a silent row is deleted")
     ping_interval: float = Field(1.0, gt=0)
     ping_timeout: float = Field(5.0, gt=0, description="seconds without traffic before a member is down")
+    handoff_queue_max: int = Field(
+        10_000, ge=0, description="stanzas for other regions a node holds while its region has no gateway")
+    handoff_queue_timeout: float = Field(
+        30.0, ge=0, description="seconds a held stanza waits for a gateway before it is handled here (offline)")
 
     @field_validator("nodes")
     @classmethod
@@ -269,11 +302,15 @@ class NodeSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     scram_iterations: int = Field(4096, ge=4096, description="PBKDF2 rounds for new passwords")
     shutdown_timeout: float = Field(10.0, gt=0, description="seconds a stop waits for session clean-ups")
+    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        "asyncio", description="the process's event loop: asyncio's own, or uvloop (libuv); auto: uvloop when "
+        "it is installed. asyncio is the default until uvloop shows a gain in benchmarks/compare.py")
     c2s: C2SSettings = C2SSettings()
     websocket: WebSocketSettings = WebSocketSettings()
     bosh: BoshSettings = BoshSettings()
     limits: LimitsSettings = LimitsSettings()
     auth_throttle: AuthThrottleSettings = AuthThrottleSettings()
+    login_cache: LoginCacheSettings = LoginCacheSettings()
     tls: TlsSettings = TlsSettings()
     storage: StorageSettings = StorageSettings()
     offline: OfflineSettings = OfflineSettings()

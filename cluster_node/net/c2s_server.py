@@ -21,7 +21,8 @@ import logging
 import secrets
 import ssl
 from collections import deque
-from typing import Any, Protocol
+from contextvars import ContextVar
+from typing import Any, Protocol, cast
 
 from ..core.hooks import Hook, Hooks
 from ..core.limits import ConnectionLimiter, Shaper
@@ -59,8 +60,11 @@ __all__ = ["C2SListener", "C2SConnection", "C2STransport"]
 
 log = logging.getLogger(__name__)
 
-QUEUE_HIGH_WATER = 500  # stanzas waiting for this connection's handler before reading pauses
-WRITE_BUFFER_LIMIT = 8 * 1024 * 1024  # a client that does not read this much is dropped
+# The connection whose stanza is being handled: each connection's handler task sets it in its own
+# context (and tasks it spawns inherit it), so a recipient that is behind knows whom to push back.
+_SENDER: ContextVar[C2SConnection | None] = ContextVar("c2s_sender", default=None)
+
+DRAIN_POLL = 0.02  # seconds between checks of a client's output while its senders wait for it
 LINGER_SECONDS = 2.0  # after a stream error: time for the peer to read it before we close
 AGENT_FLAG = "agent"  # session record flag: a short hash of the SASL2 user agent id that bound it
 MAX_TAG_CHARS = 64  # of a Bind 2 <tag/> taken into a resource
@@ -101,11 +105,12 @@ class C2SListener:
             sasl2_inline=lambda stream: hooks.fold(Hook.SASL2_INLINE, [], stream),
             bind2_features=lambda stream: hooks.fold(Hook.BIND2_FEATURES, [], stream),
             token_mechanisms=lambda stream: tuple(HT_MECHANISMS) if hooks.has(Hook.SASL2_TOKEN) else (),
+            login_cache=sessions.s.accounts.login_cache,
         )
         self.servers: list[asyncio.Server] = []
         self.connections: set[C2SConnection] = set()
         self.counters = {"connections": 0, "logins": 0, "auth_failures": 0, "stream_errors": 0,
-                         "stanza_rate_refused": 0}
+                         "stanza_rate_refused": 0, "pushed_back": 0}
         self.transports = TransportMetrics()  # per transport: its connections count there by name
 
     async def start(self) -> None:
@@ -174,10 +179,18 @@ class C2SConnection(asyncio.Protocol):
         lim = listener.settings.limits
         self._shaper = Shaper(lim.shaper_rate, lim.shaper_burst, lim.shaper_max_throttle)
         self._stanza_rate = Shaper(lim.stanza_rate, lim.stanza_burst, lim.shaper_max_throttle)
-        self._queue: deque[Stanza] = deque()
+        # Made on a stanza's arrival, dropped once handled: an idle connection holds neither the
+        # deque (its first block: ~0.6 KB) nor the finished task.
+        self._queue: deque[Stanza] | None = None
         self._flush_pending = False
         self._worker: asyncio.Task[None] | None = None
-        self._paused = {"shaper": False, "queue": False, "tls": False, "auth": False}
+        # Why reading is paused: the shaper, our own handler's queue, a TLS upgrade, a refused
+        # authentication, our own output behind ("output"), a recipient's output behind ("peer").
+        self._paused = {"shaper": False, "queue": False, "tls": False, "auth": False, "output": False,
+                        "peer": False}
+        self._behind = False  # our output is over limits.outbound_high_water
+        self._waiters: set[C2SConnection] | None = None  # senders paused until our output drains
+        self._waiting_on: set[C2SConnection] | None = None  # behind recipients we wait for
         self._held = False  # an authentication failure's answer waits (address throttling)
         self._limited = False
         self._pre_auth = False  # holds one of the limiter's not-yet-authenticated slots
@@ -258,6 +271,12 @@ class C2SConnection(asyncio.Protocol):
             self._pre_auth = False
             self._tc.closed()
         self.listener.connections.discard(self)
+        self._caught_up()  # whoever waited for our output is read again
+        if self._waiting_on:
+            for recipient in self._waiting_on:
+                if recipient._waiters is not None:
+                    recipient._waiters.discard(self)
+            self._waiting_on = None
         if self.core.state is not State.CLOSED:
             self.core.receive_data(b"")
         if self.close_reason is None:
@@ -310,6 +329,8 @@ class C2SConnection(asyncio.Protocol):
         self._tc.stanzas_out += 1
         self._hooks.run(Hook.USER_RECEIVE_PACKET, self, stanza, data)
         self._flush_soon()
+        if self._behind:
+            self._push_back()
 
     def send_raw(self, data: bytes) -> None:
         """Write a non-stanza element (an ``<r/>``, ``<enabled/>``) in order with the stanzas."""
@@ -433,18 +454,23 @@ class C2SConnection(asyncio.Protocol):
         if data and self.transport is not None and not self.transport.is_closing():
             self._tc.bytes_out += len(data)
             self.transport.write(data)
-            if self.transport.get_write_buffer_size() > WRITE_BUFFER_LIMIT:
-                log.warning("c2s %s: client is not reading; dropping it", self.record and self.record.jid)
-                self.transport.abort()
+            size = self.transport.get_write_buffer_size()
+            if size > self.listener.settings.limits.outbound_high_water:
+                if size > self.listener.settings.limits.write_buffer_limit:
+                    log.warning("c2s %s: client is not reading; dropping it", self.record and self.record.jid)
+                    self.transport.abort()
+                elif not self._behind:
+                    self._fell_behind()
 
     def _output(self) -> bytes:
         """What the stream has for the client now (the WebSocket connection's knows its elements)."""
         return self.core.data_to_send()
 
     async def _start_tls(self) -> None:
-        assert isinstance(self.transport, asyncio.Transport)  # STARTTLS is only offered over TCP
+        # STARTTLS is only offered over TCP: an asyncio transport, or uvloop's (not a subclass)
+        transport = cast(asyncio.WriteTransport, self.transport)
         try:
-            new = await self._loop.start_tls(self.transport, self, self.listener.tls_context, server_side=True,
+            new = await self._loop.start_tls(transport, self, self.listener.tls_context, server_side=True,
                                              ssl_handshake_timeout=self.listener.settings.c2s.handshake_timeout)
         except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as e:
             log.info("c2s %s: TLS handshake failed: %s", self.ip, e)
@@ -623,14 +649,19 @@ class C2SConnection(asyncio.Protocol):
     # -- in-order handling of the client's stanzas ------------------------------------------
 
     def _enqueue(self, stanza: Stanza) -> None:
-        self._queue.append(stanza)
-        if len(self._queue) >= QUEUE_HIGH_WATER:
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = deque()
+        queue.append(stanza)
+        if len(queue) >= self.listener.settings.limits.inbound_queue:
             self._pause("queue")
         if self._worker is None or self._worker.done():
             self._worker = self._loop.create_task(self._work())
 
     async def _work(self) -> None:
+        _SENDER.set(self)  # this task's own context: what it routes is ours
         outbound = self.listener.sessions.outbound
+        low = self.listener.settings.limits.inbound_queue // 2
         while self._queue:
             stanza = self._queue.popleft()
             try:
@@ -640,8 +671,10 @@ class C2SConnection(asyncio.Protocol):
                 log.exception("handling a stanza from %s failed", self.record.jid)
                 self.listener.sessions.s.router.send_error(stanza, errors.StanzaInternalServerError())
             self._hooks.run(Hook.C2S_STANZA_HANDLED, self, stanza)
-            if self._paused["queue"] and len(self._queue) < QUEUE_HIGH_WATER // 2:
+            if self._paused["queue"] and (self._queue is None or len(self._queue) <= low):
                 self._resume("queue")
+        self._queue = None
+        self._worker = None
 
     def _over_rate(self, stanza: Stanza) -> bool:
         """Whether ``stanza`` is over the client's stanza rate: then it gets ``<policy-violation/>``
@@ -652,7 +685,7 @@ class C2SConnection(asyncio.Protocol):
             return False
         self.listener.counters["stanza_rate_refused"] += 1
         if self._stanza_rate.flooding(now):
-            self._queue.clear()
+            self._queue = None
             self._handle(self.core.close(errors.PolicyViolation("too many stanzas")))
         elif stanza.type != "error":
             slow_down = errors.StanzaPolicyViolation("too many stanzas: slow down")
@@ -660,6 +693,60 @@ class C2SConnection(asyncio.Protocol):
         return True
 
     # -- flow control and timers --------------------------------------------------------------
+
+    def _fell_behind(self) -> None:
+        """More than ``outbound_high_water`` bytes wait to be written to our client: stop reading
+        it, and (in :meth:`write`) every client that sends it more, until it is under
+        ``outbound_low_water``: the excess stays in their sockets rather than in the node."""
+        self._behind = True
+        self._pause("output")
+        self._loop.call_later(DRAIN_POLL, self._check_drained)
+
+    def _check_drained(self) -> None:
+        if not self._behind:
+            return
+        t = self.transport
+        if self._closed or t is None or t.get_write_buffer_size() <= self.listener.settings.limits.outbound_low_water:
+            self._caught_up()
+        else:
+            self._loop.call_later(DRAIN_POLL, self._check_drained)
+
+    def resume_writing(self) -> None:
+        """asyncio: the transport's buffer went under its low-water mark; check ours now."""
+        self._check_drained()
+
+    def _caught_up(self) -> None:
+        if not self._behind:
+            return
+        self._behind = False
+        self._resume("output")
+        waiters, self._waiters = self._waiters, None
+        for sender in waiters or ():
+            sender._done_waiting(self)
+
+    def _push_back(self) -> None:
+        """A stanza was written to us while we are behind: pause the client that sent it."""
+        sender = _SENDER.get()
+        if sender is None or sender is self or sender._closed:
+            return  # not from a client of ours (a server, a cluster link), or ours: already paused
+        if self._waiters is None:
+            self._waiters = set()
+        if sender in self._waiters:
+            return
+        self._waiters.add(sender)
+        if sender._waiting_on is None:
+            sender._waiting_on = set()
+        sender._waiting_on.add(self)
+        self.listener.counters["pushed_back"] += 1
+        sender._pause("peer")
+
+    def _done_waiting(self, recipient: C2SConnection) -> None:
+        if self._waiting_on is None:
+            return
+        self._waiting_on.discard(recipient)
+        if not self._waiting_on:
+            self._waiting_on = None
+            self._resume("peer")
 
     def _pause(self, why: str) -> None:
         if not any(self._paused.values()) and self.transport is not None:

@@ -19,7 +19,7 @@ import json
 import logging
 import ssl
 import struct
-from typing import Any
+from typing import Any, cast
 from xml.sax.saxutils import quoteattr
 
 from aiohttp import WSMsgType, web
@@ -55,7 +55,8 @@ class WebSocketTransport:
     def __init__(self, ws: web.WebSocketResponse, raw: asyncio.BaseTransport | None, peer: tuple[str, int],
                  framing: WebSocketFraming = WEBSOCKET) -> None:
         self.ws = ws
-        self._raw = raw if isinstance(raw, asyncio.WriteTransport) else None
+        # uvloop's transports are not asyncio.WriteTransport subclasses: test what is used
+        self._raw = cast(asyncio.WriteTransport, raw) if hasattr(raw, "get_write_buffer_size") else None
         self._peer = peer
         self._framing = framing
         self._closing = False
