@@ -9,10 +9,11 @@ do, through ``tests/helpers``):
 ``eu``        nodes ``eu-n1``, ``eu-n2``; gateways ``eu-gw1``, ``eu-gw2``
 ``us``        nodes ``us-n1``, ``us-n2``; gateway ``us-gw1`` (its only one), reading from a replica
 both          a Redis primary, its replica and three Sentinels the gateways follow
-              (:class:`~tests.helpers.sentinel.SentinelSet`); one SQLite file for the domain
-              (accounts, offline messages); each gateway's inter-region listener behind a
-              :class:`~tests.helpers.proxy.FaultProxy` (the other region dials the proxy), so the
-              eu–us link can be partitioned
+              (:class:`~tests.helpers.sentinel.SentinelSet`); one PostgreSQL database for the
+              domain (accounts, offline messages, cluster discovery; a SQLite file when
+              PostgreSQL is not installed, and then no ``postgres-restart``); each gateway's
+              inter-region listener behind a :class:`~tests.helpers.proxy.FaultProxy` (the other
+              region dials the proxy), so the eu–us link can be partitioned
 ============  ==========================================================================
 
 and a load of ``--users`` (200; half per region, alternating between the region's two nodes)
@@ -39,9 +40,10 @@ Scenarios, one at a time while the load runs (``--scenario NAME``, repeatable; d
 ``rolling-restart``    every node and gateway of eu in turn: SIGTERM, wait for the exit, start,
                        wait until it has rejoined, next
 
-Not built yet: **PostgreSQL restarted** (the topology here uses SQLite, as the tests'
-``two_regions`` does).  TODO: a ``postgres-restart`` scenario, with the domain's database on
-PostgreSQL (``tests/helpers/postgres.py``).
+``postgres-restart``   the domain's PostgreSQL stopped at once (an immediate shutdown: every
+                       backend killed, no checkpoint) and started again on its data 10 s (quick:
+                       3 s) later; crash recovery runs.  Nodes lose discovery, accounts and
+                       offline storage meanwhile, and must carry on with the links they have
 
 Each scenario: everything up and every client online; ``warm`` seconds of load; the fault (and
 its repair); ``after`` seconds more of load; then no new messages, and a drain (acks asked for,
@@ -123,6 +125,7 @@ from cluster_node.net.control import query_control  # noqa: E402
 from cluster_node.storage import open_storage  # noqa: E402
 from cluster_node.xmpp.sasl.scram import make_credentials  # noqa: E402
 from tests.helpers.node import NodeProcess, toml_dump  # noqa: E402
+from tests.helpers.postgres import PostgresServer, pg_bindir  # noqa: E402
 from tests.helpers.proxy import FaultProxy  # noqa: E402
 from tests.helpers.redis import redis_server_binary  # noqa: E402
 from tests.helpers.regions import DOMAIN, Region, make_region  # noqa: E402
@@ -177,6 +180,7 @@ class Params:
     after: float = 10.0  # seconds of load after the fault (or its repair)
     gateway_down: float = 10.0  # the only gateway's outage
     redis_down: float = 15.0  # the old Redis primary's
+    postgres_down: float = 10.0
     partition: float = 30.0
     slow: float = 1.0  # later than this is not on time
     drain: float = 40.0  # at most, after the load stops
@@ -185,7 +189,8 @@ class Params:
 
     @classmethod
     def quick(cls) -> Params:
-        return cls(users=20, rate=1.0, warm=2.0, after=4.0, gateway_down=3.0, redis_down=4.0, partition=5.0, drain=15.0,
+        return cls(users=20, rate=1.0, warm=2.0, after=4.0, gateway_down=3.0, redis_down=4.0, postgres_down=3.0,
+                   partition=5.0, drain=15.0,
                    quiet=3.0, settle=45.0)
 
 
@@ -199,6 +204,7 @@ class World:
     regions: dict[str, Region]
     proxies: dict[str, FaultProxy]  # gateway name → the proxy in front of its inter-region listener
     db_url: str
+    postgres: PostgresServer | None = None  # the domain's database server (None: SQLite)
 
     @property
     def processes(self) -> list[NodeProcess]:
@@ -212,7 +218,12 @@ def build(base: Path) -> World:
     """Configure (not start) both regions, Redis and the proxies."""
     redis = SentinelSet().start()
     sentinel: dict[str, Any] = {"sentinels": redis.addresses, "sentinel_master": MASTER}
-    db_url = f"sqlite:///{base / 'domain.db'}"
+    postgres: PostgresServer | None = None
+    if pg_bindir() is not None:
+        postgres = PostgresServer().start()
+        db_url = postgres.create_database("chaos")
+    else:
+        db_url = f"sqlite:///{base / 'domain.db'}"
     # Offline storage large enough for every message a long outage could park (the point is to see them).
     node_settings = {"offline": {"max_messages": 100_000}}
     regions = {
@@ -230,7 +241,7 @@ def build(base: Path) -> World:
             conf["gdistrib"]["connections"]["advertised_endpoints"] = [proxy.address]
             gw.config.write_text(toml_dump(conf))
             proxies[gw.name] = proxy
-    return World(base, redis, regions, proxies, db_url)
+    return World(base, redis, regions, proxies, db_url, postgres)
 
 
 async def register(world: World, names: list[str]) -> None:
@@ -860,6 +871,19 @@ async def redis_failover(world: World, load: Load, p: Params) -> Fault:
                        f"after {p.redis_down:g} s")
 
 
+async def postgres_restart(world: World, load: Load, p: Params) -> Fault:
+    pg = world.postgres
+    if pg is None:
+        raise ChaosError("postgres-restart needs PostgreSQL (the domain is on SQLite here)")
+    t = now()
+    await asyncio.to_thread(pg.kill)
+    await asyncio.sleep(p.postgres_down)
+    repaired = now()
+    await asyncio.to_thread(pg.restart)
+    return Fault(t, repaired, f"PostgreSQL stopped at once, restarted after {p.postgres_down:g} s "
+                              f"(up {now() - repaired:.1f} s later)")
+
+
 async def partition(world: World, load: Load, p: Params) -> Fault:
     proxies = list(world.proxies.values())
     t = now()
@@ -905,6 +929,7 @@ SCENARIOS: dict[str, tuple[Scenario, str]] = {
     "partition": (partition, "5. eu–us link partitioned, healed"),
     "move-region": (move_region, "6. users move region mid-conversation"),
     "rolling-restart": (rolling_restart, "7. rolling restart of a region"),
+    "postgres-restart": (postgres_restart, "8. PostgreSQL restarted"),
 }
 
 
@@ -1072,7 +1097,9 @@ async def run(args: argparse.Namespace, p: Params, base: Path) -> tuple[list[dic
         t = now()
         await load.login_all(120)
         say(f"{len(load.users)} users online in {now() - t:.1f} s")
-        for name in args.scenario or list(SCENARIOS):
+        info["database"] = "postgresql" if world.postgres is not None else "sqlite"
+        names = args.scenario or [n for n in SCENARIOS if n != "postgres-restart" or world.postgres is not None]
+        for name in names:
             rows.append(await run_scenario(world, load, name, p))
         info["strays"] = load.ledger.strays
     finally:
@@ -1082,6 +1109,8 @@ async def run(args: argparse.Namespace, p: Params, base: Path) -> tuple[list[dic
         for proxy in world.proxies.values():
             proxy.stop()
         world.redis.close()
+        if world.postgres is not None:
+            world.postgres.stop()
         problems = [f"{proc.name}: Traceback in its log" for proc in world.processes if "Traceback" in proc.log()]
         info["tracebacks"] = problems
     return rows, info

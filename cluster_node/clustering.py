@@ -15,6 +15,8 @@ import itertools
 import logging
 import time
 import zlib
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ __all__ = ["build_member", "GatewayHandoff", "MemberCalls", "SESSION"]
 SESSION = "session"  # envelope kind: a stanza for one of the receiving member's sessions
 REQUEST, ANSWER = "req", "ans"  # call names of request/answer pairs
 SYNC_CALL = "sync"  # a request answered at once: its answer comes after what the member sent before
+HANDOFF_ACK = "gd.ack"  # a gateway confirms hand-offs (args: gw, seqs); see GatewayHandoff
 
 log = logging.getLogger("meridian.cluster")
 
@@ -81,6 +84,8 @@ async def build_member(services: Services, cert: Path, key: Path) -> ClusterMemb
     services.hooks.add(Hook.REGION_SYNC, lambda: _sync(services, calls), owner=calls)
     services.hooks.add(Hook.DELIVER_TO_MEMBER, lambda record, stanza: _send(calls, record, stanza), owner=calls)
     handoff = GatewayHandoff(services, calls)
+    services.call_handlers[HANDOFF_ACK] = lambda _node, args: handoff.confirmed(args)
+    services.hooks.add(Hook.MEMBER_DOWN, handoff.member_down, owner=handoff)
     add_global_routing(services.hooks, handoff, priority=50, owner=handoff)
     services.hooks.add(Hook.ROUTE_REMOTE, handoff.remote, 50, owner=handoff)  # a gateway's S2S comes first
     await member.start()
@@ -166,42 +171,183 @@ async def _awaited(result: Any) -> None:
     await result
 
 
+@dataclass(slots=True)
+class _Handed:
+    """A stanza handed (or to be handed) to a gateway, kept until a gateway confirms it."""
+
+    seq: int
+    envelope: dict[str, Any]  # with its id: "hid" (node/incarnation/seq), "hs" (seq), "hn" (node)
+    stanza: Stanza
+    key: str | None  # what picks the gateway (None: from|to)
+    since: float  # when it was first handed: the hold deadline counts from here
+
+
 class GatewayHandoff:
     """A node's way to other regions: hand the stanza to one of the region's gateways, which
     looks the destination up and relays it — or, when no region holds it, handles it locally.
 
     The gateway is chosen by a hash of (from, to), so one conversation always takes the same
-    gateway and keeps its order.  With no gateway in the cluster the region stands alone.
+    gateway and keeps its order.  With no gateway in the cluster (ever) the region stands alone.
+
+    Nothing acknowledged to a client may be lost with a gateway: each hand-off carries a sequence
+    number and stays here until the gateway confirms it (``gd.ack``: handled there, or relayed and
+    acked by the other region).  When a gateway goes down, what it had not confirmed is handed
+    again, in order, to another gateway (or the restarted one) under the same id, so a receiving
+    gateway that already has it drops the copy.  While the region has no gateway at all, hand-offs
+    are held (at most ``cluster.handoff_queue_max``) and go out in order as soon as one is back;
+    one held longer than ``cluster.handoff_queue_timeout`` is handled here instead (a message to a
+    user no session of this region holds goes to offline storage, for the next login).
     """
 
     def __init__(self, services: Services, calls: MemberCalls) -> None:
         self.s = services
         self.calls = calls
+        cs = services.settings.cluster
+        self.queue_max = cs.handoff_queue_max
+        self.queue_timeout = cs.handoff_queue_timeout
+        self._seqs = itertools.count(1)
+        self._prefix = f"{services.node}/{calls.member.incarnation}/"
+        self.unconfirmed: dict[str, dict[int, _Handed]] = {}  # gateway -> seq -> hand-off
+        self.held: deque[_Handed] = deque()  # no gateway to take them (yet)
+        self.seen_gateway = False  # a region that never had one stands alone: nothing is held
+        self.expired = 0  # held past the deadline, handled here
+        self._flusher: asyncio.Task[None] | None = None
 
-    def gateway(self, stanza: Stanza, key: str | None = None) -> str | None:
+    def gateways(self) -> list[str]:
         links = self.calls.member.links
         names = sorted(r.owner for r in self.s.routes if r.key.startswith("gateway/") and r.owner in links)
+        if names:
+            self.seen_gateway = True
+        return names
+
+    def gateway(self, stanza: Stanza, key: str | None = None) -> str | None:
+        names = self.gateways()
         if not names:
             return None
+        return self._pick(names, stanza, key)
+
+    @staticmethod
+    def _pick(names: list[str], stanza: Stanza, key: str | None) -> str:
         return names[zlib.crc32((key or f"{stanza.from_}|{stanza.to}").encode()) % len(names)]
 
+    # -- handing over ----------------------------------------------------------------------------
+
+    def _hand(self, stanza: Stanza, envelope: dict[str, Any], key: str | None = None) -> bool:
+        """Hand ``stanza`` to a gateway, or hold it; False when there is no one to take it (a
+        region without gateways, or the hold full)."""
+        names = self.gateways()
+        if not names and not self.seen_gateway:
+            return False
+        seq = next(self._seqs)
+        item = _Handed(seq, {**envelope, "hid": f"{self._prefix}{seq}", "hs": seq, "hn": self.s.node},
+                       stanza, key, time.monotonic())
+        if names and self.held:
+            self._flush()  # what waited goes first
+        if names and not self.held:
+            return self._send(item, names)
+        if len(self.held) >= self.queue_max:
+            log.warning("no gateway: %d stanzas for other regions held already; handling one here", len(self.held))
+            return False
+        self.held.append(item)
+        self._wake()
+        return True
+
+    def _send(self, item: _Handed, names: list[str]) -> bool:
+        gateway = self._pick(names, item.stanza, item.key)
+        if not self.calls.send_stanza(gateway, "gd", item.envelope, item.stanza.to_bytes()):
+            self.held.append(item)
+            self._wake()
+            return True
+        self.unconfirmed.setdefault(gateway, {})[item.seq] = item
+        return True
+
+    def _flush(self) -> None:
+        """Hand what is held to the gateways now up, in order (expired ones are handled here)."""
+        self._expire()
+        while self.held:
+            names = self.gateways()
+            if not names:
+                return
+            item = self.held.popleft()
+            gateway = self._pick(names, item.stanza, item.key)
+            if not self.calls.send_stanza(gateway, "gd", item.envelope, item.stanza.to_bytes()):
+                self.held.appendleft(item)
+                return
+            self.unconfirmed.setdefault(gateway, {})[item.seq] = item
+
+    def _expire(self) -> None:
+        deadline = time.monotonic() - self.queue_timeout
+        n = 0
+        while self.held and self.held[0].since <= deadline:
+            self._here(self.held.popleft())
+            n += 1
+        if n:
+            self.expired += n
+            log.warning("no gateway for %.0f s: %d stanzas for other regions handled here", self.queue_timeout, n)
+
+    def _here(self, item: _Handed) -> None:
+        """A held hand-off past its deadline: handled as if the region stood alone."""
+        stanza, kind = item.stanza, item.envelope.get("gd")
+        router = self.s.router
+        if kind in ("elsewhere", "route", "bounce"):
+            router.spawn(router.route(stanza, local_only=True))
+        elif kind == "s2s":
+            router.send_error(stanza, errors.RemoteServerTimeout("no gateway to federate through"))
+        # "many" and "fanout": copies for other regions' sessions, which nobody here can reach.
+
+    def _wake(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        """While stanzas are held: hand them over once a gateway is up, expire the old ones."""
+        while self.held:
+            await asyncio.sleep(0.05)
+            self._flush()
+
+    def confirmed(self, args: dict[str, Any]) -> None:
+        """``gd.ack`` from a gateway: it no longer needs our copies of these hand-offs."""
+        mine = self.unconfirmed.get(str(args.get("gw", "")))
+        seqs = args.get("seqs")
+        if mine is None or not isinstance(seqs, list):
+            return
+        for seq in seqs:
+            if isinstance(seq, int):
+                mine.pop(seq, None)
+
+    def member_down(self, node: str, _sessions: Any = None, _leader: bool = False) -> None:
+        """A member went down: if it was a gateway, hand what it had not confirmed to another."""
+        pending = self.unconfirmed.pop(node, None)
+        if not pending:
+            return
+        items = [pending[seq] for seq in sorted(pending)]
+        kinds = ", ".join(sorted({str(i.envelope.get("gd")) for i in items}))
+        log.warning("gateway %s down with %d hand-offs unconfirmed (%s): handing them over again", node, len(items),
+                    kinds)
+        self.held.extendleft(reversed(items))  # older than anything held since
+        self._flush()
+        if self.held:
+            self._wake()
+
+    def status(self) -> dict[str, int]:
+        return {"held": len(self.held), "unconfirmed": sum(len(d) for d in self.unconfirmed.values()),
+                "expired": self.expired}
+
+    # -- the routing chain -------------------------------------------------------------------------
+
     async def elsewhere(self, stanza: Stanza, to: Jid) -> bool:
-        gateway = self.gateway(stanza)
-        return gateway is not None and self.calls.send_stanza(gateway, "gd", {"gd": "elsewhere"}, stanza.to_bytes())
+        return self._hand(stanza, {"gd": "elsewhere"})
 
     async def bounce(self, stanza: Stanza) -> bool:
-        gateway = self.gateway(stanza)
-        return gateway is not None and self.calls.send_stanza(gateway, "gd", {"gd": "bounce"}, stanza.to_bytes())
+        return self._hand(stanza, {"gd": "bounce"})
 
     async def better_elsewhere(self, stanza: Stanza, bare: Jid, local_top: int) -> bool:
         # Only the gateway sees the other regions' resources: it routes the message as a whole.
-        gateway = self.gateway(stanza)
-        return gateway is not None and self.calls.send_stanza(gateway, "gd", {"gd": "route"}, stanza.to_bytes())
+        return self._hand(stanza, {"gd": "route"})
 
     async def remote(self, stanza: Stanza, to: Jid) -> bool:
         """A domain no region of ours serves: a gateway federates over S2S (docs/architecture.md)."""
-        gateway = self.gateway(stanza)
-        if gateway is None or not self.calls.send_stanza(gateway, "gd", {"gd": "s2s"}, stanza.to_bytes()):
+        if not self._hand(stanza, {"gd": "s2s"}):
             raise errors.RemoteServerNotFound(f"{to.domain} is not served here and no gateway federates")
         return True
 
@@ -212,15 +358,10 @@ class GatewayHandoff:
             key = str(Jid.parse(stanza.from_ or "").bare)
         except ValueError:
             return False
-        gateway = self.gateway(stanza, key)
-        return gateway is not None and self.calls.send_stanza(gateway, "gd", {"gd": "many", "to": recipients},
-                                                              stanza.to_bytes())
+        return self._hand(stanza, {"gd": "many", "to": recipients}, key)
 
     def fanout(self, stanza: Stanza, bare: Jid, which: Fanout) -> None:
-        gateway = self.gateway(stanza)
-        if gateway is not None:
-            envelope = {"gd": "fanout", "bare": str(bare), "which": which.to_json()}
-            self.calls.send_stanza(gateway, "gd", envelope, stanza.to_bytes())
+        self._hand(stanza, {"gd": "fanout", "bare": str(bare), "which": which.to_json()})
 
 
 def _send(calls: MemberCalls, record: SessionRecord, stanza: Stanza) -> bool:

@@ -40,6 +40,7 @@ class RegionLinks:
         self.server = LinkServer(region, gateway, server_tls, self._received, endpoints=settings.endpoints,
                                  ping_interval=settings.ping_interval, ping_timeout=settings.ping_timeout)
         self.pools: dict[str, RegionPool] = {}
+        self.on_acked: Callable[[list[str]], None] | None = None  # ids the other regions now hold
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -99,7 +100,8 @@ class RegionLinks:
             pool = RegionPool(self.region, self.gateway, region, self.client_tls, endpoints=endpoints,
                               connections_per_endpoint=c.connections_per_endpoint, queue_max=c.queue_max,
                               connect_timeout=c.connect_timeout, ping_interval=c.ping_interval,
-                              ping_timeout=c.ping_timeout, on_undeliverable=self._undeliverable)
+                              ping_timeout=c.ping_timeout, on_undeliverable=self._undeliverable,
+                              on_acked=lambda ids: self.on_acked(ids) if self.on_acked is not None else None)
             self.pools[region] = pool
             asyncio.get_running_loop().create_task(pool.start())
             log.info("linking to region %s at %s", region, ", ".join(endpoints))

@@ -43,7 +43,9 @@ from .link.errors import LinkError
 from .mapping import Location, MappingCache, MappingStore
 from .ordering import PairQueues, pair
 
-__all__ = ["GlobalRouter", "Relayed", "RelayCounters"]
+__all__ = ["GlobalRouter", "Relayed", "RelayCounters", "HANDOFF_ACK"]
+
+HANDOFF_ACK = "gd.ack"  # cluster call: a gateway confirms hand-offs to the node that made them
 
 log = logging.getLogger("meridian.gdistrib")
 
@@ -85,6 +87,10 @@ class RelayCounters:
                 "manyCopies": dict(self.many_copies), "expanded": self.expanded}
 
 
+async def _nothing() -> None:
+    pass
+
+
 class GlobalRouter:
     def __init__(self, services: Services, store: MappingStore, cache: MappingCache[dict[str, Location]],
                  send: Send, *, region: str, ttl: int = 4, bounce: bool = True, resend_after: float = 0.2,
@@ -109,6 +115,14 @@ class GlobalRouter:
         self.redis_ok = True
         self._rechecks: set[str] = set()  # bare JIDs with an offline re-check pending
         self._lookups: dict[str, asyncio.Future[dict[str, Location]]] = {}  # Redis reads in flight
+        # Hand-offs from the region's nodes are confirmed (``gd.ack``) once this gateway no longer
+        # needs to hold them: handled here, or relayed and acked by the other region.  Until then
+        # the node keeps a copy and resends it through another gateway if this one dies.
+        self._handing: set[str] = set()  # hand-off ids whose job is running
+        self._in_pool: dict[str, Callable[[], None] | None] = {}  # relayed, waiting for the other region's ack
+        self._acked_early: set[str] = set()
+        self._confirms: dict[str, list[int]] = {}  # node -> hand-off sequence numbers to confirm
+        self._confirm_scheduled = False
 
     # -- lookups ---------------------------------------------------------------------------------
 
@@ -202,11 +216,13 @@ class GlobalRouter:
 
     # -- the router's GlobalRouting ---------------------------------------------------------------
 
-    async def elsewhere(self, stanza: Stanza, to: Jid) -> bool:
+    async def elsewhere(self, stanza: Stanza, to: Jid, id: str | None = None) -> bool:
+        """Relay to the region holding ``to``; ``id``: the node's hand-off id, kept across its
+        resends through another gateway so that the receiving gateway delivers it once."""
         region = await self.region_for(stanza, to)
         if region is None:
             return False
-        await self._relay(region, stanza, Relayed(secrets.token_hex(8), self.region, self.ttl, b"",
+        await self._relay(region, stanza, Relayed(id or secrets.token_hex(8), self.region, self.ttl, b"",
                                                   stanza.from_, stanza.to))
         return True
 
@@ -293,10 +309,13 @@ class GlobalRouter:
                 self.s.router.send_error(stanza, e)
             return
         self.counters.relayed[region] += 1
+        if relayed.id in self._handing:
+            self._in_pool[relayed.id] = None  # confirmed to the node once the other region acks it
 
     def undeliverable(self, relayed: Relayed, error: LinkError) -> None:
         """The link gave up on a stanza it had accepted (a long outage): tell its sender."""
         self.counters.link_errors += 1
+        self.remote_acked([relayed.id])  # an error went back: the node need not resend it
         try:
             stanza = parse_stanza(relayed.data)
         except ValueError:
@@ -310,30 +329,104 @@ class GlobalRouter:
         """A node handed us ``stanza`` (over the cluster link): it had no session for it."""
         kind = envelope.get("gd")
         log.debug("handoff %s: %s -> %s %s", kind, stanza.from_, stanza.to, envelope)
+        hid = self.handoff_id(envelope)
+        key = pair(stanza.from_, stanza.to)
+        job: Callable[[], Awaitable[None]] | None = None
         if kind == "many":
             recipients = envelope.get("to")
             if isinstance(recipients, list) and recipients:
                 self.many(stanza, [r for r in recipients if isinstance(r, str)])
+            room = pair(stanza.from_, None)[0]
+            key = (room, room)  # the queue :meth:`many` used
         elif kind == "fanout":
             try:
                 bare = Jid.parse(str(envelope.get("bare"))).bare
             except InvalidJid:
-                return
-            self.fanout(stanza, bare, Fanout.from_json(envelope.get("which")))
+                bare = None
+            if bare is not None:
+                self.fanout(stanza, bare, Fanout.from_json(envelope.get("which")))
+                key = pair(stanza.from_, str(bare))
         elif kind == "elsewhere":
-            self.pairs.submit(pair(stanza.from_, stanza.to), lambda: self._elsewhere_or_here(stanza))
+            job = functools.partial(self._elsewhere_or_here, stanza, hid)
         elif kind == "bounce":  # its session closed under it on a node
             relayed = Relayed(secrets.token_hex(8), self.region, self.ttl, b"", stanza.from_, stanza.to)
-            self.pairs.submit(pair(stanza.from_, stanza.to), lambda: self._deliver(relayed, stanza))
+            job = functools.partial(self._deliver, relayed, stanza)
         elif kind == "route":  # a node leaves the choice among regions to us
-            self.pairs.submit(pair(stanza.from_, stanza.to), lambda: self.s.router.route(stanza))
+            job = functools.partial(self.s.router.route, stanza)
+        if job is not None:
+            self.pairs.submit(key, self.confirming(envelope, job))
+        elif hid is not None:
+            # Queued behind the pair (or dropped as malformed): confirmed once the jobs submitted
+            # before it have run, i.e. after it.
+            self.pairs.submit(key, self.confirming(envelope, _nothing))
 
-    async def _elsewhere_or_here(self, stanza: Stanza) -> None:
+    # -- confirming hand-offs to the nodes --------------------------------------------------------
+
+    @staticmethod
+    def handoff_id(envelope: dict[str, Any]) -> str | None:
+        """The id a node gave its hand-off (node, incarnation, sequence), or None (none asked)."""
+        hid = envelope.get("hid")
+        return hid if isinstance(hid, str) and hid and isinstance(envelope.get("hs"), int) else None
+
+    def confirming(self, envelope: dict[str, Any], job: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+        """``job``, then the hand-off's confirmation to its node (at once, or when the stanza it
+        relayed is acked by the other region)."""
+        hid = self.handoff_id(envelope)
+        node, seq = envelope.get("hn"), envelope.get("hs")
+        if hid is None or not isinstance(node, str) or not isinstance(seq, int):
+            return job
+
+        def confirm() -> None:
+            self._confirm(node, seq)
+
+        async def run() -> None:
+            self._handing.add(hid)
+            try:
+                await job()
+            finally:
+                self._handing.discard(hid)
+                if hid in self._in_pool and hid not in self._acked_early:
+                    self._in_pool[hid] = confirm
+                else:
+                    self._in_pool.pop(hid, None)
+                    self._acked_early.discard(hid)
+                    confirm()
+
+        return run
+
+    def remote_acked(self, ids: list[str]) -> None:
+        """The other region holds these relayed stanzas (or they were given up with an error)."""
+        for id in ids:
+            if id not in self._in_pool:
+                continue
+            confirm = self._in_pool.pop(id)
+            if confirm is not None:
+                confirm()
+            elif id in self._handing:  # acked before its job ended
+                self._in_pool[id] = None
+                self._acked_early.add(id)
+
+    def _confirm(self, node: str, seq: int) -> None:
+        self._confirms.setdefault(node, []).append(seq)
+        if not self._confirm_scheduled:  # one cluster call per node and loop turn
+            self._confirm_scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_confirms)
+
+    def _send_confirms(self) -> None:
+        self._confirm_scheduled = False
+        confirms, self._confirms = self._confirms, {}
+        calls = self.s.calls
+        if calls is None:
+            return
+        for node, seqs in confirms.items():
+            calls.call(node, HANDOFF_ACK, {"gw": self.s.node, "seqs": seqs})
+
+    async def _elsewhere_or_here(self, stanza: Stanza, hid: str | None = None) -> None:
         try:
             to = Jid.parse(stanza.to or "")
         except InvalidJid:
             return
-        if not await self.elsewhere(stanza, to):
+        if not await self.elsewhere(stanza, to, hid):
             self.counters.handled_locally += 1
             await self.s.router.route(stanza, local_only=True)
             if stanza.name == "message":

@@ -84,6 +84,9 @@ class Gateway:
         s2s = self.node.queries.get(("s2s", "connections"))  # registered when [s2s] is enabled
         if s2s is not None:
             out["s2s"] = {"peers": s2s()}
+        muc = self.node.queries.get(("muc", "rooms"))  # registered when the muc module runs here
+        if muc is not None:
+            out["muc"] = muc()
         return out
 
     async def lookup(self, jid: str) -> dict[str, Any]:
@@ -183,6 +186,7 @@ async def running_gateway(settings: GatewaySettings, *, http_routes: Sequence[we
         # (priority 40 < 50); nodes hand it stanzas in "gd" envelopes.
         add_global_routing(services.hooks, router, priority=40, owner=router)
         services.envelopes["gd"] = router.handoff
+        links.on_acked = router.remote_acked  # hand-offs confirmed to their nodes once relayed
         s2s = await _start_s2s(settings, node, router)
         gateway: Gateway | None = None
 
@@ -271,10 +275,11 @@ async def _start_s2s(settings: GatewaySettings, node: Node, router: GlobalRouter
         try:
             to = Jid.parse(stanza.to or "")
         except InvalidJid:
+            router.pairs.submit(pair(stanza.from_, stanza.to), router.confirming(envelope, _nothing))
             return
         # One queue per pair of accounts, as for relayed stanzas: a conversation keeps its order.
-        router.pairs.submit(pair(stanza.from_, stanza.to),
-                            lambda: _remote_or_error(services.router, remote, stanza, to))
+        router.pairs.submit(pair(stanza.from_, stanza.to), router.confirming(
+            envelope, lambda: _remote_or_error(services.router, remote, stanza, to)))
 
     services.hooks.add(Hook.ROUTE_REMOTE, remote, 40, owner=router)
     services.envelopes["gd"] = handoff
@@ -282,6 +287,10 @@ async def _start_s2s(settings: GatewaySettings, node: Node, router: GlobalRouter
         await s2s.start()
         node.queries[("s2s", "connections")] = s2s.connections
     return s2s
+
+
+async def _nothing() -> None:
+    pass
 
 
 async def _remote_or_error(router: Router, remote: Any, stanza: Stanza, to: Jid) -> None:

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from .protocol import Closed, LinkEvent, RegionLink
 
@@ -74,14 +74,13 @@ class LinkConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.paused = False
         self.dead = False
-        self.lanes: deque[tuple[int, int]] = deque()  # (seq, lane) of each unacked stanza, in seq order
+        self.lanes: deque[tuple[int, int, str]] = deque()  # (seq, lane, id) of each unacked stanza, in seq order
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[str | None] = loop.create_future()  # None: Ready; str: why not
         self.done: asyncio.Future[None] = loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.owner.connected(self)
         self.flush()
 

@@ -50,7 +50,7 @@ from .protocol import Acked, Closed, LinkEvent, Ready, RegionLink, StanzaReceive
 from .server import LinkServer, StanzaCallback
 
 __all__ = ["LinkServer", "RegionPool", "LinkStats", "OutgoingStanza", "LinkDown", "QueueFull", "LinkError",
-           "StanzaCallback", "UndeliverableCallback", "lane_of", "parse_endpoint"]
+           "StanzaCallback", "UndeliverableCallback", "AckedCallback", "lane_of", "parse_endpoint"]
 
 log = logging.getLogger("meridian.gateway.link")
 
@@ -70,6 +70,10 @@ class OutgoingStanza:
 
 UndeliverableCallback = Callable[[OutgoingStanza, LinkError], None]
 """Called for each accepted stanza the pool gives up on (outage beyond ``down_timeout``, stop)."""
+
+AckedCallback = Callable[[list[str]], None]
+"""Called with the ids of stanzas the other region acknowledged (it holds them now): a sender that
+keeps a copy until then (a node's hand-off to its gateway) may let it go."""
 
 
 def lane_of(from_: str | None, to: str | None, lanes: int) -> int:
@@ -103,7 +107,7 @@ class RegionPool:
                  ping_interval: float = 2.0, ping_timeout: float = 10.0, max_unacked: int = 1024,
                  backoff_initial: float = 0.1, backoff_max: float = 10.0, lanes: int = 256,
                  server_hostname: str | None = None, on_undeliverable: UndeliverableCallback | None = None,
-                 max_frame: int = MAX_FRAME) -> None:
+                 max_frame: int = MAX_FRAME, on_acked: AckedCallback | None = None) -> None:
         self.local_region, self.gateway_name, self.region = local_region, gateway_name, region
         self.client_tls = client_tls
         self.connections_per_endpoint, self.queue_max = connections_per_endpoint, queue_max
@@ -112,6 +116,7 @@ class RegionPool:
         self.ping_interval, self.ping_timeout, self.max_unacked = ping_interval, ping_timeout, max_unacked
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
         self.server_hostname, self.on_undeliverable, self.max_frame = server_hostname, on_undeliverable, max_frame
+        self.on_acked = on_acked
         self._endpoints: list[str] = []
         self._slots: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._conns: set[LinkConnection] = set()
@@ -257,7 +262,7 @@ class RegionPool:
                 break
             s = pending.popleft()
             seq = conn.core.send_stanza(s.id, s.origin, s.ttl, s.data, s.from_, s.to, s.meta)
-            conn.lanes.append((seq, lane.index))
+            conn.lanes.append((seq, lane.index, s.id))
             lane.conn = conn
             lane.inflight += 1
             self._depth -= 1
@@ -373,13 +378,21 @@ class RegionPool:
     def _acked(self, conn: LinkConnection, seq: int) -> None:
         lanes, pool_lanes = conn.lanes, self._lanes
         n = 0
+        ids: list[str] = []
         while lanes and lanes[0][0] <= seq:
-            lane = pool_lanes[lanes.popleft()[1]]
+            _, index, id = lanes.popleft()
+            lane = pool_lanes[index]
             lane.inflight -= 1
             if lane.inflight == 0:
                 lane.conn = None  # all acked: the lane may follow the hash to another connection
+            ids.append(id)
             n += 1
         self._stats.acked += n
+        if ids and self.on_acked is not None:
+            try:
+                self.on_acked(ids)
+            except Exception:
+                log.exception("on_acked failed")
         if self._waiting:
             self._pump_waiting()
 
@@ -414,7 +427,7 @@ class RegionPool:
         if not unacked:
             return
         by_lane: dict[int, list[OutgoingStanza]] = {}
-        for s, (seq, index) in zip(unacked, conn.lanes, strict=True):
+        for s, (seq, index, _) in zip(unacked, conn.lanes, strict=True):
             assert s.seq == seq
             by_lane.setdefault(index, []).append(OutgoingStanza(s.id, s.origin, s.ttl, s.data, s.from_, s.to,
                                                                 s.meta))
