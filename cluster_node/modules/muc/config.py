@@ -12,9 +12,11 @@ import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from .protocol import DATA, ROOMCONFIG, ROOMINFO, q
+from ...xmpp import ns
+from .protocol import DATA, REGISTER_FORM, ROOMCONFIG, ROOMINFO, q
 
-__all__ = ["RoomConfig", "FormError", "config_form", "apply_form", "roominfo_form", "WHOIS", "ALLOW_PM"]
+__all__ = ["RoomConfig", "FormError", "config_form", "apply_form", "roominfo_form", "register_query",
+           "parse_register_form", "WHOIS", "ALLOW_PM"]
 
 WHOIS = ("moderators", "anyone")
 ALLOW_PM = ("anyone", "participants", "moderators", "none")
@@ -222,3 +224,40 @@ def roominfo_form(config: RoomConfig, occupants: int, subject: str, subject_mod:
         _field(form, "muc#roominfo_lang", "text-single", "Language", [config.lang])
     _field(form, "muc#maxhistoryfetch", "text-single", "History length", [str(config.history_length)])
     return form
+
+
+# -- nick registration (XEP-0045 §7.10) ------------------------------------------------------------------
+
+_REGISTER = ns.REGISTER
+
+
+def register_query(nick: str) -> ET.Element:
+    """The answer to a registration request: ``<registered/>`` with the nick a user has, or the
+    ``muc#register`` form asking for one."""
+    query = ET.Element(q(_REGISTER, "query"))
+    if nick:
+        ET.SubElement(query, q(_REGISTER, "registered"))
+        ET.SubElement(query, q(_REGISTER, "username")).text = nick
+        return query
+    ET.SubElement(query, q(_REGISTER, "instructions")).text = (
+        "Register a nickname with this room: it is kept for you, and you become a member")
+    form = ET.SubElement(query, _X, {"type": "form"})
+    ET.SubElement(form, q(DATA, "title")).text = "Nickname registration"
+    _field(form, "FORM_TYPE", "hidden", "", [REGISTER_FORM])
+    f = ET.SubElement(form, _FIELD, {"var": "muc#register_roomnick", "type": "text-single", "label": "Nickname"})
+    ET.SubElement(f, q(DATA, "required"))
+    return query
+
+
+def parse_register_form(form: ET.Element) -> str:
+    """The nick of a submitted ``muc#register`` form (other fields, e.g. names, are ignored)."""
+    if form.get("type") != "submit":
+        raise FormError("not a submitted data form")
+    values = _values(form)
+    form_type = values.get("FORM_TYPE")
+    if form_type is not None and form_type != [REGISTER_FORM]:
+        raise FormError(f"FORM_TYPE {form_type!r} is not {REGISTER_FORM}")
+    nick = values.get("muc#register_roomnick")
+    if not nick or len(nick) != 1 or not nick[0]:
+        raise FormError("muc#register_roomnick takes one nickname")
+    return nick[0]

@@ -134,8 +134,8 @@ class Muc(Module):
     description = ("Multi-User Chat: rooms served by every node of a region, surviving any node's death, one room "
                    "for every region of a domain and for other domains over S2S")
     xeps = (
-        Xep(45, "1.35.1", "partial", "no nick registration (jabber:iq:register), no voice requests; rooms are "
-            "sequenced by one member of the region and copied to the others"),
+        Xep(45, "1.35.1", "partial", "no voice requests; nick registration makes a member (no approval flow); "
+            "rooms are sequenced by one member of the region and copied to the others"),
         Xep(249, "1.2", "complete", "direct invitations are routed; rooms advertise jabber:x:conference"),
         Xep(410, "1.1.0", "complete", "self-pings answered by the room"),
         Xep(421, "0.2.0", "complete", "occupant ids in presence and messages"),
@@ -188,6 +188,7 @@ class Muc(Module):
         host.on_call("muc.hello", self._hello)
         host.add_query("muc", "status", self.status)
         host.add_query("muc", "room", self.describe)
+        host.add_query("muc", "rooms", self.rooms_summary)
         MucAdmin(self).register()
         for member in host.cluster_members:  # members joined before we started
             self._say_hello(member, reply=True)
@@ -210,6 +211,15 @@ class Muc(Module):
         return {**self.counters, "rooms": len(self.rooms), "sequencedHere": len(here),
                 "occupants": sum(len(r.occupants) for r in self.rooms.values()), "peers": sorted(self.peers),
                 "presenceDropped": sum(r.dropped for r in self.rooms.values())}
+
+    def rooms_summary(self, limit: int = 10) -> dict[str, Any]:
+        """The rooms this member holds, in short (the gateways publish it with their region's
+        status, for the dashboard): counts, and the ``limit`` fullest rooms."""
+        live = [r for r in self.rooms.values() if not r.destroyed]
+        fullest = sorted(live, key=lambda r: (-len(r.occupants), r.sjid))[:max(0, limit)]
+        return {"rooms": len(live), "occupants": sum(len(r.occupants) for r in live),
+                "sequencedHere": sum(1 for k, h in self.home.items() if h == self.host.node and k in self.rooms),
+                "fullest": [{"room": r.sjid, "occupants": len(r.occupants), "title": r.config.title} for r in fullest]}
 
     def describe(self, room: str) -> dict[str, Any]:
         """One room as this member holds it (``muc room`` on the control socket): the same on every member."""

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from ...xmpp import ns
 
 __all__ = [
-    "MUC", "MUC_USER", "MUC_ADMIN", "MUC_OWNER", "ROOMCONFIG", "ROOMINFO", "DATA", "SID", "OCCUPANT_ID",
-    "CONFERENCE", "SELF_PING", "STABLE_ID", "UNIQUE", "REQUEST", "MAM", "ROLES", "AFFILIATIONS",
+    "MUC", "MUC_USER", "MUC_ADMIN", "MUC_OWNER", "ROOMCONFIG", "ROOMINFO", "REGISTER_FORM", "DATA", "SID",
+    "OCCUPANT_ID", "CONFERENCE", "SELF_PING", "STABLE_ID", "UNIQUE", "REQUEST", "MAM", "ROLES", "AFFILIATIONS",
     "AFF_RANK", "ROLE_RANK", "HistoryLimits", "JoinRequest", "AdminItem", "Invite", "parse_join",
     "parse_admin_items", "parse_invites", "parse_decline", "stamp", "parse_stamp", "user_x", "add_codes",
     "item_element", "delay_element", "q",
@@ -26,6 +26,7 @@ MUC_ADMIN = MUC + "#admin"
 MUC_OWNER = MUC + "#owner"
 ROOMCONFIG = MUC + "#roomconfig"
 ROOMINFO = MUC + "#roominfo"
+REGISTER_FORM = MUC + "#register"  # XEP-0045 §7.10
 REQUEST = MUC + "#request"
 UNIQUE = MUC + "#unique"
 SELF_PING = MUC + "#self-ping-optimization"  # XEP-0410

@@ -25,7 +25,15 @@ from ...xmpp.fragment import parse_stanza
 from ...xmpp.jid import InvalidJid, Jid
 from ...xmpp.stanza import Stanza, serialize
 from .archive import Archived
-from .config import FormError, RoomConfig, apply_form, config_form, roominfo_form
+from .config import (
+    FormError,
+    RoomConfig,
+    apply_form,
+    config_form,
+    parse_register_form,
+    register_query,
+    roominfo_form,
+)
 from .protocol import (
     AFF_RANK,
     CONFERENCE,
@@ -73,7 +81,7 @@ def room_features(config: RoomConfig) -> list[str]:
         "muc_persistent" if c.persistent else "muc_temporary", "muc_public" if c.public else "muc_hidden",
         "muc_membersonly" if c.members_only else "muc_open", "muc_moderated" if c.moderated else "muc_unmoderated",
         "muc_passwordprotected" if c.password_protected else "muc_unsecured",
-        "muc_nonanonymous" if c.whois == "anyone" else "muc_semianonymous",
+        "muc_nonanonymous" if c.whois == "anyone" else "muc_semianonymous", ns.REGISTER,
         *((MAM,) if c.archiving else ()),
     })
 
@@ -96,7 +104,9 @@ def iq_result(request: Stanza, from_: str, payload: ET.Element | None = None) ->
 
 
 def _shared(el: ET.Element) -> Stanza:
-    """A stanza kept as bytes, so copies to many recipients rewrite only their start tag."""
+    """A stanza kept as bytes, so copies to many recipients rewrite only their start tag (built
+    without ``to``, so that a copy's ``to`` is inserted rather than the start tag rebuilt)."""
+    el.attrib.pop("to", None)
     return parse_stanza(serialize(el))
 
 
@@ -108,6 +118,8 @@ class Room(RoomState):
         self.to_archive: list[Archived] = []  # messages for the archive (the sequencer writes them)
         self._buckets: dict[str, tuple[float, float]] = {}  # full JID -> (tokens, when): presence floods
         self.dropped = 0  # presence dropped as floods
+        # nick -> (occupant, affiliation, first real JID, {show_jid: presence}): see _seen
+        self._seen_cache: dict[str, tuple[Occupant, str, str, dict[bool, Stanza]]] = {}
 
     def take_archive(self) -> list[Archived]:
         items, self.to_archive = self.to_archive, []
@@ -160,6 +172,23 @@ class Room(RoomState):
                                                                      **kw).element)  # type: ignore[arg-type]
             return shared.with_attrs(to=jid)
         return to
+
+    def _seen(self, occ: Occupant, show_jid: bool, to_jid: str) -> Stanza:
+        """``occ``'s current presence as another occupant sees it, to ``to_jid``: kept as bytes per
+        occupant and variant until its presence, role, real JID or affiliation changes (an
+        operation replaces the occupant), so a join into a room of a thousand copies a thousand
+        stanzas instead of building and serializing each."""
+        aff = self.affiliation(occ.bare)
+        entry = self._seen_cache.get(occ.nick)
+        if entry is None or entry[0] is not occ or entry[1] != aff or entry[2] != occ.jids[0]:
+            if len(self._seen_cache) > 2 * len(self.occupants) + 16:  # forget occupants long gone
+                self._seen_cache = {n: e for n, e in self._seen_cache.items() if n in self.occupants}
+            entry = self._seen_cache[occ.nick] = (occ, aff, occ.jids[0], {})
+        variants = entry[3]
+        shared = variants.get(show_jid)
+        if shared is None:
+            shared = variants[show_jid] = _shared(self._presence_el(occ, to_jid, show_jid=show_jid).element)
+        return shared.with_attrs(to=to_jid)
 
     def _broadcast_presence(self, occ: Occupant, out: list[Stanza], *, self_codes: Iterable[int] = (),
                             codes: Iterable[int] = (), skip: Iterable[str] = (), **kw: object) -> None:
@@ -290,9 +319,10 @@ class Room(RoomState):
             self.do({"op": "occupant", "occ": {"nick": nick, "bare": bare, "jids": [full], "role": role,
                                                "presence": presence, "occupant_id": self.occupant_id(bare)}})
         occ = self.occupants[nick]
+        show = self._reveals_to(occ)
         for other in self.occupants.values():
             if other is not occ:
-                out.append(self._presence_el(other, full, show_jid=self._reveals_to(occ)))
+                out.append(self._seen(other, show, full))
         if self.config.whois == "anyone":
             codes.append(100)
         if self.config.archiving:
@@ -557,6 +587,8 @@ class Room(RoomState):
             self._owner(stanza, sender, payload, out)
         elif tag == q(MUC_ADMIN, "query"):
             self._admin(stanza, sender, payload, out)
+        elif tag == q(ns.REGISTER, "query"):
+            self._register(stanza, sender, payload, out)
         else:
             raise errors.ServiceUnavailable()
 
@@ -613,6 +645,58 @@ class Room(RoomState):
             for nick in sorted(self.occupants):
                 ET.SubElement(query, q(ns.DISCO_ITEMS, "item"), {"jid": f"{self.sjid}/{nick}"})
         return query
+
+    # -- nick registration (XEP-0045 §7.10) -----------------------------------------------------------
+
+    def _register(self, stanza: Stanza, sender: Jid, payload: ET.Element, out: list[Stanza]) -> None:
+        """The registration form, a registration (the nick is reserved for the user, who becomes a
+        member) or its removal.  Checked before anything changes, like every refusal here."""
+        bare = str(sender.bare)
+        aff = self.affiliation(bare)
+        current = self.affiliations.get(bare)
+        if aff == "outcast":
+            raise errors.Forbidden("you are banned from this room")
+        if stanza.type == "get":
+            out.append(iq_result(stanza, self.sjid, register_query(current.nick if current is not None else "")))
+            return
+        if payload.find(q(ns.REGISTER, "remove")) is not None:
+            if current is None or not current.nick and aff != "member":
+                raise errors.ItemNotFound("you have not registered with this room")
+            out.append(iq_result(stanza, self.sjid))
+            if aff == "member":  # a registration made the member: removing it ends the membership
+                self.set_affiliation(bare, "none", out, nick="")
+            else:
+                self.do({"op": "aff", "jid": bare, "aff": aff, "nick": "", "reason": current.reason})
+            return
+        form = payload.find(q(DATA, "x"))
+        if form is None:
+            raise errors.BadRequest("a registration is a submitted muc#register form")
+        if form.get("type") == "cancel":
+            out.append(iq_result(stanza, self.sjid))
+            return
+        try:
+            nick = parse_register_form(form)
+        except FormError as e:
+            raise errors.BadRequest(str(e)) from None
+        self._check_nick(nick)
+        try:
+            Jid.parse(f"{self.sjid}/{nick}")
+        except InvalidJid:
+            raise errors.NotAcceptable("no JID can carry this nickname") from None
+        reserved = self._reserved_by(nick)
+        holder = self.occupants.get(nick)
+        if (reserved is not None and reserved != bare) or (holder is not None and holder.bare != bare):
+            raise errors.StanzaConflict("this nickname is reserved or in use")
+        if aff == "none" and self.config.members_only:
+            raise errors.NotAllowed("the admins of this members-only room choose its members")
+        if current is None:
+            self._check_affiliations_room()
+        out.append(iq_result(stanza, self.sjid))
+        if aff == "none":
+            self.set_affiliation(bare, "member", out, nick=nick)
+        else:
+            self.do({"op": "aff", "jid": bare, "aff": aff, "nick": nick,
+                     "reason": current.reason if current is not None else ""})
 
     # -- owners: configuration and destruction ------------------------------------------------------------
 

@@ -154,6 +154,21 @@ function describeS2S(s2s) {
   }));
 }
 
+// The rooms a region's gateway holds (the muc module's "rooms" query): counts and the fullest rooms.
+function describeRooms(muc) {
+  if (!muc || typeof muc !== "object") return null;
+  const fullest = Array.isArray(muc.fullest) ? muc.fullest : [];
+  const summary = el("span", { "data-rooms-total": num(muc.rooms) },
+    `${fmt(muc.rooms)} rooms, ${fmt(muc.occupants)} occupants`);
+  if (!fullest.length) return summary;
+  return el("div", {}, summary, el("ul", { class: "rooms" }, ...fullest.map((r) => {
+    const jid = String(r && r.room || "?");
+    const title = r && r.title ? ` (${r.title})` : "";
+    return el("li", { "data-room": jid, "data-occupants": num(r && r.occupants) },
+      `${jid}${title}: ${fmt(r && r.occupants)} occupants`);
+  })));
+}
+
 function conflicts(st) {
   const c = st.cluster;
   if (!c || typeof c !== "object") return el("span", { class: "muted" }, "not reported");
@@ -241,6 +256,8 @@ function regionCard(name, st, localRegion) {
   ];
   const s2s = describeS2S(st.s2s);
   if (s2s) items.push(...row("S2S peers", s2s, "s2s"));
+  const rooms = describeRooms(st.muc);
+  if (rooms) items.push(...row("Rooms (MUC)", rooms, "rooms"));
   const title = `${name}${name === localRegion ? " (this gateway's region)" : ""}`;
   return el("article", { class: "card", id: slug(name), "data-region": name, tabindex: -1, "aria-labelledby": slug(name) + "-h" },
     el("h3", { id: slug(name) + "-h" }, title),
