@@ -56,6 +56,7 @@ for _p in (str(ROOT), str(Path(__file__).resolve().parent)):
     if _p not in sys.path:  # run as a script from anywhere: this checkout, and the benchmarks beside it
         sys.path.insert(0, _p)
 
+import common  # noqa: E402
 import loadgen  # noqa: E402
 from machine import free_ports, load_average, machine_busy  # noqa: E402
 from node_load import BenchmarkError, Node, Report, Workers, message_stats, pct, toml_config  # noqa: E402
@@ -486,11 +487,7 @@ def closed_round(config: str, node: Node, workers: Workers, args: argparse.Names
 
 def run(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="meridian-immod-"))
-    cpus = sorted(os.sched_getaffinity(0))
-    node_cpus: list[int] = []
-    gen_cpus: list[int] = []
-    if args.pin and len(cpus) >= 2:
-        node_cpus, gen_cpus = cpus[:1], cpus[1:]
+    node_cpus, gen_cpus = common.split_cpus(args.pin)
     nusers = 2 * args.pairs
     nofile = loadgen.raise_nofile(nusers + args.contacts + 4096)
     extra: dict[str, dict[str, Any]] = {}
@@ -734,13 +731,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  kept {tmp}")
     else:
         shutil.rmtree(tmp, ignore_errors=True)
-    if report.missed:
-        print()
-        for m in report.missed:
-            print(f"GOAL MISSED: {m}")
-        return 1
-    print("  goal met, nothing lost")
-    return 0
+    return common.verdict(report, "GOAL", "goal met, nothing lost")
 
 
 def main(argv: list[str] | None = None) -> int:

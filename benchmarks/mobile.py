@@ -67,7 +67,6 @@ import os
 import platform
 import random
 import re
-import resource
 import secrets
 import shutil
 import signal
@@ -87,7 +86,9 @@ for _p in (str(ROOT), str(HERE)):
     if _p not in sys.path:  # run as a script from anywhere: this checkout, and loadgen beside it
         sys.path.insert(0, _p)
 
+import common  # noqa: E402
 import loadgen  # noqa: E402
+from common import BenchmarkError, pct, self_cpu_s  # noqa: E402
 from machine import free_ports, load_average, machine_busy  # noqa: E402
 
 from tests.helpers.node import toml_dump  # noqa: E402
@@ -120,26 +121,8 @@ CONFIGS_FULL = [("on", "carbons + MAM on", ALL_ON), ("off", "carbons + MAM off",
                 ("mam", "MAM only", {"carbons": {"enabled": False}})]
 
 
-class BenchmarkError(Exception):
-    pass
-
-
 def username(i: int) -> str:
     return f"mob{i}"
-
-
-def pct(values: list[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = max(0, min(len(ordered) - 1, int(-(-p * len(ordered) // 100)) - 1))
-    return ordered[k]
-
-
-def self_cpu_s() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
 
 
 def b64(data: bytes) -> str:
@@ -490,45 +473,15 @@ class Meter:
 # -- the report ------------------------------------------------------------------------------------------
 
 
-class Report:
+class Report(common.Report):
+    """Rows indented under their sections, headed 'figure' (websocket.py's too)."""
+
     def __init__(self) -> None:
-        self.rows: list[tuple[str, str, str, str]] = []
-        self.missed: list[str] = []
-        self.failed: list[str] = []
-
-    def section(self, title: str) -> None:
-        self.rows.append((title, "", "", "§"))
-
-    def row(self, name: str, value: str, goal: str = "", ok: bool | None = None, missed: str = "") -> None:
-        self.rows.append(("  " + name, value, goal, "" if ok is None else ("met" if ok else "MISSED")))
-        if ok is False and missed:
-            self.missed.append(missed)
-
-    def print(self) -> None:
-        body = [r for r in self.rows if r[3] != "§"]
-        if not body:
-            return
-        w0 = max(len(r[0]) for r in body)
-        w1 = max(len(r[1]) for r in body)
-        w2 = max(max(len(r[2]) for r in body), 4)
-        print()
-        print(f"  {'figure':<{w0}}  {'value':>{w1}}  {'goal':<{w2}}  result")
-        print(f"  {'-' * w0}  {'-' * w1}  {'-' * w2}  ------")
-        for name, value, goal, result in self.rows:
-            if result == "§":
-                print(f"  {name}")
-                continue
-            print(f"  {name:<{w0}}  {value:>{w1}}  {goal:<{w2}}  {result}".rstrip())
-        print()
+        super().__init__(first="figure", indent="  ", sections_in_width=False)
 
 
-def _each(values: list[float], fmt: str = ",.0f") -> str:
-    """' (a / b / c)' when there is more than one value."""
-    return f" ({' / '.join(format(v, fmt) for v in values)})" if len(values) > 1 else ""
-
-
-def _med(runs: list[dict[str, float]], key: str) -> float:
-    return statistics.median(r[key] for r in runs) if runs else float("nan")
+_each = common.each
+_med = common.median_of
 
 
 # -- accounts and archives -------------------------------------------------------------------------------
@@ -1072,11 +1025,7 @@ async def run_async(args: argparse.Namespace, tmp: Path, node_cpus: list[int], l
 
 def run(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="meridian-mobile-"))
-    cpus = sorted(os.sched_getaffinity(0))
-    node_cpus: list[int] = []
-    load_cpus: list[int] = []
-    if args.pin and len(cpus) >= 2:
-        node_cpus, load_cpus = cpus[:1], cpus[1:]
+    node_cpus, load_cpus = common.split_cpus(args.pin)
     loadgen.raise_nofile(16 * args.pairs + 4096)
     print(f"Meridian mobile modules benchmark{' (quick)' if args.quick else ''}: {os.cpu_count()} CPUs, "
           f"{platform.platform()}, Python {platform.python_version()}, load average {load_average()}")
@@ -1101,26 +1050,11 @@ def run(args: argparse.Namespace) -> int:
     busy1 = machine_busy()
     print(f"  run took {wall:.0f} s; load average {load_average()}")
     if busy0 is not None and busy1 is not None:
-        ours = self_cpu_s() - me0 + sum(n.last_cpu for n in NodeProc.started)
-        others = max(0.0, busy1 - busy0 - ours)
-        avail = wall * (os.cpu_count() or 1)
-        print(f"  CPU during the run: the nodes and the clients {ours:.0f} CPU-s, other work (PostgreSQL "
-              f"included) {others:.0f} CPU-s, of {avail:.0f} available")
-        if others > 0.1 * avail:
-            notes.append("other work took over a tenth of the machine: the figures are worse than on a quiet one")
+        common.machine_share(busy1 - busy0, wall, self_cpu_s() - me0 + sum(n.last_cpu for n in NodeProc.started),
+                             "the nodes and the clients", "other work (PostgreSQL included)", notes)
     for note in notes:
         print(f"  note: {note}")
-    if report.failed:
-        for f in report.failed:
-            print(f"BENCHMARK FAILED: {f}")
-        return 2
-    if report.missed:
-        print()
-        for m in report.missed:
-            print(f"GOAL MISSED: {m}")
-        return 1
-    print("  all goals met")
-    return 0
+    return common.verdict(report)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,7 +56,9 @@ for _p in (str(ROOT), str(Path(__file__).resolve().parent)):
     if _p not in sys.path:  # run as a script from anywhere: this checkout, and loadgen beside it
         sys.path.insert(0, _p)
 
+import common  # noqa: E402
 import loadgen  # noqa: E402
+from common import BenchmarkError as BenchmarkError, pct as pct, toml_config as toml_config  # noqa: E402
 from machine import free_ports, load_average, machine_busy  # noqa: E402
 
 from cluster_node.settings import NodeSettings, load_settings  # noqa: E402
@@ -68,42 +70,11 @@ TARGET_CLIENTS = 10_000
 KB = 1024
 
 
-class BenchmarkError(Exception):
-    pass
-
-
 # -- helpers --------------------------------------------------------------------------------------
 
 
 def username(i: int) -> str:
     return f"bench{i}"
-
-
-def pct(values: list[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = max(0, min(len(ordered) - 1, int(-(-p * len(ordered) // 100)) - 1))
-    return ordered[k]
-
-
-def toml_config(settings: dict[str, Any]) -> str:
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    lines = [f"{k} = {value(v)}" for k, v in settings.items() if not isinstance(v, dict)]
-    for k, v in settings.items():
-        if isinstance(v, dict):
-            lines.append(f"\n[{k}]")
-            lines += [f"{kk} = {value(vv)}" for kk, vv in v.items()]
-    return "\n".join(lines) + "\n"
 
 
 # -- accounts -------------------------------------------------------------------------------------
@@ -409,26 +380,11 @@ class Workers:
 # -- the run ----------------------------------------------------------------------------------------
 
 
-class Report:
+class Report(common.Report):
+    """Headed 'metric' and 'target', 'ok' for a target met (im_modules.py's too)."""
+
     def __init__(self) -> None:
-        self.rows: list[tuple[str, str, str, str]] = []
-        self.missed: list[str] = []
-
-    def row(self, name: str, value: str, target: str = "", ok: bool | None = None, missed: str = "") -> None:
-        self.rows.append((name, value, target, "" if ok is None else ("ok" if ok else "MISSED")))
-        if ok is False and missed:
-            self.missed.append(missed)
-
-    def print(self) -> None:
-        w0 = max(len(r[0]) for r in self.rows)
-        w1 = max(len(r[1]) for r in self.rows)
-        w2 = max(len(r[2]) for r in self.rows)
-        print()
-        print(f"  {'metric':<{w0}}  {'value':>{w1}}  {'target':<{w2}}  result")
-        print(f"  {'-' * w0}  {'-' * w1}  {'-' * w2}  ------")
-        for name, value, target, result in self.rows:
-            print(f"  {name:<{w0}}  {value:>{w1}}  {target:<{w2}}  {result}".rstrip())
-        print()
+        super().__init__(goal="target", met="ok", goal_min=0)
 
 
 def message_stats(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -459,11 +415,7 @@ def message_stats(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="meridian-nodeload-"))
-    cpus = sorted(os.sched_getaffinity(0))
-    node_cpus: list[int] = []
-    gen_cpus: list[int] = []
-    if args.pin and len(cpus) >= 2:
-        node_cpus, gen_cpus = cpus[:1], cpus[1:]
+    node_cpus, gen_cpus = common.split_cpus(args.pin)
     nofile_node = args.clients + 4096
     nofile_gen = args.clients // args.workers + 4096
     have_nofile = loadgen.raise_nofile(max(nofile_node, nofile_gen))
@@ -715,13 +667,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  kept {tmp}")
     else:
         shutil.rmtree(tmp, ignore_errors=True)
-    if report.missed:
-        print()
-        for m in report.missed:
-            print(f"TARGET MISSED: {m}")
-        return 1
-    print("  all targets met")
-    return 0
+    return common.verdict(report, "TARGET", "all targets met")
 
 
 def rates(text: str) -> list[float]:

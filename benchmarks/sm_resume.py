@@ -56,7 +56,6 @@ import os
 import platform
 import random
 import re
-import resource
 import shlex
 import shutil
 import signal
@@ -77,8 +76,10 @@ for _p in (str(ROOT), str(HERE)):
         sys.path.insert(0, _p)
 
 # Nothing of the node's code here: it comes from TREE, chosen in main() (put first on sys.path there).
+import common  # noqa: E402
 import loadgen  # noqa: E402
 import machine  # noqa: E402
+from common import BenchmarkError, pct, self_cpu_s, toml_config  # noqa: E402
 from machine import load_average, machine_busy  # noqa: E402
 
 TREE = ROOT  # the checkout whose node code runs (--tree); its cluster_node also registers the accounts
@@ -96,24 +97,11 @@ BODY = b"0123456789012345678"  # as long as loadgen's timestamps
 _ID = re.compile(rb"""<enabled[^>]*\sid=['"]([^'"]+)['"]""")
 
 
-class BenchmarkError(Exception):
-    pass
-
-
 # -- small helpers ----------------------------------------------------------------------------------
 
 
 def username(i: int) -> str:
     return f"bench{i}"
-
-
-def pct(values: list[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = max(0, min(len(ordered) - 1, int(-(-p * len(ordered) // 100)) - 1))
-    return ordered[k]
 
 
 def free_ports(n: int) -> list[int]:
@@ -122,29 +110,6 @@ def free_ports(n: int) -> list[int]:
         return machine.free_ports(n)
     except RuntimeError as e:
         raise BenchmarkError(str(e)) from e
-
-
-def toml_config(settings: dict[str, Any], prefix: str = "") -> str:
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-    lines = [f"{k} = {value(v)}" for k, v in settings.items() if not isinstance(v, dict)]
-    for k, v in settings.items():
-        if isinstance(v, dict):
-            lines.append(f"\n[{prefix}{k}]")
-            lines.append(toml_config(v, f"{prefix}{k}.").rstrip("\n"))
-    return "\n".join(lines) + "\n"
-
-
-def self_cpu_s() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
 
 
 async def register_users(config: Path, n: int) -> tuple[int, float]:
@@ -519,33 +484,7 @@ async def login_all(clients: list[SmClient], sm: bool, concurrency: int, timeout
 # -- the report --------------------------------------------------------------------------------------
 
 
-class Report:
-    def __init__(self) -> None:
-        self.rows: list[tuple[str, str, str, str]] = []
-        self.missed: list[str] = []
-        self.failed: list[str] = []
-
-    def section(self, title: str) -> None:
-        self.rows.append((title, "", "", ""))
-
-    def row(self, name: str, value: str, goal: str = "", ok: bool | None = None, missed: str = "") -> None:
-        self.rows.append((name, value, goal, "" if ok is None else ("met" if ok else "MISSED")))
-        if ok is False and missed:
-            self.missed.append(missed)
-
-    def print(self) -> None:
-        w0 = max(len(r[0]) for r in self.rows)
-        w1 = max(len(r[1]) for r in self.rows)
-        w2 = max([len(r[2]) for r in self.rows] + [4])
-        print()
-        print(f"  {'metric':<{w0}}  {'value':>{w1}}  {'goal':<{w2}}  result")
-        print(f"  {'-' * w0}  {'-' * w1}  {'-' * w2}  ------")
-        for name, value, goal, result in self.rows:
-            if not value and not goal:
-                print(f"  {name}")
-                continue
-            print(f"  {name:<{w0}}  {value:>{w1}}  {goal:<{w2}}  {result}".rstrip())
-        print()
+Report = common.Report  # headed 'metric', section titles count in the width
 
 
 def ms(x: float) -> str:
@@ -930,9 +869,7 @@ async def part_cost(args: argparse.Namespace, tmp: Path, db: Path, node_cpus: li
                          "machine) limited the rate, so msg/s understates the node; compare CPU per message")
 
 
-def _each(values: list[float], fmt: str = ",.0f") -> str:
-    """' (a / b / c)' when there is more than one value."""
-    return f" ({' / '.join(format(v, fmt) for v in values)})" if len(values) > 1 else ""
+_each = common.each
 
 
 # -- 3. node_load.py before vs after --------------------------------------------------------------------
@@ -1082,11 +1019,7 @@ async def run_async(args: argparse.Namespace, tmp: Path, db: Path, node_cpus: li
 
 def run(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="meridian-sm-"))
-    cpus = sorted(os.sched_getaffinity(0))
-    node_cpus: list[int] = []
-    load_cpus: list[int] = []
-    if args.pin and len(cpus) >= 2:
-        node_cpus, load_cpus = cpus[:1], cpus[1:]
+    node_cpus, load_cpus = common.split_cpus(args.pin)
     want = max(args.sessions + args.sample + args.sequential, 3 * args.idle) + 4096
     have = loadgen.raise_nofile(want)
     if have < want:
@@ -1116,28 +1049,13 @@ def run(args: argparse.Namespace) -> int:
     busy1 = machine_busy()
     print(f"  run took {wall:.0f} s; load average {load_average()}")
     if busy0 is not None and busy1 is not None:
-        ours = self_cpu_s() - me0 + sum(n.last_cpu for n in NodeProc.started)
-        others = max(0.0, busy1 - busy0 - ours)
-        avail = wall * (os.cpu_count() or 1)
-        print(f"  CPU during the run: the nodes and the load {ours:.0f} CPU-s, other work {others:.0f} CPU-s, "
-              f"of {avail:.0f} available")
-        if others > 0.1 * avail:
-            notes.append("other work took over a tenth of the machine: the figures are worse than on a quiet one")
+        common.machine_share(busy1 - busy0, wall, self_cpu_s() - me0 + sum(n.last_cpu for n in NodeProc.started),
+                             "the nodes and the load", "other work", notes)
     for note in notes:
         print(f"  note: {note}")
     if args.keep:
         print(f"  kept {tmp}")
-    if report.failed:
-        for f in report.failed:
-            print(f"BENCHMARK FAILED: {f}")
-        return 2
-    if report.missed:
-        print()
-        for m in report.missed:
-            print(f"GOAL MISSED: {m}")
-        return 1
-    print("  all goals met")
-    return 0
+    return common.verdict(report)
 
 
 def main(argv: list[str] | None = None) -> int:

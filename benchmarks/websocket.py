@@ -64,10 +64,12 @@ for _p in (str(ROOT), str(HERE)):
     if _p not in sys.path:  # run as a script from anywhere: this checkout, and the benchmarks beside it
         sys.path.insert(0, _p)
 
+import common  # noqa: E402
 import loadgen  # noqa: E402
 import mobile  # noqa: E402  (its node process, meter, report and account set-up)
+from common import BenchmarkError, pct, self_cpu_s  # noqa: E402
 from machine import free_ports, load_average, machine_busy  # noqa: E402
-from mobile import BenchmarkError, Meter, NodeProc, Report, _each, _med, pct, register, self_cpu_s  # noqa: E402
+from mobile import Meter, NodeProc, Report, _each, _med, register  # noqa: E402
 
 from tests.helpers.node import toml_dump  # noqa: E402
 
@@ -612,11 +614,7 @@ async def run_async(args: argparse.Namespace, tmp: Path, node_cpus: list[int], l
 
 def run(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="meridian-websocket-"))
-    cpus = sorted(os.sched_getaffinity(0))
-    node_cpus: list[int] = []
-    load_cpus: list[int] = []
-    if args.pin and len(cpus) >= 2:
-        node_cpus, load_cpus = cpus[:1], cpus[1:]
+    node_cpus, load_cpus = common.split_cpus(args.pin)
     loadgen.raise_nofile(8 * (args.pairs + args.idle + args.warmup) + 4096)
     print(f"Meridian WebSocket benchmark{' (quick)' if args.quick else ''}: {os.cpu_count()} CPUs, "
           f"{platform.platform()}, Python {platform.python_version()}, load average {load_average()}")
@@ -641,26 +639,11 @@ def run(args: argparse.Namespace) -> int:
     busy1 = machine_busy()
     print(f"  run took {wall:.0f} s; load average {load_average()}")
     if busy0 is not None and busy1 is not None:
-        ours = self_cpu_s() - me0 + sum(n.last_cpu for n in NodeProc.started)
-        others = max(0.0, busy1 - busy0 - ours)
-        avail = wall * (os.cpu_count() or 1)
-        print(f"  CPU during the run: the nodes and the clients {ours:.0f} CPU-s, other work {others:.0f} CPU-s, "
-              f"of {avail:.0f} available")
-        if others > 0.1 * avail:
-            notes.append("other work took over a tenth of the machine: the figures are worse than on a quiet one")
+        common.machine_share(busy1 - busy0, wall, self_cpu_s() - me0 + sum(n.last_cpu for n in NodeProc.started),
+                             "the nodes and the clients", "other work", notes)
     for note in notes:
         print(f"  note: {note}")
-    if report.failed:
-        for f in report.failed:
-            print(f"BENCHMARK FAILED: {f}")
-        return 2
-    if report.missed:
-        print()
-        for m in report.missed:
-            print(f"GOAL MISSED: {m}")
-        return 1
-    print("  all goals met")
-    return 0
+    return common.verdict(report)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,7 +49,7 @@ def test_tsung_log_is_read_back() -> None:
     assert st.errors() == {"error_connect_econnrefused": 2.0, "match_abort": 1.0}
 
 
-def test_regressions_are_called_out() -> None:
+def test_regressions_without_peers_are_absolute_and_say_so() -> None:
     recorded = {"load": {"x": 1}, "medians": {"meridian": {
         "login.rate": 300.0, "chat.p99_ms": 4.0, "idle.kb_per_conn_1": 50.0, "chat.errors": 0.0,
         "capacity.rate": 20000.0}}}
@@ -60,11 +60,61 @@ def test_regressions_are_called_out() -> None:
         "chat.errors": 3.0,            # any new error
         "capacity.rate": 19000.0}}     # within the margin
     found = compare.regressions(current, recorded, 0.25)  # type: ignore[arg-type]
-    assert len(found) == 3, found
-    assert all(line.startswith("REGRESSION: meridian ") for line in found)
+    flagged = [line for line in found if line.startswith("REGRESSION")]
+    assert len(flagged) == 3, found
+    assert all(line.startswith("REGRESSION: meridian ") for line in flagged)
     text = "\n".join(found)
     assert "logins/s" in text and "RSS per connection" in text and "chat.errors" in text
+    assert "absolute" in text and "no peer server ran" in text, text
     assert compare.regressions(current, {"medians": {}}, 0.25) == []  # type: ignore[arg-type]
+
+
+RECORDED = {"load": {"x": 1}, "medians": {
+    "meridian": {"login.rate": 400.0, "capacity.rate": 40000.0, "chat.p99_ms": 1.0, "idle.kb_per_conn_1": 40.0,
+                 "cross.relayed_rate": 20000.0, "chat.errors": 0.0},
+    "ejabberd": {"login.rate": 600.0, "capacity.rate": 42000.0, "chat.p99_ms": 0.5, "idle.kb_per_conn_1": 50.0},
+    "prosody": {"login.rate": 500.0, "capacity.rate": 17000.0, "chat.p99_ms": 100.0, "idle.kb_per_conn_1": 40.0}}}
+
+
+def test_a_slower_machine_is_not_a_regression() -> None:
+    """Everyone 2.5× slower (the rerun on another machine): Meridian's ratios hold, nothing is flagged."""
+    current = {"_load": {"x": 1},
+               "meridian": {"login.rate": 160.0, "capacity.rate": 16000.0, "chat.p99_ms": 2.5,
+                            "idle.kb_per_conn_1": 40.0, "chat.errors": 0.0},
+               "ejabberd": {"login.rate": 240.0, "capacity.rate": 16800.0, "chat.p99_ms": 1.25,
+                            "idle.kb_per_conn_1": 50.0},
+               "prosody": {"login.rate": 200.0, "capacity.rate": 6800.0, "chat.p99_ms": 250.0,
+                           "idle.kb_per_conn_1": 40.0}}
+    found = compare.regressions(current, RECORDED, 0.25)  # type: ignore[arg-type]
+    assert not [line for line in found if line.startswith("REGRESSION")], found
+    # the same absolute figures without the peers would all be flagged
+    alone = {"_load": {"x": 1}, "meridian": current["meridian"]}
+    flagged = [line for line in compare.regressions(alone, RECORDED, 0.25)  # type: ignore[arg-type]
+               if line.startswith("REGRESSION")]
+    assert len(flagged) == 3, flagged
+
+
+def test_a_worse_ratio_to_every_peer_is_a_regression() -> None:
+    current = {"_load": {"x": 1},
+               # logins/s: peers unchanged, Meridian 40 % down → flagged, with both ratios shown
+               # capacity: Meridian down 40 %, but ejabberd down as much → not flagged (ratio held
+               # against ejabberd, even though Prosody held)
+               # RSS per connection: 50 % more while the peers held → flagged
+               "meridian": {"login.rate": 240.0, "capacity.rate": 24000.0, "chat.p99_ms": 1.2,
+                            "idle.kb_per_conn_1": 60.0, "chat.errors": 2.0},
+               "ejabberd": {"login.rate": 600.0, "capacity.rate": 25000.0, "chat.p99_ms": 0.5,
+                            "idle.kb_per_conn_1": 50.0},
+               "prosody": {"login.rate": 500.0, "capacity.rate": 17000.0, "chat.p99_ms": 100.0,
+                           "idle.kb_per_conn_1": 40.0}}
+    found = compare.regressions(current, RECORDED, 0.25)  # type: ignore[arg-type]
+    flagged = [line for line in found if line.startswith("REGRESSION")]
+    assert len(flagged) == 3, found
+    text = "\n".join(flagged)
+    assert "logins/s" in text and "ratio to ejabberd 0.40, recorded 0.67" in text, text
+    assert "ratio to prosody 0.48, recorded 0.80" in text, text
+    assert "RSS per connection" in text and "chat.errors" in text, text
+    assert "capacity" not in text and "p99" not in text, text
+    assert not any("absolute" in line for line in found), found  # cross.* was not measured in this run
 
 
 @pytest.mark.skipif(shutil.which("tsung") is None, reason="tsung is not installed (scripts/install-test-deps.sh)")
