@@ -103,7 +103,9 @@ class NodeProcess:
         env["PYTHONPATH"] = str(ROOT)
         return env
 
-    def start(self, timeout: float = 20.0) -> NodeProcess:
+    def start(self, timeout: float = 60.0) -> NodeProcess:
+        """Start the process; return once every listener is up.  The bound is loose (a loaded CI
+        machine, coverage measuring) since a healthy start returns as soon as it is up."""
         log = open(self.log_path, "ab")
         control = self.workdir / "data" / "control.sock"
         control.unlink(missing_ok=True)  # left by a process killed with SIGKILL
@@ -117,7 +119,9 @@ class NodeProcess:
             if control.exists():  # made once every listener is up
                 return self
             time.sleep(0.05)
-        raise TimeoutError(f"{self.role} {self.name} did not start:\n{self.log()}")
+        self.proc.kill()  # not left running behind the failed test
+        self.proc.wait()
+        raise TimeoutError(f"{self.role} {self.name} did not start in {timeout:.0f} s:\n{self.log()}")
 
     def log(self) -> str:
         try:

@@ -13,7 +13,14 @@ __all__ = ["Client", "AuthFailed"]
 
 
 class AuthFailed(Exception):
-    pass
+    """A login that did not reach a session, with why: a test asserts the specific SASL failure
+    (``sasl``, e.g. ``not-authorized``) or stream error (``stream``, e.g. ``conflict``), so that an
+    unrelated disconnect cannot pass for the refusal it expects."""
+
+    def __init__(self, why: str, sasl: list[str], stream: list[str]) -> None:
+        super().__init__(f"{why}; SASL failures: {sasl}; stream errors: {stream}")
+        self.sasl = sasl[-1] if sasl else None
+        self.stream = stream[-1] if stream else None
 
 
 class Client(slixmpp.ClientXMPP):  # type: ignore[misc]
@@ -44,6 +51,8 @@ class Client(slixmpp.ClientXMPP):  # type: ignore[misc]
         self.add_event_handler("disconnected", lambda e: self._on_failed(f"disconnected: {e}"))
         self.stream_errors: list[Any] = []
         self.add_event_handler("stream_error", lambda e: self.stream_errors.append(e))
+        self.sasl_failures: list[str] = []  # the condition of each SASL <failure/>
+        self.add_event_handler("failed_auth", lambda f: self.sasl_failures.append(f["condition"]))
 
     def _on_start(self, _event: Any) -> None:
         if not self._ready.done():
@@ -51,7 +60,8 @@ class Client(slixmpp.ClientXMPP):  # type: ignore[misc]
 
     def _on_failed(self, why: str) -> None:
         if not self._ready.done():
-            self._ready.set_exception(AuthFailed(f"{why}; stream errors: {self.stream_errors}"))
+            self._ready.set_exception(AuthFailed(why, self.sasl_failures,
+                                                 [e["condition"] for e in self.stream_errors]))
 
     async def login(self, port: int, *, timeout: float = 15.0) -> Client:
         self.connect("127.0.0.1", port)

@@ -63,8 +63,9 @@ async def test_changed_password_applies_to_logins(tmp_path):
         c = await Client("frank@localhost/r", "new-password", cert=node.cert).login(node.port)
         await c.close()
         old = Client("frank@localhost/r", "old-password", cert=node.cert)
-        with pytest.raises(AuthFailed):
+        with pytest.raises(AuthFailed) as refused:
             await old.login(node.port)
+        assert refused.value.sasl == "not-authorized", refused.value
         await old.close()
     finally:
         node.stop()

@@ -39,6 +39,8 @@ class Echo(slixmpp.ComponentXMPP):  # type: ignore[misc]
         self.add_event_handler("session_start", lambda _e: self.ready.done() or self.ready.set_result(True))
         self.add_event_handler("disconnected", lambda _e: self.ready.done() or self.ready.set_result(False))
         self.add_event_handler("message", self._echo)
+        self.stream_errors: list[str] = []  # conditions: a refusal is asserted, not any disconnect
+        self.add_event_handler("stream_error", lambda e: self.stream_errors.append(e["condition"]))
 
     def _echo(self, msg: Any) -> None:
         self.received.put_nowait(msg)
@@ -108,7 +110,8 @@ async def test_second_connection_for_the_domain_is_refused(nodes: list[NodeProce
     try:
         await eventually(lambda: table_info(nodes[1])["routes"]["size"] >= 1, 15, "the route on c2")
         second = Echo(nodes[1])
-        assert await second.start() is False  # <conflict/>: the region has it already
+        assert await second.start() is False
+        assert second.stream_errors == ["conflict"]  # the region has it already (XEP-0114)
     finally:
         await first.stop()
 
@@ -127,6 +130,7 @@ async def test_gone_component_means_service_unavailable(nodes: list[NodeProcess]
 async def test_wrong_secret_is_refused(nodes: list[NodeProcess]) -> None:
     echo = Echo(nodes[0], secret="not-the-right-secret")
     assert await echo.start() is False
+    assert echo.stream_errors == ["not-authorized"]  # the wrong handshake (XEP-0114)
     assert table_info(nodes[0])["routes"]["size"] == 0
 
 
@@ -153,7 +157,7 @@ def regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
                 names = sorted(p.name for p in region.processes)
                 wait_until(lambda r=region, n=names: all(
                     sorted(table_info(p)["routes"]["nodes"]) == n for p in r.processes), 30, "the clusters")
-            yield {"eu": eu, "us": us}
+            yield {"eu": eu, "us": us, "redis_url": redis.url}
         finally:
             eu.stop()
             us.stop()
@@ -165,21 +169,22 @@ async def test_component_in_one_region_serves_a_user_in_another(regions: dict[st
     assert await echo.start()
     bob = await Client(f"bob@{DOMAIN}/phone", "bob-password", cert=us.nodes[0].cert).online(us.nodes[0].port)
     try:
-        # Until eu's gateway has published the domain (and us has no cached miss), us answers
-        # remote-server-not-found: retry the first message.
-        async def first_reply() -> Any:
-            for _ in range(40):
-                bob.send_message(mto=f"bot@{SERVICE}", mbody="over the ocean", mtype="chat")
-                try:
-                    reply = await bob.next_message(timeout=1.5, body=False)
-                except TimeoutError:
-                    continue
-                if reply["type"] != "error":
-                    return reply
-            raise AssertionError("the component never answered across regions")
+        # Once eu's gateway has published the domain in the shared Redis, one message from us must
+        # be answered: sent once (a resend loop would hide a lost message), one reply, no error.
+        import redis as redis_py
 
-        reply = await first_reply()
-        assert str(reply["from"]) == f"bot@{SERVICE}" and reply["body"] == "echo: over the ocean"
+        from gateway.mapping.keys import domain_key
+
+        shared = redis_py.Redis.from_url(regions["redis_url"])
+        try:
+            await eventually(lambda: shared.get(domain_key(SERVICE)) == b"eu", 15, "the domain published")
+        finally:
+            shared.close()
+        bob.send_message(mto=f"bot@{SERVICE}", mbody="over the ocean", mtype="chat")
+        reply = await bob.next_message(timeout=15, body=False)
+        assert str(reply["from"]) == f"bot@{SERVICE}" and reply["body"] == "echo: over the ocean", reply
+        with pytest.raises(TimeoutError):
+            await bob.next_message(timeout=0.5, body=False)  # one reply, not two
         got = await asyncio.wait_for(echo.received.get(), 10)
         assert str(got["from"]) == f"bob@{DOMAIN}/phone"
     finally:

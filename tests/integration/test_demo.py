@@ -99,26 +99,45 @@ def _user(state: dict[str, Any], local: str) -> tuple[str, str, int]:
     return u["jid"], u["password"], region["nodes"][0]["c2s_port"]
 
 
+async def _mapped(state: dict[str, Any], jid: str, resource: str, timeout: float = 30) -> None:
+    """Wait until the gateway of every region serving ``jid``'s domain finds ``jid/resource`` in
+    the mapping (admin API): from then on one message to it must arrive."""
+    import aiohttp
+
+    token = base64.b64encode(f"{state['admin']['username']}:{state['admin']['password']}".encode()).decode()
+    query = {"query": "query($j: JID!) { gdistrib { lookup(jid: $j) } }", "variables": {"j": jid}}
+    domain = jid.split("@", 1)[1]
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        for region in (r for r in state["regions"] if domain in r["domains"]):
+            while True:
+                async with http.post(region["gateways"][0]["admin_url"], json=query,
+                                     headers={"Authorization": f"Basic {token}"}) as resp:
+                    body = await resp.json()
+                assert not body.get("errors"), body
+                if resource in (body["data"]["gdistrib"]["lookup"] or {}):
+                    break
+                assert time.monotonic() < deadline, f"{jid}/{resource} not in {region['name']}'s mapping: {body}"
+                await asyncio.sleep(0.2)
+
+
 async def _chat(state: dict[str, Any], a: str, b: str) -> None:
     ca = Path(state["ca_cert"])
     (ja, pa, porta), (jb, pb, portb) = _user(state, a), _user(state, b)
     alice = await Client(f"{ja}/demo", pa, cert=ca).online(porta)
     bob = await Client(f"{jb}/demo", pb, cert=ca).online(portb)
     try:
-        # The gateways may need a moment to publish a fresh login: retry the first message.
-        deadline = time.monotonic() + 30
-        while True:
-            alice.send_message(mto=jb, mbody="hello from " + a, mtype="chat")
-            try:
-                msg = await bob.next_message(timeout=3)
-                break
-            except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise
+        # Wait until the gateways see b's login in the mapping, then send once:
+        # exactly one copy must arrive (a resend loop would hide a lost message).
+        await _mapped(state, jb, "demo")
+        alice.send_message(mto=jb, mbody="hello from " + a, mtype="chat")
+        msg = await bob.next_message(timeout=15)
         assert str(msg["from"].bare) == ja and msg["body"] == "hello from " + a
         bob.send_message(mto=f"{ja}/demo", mbody="hi " + a, mtype="chat")
         reply = await alice.next_message(timeout=15)
         assert str(reply["from"].bare) == jb and reply["body"] == "hi " + a
+        with pytest.raises(TimeoutError):
+            await bob.next_message(timeout=0.5)  # one copy, not two
     finally:
         await alice.close()
         await bob.close()

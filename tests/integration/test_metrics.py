@@ -4,6 +4,7 @@ the ``gdistrib`` admin category on running processes: counters move with traffic
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers.cluster import wait_until
+from tests.helpers.cluster import eventually
 from tests.helpers.node import ADMIN_PASSWORD, ADMIN_USER, NodeProcess
 from tests.helpers.redis import RedisServer, redis_server_binary
 from tests.helpers.regions import DOMAIN, Region, make_region
@@ -147,20 +148,22 @@ async def test_gateway_metrics_move_with_relayed_traffic(regions: TwoRegions) ->
     eu_node, us_node = regions.eu.nodes[0], regions.us.nodes[0]
     for name in (a_name, b_name):
         eu_node.register(name, "secret-pw", DOMAIN)
-    wait_until(lambda: True)
     before = await scrape(gw)
     a = await Client(f"{a_name}@{DOMAIN}/x", "secret-pw", cert=eu_node.cert).online(eu_node.port)
     b = await Client(f"{b_name}@{DOMAIN}/y", "secret-pw", cert=us_node.cert).online(us_node.port)
     try:
-        async def delivered() -> bool:
-            a.send_message(mto=f"{b_name}@{DOMAIN}/y", mbody="across")
-            try:
-                await b.next_message(timeout=2)
-                return True
-            except TimeoutError:
-                return False
+        # Once eu's gateway sees b's session in the mapping, one message must cross: sent once,
+        # received once (a retry loop would hide a lost message).
+        def mapped() -> bool:
+            out = json.loads(gw.ctl("gdistrib", "lookup", "--jid", f"{b_name}@{DOMAIN}").stdout)
+            return "y" in (out["data"]["gdistrib"]["lookup"] or {})
 
-        assert await until(delivered, 30), "no message crossed from eu to us"
+        await eventually(mapped, 15, "b's session in the mapping")
+        a.send_message(mto=f"{b_name}@{DOMAIN}/y", mbody="across")
+        got = await b.next_message(timeout=10)
+        assert got["body"] == "across"
+        with pytest.raises(TimeoutError):
+            await b.next_message(timeout=0.5)  # and only once
         after = await scrape(gw)
         assert value(after, "meridian_gd_relayed_total", region="us") > value(before, "meridian_gd_relayed_total",
                                                                              region="us")

@@ -113,8 +113,9 @@ async def test_prosody_client_login(ca: tuple[Path, Path]) -> None:
             assert (await alice.next_message(15))["body"] == "hello me"
         finally:
             await alice.close()
-        with pytest.raises(AuthFailed):
+        with pytest.raises(AuthFailed) as refused:
             await Client(p.jid("alice"), "wrong", cert=ca[0]).login(p.c2s_port)
+        assert refused.value.sasl == "not-authorized", refused.value
 
 
 @needs_prosody

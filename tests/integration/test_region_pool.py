@@ -147,7 +147,8 @@ async def test_mutual_tls_carries_stanzas_and_their_header(pki: Pki) -> None:
         assert rx.events[0] == StanzaReceived("id-1", "ap", 3, "a@eu/r", "b@us",
                                               b"<message><body>\xc3\xa9</body></message>", 1)
         assert await p.drain(5)
-        await asyncio.sleep(0.5)  # a couple of pings
+        # Until a ping has been answered both ways (the pool's and the server's round trip).
+        await eventually(lambda: p.stats().last_rtt is not None and srv.stats()["eu"].last_rtt is not None, 10)
         stats = p.stats()
         assert (stats.up, stats.connections_up, stats.connections_wanted) == (True, 2, 2)
         assert (stats.sent, stats.acked, stats.queue_depth, stats.in_flight) == (1, 1, 0, 0)
@@ -332,14 +333,14 @@ async def test_no_server_is_link_down_quickly(pki: Pki) -> None:
         t0 = time.monotonic()
         with pytest.raises(LinkDown) as e:
             await p.send("x", "eu", 1, b"<message/>")
-        assert time.monotonic() - t0 < 1.5
+        assert time.monotonic() - t0 < 5  # connect_timeout (0.5 s) and the refusal, not a hang
         assert isinstance(e.value, RemoteServerTimeout) and e.value.condition == "remote-server-timeout"
         t0 = time.monotonic()
         with pytest.raises(LinkDown):  # down for longer than connect_timeout already: no wait at all
             await p.send("y", "eu", 1, b"<message/>")
         with pytest.raises(LinkDown):  # no endpoints known
             await nowhere.send("z", "eu", 1, b"<message/>")
-        assert time.monotonic() - t0 < 0.1
+        assert time.monotonic() - t0 < 0.4  # less than a connect_timeout (0.5 s): no wait at all
         assert p.stats().link_down_errors == 2 and "connect call failed" in (p.stats().last_error or "").lower()
         assert "connect call failed" in str(e.value).lower()  # the sender learns why
     finally:
@@ -360,7 +361,8 @@ async def test_queued_stanzas_of_a_region_that_stays_down_are_handed_back(pki: P
         for n in range(5):
             await p.send(f"d-{n}", "eu", 2, b"<message/>", "a@eu", "b@us")
         await srv.stop()  # before anything was written: all five are still ours
-        await asyncio.sleep(1.0)
+        # After down_timeout (0.5 s) every stanza is either delivered or handed back.
+        await eventually(lambda: len(failed) + len({e.id for e in rx.events}) == 5 and p.stats().queue_depth == 0, 10)
         delivered = {e.id for e in rx.events}
         assert [s.id for s, _ in failed] == [f"d-{n}" for n in range(5) if f"d-{n}" not in delivered]
         assert failed and all(isinstance(err, LinkDown) for _, err in failed)

@@ -84,8 +84,9 @@ async def test_in_band_registration_when_enabled(tmp_path):
         await iq.send(timeout=5)
         await c.close()
         gone = Client("newbie@localhost/r", "changed-pass-2", cert=node.cert)
-        with pytest.raises(AuthFailed):
+        with pytest.raises(AuthFailed) as refused:
             await gone.login(node.port)
+        assert refused.value.sasl == "not-authorized", refused.value
         await gone.close()
     finally:
         node.stop()

@@ -78,8 +78,9 @@ async def test_roster_and_password(node: NodeProcess) -> None:
     assert body["data"]["account"]["changePassword"] == "Password changed"
     assert (await node.user_api("{ session { countResources } }", BOB))[0] == 401
     assert (await node.user_api("{ session { countResources } }", ("bob@localhost", "bob-new-secret")))[0] == 200
-    with pytest.raises(AuthFailed):
+    with pytest.raises(AuthFailed) as refused:
         await Client("bob@localhost/x", BOB[1], cert=node.cert).login(node.port)
+    assert refused.value.sasl == "not-authorized", refused.value
     bob = await Client("bob@localhost/x", "bob-new-secret", cert=node.cert).login(node.port)
     await bob.close()
 

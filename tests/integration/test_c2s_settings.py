@@ -1,0 +1,133 @@
+"""c2s and offline settings that change behaviour, each seen on the wire of a real node:
+``c2s.resource_conflict`` (refuse, rename; kick_old is in test_im.py), ``c2s.handshake_timeout``,
+``c2s.idle_timeout`` and ``offline.max_messages``.  Two nodes, so that each timeout can be told
+from the other (the one that fires is the short one)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+
+import pytest
+
+from tests.helpers.node import NodeProcess
+from tests.helpers.raw import HEADER, read_all, stream_error
+from tests.helpers.xmpp_client import Client
+from tests.helpers.xmpp_raw import RawClient, local
+
+STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+STREAMS = "urn:ietf:params:xml:ns:xmpp-streams"
+USERS = {"alice": "alice-secret", "bob": "bob-secret", "carol": "carol-secret"}
+
+
+def _node(tmp_path_factory: pytest.TempPathFactory, name: str, settings: dict[str, dict[str, object]]) -> NodeProcess:
+    n = NodeProcess(tmp_path_factory.mktemp(name), name=name, settings=settings)
+    for user, password in USERS.items():
+        n.register(user, password)
+    return n.start()
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """refuse a resource in use, 1 s to finish the handshake, 2 offline messages per user."""
+    n = _node(tmp_path_factory, "strict", {"c2s": {"resource_conflict": "refuse", "handshake_timeout": 1.0,
+                                                   "idle_timeout": 600.0},
+                                           "offline": {"max_messages": 2}})
+    yield n
+    n.stop()
+    assert "Traceback" not in n.log(), n.log()
+
+
+@pytest.fixture(scope="module")
+def lenient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """rename a resource in use, 2 s of silence closes a session, the default handshake (30 s)."""
+    n = _node(tmp_path_factory, "lenient", {"c2s": {"resource_conflict": "rename", "idle_timeout": 2.0}})
+    yield n
+    n.stop()
+    assert "Traceback" not in n.log(), n.log()
+
+
+async def _ping(c: RawClient, iq_id: str) -> ET.Element:
+    c.send(f"<iq type='get' id='{iq_id}' to='localhost'><ping xmlns='urn:xmpp:ping'/></iq>")
+    return await c.next(lambda el: el.get("id") == iq_id)
+
+
+async def test_refuse_answers_conflict_to_the_new_bind_and_keeps_the_old(strict: NodeProcess) -> None:
+    old = RawClient(strict.port, strict.cert)
+    new = RawClient(strict.port, strict.cert)
+    try:
+        await old.start("alice", USERS["alice"], "same", sm=False)
+        await new.connect()
+        await new.login("alice", USERS["alice"])
+        new.send("<iq type='set' id='b2'><bind xmlns='urn:ietf:params:xml:ns:xmpp-bind'>"
+                 "<resource>same</resource></bind></iq>")
+        reply = await new.next(lambda el: el.get("id") == "b2")
+        assert reply.get("type") == "error", ET.tostring(reply)
+        assert reply.find(f".//{{{STANZAS}}}conflict") is not None, ET.tostring(reply)
+        assert (await _ping(old, "p1")).get("type") == "result"  # the old session is untouched
+    finally:
+        await old.close()
+        await new.close()
+
+
+async def test_rename_gives_the_new_session_another_resource(lenient: NodeProcess) -> None:
+    old = RawClient(lenient.port, lenient.cert)
+    new = RawClient(lenient.port, lenient.cert)
+    try:
+        await old.start("alice", USERS["alice"], "same", sm=False)
+        await new.connect()
+        await new.login("alice", USERS["alice"])
+        jid = await new.bind("same")
+        assert jid.startswith("alice@localhost/same-") and jid != old.jid, jid
+        assert (await _ping(old, "p1")).get("type") == "result"  # both live
+        assert (await _ping(new, "p2")).get("type") == "result"
+    finally:
+        await old.close()
+        await new.close()
+
+
+async def test_handshake_timeout_closes_a_stream_that_never_authenticates(strict: NodeProcess) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", strict.port)
+    try:
+        started = time.monotonic()
+        writer.write(HEADER)  # then nothing: no STARTTLS, no SASL
+        data = await read_all(reader, timeout=20)
+        assert stream_error(data, "connection-timeout"), data
+        assert time.monotonic() - started < 15  # the 1 s handshake timeout, not the idle one (600 s)
+    finally:
+        writer.close()
+
+
+async def test_idle_timeout_closes_a_silent_session(lenient: NodeProcess) -> None:
+    c = RawClient(lenient.port, lenient.cert)
+    try:
+        await c.start("bob", USERS["bob"], "quiet", sm=False)
+        started = time.monotonic()
+        error = await c.next(lambda el: local(el) == "error", timeout=20)  # the default handshake: 30 s
+        assert error.find(f"{{{STREAMS}}}connection-timeout") is not None, ET.tostring(error)
+        assert time.monotonic() - started >= 1.5  # after the 2 s of silence, not at once
+    finally:
+        await c.close()
+
+
+async def test_offline_storage_keeps_max_messages_and_refuses_the_next(strict: NodeProcess) -> None:
+    a = await Client("alice@localhost/desk", USERS["alice"], cert=strict.cert).online(strict.port)
+    try:
+        for i in range(3):
+            a.send_message(mto="carol@localhost", mbody=f"offline {i}", mtype="chat")
+        # The third does not fit: the sender learns it (XEP-0160 §3), the first two are kept.
+        error = await a.next_message(timeout=10, body=False)
+        assert error["type"] == "error" and error["error"]["condition"] == "service-unavailable", error
+        c = await Client("carol@localhost/phone", USERS["carol"], cert=strict.cert).online(strict.port)
+        try:
+            got = [await c.next_message(timeout=10) for _ in range(2)]
+            assert [m["body"] for m in got] == ["offline 0", "offline 1"]
+            assert all(m["delay"]["stamp"] is not None for m in got)  # from storage, not live
+            with pytest.raises(TimeoutError):
+                await c.next_message(timeout=1)  # and not the third
+        finally:
+            await c.close()
+    finally:
+        await a.close()
