@@ -211,6 +211,7 @@ class GatewayHandoff:
         self.held: deque[_Handed] = deque()  # no gateway to take them (yet)
         self.seen_gateway = False  # a region that never had one stands alone: nothing is held
         self.expired = 0  # held past the deadline, handled here
+        self.dropped_unconfirmed = 0  # copies given up because a gateway never confirmed them
         self._flusher: asyncio.Task[None] | None = None
 
     def gateways(self) -> list[str]:
@@ -258,8 +259,21 @@ class GatewayHandoff:
             self.held.append(item)
             self._wake()
             return True
-        self.unconfirmed.setdefault(gateway, {})[item.seq] = item
+        self._unconfirmed(gateway, item)
         return True
+
+    def _unconfirmed(self, gateway: str, item: _Handed) -> None:
+        """Keep ``item`` until ``gateway`` confirms it; at most ``queue_max`` per gateway, so a
+        gateway that never confirms (an older version during a rolling upgrade) costs bounded
+        memory: past the bound the oldest copy is given up (it was handed over once)."""
+        mine = self.unconfirmed.setdefault(gateway, {})
+        mine[item.seq] = item
+        if len(mine) > self.queue_max:
+            del mine[next(iter(mine))]
+            if not self.dropped_unconfirmed:
+                log.warning("gateway %s confirms no hand-offs (an older version?): keeping only the last %d",
+                            gateway, self.queue_max)
+            self.dropped_unconfirmed += 1
 
     def _flush(self) -> None:
         """Hand what is held to the gateways now up, in order (expired ones are handled here)."""
@@ -273,7 +287,7 @@ class GatewayHandoff:
             if not self.calls.send_stanza(gateway, "gd", item.envelope, item.stanza.to_bytes()):
                 self.held.appendleft(item)
                 return
-            self.unconfirmed.setdefault(gateway, {})[item.seq] = item
+            self._unconfirmed(gateway, item)
 
     def _expire(self) -> None:
         deadline = time.monotonic() - self.queue_timeout
@@ -321,6 +335,9 @@ class GatewayHandoff:
         if not pending:
             return
         items = [pending[seq] for seq in sorted(pending)]
+        now = time.monotonic()
+        for item in items:  # a full hold period from now: the gateway, not the item, went away
+            item.since = now
         kinds = ", ".join(sorted({str(i.envelope.get("gd")) for i in items}))
         log.warning("gateway %s down with %d hand-offs unconfirmed (%s): handing them over again", node, len(items),
                     kinds)

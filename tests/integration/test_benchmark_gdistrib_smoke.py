@@ -33,4 +33,5 @@ def test_gdistrib_relay_benchmark_runs() -> None:
         assert figure in out, out
     assert ("all targets met" in out) == (r.returncode == 0), out
     assert ("TARGET MISSED" in out) == (r.returncode == 1), out
-    assert time.monotonic() - t < 40, f"the smoke run took {time.monotonic() - t:.1f}s"
+    # loose: coverage measures every process, and CI shares the CPUs
+    assert time.monotonic() - t < 90, f"the smoke run took {time.monotonic() - t:.1f}s"

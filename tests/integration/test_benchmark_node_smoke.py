@@ -32,4 +32,5 @@ def test_node_load_benchmark_runs():
     assert re.search(r"errors: error stanzas / stream errors seen\s+0\s", out), out
     if r.returncode == 1:
         assert "TARGET MISSED:" in out, out
-    assert time.monotonic() - t < 30, f"the smoke run took {time.monotonic() - t:.1f}s"
+    # loose: coverage measures every process, and CI shares the CPUs
+    assert time.monotonic() - t < 75, f"the smoke run took {time.monotonic() - t:.1f}s"

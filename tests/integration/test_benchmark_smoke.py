@@ -22,4 +22,5 @@ def test_cluster_replication_benchmark_runs():
     for figure in ("p50", "p95", "p99", "max", "inserts/s", "every member holds 2,250 records"):
         assert figure in out, out
     assert "Traceback" not in r.stderr, r.stderr
-    assert time.monotonic() - t < 30, f"the smoke run took {time.monotonic() - t:.1f}s"
+    # loose: coverage measures every process, and CI shares the CPUs
+    assert time.monotonic() - t < 75, f"the smoke run took {time.monotonic() - t:.1f}s"
