@@ -10,7 +10,7 @@ import pytest
 
 from tests.helpers.node import ROOT
 
-pytestmark = pytest.mark.timeout(300)  # a benchmark run, on whatever the machine is doing
+pytestmark = pytest.mark.timeout(450)  # a benchmark run, on whatever the machine is doing
 
 
 def test_sm_resume_benchmark_runs():

@@ -39,7 +39,7 @@ from tests.helpers.sentinel import MASTER, SentinelSet
 from tests.helpers.topologies import check_logs, logged_in, need_redis, region_node, register, two_regions
 from tests.helpers.xmpp_raw import RawClient, local
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(360)
 
 
 def link_endpoint(gateway: NodeProcess) -> str:

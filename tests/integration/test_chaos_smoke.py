@@ -23,7 +23,7 @@ from tests.helpers.node import ROOT
 from tests.helpers.postgres import pg_bindir
 from tests.helpers.redis import redis_server_binary
 
-pytestmark = pytest.mark.timeout(600)  # the whole run happens in the first test's fixture
+pytestmark = pytest.mark.timeout(900)  # the whole run happens in the first test's fixture
 
 # Scenarios that do not meet the goal yet, and why (see benchmarks/README.md, "Chaos").
 KNOWN: dict[str, str] = {}

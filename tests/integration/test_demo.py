@@ -21,7 +21,7 @@ import pytest
 from tests.helpers.node import ROOT
 from tests.helpers.xmpp_client import Client
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(900)
 
 
 def _free_base() -> int:

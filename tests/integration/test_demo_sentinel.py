@@ -16,7 +16,7 @@ import redis
 from tests.helpers.topologies import need_redis
 from tests.integration.test_demo import DemoRun, _chat, _free_base, _wait_gone
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(900)
 
 
 def _redis_pid(port: int) -> int:

@@ -31,7 +31,7 @@ from tests.helpers.regions import DOMAIN, Region, make_region
 from tests.helpers.topologies import check_logs, link_up, lookup, need_redis, register
 from tests.helpers.xmpp_raw import SM, RawClient, local
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(360)
 
 PASSWORD = "handoff-secret"
 DELAY = "{urn:xmpp:delay}delay"

@@ -16,7 +16,7 @@ from gateway.leases import Leases, claims, may_take
 from gateway.mapping import MappingStore, domain_key
 from tests.helpers.redis import RedisServer
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(120)
 
 MUC = "conference.example.com"
 

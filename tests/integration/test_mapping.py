@@ -29,7 +29,7 @@ from gateway.mapping import (
 )
 from tests.helpers.redis import RedisServer
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(120)
 
 
 class Clock:

@@ -33,7 +33,7 @@ from tests.helpers.redis import RedisClusterServer, redis_cli_binary, redis_serv
 from tests.integration import test_mapping as plain
 from tests.integration.test_mapping import Clock, StoreFactory, loc
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")

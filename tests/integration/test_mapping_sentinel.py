@@ -28,7 +28,7 @@ from tests.helpers.sentinel import MASTER, SentinelSet
 from tests.helpers.topologies import gd_status, lookup, need_redis, two_regions
 from tests.helpers.xmpp_client import Client
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(240)
 
 T = TypeVar("T")
 

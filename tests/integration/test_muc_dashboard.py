@@ -23,7 +23,7 @@ from .test_dashboard import PASSWORD, Dashboard, World
 from .test_muc import MucClient, create
 
 SERVICE = f"conference.{DOMAIN}"
-pytestmark = pytest.mark.timeout(400)  # four servers to start on a loaded 2-core machine
+pytestmark = pytest.mark.timeout(600)  # four servers to start on a loaded 2-core machine
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from tests.helpers.browser import Browser, chromium_binary
 from tests.helpers.xmpp_client import Client
 from tests.integration.test_demo import DemoRun, _free_base
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(900)
 
 REPO = Path(__file__).resolve().parents[2]
 
