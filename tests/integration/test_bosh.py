@@ -28,9 +28,22 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     [port] = free_ports(1)
     settings = {"websocket": {"host": "127.0.0.1", "port": port},
                 "bosh": {"max_wait": 10, "inactivity": 3, "max_body_size": 16_384, "max_sessions": 60}}
-    with one_node(tmp_path_factory.mktemp("bosh-node"), "bosh1", users=PASSWORDS, settings=settings) as n:
+    # No users: each test registers its own (fresh()), none shares one with another test.
+    with one_node(tmp_path_factory.mktemp("bosh-node"), "bosh1", settings=settings) as n:
         n.web_port = port  # type: ignore[attr-defined]
         yield n
+
+
+def fresh(node: NodeProcess, prefix: str) -> str:
+    """A user of the calling test's own, registered now (password ``secret(name)``): no offline
+    message or session another test of the shared node left for it."""
+    name = f"{prefix}{uuid.uuid4().hex[:6]}"
+    node.register(name, secret(name))
+    return name
+
+
+def secret(user: str) -> str:
+    return f"{user}-secret"
 
 
 def url(node: NodeProcess, path: str = "/http-bind") -> str:
@@ -45,8 +58,9 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 async def bob(node: NodeProcess) -> AsyncIterator[RawClient]:
+    name = fresh(node, "bob")
     client = RawClient(node.port, node.cert)
-    await client.start("bob", PASSWORDS["bob"], f"desk-{uuid.uuid4().hex[:6]}", sm=False)
+    await client.start(name, secret(name), f"desk-{uuid.uuid4().hex[:6]}", sm=False)
     yield client
     await client.close()
 
@@ -59,10 +73,11 @@ def terminated(data: bytes) -> str | None:
 
 
 async def test_scram_login_over_bosh_and_a_chat_with_a_tcp_client(node: NodeProcess, bob: RawClient) -> None:
+    a = fresh(node, "alice")
     alice = BoshClient(url(node), wait=30, hold=5)
     try:
-        jid = await alice.login("alice", PASSWORDS["alice"], "web")
-        assert jid == "alice@localhost/web"
+        jid = await alice.login(a, secret(a), "web")
+        assert jid == f"{a}@localhost/web"
         session = alice.session
         assert session is not None
         # the node's limits, not the client's wishes (wait 30, hold 5)
@@ -86,13 +101,14 @@ async def test_scram_login_over_bosh_and_a_chat_with_a_tcp_client(node: NodeProc
 
 
 async def test_a_retransmitted_rid_gets_the_same_response(node: NodeProcess) -> None:
+    carol = fresh(node, "carol")
     c = BoshClient(url(node))
     try:
         first = c.body(to="localhost", wait="10", hold="1", ver="1.11", xmpp__version="1.0")
         status, created = await c.post(first)
         assert status == 200
         c.sid = ET.fromstring(created).get("sid")
-        scram = ScramSha1("carol", PASSWORDS["carol"])
+        scram = ScramSha1(carol, secret(carol))
         auth = c.body(f"<auth xmlns='{SASL}' mechanism='SCRAM-SHA-1'>{scram.first()}</auth>")
         status, challenge = await c.post(auth)
         [el] = ET.fromstring(challenge)
@@ -106,9 +122,10 @@ async def test_a_retransmitted_rid_gets_the_same_response(node: NodeProcess) -> 
 
 
 async def test_inactivity_ends_the_session_and_the_user_goes_unavailable(node: NodeProcess, bob: RawClient) -> None:
+    d = fresh(node, "dave")
     dave = BoshClient(url(node), wait=2)
     try:
-        jid = await dave.login("dave", PASSWORDS["dave"], "tab")
+        jid = await dave.login(d, secret(d), "tab")
         dave.send(f"<presence xmlns='jabber:client' to='{bob.jid}'/>")  # directed presence to bob
         seen = await bob.next(lambda el: local(el) == "presence" and el.get("from") == jid)
         assert seen.get("type") is None
@@ -127,9 +144,10 @@ async def test_inactivity_ends_the_session_and_the_user_goes_unavailable(node: N
 
 async def test_a_bosh_session_that_went_away_resumes_over_tcp(node: NodeProcess, bob: RawClient) -> None:
     """XEP-0198 across transports: enabled over BOSH, detached by inactivity, resumed over TCP."""
+    a = fresh(node, "alice")
     alice = BoshClient(url(node), wait=2)
     try:
-        jid = await alice.login("alice", PASSWORDS["alice"], "roaming")
+        jid = await alice.login(a, secret(a), "roaming")
         alice.send(f"<enable xmlns='{SM}' resume='true'/>")
         enabled = await alice.next(lambda el: el.tag == f"{{{SM}}}enabled")
         assert enabled.get("resume") in ("true", "1") and enabled.get("id")
@@ -140,7 +158,7 @@ async def test_a_bosh_session_that_went_away_resumes_over_tcp(node: NodeProcess,
     tcp = RawClient(node.port, node.cert)
     try:
         await tcp.connect()
-        await tcp.login("alice", PASSWORDS["alice"])
+        await tcp.login(a, secret(a))
         resumed = await tcp.resume(enabled.get("id", ""), 0)
         assert resumed.tag == f"{{{SM}}}resumed", ET.tostring(resumed)
         [msg] = await tcp.messages(1)
@@ -154,6 +172,7 @@ async def test_bad_input_gets_the_right_status_and_condition(node: NodeProcess, 
         async with http.post(url(node), data=data, headers={"Content-Type": "text/xml"}) as resp:
             return resp.status, await resp.read()
 
+    c_user = fresh(node, "carol")
     c = BoshClient(url(node), hold=1000)
     try:
         session = await c.create()
@@ -187,7 +206,7 @@ async def test_bad_input_gets_the_right_status_and_condition(node: NodeProcess, 
     # the node is still up and serving
     carol = BoshClient(url(node))
     try:
-        assert await carol.login("carol", PASSWORDS["carol"], "after") == "carol@localhost/after"
+        assert await carol.login(c_user, secret(c_user), "after") == f"{c_user}@localhost/after"
     finally:
         await carol.close()
 
@@ -200,6 +219,7 @@ async def test_sessions_left_idle_are_bounded_and_expire(node: NodeProcess, http
             assert resp.status == 200
             return terminated(await resp.read())
 
+    c_user = fresh(node, "carol")
     results = await asyncio.gather(*(create() for _ in range(100)))  # created, never used again
     assert results.count(None) <= 60 and results.count("policy-violation") >= 40  # bosh.max_sessions
     assert set(results) <= {None, "policy-violation"}
@@ -207,7 +227,7 @@ async def test_sessions_left_idle_are_bounded_and_expire(node: NodeProcess, http
     assert await create() is None
     carol = BoshClient(url(node))
     try:
-        assert await carol.login("carol", PASSWORDS["carol"], "after-flood") == "carol@localhost/after-flood"
+        assert await carol.login(c_user, secret(c_user), "after-flood") == f"{c_user}@localhost/after-flood"
     finally:
         await carol.close()
 

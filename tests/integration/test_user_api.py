@@ -5,6 +5,7 @@ the user's resources and roster, a password change, and nothing for anyone else.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +13,8 @@ import pytest
 from tests.helpers.node import NodeProcess
 from tests.helpers.xmpp_client import AuthFailed, Client
 
+# Registered with the node; nobody changes their passwords.  ``alice`` is the user of the refusal
+# cases, ``bob`` the recipient of the documentation's example (test_send_message_as_the_user only).
 ALICE = ("alice@localhost", "alice-secret")
 BOB = ("bob@localhost", "bob-secret")
 # MongooseIM's user API documentation, verbatim.
@@ -29,6 +32,14 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     assert "Traceback" not in n.log(), n.log()
 
 
+def fresh(node: NodeProcess, prefix: str) -> tuple[str, str]:
+    """(bare JID, password) of a user of the calling test's own, registered now: no password
+    change, roster or session another test of the shared node left on it."""
+    name = f"{prefix}{uuid.uuid4().hex[:6]}"
+    node.register(name, f"{name}-secret")
+    return f"{name}@localhost", f"{name}-secret"
+
+
 @pytest.mark.parametrize("auth", [None, ("alice@localhost", "wrong"), ("nobody@localhost", "x"),
                                   ("alice@localhost/res", "alice-secret"), ("localhost", "x"), ("@@", "x"),
                                   ("alice@elsewhere.org", "alice-secret")])
@@ -38,25 +49,27 @@ async def test_refused_without_the_users_credentials(node: NodeProcess, auth: tu
 
 
 async def test_send_message_as_the_user(node: NodeProcess) -> None:
-    alice = await Client("alice@localhost/laptop", ALICE[1], cert=node.cert).online(node.port)
+    me = fresh(node, "alice")
+    a = me[0]
+    alice = await Client(f"{a}/laptop", me[1], cert=node.cert).online(node.port)
     bob = await Client("bob@localhost/phone", BOB[1], cert=node.cert).online(node.port)
     try:
-        status, body = await node.user_api(DOC_SEND, ALICE)
+        status, body = await node.user_api(DOC_SEND, me)
         assert status == 200, body
         msg = await bob.next_message(timeout=10)
-        assert msg["body"] == "Hi" and str(msg["from"]) == "alice@localhost"
+        assert msg["body"] == "Hi" and str(msg["from"]) == a
         assert msg["id"] == body["data"]["stanza"]["sendMessage"]["id"]
         # From one of the user's own full JIDs: fine; from someone else: refused.
-        await node.user_api('mutation { stanza { sendMessage(from: "alice@localhost/laptop", '
-                            'to: "bob@localhost/phone", body: "full") { id } } }', ALICE)
+        await node.user_api(f'mutation {{ stanza {{ sendMessage(from: "{a}/laptop", '
+                            'to: "bob@localhost/phone", body: "full") { id } } }', me)
         msg = await bob.next_message(timeout=10)
-        assert msg["body"] == "full" and str(msg["from"]) == "alice@localhost/laptop"
+        assert msg["body"] == "full" and str(msg["from"]) == f"{a}/laptop"
         status, body = await node.user_api('mutation { stanza { sendMessage(from: "bob@localhost", '
-                                           'to: "alice@localhost", body: "spoof") { id } } }', ALICE)
-        assert "must be alice@localhost" in body["errors"][0]["message"]
+                                           f'to: "{a}", body: "spoof") {{ id }} }} }}', me)
+        assert f"must be {a}" in body["errors"][0]["message"]
         with pytest.raises(asyncio.TimeoutError):
             await alice.next_message(timeout=1)
-        _, body = await node.user_api("{ session { listResources countResources } }", ALICE)
+        _, body = await node.user_api("{ session { listResources countResources } }", me)
         assert body["data"]["session"] == {"listResources": ["laptop"], "countResources": 1}
     finally:
         await alice.close()
@@ -64,28 +77,30 @@ async def test_send_message_as_the_user(node: NodeProcess) -> None:
 
 
 async def test_roster_and_password(node: NodeProcess) -> None:
-    status, body = await node.admin('mutation { roster { addContact(user: "alice@localhost", '
-                                    'contact: "bob@localhost", name: "Bobby") } }')
+    alice, bob = fresh(node, "alice"), fresh(node, "bob")  # bob's password changed here: its own bob
+    a, b = alice[0], bob[0]
+    status, body = await node.admin(f'mutation {{ roster {{ addContact(user: "{a}", '
+                                    f'contact: "{b}", name: "Bobby") }} }}')
     assert status == 200, body
-    _, body = await node.user_api("{ roster { listContacts { jid name subscription } } }", ALICE)
-    assert body["data"]["roster"]["listContacts"] == [{"jid": "bob@localhost", "name": "Bobby",
+    _, body = await node.user_api("{ roster { listContacts { jid name subscription } } }", alice)
+    assert body["data"]["roster"]["listContacts"] == [{"jid": b, "name": "Bobby",
                                                        "subscription": "NONE"}]
-    _, body = await node.user_api("{ roster { listContacts { jid } } }", BOB)
+    _, body = await node.user_api("{ roster { listContacts { jid } } }", bob)
     assert body["data"]["roster"]["listContacts"] == []  # bob sees his own roster only
-    _, body = await node.user_api('mutation { account { changePassword(newPassword: "   ") } }', BOB)
+    _, body = await node.user_api('mutation { account { changePassword(newPassword: "   ") } }', bob)
     assert "password" in body["errors"][0]["message"]
-    _, body = await node.user_api('mutation { account { changePassword(newPassword: "bob-new-secret") } }', BOB)
+    _, body = await node.user_api('mutation { account { changePassword(newPassword: "bob-new-secret") } }', bob)
     assert body["data"]["account"]["changePassword"] == "Password changed"
-    assert (await node.user_api("{ session { countResources } }", BOB))[0] == 401
-    assert (await node.user_api("{ session { countResources } }", ("bob@localhost", "bob-new-secret")))[0] == 200
+    assert (await node.user_api("{ session { countResources } }", bob))[0] == 401
+    assert (await node.user_api("{ session { countResources } }", (b, "bob-new-secret")))[0] == 200
     with pytest.raises(AuthFailed) as refused:
-        await Client("bob@localhost/x", BOB[1], cert=node.cert).login(node.port)
+        await Client(f"{b}/x", bob[1], cert=node.cert).login(node.port)
     assert refused.value.sasl == "not-authorized", refused.value
-    bob = await Client("bob@localhost/x", "bob-new-secret", cert=node.cert).login(node.port)
-    await bob.close()
+    client = await Client(f"{b}/x", "bob-new-secret", cert=node.cert).login(node.port)
+    await client.close()
 
 
 async def test_admin_operations_are_not_in_the_user_schema(node: NodeProcess) -> None:
     status, body = await node.user_api('mutation { account { registerUser(domain: "localhost", '
-                                       'username: "eve", password: "x") { jid } } }', ALICE)
+                                       'username: "eve", password: "x") { jid } } }', fresh(node, "alice"))
     assert status == 400 and "Cannot query field 'registerUser'" in body["errors"][0]["message"]
