@@ -28,7 +28,7 @@ log = logging.getLogger("meridian.gdistrib")
 class RegionLinks:
     def __init__(self, store: MappingStore, settings: ConnectionsSettings, *, region: str, gateway: str,
                  server_tls: ssl.SSLContext, client_tls: ssl.SSLContext,
-                 on_stanza: Callable[[Relayed], None],
+                 on_stanza: Callable[[Relayed], asyncio.Future[None] | None],
                  on_undeliverable: Callable[[Relayed, LinkError], None]) -> None:
         self.store = store
         self.settings = settings
@@ -70,7 +70,8 @@ class RegionLinks:
         meta = json.dumps(relayed.meta, separators=(",", ":")) if relayed.meta else None
         await pool.send(relayed.id, relayed.origin, relayed.ttl, relayed.data, relayed.from_, relayed.to, meta)
 
-    def _received(self, event: StanzaReceived) -> None:
+    def _received(self, event: StanzaReceived) -> asyncio.Future[None] | None:
+        """Hand a stanza to ``on_stanza``; what it returns says when the link may ack it."""
         meta: dict[str, Any] | None = None
         if event.meta:
             try:
@@ -78,7 +79,7 @@ class RegionLinks:
             except ValueError:
                 value = None
             meta = value if isinstance(value, dict) else None
-        self.on_stanza(Relayed(event.id, event.origin, event.ttl, event.data, event.from_, event.to, meta))
+        return self.on_stanza(Relayed(event.id, event.origin, event.ttl, event.data, event.from_, event.to, meta))
 
     def _undeliverable(self, stanza: OutgoingStanza, error: LinkError) -> None:
         self.on_undeliverable(Relayed(stanza.id, stanza.origin, stanza.ttl, stanza.data, stanza.from_, stanza.to),

@@ -501,19 +501,22 @@ class GlobalRouter:
         except LinkError:
             pass  # that region's cache entries expire on their own
 
-    def received(self, relayed: Relayed) -> None:
+    def received(self, relayed: Relayed) -> asyncio.Future[None] | None:
+        """A stanza from another region's gateway.  Returns a future done once it has been handed
+        on here (to a node, to offline storage, or bounced): the link acks it only then, so this
+        gateway's death before that leaves it with the sender, which resends it."""
         self.counters.received[relayed.origin] += 1
         log.debug("relayed from %s: %s -> %s ttl=%d meta=%s", relayed.origin, relayed.from_, relayed.to,
                   relayed.ttl, relayed.meta)
         if relayed.meta and "invalidate" in relayed.meta:
             self.cache.invalidate(str(relayed.meta["invalidate"]))
-            return
+            return None
         if relayed.meta and "domain" in relayed.meta:  # a service domain moved to another region
             self.domains.invalidate(str(relayed.meta["domain"]))
-            return
+            return None
         if relayed.meta and "flush" in relayed.meta:
             self.s.router.spawn(self._flush_offline(str(relayed.meta["flush"])))
-            return
+            return None
         meta = relayed.meta or {}
         data, recipients = relayed.data, None
         if many_frames.MANY in meta:
@@ -521,26 +524,37 @@ class GlobalRouter:
                 recipients, data = many_frames.decode(meta, data)
             except ValueError as e:
                 log.warning("dropping a one-for-many frame from %s: %s", relayed.origin, e)
-                return
+                return None
         try:
             stanza = lazy_stanza(data)
         except ValueError as e:
             log.warning("dropping an unparsable stanza relayed from %s: %s", relayed.origin, e)
-            return
+            return None
         if recipients is not None:
             room = str(relayed.to)
-            self.pairs.submit((room, room), lambda: self._expand(stanza, recipients))
-            return
+            return self._handing_on((room, room), lambda: self._expand(stanza, recipients))
         if "fanout" in meta:
             try:
                 bare = Jid.parse(str(meta.get("bare"))).bare
             except InvalidJid:
-                return
+                return None
             which = Fanout.from_json(meta.get("fanout"))
-            self.pairs.submit(pair(stanza.from_, str(bare)),
-                              lambda: self._deliver_fanout(bare, stanza, which))
-            return
-        self.pairs.submit(pair(stanza.from_, stanza.to), lambda: self._deliver(relayed, stanza))
+            return self._handing_on(pair(stanza.from_, str(bare)), lambda: self._deliver_fanout(bare, stanza, which))
+        return self._handing_on(pair(stanza.from_, stanza.to), lambda: self._deliver(relayed, stanza))
+
+    def _handing_on(self, key: tuple[str, str], job: Callable[[], Awaitable[None]]) -> asyncio.Future[None]:
+        """``job`` queued behind ``key``'s earlier ones; the future is done when it has run."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def run() -> None:
+            try:
+                await job()
+            finally:
+                if not done.done():
+                    done.set_result(None)
+
+        self.pairs.submit(key, run)
+        return done
 
     async def _expand(self, stanza: Stanza, recipients: list[str]) -> None:
         """A one-for-many frame: each recipient's copy through the routing chain here, in order

@@ -3,6 +3,7 @@ the mapping publisher, the global router and the links to the other regions."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -167,9 +168,9 @@ async def running_gateway(settings: GatewaySettings, *, http_routes: Sequence[we
             miss_lifetime=(gd.cache.jid_lifetime or None) if gd.cache.cache_missed else None)
         router: GlobalRouter | None = None
 
-        def received(relayed: Relayed) -> None:
+        def received(relayed: Relayed) -> asyncio.Future[None] | None:
             assert router is not None
-            router.received(relayed)
+            return router.received(relayed)
 
         def undeliverable(relayed: Relayed, error: LinkError) -> None:
             assert router is not None

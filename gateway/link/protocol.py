@@ -7,7 +7,10 @@ time by hand.  Only the asyncio adapter (:mod:`gateway.link.pool`) touches socke
 Both sides send HELLO at once (region, gateway name, protocol version).  A peer with another major
 version, a peer claiming our own region, or a region other than the one we dialled is refused with
 a reason the operator can act on.  Then STANZA frames flow, each with a per-connection sequence
-number; the receiver answers with cumulative ACKs (one per batch of bytes read), and the sender keeps
+number; the receiver answers with cumulative ACKs (one per batch of bytes read — or, with
+``deferred_acks``, only up to the stanzas its consumer released (:meth:`RegionLink.release`), so that an
+ACK means "handed on", not "read": a receiver killed between reading a stanza and handing it on
+leaves it unacked, and the sender resends it), and the sender keeps
 every stanza it has not seen acked — bounded by ``max_unacked`` — so that when the connection is
 lost the adapter can resend them over another one (:meth:`RegionLink.unacked`).  PINGs every
 ``ping_interval`` measure the RTT and keep the link alive through idle NATs and firewalls; no bytes
@@ -88,7 +91,8 @@ class Ready:
 
 @dataclass(frozen=True, slots=True)
 class StanzaReceived:
-    """A stanza from the peer, its bytes as the origin gateway had them (already acked)."""
+    """A stanza from the peer, its bytes as the origin gateway had them (acked already, or, with
+    deferred acks, once released)."""
 
     id: str
     origin: str
@@ -148,7 +152,7 @@ class RegionLink:
 
     def __init__(self, local_region: str, gateway_name: str, now: float, *, expect_region: str | None = None,
                  version: str = PROTOCOL_VERSION, ping_interval: float = 5.0, ping_timeout: float = 15.0,
-                 max_unacked: int = 1024, max_frame: int = MAX_FRAME) -> None:
+                 max_unacked: int = 1024, max_frame: int = MAX_FRAME, deferred_acks: bool = False) -> None:
         if max_unacked < 1:
             raise ValueError("max_unacked must be at least 1")
         self.local_region = local_region
@@ -171,6 +175,10 @@ class RegionLink:
         self._acked_seq = 0  # last seq the peer acked
         self._recv_seq = 0  # last seq we received
         self._unacked: deque[SentStanza] = deque()
+        self.deferred_acks = deferred_acks
+        self._held: deque[int] = deque()  # deferred: seqs received, in order, not all released yet
+        self._released: set[int] = set()  # deferred: released seqs still behind an unreleased one
+        self._ack_sent = 0  # deferred: last seq we acked
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -291,8 +299,36 @@ class RegionLink:
 
     def _ack(self, recv_before: int) -> None:
         # One cumulative ACK per batch of bytes read: cheap on a busy link, immediate on an idle one.
-        if self._recv_seq > recv_before and self.state is State.READY:
+        if self.deferred_acks:
+            self.send_ack()
+        elif self._recv_seq > recv_before and self.state is State.READY:
             self._out.append(encode(Ack(self._recv_seq)))
+
+    def release(self, seq: int) -> None:
+        """With ``deferred_acks``: the stanza ``seq`` has been handed on (or dropped on purpose);
+        the next :meth:`send_ack` acks every stanza up to the first one still held."""
+        held = self._held
+        if not held or seq < held[0]:
+            return  # not held (released twice, or not deferred)
+        if seq != held[0]:
+            self._released.add(seq)
+            return
+        held.popleft()
+        released = self._released
+        while held and held[0] in released:
+            released.discard(held.popleft())
+
+    def send_ack(self) -> None:
+        """Ack what may be acked now (deferred acks: call once per batch of releases)."""
+        upto = self._held[0] - 1 if self._held else self._recv_seq
+        if upto > self._ack_sent and self.state is State.READY:
+            self._ack_sent = upto
+            self._out.append(encode(Ack(upto)))
+
+    @property
+    def held(self) -> int:
+        """Deferred acks: stanzas received and not released yet."""
+        return len(self._held)
 
     def handle_timer(self, now: float) -> list[LinkEvent]:
         """Call at :meth:`get_timer` (or more often): sends pings, detects a silent peer."""
@@ -314,6 +350,8 @@ class RegionLink:
             if frame.seq != self._recv_seq + 1:
                 raise RemoteProtocolError(f"STANZA seq {frame.seq} out of order (expected {self._recv_seq + 1})")
             self._recv_seq = frame.seq
+            if self.deferred_acks:
+                self._held.append(frame.seq)
             return [StanzaReceived(frame.id, frame.origin, frame.ttl, frame.from_, frame.to, frame.data, frame.seq,
                                    frame.meta)]
         if isinstance(frame, Ack):

@@ -22,9 +22,12 @@ __all__ = ["LinkServer", "StanzaCallback"]
 
 log = logging.getLogger("meridian.gateway.link")
 
-StanzaCallback = Callable[[StanzaReceived], None]
-"""Called by :class:`LinkServer` once per stanza (duplicates dropped), in arrival order, before the
-stanza is acked; must not block.  Per-pair order holds for whoever consumes the calls in that order."""
+StanzaCallback = Callable[[StanzaReceived], "asyncio.Future[None] | None"]
+"""Called by :class:`LinkServer` once per stanza (duplicates dropped), in arrival order; must not
+block.  It returns None when it is done with the stanza, or a future that is done once the stanza
+has been handed on: only then is the stanza acked to the sender, so a gateway killed in between
+leaves it unacked and the sender resends it.  Per-pair order holds for whoever consumes the calls
+in that order."""
 
 
 class LinkServer:
@@ -51,6 +54,7 @@ class LinkServer:
         self.connections: set[LinkConnection] = set()
         self._peers: dict[str, set[LinkConnection]] = {}
         self._seen: dict[str, RecentIds] = {}
+        self._acks_due: set[LinkConnection] = set()  # links with stanzas handed on since the last ACK
         self._stats: dict[str, LinkStats] = {}
         self._servers: list[asyncio.Server] = []
         self._timer: asyncio.Task[None] | None = None
@@ -95,7 +99,8 @@ class LinkServer:
 
     def _accept(self) -> LinkConnection:
         core = RegionLink(self.local_region, self.gateway_name, asyncio.get_running_loop().time(),
-                          ping_interval=self.ping_interval, ping_timeout=self.ping_timeout, max_frame=self.max_frame)
+                          ping_interval=self.ping_interval, ping_timeout=self.ping_timeout, max_frame=self.max_frame,
+                          deferred_acks=True)
         return LinkConnection(core, self)
 
     def connected(self, conn: LinkConnection) -> None:
@@ -135,12 +140,32 @@ class LinkServer:
         stats = self._stats[region]
         if not self._seen[region].add(event.id):
             stats.duplicates += 1
+            conn.core.release(event.seq)
             return
         stats.received += 1
         try:
-            self.on_stanza(event)
+            handing = self.on_stanza(event)
         except Exception:  # a bug in the consumer must not take the link (and every stanza on it) down
             log.exception("on_stanza failed for stanza %s from region %s", event.id, region)
+            handing = None
+        if handing is None or handing.done():
+            conn.core.release(event.seq)
+        else:
+            seq = event.seq
+            handing.add_done_callback(lambda _f: self._handed(conn, seq))
+
+    def _handed(self, conn: LinkConnection, seq: int) -> None:
+        """A stanza received on ``conn`` has been handed on: ack it (once per loop turn and link)."""
+        conn.core.release(seq)
+        if not self._acks_due:
+            asyncio.get_running_loop().call_soon(self._send_acks)
+        self._acks_due.add(conn)
+
+    def _send_acks(self) -> None:
+        due, self._acks_due = self._acks_due, set()
+        for conn in due:
+            conn.core.send_ack()
+            conn.flush()
 
     def _ready(self, conn: LinkConnection, event: Ready) -> None:
         if self.regions is not None and event.peer_region not in self.regions:

@@ -215,6 +215,62 @@ def test_unacked_are_handed_back_in_order_when_the_connection_is_lost() -> None:
     assert 0 < len(delivered) < 5
 
 
+def deferred_pair() -> tuple[RegionLink, RegionLink]:
+    """eu sends; us acks only what its consumer released (as the gateways' link server does)."""
+    eu = RegionLink("eu", "gw-eu-1", 0.0, expect_region="us")
+    us = RegionLink("us", "gw-us-1", 0.0, deferred_acks=True)
+    ea, eb = pump(eu, us)
+    assert ea == [Ready("us", "gw-us-1")] and eb == [Ready("eu", "gw-eu-1")]
+    return eu, us
+
+
+def test_deferred_acks_wait_for_the_consumer() -> None:
+    eu, us = deferred_pair()
+    for i in range(4):
+        eu.send_stanza(f"m{i}", "eu", 2, b"<m/>")
+    ea, eb = pump(eu, us)
+    assert [e.seq for e in eb if isinstance(e, StanzaReceived)] == [1, 2, 3, 4]
+    assert ea == [] and eu.in_flight == 4 and us.held == 4  # read, not handed on: nothing acked
+    us.release(2)  # handed on out of order (another pair's queue): 1 still holds the ACK back
+    us.send_ack()
+    assert pump(eu, us)[0] == [] and eu.in_flight == 4
+    us.release(1)
+    us.send_ack()
+    ea, _ = pump(eu, us)
+    assert ea == [Acked(2)] and [s.id for s in eu.unacked()] == ["m2", "m3"] and us.held == 2
+    us.release(4)
+    us.release(3)
+    us.release(3)  # twice: no harm
+    us.send_ack()
+    us.send_ack()  # nothing new: no second ACK
+    ea, _ = pump(eu, us)
+    assert ea == [Acked(4)] and eu.unacked() == [] and us.held == 0
+
+
+def test_deferred_acks_a_receiver_lost_before_handing_on_leaves_the_stanza_unacked() -> None:
+    eu, us = deferred_pair()
+    eu.send_stanza("handed", "eu", 2, b"<m/>")
+    eu.send_stanza("in hand", "eu", 2, b"<m/>")
+    pump(eu, us)
+    us.release(1)
+    us.send_ack()
+    pump(eu, us)
+    assert eu.receive_data(b"", 1.0) == [Closed("connection closed by peer")]  # the receiver died
+    assert [s.id for s in eu.unacked()] == ["in hand"]  # resent on the next connection
+
+
+def test_deferred_acks_more_than_one_batch_of_bytes_acks_nothing_by_itself() -> None:
+    eu, us = deferred_pair()
+    eu.send_stanza("a", "eu", 2, b"<m/>")
+    data = eu.data_to_send()
+    us.receive_data(data[:5], 0.0)
+    us.receive_data(data[5:], 0.0)
+    assert decode_all(us.data_to_send()) == []
+    us.release(1)
+    us.send_ack()
+    assert decode_all(us.data_to_send()) == [Ack(1)]
+
+
 def test_frames_before_a_bad_frame_are_delivered_and_acked() -> None:
     eu, us = ready_pair()
     eu.send_stanza("ok", "eu", 1, b"<m/>")
