@@ -244,7 +244,7 @@ async def running_gateway(settings: GatewaySettings, *, http_routes: Sequence[we
 
 
 async def _start_s2s(settings: GatewaySettings, node: Node, router: GlobalRouter) -> S2SService | None:
-    """Federation (issue 5): the router's way to every domain no region of ours serves — a
+    """Federation: the router's way to every domain no region of ours serves — a
     component or service domain connected in another region first, else S2S (when enabled);
     nodes hand such stanzas to a gateway with ``{"gd": "s2s"}``."""
     services = node.services
