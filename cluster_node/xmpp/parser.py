@@ -25,6 +25,12 @@ __all__ = ["StreamParser", "StreamOpened", "StanzaReceived", "StreamClosed", "Ev
 
 SLICE = 16 * 1024
 SEP = "\x01"
+# expat interns every element and attribute name it reports in a dict; by default one per parser,
+# which kept ~10 KB of the same few dozen names alive per idle connection.  One dict for every
+# parser of the process instead, emptied when a peer inventing names has grown it past the bound
+# (interning is only a saving: a cleared dict costs nothing but a few new strings).
+_NAMES: dict[str, str] = {}
+_NAMES_MAX = 4096
 _E = expat.errors
 _UNBOUND = _E.codes[_E.XML_ERROR_UNBOUND_PREFIX]
 _ENTITY_CODES = {_E.codes[_E.XML_ERROR_UNDEFINED_ENTITY], _E.codes[_E.XML_ERROR_EXTERNAL_ENTITY_HANDLING],
@@ -119,7 +125,7 @@ class StreamParser:
 
     def reset(self) -> None:
         """A new stream on the same connection (after STARTTLS or SASL, RFC 6120 §4.3.3)."""
-        p = expat.ParserCreate("UTF-8", SEP)
+        p = expat.ParserCreate("UTF-8", SEP, intern=_NAMES)
         p.namespace_prefixes = True
         p.buffer_text = False  # its 8 KiB buffer per connection; _text collects the pieces anyway
         p.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
@@ -175,6 +181,8 @@ class StreamParser:
                 except expat.ExpatError as e:
                     raise self._expat_error(e) from None
                 self._check_budget()
+            if len(_NAMES) > _NAMES_MAX:
+                _NAMES.clear()
         except StreamError as e:
             self._dead = e
             self._events.clear()
