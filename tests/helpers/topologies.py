@@ -47,6 +47,20 @@ def register(node: NodeProcess, users: Users, password: str = "", domain: str = 
         node.register(user, secret, domain)
 
 
+def secret(user: str) -> str:
+    """The password :func:`fresh` gives ``user``."""
+    return f"{user}-secret"
+
+
+def fresh(node: NodeProcess, prefix: str, domain: str = "localhost") -> str:
+    """A user of the calling test's own, registered now (password :func:`secret`): no offline
+    message, FAST token, session or password change another test of a shared node left on it, so
+    the test passes alone and in any order."""
+    name = f"{prefix}{uuid.uuid4().hex[:6]}"
+    node.register(name, secret(name), domain)
+    return name
+
+
 def check_logs(*processes: NodeProcess) -> None:
     for p in processes:
         assert "Traceback" not in p.log(), p.log()

@@ -15,7 +15,7 @@ import pytest
 
 from tests.helpers.node import NodeProcess
 from tests.helpers.ports import free_port, free_ports
-from tests.helpers.topologies import one_node, two_node_region
+from tests.helpers.topologies import fresh, one_node, secret, two_node_region
 from tests.helpers.xmpp_bosh import HTTPBIND, SASL, BoshClient, ScramSha1, insecure_context
 from tests.helpers.xmpp_raw import SM, RawClient, local
 
@@ -34,16 +34,6 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
         yield n
 
 
-def fresh(node: NodeProcess, prefix: str) -> str:
-    """A user of the calling test's own, registered now (password ``secret(name)``): no offline
-    message or session another test of the shared node left for it."""
-    name = f"{prefix}{uuid.uuid4().hex[:6]}"
-    node.register(name, secret(name))
-    return name
-
-
-def secret(user: str) -> str:
-    return f"{user}-secret"
 
 
 def url(node: NodeProcess, path: str = "/http-bind") -> str:

@@ -23,6 +23,7 @@ import pytest
 
 from cluster_node.net.control import control_socket, query_control
 from tests.helpers.node import NodeProcess
+from tests.helpers.topologies import fresh, secret
 from tests.helpers.xmpp_raw import SM, RawClient, local
 from tests.helpers.xmppjs import js_client, node_binary
 
@@ -47,16 +48,6 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     assert "Traceback" not in n.log(), n.log()
 
 
-def secret(user: str) -> str:
-    return f"{user}-secret"
-
-
-def fresh(node: NodeProcess, prefix: str) -> str:
-    """A user of the calling test's own, registered now (password ``secret(name)``): no offline
-    message, FAST token, failed login or password change another test left on the shared node."""
-    name = f"{prefix}{uuid.uuid4().hex[:6]}"
-    node.register(name, secret(name))
-    return name
 
 
 async def control(node: NodeProcess, category: str, op: str, **args: str) -> Any:

@@ -5,12 +5,12 @@ the user's resources and roster, a password change, and nothing for anyone else.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from tests.helpers.node import NodeProcess
+from tests.helpers.topologies import fresh, secret
 from tests.helpers.xmpp_client import AuthFailed, Client
 
 # Registered with the node; nobody changes their passwords.  ``alice`` is the user of the refusal
@@ -32,12 +32,10 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     assert "Traceback" not in n.log(), n.log()
 
 
-def fresh(node: NodeProcess, prefix: str) -> tuple[str, str]:
-    """(bare JID, password) of a user of the calling test's own, registered now: no password
-    change, roster or session another test of the shared node left on it."""
-    name = f"{prefix}{uuid.uuid4().hex[:6]}"
-    node.register(name, f"{name}-secret")
-    return f"{name}@localhost", f"{name}-secret"
+def fresh_jid(node: NodeProcess, prefix: str) -> tuple[str, str]:
+    """(bare JID, password) of a user of the calling test's own (:func:`fresh`)."""
+    name = fresh(node, prefix)
+    return f"{name}@localhost", secret(name)
 
 
 @pytest.mark.parametrize("auth", [None, ("alice@localhost", "wrong"), ("nobody@localhost", "x"),
@@ -49,7 +47,7 @@ async def test_refused_without_the_users_credentials(node: NodeProcess, auth: tu
 
 
 async def test_send_message_as_the_user(node: NodeProcess) -> None:
-    me = fresh(node, "alice")
+    me = fresh_jid(node, "alice")
     a = me[0]
     alice = await Client(f"{a}/laptop", me[1], cert=node.cert).online(node.port)
     bob = await Client("bob@localhost/phone", BOB[1], cert=node.cert).online(node.port)
@@ -77,7 +75,7 @@ async def test_send_message_as_the_user(node: NodeProcess) -> None:
 
 
 async def test_roster_and_password(node: NodeProcess) -> None:
-    alice, bob = fresh(node, "alice"), fresh(node, "bob")  # bob's password changed here: its own bob
+    alice, bob = fresh_jid(node, "alice"), fresh_jid(node, "bob")  # bob's password changed here: its own bob
     a, b = alice[0], bob[0]
     status, body = await node.admin(f'mutation {{ roster {{ addContact(user: "{a}", '
                                     f'contact: "{b}", name: "Bobby") }} }}')
@@ -102,5 +100,5 @@ async def test_roster_and_password(node: NodeProcess) -> None:
 
 async def test_admin_operations_are_not_in_the_user_schema(node: NodeProcess) -> None:
     status, body = await node.user_api('mutation { account { registerUser(domain: "localhost", '
-                                       'username: "eve", password: "x") { jid } } }', fresh(node, "alice"))
+                                       'username: "eve", password: "x") { jid } } }', fresh_jid(node, "alice"))
     assert status == 400 and "Cannot query field 'registerUser'" in body["errors"][0]["message"]
