@@ -100,7 +100,7 @@ class RegionLinks:
             c = self.settings
             pool = RegionPool(self.region, self.gateway, region, self.client_tls, endpoints=endpoints,
                               connections_per_endpoint=c.connections_per_endpoint, queue_max=c.queue_max,
-                              connect_timeout=c.connect_timeout, ping_interval=c.ping_interval,
+                              connect_timeout=c.connect_timeout, hold=c.hold_while_down, ping_interval=c.ping_interval,
                               ping_timeout=c.ping_timeout, on_undeliverable=self._undeliverable,
                               on_acked=lambda ids: self.on_acked(ids) if self.on_acked is not None else None)
             self.pools[region] = pool

@@ -33,7 +33,12 @@ class ConnectionsSettings(_Section):
     connections_per_endpoint: int = Field(2, ge=1, le=64)
     endpoint_refresh_interval: float = Field(5.0, gt=0, description="seconds between reads of other regions")
     queue_max: int = Field(10_000, ge=1, description="stanzas queued per region, then resource-constraint")
-    connect_timeout: float = Field(2.0, gt=0, description="seconds to wait for a link, then remote-server-timeout")
+    connect_timeout: float = Field(2.0, gt=0, description="seconds to wait for a link, then remote-server-timeout "
+                                   "(with hold_while_down 0)")
+    hold_while_down: float = Field(
+        20.0, ge=0, description="seconds a region may be unreachable (its gateway restarting, a partition) while "
+        "stanzas for it are queued, up to queue_max, and sent in order once a link is back; past that they get "
+        "remote-server-timeout. 0: no queue, remote-server-timeout after connect_timeout")
     ping_interval: float = Field(2.0, gt=0)
     ping_timeout: float = Field(10.0, gt=0)
     ca_file: Path | None = Field(None, description="CA that signs every gateway's certificate (required)")

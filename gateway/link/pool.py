@@ -29,6 +29,13 @@ resource-constraint, beyond that; resends of accepted stanzas may briefly exceed
 most ``connect_timeout`` measured from when the region went down, then gets :class:`LinkDown`
 (remote-server-timeout), so callers fail fast during an outage instead of piling up.  Stanzas still
 queued after ``down_timeout`` without any connection are handed to ``on_undeliverable`` to bounce.
+
+With ``hold`` (seconds, > 0) an outage is ridden out instead: while the region has been without a
+connection for less than ``hold``, sends are queued at once (still bounded by ``queue_max``) and go
+out in order when a connection is back — a gateway restarting, a short partition: the recipient
+online over there gets them live, not as an error to the sender.  What is still queued when the
+outage reaches ``hold`` goes to ``on_undeliverable``, and sends after that get :class:`LinkDown` at
+once, until a connection is up again.
 """
 
 from __future__ import annotations
@@ -107,12 +114,13 @@ class RegionPool:
                  ping_interval: float = 2.0, ping_timeout: float = 10.0, max_unacked: int = 1024,
                  backoff_initial: float = 0.1, backoff_max: float = 10.0, lanes: int = 256,
                  server_hostname: str | None = None, on_undeliverable: UndeliverableCallback | None = None,
-                 max_frame: int = MAX_FRAME, on_acked: AckedCallback | None = None) -> None:
+                 max_frame: int = MAX_FRAME, on_acked: AckedCallback | None = None, hold: float = 0.0) -> None:
         self.local_region, self.gateway_name, self.region = local_region, gateway_name, region
         self.client_tls = client_tls
         self.connections_per_endpoint, self.queue_max = connections_per_endpoint, queue_max
         self.connect_timeout, self.handshake_timeout = connect_timeout, handshake_timeout
         self.down_timeout = down_timeout
+        self.hold = hold  # > 0: ride out an outage this long (queue), instead of the connect_timeout wait
         self.ping_interval, self.ping_timeout, self.max_unacked = ping_interval, ping_timeout, max_unacked
         self.backoff_initial, self.backoff_max = backoff_initial, backoff_max
         self.server_hostname, self.on_undeliverable, self.max_frame = server_hostname, on_undeliverable, max_frame
@@ -207,14 +215,25 @@ class RegionPool:
                    to: str | None = None, meta: str | None = None) -> None:
         """Accept a stanza for the region, or raise :class:`QueueFull` / :class:`LinkDown` at once.
 
-        Waits only when the region has no live connection, and at most ``connect_timeout`` from when
-        it went down.  Acceptance is not delivery: the stanza is sent, resent after a connection loss,
-        or handed to ``on_undeliverable``.
+        Without a live connection: queued at once while the outage is shorter than ``hold``; with
+        no ``hold``, waits at most ``connect_timeout`` from when the region went down.  Acceptance
+        is not delivery: the stanza is sent, resent after a connection loss, or handed to
+        ``on_undeliverable``.
         """
         if not self._live:
             check_stanza_fields(id, origin, ttl, data, from_, to, meta)  # a bad stanza fails before the wait
-            await self._wait_for_link()
+            if self._holding():
+                self._enqueue(id, origin, ttl, data, from_, to, meta)
+                return
+            if self.hold <= 0:  # with a hold, an outage past it is refused at once
+                await self._wait_for_link()
         self.send_nowait(id, origin, ttl, data, from_, to, meta)
+
+    def _holding(self) -> bool:
+        """No connection, and an outage short enough to queue for (``hold``)."""
+        if self.hold <= 0 or not self._endpoints or self._stopping or self._down_since is None:
+            return False
+        return asyncio.get_running_loop().time() - self._down_since < self.hold
 
     def send_nowait(self, id: str, origin: str, ttl: int, data: bytes, from_: str | None = None,
                     to: str | None = None, meta: str | None = None) -> None:
@@ -223,6 +242,10 @@ class RegionPool:
             self._stats.link_down_errors += 1
             raise LinkDown(f"no link to region {self.region}" + (f" ({self._stats.last_error})"
                                                                    if self._stats.last_error else ""))
+        self._enqueue(id, origin, ttl, data, from_, to, meta)
+
+    def _enqueue(self, id: str, origin: str, ttl: int, data: bytes, from_: str | None, to: str | None,
+                 meta: str | None) -> None:
         if self._depth >= self.queue_max:
             self._stats.queue_full += 1
             raise QueueFull(f"{self._depth} stanzas already queued for region {self.region}")
@@ -447,7 +470,7 @@ class RegionPool:
         if self._live or not self._depth or self._down_since is None:
             return
         down_for = asyncio.get_running_loop().time() - self._down_since
-        if down_for >= self.down_timeout:
+        if down_for >= (self.hold or self.down_timeout):
             self._fail_queued(LinkDown(f"no link to region {self.region} for {down_for:.0f}s"))
 
     def _fail_queued(self, error: LinkError) -> None:

@@ -372,6 +372,50 @@ async def test_queued_stanzas_of_a_region_that_stays_down_are_handed_back(pki: P
         await srv.stop()
 
 
+async def test_with_hold_an_outage_is_ridden_out_in_order(pki: Pki) -> None:
+    """``hold``: while the region is down (its gateway restarting), sends are queued at once and
+    go out in order when it is back — no remote-server-timeout, nothing handed back."""
+    port = free_port()
+    failed: list[OutgoingStanza] = []
+    p = pool(pki, [f"127.0.0.1:{port}"], connect_timeout=0.2, hold=10.0,
+             on_undeliverable=lambda s, err: failed.append(s))
+    await p.start()
+    rx = Receiver()
+    srv = server(pki, rx, [port])
+    try:
+        t0 = time.monotonic()
+        for n in range(20):
+            sid, sender, recipient, body = stanza(n, 3)
+            await p.send(sid, "eu", 4, body, sender, recipient)
+        assert time.monotonic() - t0 < 0.2 and p.stats().queue_depth == 20  # queued, no connect_timeout wait
+        await asyncio.sleep(0.5)  # longer than connect_timeout: still held
+        await srv.start()  # the region's gateway is back
+        await rx.wait(20, 10)
+        assert_all_in_order(rx, 20, 3)
+        assert not failed and p.stats().link_down_errors == 0
+    finally:
+        await p.stop()
+        await srv.stop()
+
+
+async def test_with_hold_a_region_down_longer_is_handed_back_then_refused(pki: Pki) -> None:
+    failed: list[tuple[OutgoingStanza, Exception]] = []
+    p = pool(pki, [f"127.0.0.1:{free_port()}"], hold=0.6, on_undeliverable=lambda s, err: failed.append((s, err)))
+    await p.start()
+    try:
+        for n in range(3):
+            await p.send(f"h-{n}", "eu", 2, b"<message/>", "a@eu", "b@us")
+        assert not failed
+        await eventually(lambda: len(failed) == 3, 5)  # the outage reached ``hold``: handed back
+        assert [s.id for s, _ in failed] == ["h-0", "h-1", "h-2"] and all(isinstance(e, LinkDown) for _, e in failed)
+        t0 = time.monotonic()
+        with pytest.raises(LinkDown):  # past the hold: refused at once, not queued
+            await p.send("late", "eu", 2, b"<message/>", "a@eu", "b@us")
+        assert time.monotonic() - t0 < 0.2 and p.stats().queue_depth == 0
+    finally:
+        await p.stop()
+
+
 async def test_endpoints_can_change(pki: Pki) -> None:
     rx1, rx2 = Receiver(), Receiver()
     s1, s2 = server(pki, rx1, [0]), server(pki, rx2, [0])
