@@ -36,7 +36,7 @@ class ConnectionsSettings(_Section):
     connect_timeout: float = Field(2.0, gt=0, description="seconds to wait for a link, then remote-server-timeout "
                                    "(with hold_while_down 0)")
     hold_while_down: float = Field(
-        20.0, ge=0, description="seconds a region may be unreachable (its gateway restarting, a partition) while "
+        60.0, ge=0, description="seconds a region may be unreachable (its gateway restarting, a partition) while "
         "stanzas for it are queued, up to queue_max, and sent in order once a link is back; past that they get "
         "remote-server-timeout. 0: no queue, remote-server-timeout after connect_timeout")
     ping_interval: float = Field(2.0, gt=0)
