@@ -205,8 +205,12 @@ def _ready_checks(settings: NodeSettings, storage: Storage, c2s: C2SListener, me
                     if p.node != member.node and (p.updated is None or now - p.updated < fresh)}
             # The session table's dump is the one a router needs (the others follow it on the link).
             wanted = "sessions" if "sessions" in member.tables else None
+            # A peer merged once and gone since (its row not yet aged out) is not waited for: the
+            # latch below only holds once /ready has been asked, and a member may be asked first
+            # after a peer died.
             merged = all(peer in member.links and (wanted in member.links[peer].tables_seen
                                                    if wanted else bool(member.links[peer].tables_seen))
+                         or (peer not in member.links and peer in member.merged_peers)
                          for peer in live)
             joined = merged or time.monotonic() - started > grace
             return joined

@@ -137,6 +137,9 @@ class ClusterMember:
     discovered: list[Peer] = field(default_factory=list)
     discovery_works: bool = False
     refused: dict[str, tuple[float, str]] = field(default_factory=dict)  # peer -> (when, why)
+    # Peers whose tables were merged here at least once (readiness: one that has gone since is not
+    # one to wait for, although its discovery row stays fresh for a while).
+    merged_peers: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self._server: asyncio.Server | None = None
@@ -232,6 +235,8 @@ class ClusterMember:
                 conn.acked(event.seq)
             elif isinstance(event, DumpReceived):
                 conn.tables_seen.add(event.table)
+                if conn.peer is not None:
+                    self.merged_peers.add(conn.peer)
                 table = self.tables.get(event.table)
                 if table is not None and conn.peer is not None:
                     table.merge(conn.peer, event.records)
