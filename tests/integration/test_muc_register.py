@@ -1,8 +1,9 @@
-"""XEP-0045 §7.10 nick registration (``jabber:iq:register`` to a room) on one node with real
-slixmpp clients: the form, a registration (the nick is kept for its owner: others get
-``conflict`` joining or registering it, the owner finds it with ``x-roomuser-item``, and becomes a
-member), ``<registered/>`` on a second request, its removal, and bad forms answered with the
-XEP's errors while the node stays up."""
+"""XEP-0045 §7.10 nick registration (``jabber:iq:register`` to a room) with real slixmpp clients:
+the form, a registration (the nick is kept for its owner: others get ``conflict`` joining or
+registering it, the owner finds it with ``x-roomuser-item``, and becomes a member),
+``<registered/>`` on a second request, its removal, and bad forms answered with the XEP's errors
+while the node stays up — on one node, and across the two nodes of a region (a nick registered
+through one node is kept on the other, its removal seen there too)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from slixmpp import JID
 from slixmpp.exceptions import IqError, PresenceError
 
 from tests.helpers.node import NodeProcess
-from tests.helpers.topologies import close, one_node
+from tests.helpers.topologies import close, one_node, two_node_region
 
 from .test_muc import PASSWORD, SERVICE, MucClient, clients, condition, create, room_jid
 
@@ -144,3 +145,33 @@ async def test_bad_registrations_get_the_xeps_errors(node: NodeProcess) -> None:
     finally:
         await close(alice, bob)
     assert node.alive()
+
+
+@pytest.fixture(scope="module")
+def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProcess]]:
+    with two_node_region(tmp_path_factory.mktemp("muc-register-region"), names=("mreg1", "mreg2"),
+                         users=("alice", "bob", "carol"), password=PASSWORD,
+                         settings={"modules": {"muc": {"max_nick_length": 32}}}) as nodes:
+        yield nodes
+
+
+async def test_a_nick_registered_through_one_node_is_kept_on_the_other(region: list[NodeProcess]) -> None:
+    r1, r2 = region
+    alice, bob = await clients(r1, "alice", "bob")
+    carol, bob_elsewhere = await clients(r2, "carol", "bob")
+    room = room_jid("reg-region")
+    try:
+        await create(alice, room, "Alice")
+        await submit(bob, room, "Bob")  # through mreg1
+        assert await reserved_nick(bob_elsewhere, room) == "Bob"  # bob's session on mreg2 finds it
+        with pytest.raises(PresenceError) as pe:  # carol, on mreg2, may not take it
+            await carol.muc.join_muc_wait(room, "Bob", timeout=10)
+        assert condition(pe.value) == "conflict"
+        with pytest.raises(IqError) as e:
+            await submit(carol, room, "Bob")
+        assert condition(e.value) == "conflict"
+        await submit(bob_elsewhere, room, None, extra=f"<remove xmlns='{REGISTER}'/>")  # through mreg2
+        assert await reserved_nick(bob, room) is None  # seen through mreg1
+        await carol.muc.join_muc_wait(room, "Bob", timeout=10)
+    finally:
+        await close(alice, bob, carol, bob_elsewhere)
