@@ -150,6 +150,8 @@ class NodeCollector(Collector):
                        c2s.counters["stream_errors"])
         yield _counter("meridian_c2s_stanza_rate_refused", "Client stanzas refused over the stanza rate",
                        c2s.counters["stanza_rate_refused"])
+        yield _counter("meridian_c2s_parsers_parked", "Times an idle client stream's XML parser was parked "
+                       "(c2s.park_parser_after)", c2s.counters["parsers_parked"])
         throttle = s.auth_throttle
         yield _counter("meridian_auth_throttle_delayed", "Authentication failures answered late (throttling)",
                        throttle.counters["delayed"])

@@ -110,12 +110,15 @@ class C2SListener:
         self.servers: list[asyncio.Server] = []
         self.connections: set[C2SConnection] = set()
         self.counters = {"connections": 0, "logins": 0, "auth_failures": 0, "stream_errors": 0,
-                         "stanza_rate_refused": 0, "pushed_back": 0}
+                         "stanza_rate_refused": 0, "pushed_back": 0, "parsers_parked": 0}
         self.transports = TransportMetrics()  # per transport: its connections count there by name
+        self._parking: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         c2s = self.settings.c2s
+        if c2s.park_parser_after > 0:
+            self._parking = loop.create_task(self._park_idle_parsers(c2s.park_parser_after))
         if c2s.port:
             self.servers.append(await loop.create_server(
                 lambda: C2SConnection(self, direct_tls=False), c2s.host, c2s.port, backlog=4096))
@@ -123,6 +126,16 @@ class C2SListener:
             self.servers.append(await loop.create_server(
                 lambda: C2SConnection(self, direct_tls=True), c2s.host, c2s.tls_port,
                 ssl=self.tls_context, ssl_handshake_timeout=c2s.handshake_timeout, backlog=4096))
+
+    async def _park_idle_parsers(self, after: float) -> None:
+        """Every ``after``/2 seconds, park the parser of each connection silent for ``after``: one
+        sweep for all connections instead of a timer each."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(after / 2)
+            now = loop.time()
+            for conn in list(self.connections):
+                conn.park_parser_if_idle(now, after)
 
     async def _until_closed(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
@@ -135,6 +148,8 @@ class C2SListener:
         return [s.sockets[0].getsockname()[1] for s in self.servers if s.sockets]
 
     async def stop(self) -> None:
+        if self._parking is not None:
+            self._parking.cancel()
         for server in self.servers:
             server.close()
         for conn in list(self.connections):
@@ -197,6 +212,7 @@ class C2SConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._idle_armed = False  # the timer is the idle timeout counted from _last_input
         self._last_input = 0.0
+        self._parked_for = -1.0  # the _last_input the parser was last parked after
         self._loop = asyncio.get_running_loop()
         self._closed = False
         self._draining = False
@@ -235,6 +251,14 @@ class C2SConnection(asyncio.Protocol):
             if not self._idle_armed:  # else moved when it fires (not a new timer at every read)
                 self._arm_timer(self.listener.settings.c2s.idle_timeout)
                 self._idle_armed = True
+
+    def park_parser_if_idle(self, now: float, after: float) -> None:
+        """An established stream silent for ``after`` seconds gives up its XML parser until the
+        next byte (see :meth:`StreamParser.park`)."""
+        if (self.core.state is State.ESTABLISHED and now - self._last_input >= after
+                and self._parked_for != self._last_input and self.core.parser.park()):
+            self._parked_for = self._last_input
+            self.listener.counters["parsers_parked"] += 1
 
     def eof_received(self) -> bool | None:
         if self._draining:

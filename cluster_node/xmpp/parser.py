@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from typing import Any
 from xml.parsers import expat
 
 from . import errors, ns
@@ -125,21 +126,8 @@ class StreamParser:
 
     def reset(self) -> None:
         """A new stream on the same connection (after STARTTLS or SASL, RFC 6120 §4.3.3)."""
-        p = expat.ParserCreate("UTF-8", SEP, intern=_NAMES)
-        p.namespace_prefixes = True
-        p.buffer_text = False  # its 8 KiB buffer per connection; _text collects the pieces anyway
-        p.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
-        p.XmlDeclHandler = self._xml_decl
-        p.StartDoctypeDeclHandler = self._restricted("a DTD")
-        p.EntityDeclHandler = self._restricted("an entity declaration")
-        p.CommentHandler = self._restricted("a comment")
-        p.ProcessingInstructionHandler = self._restricted("a processing instruction")
-        p.ExternalEntityRefHandler = self._restricted("an external entity")
-        p.StartNamespaceDeclHandler = self._ns_decl
-        p.StartElementHandler = self._start
-        p.EndElementHandler = self._end
-        p.CharacterDataHandler = self._text
-        self._p = p
+        self._p: Any = self._new_expat()
+        self._header: bytes | None = None  # the stream's opening bytes, to re-create a parked parser
         self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
         self._utf8_partial = False  # the decoder holds an incomplete character
         self._events: list[Event] = []
@@ -158,11 +146,61 @@ class StreamParser:
         self._lang: str | None = None
         self._dead: StreamError | None = None
 
+    # -- parking an idle stream's parser --------------------------------------------------------
+
+    @property
+    def parked(self) -> bool:
+        return self._p is None
+
+    def park(self) -> bool:
+        """Drop the expat parser of a stream that sits between stanzas (about 11 KB, most of an
+        idle connection's parsing state); the next :meth:`feed` re-creates it by replaying the
+        stream's opening tag, so nothing is lost but a few microseconds then.  False when the
+        stream is not at a point where that is exact (inside a stanza, a partial tag or character
+        buffered, no stream opened yet)."""
+        if self._p is None:
+            return True
+        if (not self.between_stanzas or self._buf or self._utf8_partial or self._header is None
+                or self._texts or self._events or self._pending_decls):
+            return False
+        self._p = None
+        return True
+
+    def _revive(self) -> None:
+        header = self._header
+        assert header is not None
+        self._p = self._new_expat()
+        self._buf = bytearray(header)
+        self._base = 0
+        self._fed = len(header)
+        self._depth = 0
+        self._p.Parse(header, False)  # the stream's start tag again: depth 1, its namespaces and xml:lang
+        self._events.clear()  # its StreamOpened was reported when the stream really opened
+
+    def _new_expat(self) -> Any:
+        p = expat.ParserCreate("UTF-8", SEP, intern=_NAMES)
+        p.namespace_prefixes = True
+        p.buffer_text = False  # its 8 KiB buffer per connection; _text collects the pieces anyway
+        p.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
+        p.XmlDeclHandler = self._xml_decl
+        p.StartDoctypeDeclHandler = self._restricted("a DTD")
+        p.EntityDeclHandler = self._restricted("an entity declaration")
+        p.CommentHandler = self._restricted("a comment")
+        p.ProcessingInstructionHandler = self._restricted("a processing instruction")
+        p.ExternalEntityRefHandler = self._restricted("an external entity")
+        p.StartNamespaceDeclHandler = self._ns_decl
+        p.StartElementHandler = self._start
+        p.EndElementHandler = self._end
+        p.CharacterDataHandler = self._text
+        return p
+
     # -- feeding -------------------------------------------------------------------------------
 
     def feed(self, data: bytes) -> list[Event]:
         if self._dead is not None:
             raise type(self._dead)(self._dead.text)
+        if self._p is None:
+            self._revive()
         try:
             # ASCII is valid UTF-8: the decoder (which builds a str of the input) only runs for
             # other bytes, or when it holds the start of a character from the previous input.
@@ -303,6 +341,8 @@ class StreamParser:
         self._lang = attrs.get(ns.XML_LANG)
         rel = self._p.CurrentByteIndex - self._base
         end = _tag_end(self._buf, rel)
+        if self._header is None:
+            self._header = bytes(self._buf[:end])  # with the XML declaration, if one came first
         del self._buf[:end]
         self._base += end
         self._events.append(StreamOpened(attrs, tag, default))

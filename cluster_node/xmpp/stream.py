@@ -59,6 +59,11 @@ class Parser(Protocol):
         """Bytes received but not yet part of an event (for c2s's STARTTLS injection check)."""
         ...
 
+    def park(self) -> bool:
+        """Give up the memory an idle stream's parsing holds until the next :meth:`feed` (True),
+        or not at this point (False)."""
+        ...
+
 
 class Framing(Protocol):
     """How a stream is framed on its transport (see the module docstring)."""

@@ -63,6 +63,9 @@ class WebSocketParser:
     def bytes_buffered(self) -> int:
         return 0  # a message is parsed whole or refused
 
+    def park(self) -> bool:
+        return self._dead is None and self._parser.park()  # between messages: between stanzas
+
     def feed(self, data: bytes) -> list[Event]:
         if self._dead is not None:
             raise type(self._dead)(self._dead.text)

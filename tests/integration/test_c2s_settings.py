@@ -1,7 +1,7 @@
 """c2s and offline settings that change behaviour, each seen on the wire of a real node:
 ``c2s.resource_conflict`` (refuse, rename; kick_old is in test_im.py), ``c2s.handshake_timeout``,
-``c2s.idle_timeout`` and ``offline.max_messages``.  Two nodes, so that each timeout can be told
-from the other (the one that fires is the short one)."""
+``c2s.idle_timeout``, ``c2s.park_parser_after`` and ``offline.max_messages``.  Two nodes, so that
+each timeout can be told from the other (the one that fires is the short one)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _node(tmp_path_factory: pytest.TempPathFactory, name: str, settings: dict[st
 def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     """refuse a resource in use, 1 s to finish the handshake, 2 offline messages per user."""
     n = _node(tmp_path_factory, "strict", {"c2s": {"resource_conflict": "refuse", "handshake_timeout": 1.0,
-                                                   "idle_timeout": 600.0},
+                                                   "idle_timeout": 600.0, "park_parser_after": 0.4},
                                            "offline": {"max_messages": 2}})
     yield n
     n.stop()
@@ -131,3 +131,41 @@ async def test_offline_storage_keeps_max_messages_and_refuses_the_next(strict: N
             await c.close()
     finally:
         await a.close()
+
+
+async def _parked(node: NodeProcess) -> int:
+    status, text = await node.http("GET", f"{node.admin_url}/metrics", auth=("admin", "admin-secret-for-tests"))
+    assert status == 200
+    line = next(x for x in text.splitlines() if x.startswith("meridian_c2s_parsers_parked_total "))
+    return int(float(line.split()[1]))
+
+
+async def test_an_idle_stream_parks_its_parser_and_goes_on_where_it_was(strict: NodeProcess) -> None:
+    """``park_parser_after`` 0.4 s: both sessions fall silent, their parsers are parked (counted),
+    and the next stanzas — an extension namespace, non-ASCII text, xml:lang — arrive whole."""
+    alice, bob = RawClient(strict.port, strict.cert), RawClient(strict.port, strict.cert)
+    try:
+        await alice.start("alice", USERS["alice"], "quiet", sm=False)
+        await bob.start("bob", USERS["bob"], "quiet", sm=False)
+        before = await _parked(strict)
+        deadline = time.monotonic() + 10
+        while await _parked(strict) < before + 2:
+            assert time.monotonic() < deadline, "no parser parked"
+            await asyncio.sleep(0.1)
+        for n in range(2):  # parked again between the two rounds
+            bob.send(f"<message to='alice@localhost/quiet' type='chat' xml:lang='fr' id='p{n}'><body>après {n}</body>"
+                     "<x xmlns='urn:example:ext'><y a='1'/></x></message>")
+            got = await alice.next(lambda el: local(el) == "message")
+            assert got.get("id") == f"p{n}" and got.findtext("{jabber:client}body") == f"après {n}"
+            assert got.find("{urn:example:ext}x/{urn:example:ext}y") is not None, ET.tostring(got)
+            assert got.get("{http://www.w3.org/XML/1998/namespace}lang") == "fr"
+            alice.send(f"<message to='bob@localhost/quiet' type='chat' id='r{n}'><body>reçu {n}</body></message>")
+            back = await bob.next(lambda el: local(el) == "message")
+            assert back.get("id") == f"r{n}" and back.findtext("{jabber:client}body") == f"reçu {n}"
+            parked = await _parked(strict)
+            while await _parked(strict) < parked + 2:
+                assert time.monotonic() < deadline + 10 * (n + 1), "not parked again"
+                await asyncio.sleep(0.1)
+    finally:
+        await alice.close()
+        await bob.close()

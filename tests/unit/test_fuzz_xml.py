@@ -273,6 +273,54 @@ def test_the_same_stanzas_come_out_however_the_stream_is_cut(stream: tuple[bytes
         relay_safe(event)
 
 
+class ParkingParser(StreamParser):
+    """A parser whose expat parser is parked after every piece of input, wherever that is exact
+    (as an idle connection's is): what comes out must not change."""
+
+    parked_times = 0
+
+    def feed(self, data: bytes) -> list[Event]:
+        events = super().feed(data)
+        if self.park():
+            ParkingParser.parked_times += 1
+            assert self.parked
+        return events
+
+
+@given(streams(min_stanzas=1), st.data())
+@example((HEADER + CR_TAIL, [CR_TAIL], False), None)
+def test_parking_the_parser_between_stanzas_changes_nothing(stream: tuple[bytes, list[bytes], bool],
+                                                           data: st.DataObject | None) -> None:
+    """The same events, trees and raw bytes (namespaces and xml:lang of the stream header
+    included) when the parser is parked and re-created between pieces of input."""
+    wire, raws, closed = stream
+    at = data.draw(cuts(wire)) if data is not None else []
+    plain, _ = feed_all(StreamParser(), pieces(wire, at))
+    parking, error = feed_all(ParkingParser(), pieces(wire, at))
+    assert error is None
+    assert [type(e) for e in parking] == [type(e) for e in plain]
+    got, want = stanzas_of(parking), stanzas_of(plain)
+    assert [canon(e.stanza.element) for e in got] == [canon(e.stanza.element) for e in want]
+    assert [e.stanza.to_bytes() for e in got] == [e.stanza.to_bytes() for e in want]
+
+
+def test_parking_waits_for_a_point_where_it_is_exact() -> None:
+    p = StreamParser()
+    assert not p.park()  # no stream yet: nothing to replay
+    p.feed(XML_DECL + HEADER.replace(b"version='1.0'", b"version='1.0' xml:lang='en' xmlns:ext='urn:x'"))
+    assert p.park() and p.parked
+    p.feed(b"<message to='a@b'><body>half")
+    assert not p.park()  # inside a stanza
+    [event] = p.feed(b"</body></message><mess")
+    assert isinstance(event, StanzaReceived) and not p.park()  # a partial tag buffered
+    [event] = p.feed(b"age xml:lang='fr'/>")
+    assert p.park()
+    [event] = p.feed("<message><body>é</body><ext:x/></message>".encode())
+    assert isinstance(event, StanzaReceived) and event.stanza.element.get(f"{{{ns.XML}}}lang") == "en"
+    assert event.stanza.element.find("{urn:x}x") is not None  # a prefix the stream header declared
+    assert p.feed(b"</stream:stream>") == [StreamClosed()]
+
+
 @given(st.binary(max_size=300), st.data(), st.booleans())
 @example(b"<!DOCTYPE x [<!ENTITY e 'PWNED'>]><x>&e;</x>", None, False)
 @example(b"\xef\xbb\xbf" + HEADER, None, False)  # a UTF-8 byte order mark before the header
