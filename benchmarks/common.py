@@ -8,12 +8,19 @@ scripts' own names (``mobile.pct``, ``node_load.Report``, …) stay importable.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import resource
+import shutil
 import statistics
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
 
-__all__ = ["BenchmarkError", "Report", "each", "machine_share", "median_of", "pct", "self_cpu_s", "split_cpus",
-           "toml_config", "verdict"]
+__all__ = ["BenchmarkError", "Report", "each", "machine_share", "measured_run", "median_of", "pct", "self_cpu_s",
+           "split_cpus", "toml_config", "verdict"]
 
 
 class BenchmarkError(Exception):
@@ -141,3 +148,34 @@ def verdict(report: Report, word: str = "GOAL", all_met: str = "all goals met") 
         return 1
     print(f"  {all_met}")
     return 0
+
+
+def measured_run(work: Callable[[], Coroutine[Any, Any, None]], report: Report, notes: list[str], tmp: Path, *,
+                 keep: bool, servers_cpu: Callable[[], float], who: str, others: str) -> int:
+    """Run ``work`` (the benchmark's asyncio part), then print the report, how long it took, the
+    machine's share that was not ours, the notes and the verdict; remove ``tmp`` unless ``keep``.
+    Exit status: :func:`verdict`'s, or 2 when ``work`` raised :class:`BenchmarkError`."""
+    from machine import load_average, machine_busy  # the scripts' directory is on sys.path
+
+    busy0, wall0, me0 = machine_busy(), time.perf_counter(), self_cpu_s()
+    try:
+        asyncio.run(work())
+    except BenchmarkError as e:
+        if report.rows:
+            report.print()
+        print(f"BENCHMARK FAILED: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if keep:
+            print(f"  kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    wall = time.perf_counter() - wall0
+    report.print()
+    busy1 = machine_busy()
+    print(f"  run took {wall:.0f} s; load average {load_average()}")
+    if busy0 is not None and busy1 is not None:
+        machine_share(busy1 - busy0, wall, self_cpu_s() - me0 + servers_cpu(), who, others, notes)
+    for note in notes:
+        print(f"  note: {note}")
+    return verdict(report)

@@ -1033,29 +1033,10 @@ def run(args: argparse.Namespace) -> int:
                   f", load (this process) to CPU {load_cpus}" if node_cpus else "no CPU pinning"), flush=True)
     report = Report()
     notes: list[str] = []
-    busy0, wall0, me0 = machine_busy(), time.perf_counter(), self_cpu_s()
-    try:
-        asyncio.run(run_async(args, tmp, db, node_cpus, load_cpus, report, notes))
-    except BenchmarkError as e:
-        if report.rows:
-            report.print()
-        print(f"BENCHMARK FAILED: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-    wall = time.perf_counter() - wall0
-    report.print()
-    busy1 = machine_busy()
-    print(f"  run took {wall:.0f} s; load average {load_average()}")
-    if busy0 is not None and busy1 is not None:
-        common.machine_share(busy1 - busy0, wall, self_cpu_s() - me0 + sum(n.last_cpu for n in NodeProc.started),
-                             "the nodes and the load", "other work", notes)
-    for note in notes:
-        print(f"  note: {note}")
-    if args.keep:
-        print(f"  kept {tmp}")
-    return common.verdict(report)
+    return common.measured_run(lambda: run_async(args, tmp, db, node_cpus, load_cpus, report, notes),
+                               report, notes, tmp, keep=args.keep,
+                               servers_cpu=lambda: sum(n.last_cpu for n in NodeProc.started),
+                               who="the nodes and the load", others="other work")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,8 +67,8 @@ for _p in (str(ROOT), str(HERE)):
 import common  # noqa: E402
 import loadgen  # noqa: E402
 import mobile  # noqa: E402  (its node process, meter, report and account set-up)
-from common import BenchmarkError, pct, self_cpu_s  # noqa: E402
-from machine import free_ports, load_average, machine_busy  # noqa: E402
+from common import BenchmarkError, pct  # noqa: E402
+from machine import free_ports, load_average  # noqa: E402
 from mobile import Meter, NodeProc, Report, _each, _med, register  # noqa: E402
 
 from tests.helpers.node import toml_dump  # noqa: E402
@@ -622,28 +622,10 @@ def run(args: argparse.Namespace) -> int:
                   else "no CPU pinning"), flush=True)
     report = Report()
     notes: list[str] = []
-    busy0, wall0, me0 = machine_busy(), time.perf_counter(), self_cpu_s()
-    try:
-        asyncio.run(run_async(args, tmp, node_cpus, load_cpus, report, notes))
-    except BenchmarkError as e:
-        report.print()
-        print(f"BENCHMARK FAILED: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if args.keep:
-            print(f"  kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-    wall = time.perf_counter() - wall0
-    report.print()
-    busy1 = machine_busy()
-    print(f"  run took {wall:.0f} s; load average {load_average()}")
-    if busy0 is not None and busy1 is not None:
-        common.machine_share(busy1 - busy0, wall, self_cpu_s() - me0 + sum(n.last_cpu for n in NodeProc.started),
-                             "the nodes and the clients", "other work", notes)
-    for note in notes:
-        print(f"  note: {note}")
-    return common.verdict(report)
+    return common.measured_run(lambda: run_async(args, tmp, node_cpus, load_cpus, report, notes),
+                               report, notes, tmp, keep=args.keep,
+                               servers_cpu=lambda: sum(n.last_cpu for n in NodeProc.started),
+                               who="the nodes and the clients", others="other work")
 
 
 def main(argv: list[str] | None = None) -> int:
