@@ -1,7 +1,8 @@
 """MUC over S2S between two Meridian deployments of different domains (each a node and a gateway,
 the gateways found through SRV records on a loopback DNS server, dialback over verified TLS):
 carol of us1 joins a room of ``conference.eu1.example.com``, gets its history and subject and
-chats with alice; alice joins a room of ``conference.us1.example.com``.  The gateways serve the
+chats with alice; alice joins a room of ``conference.us1.example.com``; carol registers a nick in
+alice's room over S2S and it is kept for her.  The gateways serve the
 MUC subdomain over S2S (``s2s.service_domains``) with a certificate naming it."""
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from pathlib import Path
 
 import pytest
 from slixmpp import JID
+from slixmpp.exceptions import PresenceError
 
 from gateway.link.tls import issue_cert, make_ca
 from tests.helpers.dns import DnsServer
 
-from .test_muc import MucClient, create
+from .test_muc import MucClient, condition, create
+from .test_muc_register import REGISTER, ask, reserved_nick, submit
 from .test_s2s import EU, PASSWORD, US, Site, two_sites
 
 
@@ -71,3 +74,27 @@ async def test_a_user_of_another_domain_joins_over_s2s(sites: tuple[Site, Site])
     finally:
         await alice.close()
         await carol.close()
+
+
+async def test_a_user_of_another_domain_registers_a_nick_over_s2s(sites: tuple[Site, Site]) -> None:
+    """XEP-0045 §7.10 across domains: carol (us1) registers a nick in a room of eu1; it is hers
+    there (bob of eu1 gets conflict joining with it), she finds it, and removes it."""
+    eu, us = sites
+    alice, bob, carol = await user(eu, "alice"), await user(eu, "bob"), await user(us, "carol")
+    room = JID(f"club{uuid.uuid4().hex[:4]}@conference.{EU}")
+    try:
+        await create(alice, room, "Alice")
+        form = (await ask(carol, room)).find("{jabber:x:data}x")
+        assert form is not None and form.get("type") == "form"
+        await submit(carol, room, "Carol")
+        assert await reserved_nick(carol, room) == "Carol"
+        assert (await ask(carol, room)).find(f"{{{REGISTER}}}registered") is not None
+        with pytest.raises(PresenceError) as pe:
+            await bob.muc.join_muc_wait(room, "Carol", timeout=15)
+        assert condition(pe.value) == "conflict"
+        await submit(carol, room, None, extra=f"<remove xmlns='{REGISTER}'/>")
+        assert await reserved_nick(carol, room) is None
+        await bob.muc.join_muc_wait(room, "Carol", timeout=15)
+    finally:
+        for c in (alice, bob, carol):
+            await c.close()
