@@ -1,7 +1,8 @@
 """MUC across two regions of one domain (eu and us: a node and a gateway each, Redis for the
 mapping), with the rooms homed in eu (``home_cluster = "eu"``): eu's members publish
 ``conference.example.com`` to the mapping, us's gateway relays the service's stanzas there.  alice
-in eu and bob in us share a room: join, chat in one order for both, subject, kick, history."""
+in eu and bob in us share a room: join, chat in one order for both, subject, kick, history; a nick
+registered from us is kept in the room homed in eu."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 import pytest
 import redis.asyncio as aioredis
 from slixmpp import JID
+from slixmpp.exceptions import PresenceError
 
 from gateway.mapping.keys import domain_key
 from tests.helpers.cluster import eventually
@@ -20,7 +22,8 @@ from tests.helpers.redis import RedisServer
 from tests.helpers.regions import Region
 from tests.helpers.topologies import close, fresh_users, gd_status, lookup, need_redis, two_regions
 
-from .test_muc import PASSWORD, MucClient, create
+from .test_muc import PASSWORD, MucClient, condition, create
+from .test_muc_register import REGISTER, reserved_nick, submit
 
 SERVICE = "conference.example.com"
 MUC = {"modules": {"muc": {"home_cluster": "eu"}}}
@@ -43,13 +46,18 @@ async def published(redis_url: str, domain: str) -> str | None:
         await client.aclose()
 
 
-async def test_one_room_across_two_regions(regions: tuple[Region, Region, str]) -> None:
-    eu, us, redis_url = regions
-    for _ in range(100):  # eu's gateway publishes the service of its members
+async def homed_in_eu(redis_url: str) -> None:
+    """Until eu's gateway has published the service of its members."""
+    for _ in range(100):
         if await published(redis_url, SERVICE) == "eu":
             break
         await asyncio.sleep(0.1)
     assert await published(redis_url, SERVICE) == "eu"
+
+
+async def test_one_room_across_two_regions(regions: tuple[Region, Region, str]) -> None:
+    eu, us, redis_url = regions
+    await homed_in_eu(redis_url)
     alice_jid, bob_jid = fresh_users(eu.nodes[0], PASSWORD, "alice", "bob")
     alice = MucClient(eu.nodes[0], f"{alice_jid}/eu")
     bob = MucClient(us.nodes[0], f"{bob_jid}/us")
@@ -136,6 +144,37 @@ async def test_one_frame_per_region_for_each_message(regions: tuple[Region, Regi
 
 REHOME = {"modules": {"muc": {"home_cluster": "eu", "rehome_after": 2.0}}}
 FAST_LEASE = {"gdistrib": {"redis": {"expire_after": 3.0, "refresh_after": 1.0}}}
+
+
+async def test_a_nick_registered_from_the_other_region_is_kept(regions: tuple[Region, Region, str]) -> None:
+    """XEP-0045 §7.10 across regions: bob, in us, registers a nick in a room homed in eu; alice, in
+    eu, gets conflict joining with it; bob finds it and removes it."""
+    eu, us, redis_url = regions
+    await homed_in_eu(redis_url)
+    alice_jid, bob_jid = fresh_users(eu.nodes[0], PASSWORD, "alice", "bob")
+    alice = MucClient(eu.nodes[0], f"{alice_jid}/eu")
+    bob = MucClient(us.nodes[0], f"{bob_jid}/us")
+    await alice.online(eu.nodes[0].port, roster=False)
+    await bob.online(us.nodes[0].port, roster=False)
+    room = JID(f"registry@{SERVICE}")
+    try:
+        for gw in (eu.gateways[0], us.gateways[0]):
+            await eventually(lambda gw=gw: "us" in lookup(gw, bob_jid), 10, "bob mapped")
+        await create(alice, room, "Alice")
+        await submit(bob, room, "Bobby")
+        assert await reserved_nick(bob, room) == "Bobby"
+        other = MucClient(eu.nodes[0], f"{alice_jid}/second")
+        await other.online(eu.nodes[0].port, roster=False)
+        try:
+            with pytest.raises(PresenceError) as pe:
+                await other.muc.join_muc_wait(room, "Bobby", timeout=15)
+            assert condition(pe.value) == "conflict"
+        finally:
+            await other.close()
+        await submit(bob, room, None, extra=f"<remove xmlns='{REGISTER}'/>")
+        assert await reserved_nick(bob, room) is None
+    finally:
+        await close(alice, bob)
 
 
 async def test_the_rooms_move_to_us_when_eu_is_gone(tmp_path_factory: pytest.TempPathFactory) -> None:
