@@ -105,7 +105,7 @@ class C2SListener:
             sasl2_inline=lambda stream: hooks.fold(Hook.SASL2_INLINE, [], stream),
             bind2_features=lambda stream: hooks.fold(Hook.BIND2_FEATURES, [], stream),
             token_mechanisms=lambda stream: tuple(HT_MECHANISMS) if hooks.has(Hook.SASL2_TOKEN) else (),
-            login_cache=sessions.s.accounts.login_cache,
+            login_cache=sessions.s.accounts.login_cache, scram_iterations=settings.scram_iterations,
         )
         self.servers: list[asyncio.Server] = []
         self.connections: set[C2SConnection] = set()

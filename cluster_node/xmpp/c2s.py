@@ -264,6 +264,7 @@ class C2SConfig:
     bind2_features: Callable[[C2SStream], list[str]] | None = None  # 'var's of Bind 2's <inline/>
     token_mechanisms: Callable[[C2SStream], Collection[str]] | None = None  # HT-* accepted in SASL2
     login_cache: LoginCache | None = None  # PLAIN passwords verified recently (no PBKDF2 for those)
+    scram_iterations: int = 4096  # PBKDF2 rounds of new passwords: what an unknown user is answered with
 
 
 class C2SStream(XmlStream[C2SEvent]):
@@ -619,7 +620,8 @@ class C2SStream(XmlStream[C2SEvent]):
             if name == "auth":
                 self._sasl = server_mechanism(stanza.element.get("mechanism", ""),
                                               domain=self.domain or "", secret=self.config.sasl_secret,
-                                              tls=self.tls, login_cache=self.config.login_cache)
+                                              tls=self.tls, login_cache=self.config.login_cache,
+                                              decoy_iterations=self.config.scram_iterations)
                 if self._sasl.name == "PLAIN" and not self.config.allow_plain:
                     raise SaslFailure("invalid-mechanism")
                 self._sasl_result(self._sasl.start(_b64_payload(stanza, initial=True)))
@@ -722,7 +724,7 @@ class C2SStream(XmlStream[C2SEvent]):
         if name not in offered_mechanisms(self.tls, self.config.allow_plain):
             raise SaslFailure("invalid-mechanism")
         return server_mechanism(name, domain=self.domain or "", secret=self.config.sasl_secret, tls=self.tls,
-                                login_cache=self.config.login_cache)
+                                login_cache=self.config.login_cache, decoy_iterations=self.config.scram_iterations)
 
     # -- resource binding (RFC 6120 §7) -----------------------------------------------------
 

@@ -268,3 +268,28 @@ def test_ht_round_trip(username: str, keys: list[TokenKey], which: int) -> None:
     with pytest.raises(SaslFailure) as failure:
         server.provide_token(others)
     assert failure.value.condition == "not-authorized"
+
+
+# -- an unknown user looks like a known one ------------------------------------------------------
+
+
+@pytest.mark.parametrize("rounds", [4096, 12000])
+def test_an_unknown_user_is_answered_with_the_servers_own_iteration_count(rounds: int) -> None:
+    """With ``scram_iterations`` raised, SCRAM's fake challenge for a missing account announces
+    what a real account made since has (a fixed 4096 would tell the two apart), and PLAIN spends
+    that many PBKDF2 rounds on it."""
+    server = ScramServer("SCRAM-SHA-256", domain=DOMAIN, secret=SECRET, decoy_iterations=rounds)
+    assert isinstance(server.start(b"n,,n=nobody,r=abc"), NeedCredentials)
+    challenge = server.provide(None)
+    assert isinstance(challenge, Challenge) and challenge.data.decode().endswith(f",i={rounds}")
+    real = derive_credentials("pw", "sha256", iterations=rounds)
+    known = ScramServer("SCRAM-SHA-256", domain=DOMAIN, secret=SECRET, decoy_iterations=rounds)
+    known.start(b"n,,n=somebody,r=abc")
+    assert known.provide(real).data.decode().endswith(f",i={rounds}")  # type: ignore[union-attr]
+
+    plain = PlainServer(domain=DOMAIN, secret=SECRET, decoy_iterations=rounds)
+    plain.start(b"\0nobody\0guess")
+    assert plain._decoy().iterations == rounds
+    with pytest.raises(SaslFailure) as e:
+        plain.provide(None)
+    assert e.value.condition == "not-authorized"

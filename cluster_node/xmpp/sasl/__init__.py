@@ -55,16 +55,18 @@ def offered_mechanisms(tls: bool, allow_plain: bool = True) -> list[str]:
 
 
 def server_mechanism(name: str, *, domain: str, secret: bytes, tls: bool,
-                     login_cache: LoginCache | None = None) -> ServerMechanism:
+                     login_cache: LoginCache | None = None, decoy_iterations: int = 4096) -> ServerMechanism:
     """``login_cache``: PLAIN's memory of passwords verified recently (SCRAM needs none: the
-    server side only computes HMACs over the stored keys, the client does the PBKDF2)."""
+    server side only computes HMACs over the stored keys, the client does the PBKDF2).
+    ``decoy_iterations``: the PBKDF2 rounds of new passwords (``scram_iterations``), what an
+    unknown user is answered with (SCRAM) or costs (PLAIN)."""
     from .plain import PlainServer
     from .scram import MECHANISM_HASHES, ScramServer
 
     if name in MECHANISM_HASHES:
-        return ScramServer(name, domain=domain, secret=secret)
+        return ScramServer(name, domain=domain, secret=secret, decoy_iterations=decoy_iterations)
     if name == "PLAIN":
         if not tls:
             raise SaslFailure("encryption-required")
-        return PlainServer(domain=domain, secret=secret, cache=login_cache)
+        return PlainServer(domain=domain, secret=secret, cache=login_cache, decoy_iterations=decoy_iterations)
     raise SaslFailure("invalid-mechanism")

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PlainServer", "DECOY_ITERATIONS"]
 
-DECOY_ITERATIONS = 4096  # what SCRAM's fake salt announces for an unknown user, and the default
+DECOY_ITERATIONS = 4096  # the default of scram_iterations: an unknown user's PBKDF2 rounds
 
 
 def _decoy_check(password: str, creds: ScramCredentials) -> bool:
@@ -36,8 +36,12 @@ def _decoy_check(password: str, creds: ScramCredentials) -> bool:
 class PlainServer:
     name = "PLAIN"
 
-    def __init__(self, *, domain: str, secret: bytes = b"", cache: LoginCache | None = None) -> None:
+    def __init__(self, *, domain: str, secret: bytes = b"", cache: LoginCache | None = None,
+                 decoy_iterations: int = DECOY_ITERATIONS) -> None:
+        """``decoy_iterations``: PBKDF2 rounds spent for an unknown user — the server's setting for
+        new passwords, so that a missing account costs what a wrong password does."""
         self.domain = domain
+        self.decoy_iterations = decoy_iterations
         self.secret = secret
         self.cache = cache
         self._state = "start"
@@ -81,7 +85,7 @@ class PlainServer:
 
     def _decoy(self) -> ScramCredentials:
         salt = hmac.new(self.secret, b"plain-decoy\0" + self._username.encode(), "sha256").digest()[:16]
-        return ScramCredentials("sha256", salt, DECOY_ITERATIONS, b"\0" * 32, b"")
+        return ScramCredentials("sha256", salt, self.decoy_iterations, b"\0" * 32, b"")
 
     def slow_check(self, creds: ScramCredentials | None) -> Callable[[], bool] | None:
         """The password check (PBKDF2 over the stored salt, or a decoy one for an unknown user:

@@ -113,8 +113,12 @@ def _unescape_name(name: str) -> str:
 class ScramServer:
     """One SCRAM exchange, server side (RFC 5802 §5): single use."""
 
-    def __init__(self, name: str, *, domain: str, secret: bytes, nonce: bytes | None = None) -> None:
+    def __init__(self, name: str, *, domain: str, secret: bytes, nonce: bytes | None = None,
+                 decoy_iterations: int = 4096) -> None:
+        """``decoy_iterations``: the count announced for an unknown user — the server's own
+        setting for new passwords, so the challenge does not tell a missing account apart."""
         self.name = name
+        self.decoy_iterations = decoy_iterations
         self.hash_name = MECHANISM_HASHES[name]
         self.domain = domain
         self.secret = secret
@@ -184,7 +188,7 @@ class ScramServer:
             # Unknown user: a deterministic fake salt, so probing reveals nothing; fails at the proof.
             salt = _hmac("sha256", self.secret, self._username.encode())[:16]
             self._creds = None
-            salt_b64, iterations = base64.b64encode(salt).decode(), 4096
+            salt_b64, iterations = base64.b64encode(salt).decode(), self.decoy_iterations
         else:
             self._creds = creds
             salt_b64, iterations = base64.b64encode(creds.salt).decode(), creds.iterations
