@@ -15,6 +15,7 @@ import pytest
 
 from tests.helpers.node import NodeProcess
 from tests.helpers.ports import free_port, free_ports
+from tests.helpers.raw import HEADER, read_all, stream_error
 from tests.helpers.topologies import fresh, one_node, secret, two_node_region
 from tests.helpers.xmpp_bosh import HTTPBIND, SASL, BoshClient, ScramSha1, insecure_context
 from tests.helpers.xmpp_raw import SM, RawClient, local
@@ -296,3 +297,45 @@ async def test_origins_are_checked(region: list[NodeProcess], http: aiohttp.Clie
     async with http.post(url(r1), data=f"<body xmlns='{HTTPBIND}' rid='1' to='localhost'/>",
                          headers={"Origin": "https://evil.example"}) as resp:
         assert resp.status == 403
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    [port] = free_ports(1)
+    settings = {"websocket": {"host": "127.0.0.1", "port": port}, "limits": {"max_connections_per_ip": 2},
+                "bosh": {"max_wait": 10, "inactivity": 30}}
+    with one_node(tmp_path_factory.mktemp("bosh-limited"), "boshlim1", settings=settings) as n:
+        n.web_port = port  # type: ignore[attr-defined]
+        yield n
+
+
+async def test_the_per_address_limit_counts_bosh_sessions_as_tcp_connections(limited: NodeProcess) -> None:
+    """``limits.max_connections_per_ip`` (2) as for TCP: a third BOSH session from the address is
+    refused with ``policy-violation``, a TCP connection too; one ended gives its place back."""
+    sessions = [BoshClient(url(limited)) for _ in range(3)]
+    try:
+        for s in sessions[:2]:
+            await s.create()
+        status, data = await sessions[2].post(sessions[2].body(to="localhost", wait="5", hold="1", ver="1.11",
+                                                               xmpp__version="1.0"))
+        assert terminated(data) == "policy-violation", (status, data)
+        reader, writer = await asyncio.open_connection("127.0.0.1", limited.port)  # the same budget
+        try:
+            writer.write(HEADER)
+            data = await read_all(reader)
+            assert stream_error(data, "policy-violation"), data
+        finally:
+            writer.close()
+        await sessions[0].terminate()
+        fresh_one = BoshClient(url(limited))
+        sessions.append(fresh_one)
+        for _ in range(50):  # the place comes back once the ended session's connection is closed
+            status, data = await fresh_one.post(fresh_one.body(to="localhost", wait="5", hold="1", ver="1.11",
+                                                               xmpp__version="1.0"))
+            if terminated(data) is None:
+                break
+            await asyncio.sleep(0.1)
+        assert status == 200 and terminated(data) is None, data
+    finally:
+        for s in sessions:
+            await s.close()
