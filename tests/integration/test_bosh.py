@@ -311,14 +311,18 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
 
 async def test_the_per_address_limit_counts_bosh_sessions_as_tcp_connections(limited: NodeProcess) -> None:
     """``limits.max_connections_per_ip`` (2) as for TCP: a third BOSH session from the address is
-    refused with ``policy-violation``, a TCP connection too; one ended gives its place back."""
+    refused with the stream error ``policy-violation`` (wrapped, XEP-0206), a TCP connection too;
+    a session ended gives its place back."""
     sessions = [BoshClient(url(limited)) for _ in range(3)]
     try:
         for s in sessions[:2]:
             await s.create()
         status, data = await sessions[2].post(sessions[2].body(to="localhost", wait="5", hold="1", ver="1.11",
                                                                xmpp__version="1.0"))
-        assert terminated(data) == "policy-violation", (status, data)
+        # XEP-0206 §7: the stream error, as for TCP, inside a remote-stream-error terminate.
+        assert terminated(data) == "remote-stream-error", (status, data)
+        error = ET.fromstring(data).find("{http://etherx.jabber.org/streams}error")
+        assert error is not None and error.find("{urn:ietf:params:xml:ns:xmpp-streams}policy-violation") is not None
         reader, writer = await asyncio.open_connection("127.0.0.1", limited.port)  # the same budget
         try:
             writer.write(HEADER)
