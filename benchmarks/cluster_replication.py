@@ -1,4 +1,4 @@
-"""Cluster replication benchmark: the two scale targets of the cluster issue.
+"""Cluster replication benchmark: the two scale targets set for the cluster.
 
 1. A member joining a cluster that holds 100,000 sessions is fully merged within 5 s.
 2. Replicating one session insert to 3 other members takes under 5 ms at p99 on loopback.

@@ -1,4 +1,4 @@
-"""Single-node load benchmark: the targets of the first issue, on one real ``meridian node``.
+"""Single-node load benchmark: the single-node targets, on one real ``meridian node``.
 
 1. 10,000 concurrent authenticated connections, under 25 KB of server RSS each;
 2. 20,000 messages/s routed between connected users, with p99 delivery latency under 50 ms.

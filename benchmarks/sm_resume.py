@@ -13,7 +13,7 @@ Three measures, each printed as rows of one table (``--compare-commit`` is a mod
    TLS included); how long each node waited for its CPU and its GC passes meanwhile are printed
    too.  Every resumed session then gets a message addressed to its full JID, to show it is
    routable where it resumed, and both session tables must agree afterwards.
-   Goals (the issue): p99 < 20 ms on the same node, < 50 ms on the other node.
+   Goals: p99 < 20 ms on the same node, < 50 ms on the other node.
 2. **SM on vs off** — fresh single nodes.  RSS per idle authenticated connection (VmRSS of the node
    from ``/proc/<pid>/status`` before and after ``--idle`` connections log in; with SM: enabled and
    one unacked stanza, the presence echo), after as many unmeasured ones (``--warmup``), measured

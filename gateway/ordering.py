@@ -3,7 +3,7 @@
 Relaying awaits (a Redis lookup on a cache miss, a link with no room, a bounce waiting
 ``resend_after_ms``), and independent awaits finish in any order.  Putting every stanza of a
 pair through one queue keeps the order the sender chose, through lookups and bounces alike
-(MongooseIM issue 1666), while different pairs proceed in parallel.
+(https://github.com/esl/MongooseIM/issues/1666), while different pairs proceed in parallel.
 
 A pair is two *bare* JIDs (:func:`pair`): a ``subscribed`` (from the account) and the presence
 that follows it (from one of its resources) must not overtake each other (RFC 6120 §10.1).

@@ -96,7 +96,7 @@ class Publisher:
         return sorted(found)
 
     def component_domains(self) -> list[str]:
-        """The component domains connected in this region (MongooseIM PR 1700: routable from all),
+        """The component domains connected in this region (https://github.com/esl/MongooseIM/pull/1700: routable from all),
         and the service domains its members' modules serve for every region (MUC)."""
         if self.routes is None:
             return []

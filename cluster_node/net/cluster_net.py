@@ -2,7 +2,7 @@
 
 Full mesh: each member connects to the discovered members whose name sorts after its own and
 accepts connections from the others, so every pair has exactly one link and no join needs a
-cluster-wide lock (CETS's global join lock stalled MongooseIM at seven nodes, issue 4758).
+cluster-wide lock (CETS's global join lock stalled MongooseIM at seven nodes: https://github.com/esl/MongooseIM/issues/4758).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A small authoritative DNS server on loopback, so S2S tests resolve SRV records through real DNS.
 
-The issue asks for SRV records served by a DNS server the test starts, not by a static host map:
+SRV records are served by a DNS server the test starts, not by a static host map:
 that exercises the resolver path (``_xmpp-server._tcp`` lookup, priority/weight order, A/AAAA
 fallback) of Meridian and of the peer servers (Prosody with ``lua5.4-unbound``) as in production.
 

@@ -134,7 +134,7 @@ async def test_wrong_secret_is_refused(nodes: list[NodeProcess]) -> None:
     assert table_info(nodes[0])["routes"]["size"] == 0
 
 
-# -- across regions (MongooseIM PR 1700: a component registered in one region is routable from all)
+# -- across regions (https://github.com/esl/MongooseIM/pull/1700: a component registered in one region is routable from all)
 
 @pytest.fixture(scope="module")
 def regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Two regions serving example.com through their gateways (issue: global distribution).
+"""Two regions serving example.com through their gateways (global distribution).
 
 Region eu: 2 nodes + 2 gateways, reading and writing the Redis primary.  Region us: 2 nodes +
 1 gateway, reading a replica of it (writes go to the primary).  One SQLite database for the

@@ -1,7 +1,7 @@
 """MappingStore against a real redis-server (started per test, never the system one).
 
 Covers what the mapping promises the relay: a stale refresh never overwrites a newer login in
-another region (MongooseIM PR 2392), a logout removes only its own session, a user online in
+another region (https://github.com/esl/MongooseIM/pull/2392), a logout removes only its own session, a user online in
 several regions keeps all of them, entries expire, reads can come from a replica, and nothing
 found in Redis can crash a lookup.
 """
