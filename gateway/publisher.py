@@ -96,8 +96,9 @@ class Publisher:
         return sorted(found)
 
     def component_domains(self) -> list[str]:
-        """The component domains connected in this region (https://github.com/esl/MongooseIM/pull/1700: routable from all),
-        and the service domains its members' modules serve for every region (MUC)."""
+        """The component domains connected in this region (routable from all, as in
+        https://github.com/esl/MongooseIM/pull/1700), and the service domains its members' modules
+        serve for every region (MUC)."""
         if self.routes is None:
             return []
         return sorted({d for r in self.routes if (d := routed_domain(r.key)) is not None})

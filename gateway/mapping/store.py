@@ -7,8 +7,9 @@ Why it is built this way (docs/architecture.md, "Global distribution"):
   the relay re-resolves and resends when a stanza lands in a region that no longer holds the JID.
 * Session writes are conditional (a Lua script, atomic on the server): an entry is replaced only
   by a login at least as recent (``created``), so a late refresh from the region a user left never
-  overwrites the newer login in another region (the race fixed by https://github.com/esl/MongooseIM/pull/2392), and a late
-  logout removes only its own session (``sid``).
+  overwrites the newer login in another region (the race fixed by
+  https://github.com/esl/MongooseIM/pull/2392), and a late logout removes only its own session
+  (``sid``).
 * Every entry expires unless refreshed, so a dead region's entries vanish on their own.  A user's
   hash may be kept alive by another region's refreshes, so each field also carries its own expiry:
   readers skip expired fields and every write drops them.

@@ -134,7 +134,8 @@ async def test_wrong_secret_is_refused(nodes: list[NodeProcess]) -> None:
     assert table_info(nodes[0])["routes"]["size"] == 0
 
 
-# -- across regions (https://github.com/esl/MongooseIM/pull/1700: a component registered in one region is routable from all)
+# -- across regions: a component registered in one region is routable from all
+# (https://github.com/esl/MongooseIM/pull/1700)
 
 @pytest.fixture(scope="module")
 def regions(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:

@@ -1,6 +1,7 @@
 """MappingStore on a Redis Cluster (three primaries), through ``redis_client("redis+cluster://...")``.
 
-MongooseIM's mapping never ran on Redis Cluster (https://github.com/esl/MongooseIM/issues/3296).  Ours does: every script touches
+MongooseIM's mapping never ran on Redis Cluster (https://github.com/esl/MongooseIM/issues/3296).
+Ours does: every script touches
 one key, and the pipelines that span slots (``publish_many``, ``publish_region``, ``statuses``) are
 non-transactional, which a ClusterPipeline splits per node.
 
