@@ -37,12 +37,14 @@ class _Section(BaseModel):
 class C2SSettings(_Section):
     """Client-to-server listeners (RFC 6120 §5: STARTTLS on ``port``, XEP-0368 direct TLS on ``tls_port``)."""
 
-    host: str = "0.0.0.0"
+    host: str = Field("0.0.0.0", description="listen address of both c2s ports")
     port: int = Field(5222, ge=0, le=65535, description="STARTTLS port; 0 disables")
     tls_port: int = Field(5223, ge=0, le=65535, description="direct TLS port (XEP-0368); 0 disables")
-    require_tls: bool = True
+    require_tls: bool = Field(True, description="no SASL and no stanza before STARTTLS (RFC 6120 §5.3.1)")
     allow_plain: bool = Field(True, description="offer SASL PLAIN (only ever over TLS)")
-    resource_conflict: Literal["kick_old", "refuse", "rename"] = "kick_old"
+    resource_conflict: Literal["kick_old", "refuse", "rename"] = Field(
+        "kick_old", description="a bind of a resource in use: end the old session (conflict), refuse the new "
+        "bind, or give it another resource")
     handshake_timeout: float = Field(30.0, gt=0, description="seconds to finish TLS+SASL+bind")
     idle_timeout: float = Field(600.0, gt=0, description="seconds of silence before connection-timeout")
     park_parser_after: float = Field(
@@ -122,8 +124,9 @@ class LimitsSettings(_Section):
 
     max_stanza_size: int = Field(262_144, ge=1024, description="bytes of one stanza (XEP-0478)")
     max_depth: int = Field(32, ge=4, description="element nesting inside a stanza")
-    max_connections_per_ip: int = Field(1000, ge=1)
-    max_connections: int = Field(100_000, ge=1)
+    max_connections_per_ip: int = Field(1000, ge=1, description="client connections from one address "
+                                        "(TCP, WebSocket and BOSH together); more get policy-violation")
+    max_connections: int = Field(100_000, ge=1, description="client connections of the node in all")
     max_pre_auth_connections: int = Field(
         10_000, ge=1, description="connections not yet authenticated, in all (a flood of idle handshakes)")
     max_sessions_per_account: int = Field(
@@ -160,7 +163,7 @@ class AuthThrottleSettings(_Section):
     members of a region: past ``delay_after`` failures in ``window`` each answer waits, at
     ``max_failures`` the address is refused for ``ban_seconds``."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="slow down, then ban, addresses that fail to authenticate")
     max_failures: int = Field(20, ge=1, description="failures in the window that ban the address")
     window: float = Field(600.0, gt=0, description="seconds over which failures are counted")
     delay_after: int = Field(3, ge=0, description="failures answered at once; later ones are delayed")
@@ -189,14 +192,14 @@ class LoginCacheSettings(_Section):
 class TlsSettings(_Section):
     """Certificate and key (PEM). Empty: a self-signed pair is generated in ``data_dir/tls``."""
 
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    cert_file: Path | None = Field(None, description="PEM certificate chain of the node's domains")
+    key_file: Path | None = Field(None, description="PEM private key of cert_file")
 
 
 class StorageSettings(_Section):
     """``sqlite:///path.db`` (default: ``data_dir/meridian.db``) or ``postgresql://…``."""
 
-    url: str = ""
+    url: str = Field("", description="sqlite:///path.db or postgresql://…; empty: data_dir/meridian.db")
 
     @field_validator("url")
     @classmethod
@@ -215,8 +218,8 @@ class OfflineSettings(_Section):
 class RegistrationSettings(_Section):
     """XEP-0077 in-band registration, off unless the operator turns it on."""
 
-    allow_in_band: bool = False
-    min_password_length: int = Field(8, ge=1)
+    allow_in_band: bool = Field(False, description="XEP-0077 account creation by clients (rate-limited per address)")
+    min_password_length: int = Field(8, ge=1, description="shortest password accepted when registering or changing")
     max_per_address: int = Field(
         10, ge=0, description="in-band registrations one address may make per hour on a node; 0: no limit")
 
@@ -224,18 +227,19 @@ class RegistrationSettings(_Section):
 class ClusterSettings(_Section):
     """CETS-style regional cluster (MongooseIM 6.2): replicated tables, discovery, no join commands."""
 
-    enabled: bool = False
+    enabled: bool = Field(False, description="join the region's cluster (else the node stands alone)")
     name: str = Field("meridian", min_length=1, description="members join only their own cluster")
     secret: str = Field("", description="shared by the members; required when enabled")
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", description="listen address of the cluster link")
     port: int = Field(7100, ge=0, le=65535, description="cluster link listener (TLS)")
     advertise: str = Field("", description="host:port the others connect to (default host:port)")
-    discovery: Literal["rdbms", "file"] = "rdbms"
+    discovery: Literal["rdbms", "file"] = Field(
+        "rdbms", description="how members find each other: a table every member refreshes, or a fixed list")
     discovery_url: str = Field("", description="rdbms: the region's database (default: storage.url)")
     nodes: list[str] = Field(default_factory=list, description="file: name@host:port of every member")
     refresh_interval: float = Field(5.0, gt=0, description="seconds between discovery refreshes")
     last_seen_threshold: float = Field(3600.0, gt=0, description="seconds before a silent row is deleted")
-    ping_interval: float = Field(1.0, gt=0)
+    ping_interval: float = Field(1.0, gt=0, description="seconds between pings on each cluster link")
     ping_timeout: float = Field(5.0, gt=0, description="seconds without traffic before a member is down")
     handoff_queue_max: int = Field(
         10_000, ge=0, description="stanzas for other regions a node holds while its region has no gateway")
@@ -276,7 +280,7 @@ class AdminApiSettings(_Section):
 
     host: str = Field("127.0.0.1", description="listen address of the admin API")
     port: int = Field(5551, ge=0, le=65535, description="admin API port (MongooseIM's 5551); 0 disables")
-    username: str = Field("admin", min_length=1)
+    username: str = Field("admin", min_length=1, description="HTTP Basic user of the admin API")
     password: str = Field("", description="clear password; or give password_hash")
     password_hash: str = Field("", description="pbkdf2_sha256$ROUNDS$SALT$HASH (meridian ctl --hash-password)")
     allow_loopback_without_auth: bool = Field(False, description="requests from 127.0.0.1/::1 need no credentials")
@@ -300,10 +304,13 @@ class NodeSettings(BaseSettings):
 
     toml_file: ClassVar[Path | None] = None
 
-    node_name: str = Field("node1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    domains: list[str] = Field(default_factory=lambda: ["localhost"], min_length=1)
-    data_dir: Path = Path("meridian-data")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    node_name: str = Field("node1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+                           description="this process's name, unique in its cluster (keys of its records name it)")
+    domains: list[str] = Field(default_factory=lambda: ["localhost"], min_length=1,
+                               description="XMPP domains served; the first is the default one")
+    data_dir: Path = Field(Path("meridian-data"), description="generated TLS pair, SQLite file, control socket")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO",
+                                                                    description="of the process's log on stderr")
     scram_iterations: int = Field(4096, ge=4096, description="PBKDF2 rounds for new passwords")
     shutdown_timeout: float = Field(10.0, gt=0, description="seconds a stop waits for session clean-ups")
     event_loop: Literal["auto", "asyncio", "uvloop"] = Field(

@@ -30,8 +30,9 @@ HEADER = """# Configuration reference
 
 A node (`meridian node --config node.toml`) and a gateway (`meridian gateway --config gw.toml`)
 read one TOML file; a gateway accepts everything a node does plus the sections marked *gateway*.
-Every key can also come from the environment: `MERIDIAN_<SECTION>__<KEY>` (for example
-`MERIDIAN_C2S__PORT=5222`, `MERIDIAN_LIMITS__STANZA_RATE=50`), which wins over the file.  An
+Every key can also come from the environment, which wins over the file: `MERIDIAN_<KEY>` at the
+top level (`MERIDIAN_NODE_NAME=eu-n1`), `MERIDIAN_<SECTION>__<KEY>` in a section
+(`MERIDIAN_C2S__PORT=5222`), one `__` more per nested section (`MERIDIAN_GDISTRIB__REDIS__URL`).  An
 unknown key or a bad value stops the start with one line naming it.  The modules' own tables
 (`[modules.<name>]`) are in [`module-settings.md`](module-settings.md).
 """

@@ -30,7 +30,7 @@ class ConnectionsSettings(_Section):
 
     endpoints: list[str] = Field(default_factory=lambda: ["0.0.0.0:5555"], description="host:port to listen on")
     advertised_endpoints: list[str] = Field(default_factory=list, description="published; default: endpoints")
-    connections_per_endpoint: int = Field(2, ge=1, le=64)
+    connections_per_endpoint: int = Field(2, ge=1, le=64, description="links kept to each endpoint of a region")
     endpoint_refresh_interval: float = Field(5.0, gt=0, description="seconds between reads of other regions")
     queue_max: int = Field(10_000, ge=1, description="stanzas queued per region, then resource-constraint")
     connect_timeout: float = Field(2.0, gt=0, description="seconds to wait for a link, then remote-server-timeout "
@@ -39,11 +39,11 @@ class ConnectionsSettings(_Section):
         60.0, ge=0, description="seconds a region may be unreachable (its gateway restarting, a partition) while "
         "stanzas for it are queued, up to queue_max, and sent in order once a link is back; past that they get "
         "remote-server-timeout. 0: no queue, remote-server-timeout after connect_timeout")
-    ping_interval: float = Field(2.0, gt=0)
-    ping_timeout: float = Field(10.0, gt=0)
+    ping_interval: float = Field(2.0, gt=0, description="seconds between pings on each link (RTT, keep-alive)")
+    ping_timeout: float = Field(10.0, gt=0, description="seconds without traffic before a link is dropped")
     ca_file: Path | None = Field(None, description="CA that signs every gateway's certificate (required)")
-    cert_file: Path | None = None
-    key_file: Path | None = None
+    cert_file: Path | None = Field(None, description="this gateway's certificate, signed by ca_file (required)")
+    key_file: Path | None = Field(None, description="its private key (required)")
 
     @field_validator("endpoints", "advertised_endpoints")
     @classmethod
@@ -112,14 +112,14 @@ class RedisSettings(_Section):
 class CacheSettings(_Section):
     jid_lifetime: float = Field(5.0, ge=0, description="seconds a JID lookup is cached")
     domain_lifetime: float = Field(600.0, ge=0, description="seconds a domain lookup is cached")
-    max_size: int = Field(100_000, ge=1)
+    max_size: int = Field(100_000, ge=1, description="JIDs and domains whose region is remembered")
     cache_missed: bool = Field(True, description="also cache 'nobody has it' (for jid_lifetime)")
 
 
 class BounceSettings(_Section):
-    enabled: bool = True
-    resend_after_ms: int = Field(200, ge=1)
-    max_retries: int = Field(4, ge=0)
+    enabled: bool = Field(True, description="a stanza for a user who left: look again and resend")
+    resend_after_ms: int = Field(200, ge=1, description="milliseconds before looking again")
+    max_retries: int = Field(4, ge=0, description="resends before it is handled here (offline storage)")
 
 
 class GDistribSettings(_Section):
@@ -141,11 +141,11 @@ class S2SSettings(_Section):
     """Server-to-server federation (RFC 6120 §13) for domains no region of ours serves."""
 
     enabled: bool = Field(False, description="federate with other domains over S2S")
-    host: str = "0.0.0.0"
+    host: str = Field("0.0.0.0", description="listen address of the S2S port")
     port: int = Field(5269, ge=0, le=65535, description="incoming S2S listener; 0: outgoing only")
     tls_port: int = Field(0, ge=0, le=65535, description="incoming direct TLS listener (XEP-0368); 0 disables")
     cert_file: Path | None = Field(None, description="certificate for every local domain (default: tls.cert_file)")
-    key_file: Path | None = None
+    key_file: Path | None = Field(None, description="private key of cert_file (default: tls.key_file)")
     domain_certs: dict[str, DomainCert] = Field(default_factory=dict, description="per-domain certificates (SNI)")
     ca_file: Path | None = Field(None, description="trust anchors for peers' certificates (default: system store)")
     verify: bool = Field(True, description="verify peers' certificates; false is for test setups and is logged")
@@ -154,7 +154,7 @@ class S2SSettings(_Section):
     dialback: bool = Field(True, description="use and offer server dialback (XEP-0220)")
     dialback_secret: str = Field("", description="shared by every gateway of the domain (default: from cluster.secret)")
     nameservers: list[str] = Field(default_factory=list, description="DNS servers (default: /etc/resolv.conf)")
-    dns_port: int = Field(53, ge=1, le=65535)
+    dns_port: int = Field(53, ge=1, le=65535, description="port of the DNS servers asked for SRV records")
     hosts: dict[str, str] = Field(default_factory=dict, description="domain -> host:port, overrides DNS")
     connect_timeout: float = Field(10.0, gt=0, description="seconds per TCP connect")
     auth_timeout: float = Field(30.0, gt=0, description="seconds for a stream to be authenticated")
@@ -167,7 +167,7 @@ class S2SSettings(_Section):
     stanza_burst: int = Field(5000, ge=10, description="stanzas one incoming stream may carry at once")
     shaper_rate: int = Field(1_000_000, ge=1000, description="bytes/s read from one incoming stream (reading slows)")
     shaper_burst: int = Field(4_000_000, ge=65536, description="bytes read from one incoming stream at once")
-    max_stanza_size: int = Field(262_144, ge=4096)
+    max_stanza_size: int = Field(262_144, ge=4096, description="bytes; a larger stanza ends the stream")
     service_domains: list[str] = Field(default_factory=list, description="subdomains the region's modules serve "
                                        "(e.g. conference.example.com, MUC): peers reach them and they send over S2S "
                                        "like the domains (give them DNS records and certificate names)")
@@ -190,7 +190,8 @@ class S2SSettings(_Section):
 class GatewaySettings(NodeSettings):
     """Everything a ``meridian gateway`` process needs.  No client listeners by default."""
 
-    node_name: str = Field("gateway1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    node_name: str = Field("gateway1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+                           description="this process's name, unique in its cluster (keys of its records name it)")
     c2s: C2SSettings = C2SSettings(port=0, tls_port=0)
     gdistrib: GDistribSettings = GDistribSettings()
     s2s: S2SSettings = S2SSettings()
