@@ -81,6 +81,8 @@ async def test_changed_password_applies_to_logins(tmp_path):
     ("", {"MERIDIAN_C2S__TLS_PORT": "99999"}, "c2s.tls_port"),
     ("[c2s]\nresource_conflict = 'whatever'\n", {}, "c2s.resource_conflict"),
     ("[storage]\nurl = 'mysql://db'\n", {}, "storage.url"),
+    ("[cluster]\nenabled = true\n", {}, "cluster.secret: at least 16 characters"),  # the secret missing
+    ("[components.secrets]\n'svc.localhost' = 'short'\n", {}, "components.secrets.svc.localhost"),
 ])
 def test_bad_config_is_one_line_naming_the_key(tmp_path, toml, env, expected):
     conf = tmp_path / "node.toml"
