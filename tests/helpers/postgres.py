@@ -67,17 +67,45 @@ class PostgresServer:
                                  "--no-sync", "-E", "UTF8"), check=True, capture_output=True)
         return self._launch()
 
-    def kill(self) -> None:
-        """An immediate shutdown (SIGQUIT: every backend killed, no checkpoint; the data stays for
-        :meth:`restart`, which then runs crash recovery).  Unlike a kill -9 of the postmaster alone,
-        it leaves no orphaned backend holding the shared memory the restart needs."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGQUIT)
+    def _postmaster_pid(self) -> int | None:
+        """The server's own pid (``postmaster.pid``): as root, ``self.proc`` is ``runuser``, which
+        does not pass every signal on — signalling it would leave PostgreSQL running."""
+        try:
+            return int((self.dir / "data" / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _signal_server(self, sig: int, timeout: float) -> None:
+        """Send ``sig`` to the postmaster and wait until it has exited (SIGKILL after ``timeout``)."""
+        pid = self._postmaster_pid()
+        if pid is not None:
             try:
-                self.proc.wait(15)
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pid = None
+        deadline = time.monotonic() + timeout
+        while pid is not None:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                deadline = time.monotonic() + 5
+            time.sleep(0.05)
+        if self.proc is not None:
+            try:
+                self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+    def kill(self) -> None:
+        """An immediate shutdown (SIGQUIT to the postmaster: every backend killed, no checkpoint;
+        the data stays for :meth:`restart`, which then runs crash recovery).  Unlike a kill -9 of
+        the postmaster alone, it leaves no orphaned backend holding the shared memory the restart
+        needs."""
+        self._signal_server(signal.SIGQUIT, 15)
 
     def restart(self) -> PostgresServer:
         """Start the server again on its data and port (after :meth:`kill`): crash recovery runs."""
@@ -108,13 +136,7 @@ class PostgresServer:
         return self.url(name)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self._signal_server(signal.SIGTERM, 15)  # a smart shutdown, SIGKILL if it takes longer
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> PostgresServer:

@@ -113,6 +113,7 @@ class Mam(Module):
         await self.store.migrate()
         self.ids = IdGenerator()
         self.counters = {"archived": 0, "failed": 0, "queries": 0, "cleaned": 0}
+        self._warned_at = -60.0  # when "archive storage unavailable" was last logged
         self._cleanup: asyncio.Task[None] | None = None
         # Late: modules that take a message (and so never deliver it) answer first; before carbons
         # (90), which marks the stanza it hands on.
@@ -157,9 +158,8 @@ class Mam(Module):
             return None  # to the server itself: not a conversation
         try:
             await self._archive(owner, to, "out", stanza)
-        except Exception:
-            self.counters["failed"] += 1
-            log.exception("archiving a message sent by %s failed; it is delivered unarchived", owner)
+        except Exception as e:
+            self._failed(e, f"a message sent by {owner}")
         return None
 
     async def _incoming(self, stanza: Stanza, to: Jid) -> Stanza:
@@ -182,11 +182,24 @@ class Mam(Module):
             return stanza
         try:
             archive_id = await self._archive(owner, peer, "in", stanza)
-        except Exception:
-            self.counters["failed"] += 1
-            log.exception("archiving a message for %s failed; it is delivered unarchived", owner)
+        except Exception as e:
+            self._failed(e, f"a message for {owner}")
             return stanza
         return stanza if archive_id is None else with_stanza_id(stanza, owner, archive_id)
+
+    def _failed(self, error: Exception, what: str) -> None:
+        """An archive write failed; the message is delivered unarchived.  The database being away
+        (restarting, unreachable) is one warning a minute with the count, not a traceback per
+        message; anything else is a bug and keeps its traceback."""
+        self.counters["failed"] += 1
+        if not _storage_unavailable(error):
+            log.exception("archiving %s failed; it is delivered unarchived", what)
+            return
+        now = time.monotonic()
+        if now - self._warned_at >= 60.0:
+            log.warning("archive storage unavailable (%s: %s): messages are delivered unarchived; %d so far",
+                        type(error).__name__, error, self.counters["failed"])
+            self._warned_at = now
 
     async def _wanted(self, owner: Jid, peer: Jid) -> bool:
         """The user's preferences (XEP-0441) for messages with ``peer``."""
@@ -319,3 +332,10 @@ class MamCollector(Collector):
         for event, value in self.module.counters.items():
             events.add_metric([event], value)
         yield events
+
+
+def _storage_unavailable(error: BaseException) -> bool:
+    """The database is not answering (refused, reset, restarting, timed out): not a bug here."""
+    if isinstance(error, (OSError, TimeoutError, ConnectionError)):
+        return True
+    return type(error).__module__.split(".")[0] in ("asyncpg", "sqlite3", "aiosqlite")
