@@ -20,12 +20,14 @@ import hashlib
 import logging
 import secrets
 import ssl
+import time
 from collections import deque
 from contextvars import ContextVar
 from typing import Any, Protocol, cast
 
 from ..core.hooks import Hook, Hooks
 from ..core.limits import ConnectionLimiter, Shaper
+from ..core.log_throttle import OncePer
 from ..core.session_manager import SessionManager, is_probe
 from ..core.sessions import SessionRecord
 from ..settings import NodeSettings
@@ -113,6 +115,15 @@ class C2SListener:
                          "stanza_rate_refused": 0, "pushed_back": 0, "parsers_parked": 0}
         self.transports = TransportMetrics()  # per transport: its connections count there by name
         self._parking: asyncio.Task[None] | None = None
+        self._once = OncePer(60.0)  # log lines about one source: at most one a minute of each kind
+
+    def say(self, level: int, key: tuple[str, str], msg: str, *args: object) -> None:
+        """Log ``msg`` about a client address at most once a minute per ``key`` (address, what),
+        with how many were held back: a flood of refusals is not a flood of log lines."""
+        if not log.isEnabledFor(level) or not self._once.allow(key, time.monotonic()):
+            return
+        held = self._once.held()
+        log.log(level, msg + (f" ({held} more like it since the last such line)" if held else ""), *args)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -438,7 +449,8 @@ class C2SConnection(asyncio.Protocol):
                     self._hooks.run(Hook.C2S_STREAM_CLOSING, self, self.close_reason)
                 if event.error is not None:
                     self.listener.counters["stream_errors"] += 1
-                    log.info("c2s %s: stream error %s (%s)", self.ip, event.error.condition, event.error.text)
+                    self.listener.say(logging.INFO, (self.ip, event.error.condition), "c2s %s: stream error %s (%s)",
+                                      self.ip, event.error.condition, event.error.text)
                 self._flush()
                 self._linger()
                 return
@@ -708,6 +720,8 @@ class C2SConnection(asyncio.Protocol):
         if self._stanza_rate.consume(1, now) <= 0:
             return False
         self.listener.counters["stanza_rate_refused"] += 1
+        self.listener.say(logging.WARNING, (self.ip, "stanza rate"), "c2s %s (%s): stanzas refused over the "
+                          "stanza rate", self.ip, self.record.jid if self.record is not None else "not logged in")
         if self._stanza_rate.flooding(now):
             self._queue = None
             self._handle(self.core.close(errors.PolicyViolation("too many stanzas")))

@@ -153,4 +153,8 @@ async def test_stanza_rate(node, chatters):
     await c.close()
     status, metrics = await node.http("GET", f"{node.admin_url}/metrics", auth=("admin", "admin-secret-for-tests"))
     assert "meridian_c2s_stanza_rate_refused_total" in metrics
+    # Dozens of refusals, one log line (at most one a minute per address): a flood is not a log flood.
+    lines = [x for x in node.log_path.read_text(errors="replace").splitlines()
+             if "(alice@localhost/flooder): stanzas refused over the stanza rate" in x]
+    assert len(lines) == 1, lines
     await still_chatting(node, chatters, "stanza-flood")
