@@ -263,6 +263,9 @@ class ComponentSettings(_Section):
     port: int = Field(0, ge=0, le=65535, description="XEP-0114 listener; 0 disables")
     tls: bool = Field(True, description="direct TLS on the component port; plain TCP only on loopback")
     secrets: dict[str, str] = Field(default_factory=dict, description="component domain -> shared secret")
+    shaper_rate: int = Field(10_000_000, ge=0, description="bytes/s a component may send, sustained; beyond, "
+                             "reading it slows down (never closed: a component is trusted); 0: no shaper")
+    shaper_burst: int = Field(20_000_000, ge=1024, description="bytes a component may send at once")
 
     @model_validator(mode="after")
     def _safe(self) -> ComponentSettings:

@@ -15,9 +15,11 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from typing import TYPE_CHECKING, Any
 
 from ..cluster.table import Record
+from ..core.limits import Shaper
 from ..xmpp import errors
 from ..xmpp.component import ComponentEnded, ComponentEvent, ComponentStanza, ComponentStream, HandshakeDone
 from ..xmpp.errors import StreamError
@@ -84,6 +86,8 @@ class ComponentListener:
         self.tls_context = tls_context if self.settings.tls else None
         self.server: asyncio.Server | None = None
         self.connections: set[ComponentConnection] = set()
+        self.counters = {"shaped": 0}  # times a component's reading was slowed by the shaper
+        self.shaped_logged = -60.0  # when that was last logged
         services.routes.on_lost = self._lost
 
     async def start(self) -> None:
@@ -153,7 +157,11 @@ class ComponentConnection(asyncio.Protocol):
         self.domain: str | None = None
         self.queue: asyncio.Queue[Stanza] = asyncio.Queue()
         self.worker: asyncio.Task[None] | None = None
-        self.paused = False
+        self.paused = False  # reading paused: our routing queue is full
+        cs = listener.settings
+        # Bytes read, like a client's shaper but slower to bite and never closing the stream.
+        self._shaper = Shaper(cs.shaper_rate, cs.shaper_burst, float("inf")) if cs.shaper_rate else None
+        self._shaped = False  # reading paused: over the shaper's rate, resumed by a timer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -161,7 +169,24 @@ class ComponentConnection(asyncio.Protocol):
         self.worker = asyncio.get_running_loop().create_task(self._route_in_order())
 
     def data_received(self, data: bytes) -> None:
+        if self._shaper is not None and self.transport is not None:
+            delay = self._shaper.consume(len(data), time.monotonic())
+            if delay > 0 and not self._shaped:
+                self._shaped = True
+                self.listener.counters["shaped"] += 1
+                now = time.monotonic()
+                if now - self.listener.shaped_logged >= 60.0:  # once a minute, not once per read
+                    self.listener.shaped_logged = now
+                    log.info("component %s: over its shaper rate (components.shaper_rate): reading slowed",
+                             self.domain or "?")
+                self.transport.pause_reading()
+                asyncio.get_running_loop().call_later(delay, self._unshape)
         self._handle(self.stream.receive_data(data))
+
+    def _unshape(self) -> None:
+        self._shaped = False
+        if not self.paused and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def _handle(self, events: list[ComponentEvent]) -> None:
         for event in events:
@@ -193,7 +218,8 @@ class ComponentConnection(asyncio.Protocol):
             await router.route(stanza)
             if self.paused and self.queue.qsize() < QUEUE_LIMIT // 2 and self.transport is not None:
                 self.paused = False
-                self.transport.resume_reading()
+                if not self._shaped:
+                    self.transport.resume_reading()
 
     def send(self, stanza: Stanza) -> None:
         self.stream.send_stanza(stanza)

@@ -191,3 +191,35 @@ async def test_component_in_one_region_serves_a_user_in_another(regions: dict[st
     finally:
         await bob.close()
         await echo.stop()
+
+
+async def test_a_component_over_its_shaper_is_slowed_not_dropped(tmp_path: Path) -> None:
+    """``components.shaper_rate``: a component sending faster than its rate is read more slowly
+    (reading pauses after a read for what it took over the rate; logged once a minute) —
+    everything arrives, in order — and is not disconnected (a component is trusted: slowed, never
+    closed)."""
+    port = free_port()
+    node = NodeProcess(tmp_path / "shaped", name="shaped", domains=[DOMAIN], settings={
+        "components": {"port": port, "secrets": {SERVICE: COMPONENT_SECRET}, "shaper_rate": 50_000,
+                       "shaper_burst": 4096}})
+    node.component_port = port  # type: ignore[attr-defined]
+    node.register("alice", "alice-password", DOMAIN)
+    node.start()
+    echo = Echo(node)
+    alice = await Client(f"alice@{DOMAIN}/laptop", "alice-password", cert=node.cert).online(node.port)
+    try:
+        assert await echo.start()
+        n, pad = 125, "x" * 1500  # 125 stanzas of about 1.6 KB: 200 KB, four times the rate
+        for i in range(n):
+            echo.send_message(mto=f"alice@{DOMAIN}/laptop", mfrom=f"bot@{SERVICE}", mbody=f"{i} {pad}", mtype="chat")
+        bodies = [(await alice.next_message(timeout=30))["body"].split()[0] for _ in range(n)]
+        assert bodies == [str(i) for i in range(n)]  # all of it, in order
+        assert "echo.example.com: over its shaper rate (components.shaper_rate): reading slowed" in node.log()
+        assert echo.stream_errors == [] and echo.ready.result() is True  # still connected, no error
+        echo.send_message(mto=f"alice@{DOMAIN}/laptop", mfrom=f"bot@{SERVICE}", mbody="after", mtype="chat")
+        assert (await alice.next_message(timeout=10))["body"] == "after"
+    finally:
+        await alice.close()
+        await echo.stop()
+        node.stop()
+    assert "Traceback" not in node.log(), node.log()
