@@ -38,7 +38,7 @@ class RawClient:
         self._depth = 0
         self._elements: list[ET.Element] = []
         self.closed = False
-        self.handled: int | None = None  # XEP-0198: stanzas received since <enabled/> (None: SM off)
+        self.sm_h: int | None = None  # XEP-0198: stanzas received since <enabled/> (None: SM off)
 
     # -- the stream ---------------------------------------------------------------------------
 
@@ -81,15 +81,15 @@ class RawClient:
     def _count(self, el: ET.Element) -> None:
         """Count what XEP-0198's ``h`` counts, from the ``<enabled/>``/``<resumed/>`` on."""
         if el.tag == f"{{{SM}}}enabled":
-            self.handled = 0
-        elif self.handled is not None and el.tag.startswith(f"{{{CLIENT}}}"):
-            self.handled += 1
+            self.sm_h = 0
+        elif self.sm_h is not None and el.tag.startswith(f"{{{CLIENT}}}"):
+            self.sm_h += 1
 
     def acknowledge(self) -> None:
         """Tell the server we have everything it sent (``<a h=…/>``), as a client does before a
         clean close: what is left unacknowledged is re-routed by the server (XEP-0198 §4)."""
-        assert self.handled is not None, "stream management is not enabled"
-        self.send(f"<a xmlns='{SM}' h='{self.handled}'/>")
+        assert self.sm_h is not None, "stream management is not enabled"
+        self.send(f"<a xmlns='{SM}' h='{self.sm_h}'/>")
 
     async def next_named(self, name: str, timeout: float = 10.0) -> ET.Element:
         return await self.next(lambda el: local(el) == name, timeout)
@@ -138,7 +138,7 @@ class RawClient:
 
     async def resume(self, previd: str, h: int) -> ET.Element:
         self.send(f"<resume xmlns='{SM}' previd='{previd}' h='{h}'/>")
-        self.handled = h  # the count goes on from what the old stream had received
+        self.sm_h = h  # the count goes on from what the old stream had received
         return await self.next(lambda el: el.tag in (f"{{{SM}}}resumed", f"{{{SM}}}failed"))
 
     async def start(self, user: str, password: str, resource: str, *, sm: bool = True) -> ET.Element | None:
