@@ -55,7 +55,8 @@ async def homed_in_eu(redis_url: str) -> None:
     assert await published(redis_url, SERVICE) == "eu"
 
 
-async def test_one_room_across_two_regions(regions: tuple[Region, Region, str]) -> None:
+async def alice_in_eu_bob_in_us(regions: tuple[Region, Region, str]) -> tuple[MucClient, MucClient]:
+    """Fresh alice online in eu and bob in us, the service homed in eu, both known to both gateways."""
     eu, us, redis_url = regions
     await homed_in_eu(redis_url)
     alice_jid, bob_jid = fresh_users(eu.nodes[0], PASSWORD, "alice", "bob")
@@ -63,11 +64,16 @@ async def test_one_room_across_two_regions(regions: tuple[Region, Region, str]) 
     bob = MucClient(us.nodes[0], f"{bob_jid}/us")
     await alice.online(eu.nodes[0].port, roster=False)
     await bob.online(us.nodes[0].port, roster=False)
+    for gw in (eu.gateways[0], us.gateways[0]):
+        await eventually(lambda gw=gw: "eu" in lookup(gw, alice_jid), 10, "alice mapped")
+        await eventually(lambda gw=gw: "us" in lookup(gw, bob_jid), 10, "bob mapped")
+    return alice, bob
+
+
+async def test_one_room_across_two_regions(regions: tuple[Region, Region, str]) -> None:
+    alice, bob = await alice_in_eu_bob_in_us(regions)
     room = JID(f"across@{SERVICE}")
     try:
-        for gw in (eu.gateways[0], us.gateways[0]):
-            await eventually(lambda gw=gw: "eu" in lookup(gw, alice_jid), 10, "alice mapped")
-            await eventually(lambda gw=gw: "us" in lookup(gw, bob_jid), 10, "bob mapped")
         await create(alice, room, "Alice", **{"muc#roomconfig_roomname": "Across"})
         await bob.muc.join_muc_wait(room, "Bob", timeout=15)
         await alice.presence_of("Bob")
@@ -149,17 +155,11 @@ FAST_LEASE = {"gdistrib": {"redis": {"expire_after": 3.0, "refresh_after": 1.0}}
 async def test_a_nick_registered_from_the_other_region_is_kept(regions: tuple[Region, Region, str]) -> None:
     """XEP-0045 §7.10 across regions: bob, in us, registers a nick in a room homed in eu; alice, in
     eu, gets conflict joining with it; bob finds it and removes it."""
-    eu, us, redis_url = regions
-    await homed_in_eu(redis_url)
-    alice_jid, bob_jid = fresh_users(eu.nodes[0], PASSWORD, "alice", "bob")
-    alice = MucClient(eu.nodes[0], f"{alice_jid}/eu")
-    bob = MucClient(us.nodes[0], f"{bob_jid}/us")
-    await alice.online(eu.nodes[0].port, roster=False)
-    await bob.online(us.nodes[0].port, roster=False)
+    eu = regions[0]
+    alice, bob = await alice_in_eu_bob_in_us(regions)
+    alice_jid = str(alice.boundjid.bare)
     room = JID(f"registry@{SERVICE}")
     try:
-        for gw in (eu.gateways[0], us.gateways[0]):
-            await eventually(lambda gw=gw: "us" in lookup(gw, bob_jid), 10, "bob mapped")
         await create(alice, room, "Alice")
         await submit(bob, room, "Bobby")
         assert await reserved_nick(bob, room) == "Bobby"
