@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from .settings import ConfigError, NodeSettings, load_settings
+from .settings import ConfigError, NodeSettings, StartError, load_settings
 
 __all__ = ["main"]
 
@@ -59,7 +59,7 @@ def run_role(role: str, settings: NodeSettings, run: Callable[[Any], Coroutine[A
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(run(settings))
-    except OSError as e:
+    except (OSError, StartError) as e:
         print(f"meridian {role}: cannot start: {e}", file=sys.stderr)
         return 1
     return 0
@@ -118,7 +118,10 @@ def _ctl(args: argparse.Namespace) -> int:
         if cmd.category != "account":
             return _ctl_error(f"node {settings.node_name} is not running (no {path}); "
                               f"{cmd.category} commands ask the running node", cmd)
-        result = asyncio.run(_in_process(settings, query, variables))
+        try:
+            result = asyncio.run(_in_process(settings, query, variables))
+        except StartError as e:
+            return _ctl_error(str(e), cmd)
     if result.get("errors"):
         print(json.dumps(result), file=sys.stderr)
         return 1

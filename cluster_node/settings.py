@@ -26,6 +26,11 @@ __all__ = [
 ]
 
 
+class StartError(Exception):
+    """The settings are valid but something they name is not there at start (the database): one
+    line for the operator, exit status 1, nothing left half-started."""
+
+
 class ConfigError(Exception):
     """A configuration problem, already phrased as the one line the operator sees."""
 

@@ -9,6 +9,7 @@ import json
 import logging
 import signal
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +34,7 @@ from .net.control import control_socket, serving_control
 from .net.tls import ensure_self_signed, reload_certificates, server_context
 from .net.transport_metrics import CALL as TRANSPORTS_CALL, TransportCollector
 from .net.websocket_server import WebSocketListener
-from .settings import NodeSettings
+from .settings import NodeSettings, StartError
 from .storage import Storage, open_storage
 from .xmpp.sasl.cache import LoginCache
 
@@ -55,11 +56,22 @@ class Node:
     ready_checks: dict[str, Callable[[], bool | Awaitable[bool]]] = field(default_factory=dict)
 
 
+def _without_password(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
 @contextlib.asynccontextmanager
 async def open_accounts(settings: NodeSettings) -> AsyncIterator[tuple[Storage, Accounts]]:
     """Storage and the account service alone (what ``meridian ctl account …`` needs)."""
     storage = open_storage(settings.storage_url)
-    await storage.open()
+    try:
+        await storage.open()
+    except Exception as e:  # refused, wrong credentials, no such database: one line that names it
+        raise StartError(f"storage.url ({_without_password(settings.storage_url)}): {type(e).__name__}: {e}") from None
     try:
         yield storage, Accounts(storage, settings.domains, iterations=settings.scram_iterations,
                                 min_password_length=1, login_cache=LoginCache.from_settings(settings.login_cache))

@@ -109,3 +109,18 @@ def test_environment_overrides_the_file(tmp_path):
     finally:
         del os.environ["MERIDIAN_C2S__PORT"]
     assert s.node_name == "from-file" and s.c2s.port == 6001
+
+
+def test_a_database_that_is_not_there_is_one_line_naming_it(tmp_path):
+    """Valid settings naming a database nobody answers at: exit status 1, the last line names
+    ``storage.url`` (password hidden) and why, no traceback — for the node and for ``ctl``."""
+    conf = tmp_path / "node.toml"
+    conf.write_text("[storage]\nurl = 'postgresql://meridian:hunter2@127.0.0.1:1/meridian'\n"
+                    "[c2s]\nport = 0\ntls_port = 0\n[admin]\nport = 0\n[user_api]\nport = 0\n")
+    r = meridian("node", "--config", str(conf), cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert "storage.url (postgresql://meridian:***@127.0.0.1:1/meridian)" in last and "refused" in last.lower(), last
+    assert "hunter2" not in r.stderr
+    r = meridian("ctl", "--config", str(conf), "account", "count-users", "--domain", "localhost", cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "storage.url" in r.stderr, r.stderr
