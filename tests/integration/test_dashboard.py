@@ -312,16 +312,25 @@ SYNTHETIC = {"time": 1_700_000_000, "local": {}, "error": None, "regions": {
 }}
 
 
-async def test_an_open_event_stream_does_not_hold_up_the_gateway_stopping(dashboard: Dashboard) -> None:
-    """Runs last: it stops eu's gateway.  aiohttp waits up to 60 s for running handlers at shutdown,
-    and an event stream never ends by itself: the gateway must end it."""
+async def test_an_open_event_stream_does_not_hold_up_the_gateway_stopping(world: World, dashboard: Dashboard) -> None:
+    """It stops eu's gateway, then starts it again and waits for its link, so that the tests after
+    it (in any order) find the dashboard as before.  aiohttp waits up to 60 s for running handlers
+    at shutdown, and an event stream never ends by itself: the gateway must end it."""
     timeout = aiohttp.ClientTimeout(total=60)
-    async with aiohttp.ClientSession(timeout=timeout) as http, \
-            http.get(f"{dashboard.url}/dashboard/events", headers=dashboard.headers) as r:
-        assert (await r.content.readuntil(b"event: snapshot")).endswith(b"snapshot")
-        started = time.monotonic()
-        code = await asyncio.to_thread(dashboard.gateway.stop, timeout=20)
-        took = time.monotonic() - started
-        assert code == 0 and took < 15, (code, took)
-        with contextlib.suppress(aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
-            await asyncio.wait_for(r.content.read(), 10)  # the stream ended
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as http, \
+                http.get(f"{dashboard.url}/dashboard/events", headers=dashboard.headers) as r:
+            assert (await r.content.readuntil(b"event: snapshot")).endswith(b"snapshot")
+            started = time.monotonic()
+            code = await asyncio.to_thread(dashboard.gateway.stop, timeout=20)
+            took = time.monotonic() - started
+            assert code == 0 and took < 15, (code, took)
+            with contextlib.suppress(aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
+                await asyncio.wait_for(r.content.read(), 10)  # the stream ended
+    finally:
+        gw = dashboard.gateway
+        if not gw.alive():
+            await asyncio.to_thread(gw.start)
+        names = sorted(p.name for p in world.eu.processes)
+        await eventually(lambda: system_info(gw)["joinedNodes"] == names, 20, "eu's gateway joined again")
+        await eventually(lambda: gd_status(gw)["links"].get("us", {}).get("up"), 30, "eu → us link up again")

@@ -17,7 +17,7 @@ from tests.helpers.cluster import eventually
 from tests.helpers.node import NodeProcess
 from tests.helpers.redis import RedisServer
 from tests.helpers.regions import DOMAIN, Region
-from tests.helpers.topologies import lookup, need_redis, one_node, two_node_region, two_regions
+from tests.helpers.topologies import fresh_users, lookup, need_redis, one_node, two_node_region, two_regions
 from tests.helpers.xmpp_client import Client
 
 MAM = "urn:xmpp:mam:2"
@@ -66,20 +66,22 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
 
 
 async def test_one_node_archive_paged_with_slixmpp(node: NodeProcess) -> None:
-    a = await mam_client(node, "alice@localhost/laptop").online(node.port)
-    b = await mam_client(node, "bob@localhost/phone").online(node.port)
+    # Accounts of this test's own: another test's messages would be in their archives.
+    alice, bob = fresh_users(node, PASSWORD, "alice", "bob", domain="localhost")
+    a = await mam_client(node, f"{alice}/laptop").online(node.port)
+    b = await mam_client(node, f"{bob}/phone").online(node.port)
     try:
         sent = [f"hello {i}" for i in range(7)]
         for text in sent:
-            a.send_message(mto="bob@localhost", mbody=text, mtype="chat")
+            a.send_message(mto=bob, mbody=text, mtype="chat")
         received = await live(b, 7)
         assert bodies(received) == sent
-        a.send_message(mto="bob@localhost", mbody=None, mtype="chat")  # no body: a chat state, not archived
+        a.send_message(mto=bob, mbody=None, mtype="chat")  # no body: a chat state, not archived
         # bob's archive, page by page: the ids are the stanza-ids his client saw.
         assert await archive(b) == received
         assert await archive(b, reverse=True) == list(reversed(received))
         # alice's side of the conversation, and a filter.
-        mine = await archive(a, page=4, with_jid="bob@localhost")
+        mine = await archive(a, page=4, with_jid=bob)
         assert bodies(mine) == sent
         assert await archive(a, with_jid="carol@localhost") == []
         # A max far above max_page (5 here) is clamped: one page of 5, not everything at once.
@@ -90,7 +92,7 @@ async def test_one_node_archive_paged_with_slixmpp(node: NodeProcess) -> None:
         meta = await a.plugin["xep_0313"].get_archive_metadata()
         assert meta["mam_metadata"]["start"]["id"] == mine[0][0] and meta["mam_metadata"]["end"]["id"] == mine[-1][0]
         with pytest.raises(IqError) as e:
-            await a.plugin["xep_0313"].retrieve(jid="bob@localhost")
+            await a.plugin["xep_0313"].retrieve(jid=bob)
         assert e.value.iq["error"]["condition"] == "forbidden"
         with pytest.raises(IqError) as e:
             await a.plugin["xep_0313"].retrieve(rsm={"after": "no-such-id"})
@@ -107,11 +109,12 @@ async def test_one_node_archive_paged_with_slixmpp(node: NodeProcess) -> None:
 
 
 async def test_one_node_offline_message_is_archived_once(node: NodeProcess) -> None:
-    a = await mam_client(node, "alice@localhost/desk").online(node.port)
+    alice, carol = fresh_users(node, PASSWORD, "alice", "carol", domain="localhost")
+    a = await mam_client(node, f"{alice}/desk").online(node.port)
     try:
-        a.send_message(mto="carol@localhost", mbody="while you were out", mtype="chat")
+        a.send_message(mto=carol, mbody="while you were out", mtype="chat")
         await asyncio.sleep(0.5)
-        c = await mam_client(node, "carol@localhost/phone").online(node.port)
+        c = await mam_client(node, f"{carol}/phone").online(node.port)
         try:
             stored = await live(c, 1)
             assert await archive(c) == stored
