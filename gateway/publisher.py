@@ -49,9 +49,13 @@ class Publisher:
                  endpoints: list[str], status: Callable[[], dict[str, Any]],
                  announce_every: float = 5.0, on_replaced: Callable[[SessionRecord], None] = lambda record: None,
                  on_published: Callable[[list[str]], None] = lambda bares: None,
-                 retry_after: float = 1.0, routes: ReplicatedTable | None = None) -> None:
+                 retry_after: float = 1.0, routes: ReplicatedTable | None = None,
+                 shared: frozenset[str] | None = None) -> None:
         self.store = store
         self.table = table
+        # The domains whose sessions every region may reach (``gdistrib.global_host``); None: all.
+        # A session of another domain of ours is this region's alone and is never published.
+        self.shared = shared
         self.region = region
         self.refresh_after = refresh_after
         self.endpoints = endpoints
@@ -74,6 +78,8 @@ class Publisher:
 
     def _changed(self, change: Change) -> None:
         kind, record = change
+        if self.shared is not None and record.jid.domain not in self.shared:
+            return
         self._pending[str(record.jid)] = (kind, record)
         self._wake.set()
 
@@ -181,7 +187,7 @@ class Publisher:
         await self.store.publish_region(self.region_endpoints(), self.status())
         for domain in self.component_domains():
             await self.store.publish_domain(domain)
-        await self._publish(list(self.table))
+        await self._publish([r for r in self.table if self.shared is None or r.jid.domain in self.shared])
         self._recovered()
 
     async def _publish(self, records: list[SessionRecord]) -> list[SessionRecord]:

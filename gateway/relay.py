@@ -94,8 +94,12 @@ async def _nothing() -> None:
 class GlobalRouter:
     def __init__(self, services: Services, store: MappingStore, cache: MappingCache[dict[str, Location]],
                  send: Send, *, region: str, ttl: int = 4, bounce: bool = True, resend_after: float = 0.2,
-                 max_retries: int = 4, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_retries: int = 4, clock: Callable[[], float] = time.monotonic,
+                 shared: frozenset[str] | None = None) -> None:
         self.s = services
+        # ``gdistrib.global_host``: the domains whose accounts may be in any region; an account of
+        # another of our domains is this region's alone, never looked up (None: every domain).
+        self.shared = shared
         self.store = store
         self.cache = cache
         self.send = send
@@ -128,7 +132,10 @@ class GlobalRouter:
 
     async def locate(self, bare: Jid, *, fresh: bool = False) -> dict[str, Location]:
         """Every resource of ``bare`` in every region (cache first; the last known answer while
-        Redis is unreachable, so established conversations go on)."""
+        Redis is unreachable, so established conversations go on).  Nothing for an account of a
+        domain that is not shared by the regions (``gdistrib.global_host``)."""
+        if self.shared is not None and bare.domain not in self.shared:
+            return {}
         key = str(bare)
         now = self.clock()
         if not fresh:

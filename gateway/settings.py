@@ -98,6 +98,8 @@ class RedisSettings(_Section):
                                      "(the primary when none is up)", validate_default=True)
     expire_after: float = Field(120.0, ge=2, description="seconds a mapping lives unless refreshed")
     refresh_after: float = Field(60.0, gt=0, description="seconds between refreshes of this region's entries")
+    start_timeout: float = Field(15.0, gt=0, description="seconds a starting gateway waits for Redis to answer "
+                                 "before it exits (one line naming the endpoint); once running, outages are ridden out")
 
     _sentinel_checks = field_validator("sentinels", "sentinel_master", "sentinel_tls",
                                        "read_from_replicas")(check_sentinel_setting)
@@ -123,13 +125,20 @@ class BounceSettings(_Section):
 
 
 class GDistribSettings(_Section):
-    global_host: list[str] = Field(default_factory=list, description="domains shared by regions (default: domains)")
+    global_host: list[str] = Field(default_factory=list, description="the domains whose accounts may be in any "
+                                   "region (published to and looked up in Redis); another of this region's "
+                                   "domains is its own, its users reachable only here (default: every domain)")
     local_host: str = Field("", description="this region's unique name (required)")
     message_ttl: int = Field(4, ge=1, le=32, description="hops a relayed stanza may take")
     connections: ConnectionsSettings = ConnectionsSettings()
     redis: RedisSettings = RedisSettings()
     cache: CacheSettings = CacheSettings()
     bounce: BounceSettings = BounceSettings()
+
+    @field_validator("global_host")
+    @classmethod
+    def _global_host(cls, value: list[str]) -> list[str]:
+        return domain_list(value)
 
 
 class DomainCert(_Section):
@@ -205,6 +214,9 @@ class GatewaySettings(NodeSettings):
             raise ValueError("gdistrib.connections: ca_file, cert_file and key_file are required (mutual TLS)")
         if not self.cluster.enabled:
             raise ValueError("cluster.enabled: a gateway joins its region's cluster; enable it")
+        foreign = sorted(set(gd.global_host) - set(self.domains))
+        if foreign:
+            raise ValueError(f"gdistrib.global_host: {', '.join(foreign)} not among this region's domains")
         return self
 
     @property

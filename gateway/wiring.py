@@ -13,12 +13,15 @@ from typing import Any
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from redis.exceptions import RedisError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from cluster_node.core.hooks import Hook
 from cluster_node.core.router import Router, add_global_routing
 from cluster_node.core.sessions import SessionRecord
 from cluster_node.net.tls import ensure_self_signed
-from cluster_node.wiring import Node, run_until_signalled, running_node
+from cluster_node.settings import StartError
+from cluster_node.wiring import Node, run_until_signalled, running_node, without_password
 from cluster_node.xmpp import errors
 from cluster_node.xmpp.errors import StanzaError
 from cluster_node.xmpp.jid import InvalidJid, Jid
@@ -34,7 +37,7 @@ from .ordering import pair
 from .publisher import Publisher
 from .relay import GlobalRouter, Relayed
 from .s2s.service import S2SService, dialback_secret
-from .settings import GatewaySettings
+from .settings import GatewaySettings, RedisSettings
 from .transports import TransportPoll
 
 __all__ = ["Gateway", "running_gateway", "run_gateway"]
@@ -153,14 +156,19 @@ async def running_gateway(settings: GatewaySettings, *, http_routes: Sequence[we
     assert conns.ca_file and conns.cert_file and conns.key_file  # checked by the settings
     dashboard = gateway_source()
     routes = [*dashboard_routes(dashboard, stop=dashboard.closing), *http_routes]
-    async with running_node(settings, http_routes=routes) as node:
+    r = gd.redis
+    clients = mapping_clients(r.url, r.read_url, sentinels=r.sentinels, sentinel_master=r.sentinel_master,
+                              sentinel_password=r.sentinel_password, sentinel_tls=r.sentinel_tls,
+                              read_from_replicas=r.read_from_replicas)
+    try:
+        await _reach_redis(clients.write, r)
+    except StartError:
+        await clients.aclose()
+        raise
+    async with running_node(settings, http_routes=routes) as node, contextlib.aclosing(clients):
         services = node.services
         member = services.cluster
         assert member is not None  # a gateway is a cluster member (checked by the settings)
-        r = gd.redis
-        clients = mapping_clients(r.url, r.read_url, sentinels=r.sentinels, sentinel_master=r.sentinel_master,
-                                  sentinel_password=r.sentinel_password, sentinel_tls=r.sentinel_tls,
-                                  read_from_replicas=r.read_from_replicas)
         store = MappingStore(clients.write, clients.read, region=gd.local_host, expire_after=gd.redis.expire_after)
         cache: MappingCache[Any] = MappingCache(
             gd.cache.max_size, jid_lifetime=gd.cache.jid_lifetime or 0.001,
@@ -182,7 +190,7 @@ async def running_gateway(settings: GatewaySettings, *, http_routes: Sequence[we
                             on_stanza=received, on_undeliverable=undeliverable)
         router = GlobalRouter(services, store, cache, links.send, region=gd.local_host, ttl=gd.message_ttl,
                               bounce=gd.bounce.enabled, resend_after=gd.bounce.resend_after_ms / 1000,
-                              max_retries=gd.bounce.max_retries)
+                              max_retries=gd.bounce.max_retries, shared=frozenset(settings.shared_domains))
         # The gateway's own router answers for the other regions before the node's hand-off would
         # (priority 40 < 50); nodes hand it stanzas in "gd" envelopes.
         add_global_routing(services.hooks, router, priority=40, owner=router)
@@ -199,7 +207,7 @@ async def running_gateway(settings: GatewaySettings, *, http_routes: Sequence[we
                               status=lambda: gateway.status() if gateway is not None else {},
                               announce_every=conns.endpoint_refresh_interval, on_replaced=replaced,
                               on_published=lambda bares: router.announce(bares, list(links.pools)),
-                              routes=services.routes)
+                              routes=services.routes, shared=frozenset(settings.shared_domains))
         transports = TransportPoll(services)
         expire = gd.redis.expire_after
         leases = Leases(store, services.routes, member.broadcast, node=settings.node_name, region=gd.local_host,
@@ -240,7 +248,22 @@ async def running_gateway(settings: GatewaySettings, *, http_routes: Sequence[we
             await router.pairs.drain(settings.shutdown_timeout)
             await links.stop()
             await router.pairs.close()
-            await clients.aclose()
+
+
+async def _reach_redis(client: Any, settings: RedisSettings) -> None:
+    """Redis answers within ``start_timeout``, or the gateway does not start: one line naming the
+    setting and the endpoint (a gateway that started without the mapping would route nothing to
+    other regions).  Once running, an outage is ridden out from the cache instead."""
+    where = (f"gdistrib.redis.sentinels ({', '.join(settings.sentinels)}, primary {settings.sentinel_master!r})"
+             if settings.sentinels else f"gdistrib.redis.url ({without_password(settings.url)})")
+    try:
+        async for attempt in AsyncRetrying(stop=stop_after_delay(settings.start_timeout), wait=wait_fixed(0.5),
+                                           retry=retry_if_exception_type((RedisError, OSError)), reraise=True):
+            with attempt:
+                await client.ping()
+    except (RedisError, OSError) as e:
+        raise StartError(f"{where}: no answer in {settings.start_timeout:g} s "
+                         f"(gdistrib.redis.start_timeout): {type(e).__name__}: {e}") from None
 
 
 async def _start_s2s(settings: GatewaySettings, node: Node, router: GlobalRouter) -> S2SService | None:

@@ -47,12 +47,14 @@ class Region:
 
 def make_region(base: Path, name: str, *, storage_url: str, redis_url: str, read_url: str = "",
                 nodes: int = 2, gateways: int = 1, gdistrib: dict[str, Any] | None = None,
-                node_settings: dict[str, Any] | None = None) -> Region:
-    """Configure (not start) region ``name``: nodes ``<name>-n1…``, gateways ``<name>-gw1…``."""
+                node_settings: dict[str, Any] | None = None, domains: list[str] | None = None) -> Region:
+    """Configure (not start) region ``name``: nodes ``<name>-n1…``, gateways ``<name>-gw1…``, serving
+    ``domains`` (default: :data:`DOMAIN`)."""
+    domains = domains or [DOMAIN]
     ca, ca_key = make_ca(base / "ca")
     cluster = {"enabled": True, "secret": SECRET, "name": name, "refresh_interval": 0.3,
                "ping_interval": 0.3, "ping_timeout": 1.5}
-    region_nodes = [NodeProcess(base / name / f"n{i}", name=f"{name}-n{i}", domains=[DOMAIN], storage_url=storage_url,
+    region_nodes = [NodeProcess(base / name / f"n{i}", name=f"{name}-n{i}", domains=domains, storage_url=storage_url,
                                 settings={"cluster": {**cluster, "port": free_port()}, **(node_settings or {})})
                     for i in range(1, nodes + 1)]
     region_gateways = []
@@ -73,7 +75,7 @@ def make_region(base: Path, name: str, *, storage_url: str, redis_url: str, read
                 gd.setdefault(key_, {}).update(value)
             else:
                 gd[key_] = value
-        region_gateways.append(GatewayProcess(base / name / f"gw{i}", name=gw_name, domains=[DOMAIN],
+        region_gateways.append(GatewayProcess(base / name / f"gw{i}", name=gw_name, domains=domains,
                                               storage_url=storage_url,
                                               settings={"cluster": {**cluster, "port": free_port()}, "gdistrib": gd}))
     return Region(name, region_nodes, region_gateways, redis_url)
