@@ -56,7 +56,7 @@ class Node:
     ready_checks: dict[str, Callable[[], bool | Awaitable[bool]]] = field(default_factory=dict)
 
 
-def _without_password(url: str) -> str:
+def without_password(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
     if parts.password is None:
         return url
@@ -71,7 +71,7 @@ async def open_accounts(settings: NodeSettings) -> AsyncIterator[tuple[Storage, 
     try:
         await storage.open()
     except Exception as e:  # refused, wrong credentials, no such database: one line that names it
-        raise StartError(f"storage.url ({_without_password(settings.storage_url)}): {type(e).__name__}: {e}") from None
+        raise StartError(f"storage.url ({without_password(settings.storage_url)}): {type(e).__name__}: {e}") from None
     try:
         yield storage, Accounts(storage, settings.domains, iterations=settings.scram_iterations,
                                 min_password_length=1, login_cache=LoginCache.from_settings(settings.login_cache))

@@ -14,11 +14,12 @@ from tests.helpers.node import ROOT, NodeProcess
 from tests.helpers.xmpp_client import AuthFailed, Client
 
 
-def meridian(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def meridian(*args: str, cwd: Path, env: dict[str, str] | None = None,
+             cli: str = "cluster_node.cli") -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")}
     full_env["PYTHONPATH"] = str(ROOT)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "cluster_node.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", cli, *args], capture_output=True, text=True,
                           cwd=cwd, env=full_env, timeout=60)
 
 
@@ -124,3 +125,47 @@ def test_a_database_that_is_not_there_is_one_line_naming_it(tmp_path):
     assert "hunter2" not in r.stderr
     r = meridian("ctl", "--config", str(conf), "account", "count-users", "--domain", "localhost", cwd=tmp_path)
     assert r.returncode != 0 and "Traceback" not in r.stderr and "storage.url" in r.stderr, r.stderr
+
+
+GATEWAY = """node_name = 'gw'
+domains = ['example.com']
+[cluster]
+enabled = true
+secret = 'a-cluster-secret-long-enough'
+port = 0
+[admin]
+port = 0
+[gdistrib]
+local_host = 'eu'
+[gdistrib.connections]
+ca_file = 'ca.pem'
+cert_file = 'gw.pem'
+key_file = 'gw.key'
+"""
+
+
+def test_a_global_host_the_region_does_not_serve_is_one_line(tmp_path):
+    conf = tmp_path / "gw.toml"
+    conf.write_text(GATEWAY.replace("local_host = 'eu'", "local_host = 'eu'\nglobal_host = ['other.example']"))
+    r = meridian("gateway", "--config", str(conf), cwd=tmp_path, cli="gateway.cli")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "gdistrib.global_host: other.example not among this region's domains" in lines[0], \
+        r.stderr
+
+
+@pytest.mark.parametrize("redis, named", [
+    ("[gdistrib.redis]\nurl = 'redis://:hunter2@127.0.0.1:1/0'\nstart_timeout = 1.5\n",
+     "gdistrib.redis.url (redis://:***@127.0.0.1:1/0): no answer in 1.5 s"),
+    ("[gdistrib.redis]\nsentinels = ['127.0.0.1:1']\nsentinel_master = 'mymaster'\nstart_timeout = 1.5\n",
+     "gdistrib.redis.sentinels (127.0.0.1:1, primary 'mymaster'): no answer in 1.5 s"),
+])
+def test_a_gateway_whose_redis_does_not_answer_does_not_start(tmp_path, redis, named):
+    """Nothing listens, nothing half-started: one line naming the endpoint, exit status 1."""
+    conf = tmp_path / "gw.toml"
+    conf.write_text(GATEWAY + redis)
+    r = meridian("gateway", "--config", str(conf), cwd=tmp_path, cli="gateway.cli")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert named in last and "hunter2" not in r.stderr, r.stderr
+    assert not (tmp_path / "data").exists() or not any((tmp_path / "data").iterdir()), "half-started"
