@@ -164,8 +164,8 @@ class LimitsSettings(_Section):
 
 
 class AuthThrottleSettings(_Section):
-    """Authentication failures per source address (SASL, SASL2, FAST, the user API), shared by the
-    members of a region: past ``delay_after`` failures in ``window`` each answer waits, at
+    """Authentication failures per source address (SASL, SASL2, FAST, the user API, and on gateways
+    S2S dialback keys that do not verify and refused SASL EXTERNAL), shared by the members of a region: past ``delay_after`` failures in ``window`` each answer waits, at
     ``max_failures`` the address is refused for ``ban_seconds``."""
 
     enabled: bool = Field(True, description="slow down, then ban, addresses that fail to authenticate")

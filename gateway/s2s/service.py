@@ -27,7 +27,9 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from cluster_node.core.auth_throttle import Ban
 from cluster_node.core.limits import Shaper
+from cluster_node.core.log_throttle import OncePer
 from cluster_node.core.router import Router
 from cluster_node.xmpp import errors
 from cluster_node.xmpp.errors import StanzaError
@@ -314,13 +316,13 @@ class Incoming:
         self.created = time.monotonic()
         peer = writer.get_extra_info("peername")
         self.address = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.ip = peer[0] if peer else "?"
         self.tasks: set[asyncio.Task[None]] = set()
         # A peer over its byte budget is read more slowly (TCP pushes back on it); over its stanza
         # budget, its stanzas are answered with <policy-violation/> instead of being routed.
         self.shaper = Shaper(settings.shaper_rate, settings.shaper_burst, float("inf"))
         self.stanza_rate = Shaper(settings.stanza_rate, settings.stanza_burst, float("inf"))
         self.refused = 0
-        self._warned = 0.0
 
     def info(self) -> dict[str, Any]:
         peers = sorted({o for o, _ in self.core.pairs})
@@ -336,6 +338,13 @@ class Incoming:
 
     async def serve(self) -> None:
         settings = self.s.settings
+        refusal = self.s.auth_refusal(self.ip)
+        if refusal is not None:  # banned after authentication failures: refused before anything else
+            self.core.fail(errors.PolicyViolation(refusal))
+            if self.s.once.allow((self.ip, "banned"), time.monotonic()):
+                held = self.s.once.held()
+                log.warning("s2s in from %s: refused, %s%s", self.address, refusal,
+                            f" ({held} more since the last such line)" if held else "")
         if self.direct_tls:  # XEP-0368: TLS from the first byte, the stream header comes inside it
             self.core.tls_started(peer_names(self.writer.get_extra_info("ssl_object")))
         try:
@@ -388,17 +397,18 @@ class Incoming:
                      self.address, ", direct TLS" if self.direct_tls else "")
         elif isinstance(ev, AuthFailed):
             log.warning("s2s in from %s: %s", self.address, ev.reason)
+            await self._auth_failed()
         elif isinstance(ev, Closed):
             self._closed([ev])
 
     def _over_rate(self, stanza: Stanza) -> None:
         """A stanza over the peer's stanza rate: an error to its sender, a warning once a minute."""
         self.refused += 1
-        now = time.monotonic()
-        if now - self._warned >= 60:
-            self._warned = now
-            log.warning("s2s in from %s (%s): over the stanza rate (%s/s); refusing its stanzas",
-                        self.address, self.core.peer or "?", self.s.settings.stanza_rate)
+        if self.s.once.allow((self.ip, "rate"), time.monotonic()):
+            held = self.s.once.held()
+            log.warning("s2s in from %s (%s): over the stanza rate (%s/s); refusing its stanzas%s",
+                        self.address, self.core.peer or "?", self.s.settings.stanza_rate,
+                        f" ({held} more since the last such line)" if held else "")
         if stanza.type != "error":
             self.s.bounce(stanza, errors.StanzaPolicyViolation("too many stanzas from your server: slow down"))
 
@@ -408,15 +418,33 @@ class Incoming:
                 log.warning("s2s in from %s (%s): stream closed with %s", self.address,
                             self.core.peer or "?", ev.condition)
 
+    async def _auth_failed(self) -> None:
+        """Count a refused authentication against the peer's address (the region's throttle, as
+        for clients): wait the throttle's delay before answering, or end the stream if the address
+        is now banned."""
+        delay, ban = self.s.auth_failed(self.ip)
+        if ban is not None:
+            log.warning("s2s in from %s: address banned after %s", self.address, ban.reason)
+            self._closed(self.core.fail(errors.PolicyViolation("too many authentication failures")))
+            self._flush()
+        elif delay > 0:
+            await asyncio.sleep(delay)
+
     async def _verify(self, ev: VerifyNeeded) -> None:
         valid = await self.s.verify(ev.receiving, ev.originating, ev.stream_id, ev.key)
-        if not valid:
+        if valid is None:
+            log.warning("s2s in from %s: no answer from %s's authoritative server in time; %s -> %s refused",
+                        self.address, ev.originating, ev.originating, ev.receiving)
+        elif not valid:
             log.warning("s2s in from %s: dialback key for %s -> %s did not verify", self.address,
                         ev.originating, ev.receiving)
+            await self._auth_failed()
+            if self.core.closed:
+                return
         else:
             log.info("s2s in: %s verified by dialback for %s%s", ev.originating, ev.receiving,
                      " (direct TLS)" if self.direct_tls else "")
-        self.core.dialback_result(ev.originating, ev.receiving, valid)
+        self.core.dialback_result(ev.originating, ev.receiving, bool(valid))
         self._flush()
 
 
@@ -424,8 +452,15 @@ class S2SService:
     """The region's S2S edge on this gateway."""
 
     def __init__(self, settings: S2SSettings, domains: list[str], secret: str, router: Router,
-                 default_cert: tuple[Path, Path], submit: Callable[[Stanza], None] | None = None) -> None:
+                 default_cert: tuple[Path, Path], submit: Callable[[Stanza], None] | None = None, *,
+                 auth_failed: Callable[[str], tuple[float, Ban | None]] = lambda address: (0.0, None),
+                 auth_refusal: Callable[[str], str | None] = lambda address: None) -> None:
         self.settings = settings
+        # The region's authentication throttle (``auth_throttle``): failed dialback keys and SASL
+        # EXTERNAL attempts count against the peer's address like a client's wrong passwords.
+        self.auth_failed = auth_failed
+        self.auth_refusal = auth_refusal
+        self.once = OncePer(60.0)  # log lines about one peer address: at most one a minute of each kind
         self.domains = list(domains)
         self.secret = secret
         self.router = router
@@ -550,15 +585,16 @@ class S2SService:
             return
         self.submit(local)
 
-    async def verify(self, receiving: str, originating: str, stream_id: str, key: str) -> bool:
-        """Ask ``originating``'s authoritative server about a key (XEP-0220 §2.1.2)."""
+    async def verify(self, receiving: str, originating: str, stream_id: str, key: str) -> bool | None:
+        """Ask ``originating``'s authoritative server about a key (XEP-0220 §2.1.2): its verdict,
+        or None when it gave none in time (the stream to it retries its connection meanwhile)."""
         if receiving not in self.domains or self.stopping:
             return False
         future = self._stream(receiving, originating).verify(receiving, originating, stream_id, key)
         try:
             return await asyncio.wait_for(future, self.settings.auth_timeout)
         except TimeoutError:
-            return False
+            return None
 
     def connections(self) -> list[dict[str, Any]]:
         return [*(o.info() for o in self.outgoing.values()), *(i.info() for i in self.incoming)]

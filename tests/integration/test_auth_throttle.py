@@ -116,3 +116,48 @@ async def test_user_api_failures_ban_the_address_everywhere(tmp_path: Path) -> N
         err = await refused_at_connect(n2.port, n2.cert, GUESSER)
         assert err.find("{urn:ietf:params:xml:ns:xmpp-streams}policy-violation") is not None
         assert await user_api_from(n1, BYSTANDER, "right-password") == 200
+
+
+async def sasl2_attempt(node: NodeProcess, mechanism: str, response: bytes, source: str) -> ET.Element:
+    """One connection, one XEP-0388 <authenticate/>: the reply (<failure/> or <success/>), and the
+    stream error if one followed at once (then the second element of the returned <reply/>)."""
+    c = await RawClient(node.port, node.cert, source=source).connect()
+    try:
+        mechanisms = {m.text for m in c.features.iter("{urn:xmpp:sasl:2}mechanism")}
+        mechanisms |= {m.text for m in c.features.iter("{urn:xmpp:fast:0}mechanism")}  # XEP-0484, in <inline/>
+        assert mechanism in mechanisms, mechanisms
+        c.send(f"<authenticate xmlns='urn:xmpp:sasl:2' mechanism='{mechanism}'>"
+               f"<initial-response>{base64.b64encode(response).decode()}</initial-response>"
+               "<user-agent id='d4565fa7-4d72-4749-b3d3-740edbf87770'><software>guesser</software></user-agent>"
+               "</authenticate>")
+        reply = ET.Element("reply")
+        reply.append(await c.next(lambda el: local(el) in ("failure", "success")))
+        if local(reply[0]) == "failure":
+            try:
+                reply.append(await c.next(lambda el: local(el) == "error", timeout=1.0))
+            except (TimeoutError, ConnectionError, ET.ParseError):
+                pass
+        return reply
+    finally:
+        await c.close()
+
+
+async def test_sasl2_and_fast_failures_count_like_passwords(tmp_path: Path) -> None:
+    """Wrong passwords over SASL2 (XEP-0388) and made-up FAST tokens (XEP-0484, HT-SHA-256-NONE)
+    from one address add up in the same throttle: the sixth failure bans the address."""
+    with two_node_region(tmp_path, users={"alice": "right-password"}, settings=THROTTLE) as (n1, n2):
+        bogus_token = b"alice\0" + bytes(32)  # the HMAC of a token nobody was given
+        for i in range(5):
+            mechanism, response = (("PLAIN", f"\0alice\0wrong{i}".encode()) if i % 2 == 0
+                                   else ("HT-SHA-256-NONE", bogus_token))
+            reply = await sasl2_attempt(n1, mechanism, response, GUESSER)
+            assert local(reply[0]) == "failure" and len(reply) == 1, ET.tostring(reply)
+            assert reply[0].find("{urn:ietf:params:xml:ns:xmpp-sasl}not-authorized") is not None
+        reply = await sasl2_attempt(n1, "HT-SHA-256-NONE", bogus_token, GUESSER)
+        assert local(reply[0]) == "failure" and len(reply) == 2, ET.tostring(reply)
+        assert reply[1].find("{urn:ietf:params:xml:ns:xmpp-streams}policy-violation") is not None
+        for node in (n1, n2):  # banned on both members, SASL2 or not
+            err = await refused_at_connect(node.port, node.cert, GUESSER)
+            assert err.find("{urn:ietf:params:xml:ns:xmpp-streams}policy-violation") is not None
+        reply = await sasl2_attempt(n2, "PLAIN", b"\0alice\0right-password", BYSTANDER)
+        assert local(reply[0]) == "success", ET.tostring(reply)

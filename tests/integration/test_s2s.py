@@ -40,16 +40,27 @@ class Site:
     """One region with its own domain: a node and a gateway speaking S2S on ``s2s_port``."""
 
     def __init__(self, base: Path, name: str, domain: str, redis_url: str, dns: DnsServer,
-                 s2s: dict[str, Any] | None = None) -> None:
+                 s2s: dict[str, Any] | None = None, more_domains: dict[str, bool] | None = None,
+                 gateway_settings: dict[str, Any] | None = None) -> None:
+        """``more_domains``: other domains the site serves, each with a certificate of its own
+        (``s2s.domain_certs``) when True, else with only the default one (naming ``domain``);
+        ``gateway_settings``: more sections of the gateway's settings."""
         self.name, self.domain = name, domain
+        more = more_domains or {}
+        domains = [domain, *more]
         ca, ca_key = make_ca(base / "ca")
         self.ca = ca
         link_cert, link_key = issue_cert(ca, ca_key, base / "ca", f"{name}-gw", ["127.0.0.1"])
         self.s2s_cert, self.s2s_key = issue_cert(ca, ca_key, base / "ca", domain, [domain])
+        domain_certs = {}
+        for other, own in more.items():
+            if own:
+                cert, key = issue_cert(ca, ca_key, base / "ca", other, [other])
+                domain_certs[other] = {"cert_file": str(cert), "key_file": str(key)}
         db = f"sqlite:///{base / name / 'db.sqlite'}"
         cluster = {"enabled": True, "secret": SECRET, "name": name, "refresh_interval": 0.3,
                    "ping_interval": 0.3, "ping_timeout": 1.5}
-        self.node = NodeProcess(base / name / "n1", name=f"{name}-n1", domains=[domain], storage_url=db,
+        self.node = NodeProcess(base / name / "n1", name=f"{name}-n1", domains=domains, storage_url=db,
                                 settings={"cluster": {**cluster, "port": free_port()}})
         self.s2s_port, self.s2s_tls_port = free_port(), free_port()
         self.s2s: dict[str, Any] = {
@@ -58,15 +69,16 @@ class Site:
             "key_file": str(self.s2s_key), "ca_file": str(ca), "nameservers": ["127.0.0.1"], "dns_port": dns.port,
             "sasl_external": False, "dialback": True, "connect_timeout": 5.0, "auth_timeout": 15.0, "retries": 2,
             "idle_timeout": 600.0,
-            "retry_backoff": 0.2, **(s2s or {})}
+            "retry_backoff": 0.2, **({"domain_certs": domain_certs} if domain_certs else {}), **(s2s or {})}
         gd = {"local_host": name, "connections": {
             "endpoints": [f"127.0.0.1:{free_port()}"], "ca_file": str(ca), "cert_file": str(link_cert),
             "key_file": str(link_key)}, "redis": {"url": redis_url}}
-        self.gateway = GatewayProcess(base / name / "gw1", name=f"{name}-gw1", domains=[domain], storage_url=db,
+        self.gateway = GatewayProcess(base / name / "gw1", name=f"{name}-gw1", domains=domains, storage_url=db,
                                       settings={"cluster": {**cluster, "port": free_port()}, "gdistrib": gd,
-                                                "s2s": self.s2s})
-        dns.add_srv(f"_xmpp-server._tcp.{domain}", f"xmpp.{domain}", self.s2s_port)
-        dns.add_a(f"xmpp.{domain}", "127.0.0.1")
+                                                "s2s": self.s2s, **(gateway_settings or {})})
+        for served in domains:
+            dns.add_srv(f"_xmpp-server._tcp.{served}", f"xmpp.{served}", self.s2s_port)
+            dns.add_a(f"xmpp.{served}", "127.0.0.1")
 
     def start(self) -> None:
         self.node.start()
@@ -96,13 +108,13 @@ class Site:
         names = sorted([self.node.name, self.gateway.name])
         assert poll(lambda: system_info(self.node)["joinedNodes"] == names, 20)
 
-    def user(self, prefix: str) -> str:
+    def user(self, prefix: str, domain: str | None = None) -> str:
         name = f"{prefix}{uuid.uuid4().hex[:6]}"
-        self.node.register(name, PASSWORD, self.domain)
+        self.node.register(name, PASSWORD, domain or self.domain)
         return name
 
-    def client(self, user: str, resource: str = "r") -> Client:
-        return Client(f"{user}@{self.domain}/{resource}", PASSWORD, cert=self.node.cert)
+    def client(self, user: str, resource: str = "r", domain: str | None = None) -> Client:
+        return Client(f"{user}@{domain or self.domain}/{resource}", PASSWORD, cert=self.node.cert)
 
     async def connections(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = await ctl_query(self.gateway, "s2s", "connections")

@@ -21,11 +21,17 @@ import pytest
 
 from gateway.link.tls import issue_cert
 from tests.helpers.dns import DnsServer
+from tests.helpers.node import ADMIN_PASSWORD, ADMIN_USER
 from tests.helpers.redis import redis_server_binary
 
 from .test_s2s import EU, US, Site, World, apoll, two_sites
 
 RATE = 20
+QUEUE = 3
+# Authentication throttling, as for clients but tighter; 127.0.0.1 stays exempt (every other test
+# here connects from it), the guesser comes from another loopback address.
+THROTTLE = {"auth_throttle": {"max_failures": 3, "delay_after": 1, "failure_delay": 0.5, "ban_seconds": 300}}
+GUESSER = "127.0.0.23"
 NS = ("xmlns='jabber:server' xmlns:stream='http://etherx.jabber.org/streams' "
       "xmlns:db='jabber:server:dialback' version='1.0'")
 
@@ -36,11 +42,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         pytest.skip("redis-server is not installed")
     base = tmp_path_factory.mktemp("s2s-hostile")
     # Two attempts per connection (a stalled handshake is retried), a low stanza rate per incoming stream.
-    fast = {"sasl_external": True, "auth_timeout": 5.0, "retries": 2, "stanza_rate": RATE, "stanza_burst": RATE}
+    # At most QUEUE stanzas wait for a domain while its stream is being set up.
+    fast = {"sasl_external": True, "auth_timeout": 5.0, "retries": 2, "stanza_rate": RATE, "stanza_burst": RATE,
+            "queue_max": QUEUE}
     with DnsServer() as dns, Silent() as silent:
         dns.add_srv("_xmpp-server._tcp.silent.example", "xmpp.silent.example", silent.port)
         dns.add_a("xmpp.silent.example", "127.0.0.1")
-        with two_sites(base, lambda b, name, domain, url, d: Site(b, name, domain, url, d, fast), dns) as world:
+        with two_sites(base, lambda b, name, domain, url, d: Site(b, name, domain, url, d, fast,
+                                                                  gateway_settings=THROTTLE), dns) as world:
             world.silent = silent  # type: ignore[attr-defined]
             yield world
 
@@ -86,8 +95,10 @@ class RawPeer:
         self.received = b""
 
     @classmethod
-    async def connect(cls, port: int) -> RawPeer:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async def connect(cls, port: int, source: str | None = None) -> RawPeer:
+        """A connection to ``port`` on loopback, from the address ``source`` if given."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port,
+                                                       local_addr=(source, 0) if source else None)
         return cls(reader, writer)
 
     def send(self, data: str | bytes) -> None:
@@ -241,6 +252,31 @@ async def test_peer_that_never_answers_gets_stanzas_bounced_with_timeout(world: 
     await still_federating(world)
 
 
+async def test_stanzas_past_the_queue_for_a_domain_being_connected_get_resource_constraint(world: World) -> None:
+    """While the stream to silent.example is being set up (it never will be), QUEUE stanzas wait
+    for it; the ones after them are bounced at once with <resource-constraint/>, the waiting ones
+    later with <remote-server-timeout/>: each gets exactly one answer, none is lost silently."""
+    alice = world.eu.user("alice")
+    a = await world.eu.client(alice).online(world.eu.node.port)
+    try:
+        started = asyncio.get_running_loop().time()
+        for i in range(QUEUE + 2):
+            a.send_message(mto="someone@silent.example", mbody=f"queued? {i}", mtype="chat")
+        errors: dict[str, tuple[str, float]] = {}
+        while len(errors) < QUEUE + 2:
+            m = await a.next_message(timeout=40, body=False)
+            if m["type"] == "error":
+                errors[m["body"]] = (m["error"]["condition"], asyncio.get_running_loop().time() - started)
+        over = [f"queued? {i}" for i in range(QUEUE, QUEUE + 2)]
+        assert {body: c for body, (c, _) in errors.items()} == {
+            **{f"queued? {i}": "remote-server-timeout" for i in range(QUEUE)},
+            **dict.fromkeys(over, "resource-constraint")}, errors
+        assert all(errors[body][1] < 3 for body in over), errors  # at once, not after the handshake gave up
+    finally:
+        await a.close()
+    await still_federating(world)
+
+
 async def test_garbage_after_starttls(world: World) -> None:
     mark = log_mark(world.eu)
     # Garbage inside TLS: a stream error, the connection closed.
@@ -299,4 +335,64 @@ async def test_incoming_stream_over_its_stanza_rate(world: World, tmp_path: Path
     finally:
         peer.close()
     assert log_count(world.eu, "(chatty.example): over the stanza rate", mark) == 1
+    await still_federating(world)
+
+
+async def test_authentication_failures_from_one_address_get_it_banned(world: World) -> None:
+    """SASL EXTERNAL without a certificate naming the claimed domain, from one address: the first
+    failure is answered at once, the next ones late, the third bans the address; its next stream
+    is refused with <policy-violation/> before any feature; the ban is listed in the admin API and
+    counted in /metrics, and lifting it lets the address in again.  Logged once a minute."""
+    mark = log_mark(world.eu)
+
+    async def guess() -> float:
+        """One refused SASL EXTERNAL: how long its answer took."""
+        peer = await RawPeer.connect(world.eu.s2s_port, GUESSER)
+        try:
+            await peer.open("guesser.example", EU)
+            await peer.starttls(client_ctx(world.eu), "guesser.example", EU)
+            started = asyncio.get_running_loop().time()
+            peer.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>"
+                      "Z3Vlc3Nlci5leGFtcGxl</auth>")  # base64("guesser.example")
+            await peer.expect("<failure")
+            return asyncio.get_running_loop().time() - started
+        finally:
+            peer.close()
+
+    first = await guess()
+    second = await guess()
+    assert first < 0.4 and second >= 0.4, (first, second)  # held back from the second failure on
+    peer = await RawPeer.connect(world.eu.s2s_port, GUESSER)
+    try:
+        await peer.open("guesser.example", EU)
+        await peer.starttls(client_ctx(world.eu), "guesser.example", EU)
+        peer.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>Z3Vlc3Nlci5leGFtcGxl</auth>")
+        rest = await peer.closed()
+        assert b"<failure" in rest and b"<policy-violation" in rest, rest  # the third: banned
+    finally:
+        peer.close()
+    for _ in range(3):  # banned: refused at the stream's start, nothing offered
+        peer = await RawPeer.connect(world.eu.s2s_port, GUESSER)
+        try:
+            peer.send(f"<?xml version='1.0'?><stream:stream {NS} from='guesser.example' to='{EU}'>")
+            rest = await peer.closed()
+            assert b"<policy-violation" in rest and b"<stream:features" not in rest, rest
+        finally:
+            peer.close()
+    status, body = await world.eu.gateway.admin("{ throttle { listBans { address seconds reason } } }")
+    assert status == 200 and [b["address"] for b in body["data"]["throttle"]["listBans"]] == [GUESSER], body
+    status, text = await world.eu.gateway.http("GET", f"{world.eu.gateway.admin_url}/metrics",
+                                               auth=(ADMIN_USER, ADMIN_PASSWORD))
+    assert status == 200 and "meridian_auth_throttle_bans_total 1.0" in text, text
+    assert "meridian_auth_throttle_refused_total 3.0" in text, text
+    assert log_count(world.eu, f"s2s in from {GUESSER}", mark) >= 1
+    assert log_count(world.eu, "refused, ", mark) == 1  # three refusals, one line
+    # Lifted: the address may try again (and federation from elsewhere never stopped).
+    status, body = await world.eu.gateway.admin('mutation { throttle { liftBan(address: "%s") } }' % GUESSER)
+    assert body["data"]["throttle"]["liftBan"] is True, body
+    peer = await RawPeer.connect(world.eu.s2s_port, GUESSER)
+    try:
+        assert "<stream:features" in await peer.open("guesser.example", EU)
+    finally:
+        peer.close()
     await still_federating(world)

@@ -250,6 +250,29 @@ async def test_a_stanza_over_the_size_limit_is_a_policy_violation(
     await still_serves(node, session)
 
 
+async def test_a_flood_over_the_byte_shaper_is_a_policy_violation(
+        node: NodeProcess, session: aiohttp.ClientSession) -> None:
+    """The c2s byte shaper (``limits.shaper_rate`` 100 kB/s, burst 500 kB, ``shaper_max_throttle``
+    10 s: the defaults) holds over WebSocket as over TCP: 3 MB of stanzas as fast as the socket
+    takes them end the stream with <policy-violation/>, and the node serves the next client."""
+    async with session.ws_connect(url(node), protocols=("xmpp",)) as ws:
+        jid = await ws_login(ws, "alice", f"flood-{uuid.uuid4().hex[:6]}")
+        frame = (f"<message xmlns='jabber:client' to='{jid}' type='headline'><body>{'x' * 60_000}</body>"
+                 "</message>")
+
+        async def flood() -> None:
+            with contextlib.suppress(ConnectionError, aiohttp.ClientError):
+                for _ in range(50):
+                    await ws.send_str(frame)
+
+        sender = asyncio.get_running_loop().create_task(flood())
+        error = await recv_named(ws, "error")
+        sender.cancel()
+        assert error.find("{urn:ietf:params:xml:ns:xmpp-streams}policy-violation") is not None, ET.tostring(error)
+        assert "too fast" in (error.findtext("{urn:ietf:params:xml:ns:xmpp-streams}text") or "")
+    await still_serves(node, session)
+
+
 async def test_a_10_mb_message_closes_the_websocket_before_it_is_read(
         node: NodeProcess, session: aiohttp.ClientSession) -> None:
     ws = await opened(session, node)
