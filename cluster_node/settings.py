@@ -165,8 +165,9 @@ class LimitsSettings(_Section):
 
 class AuthThrottleSettings(_Section):
     """Authentication failures per source address (SASL, SASL2, FAST, the user API, and on gateways
-    S2S dialback keys that do not verify and refused SASL EXTERNAL), shared by the members of a region: past ``delay_after`` failures in ``window`` each answer waits, at
-    ``max_failures`` the address is refused for ``ban_seconds``."""
+    S2S dialback keys that do not verify and refused SASL EXTERNAL), shared by the members of a
+    region: past ``delay_after`` failures in ``window`` each answer waits, at ``max_failures`` the
+    address is refused for ``ban_seconds``."""
 
     enabled: bool = Field(True, description="slow down, then ban, addresses that fail to authenticate")
     max_failures: int = Field(20, ge=1, description="failures in the window that ban the address")
