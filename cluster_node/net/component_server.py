@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..cluster.table import Record
 from ..core.limits import Shaper
+from ..core.log_throttle import OncePer
 from ..xmpp import errors
 from ..xmpp.component import ComponentEnded, ComponentEvent, ComponentStanza, ComponentStream, HandshakeDone
 from ..xmpp.errors import StreamError
@@ -87,7 +88,7 @@ class ComponentListener:
         self.server: asyncio.Server | None = None
         self.connections: set[ComponentConnection] = set()
         self.counters = {"shaped": 0}  # times a component's reading was slowed by the shaper
-        self.shaped_logged = -60.0  # when that was last logged
+        self.once = OncePer(60.0)  # log lines about one component: at most one a minute
         services.routes.on_lost = self._lost
 
     async def start(self) -> None:
@@ -174,11 +175,10 @@ class ComponentConnection(asyncio.Protocol):
             if delay > 0 and not self._shaped:
                 self._shaped = True
                 self.listener.counters["shaped"] += 1
-                now = time.monotonic()
-                if now - self.listener.shaped_logged >= 60.0:  # once a minute, not once per read
-                    self.listener.shaped_logged = now
-                    log.info("component %s: over its shaper rate (components.shaper_rate): reading slowed",
-                             self.domain or "?")
+                if self.listener.once.allow((self.domain, "shaped"), time.monotonic()):  # not once per read
+                    held = self.listener.once.held()
+                    log.info("component %s: over its shaper rate (components.shaper_rate): reading slowed%s",
+                             self.domain or "?", f" ({held} more times since the last such line)" if held else "")
                 self.transport.pause_reading()
                 asyncio.get_running_loop().call_later(delay, self._unshape)
         self._handle(self.stream.receive_data(data))

@@ -8,6 +8,7 @@ import sqlite3
 
 import pytest
 
+from cluster_node.core.log_throttle import OncePer
 from cluster_node.modules.mam.module import Mam, _storage_unavailable
 
 
@@ -25,7 +26,7 @@ def test_what_counts_as_the_database_being_away(error: Exception, outage: bool) 
 def test_an_outage_is_one_warning_a_minute_and_a_bug_a_traceback(caplog: pytest.LogCaptureFixture) -> None:
     mam = Mam.__new__(Mam)  # only the failure bookkeeping is exercised: no host, no storage
     mam.counters = {"archived": 0, "failed": 0, "queries": 0, "cleaned": 0}
-    mam._warned_at = -60.0
+    mam._once = OncePer(60.0)
     with caplog.at_level(logging.WARNING, logger="meridian.mam"):
         for _ in range(50):
             mam._failed(ConnectionRefusedError(111, "Connect call failed"), "a message for a@b")

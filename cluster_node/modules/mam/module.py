@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 from pydantic import Field
 
 from ...core.hooks import Hook
+from ...core.log_throttle import OncePer
 from ...core.module import Module, ModuleHost, ModuleSettings, Xep
 from ...core.router import IqRequest
 from ...xmpp import errors
@@ -113,7 +114,7 @@ class Mam(Module):
         await self.store.migrate()
         self.ids = IdGenerator()
         self.counters = {"archived": 0, "failed": 0, "queries": 0, "cleaned": 0}
-        self._warned_at = -60.0  # when "archive storage unavailable" was last logged
+        self._once = OncePer(60.0)  # "archive storage unavailable": at most once a minute
         self._cleanup: asyncio.Task[None] | None = None
         # Late: modules that take a message (and so never deliver it) answer first; before carbons
         # (90), which marks the stanza it hands on.
@@ -195,11 +196,9 @@ class Mam(Module):
         if not _storage_unavailable(error):
             log.exception("archiving %s failed; it is delivered unarchived", what)
             return
-        now = time.monotonic()
-        if now - self._warned_at >= 60.0:
+        if self._once.allow("unavailable", time.monotonic()):
             log.warning("archive storage unavailable (%s: %s): messages are delivered unarchived; %d so far",
                         type(error).__name__, error, self.counters["failed"])
-            self._warned_at = now
 
     async def _wanted(self, owner: Jid, peer: Jid) -> bool:
         """The user's preferences (XEP-0441) for messages with ``peer``."""
