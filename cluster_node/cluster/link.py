@@ -6,9 +6,14 @@ cluster, a wrong secret, a duplicate node name or an incompatible protocol versi
 with a clear reason before anything is exchanged.  Then each side sends a DUMP of the records it
 owns per table, and from there OPs (acked), STANZAs, CALLs and PINGs.
 
+A KNOCK is a HELLO with ``knock`` set and nothing after it: a member just started, whose name
+sorts after ours (so it waits for us to dial it), says it is there; we refresh discovery now
+rather than at the next interval.  It proves nothing (no AUTH), so it only hastens a refresh.
+
     state       input                       next
     ---------   -------------------------   ---------------------------------
     HELLO       peer HELLO, acceptable      AUTH (our AUTH sent)
+    HELLO       peer KNOCK, acceptable      CLOSED  → event Knocked
     AUTH        peer AUTH, valid            JOINED  → event Joined
     any         refusal / bad frame         CLOSED  → event Closed(reason)
     JOINED      no frame for ping_timeout   CLOSED  → event Closed("ping timeout")
@@ -27,7 +32,7 @@ from .frames import Frame, FrameDecoder, FrameError, Kind, decode_stanza, encode
 from .table import Op, Record
 
 __all__ = ["PROTOCOL_VERSION", "LinkConfig", "ClusterLink", "Joined", "Closed", "DumpReceived",
-           "OpReceived", "Acked", "StanzaArrived", "CallReceived", "LinkEvent"]
+           "OpReceived", "Acked", "StanzaArrived", "CallReceived", "Knocked", "LinkEvent"]
 
 PROTOCOL_VERSION = "1.0"  # major.minor: members with the same major version can join
 
@@ -93,7 +98,12 @@ class CallReceived:
     args: dict[str, Any]
 
 
-LinkEvent = Joined | Closed | DumpReceived | OpReceived | Acked | StanzaArrived | CallReceived
+@dataclass(frozen=True)
+class Knocked:
+    node: str  # as it says: unauthenticated
+
+
+LinkEvent = Joined | Closed | DumpReceived | OpReceived | Acked | StanzaArrived | CallReceived | Knocked
 
 
 def _mac(secret: bytes, nonce: str, node: str, cluster: str) -> str:
@@ -101,7 +111,8 @@ def _mac(secret: bytes, nonce: str, node: str, cluster: str) -> str:
 
 
 class ClusterLink:
-    def __init__(self, config: LinkConfig, now: float, *, node_num: int | None = None) -> None:
+    def __init__(self, config: LinkConfig, now: float, *, node_num: int | None = None, knock: bool = False) -> None:
+        """``knock``: this link only says we are here (its HELLO, then nothing; see above)."""
         self.config = config
         self.state = State.HELLO
         self.peer: str | None = None  # set once its HELLO is accepted
@@ -117,7 +128,10 @@ class ClusterLink:
         self.rtt: float | None = None
         self._out.append(encode(Kind.HELLO, {
             "cluster": config.cluster, "node": config.node, "incarnation": config.incarnation,
-            "version": config.version, "nonce": self._nonce, "address": config.address, "node_num": node_num}))
+            "version": config.version, "nonce": self._nonce, "address": config.address, "node_num": node_num,
+            **({"knock": True} if knock else {})}))
+        if knock:
+            self.state = State.CLOSED
 
     @property
     def closed(self) -> bool:
@@ -240,6 +254,9 @@ class ClusterLink:
             return self.refuse(f"duplicate node name {node!r}")
         if version.split(".")[0] != cfg.version.split(".")[0]:
             return self.refuse(f"incompatible protocol version {version!r} (we speak {cfg.version!r})")
+        if hello.get("knock") is True:
+            self.state = State.CLOSED
+            return [Knocked(node)]
         self.peer = node
         self.peer_incarnation = str(hello.get("incarnation", ""))
         self._peer_address = str(hello.get("address", ""))

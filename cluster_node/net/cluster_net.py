@@ -8,6 +8,7 @@ cluster-wide lock (CETS's global join lock stalled MongooseIM at seven nodes: ht
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
@@ -23,6 +24,7 @@ from ..cluster.link import (
     ClusterLink,
     DumpReceived,
     Joined,
+    Knocked,
     LinkConfig,
     LinkEvent,
     OpReceived,
@@ -49,10 +51,11 @@ class MemberHooks:
 
 
 class LinkConnection(asyncio.Protocol):
-    def __init__(self, member: ClusterMember, outgoing: str | None) -> None:
+    def __init__(self, member: ClusterMember, outgoing: str | None, *, knock: bool = False) -> None:
         self.member = member
         self.outgoing = outgoing
-        self.core = ClusterLink(member.link_config, time.monotonic(), node_num=member.node_num)
+        self.knock = knock  # only say we are here, then close (see ClusterMember._knock)
+        self.core = ClusterLink(member.link_config, time.monotonic(), node_num=member.node_num, knock=knock)
         self.transport: asyncio.Transport | None = None
         self.joined = False
         self.peer: str | None = None
@@ -61,6 +64,9 @@ class LinkConnection(asyncio.Protocol):
         self.ack_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.tables_seen: set[str] = set()
         self.leaving = False  # the peer said it is stopping: its close is no failure
+        # Our dial's handshake is done, but the member we dialled has not accepted us yet (it may
+        # still refuse: a duplicate node name): not joined until it says so (see ClusterMember.handle).
+        self.pending: Joined | None = None
         self._flush_scheduled = False
         self.remote = "?"  # host:port of the other end
 
@@ -69,13 +75,21 @@ class LinkConnection(asyncio.Protocol):
         peername = transport.get_extra_info("peername")
         if isinstance(peername, tuple) and len(peername) >= 2:
             self.remote = f"{peername[0]}:{peername[1]}"
+        if self.knock:
+            self.flush()
+            transport.close()  # after what was written: the HELLO
+            return
         self.member.connections.add(self)
         self.flush()
 
     def data_received(self, data: bytes) -> None:
+        if self.knock:
+            return
         self.member.handle(self, self.core.receive_data(data, time.monotonic()))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.knock:
+            return
         self.member.connections.discard(self)
         self.member.handle(self, self.core.receive_data(b"", time.monotonic()))
 
@@ -113,6 +127,7 @@ class LinkConnection(asyncio.Protocol):
 
 
 LEAVING = "member.leaving"  # CALL sent to every member before a graceful stop
+WELCOME = "member.welcome"  # CALL: the member that accepted a link tells the one that dialled
 
 
 @dataclass
@@ -146,6 +161,8 @@ class ClusterMember:
         self.stopping = False
         self._tasks: list[asyncio.Task[None]] = []
         self._connecting: set[str] = set()
+        self._wake = asyncio.Event()  # a knock: refresh discovery now
+        self._woken_at = 0.0
         for table in self.tables.values():
             table.me = self.node
 
@@ -221,8 +238,22 @@ class ClusterMember:
 
     def handle(self, conn: LinkConnection, events: list[LinkEvent]) -> None:
         for event in events:
+            if isinstance(event, Knocked):
+                self._knocked(event.node)
+                continue
+            if conn.pending is not None and not isinstance(event, Closed):
+                # The member we dialled accepted us (its WELCOME, or what it sends once it has).
+                pending, conn.pending = conn.pending, None
+                self._joined(conn, pending)
             if isinstance(event, Joined):
-                self._joined(conn, event)
+                if conn.outgoing is not None:
+                    # Dialled by us: the handshake proves the peer, but the peer decides last (it may
+                    # refuse us, e.g. as a duplicate of a member it has).  Until it has accepted, we
+                    # are not joined: a refused newcomer never counts the peer among its members,
+                    # sends it nothing and takes nothing of it for a member going down.
+                    conn.pending = event
+                else:
+                    self._joined(conn, event)
             elif isinstance(event, Closed):
                 self._closed(conn, event)
             elif not conn.joined:
@@ -246,6 +277,8 @@ class ClusterMember:
             elif isinstance(event, CallReceived):
                 if event.name == LEAVING:
                     conn.leaving = True
+                elif event.name == WELCOME:
+                    pass  # accepted (handled above)
                 else:
                     self.hooks.call(event.name, event.args)
         conn.flush()
@@ -278,6 +311,8 @@ class ClusterMember:
         conn.peer = event.node
         self.links[event.node] = conn
         self.refused.pop(event.node, None)
+        if conn.outgoing is None:
+            conn.core.send_call(WELCOME, {})  # the member that dialled us is joined from now on
         for table in self.tables.values():
             conn.core.send_dump(table.name, table.dump())
         log.info("joined %s (%s)", event.node, event.address or "incoming")
@@ -330,10 +365,38 @@ class ClusterMember:
                                 e.__class__.__name__, e, self.refresh_interval)
                 failing = e.__class__.__name__
                 self.discovery_works = False
+            loop = asyncio.get_running_loop()
             for peer in self.discovered:
-                if peer.node > self.node and peer.node not in self.links and peer.node not in self._connecting:
-                    asyncio.get_running_loop().create_task(self._connect(peer))
-            await asyncio.sleep(self.refresh_interval)
+                if peer.node in self.links or peer.node in self._connecting:
+                    continue
+                if peer.node > self.node:
+                    loop.create_task(self._connect(peer))
+                elif peer.node < self.node and peer.node not in self.refused:
+                    loop.create_task(self._knock(peer))  # it dials us: tell it we are here
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.refresh_interval)
+
+    def _knocked(self, node: str) -> None:
+        """A member whose name sorts after ours says it has started: look for it now, not at the
+        next refresh (at most once a second: a knock is not authenticated)."""
+        now = time.monotonic()
+        if node > self.node and node not in self.links and now - self._woken_at >= 1.0:
+            self._woken_at = now
+            log.debug("%s knocked: refreshing discovery now", node)
+            self._wake.set()
+
+    async def _knock(self, peer: Peer) -> None:
+        self._connecting.add(peer.node)
+        try:
+            host, _, port = peer.address.rpartition(":")
+            await asyncio.wait_for(asyncio.get_running_loop().create_connection(
+                lambda: LinkConnection(self, peer.node, knock=True), host.strip("[]"), int(port),
+                ssl=self.client_tls), timeout=self.ping_timeout)
+        except (TimeoutError, OSError, ValueError, ssl.SSLError) as e:
+            log.debug("cannot knock at %s at %s: %s", peer.node, peer.address, e)
+        finally:
+            self._connecting.discard(peer.node)
 
     async def _connect(self, peer: Peer) -> None:
         self._connecting.add(peer.node)

@@ -437,6 +437,31 @@ async def test_ten_members_started_at_once_converge(tmp_path, spawn):
         assert "Traceback" not in node.log_path.read_text(errors="replace"), node.log()
 
 
+SLOW_REFRESH = 30.0
+
+
+async def test_a_member_whose_name_sorts_last_joins_without_waiting_for_a_refresh(tmp_path, spawn):
+    """Each member dials the members whose names sort after its own.  One started after the others
+    with a name that sorts last waited for their next discovery refresh to be dialled: up to
+    ``refresh_interval`` (30 s here) before it joined, and before it was ready.  It knocks now, and
+    they look at once."""
+    db = f"sqlite:///{tmp_path / 'discovery.db'}"
+    ports = fresh_ports(3)
+    first = [spawn(name, port, db, refresh_interval=SLOW_REFRESH)
+             for name, port in zip(["a1", "b1"], ports[:2], strict=True)]
+    await asyncio.to_thread(start_all, first)
+    await joined(first, timeout=SLOW_REFRESH + 15)
+    last = spawn("z1", ports[2], db, refresh_interval=SLOW_REFRESH)
+    await asyncio.to_thread(last.start)
+    started = time.monotonic()
+    await joined([*first, last], timeout=SLOW_REFRESH + 15)
+    took = time.monotonic() - started
+    assert took < 5.0, f"z1 joined {took:.1f} s after it started (refresh_interval {SLOW_REFRESH:.0f} s)"
+    for node in (*first, last):
+        assert len(log_lines(node, r"meridian.cluster: joined ")) == 2, node.log()  # one link a pair
+        assert not log_lines(node, r"refused|replacing|is down"), node.log()
+
+
 # -- 3. duplicate node name ------------------------------------------------------------------------------
 
 
@@ -473,6 +498,11 @@ async def test_duplicate_node_name_is_refused_and_the_original_stays(tmp_path, s
         await until(refusals, lambda lines: len(lines) >= 4, what="n2 refuses the duplicate n1 again and again")
         assert seen == {f"127.0.0.1:{ports[1]}"}, seen
         await log_line(dup, r"refused by peer: duplicate node name 'n1'")
+        # The refused double never counted n2 among its members, not even for an instant: it did
+        # not join it, so it did not take n2 for a member going down either (before, it reported
+        # n2 joined until the refusal came, then "down", dropping n2's records with side effects).
+        assert not log_lines(dup, r"meridian.cluster: joined n2"), dup.log()
+        assert not log_lines(dup, r"cluster member n2 is down"), dup.log()
         assert log_lines(dup, r"WARNING meridian.cluster: node name 'n1' is registered by another live member "
                               rf"at 127.0.0.1:{ports[1]} .*duplicate node name\?"), dup.log()
         assert dup.alive()

@@ -9,6 +9,7 @@ from cluster_node.cluster.link import (
     ClusterLink,
     DumpReceived,
     Joined,
+    Knocked,
     LinkConfig,
     OpReceived,
     StanzaArrived,
@@ -107,3 +108,24 @@ def test_a_joined_member_sending_an_absurd_number_is_refused_not_crashing(kind, 
     pump(a, b)
     events = a.receive_data(encode(kind, body), 1.0)
     assert isinstance(events[-1], Closed) and "malformed frame" in events[-1].reason
+
+
+def test_a_knock_is_a_hello_and_nothing_more():
+    """A member says it has started (it waits to be dialled): the other learns its name, no AUTH is
+    sent either way, and neither side is joined."""
+    knocker, b = ClusterLink(cfg("z"), 0, knock=True), ClusterLink(cfg("a"), 0)
+    assert knocker.closed  # it writes its HELLO and is done
+    b.data_to_send()  # b's own HELLO, written when the connection opened
+    events = b.receive_data(knocker.data_to_send(), 0)
+    assert events == [Knocked("z")] and b.closed
+    assert b.data_to_send() == b""  # nothing back: no AUTH for a knock
+
+
+@pytest.mark.parametrize("other, reason", [
+    (cfg("z", cluster="us"), "cluster name mismatch"),
+    (cfg("a"), "duplicate node name"),
+])
+def test_a_knock_from_a_stranger_is_refused_like_a_hello(other, reason):
+    knocker, b = ClusterLink(other, 0, knock=True), ClusterLink(cfg("a"), 0)
+    events = b.receive_data(knocker.data_to_send(), 0)
+    assert [type(e) for e in events] == [Closed] and reason in events[0].reason
