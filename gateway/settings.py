@@ -171,9 +171,9 @@ class S2SSettings(_Section):
     retries: int = Field(3, ge=1, le=20, description="connection attempts before queued stanzas bounce")
     retry_backoff: float = Field(0.5, gt=0, description="seconds before the first retry, doubled each time")
     queue_max: int = Field(1000, ge=1, description="stanzas queued per remote domain while connecting")
-    stanza_rate: float = Field(1000.0, ge=1, description="stanzas/s one incoming stream may carry, sustained; "
-                               "excess: policy-violation to the sender")
-    stanza_burst: int = Field(5000, ge=10, description="stanzas one incoming stream may carry at once")
+    stanza_rate: float = Field(1000.0, ge=1, description="stanzas/s one peer domain may send us, sustained, over "
+                               "all its incoming streams; excess: policy-violation to the sender")
+    stanza_burst: int = Field(5000, ge=10, description="stanzas one peer domain may send at once")
     shaper_rate: int = Field(1_000_000, ge=1000, description="bytes/s read from one incoming stream (reading slows)")
     shaper_burst: int = Field(4_000_000, ge=65536, description="bytes read from one incoming stream at once")
     max_stanza_size: int = Field(262_144, ge=4096, description="bytes; a larger stanza ends the stream")

@@ -13,7 +13,7 @@ import logging
 import secrets
 import ssl
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +34,7 @@ from cluster_node.core.router import Router
 from cluster_node.xmpp import errors
 from cluster_node.xmpp.errors import StanzaError
 from cluster_node.xmpp.fragment import parse_stanza
-from cluster_node.xmpp.jid import Jid
+from cluster_node.xmpp.jid import InvalidJid, Jid
 from cluster_node.xmpp.stanza import Stanza, serialize
 
 from ..settings import S2SSettings
@@ -60,6 +60,7 @@ log = logging.getLogger("meridian.s2s")
 
 READ_SIZE = 65536
 WRITE_BUFFER_MAX = 4 * 1024 * 1024  # bytes unsent to a peer before its stanzas bounce
+MAX_RATED_PEERS = 10_000  # peer domains whose stanza rate is remembered
 
 
 def dialback_secret(settings: S2SSettings, cluster_secret: str) -> str:
@@ -321,7 +322,6 @@ class Incoming:
         # A peer over its byte budget is read more slowly (TCP pushes back on it); over its stanza
         # budget, its stanzas are answered with <policy-violation/> instead of being routed.
         self.shaper = Shaper(settings.shaper_rate, settings.shaper_burst, float("inf"))
-        self.stanza_rate = Shaper(settings.stanza_rate, settings.stanza_burst, float("inf"))
         self.refused = 0
 
     def info(self) -> dict[str, Any]:
@@ -388,7 +388,7 @@ class Incoming:
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
         elif isinstance(ev, StanzaIn):
-            if self.stanza_rate.consume(1, time.monotonic()) > 0:
+            if self.s.peer_rate(ev.stanza).consume(1, time.monotonic()) > 0:
                 self._over_rate(ev.stanza)
             else:
                 self.s.received(ev.stanza)
@@ -461,6 +461,9 @@ class S2SService:
         self.auth_failed = auth_failed
         self.auth_refusal = auth_refusal
         self.once = OncePer(60.0)  # log lines about one peer address: at most one a minute of each kind
+        # The stanza rate of each peer domain, over all its incoming streams (a peer opening more
+        # streams gets no more rate); the least recently used forgotten past MAX_RATED_PEERS.
+        self._rates: OrderedDict[str, Shaper] = OrderedDict()
         self.domains = list(domains)
         self.secret = secret
         self.router = router
@@ -482,6 +485,21 @@ class S2SService:
         if not settings.verify:
             log.warning("s2s: certificate verification is OFF (s2s.verify = false): peers are not authenticated "
                         "by TLS; use this for test setups only")
+
+    def peer_rate(self, stanza: Stanza) -> Shaper:
+        """The stanza-rate bucket of the domain ``stanza`` comes from (authenticated on its stream)."""
+        try:
+            domain = Jid.parse(stanza.from_ or "").domain  # checked by the stream: one it authenticated
+        except InvalidJid:
+            domain = ""
+        shaper = self._rates.get(domain)
+        if shaper is None:
+            shaper = self._rates[domain] = Shaper(self.settings.stanza_rate, self.settings.stanza_burst, float("inf"))
+            while len(self._rates) > MAX_RATED_PEERS:
+                self._rates.popitem(last=False)
+        else:
+            self._rates.move_to_end(domain)
+        return shaper
 
     def cert_for(self, domain: str) -> tuple[Path, Path]:
         return self.certs.get(domain, self.default_cert)

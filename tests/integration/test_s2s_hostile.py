@@ -396,3 +396,39 @@ async def test_authentication_failures_from_one_address_get_it_banned(world: Wor
     finally:
         peer.close()
     await still_federating(world)
+
+
+async def test_the_stanza_rate_is_per_peer_domain_not_per_stream(world: World, tmp_path: Path) -> None:
+    """Two streams from one peer domain share its stanza rate: each sends 3/4 of the burst at once,
+    together more than it, and the excess is refused (a peer gets no more rate by opening more
+    streams)."""
+    ca_dir = world.eu.ca.parent
+    cert = issue_cert(world.eu.ca, ca_dir / "ca-key.pem", tmp_path, "twins.example", ["twins.example"])
+    alice = world.eu.user("alice")
+    peers = [await RawPeer.connect(world.eu.s2s_port) for _ in range(2)]
+    try:
+        for peer in peers:
+            await peer.open("twins.example", EU)
+            await peer.starttls(client_ctx(world.eu, cert), "twins.example", EU)
+            peer.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>"
+                      "dHdpbnMuZXhhbXBsZQ==</auth>")  # base64("twins.example")
+            await peer.expect("<success")
+            await peer.open("twins.example", EU)
+        each = 3 * RATE // 4
+        for n, peer in enumerate(peers):
+            peer.send("".join(f"<message from='x@twins.example/{n}' to='{alice}@{EU}' type='headline'>"
+                              f"<body>{i}</body></message>" for i in range(each)))
+
+        def refused() -> int:
+            import json
+
+            out = json.loads(world.eu.gateway.ctl("s2s", "connections").stdout)
+            return sum(int(c.get("refused") or 0) for c in out["data"]["s2s"]["connections"]
+                       if c["peer"] == "twins.example")
+
+        await apoll(lambda: refused() >= 2 * each - RATE - 4, 20)  # the burst, less a little refill
+        assert refused() <= 2 * each - RATE + 2
+    finally:
+        for peer in peers:
+            peer.close()
+    await still_federating(world)
