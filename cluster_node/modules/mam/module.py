@@ -28,10 +28,11 @@ import logging
 import secrets
 import time
 import xml.etree.ElementTree as ET
+from collections import deque
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pydantic import Field
 
@@ -56,6 +57,7 @@ from .query import (
     client_stanza,
     decide,
     fin_element,
+    make_id,
     metadata_element,
     parse_prefs,
     parse_query,
@@ -86,6 +88,10 @@ class MamSettings(ModuleSettings):
     cleanup_interval: float = Field(3600.0, gt=0, description="seconds between retention clean-ups")
     default_mode: Literal["always", "never", "roster"] = Field(
         "always", description="what is archived for users who set no preferences (XEP-0441)")
+    outage_backlog: int = Field(10_000, ge=0, description="archive writes kept in memory while the database is "
+                                "away, written (with their own times) once it is back; beyond, the oldest are "
+                                "dropped and counted (0: none kept)")
+    backlog_retry: float = Field(2.0, gt=0, description="seconds between attempts to write the backlog")
 
 
 def _features(features: set[str]) -> set[str]:
@@ -113,9 +119,13 @@ class Mam(Module):
         self.store = ArchiveStore(host.storage)
         await self.store.migrate()
         self.ids = IdGenerator()
-        self.counters = {"archived": 0, "failed": 0, "queries": 0, "cleaned": 0}
+        self.counters = {"archived": 0, "failed": 0, "queries": 0, "cleaned": 0, "late": 0, "dropped": 0}
+        # Writes that failed while the database was away, oldest first: (owner, peer, direction,
+        # stanza, when in µs); written by _write_backlog once it answers again.
+        self.backlog: deque[tuple[Jid, Jid, str, Stanza, int]] = deque()
         self._once = OncePer(60.0)  # "archive storage unavailable": at most once a minute
         self._cleanup: asyncio.Task[None] | None = None
+        self._retry: asyncio.Task[None] | None = None
         # Late: modules that take a message (and so never deliver it) answer first; before carbons
         # (90), which marks the stanza it hands on.
         host.hook(Hook.USER_SEND_PACKET, self._outgoing, 80)
@@ -129,17 +139,22 @@ class Mam(Module):
         host.add_query("mam", "status", self.status)
         if self.cfg.retention_days > 0:
             self._cleanup = host.every(self.cfg.cleanup_interval, self.clean_up, "MAM retention clean-up")
+        self._retry = host.every(self.cfg.backlog_retry, self._write_backlog, "MAM backlog")
 
     async def stop(self) -> None:
-        task, self._cleanup = self._cleanup, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        tasks, self._cleanup = [self._cleanup, self._retry], None
+        for task in tasks:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self.backlog:
+            log.warning("%d archive writes still waiting for the database are lost with this stop", len(self.backlog))
 
     def status(self) -> dict[str, Any]:
         """This member's archive activity (``mam status`` on the control socket)."""
-        return {**self.counters, "retentionDays": self.cfg.retention_days, "maxPage": self.cfg.max_page}
+        return {**self.counters, "backlog": len(self.backlog), "retentionDays": self.cfg.retention_days,
+                "maxPage": self.cfg.max_page}
 
     # -- archiving ------------------------------------------------------------------------------------
 
@@ -160,7 +175,7 @@ class Mam(Module):
         try:
             await self._archive(owner, to, "out", stanza)
         except Exception as e:
-            self._failed(e, f"a message sent by {owner}")
+            self._failed(e, f"a message sent by {owner}", (owner, to, "out", stanza, _now_us()))
         return None
 
     async def _incoming(self, stanza: Stanza, to: Jid) -> Stanza:
@@ -184,21 +199,49 @@ class Mam(Module):
         try:
             archive_id = await self._archive(owner, peer, "in", stanza)
         except Exception as e:
-            self._failed(e, f"a message for {owner}")
+            self._failed(e, f"a message for {owner}", (owner, peer, "in", stanza, _now_us()))
             return stanza
         return stanza if archive_id is None else with_stanza_id(stanza, owner, archive_id)
 
-    def _failed(self, error: Exception, what: str) -> None:
-        """An archive write failed; the message is delivered unarchived.  The database being away
+    def _failed(self, error: Exception, what: str,
+                write: tuple[Jid, Jid, str, Stanza, int] | None = None) -> None:
+        """An archive write failed; the message is delivered meanwhile.  The database being away
         (restarting, unreachable) is one warning a minute with the count, not a traceback per
-        message; anything else is a bug and keeps its traceback."""
+        message, and the write waits in the backlog for the database to be back; anything else is
+        a bug, keeps its traceback, and the message stays unarchived."""
         self.counters["failed"] += 1
         if not _storage_unavailable(error):
             log.exception("archiving %s failed; it is delivered unarchived", what)
             return
+        if write is not None and self.cfg.outage_backlog > 0:
+            if len(self.backlog) >= self.cfg.outage_backlog:
+                self.backlog.popleft()
+                self.counters["dropped"] += 1
+            self.backlog.append(write)
         if self._once.allow("unavailable", time.monotonic()):
-            log.warning("archive storage unavailable (%s: %s): messages are delivered unarchived; %d so far",
-                        type(error).__name__, error, self.counters["failed"])
+            log.warning("archive storage unavailable (%s: %s): messages are delivered and kept to be archived "
+                        "once it is back (%d waiting, at most %d; %d dropped)", type(error).__name__, error,
+                        len(self.backlog), self.cfg.outage_backlog, self.counters["dropped"])
+
+    async def _write_backlog(self) -> None:
+        """The writes the database missed, oldest first, each with the time it was made (so the
+        archive keeps the order of the conversation); stops at the first that still fails."""
+        written = 0
+        while self.backlog:
+            owner, peer, direction, stanza, at_us = self.backlog[0]
+            try:
+                await self._archive(owner, peer, direction, stanza, at_us)
+            except Exception as e:
+                if _storage_unavailable(e):
+                    break
+                log.exception("archiving a message for %s late failed; it stays unarchived", owner)
+            else:
+                written += 1
+                self.counters["late"] += 1
+            self.backlog.popleft()
+        if written:
+            log.info("archive storage answers again: %d messages archived late, %d still waiting",
+                     written, len(self.backlog))
 
     async def _wanted(self, owner: Jid, peer: Jid) -> bool:
         """The user's preferences (XEP-0441) for messages with ``peer``."""
@@ -211,13 +254,21 @@ class Mam(Module):
             verdict = item is not None
         return verdict
 
-    async def _archive(self, owner: Jid, peer: Jid, direction: str, stanza: Stanza) -> int | None:
-        """Into ``owner``'s archive if its preferences want it: the archive id, or None."""
+    async def _archive(self, owner: Jid, peer: Jid, direction: str, stanza: Stanza,
+                       at_us: int | None = None) -> int | None:
+        """Into ``owner``'s archive if its preferences want it: the archive id, or None.  ``at_us``:
+        the message's time when it is archived late (the backlog), else now."""
         data = client_stanza(stanza).to_bytes()
         user, with_bare, with_resource = owner.local or "", str(peer.bare), peer.resource or ""
+
+        def new_id() -> tuple[int, int]:
+            if at_us is None:
+                return self.ids.next(_now_us(), secrets.randbits(RANDOM_BITS))
+            return make_id(at_us, secrets.randbits(RANDOM_BITS)), at_us
+
         if self.cfg.default_mode == "always":
             # Most users set no preferences: archived at once unless they did.
-            archive_id, ts = self.ids.next(_now_us(), secrets.randbits(RANDOM_BITS))
+            archive_id, ts = new_id()
             if await self.store.insert(owner.domain, user, archive_id, ts, with_bare, with_resource, direction,
                                        data, unless_prefs=True):
                 self.counters["archived"] += 1
@@ -225,7 +276,7 @@ class Mam(Module):
         if not await self._wanted(owner, peer):
             return None
         for _ in range(ID_ATTEMPTS):
-            archive_id, ts = self.ids.next(_now_us(), secrets.randbits(RANDOM_BITS))
+            archive_id, ts = new_id()
             if await self.store.insert(owner.domain, user, archive_id, ts, with_bare, with_resource, direction, data):
                 self.counters["archived"] += 1
                 return archive_id
@@ -326,11 +377,14 @@ class MamCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         events = CounterMetricFamily("meridian_mam_events", "Archive events on this member: messages archived, "
-                                     "archiving failures (delivered unarchived), queries answered, messages "
-                                     "deleted by retention", labels=["event"])
+                                     "archiving failures (delivered, kept to be archived later when the database "
+                                     "was away), queries answered, messages deleted by retention, messages "
+                                     "archived late, writes dropped from a full backlog", labels=["event"])
         for event, value in self.module.counters.items():
             events.add_metric([event], value)
         yield events
+        yield GaugeMetricFamily("meridian_mam_backlog", "Archive writes waiting for the database to answer again",
+                                value=len(self.module.backlog))
 
 
 def _storage_unavailable(error: BaseException) -> bool:
