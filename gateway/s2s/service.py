@@ -100,7 +100,10 @@ class Outgoing:
         self.last_used = self.created
         self.task: asyncio.Task[None] | None = None
         self.closed = False
-        self._early: list[tuple[str, str, str, str]] = []  # verify requests before a core exists
+        # Dialback verify requests not answered yet: (originating, receiving, stream id) -> the
+        # request.  Each connection attempt asks them again: one asked on an attempt that stalled
+        # and was given up is retried with the stream, not answered "invalid".
+        self._asked: dict[tuple[str, str, str], tuple[str, str, str, str]] = {}
 
     @property
     def ready(self) -> bool:
@@ -131,11 +134,10 @@ class Outgoing:
     def verify(self, receiving: str, originating: str, stream_id: str, key: str) -> asyncio.Future[bool]:
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.verifies[(originating, receiving, stream_id)] = future
+        self._asked[(originating, receiving, stream_id)] = (receiving, originating, stream_id, key)
         if self.core is not None:
             self.core.verify(receiving, originating, stream_id, key)
             self._flush()
-        else:
-            self._early.append((receiving, originating, stream_id, key))
         return future
 
     def start(self) -> None:
@@ -241,9 +243,8 @@ class Outgoing:
                               max_stanza_size=s.max_stanza_size)
         core.tls = target.direct_tls
         self.core = core
-        for request in self._early:
+        for request in self._asked.values():  # asked before this attempt: ask (again) on it
             core.verify(*request)
-        self._early.clear()
         core.start()
         self._flush()
         authenticated = False
@@ -272,6 +273,7 @@ class Outgoing:
 
     def _verified(self, ev: VerifyResult) -> None:
         # The answer's from/to are the authoritative's view: from = originating, to = receiving.
+        self._asked.pop((ev.originating, ev.receiving, ev.stream_id), None)
         future = self.verifies.pop((ev.originating, ev.receiving, ev.stream_id), None)
         if future is not None and not future.done():
             future.set_result(ev.valid)

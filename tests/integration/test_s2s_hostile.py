@@ -28,6 +28,7 @@ from .test_s2s import EU, US, Site, World, apoll, two_sites
 
 RATE = 20
 QUEUE = 3
+SHAPER_RATE, SHAPER_BURST = 100_000, 65_536  # bytes/s and bytes read from one incoming stream
 # Authentication throttling, as for clients but tighter; 127.0.0.1 stays exempt (every other test
 # here connects from it), the guesser comes from another loopback address.
 THROTTLE = {"auth_throttle": {"max_failures": 3, "delay_after": 1, "failure_delay": 0.5, "ban_seconds": 300}}
@@ -44,7 +45,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     # Two attempts per connection (a stalled handshake is retried), a low stanza rate per incoming stream.
     # At most QUEUE stanzas wait for a domain while its stream is being set up.
     fast = {"sasl_external": True, "auth_timeout": 5.0, "retries": 2, "stanza_rate": RATE, "stanza_burst": RATE,
-            "queue_max": QUEUE}
+            "queue_max": QUEUE, "shaper_rate": SHAPER_RATE, "shaper_burst": SHAPER_BURST}
     with DnsServer() as dns, Silent() as silent:
         dns.add_srv("_xmpp-server._tcp.silent.example", "xmpp.silent.example", silent.port)
         dns.add_a("xmpp.silent.example", "127.0.0.1")
@@ -431,4 +432,36 @@ async def test_the_stanza_rate_is_per_peer_domain_not_per_stream(world: World, t
     finally:
         for peer in peers:
             peer.close()
+    await still_federating(world)
+
+
+async def test_a_peer_over_its_byte_rate_is_read_more_slowly_not_cut_off(world: World, tmp_path: Path) -> None:
+    """``s2s.shaper_rate``: 400 kB from one stream at once, at 100 kB/s after a 64 kB burst, take
+    the gateway more than 3 s to read; the stream stays up and the message after them arrives."""
+    ca_dir = world.eu.ca.parent
+    cert = issue_cert(world.eu.ca, ca_dir / "ca-key.pem", tmp_path, "bulky.example", ["bulky.example"])
+    alice = world.eu.user("alice")
+    a = await world.eu.client(alice).online(world.eu.node.port)
+    peer = await RawPeer.connect(world.eu.s2s_port)
+    try:
+        await peer.open("bulky.example", EU)
+        await peer.starttls(client_ctx(world.eu, cert), "bulky.example", EU)
+        peer.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>"
+                  "YnVsa3kuZXhhbXBsZQ==</auth>")  # base64("bulky.example")
+        await peer.expect("<success")
+        await peer.open("bulky.example", EU)
+        size = 400_000
+        started = asyncio.get_running_loop().time()
+        peer.send(b" " * size)  # whitespace between stanzas: allowed, and read like anything else
+        peer.send(f"<message from='x@bulky.example/r' to='{alice}@{EU}' type='chat'><body>after the bulk</body>"
+                  "</message>")
+        m = await a.next_message(timeout=30)
+        took = asyncio.get_running_loop().time() - started
+        assert m["body"] == "after the bulk"
+        least = (size - SHAPER_BURST) / SHAPER_RATE
+        assert took >= 0.9 * least, f"read in {took:.1f} s, the shaper allows no less than {least:.1f} s"
+        assert b"<stream:error" not in peer.received, peer.received[-300:]
+    finally:
+        peer.close()
+        await a.close()
     await still_federating(world)
