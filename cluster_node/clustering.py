@@ -247,6 +247,7 @@ class GatewayHandoff:
         if names and not self.held:
             return self._send(item, names)
         if len(self.held) >= self.queue_max:
+            self.s.refused("cluster.handoff_queue_max")
             log.warning("no gateway: %d stanzas for other regions held already; handling one here", len(self.held))
             return False
         self.held.append(item)
@@ -297,6 +298,7 @@ class GatewayHandoff:
             n += 1
         if n:
             self.expired += n
+            self.s.refused("cluster.handoff_queue_timeout", n)
             log.warning("no gateway for %.0f s: %d stanzas for other regions handled here", self.queue_timeout, n)
 
     def _here(self, item: _Handed) -> None:

@@ -291,7 +291,7 @@ class GlobalRouter:
             try:
                 await self.send(region, envelope)
             except LinkError as e:  # as for single copies: each recipient's error goes to the sender
-                self.counters.link_errors += 1
+                self._link_error(e)
                 log.warning("cannot relay to region %s: %s", region, e)
                 for r in chunk:
                     self.s.router.send_error(stanza.with_attrs(to=r), e)
@@ -310,7 +310,7 @@ class GlobalRouter:
         try:
             await self.send(region, relayed)
         except LinkError as e:  # remote-server-timeout (no link) or resource-constraint (queue full)
-            self.counters.link_errors += 1
+            self._link_error(e)
             log.warning("cannot relay to region %s: %s", region, e)
             if not quiet:
                 self.s.router.send_error(stanza, e)
@@ -321,7 +321,7 @@ class GlobalRouter:
 
     def undeliverable(self, relayed: Relayed, error: LinkError) -> None:
         """The link gave up on a stanza it had accepted (a long outage): tell its sender."""
-        self.counters.link_errors += 1
+        self._link_error(error)
         self.remote_acked([relayed.id])  # an error went back: the node need not resend it
         try:
             stanza = parse_stanza(relayed.data)
@@ -329,6 +329,12 @@ class GlobalRouter:
             return
         if not relayed.meta:  # fan-out copies have no one waiting for them
             self.s.router.send_error(stanza, error)
+
+    def _link_error(self, error: LinkError) -> None:
+        """A stanza the links refused or gave up on: counted, and by the limit that did it."""
+        self.counters.link_errors += 1
+        if error.limit:
+            self.s.refused(f"gdistrib.connections.{error.limit}")
 
     # -- from the region's nodes --------------------------------------------------------------
 

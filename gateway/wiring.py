@@ -281,7 +281,8 @@ async def _start_s2s(settings: GatewaySettings, node: Node, router: GlobalRouter
                          dialback_secret(settings.s2s, settings.cluster.secret), services.router, default_cert,
                          submit=lambda stanza: router.pairs.submit(pair(stanza.from_, stanza.to),
                                                                    lambda: services.router.route(stanza)),
-                         auth_failed=services.auth_failed, auth_refusal=services.auth_refusal)
+                         auth_failed=services.auth_failed, auth_refusal=services.auth_refusal,
+                         refused=services.refused)
 
     async def remote(stanza: Stanza, to: Jid) -> bool:
         """The routing chain after the region's components: another region's component or

@@ -329,6 +329,10 @@ class ServerAdmin:
         return {"statusCode": "RUNNING", "message": f"The node {self.node.services.node} is running",
                 "version": _version(), "commitHash": None}
 
+    def refusals(self, _: Info) -> list[dict[str, Any]]:
+        """What ``meridian_refusals_total`` reports, for an operator without Prometheus."""
+        return [{"limit": limit, "count": count} for limit, count in sorted(self.node.services.refusals.items())]
+
     def reloadCertificates(self, _: Info) -> dict[str, Any]:
         reloaded, failed = reload_certificates()
         return {"reloaded": reloaded, "errors": failed}

@@ -160,6 +160,11 @@ class NodeCollector(Collector):
         yield _counter("meridian_auth_throttle_refused", "Connections and requests refused from banned addresses",
                        throttle.counters["refused"])
         yield _gauge("meridian_auth_throttle_banned", "Addresses banned now", len(throttle.bans(time.monotonic())))
+        refusals = CounterMetricFamily("meridian_refusals", "Refusals by the limit that was hit (the setting's name)",
+                                       labels=["limit"])
+        for limit, count in sorted(s.refusals.items()):
+            refusals.add_metric([limit], count)
+        yield refusals
         cache = s.accounts.login_cache
         if cache is not None:
             yield _counter("meridian_login_cache_hits", "SASL PLAIN logins verified without PBKDF2 (login cache)",

@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["Shaper", "ConnectionLimiter"]
+from ..xmpp.errors import StreamError
+from ..xmpp.parser import TOO_DEEP, TOO_LARGE
+
+__all__ = ["Shaper", "ConnectionLimiter", "parser_limit"]
+
+
+def parser_limit(error: StreamError | None) -> str | None:
+    """The ``[limits]`` setting a client's or component's stream was closed for by its parser
+    (sans-IO, it knows no settings: its adapter counts the refusal), or None."""
+    text = error.text if error is not None else None
+    return {TOO_LARGE: "limits.max_stanza_size", TOO_DEEP: "limits.max_depth"}.get(text or "")
 
 
 @dataclass
@@ -43,9 +54,12 @@ class Shaper:
 
 class ConnectionLimiter:
     """Counts open connections, in all, per remote address, and those not yet authenticated (a
-    flood of idle TLS handshakes and stream headers costs memory without ever logging in)."""
+    flood of idle TLS handshakes and stream headers costs memory without ever logging in).
+    ``refused`` counts each refusal by the setting whose limit it is (``Services.refused``)."""
 
-    def __init__(self, max_total: int, max_per_ip: int, max_pre_auth: int | None = None) -> None:
+    def __init__(self, max_total: int, max_per_ip: int, max_pre_auth: int | None = None,
+                 refused: Callable[[str], None] = lambda limit: None) -> None:
+        self.refused = refused
         self.max_total = max_total
         self.max_per_ip = max_per_ip
         self.max_pre_auth = max_total if max_pre_auth is None else max_pre_auth
@@ -56,10 +70,13 @@ class ConnectionLimiter:
     def acquire(self, ip: str) -> str | None:
         """Take a slot (counted as not authenticated); on refusal return the reason (and take nothing)."""
         if self.total >= self.max_total:
+            self.refused("limits.max_connections")
             return "too many connections to this server"
         if self.pre_auth >= self.max_pre_auth:
+            self.refused("limits.max_pre_auth_connections")
             return "too many connections waiting to authenticate"
         if self._per_ip[ip] >= self.max_per_ip:
+            self.refused("limits.max_connections_per_ip")
             return "too many connections from your address"
         self._per_ip[ip] += 1
         self.total += 1

@@ -313,6 +313,11 @@ class ModuleHost:
         self._s.queries[(category, name)] = fn
         self._queries.add((category, name))
 
+    def refused(self, limit: str, n: int = 1) -> None:
+        """Count a refusal by one of the module's limits (``modules.<name>.<key>``, or the node
+        setting it enforces): ``meridian_refusals_total`` and the admin API's ``server.refusals``."""
+        self._s.refused(limit, n)
+
     def add_metric(self, collector: Any) -> None:
         """A prometheus_client collector, read at scrape time."""
         self._s.collectors.append(collector)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -60,6 +61,9 @@ class Services:
     modules: dict[str, Any] = field(default_factory=dict)  # name -> started Module
     # Authentication failures per address, shared by every way in (c2s, user API) and the region.
     auth_throttle: AuthThrottle = field(init=False)
+    # Refusals by the limit that was hit, named by its setting ("limits.stanza_rate"): one count
+    # for every limit and abuse rule, read by /metrics and the admin API.
+    refusals: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         self.auth_throttle = AuthThrottle.from_settings(self.settings.auth_throttle)
@@ -70,15 +74,24 @@ class Services:
         over the region's nodes is banned by all of them."""
         now = time.monotonic()
         delay, ban = self.auth_throttle.failed(address, now)
-        if ban is not None and self.calls is not None:
-            args = {"address": ban.address, "seconds": ban.until - now, "reason": ban.reason}
-            for member in self.calls.members():
-                self.calls.call(member, AUTH_BAN_CALL, args)
+        if ban is not None:
+            self.refused("auth_throttle.max_failures")
+            if self.calls is not None:
+                args = {"address": ban.address, "seconds": ban.until - now, "reason": ban.reason}
+                for member in self.calls.members():
+                    self.calls.call(member, AUTH_BAN_CALL, args)
         return delay, ban
 
     def auth_refusal(self, address: str) -> str | None:
-        """The text of a refusal if ``address`` is banned."""
-        return self.auth_throttle.refuse(address, time.monotonic())
+        """The text of a refusal if ``address`` is banned (counted here: every way in asks this)."""
+        refusal = self.auth_throttle.refuse(address, time.monotonic())
+        if refusal is not None:
+            self.refused("auth_throttle")
+        return refusal
+
+    def refused(self, limit: str, n: int = 1) -> None:
+        """Count ``n`` refusals by ``limit``, the dotted name of the setting whose limit was hit."""
+        self.refusals[limit] += n
 
     def update_record(self, record: SessionRecord) -> None:
         """Change a session's record in the table and, if it lives here, on its connection."""

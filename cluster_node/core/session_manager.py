@@ -52,6 +52,7 @@ class SessionManager:
             limit = self.s.settings.limits.max_sessions_per_account
             if len(self.s.table.resources(jid.bare)) >= limit:
                 # RFC 6120 §7.6.2.1: the account has reached its limit of connected resources
+                self.s.refused("limits.max_sessions_per_account")
                 raise errors.StanzaResourceConstraint(f"at most {limit} sessions per account")
         if existing is not None:
             policy = self.s.settings.c2s.resource_conflict

@@ -35,6 +35,7 @@ from aiohttp import web
 
 from ..xmpp.bosh import (
     BOSH,
+    TOO_DEEP,
     Action,
     Body,
     BoshError,
@@ -199,6 +200,8 @@ class BoshBinding:
                 self.inbox.extend(action.messages)
                 self.feed()
             elif isinstance(action, Ended):
+                if action.limit:
+                    self.endpoint.services.refused(f"bosh.{action.limit}")
                 self.end(action.reason)
         self._schedule()
 
@@ -316,13 +319,16 @@ class BoshEndpoint:
     # -- HTTP ----------------------------------------------------------------------------------------
 
     def _cors(self, request: web.Request) -> dict[str, str] | None:
-        """The CORS headers for this request's origin; None if the origin is not allowed."""
+        """The CORS headers for this request's origin; None if the origin is not allowed (counted
+        as a refusal by the setting that did not allow it)."""
         allowed = self.settings.bosh.allowed_origins or self.settings.websocket.allowed_origins
         if not allowed:
             return {"Access-Control-Allow-Origin": "*"}
         origin = request.headers.get("Origin")
         if origin in allowed:
             return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+        self.services.refused("bosh.allowed_origins" if self.settings.bosh.allowed_origins
+                              else "websocket.allowed_origins")
         return None
 
     async def _options(self, request: web.Request) -> web.Response:
@@ -343,11 +349,14 @@ class BoshEndpoint:
             return web.Response(status=403, text="origin not allowed\n")
         data = await self._read(request)
         if data is None:
+            self.services.refused("bosh.max_body_size")
             status, out = 413, terminate_body("policy-violation")
         else:
             try:
                 body = parse_body(data, max_depth=self.settings.limits.max_depth)
             except BoshError as e:
+                if e.text == TOO_DEEP:
+                    self.services.refused("limits.max_depth")
                 log.debug("bosh %s: %s", request.remote, e)
                 status, out = 400, terminate_body(e.condition)
             else:
@@ -386,6 +395,7 @@ class BoshEndpoint:
         if self._stopping.is_set():
             return 200, terminate_body("system-shutdown")
         if len(self.sessions) >= self.settings.bosh.max_sessions:
+            self.services.refused("bosh.max_sessions")
             log.warning("bosh %s: refused a session, %d are open (bosh.max_sessions)", ip, len(self.sessions))
             return status_for("policy-violation", body.ver), terminate_body("policy-violation")
         sid = f"{secrets.token_urlsafe(18)}.{self.services.node}"

@@ -26,7 +26,7 @@ from contextvars import ContextVar
 from typing import Any, Protocol, cast
 
 from ..core.hooks import Hook, Hooks
-from ..core.limits import ConnectionLimiter, Shaper
+from ..core.limits import ConnectionLimiter, Shaper, parser_limit
 from ..core.log_throttle import OncePer
 from ..core.session_manager import SessionManager, is_probe
 from ..core.sessions import SessionRecord
@@ -98,7 +98,9 @@ class C2SListener:
         self.hooks = hooks
         self.tls_context = tls_context
         lim = settings.limits
-        self.limiter = ConnectionLimiter(lim.max_connections, lim.max_connections_per_ip, lim.max_pre_auth_connections)
+        self.refused = sessions.s.refused  # counts refusals by the setting whose limit was hit
+        self.limiter = ConnectionLimiter(lim.max_connections, lim.max_connections_per_ip, lim.max_pre_auth_connections,
+                                         refused=self.refused)
         self.config = C2SConfig(
             domains=settings.domains, tls_available=True, tls_required=settings.c2s.require_tls,
             allow_plain=settings.c2s.allow_plain, registration=hooks.has(Hook.C2S_PRE_AUTH_IQ),
@@ -252,6 +254,7 @@ class C2SConnection(asyncio.Protocol):
         delay = self._shaper.consume(len(data), now)
         if delay > 0:
             if self._shaper.flooding(now):
+                self.listener.refused("limits.shaper_rate")
                 self._handle(self.core.close(errors.PolicyViolation("sending too fast")))
                 return
             self._pause("shaper")
@@ -449,6 +452,9 @@ class C2SConnection(asyncio.Protocol):
                     self._hooks.run(Hook.C2S_STREAM_CLOSING, self, self.close_reason)
                 if event.error is not None:
                     self.listener.counters["stream_errors"] += 1
+                    limit = parser_limit(event.error)
+                    if limit is not None:
+                        self.listener.refused(limit)
                     self.listener.say(logging.INFO, (self.ip, event.error.condition), "c2s %s: stream error %s (%s)",
                                       self.ip, event.error.condition, event.error.text)
                 self._flush()
@@ -493,6 +499,7 @@ class C2SConnection(asyncio.Protocol):
             size = self.transport.get_write_buffer_size()
             if size > self.listener.settings.limits.outbound_high_water:
                 if size > self.listener.settings.limits.write_buffer_limit:
+                    self.listener.refused("limits.write_buffer_limit")
                     log.warning("c2s %s: client is not reading; dropping it", self.record and self.record.jid)
                     self.transport.abort()
                 elif not self._behind:
@@ -720,6 +727,7 @@ class C2SConnection(asyncio.Protocol):
         if self._stanza_rate.consume(1, now) <= 0:
             return False
         self.listener.counters["stanza_rate_refused"] += 1
+        self.listener.refused("limits.stanza_rate")
         self.listener.say(logging.WARNING, (self.ip, "stanza rate"), "c2s %s (%s): stanzas refused over the "
                           "stanza rate", self.ip, self.record.jid if self.record is not None else "not logged in")
         if self._stanza_rate.flooding(now):

@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..cluster.table import Record
-from ..core.limits import Shaper
+from ..core.limits import Shaper, parser_limit
 from ..core.log_throttle import OncePer
 from ..xmpp import errors
 from ..xmpp.component import ComponentEnded, ComponentEvent, ComponentStanza, ComponentStream, HandshakeDone
@@ -175,6 +175,7 @@ class ComponentConnection(asyncio.Protocol):
             if delay > 0 and not self._shaped:
                 self._shaped = True
                 self.listener.counters["shaped"] += 1
+                self.listener.s.refused("components.shaper_rate")
                 if self.listener.once.allow((self.domain, "shaped"), time.monotonic()):  # not once per read
                     held = self.listener.once.held()
                     log.info("component %s: over its shaper rate (components.shaper_rate): reading slowed%s",
@@ -205,6 +206,9 @@ class ComponentConnection(asyncio.Protocol):
             elif isinstance(event, ComponentEnded):
                 if event.error is not None:
                     log.info("component stream %s closed: %s", self.domain or "?", event.error)
+                    limit = parser_limit(event.error)
+                    if limit is not None:
+                        self.listener.s.refused(limit)
                 self._flush()
                 if self.transport is not None:
                     self.transport.close()

@@ -22,7 +22,7 @@ import struct
 from typing import Any, cast
 from xml.sax.saxutils import quoteattr
 
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
 
 from ..settings import NodeSettings
 from ..xmpp.websocket import WEBSOCKET, WebSocketFraming
@@ -263,6 +263,7 @@ class WebSocketListener:
         settings = self.settings.websocket
         origins = settings.allowed_origins
         if origins and request.headers.get("Origin") not in origins:
+            self.c2s.refused("websocket.allowed_origins")
             return web.Response(status=403, text="origin not allowed\n")
         # No permessage-deflate: WebSocketTransport writes plain frames (and Prosody and ejabberd
         # do not compress either).
@@ -294,6 +295,8 @@ class WebSocketListener:
                     # RFC 7395 §3.2: text messages only.
                     conn.kick("not-well-formed", "XMPP over WebSocket uses text messages", reason="error")
                 else:  # CLOSE, CLOSING, CLOSED, ERROR
+                    if isinstance(msg.data, WebSocketError) and msg.data.code == WSCloseCode.MESSAGE_TOO_BIG:
+                        self.c2s.refused("limits.max_stanza_size")  # aiohttp's max_msg_size: closed with 1009
                     break
         finally:
             transport.close()  # (if the connection has not)

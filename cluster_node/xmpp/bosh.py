@@ -42,7 +42,7 @@ from .websocket import FRAMING_NS, WebSocketFraming
 
 __all__ = [
     "NS", "XBOSH", "BoshError", "Body", "parse_body", "BoshLimits", "BoshSession", "BoshFraming", "BOSH",
-    "Reply", "Feed", "Ended", "Action", "terminate_body", "status_for", "MAX_RID",
+    "Reply", "Feed", "Ended", "Action", "terminate_body", "status_for", "MAX_RID", "TOO_DEEP",
 ]
 
 NS = "http://jabber.org/protocol/httpbind"
@@ -54,6 +54,7 @@ _SEP = "\x01"
 _RESTART = f"{{{XBOSH}}}restart"
 _XMPP_VERSION = f"{{{XBOSH}}}version"
 _BODY = f"{{{NS}}}body"
+TOO_DEEP = "elements nested too deep"  # the text of the bad-request for max_depth (the adapter counts it)
 
 
 class BoshError(Exception):
@@ -189,7 +190,7 @@ class _BodyParser:
             self.attrs = {_clark(k)[0]: v for k, v in attrs.items()}
             return
         if self.depth - 1 > self.max_depth:
-            raise BoshError("bad-request", "elements nested too deep")
+            raise BoshError("bad-request", TOO_DEEP)
         if self.depth == 2:
             self._start = self._p.CurrentByteIndex
             self._start_end = _tag_end(self.data, self._start)
@@ -276,9 +277,11 @@ class Feed:
 @dataclass(frozen=True)
 class Ended:
     """The session is over (``terminate``, ``closed`` by the server, ``inactivity``, ``error``):
-    the adapter ends its c2s connection, if it has not ended already, and forgets the session."""
+    the adapter ends its c2s connection, if it has not ended already, and forgets the session.
+    ``limit``: the :class:`BoshLimits` field the client broke, if that is why (the adapter counts it)."""
 
     reason: str
+    limit: str = ""
 
 
 Action = Reply | Feed | Ended
@@ -384,7 +387,7 @@ class BoshSession:
             return []
         outstanding = sum(1 for h in self.held if not h.due) + len(self.early) + 1
         if outstanding > self.requests:
-            return self._fail("policy-violation", request)
+            return self._fail("policy-violation", request, limit="max_hold")
         self.pause_until = None
         if rid > self.rid + 1:
             self.early[rid] = _Held(rid, [request], now, body=body)
@@ -426,7 +429,8 @@ class BoshSession:
             try:
                 seconds = _int(pause, "pause", high=self.limits.max_pause)
             except BoshError:
-                return actions + self._fail("policy-violation", *held.requests)
+                over = pause.isascii() and pause.isdigit()  # a number, over max_pause
+                return actions + self._fail("policy-violation", *held.requests, limit="max_pause" if over else "")
             # XEP-0124 §10: every waiting request is answered now, the session sleeps.
             self.held.append(held)
             for h in self.held:
@@ -436,7 +440,7 @@ class BoshSession:
         if self.hold == 0 and not messages:
             if self._last_empty is not None and now - self._last_empty < self.limits.polling \
                     and not self._sent_since_empty:
-                return actions + self._fail("policy-violation", *held.requests)
+                return actions + self._fail("policy-violation", *held.requests, limit="polling")
             self._last_empty, self._sent_since_empty = now, False
         held.due = self.hold == 0
         self.held.append(held)
@@ -578,14 +582,14 @@ class BoshSession:
         self.out_bytes = 0
         return self._end("closed", terminate_body(condition, payload), extra)
 
-    def _fail(self, condition: str, *requests: Hashable) -> list[Action]:
+    def _fail(self, condition: str, *requests: Hashable, limit: str = "") -> list[Action]:
         """A terminal binding error: every waiting request (and ``requests``) gets it."""
         body = terminate_body(condition)
         return self._end("error", body, list(requests), status=status_for(condition, self.ver),
-                         condition=condition)
+                         condition=condition, limit=limit)
 
     def _end(self, reason: str, first: bytes, extra: list[Hashable] = (),  # type: ignore[assignment]
-             *, status: int = 200, condition: str = "") -> list[Action]:
+             *, status: int = 200, condition: str = "", limit: str = "") -> list[Action]:
         waiting = self.held + sorted(self.early.values(), key=lambda h: h.rid)
         self.held, self.early = [], {}
         actions: list[Action] = []
@@ -596,7 +600,7 @@ class BoshSession:
         self.ended = True
         self.out.clear()
         self.out_bytes = 0
-        actions.append(Ended(reason))
+        actions.append(Ended(reason, limit))
         return actions
 
 

@@ -22,10 +22,14 @@ from . import errors, ns
 from .errors import StreamError
 from .stanza import Stanza
 
-__all__ = ["StreamParser", "StreamOpened", "StanzaReceived", "StreamClosed", "Event"]
+__all__ = ["StreamParser", "StreamOpened", "StanzaReceived", "StreamClosed", "Event", "TOO_LARGE", "TOO_DEEP"]
 
 SLICE = 16 * 1024
 SEP = "\x01"
+# The texts of the policy-violations for max_stanza_size and max_depth: how an adapter tells
+# these refusals from the others (the parser knows no settings, the adapter counts them).
+TOO_LARGE = "stanza too large"
+TOO_DEEP = "stanza too deep"
 # expat interns every element and attribute name it reports in a dict; by default one per parser,
 # which kept ~10 KB of the same few dozen names alive per idle connection.  One dict for every
 # parser of the process instead, emptied when a peer inventing names has grown it past the bound
@@ -243,7 +247,7 @@ class StreamParser:
                     self._base += lt
             pending = self._fed - self._base
         if pending > self.max_stanza_size:
-            raise errors.PolicyViolation("stanza too large")
+            raise errors.PolicyViolation(TOO_LARGE)
 
     def _expat_error(self, e: expat.ExpatError) -> StreamError:
         if e.code == _UNBOUND:
@@ -306,7 +310,7 @@ class StreamParser:
             self._open_stream(tag, clean, decls)
             return
         if depth - 1 > self.max_depth:
-            raise errors.PolicyViolation("stanza too deep")
+            raise errors.PolicyViolation(TOO_DEEP)
         if self._texts:
             self._flush_text()
         stack = self._stack

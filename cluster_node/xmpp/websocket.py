@@ -34,7 +34,7 @@ from xml.parsers import expat
 
 from . import errors, ns
 from .errors import StreamError
-from .parser import Event, StanzaReceived, StreamClosed, StreamOpened, StreamParser, _tag_end
+from .parser import TOO_LARGE, Event, StanzaReceived, StreamClosed, StreamOpened, StreamParser, _tag_end
 from .stream import Attr, Parser
 
 __all__ = ["FRAMING_NS", "WebSocketFraming", "WebSocketParser", "WEBSOCKET"]
@@ -79,7 +79,7 @@ class WebSocketParser:
         if not data.strip():
             return []  # nothing (RFC 7395 has no whitespace keepalives; tolerate them)
         if len(data) > self.max_stanza_size:
-            raise errors.PolicyViolation("stanza too large")
+            raise errors.PolicyViolation(TOO_LARGE)
         parser = self._parser
         events = parser.feed(data)
         if len(events) != 1 or not isinstance(events[0], StanzaReceived) or not parser.between_stanzas \

@@ -13,7 +13,13 @@ __all__ = ["LinkError", "LinkDown", "QueueFull"]
 
 
 class LinkError(StanzaError):
-    """A stanza for another region was not accepted for relaying."""
+    """A stanza for another region was not accepted for relaying.  ``limit``: the
+    ``[gdistrib.connections]`` setting whose bound refused it (the relay counts the refusal by
+    it), empty when none did (a region without endpoints, a shutdown)."""
+
+    def __init__(self, text: str | None = None, *, limit: str = "") -> None:
+        super().__init__(text)
+        self.limit = limit
 
 
 class LinkDown(LinkError, RemoteServerTimeout):

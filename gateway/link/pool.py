@@ -240,15 +240,19 @@ class RegionPool:
         """:meth:`send` without the wait: :class:`LinkDown` at once when no connection is up."""
         if self._stopping or not self._live:
             self._stats.link_down_errors += 1
+            # Refused past the outage ``hold`` rides out, or after the ``connect_timeout`` wait.
+            limit = "hold_while_down" if self.hold > 0 else "connect_timeout"
+            if self._stopping or not self._endpoints:
+                limit = ""
             raise LinkDown(f"no link to region {self.region}" + (f" ({self._stats.last_error})"
-                                                                   if self._stats.last_error else ""))
+                                                                   if self._stats.last_error else ""), limit=limit)
         self._enqueue(id, origin, ttl, data, from_, to, meta)
 
     def _enqueue(self, id: str, origin: str, ttl: int, data: bytes, from_: str | None, to: str | None,
                  meta: str | None) -> None:
         if self._depth >= self.queue_max:
             self._stats.queue_full += 1
-            raise QueueFull(f"{self._depth} stanzas already queued for region {self.region}")
+            raise QueueFull(f"{self._depth} stanzas already queued for region {self.region}", limit="queue_max")
         check_stanza_fields(id, origin, ttl, data, from_, to, meta)
         lane = self._lanes[lane_of(from_, to, len(self._lanes))]
         lane.pending.append(OutgoingStanza(id, origin, ttl, data, from_, to, meta))
@@ -471,7 +475,8 @@ class RegionPool:
             return
         down_for = asyncio.get_running_loop().time() - self._down_since
         if down_for >= (self.hold or self.down_timeout):
-            self._fail_queued(LinkDown(f"no link to region {self.region} for {down_for:.0f}s"))
+            self._fail_queued(LinkDown(f"no link to region {self.region} for {down_for:.0f}s",
+                                       limit="hold_while_down" if self.hold else ""))
 
     def _fail_queued(self, error: LinkError) -> None:
         failed = 0

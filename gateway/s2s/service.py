@@ -127,6 +127,7 @@ class Outgoing:
             self._flush()
             return
         if len(self.queue) >= self.s.settings.queue_max:
+            self.s.refused("s2s.queue_max")
             self.s.bounce(stanza, errors.StanzaResourceConstraint(f"too many stanzas waiting for {self.remote}"))
             return
         self.queue.append(_Queued(stanza, data))
@@ -365,6 +366,7 @@ class Incoming:
                 self._flush()
                 delay = self.shaper.consume(len(data), time.monotonic())
                 if delay > 0:
+                    self.s.refused("s2s.shaper_rate")
                     await asyncio.sleep(delay)
             self._flush()
             with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
@@ -406,6 +408,7 @@ class Incoming:
     def _over_rate(self, stanza: Stanza) -> None:
         """A stanza over the peer's stanza rate: an error to its sender, a warning once a minute."""
         self.refused += 1
+        self.s.refused("s2s.stanza_rate")
         if self.s.once.allow((self.ip, "rate"), time.monotonic()):
             held = self.s.once.held()
             log.warning("s2s in from %s (%s): over the stanza rate (%s/s); refusing its stanzas%s",
@@ -456,12 +459,14 @@ class S2SService:
     def __init__(self, settings: S2SSettings, domains: list[str], secret: str, router: Router,
                  default_cert: tuple[Path, Path], submit: Callable[[Stanza], None] | None = None, *,
                  auth_failed: Callable[[str], tuple[float, Ban | None]] = lambda address: (0.0, None),
-                 auth_refusal: Callable[[str], str | None] = lambda address: None) -> None:
+                 auth_refusal: Callable[[str], str | None] = lambda address: None,
+                 refused: Callable[[str], None] = lambda limit: None) -> None:
         self.settings = settings
         # The region's authentication throttle (``auth_throttle``): failed dialback keys and SASL
         # EXTERNAL attempts count against the peer's address like a client's wrong passwords.
         self.auth_failed = auth_failed
         self.auth_refusal = auth_refusal
+        self.refused = refused  # counts a refusal by the setting whose limit was hit (Services.refused)
         self.once = OncePer(60.0)  # log lines about one peer address: at most one a minute of each kind
         # The stanza rate of each peer domain, over all its incoming streams (a peer opening more
         # streams gets no more rate); the least recently used forgotten past MAX_RATED_PEERS.

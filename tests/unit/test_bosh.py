@@ -128,6 +128,7 @@ class Harness:
         self.replies: dict[Hashable, tuple[int, bytes]] = {}
         self.fed: list[bytes] = []
         self.ended: str | None = None
+        self.limit = ""  # the BoshLimits field an error ended the session for (counted by the adapter)
         self._keys = 0
 
     def apply(self, actions: list[Any]) -> None:
@@ -138,7 +139,7 @@ class Harness:
             elif isinstance(a, Feed):
                 self.fed += a.messages
             elif isinstance(a, Ended):
-                self.ended = a.reason
+                self.ended, self.limit = a.reason, a.limit
 
     def key(self) -> int:
         self._keys += 1
@@ -303,6 +304,7 @@ def test_an_early_request_whose_predecessor_never_comes_ends_the_session() -> No
     k = h.req(102)
     h.tick(10)
     assert xml(h.replies[k][1]).get("condition") == "item-not-found" and h.ended == "error"
+    assert h.limit == ""  # no limit: not counted as a refusal
 
 
 def test_more_requests_outstanding_than_requests_is_a_policy_violation() -> None:
@@ -312,6 +314,7 @@ def test_more_requests_outstanding_than_requests_is_a_policy_violation() -> None
     h.req(103)  # early (102 missing): two
     k = h.req(102)  # three > requests (2)
     assert xml(h.replies[k][1]).get("condition") == "policy-violation" and h.ended == "error"
+    assert h.limit == "max_hold"
 
 
 def test_polling_session_empty_requests_too_close_together_are_a_policy_violation() -> None:
@@ -327,7 +330,7 @@ def test_polling_session_empty_requests_too_close_together_are_a_policy_violatio
     assert k2 in h.replies and h.ended is None
     h.tick(1)
     k3 = h.req(103)
-    assert xml(h.replies[k3][1]).get("condition") == "policy-violation"
+    assert xml(h.replies[k3][1]).get("condition") == "policy-violation" and h.limit == "polling"
 
 
 def test_pause_answers_every_request_and_stretches_inactivity() -> None:
@@ -348,6 +351,7 @@ def test_pause_over_maxpause_is_a_policy_violation() -> None:
     h.open()
     k = h.req(101, "pause='61'")
     assert xml(h.replies[k][1]).get("condition") == "policy-violation" and h.ended == "error"
+    assert h.limit == "max_pause"
 
 
 def test_inactivity_ends_a_session_with_no_request_waiting() -> None:

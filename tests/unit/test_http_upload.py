@@ -403,6 +403,7 @@ async def test_too_large_slots_say_the_maximum(node: FakeNode):
     err = reply.element.find(C + "error")
     assert err is not None and err.get("type") == "modify"
     assert err.findtext(f"{U}file-too-large/{U}max-file-size") == "20000"
+    assert node.services.refusals == {"modules.http_upload.max_file_size": 1}
 
 
 @pytest.mark.parametrize("req", [
@@ -439,6 +440,7 @@ async def test_quota_over_a_window(node: FakeNode):
     assert err is not None and err.get("type") == "wait"
     retry = err.find(U + "retry")
     assert retry is not None and retry.get("stamp", "").endswith("Z")
+    assert node.services.refusals == {"modules.http_upload.quota": 1}
     slot_urls(await ask(node, alice, slot_request(size=500)))  # what is left still fits
     # Another account has its own quota.
     await node.create_account("bob@example.com")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import platform
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -501,6 +502,7 @@ async def test_offline_full_is_service_unavailable(tmp_path: Path):
         await node.route(message(BOB, "two", id_="m2"))
         assert [(s.id, error_condition(s)) for s in alice.delivered] == [("m2", "service-unavailable")]
         assert await node.storage.count_offline(DOMAIN, "bob") == 1
+        assert node.services.refusals == {"offline.max_messages": 1}
 
 
 # -- register --------------------------------------------------------------------------------------
@@ -550,3 +552,19 @@ async def test_register_pre_auth_form_and_account_creation(tmp_path: Path):
                    "<username>dave</username><password>long-enough-pw</password></query></iq>"),
             DOMAIN)
         assert (again.id, error_condition(again)) == ("f3", "conflict")
+
+
+async def test_registrations_per_address_are_limited_and_counted(tmp_path: Path):
+    async with fake_node(tmp_path, registration={"allow_in_band": True, "max_per_address": 1}) as node:
+        await node.start(Register)
+
+        async def register(username: str, ip: str) -> Stanza:
+            iq = stanza(f"<iq xmlns='jabber:client' type='set' id='{username}'><query xmlns='{ns.REGISTER}'>"
+                        f"<username>{username}</username><password>long-enough-pw</password></query></iq>")
+            return await node.hooks.first_async(Hook.C2S_PRE_AUTH_IQ, iq, DOMAIN, SimpleNamespace(ip=ip))
+
+        assert (await register("erin", "192.0.2.7")).type == "result"
+        assert error_condition(await register("frank", "192.0.2.7")) == "resource-constraint"
+        assert (await register("grace", "192.0.2.8")).type == "result"  # another address
+        assert node.services.refusals == {"registration.max_per_address": 1}
+        assert await node.storage.account_exists(DOMAIN, "frank") is False

@@ -103,6 +103,19 @@ async def test_errors_reach_the_sender(tmp_path: Path) -> None:
         assert 333 in codes(alice.take()[0])
 
 
+async def test_a_full_room_and_a_presence_flood_are_counted_as_refusals(tmp_path: Path) -> None:
+    async with muc_node(tmp_path, lock_new_rooms=False, max_users=1, presence_rate=1) as (node, _muc):
+        alice, bob = node.bind(ALICE), node.bind(BOB)
+        await node.route(join_xml(ALICE, "alice"))
+        await node.route(join_xml(BOB, "bob"))
+        assert error_condition(bob.take()[0]) == "service-unavailable"
+        assert node.services.refusals == {"modules.muc.max_users": 1}
+        for _ in range(3):  # a burst of twice the rate, the join included: the last ones are dropped
+            await node.route(f"<presence from='{ALICE}' to='{ROOM}/alice'><show>away</show></presence>")
+        assert node.services.refusals["modules.muc.presence_rate"] >= 1
+        assert alice.of("presence")
+
+
 async def test_the_service_answers_disco_and_is_among_the_servers_items(tmp_path: Path) -> None:
     async with muc_node(tmp_path, lock_new_rooms=False) as (node, _muc):
         await node.start(Disco)

@@ -341,8 +341,10 @@ class HttpUpload(Module):
         extra: ET.Element | None = None
         error: StanzaError
         if isinstance(refused, FileTooLarge):
+            self.host.refused("modules.http_upload.max_file_size")
             error, extra = errors.NotAcceptable(str(refused)), too_large_element(refused.max_size)
         elif isinstance(refused, QuotaExceeded):
+            self.host.refused("modules.http_upload.quota")
             error = errors.StanzaResourceConstraint(str(refused))
             extra = retry_element(refused.retry_at) if refused.retry_at is not None else None
         elif isinstance(refused, BadSlotRequest):

@@ -62,7 +62,7 @@ from .archive import ArchiveStore, fin_element, history_items, may_read, parse_q
 from .config import RoomConfig
 from .fanout import runs
 from .protocol import MAM, q
-from .room import Room, iq_result as _iq_result
+from .room import Room, RoomFull, iq_result as _iq_result
 from .service import sequencer, service_iq
 from .state import BadOperation, Limits
 from .store import MucStore
@@ -373,10 +373,16 @@ class Muc(Module):
             if payload is not None and payload.tag == q(MAM, "query") and stanza.type in ("get", "set"):
                 await self._archive_query(room, stanza, sender)
                 return
+            dropped = room.dropped
             try:
                 out = room.handle(stanza, sender, to, time.time())
+            except RoomFull:
+                self.host.refused("modules.muc.max_users")
+                raise
             finally:
                 ops = room.take_ops()
+            if room.dropped > dropped:  # a presence flood, dropped quietly by the room
+                self.host.refused("modules.muc.presence_rate")
             if room.fresh:  # a creation that failed: nothing was made
                 return
             self.counters[stanza.name] += 1
@@ -455,6 +461,7 @@ class Muc(Module):
         if cfg.create_rooms == "local" and creator.domain not in self.host.domains:
             raise errors.NotAllowed("only local accounts create rooms")
         if len(self.rooms) >= cfg.max_rooms:
+            self.host.refused("modules.muc.max_rooms")
             raise errors.StanzaResourceConstraint("too many rooms")
         room = Room(jid, self.defaults, self.limits, salt=secrets.token_hex(16), created=time.time())
         room.fresh = True

@@ -61,7 +61,7 @@ from .protocol import (
 )
 from .state import HistoryItem, Limits, Occupant, RoomState
 
-__all__ = ["Room", "RegistrationRequired", "room_features", "iq_result"]
+__all__ = ["Room", "RegistrationRequired", "RoomFull", "room_features", "iq_result"]
 
 _C = f"{{{ns.CLIENT}}}"
 _GONE_ERRORS = frozenset({"gone", "item-not-found", "recipient-unavailable", "redirect", "remote-server-not-found",
@@ -71,6 +71,11 @@ _NOT_BROADCAST = frozenset({q(MUC, "x"), q(MUC_USER, "x"), q(OCCUPANT_ID, "occup
 
 class RegistrationRequired(StanzaError):
     condition, type = "registration-required", "auth"
+
+
+class RoomFull(errors.ServiceUnavailable):
+    """The room has its ``max_users`` occupants (XEP-0045 §7.2.10): a class of its own so the
+    module counts the refusal."""
 
 
 def room_features(config: RoomConfig) -> list[str]:
@@ -301,7 +306,7 @@ class Room(RoomState):
             if reserved is not None and reserved != bare:
                 raise errors.StanzaConflict("this nickname is reserved")
             if holder is None and len(self.occupants) >= self.config.max_users and AFF_RANK[aff] < AFF_RANK["admin"]:
-                raise errors.ServiceUnavailable("the room is full")
+                raise RoomFull("the room is full")
         codes: list[int] = []
         if creating:
             self.fresh = False

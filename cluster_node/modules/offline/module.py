@@ -68,6 +68,7 @@ class Offline(Module):
         ok = await self.s.storage.store_offline(to.domain, to.local or "", Stanza(el).to_bytes(), limit=limit)
         if not ok:
             # XEP-0160 §3: storage full — the sender learns the message was not kept.
+            self.host.refused("offline.max_messages")
             raise errors.ServiceUnavailable("offline storage is full for this user")
         return True
 

@@ -255,6 +255,7 @@ class Pep(Module):
     async def _publish(self, req: IqRequest, owner: Jid, request: p.Publish) -> ET.Element:
         payload = serialize(request.payload)
         if len(payload) > self.cfg.max_payload:
+            self.host.refused("modules.pep.max_payload")
             raise p.PayloadTooBig(f"an item's payload has at most {self.cfg.max_payload} bytes")
         item_id = request.item_id or uuid.uuid4().hex
         cap = self.cfg.max_items_per_node
@@ -272,6 +273,7 @@ class Pep(Module):
                         raise p.PreconditionNotMet("the node's configuration differs from the publish-options")
                 return existing
             if count >= self.cfg.max_nodes_per_user:
+                self.host.refused("modules.pep.max_nodes_per_user")
                 raise p.MaxNodesExceeded(f"an account has at most {self.cfg.max_nodes_per_user} nodes")
             if not options:
                 return base
@@ -314,6 +316,7 @@ class Pep(Module):
             if existing is not None:
                 raise errors.StanzaConflict("the node exists")
             if count >= self.cfg.max_nodes_per_user:
+                self.host.refused("modules.pep.max_nodes_per_user")
                 raise p.MaxNodesExceeded(f"an account has at most {self.cfg.max_nodes_per_user} nodes")
             return self._configured(base, form, cap) if form else base
 
@@ -473,6 +476,7 @@ class Pep(Module):
             changes[str(jid)] = aff
         new = config.with_affiliations(changes)
         if len(new.affiliations) > self.cfg.max_affiliations:
+            self.host.refused("modules.pep.max_affiliations")
             raise errors.NotAcceptable(f"a node has at most {self.cfg.max_affiliations} affiliations")
         await self.store.configure(owner, node, new, self.cfg.max_items_per_node)
         outcasts = {jid for jid, aff in changes.items() if aff == "outcast"}
@@ -799,11 +803,13 @@ class Pep(Module):
             return None  # not bookmarks after all: kept as private XML
         data = serialize(storage)
         if len(data) > self.cfg.max_payload:
+            self.host.refused("modules.pep.max_payload")
             raise p.PayloadTooBig(f"bookmarks of at most {self.cfg.max_payload} bytes")
         cap = self.cfg.max_items_per_node
 
         def decide(existing: NodeConfig | None, count: int) -> NodeConfig:
             if existing is None and count >= self.cfg.max_nodes_per_user:
+                self.host.refused("modules.pep.max_nodes_per_user")
                 raise p.MaxNodesExceeded(f"an account has at most {self.cfg.max_nodes_per_user} nodes")
             return existing or LEGACY_CONFIG
 

@@ -81,6 +81,7 @@ class Register(Module):
             recent.popleft()
         if len(recent) >= limit:
             self.refused += 1
+            self.host.refused("registration.max_per_address")
             raise errors.StanzaResourceConstraint(
                 f"too many registrations from your address: try again in {int(recent[0] + 3600 - now) + 1} s")
         recent.append(now)

@@ -309,6 +309,7 @@ class StreamManagement(Module):
             session.ext["sm_timer"] = asyncio.get_running_loop().call_later(
                 self.cfg.ack_after, self._ack_due, session)
         if state.overflow:
+            self.host.refused("modules.stream_management.max_unacked")
             log.info("sm: %s acknowledges nothing (%d unacked): closing", session.record.jid, len(state))
             session.kick("policy-violation", "too many unacknowledged stanzas")
 
