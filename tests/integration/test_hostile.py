@@ -153,6 +153,11 @@ async def test_stanza_rate(node, chatters):
     await c.close()
     status, metrics = await node.http("GET", f"{node.admin_url}/metrics", auth=("admin", "admin-secret-for-tests"))
     assert "meridian_c2s_stanza_rate_refused_total" in metrics
+    # Counted with every other refusal, by the setting whose limit it is, and in the admin API.
+    assert 'meridian_refusals_total{limit="limits.stanza_rate"}' in metrics
+    status, body = await node.admin("{ server { refusals { limit count } } }")
+    counts = {r["limit"]: r["count"] for r in body["data"]["server"]["refusals"]}
+    assert status == 200 and counts.get("limits.stanza_rate", 0) >= len(refused), body
     # Dozens of refusals, one log line (at most one a minute per address): a flood is not a log flood.
     lines = [x for x in node.log_path.read_text(errors="replace").splitlines()
              if "(alice@localhost/flooder): stanzas refused over the stanza rate" in x]

@@ -275,6 +275,9 @@ async def test_stanzas_past_the_queue_for_a_domain_being_connected_get_resource_
         assert all(errors[body][1] < 3 for body in over), errors  # at once, not after the handshake gave up
     finally:
         await a.close()
+    status, body = await world.eu.gateway.admin("{ server { refusals { limit count } } }")
+    counts = {r["limit"]: r["count"] for r in body["data"]["server"]["refusals"]}
+    assert status == 200 and counts.get("s2s.queue_max", 0) >= 2, body  # counted by the setting's name
     await still_federating(world)
 
 
