@@ -127,6 +127,7 @@ class LinkConnection(asyncio.Protocol):
 
 
 LEAVING = "member.leaving"  # CALL sent to every member before a graceful stop
+KNOCK_INTERVAL = 1.0  # seconds: knocks bring a discovery refresh forward at most this often
 WELCOME = "member.welcome"  # CALL: the member that accepted a link tells the one that dialled
 
 
@@ -163,6 +164,7 @@ class ClusterMember:
         self._connecting: set[str] = set()
         self._wake = asyncio.Event()  # a knock: refresh discovery now
         self._woken_at = 0.0
+        self._wake_pending = False
         for table in self.tables.values():
             table.me = self.node
 
@@ -351,6 +353,7 @@ class ClusterMember:
     async def _discovery_loop(self) -> None:
         failing: str | None = None  # the kind of error of the current failure, logged once
         while True:
+            self._wake.clear()  # a knock from now on brings the next refresh forward
             try:
                 self.discovered = await self.discovery.refresh()
                 if not self.discovery_works:
@@ -373,18 +376,27 @@ class ClusterMember:
                     loop.create_task(self._connect(peer))
                 elif peer.node < self.node and peer.node not in self.refused:
                     loop.create_task(self._knock(peer))  # it dials us: tell it we are here
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.refresh_interval)
 
     def _knocked(self, node: str) -> None:
         """A member whose name sorts after ours says it has started: look for it now, not at the
-        next refresh (at most once a second: a knock is not authenticated)."""
-        now = time.monotonic()
-        if node > self.node and node not in self.links and now - self._woken_at >= 1.0:
-            self._woken_at = now
-            log.debug("%s knocked: refreshing discovery now", node)
-            self._wake.set()
+        next refresh — at most once a second (a knock is not authenticated): a knock within the
+        second after the last one brings the refresh forward to the end of that second."""
+        if node <= self.node or node in self.links:
+            return
+        log.debug("%s knocked: refreshing discovery", node)
+        wait = self._woken_at + KNOCK_INTERVAL - time.monotonic()
+        if wait <= 0:
+            self._wake_now()
+        elif not self._wake_pending:
+            self._wake_pending = True
+            asyncio.get_running_loop().call_later(wait, self._wake_now)
+
+    def _wake_now(self) -> None:
+        self._wake_pending = False
+        self._woken_at = time.monotonic()
+        self._wake.set()
 
     async def _knock(self, peer: Peer) -> None:
         self._connecting.add(peer.node)

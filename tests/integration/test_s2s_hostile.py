@@ -10,6 +10,8 @@ STARTTLS.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import re
 import socket
 import ssl
@@ -133,6 +135,15 @@ class RawPeer:
         await self.writer.start_tls(ctx, server_hostname=to)
         return await self.open(from_, to)
 
+    async def external(self, site: Site, cert: tuple[Path, Path], domain: str, to: str = EU) -> None:
+        """Open a stream as ``domain``, STARTTLS with ``cert`` and authenticate by SASL EXTERNAL."""
+        await self.open(domain, to)
+        await self.starttls(client_ctx(site, cert), domain, to)
+        authzid = base64.b64encode(domain.encode()).decode()
+        self.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>{authzid}</auth>")
+        await self.expect("<success")
+        await self.open(domain, to)
+
     async def closed(self, timeout: float = 20.0) -> bytes:
         """Everything until the server closes the connection."""
         loop = asyncio.get_running_loop()
@@ -155,6 +166,17 @@ def client_ctx(site: Site, cert: tuple[Path, Path] | None = None) -> ssl.SSLCont
     if cert is not None:
         ctx.load_cert_chain(str(cert[0]), str(cert[1]))
     return ctx
+
+
+def peer_cert(world: World, tmp_path: Path, domain: str) -> tuple[Path, Path]:
+    """A certificate for ``domain`` from the CA eu1 trusts."""
+    return issue_cert(world.eu.ca, world.eu.ca.parent / "ca-key.pem", tmp_path, domain, [domain])
+
+
+def refused_from(world: World, domain: str) -> int:
+    """Stanzas eu1's gateway refused over the stanza rate on its streams from ``domain``."""
+    out = json.loads(world.eu.gateway.ctl("s2s", "connections").stdout)
+    return sum(int(c.get("refused") or 0) for c in out["data"]["s2s"]["connections"] if c["peer"] == domain)
 
 
 async def still_federating(world: World) -> None:
@@ -313,29 +335,14 @@ async def test_incoming_stream_over_its_stanza_rate(world: World, tmp_path: Path
     """An authenticated peer pushing stanzas faster than ``stanza_rate``: those over it are refused
     (policy-violation to their senders), counted on the stream in the admin API, logged once."""
     mark = log_mark(world.eu)
-    ca_dir = world.eu.ca.parent
-    cert = issue_cert(world.eu.ca, ca_dir / "ca-key.pem", tmp_path, "chatty.example", ["chatty.example"])
     alice = world.eu.user("alice")
     peer = await RawPeer.connect(world.eu.s2s_port)
     try:
-        await peer.open("chatty.example", EU)
-        await peer.starttls(client_ctx(world.eu, cert), "chatty.example", EU)
-        peer.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>"
-                  "Y2hhdHR5LmV4YW1wbGU=</auth>")  # base64("chatty.example")
-        await peer.expect("<success")
-        await peer.open("chatty.example", EU)
+        await peer.external(world.eu, peer_cert(world, tmp_path, "chatty.example"), "chatty.example")
         peer.send("".join(f"<message from='x@chatty.example/r' to='{alice}@{EU}' type='headline'><body>{i}</body>"
                           "</message>" for i in range(3 * RATE)))
-
-        def refused() -> int:
-            import json
-
-            out = json.loads(world.eu.gateway.ctl("s2s", "connections").stdout)
-            return sum(int(c.get("refused") or 0) for c in out["data"]["s2s"]["connections"]
-                       if c["peer"] == "chatty.example")
-
-        await apoll(lambda: refused() >= RATE, 20)
-        assert refused() < 3 * RATE  # the burst went through
+        await apoll(lambda: refused_from(world, "chatty.example") >= RATE, 20)
+        assert refused_from(world, "chatty.example") < 3 * RATE  # the burst went through
     finally:
         peer.close()
     assert log_count(world.eu, "(chatty.example): over the stanza rate", mark) == 1
@@ -406,32 +413,18 @@ async def test_the_stanza_rate_is_per_peer_domain_not_per_stream(world: World, t
     """Two streams from one peer domain share its stanza rate: each sends 3/4 of the burst at once,
     together more than it, and the excess is refused (a peer gets no more rate by opening more
     streams)."""
-    ca_dir = world.eu.ca.parent
-    cert = issue_cert(world.eu.ca, ca_dir / "ca-key.pem", tmp_path, "twins.example", ["twins.example"])
+    cert = peer_cert(world, tmp_path, "twins.example")
     alice = world.eu.user("alice")
     peers = [await RawPeer.connect(world.eu.s2s_port) for _ in range(2)]
     try:
         for peer in peers:
-            await peer.open("twins.example", EU)
-            await peer.starttls(client_ctx(world.eu, cert), "twins.example", EU)
-            peer.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>"
-                      "dHdpbnMuZXhhbXBsZQ==</auth>")  # base64("twins.example")
-            await peer.expect("<success")
-            await peer.open("twins.example", EU)
+            await peer.external(world.eu, cert, "twins.example")
         each = 3 * RATE // 4
         for n, peer in enumerate(peers):
             peer.send("".join(f"<message from='x@twins.example/{n}' to='{alice}@{EU}' type='headline'>"
                               f"<body>{i}</body></message>" for i in range(each)))
-
-        def refused() -> int:
-            import json
-
-            out = json.loads(world.eu.gateway.ctl("s2s", "connections").stdout)
-            return sum(int(c.get("refused") or 0) for c in out["data"]["s2s"]["connections"]
-                       if c["peer"] == "twins.example")
-
-        await apoll(lambda: refused() >= 2 * each - RATE - 4, 20)  # the burst, less a little refill
-        assert refused() <= 2 * each - RATE + 2
+        await apoll(lambda: refused_from(world, "twins.example") >= 2 * each - RATE - 4, 20)  # less a little refill
+        assert refused_from(world, "twins.example") <= 2 * each - RATE + 2
     finally:
         for peer in peers:
             peer.close()
@@ -441,18 +434,11 @@ async def test_the_stanza_rate_is_per_peer_domain_not_per_stream(world: World, t
 async def test_a_peer_over_its_byte_rate_is_read_more_slowly_not_cut_off(world: World, tmp_path: Path) -> None:
     """``s2s.shaper_rate``: 400 kB from one stream at once, at 100 kB/s after a 64 kB burst, take
     the gateway more than 3 s to read; the stream stays up and the message after them arrives."""
-    ca_dir = world.eu.ca.parent
-    cert = issue_cert(world.eu.ca, ca_dir / "ca-key.pem", tmp_path, "bulky.example", ["bulky.example"])
     alice = world.eu.user("alice")
     a = await world.eu.client(alice).online(world.eu.node.port)
     peer = await RawPeer.connect(world.eu.s2s_port)
     try:
-        await peer.open("bulky.example", EU)
-        await peer.starttls(client_ctx(world.eu, cert), "bulky.example", EU)
-        peer.send("<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='EXTERNAL'>"
-                  "YnVsa3kuZXhhbXBsZQ==</auth>")  # base64("bulky.example")
-        await peer.expect("<success")
-        await peer.open("bulky.example", EU)
+        await peer.external(world.eu, peer_cert(world, tmp_path, "bulky.example"), "bulky.example")
         size = 400_000
         started = asyncio.get_running_loop().time()
         peer.send(b" " * size)  # whitespace between stanzas: allowed, and read like anything else
