@@ -409,7 +409,7 @@ class Incoming:
         """A stanza over the peer's stanza rate: an error to its sender, a warning once a minute."""
         self.refused += 1
         self.s.refused("s2s.stanza_rate")
-        if self.s.once.allow((self.ip, "rate"), time.monotonic()):
+        if self.s.once.allow((self.core.peer or self.ip, "rate"), time.monotonic()):  # once a minute per peer
             held = self.s.once.held()
             log.warning("s2s in from %s (%s): over the stanza rate (%s/s); refusing its stanzas%s",
                         self.address, self.core.peer or "?", self.s.settings.stanza_rate,
