@@ -22,6 +22,7 @@ with a ``<body type='terminate' condition=…/>``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import logging
@@ -152,6 +153,10 @@ class BoshBinding:
         self._keys = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._flush_pending = False
+        # Set while the inbox is empty: a request waits for it while the connection has input it
+        # has not read (its shaper paused it), as a TCP client's writes wait on a full socket.
+        self._drained = asyncio.Event()
+        self._drained.set()
 
     # -- requests ----------------------------------------------------------------------------------
 
@@ -170,6 +175,14 @@ class BoshBinding:
         return await self._answer(key, future)
 
     async def request(self, body: Body) -> Answer:
+        if self.inbox and not self.ended:
+            # Back-pressure: the connection stopped reading (over its byte shaper, or an answer
+            # held back by the auth throttle).  This request waits until what came before it has
+            # been read — at most shaper_max_throttle, past which a sender still over the rate is
+            # flooding and the connection ends the stream — so a fast client is slowed, and the
+            # node holds at most ``requests`` bodies of its input, not all it can send.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), self.endpoint.settings.limits.shaper_max_throttle)
         key, future = self._waiter()
         self.conn.keepalive()
         self._apply(self.session.receive(key, body, self.loop.time()))
@@ -209,6 +222,10 @@ class BoshBinding:
         """Hand the client's input to the connection, one message at a time, unless it paused."""
         while self.inbox and not self.transport.paused and not self._lost:
             self.conn.data_received(self.inbox.popleft())
+        if self.inbox and not self._lost:
+            self._drained.clear()
+        else:
+            self._drained.set()
 
     def flush_soon(self) -> None:
         """Answer on the next loop turn: whatever the connection writes meanwhile goes in one body."""
@@ -254,6 +271,7 @@ class BoshBinding:
         if self.ended:
             return
         self.ended = True
+        self._drained.set()  # nothing waits for input that will not be read
         if reason == "inactivity":
             log.info("bosh %s: no request for %d s; ending the session", self.conn.ip, self.session.limits.inactivity)
         if self.endpoint.sessions.get(self.sid) is self:
@@ -269,6 +287,7 @@ class BoshBinding:
         if not self._lost:
             self._lost = True
             self.inbox.clear()
+            self._drained.set()
             self.conn.connection_lost(None)
 
 

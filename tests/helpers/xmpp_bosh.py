@@ -158,6 +158,11 @@ class BoshClient:
         self._queue.append(payload)
         self._wake.set()
 
+    async def taken(self) -> None:
+        """Until the pump has put everything queued into a request (the server took it)."""
+        while self._queue and self.terminated is None:
+            await asyncio.sleep(0.002)
+
     async def _run(self) -> None:
         while self.terminated is None:
             if self._outstanding < self.requests and (self._queue or self._outstanding == 0):

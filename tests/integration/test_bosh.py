@@ -343,3 +343,53 @@ async def test_the_per_address_limit_counts_bosh_sessions_as_tcp_connections(lim
     finally:
         for s in sessions:
             await s.close()
+
+
+SHAPER_RATE, SHAPER_BURST, MAX_THROTTLE = 20_000, 40_000, 2.0  # bytes/s, bytes, seconds
+
+
+@pytest.fixture(scope="module")
+def shaped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    [port] = free_ports(1)
+    settings = {"websocket": {"host": "127.0.0.1", "port": port}, "bosh": {"max_body_size": 16_384},
+                "limits": {"shaper_rate": SHAPER_RATE, "shaper_burst": SHAPER_BURST,
+                           "shaper_max_throttle": MAX_THROTTLE}}
+    with one_node(tmp_path_factory.mktemp("bosh-shaped"), "bosh3", settings=settings) as n:
+        n.web_port = port  # type: ignore[attr-defined]
+        yield n
+
+
+async def test_a_flood_over_the_byte_shaper_is_slowed_then_ended(shaped: NodeProcess) -> None:
+    """The c2s byte shaper over BOSH: a client sending as fast as the node answers is slowed to
+    the shaper's rate (its requests wait while the node holds input of it not yet read, as a TCP
+    client's writes wait on a full socket; the node holds at most its ``requests`` bodies), and one
+    that stays over the rate for ``shaper_max_throttle`` loses its session with policy-violation.
+    The node serves the next client."""
+    name = fresh(shaped, "flood")
+    c = BoshClient(url(shaped))
+    try:
+        jid = await c.login(name, secret(name), "flood")
+        frame = f"<message xmlns='jabber:client' to='{jid}' type='headline'><body>{'x' * 8000}</body></message>"
+        loop = asyncio.get_running_loop()
+        started, sent = loop.time(), 0
+        while c.terminated is None and loop.time() - started < 60:
+            c.send(frame)
+            await c.taken()  # one frame a request: the body limit is 16 kB
+            sent += len(frame)
+        took = loop.time() - started
+        assert c.terminated is not None, f"{sent} bytes in {took:.1f} s and still going"
+        error = c.terminated.find("{http://etherx.jabber.org/streams}error")
+        assert c.terminated.get("condition") == "remote-stream-error" and error is not None, ET.tostring(c.terminated)
+        assert error.find("{urn:ietf:params:xml:ns:xmpp-streams}policy-violation") is not None
+        # Slowed: no more than the burst, the rate for as long as it lasted, and the bodies in flight.
+        most = SHAPER_BURST + SHAPER_RATE * took + 3 * len(frame)
+        assert sent <= most, f"{sent} bytes taken in {took:.1f} s; the shaper allows {most:.0f}"
+        assert took >= MAX_THROTTLE
+    finally:
+        await c.close()
+    other = fresh(shaped, "after")
+    d = BoshClient(url(shaped))
+    try:
+        assert await d.login(other, secret(other), "after-flood") == f"{other}@localhost/after-flood"
+    finally:
+        await d.close()

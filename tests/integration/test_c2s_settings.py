@@ -1,11 +1,12 @@
 """c2s and offline settings that change behaviour, each seen on the wire of a real node:
 ``c2s.resource_conflict`` (refuse, rename; kick_old is in test_im.py), ``c2s.handshake_timeout``,
-``c2s.idle_timeout``, ``c2s.park_parser_after`` and ``offline.max_messages``.  Two nodes, so that
+``c2s.idle_timeout``, ``c2s.park_parser_after``, ``offline.max_messages`` and ``scram_iterations``.  Two nodes, so that
 each timeout can be told from the other (the one that fires is the short one)."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from tests.helpers.xmpp_raw import RawClient, local
 STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 STREAMS = "urn:ietf:params:xml:ns:xmpp-streams"
 USERS = {"alice": "alice-secret", "bob": "bob-secret", "carol": "carol-secret"}
+SCRAM_ITERATIONS = 10_000
 
 
 def _node(tmp_path_factory: pytest.TempPathFactory, name: str, settings: dict[str, dict[str, object]]) -> NodeProcess:
@@ -42,8 +44,10 @@ def strict(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
 
 @pytest.fixture(scope="module")
 def lenient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    """rename a resource in use, 2 s of silence closes a session, the default handshake (30 s)."""
-    n = _node(tmp_path_factory, "lenient", {"c2s": {"resource_conflict": "rename", "idle_timeout": 2.0}})
+    """rename a resource in use, 2 s of silence closes a session, the default handshake (30 s),
+    passwords hashed with more PBKDF2 rounds than the default."""
+    n = _node(tmp_path_factory, "lenient", {"c2s": {"resource_conflict": "rename", "idle_timeout": 2.0},
+                                            "scram_iterations": SCRAM_ITERATIONS})
     yield n
     n.stop()
     assert "Traceback" not in n.log(), n.log()
@@ -169,3 +173,29 @@ async def test_an_idle_stream_parks_its_parser_and_goes_on_where_it_was(strict: 
     finally:
         await alice.close()
         await bob.close()
+
+
+async def scram_challenge(node: NodeProcess, user: str) -> dict[str, str]:
+    """The server's first SCRAM-SHA-1 message for ``user``, as attribute -> value."""
+    c = await RawClient(node.port, node.cert).connect()
+    try:
+        first = base64.b64encode(f"n,,n={user},r=fyko+d2lbbFgONRv9qkxdawL".encode()).decode()
+        c.send(f"<auth xmlns='urn:ietf:params:xml:ns:xmpp-sasl' mechanism='SCRAM-SHA-1'>{first}</auth>")
+        challenge = await c.next()
+        assert local(challenge) == "challenge", ET.tostring(challenge)
+        text = base64.b64decode(challenge.text or "").decode()
+        return dict(part.split("=", 1) for part in text.split(","))
+    finally:
+        await c.close()
+
+
+async def test_an_unknown_user_gets_the_same_scram_challenge_as_a_real_one(lenient: NodeProcess) -> None:
+    """``scram_iterations`` raised: a real account's challenge names that count, and so does a
+    missing account's decoy, with a salt that stays the same from one try to the next — the
+    challenge does not tell a guesser which accounts exist."""
+    real = await scram_challenge(lenient, "alice")
+    assert int(real["i"]) == SCRAM_ITERATIONS and len(base64.b64decode(real["s"])) == 16, real
+    decoy = await scram_challenge(lenient, "nobody")
+    again = await scram_challenge(lenient, "nobody")
+    assert int(decoy["i"]) == SCRAM_ITERATIONS and len(base64.b64decode(decoy["s"])) == 16, decoy
+    assert decoy["s"] == again["s"] and decoy["s"] != real["s"]
