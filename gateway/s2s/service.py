@@ -294,6 +294,9 @@ class Outgoing:
                 data = await asyncio.wait_for(reader.read(READ_SIZE), max(wait, 1.0))
             except TimeoutError:
                 continue
+            except (ConnectionError, ssl.SSLError) as e:  # the peer went (a broken pipe, a reset)
+                log.info("s2s %s -> %s: %s", self.local, self.remote, e)
+                data = b""
             for ev in self.core.feed(data):
                 if isinstance(ev, VerifyResult):
                     self._verified(ev)
