@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..xmpp.c2s import SASL_FAILURES
 from ..xmpp.errors import StreamError
 from ..xmpp.parser import TOO_DEEP, TOO_LARGE
 
@@ -13,10 +14,12 @@ __all__ = ["Shaper", "ConnectionLimiter", "parser_limit"]
 
 
 def parser_limit(error: StreamError | None) -> str | None:
-    """The ``[limits]`` setting a client's or component's stream was closed for by its parser
-    (sans-IO, it knows no settings: its adapter counts the refusal), or None."""
+    """The limit a client's or component's stream was closed for by its sans-IO core, which
+    knows no settings (its adapter counts the refusal), or None.  Besides the ``[limits]``
+    settings, the fixed number (3) of SASL failures one stream may have."""
     text = error.text if error is not None else None
-    return {TOO_LARGE: "limits.max_stanza_size", TOO_DEEP: "limits.max_depth"}.get(text or "")
+    return {TOO_LARGE: "limits.max_stanza_size", TOO_DEEP: "limits.max_depth",
+            SASL_FAILURES: "sasl.failures_per_stream"}.get(text or "")
 
 
 @dataclass

@@ -85,6 +85,7 @@ __all__ = [
 
 STANZA_NAMES = frozenset({"message", "presence", "iq"})
 MAX_SASL_FAILURES = 3
+SASL_FAILURES = "too many authentication failures on this stream"  # after MAX_SASL_FAILURES
 MAX_AGENT_FIELD = 256  # characters of a SASL2 <user-agent/> id, <software/>, <device/> (and a Bind2 <tag/>)
 
 
@@ -681,7 +682,7 @@ class C2SStream(XmlStream[C2SEvent]):
         if failure.condition in AUTH_FAILURES:
             self._events.append(AuthFailed(failure.condition))
         if self._sasl_failures >= MAX_SASL_FAILURES:
-            self._fail(errors.PolicyViolation("too many authentication failures"))
+            self._fail(errors.PolicyViolation(SASL_FAILURES))
 
     # -- SASL2 (XEP-0388) ---------------------------------------------------------------------
 

@@ -35,11 +35,13 @@ from cluster_node.xmpp import errors
 from cluster_node.xmpp.errors import StanzaError
 from cluster_node.xmpp.fragment import parse_stanza
 from cluster_node.xmpp.jid import InvalidJid, Jid
+from cluster_node.xmpp.parser import TOO_DEEP, TOO_LARGE
 from cluster_node.xmpp.stanza import Stanza, serialize
 
 from ..settings import S2SSettings
 from .resolver import ResolveError, S2SResolver, Target
 from .stream import (
+    TOO_MANY_DIALBACKS,
     Authenticated,
     AuthFailed,
     Closed,
@@ -60,6 +62,14 @@ log = logging.getLogger("meridian.s2s")
 
 READ_SIZE = 65536
 WRITE_BUFFER_MAX = 4 * 1024 * 1024  # bytes unsent to a peer before its stanzas bounce
+# The refusal a stream we closed was for, by its error's text (the sans-IO core knows no settings).
+_CLOSED_FOR = {TOO_LARGE: "s2s.max_stanza_size", TOO_DEEP: "s2s.max_depth",
+               TOO_MANY_DIALBACKS: "s2s.pending_dialback"}
+
+
+def _refusal(ev: Closed) -> str | None:
+    """The limit named in the admin API's refusals that made us close this stream, if one did."""
+    return None if ev.by_peer else _CLOSED_FOR.get(ev.text or "")
 MAX_RATED_PEERS = 10_000  # peer domains whose stanza rate is remembered
 
 
@@ -121,6 +131,7 @@ class Outgoing:
         if self.ready:
             assert self.core is not None and self.writer is not None
             if self.writer.transport.get_write_buffer_size() > WRITE_BUFFER_MAX:  # the peer does not read
+                self.s.refused("s2s.write_buffer")
                 self.s.bounce(stanza, errors.StanzaResourceConstraint(f"{self.remote} is not reading"))
                 return
             self.core.send(data)
@@ -302,6 +313,8 @@ class Outgoing:
                     self._verified(ev)
                 elif isinstance(ev, Closed):
                     self._flush()
+                    if (limit := _refusal(ev)) is not None:
+                        self.s.refused(limit)
                     if ev.condition not in (None, "connection-lost") or not ev.by_peer:
                         log.warning("s2s %s -> %s closed: %s", self.local, self.remote, ev.condition)
                     return
@@ -422,6 +435,8 @@ class Incoming:
 
     def _closed(self, events: list[S2SEvent]) -> None:
         for ev in events:
+            if isinstance(ev, Closed) and (limit := _refusal(ev)) is not None:
+                self.s.refused(limit)
             if isinstance(ev, Closed) and ev.condition not in (None, "connection-lost"):
                 log.warning("s2s in from %s (%s): stream closed with %s", self.address,
                             self.core.peer or "?", ev.condition)

@@ -21,7 +21,7 @@ import base64
 import binascii
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cluster_node.xmpp import errors, ns
 from cluster_node.xmpp.errors import StreamError
@@ -44,6 +44,7 @@ _DB_RESULT = f"{{{dialback.NS}}}result"
 _DB_VERIFY = f"{{{dialback.NS}}}verify"
 _STANZAS = frozenset({f"{{{ns.SERVER}}}{k}" for k in ("message", "presence", "iq")})
 MAX_PENDING_DIALBACK = 16  # db:result requests awaiting verification on one incoming stream
+TOO_MANY_DIALBACKS = "too many dialback requests in flight"
 _PREFIXES = (("db", dialback.NS),)  # declared on the stream header (XEP-0220 §2.1.1)
 
 
@@ -96,6 +97,7 @@ class StanzaIn:
 class Closed:
     condition: str | None  # the stream error, ours or the peer's; None for a clean close
     by_peer: bool
+    text: str | None = field(default=None, compare=False)  # our error's text: names the limit a refusal hit
 
 
 S2SEvent = StartTls | Authenticated | AuthFailed | VerifyNeeded | VerifyResult | StanzaIn | Closed
@@ -145,7 +147,7 @@ class _Core(XmlStream[S2SEvent]):
 
     def fail(self, error: StreamError) -> list[S2SEvent]:
         """Write ``<stream:error/>`` and close: our end of a stream the peer broke."""
-        return [Closed(error.condition, by_peer=False)] if self._close(error) else []
+        return [Closed(error.condition, by_peer=False, text=error.text)] if self._close(error) else []
 
     def close(self) -> list[S2SEvent]:
         return [Closed(None, by_peer=False)] if self._close(open_first=False) else []
@@ -433,7 +435,7 @@ class IncomingStream(_Core):
         if _domain(originating) != originating or not originating:
             raise errors.InvalidFrom(f"bad originating domain {originating!r}")
         if len(self.pending) >= MAX_PENDING_DIALBACK:
-            raise errors.PolicyViolation("too many dialback requests in flight")
+            raise errors.PolicyViolation(TOO_MANY_DIALBACKS)
         self.pending.add((originating, receiving))
         return [VerifyNeeded(originating, receiving, self.stream_id, (stanza.element.text or "").strip())]
 

@@ -297,9 +297,8 @@ async def test_stanzas_past_the_queue_for_a_domain_being_connected_get_resource_
         assert all(errors[body][1] < 3 for body in over), errors  # at once, not after the handshake gave up
     finally:
         await a.close()
-    status, body = await world.eu.gateway.admin("{ server { refusals { limit count } } }")
-    counts = {r["limit"]: r["count"] for r in body["data"]["server"]["refusals"]}
-    assert status == 200 and counts.get("s2s.queue_max", 0) >= 2, body  # counted by the setting's name
+    counts = await refusals(world.eu)
+    assert counts.get("s2s.queue_max", 0) >= 2, counts  # counted by the setting's name
     await still_federating(world)
 
 
@@ -328,6 +327,30 @@ async def test_garbage_after_starttls(world: World) -> None:
         peer.close()
     await apoll(lambda: log_count(world.eu, "TLS handshake failed", mark) >= 1, 10)
     assert log_count(world.eu, "TLS handshake failed", mark) == 1
+    await still_federating(world)
+
+
+async def refusals(site: Site) -> dict[str, int]:
+    """The gateway's refusals by limit, as the admin API counts them."""
+    status, body = await site.gateway.admin("{ server { refusals { limit count } } }")
+    assert status == 200, body
+    return {r["limit"]: r["count"] for r in body["data"]["server"]["refusals"]}
+
+
+async def test_a_stanza_over_max_stanza_size_ends_the_stream_and_is_counted(world: World) -> None:
+    """A peer's stanza larger than ``s2s.max_stanza_size`` (default 256 KiB) ends its stream with
+    <policy-violation/> before it is all buffered; the refusal is counted under the setting's name."""
+    before = (await refusals(world.eu)).get("s2s.max_stanza_size", 0)
+    peer = await RawPeer.connect(world.eu.s2s_port)
+    try:
+        await peer.open(US, EU)
+        await peer.starttls(client_ctx(world.eu), US, EU)
+        peer.send(f"<message from='x@{US}' to='y@{EU}'><body>" + "z" * 300_000)
+        closing = await peer.closed()
+        assert b"<policy-violation" in closing and b"stanza too large" in closing, closing[-300:]
+    finally:
+        peer.close()
+    assert (await refusals(world.eu)).get("s2s.max_stanza_size", 0) == before + 1
     await still_federating(world)
 
 
