@@ -179,7 +179,10 @@ class GlobalRouter:
                   if loc.region != self.region]
         if to.resource is not None:
             return next((loc.region for res, loc in remote if res == to.resource), None)
-        if not remote or not (stanza.name == "message" or (stanza.name == "presence" and stanza.type == "probe")):
+        # A bare JID: messages, probes and the account IQs a node hands us because their answer
+        # depends on where the account is online (the router's ``where_online``).
+        probe = stanza.name == "presence" and stanza.type == "probe"
+        if not remote or not (stanza.name in ("message", "iq") or probe):
             return None
         floor = 0 if stanza.name == "message" else -128
         candidates = [loc for _, loc in remote if loc.available and loc.priority >= floor]

@@ -195,8 +195,8 @@ class ModuleHost:
         self._s.router.add_server_iq(namespace, name, handler, feature=feature)
         self._iqs.add((namespace, name))
 
-    def add_account_iq(self, namespace: str, name: str, handler: IqHandler) -> None:
-        self._s.router.add_account_iq(namespace, name, handler)
+    def add_account_iq(self, namespace: str, name: str, handler: IqHandler, *, where_online: bool = False) -> None:
+        self._s.router.add_account_iq(namespace, name, handler, where_online=where_online)
         self._iqs.add((namespace, name))
 
     # -- routing -------------------------------------------------------------------------------------

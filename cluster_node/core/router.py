@@ -155,6 +155,7 @@ class Router:
         self.counters = RouteCounters()
         self._server_iq: dict[tuple[str, str], IqHandler] = {}
         self._account_iq: dict[tuple[str, str], IqHandler] = {}
+        self._where_online: set[tuple[str, str]] = set()  # account IQs the online region answers
         self.features: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         # Told each routing's duration in seconds (the metrics' histogram); None: not timed.
@@ -168,14 +169,20 @@ class Router:
         if feature:
             self.features.add(namespace)
 
-    def add_account_iq(self, namespace: str, name: str, handler: IqHandler) -> None:
-        """Handle IQs in ``namespace`` addressed to an account's bare JID (on its behalf)."""
+    def add_account_iq(self, namespace: str, name: str, handler: IqHandler, *, where_online: bool = False) -> None:
+        """Handle IQs in ``namespace`` addressed to an account's bare JID (on its behalf).
+
+        ``where_online``: the answer depends on the account's available resources (last activity),
+        so a region where it has none lets the region that has one answer, if any does."""
         self._account_iq[(namespace, name)] = handler
+        if where_online:
+            self._where_online.add((namespace, name))
 
     def remove_iq(self, namespace: str, name: str) -> None:
         """Take out both kinds of handler for (namespace, name) (a module stopping)."""
         self._server_iq.pop((namespace, name), None)
         self._account_iq.pop((namespace, name), None)
+        self._where_online.discard((namespace, name))
         if not any(ns_ == namespace for ns_, _ in self._server_iq):
             self.features.discard(namespace)
 
@@ -341,6 +348,10 @@ class Router:
             return not any(r.available and r.priority >= 0 for r in self.table.resources(to))
         if kind == "presence" and stype == "probe":
             return not any(r.available for r in self.table.resources(to))
+        if kind == "iq" and self._where_online and stype == "get":
+            p = stanza.payload()
+            if p is not None and _split(p.tag) in self._where_online:
+                return not any(r.available for r in self.table.resources(to))
         return False  # handled here; deliveries to the account's resources fan out
 
     async def _to_server(self, stanza: Stanza, sender: Jid, to: Jid) -> None:

@@ -174,6 +174,72 @@ async def test_access_models_private_nodes_and_subscriptions(node: NodeProcess):
         await close(alice, bob)
 
 
+class CapsClient(Client):
+    """A client with caps (``xep_0115``) and PubSub but no avatar plugin: its caps carry no
+    ``urn:xmpp:avatar:metadata+notify``, so PEP must not send it avatar events (XEP-0163 §4.2)."""
+
+    def __init__(self, node: NodeProcess, jid: str) -> None:
+        super().__init__(jid, PASSWORD, cert=node.cert)
+        for plugin in ("xep_0004", "xep_0060", "xep_0115", "xep_0163"):
+            self.register_plugin(plugin)
+
+
+def publish_options(c: Client, **values: str) -> Any:
+    options = c.plugin["xep_0004"].make_form(ftype="submit")
+    options.add_field(var="FORM_TYPE", ftype="hidden", value="http://jabber.org/protocol/pubsub#publish-options")
+    for var, value in values.items():
+        options.add_field(var=f"pubsub#{var}", value=value)
+    return options
+
+
+async def test_caps_filter_retract_and_max_items(node: NodeProcess):
+    """Over real sockets: a resource whose caps lack ``+notify`` gets no avatar event while its
+    sibling with it does; ``max_items`` keeps the newest items; a retract removes the item and is
+    notified to a subscriber (``notify_retract``); a node that does not persist keeps its last item."""
+    alice_jid, bob_jid = fresh_users(node, PASSWORD, "alice", "bob", domain="localhost")
+    alice = await client(node, node.port, f"{alice_jid}/desk")
+    bob = await client(node, node.port, f"{bob_jid}/pep")
+    plain = await CapsClient(node, f"{bob_jid}/plain").online(node.port)
+    try:
+        await befriend(alice, bob)
+        await replicated((plain, alice))
+        first = await alice.publish_avatar(AVATAR)
+        assert await bob.avatar() == first
+        alice.send_message(mto=f"{bob_jid}/plain", mbody="after the avatar", mtype="chat")
+        while True:  # everything the plain resource got until alice's message: no avatar event
+            msg = await plain.next_message(timeout=10, body=False)
+            assert msg.xml.find("{http://jabber.org/protocol/pubsub#event}event") is None, msg
+            if msg["body"] == "after the avatar":
+                break
+        xep_0060 = alice.plugin["xep_0060"]
+        feed = "urn:example:feed"
+        for n in ("one", "two", "three"):
+            await xep_0060.publish(None, feed, id=n, payload=MetaData(), timeout=5,
+                                   options=publish_options(alice, max_items="2", access_model="open",
+                                                           send_last_published_item="never"))
+        got = await bob.plugin["xep_0060"].get_items(jid=alice_jid, node=feed, timeout=5)
+        assert sorted(i["id"] for i in got["pubsub"]["items"]) == ["three", "two"]  # "one" pushed out
+        retracts: asyncio.Queue[Any] = asyncio.Queue()
+        bob.add_event_handler("pubsub_retract", lambda m: retracts.put_nowait(m))
+        await bob.plugin["xep_0060"].subscribe(alice_jid, feed, timeout=5)
+        await xep_0060.retract(None, feed, "three", notify=True, timeout=5)
+        event = await asyncio.wait_for(retracts.get(), 10)
+        assert event["pubsub_event"]["items"]["retract"]["id"] == "three"
+        got = await bob.plugin["xep_0060"].get_items(jid=alice_jid, node=feed, timeout=5)
+        assert [i["id"] for i in got["pubsub"]["items"]] == ["two"]
+        with pytest.raises(IqError) as e:  # only the owner retracts
+            await bob.plugin["xep_0060"].retract(alice_jid, feed, "two", timeout=5)
+        assert e.value.iq["error"]["condition"] == "forbidden"
+        transient = "urn:example:now-playing"
+        for n in ("a", "b"):
+            await xep_0060.publish(None, transient, id=n, payload=MetaData(), timeout=5,
+                                   options=publish_options(alice, persist_items="false", access_model="open"))
+        got = await bob.plugin["xep_0060"].get_items(jid=alice_jid, node=transient, timeout=5)
+        assert [i["id"] for i in got["pubsub"]["items"]] == ["b"]
+    finally:
+        await close(alice, bob, plain)
+
+
 async def bookmarks(alice: PepClient) -> None:
     """XEP-0402: a bookmark published with the XEP's publish-options, retrieved, and seen through
     XEP-0048's PEP node (XEP-0223) by an older client; the wrong options are refused."""
@@ -241,10 +307,17 @@ async def test_two_nodes_of_a_region(region: list[NodeProcess]):
     alice = await client(r1, r1.port, "alice@localhost/phone")
     bob = await client(r2, r2.port, "bob@localhost/pc")
     device = None
+    laptop = None
     try:
         device = await avatar_flow(alice, bob, (r2, r2.port), "bob@localhost")
+        # Bookmarks (XEP-0402 and its XEP-0048/0049 views) written on r1, read and rewritten on r2.
+        await bookmarks(alice)
+        laptop = await client(r2, r2.port, "alice@localhost/laptop")
+        mine = await laptop.plugin["xep_0060"].get_items(jid=None, node=BOOKMARKS2, timeout=5)
+        assert [i["id"] for i in mine["pubsub"]["items"]] == ["hall@chat.example.net"]
+        await bookmarks_through_private_storage(laptop, "hall@chat.example.net")
     finally:
-        await close(*(c for c in (alice, bob, device) if c is not None))
+        await close(*(c for c in (alice, bob, device, laptop) if c is not None))
 
 
 # -- two regions -----------------------------------------------------------------------------------

@@ -41,10 +41,10 @@ class Site:
 
     def __init__(self, base: Path, name: str, domain: str, redis_url: str, dns: DnsServer,
                  s2s: dict[str, Any] | None = None, more_domains: dict[str, bool] | None = None,
-                 gateway_settings: dict[str, Any] | None = None) -> None:
+                 gateway_settings: dict[str, Any] | None = None, node_settings: dict[str, Any] | None = None) -> None:
         """``more_domains``: other domains the site serves, each with a certificate of its own
         (``s2s.domain_certs``) when True, else with only the default one (naming ``domain``);
-        ``gateway_settings``: more sections of the gateway's settings."""
+        ``gateway_settings``, ``node_settings``: more sections of the gateway's and the node's settings."""
         self.name, self.domain = name, domain
         more = more_domains or {}
         domains = [domain, *more]
@@ -61,7 +61,7 @@ class Site:
         cluster = {"enabled": True, "secret": SECRET, "name": name, "refresh_interval": 0.3,
                    "ping_interval": 0.3, "ping_timeout": 1.5}
         self.node = NodeProcess(base / name / "n1", name=f"{name}-n1", domains=domains, storage_url=db,
-                                settings={"cluster": {**cluster, "port": free_port()}})
+                                settings={"cluster": {**cluster, "port": free_port()}, **(node_settings or {})})
         self.s2s_port, self.s2s_tls_port = free_port(), free_port()
         self.s2s: dict[str, Any] = {
             "enabled": True, "host": "127.0.0.1", "port": self.s2s_port, "tls_port": self.s2s_tls_port,

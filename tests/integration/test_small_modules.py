@@ -26,9 +26,10 @@ from slixmpp.xmlstream import ElementBase
 
 from tests.helpers.node import NodeProcess
 from tests.helpers.redis import RedisServer
-from tests.helpers.regions import Region
+from tests.helpers.regions import DOMAIN, Region
 from tests.helpers.topologies import close, fresh_users, need_redis, one_node, two_node_region, two_regions
 from tests.helpers.xmpp_client import Client
+from tests.integration.test_s2s import EU, PASSWORD as S2S_PASSWORD, US, Site, World, two_sites
 
 PASSWORD = "small-modules-secret"
 SECRET = "coturn-static-auth-secret"
@@ -61,8 +62,8 @@ class Prefs(ElementBase):  # type: ignore[misc]
 
 
 class User(Client):
-    def __init__(self, node: NodeProcess, jid: str) -> None:
-        super().__init__(jid, PASSWORD, cert=node.cert)
+    def __init__(self, node: NodeProcess, jid: str, password: str = PASSWORD) -> None:
+        super().__init__(jid, password, cert=node.cert)
         for plugin in ("xep_0054", "xep_0049", "xep_0202", "xep_0012"):
             self.register_plugin(plugin)
         self.plugin["xep_0049"].register(Prefs)
@@ -106,21 +107,36 @@ async def subscribe(contact: User, to: User) -> None:
     """``contact`` subscribes to ``to``'s presence and ``to`` approves."""
     target = str(to.boundjid.bare)
     contact.send_presence(pto=target, ptype="subscribe")
-    await to.next_presence("subscribe", sender=str(contact.boundjid.bare))
+    await to.next_presence("subscribe", sender=str(contact.boundjid.bare), timeout=20)
     to.send_presence(pto=str(contact.boundjid.bare), ptype="subscribed")
-    await contact.next_presence("subscribed", sender=target)
+    await contact.next_presence("subscribed", sender=target, timeout=20)
+
+
+def entity_time(t: Any) -> datetime:
+    """XEP-0202's utc, read as sent: this slixmpp's getters cannot parse the XEP's own formats
+    (get_utc appends a second 'Z'; get_tzo hands a bare time to a dateTime parser)."""
+    assert re.fullmatch(r"[+-]\d\d:\d\d", t["entity_time"].xml.findtext("{urn:xmpp:time}tzo"))
+    utc = t["entity_time"].xml.findtext("{urn:xmpp:time}utc")
+    return datetime.strptime(utc, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def abuse_addresses(info: Any) -> list[str | None]:
+    """XEP-0157's abuse addresses in a disco#info answer."""
+    forms = info.xml.findall("{http://jabber.org/protocol/disco#info}query/{jabber:x:data}x")
+    return [v.text for f in forms for fld in f for v in fld if fld.get("var") == "abuse-addresses"]
 
 
 async def last_activity_after_logout(contact: User, alice: User, status: str, *, settle: float) -> None:
-    """``contact`` subscribes to alice (alice@localhost): her last activity is 0 while she is online;
-    once she left with ``status`` (and ``settle`` seconds passed), a couple of seconds and that status."""
+    """``contact`` subscribes to alice: her last activity is 0 while she is online; once she left
+    with ``status`` (and ``settle`` seconds passed), a couple of seconds and that status."""
+    alice_jid = str(alice.boundjid.bare)
     await subscribe(contact, alice)
-    last = await contact.plugin["xep_0012"].get_last_activity("alice@localhost", timeout=5)
+    last = await contact.plugin["xep_0012"].get_last_activity(alice_jid, timeout=10)
     assert int(last["last_activity"]["seconds"]) == 0  # online
     alice.send_presence(ptype="unavailable", pstatus=status)
     await close(alice)
     await asyncio.sleep(settle)
-    last = await contact.plugin["xep_0012"].get_last_activity("alice@localhost", timeout=5)
+    last = await contact.plugin["xep_0012"].get_last_activity(alice_jid, timeout=10)
     assert int(last["last_activity"]["seconds"]) <= 2 and last["last_activity"]["status"] == status
 
 
@@ -218,12 +234,7 @@ async def test_time_uptime_and_last_activity_on_one_node(node: NodeProcess):
     carol = await user(node, "carol@localhost/pc", presence=False)
     try:
         t = await bob.plugin["xep_0202"].get_entity_time("localhost", timeout=5)
-        # Read as sent: this slixmpp's getters cannot parse XEP-0202's own formats (get_utc appends
-        # a second 'Z'; get_tzo hands a bare time to a dateTime parser).
-        utc = t["entity_time"].xml.findtext("{urn:xmpp:time}utc")
-        stamp = datetime.strptime(utc, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-        assert abs(stamp.timestamp() - time.time()) < 5
-        assert re.fullmatch(r"[+-]\d\d:\d\d", t["entity_time"].xml.findtext("{urn:xmpp:time}tzo"))
+        assert abs(entity_time(t).timestamp() - time.time()) < 5
         up = await bob.plugin["xep_0012"].get_last_activity("localhost", timeout=5)
         assert 0 <= int(up["last_activity"]["seconds"]) < 600
         # Only those subscribed to alice's presence may ask how long ago she left.
@@ -256,9 +267,7 @@ async def test_extdisco_and_server_features_on_one_node(node: NodeProcess):
         info = await alice.plugin["xep_0030"].get_info(jid="localhost", timeout=5)
         features = set(info["disco_info"]["features"])
         assert {"vcard-temp", "jabber:iq:last", "urn:xmpp:time", EXTDISCO} <= features
-        forms = info.xml.findall("{http://jabber.org/protocol/disco#info}query/{jabber:x:data}x")
-        values = [v.text for f in forms for fld in f for v in fld if fld.get("var") == "abuse-addresses"]
-        assert values == ["mailto:abuse@localhost", "xmpp:abuse@localhost"]
+        assert abuse_addresses(info) == ["mailto:abuse@localhost", "xmpp:abuse@localhost"]
     finally:
         await close(alice)
 
@@ -326,3 +335,58 @@ async def test_vcard_and_private_xml_written_in_eu_are_read_in_us(regions: tuple
         assert p.xml.findtext(f"{{{UPDATE}}}x/{{{UPDATE}}}photo") == hashlib.sha1(IMAGE).hexdigest()
     finally:
         await close(phone, pc, laptop)
+
+
+async def test_last_activity_and_time_across_regions(regions: tuple[Region, Region]):
+    """bob in us asks how long ago alice left eu (the logout is written in eu, read in us), the
+    domain's time through either region, and gets TURN credentials from his own region's node."""
+    eu, us = regions
+    alice_jid, bob_jid = fresh_users(eu.nodes[0], PASSWORD, "alice", "bob")
+    alice = await user(eu.nodes[0], f"{alice_jid}/phone")
+    bob = await user(us.nodes[0], f"{bob_jid}/pc")
+    try:
+        t = await bob.plugin["xep_0202"].get_entity_time(DOMAIN, timeout=5)
+        assert abs(entity_time(t).timestamp() - time.time()) < 5
+        await last_activity_after_logout(bob, alice, "left eu", settle=0.5)
+    finally:
+        await close(alice, bob)
+
+
+# -- another domain over S2S -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    """Two Meridian deployments with their own domains; eu1 publishes contact addresses and TURN
+    (in its gateway's settings too: a stanza from another server to the domain is answered there)."""
+    modules = {"modules": {"external_services": {"secret": SECRET, "ttl": 600},
+                           "contact_addresses": {"abuse": [f"mailto:abuse@{EU}"]}}}
+    with two_sites(tmp_path_factory.mktemp("small-s2s"),
+                   lambda b, name, domain, url, d: Site(b, name, domain, url, d, node_settings=modules,
+                                                        gateway_settings=modules)) as world:
+        yield world
+
+
+async def test_time_last_activity_addresses_and_extdisco_over_s2s(domains: World):
+    """bob of us1 asks eu1, over S2S: its time, its contact addresses (XEP-0157 is for exactly
+    this), how long ago alice of eu1 left (he is subscribed to her), and for TURN credentials,
+    which eu1 gives its own accounts only (``forbidden``)."""
+    eu, us = domains.eu, domains.us
+    alice_jid, bob_jid = f"{eu.user('alice')}@{EU}", f"{us.user('bob')}@{US}"
+    alice = User(eu.node, f"{alice_jid}/phone", S2S_PASSWORD)
+    bob = User(us.node, f"{bob_jid}/pc", S2S_PASSWORD)
+    await alice.online(eu.node.port)
+    await bob.online(us.node.port)
+    try:
+        t = await bob.plugin["xep_0202"].get_entity_time(EU, timeout=20)
+        assert abs(entity_time(t).timestamp() - time.time()) < 5
+        info = await bob.plugin["xep_0030"].get_info(jid=EU, timeout=10)
+        assert abuse_addresses(info) == [f"mailto:abuse@{EU}"]
+        up = await bob.plugin["xep_0012"].get_last_activity(EU, timeout=10)
+        assert 0 <= int(up["last_activity"]["seconds"]) < 600
+        with pytest.raises(IqError) as e:
+            await raw_get(bob, EU, ET.Element(f"{{{EXTDISCO}}}services"))
+        assert condition(e.value) == "forbidden"
+        await last_activity_after_logout(bob, alice, "left eu1", settle=0.5)
+    finally:
+        await close(alice, bob)

@@ -333,3 +333,31 @@ async def test_member_without_a_link_loses_the_stanza_quietly(node: FakeNode, ca
         await node.route(chat(f"{BOB}/tablet"))
     assert alice.delivered == []
     assert any("no cluster link" in r.getMessage() and "node2" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_account_iq_answered_where_online_asks_elsewhere_only_without_an_available_resource(
+        node: FakeNode):
+    """``where_online`` account IQs (last activity) go to the region where the account is online;
+    other account IQs, and those with an available resource here, are answered here."""
+    await node.create_account(BOB)
+    node.bind(ALICE)
+    answered: list[str] = []
+
+    async def answer(req):
+        answered.append(req.stanza.id)
+        return None
+
+    node.router.add_account_iq("jabber:iq:last", "query", answer, where_online=True)
+    node.router.add_account_iq("vcard-temp", "vCard", answer)
+    asked: list[str] = []
+    node.hooks.add(Hook.ROUTE_ELSEWHERE, lambda s, to: asked.append(s.id) or True)
+
+    def iq(id_: str, payload: str) -> str:
+        return f"<iq xmlns='jabber:client' from='{ALICE}' to='{BOB}' type='get' id='{id_}'>{payload}</iq>"
+
+    await node.route(iq("last1", "<query xmlns='jabber:iq:last'/>"))
+    await node.route(iq("card1", "<vCard xmlns='vcard-temp'/>"))
+    assert asked == ["last1"] and answered == ["card1"]
+    node.bind(f"{BOB}/pc", available=True)
+    await node.route(iq("last2", "<query xmlns='jabber:iq:last'/>"))
+    assert asked == ["last1"] and answered == ["card1", "last2"]

@@ -2,8 +2,9 @@
 
 * **The server** (an IQ to the domain): seconds since this node's module started.
 * **An account** (an IQ to its bare JID): for the account itself and for contacts subscribed to
-  its presence (roster 'from' or 'both'), 0 while it has an available resource in this region,
-  else the seconds since it last logged out with the status of its last unavailable presence;
+  its presence (roster 'from' or 'both'), 0 while it has an available resource (a region with
+  none lets one that has one answer, through the gateways), else the seconds since it last
+  logged out with the status of its last unavailable presence;
   anyone else gets ``forbidden`` (XEP-0012 §3), and a missing account ``service-unavailable``.
   An account that never logged out has nothing to tell: ``service-unavailable``.
 * **Recording.**  The time (and status) is stored in the domain database when a session ends
@@ -83,7 +84,7 @@ class LastActivity(Module):
         self.store = LastStore(host.storage)
         await self.store.migrate()
         host.add_server_iq(LAST, "query", self._uptime)
-        host.add_account_iq(LAST, "query", self._account)
+        host.add_account_iq(LAST, "query", self._account, where_online=True)
         host.hook(Hook.USER_SEND_PACKET, self._sent, 5)  # before presence (10) takes it
         host.hook(Hook.SESSION_CLOSED, self._closed)
 
