@@ -30,13 +30,14 @@ from .net.cluster_net import ClusterMember, MemberHooks
 from .net.tls import client_context, server_context
 from .storage import open_storage
 from .xmpp import errors
-from .xmpp.jid import Jid
+from .xmpp.jid import InvalidJid, Jid
 from .xmpp.lazy import lazy_stanza
 from .xmpp.stanza import Stanza
 
 __all__ = ["build_member", "GatewayHandoff", "MemberCalls", "SESSION"]
 
 SESSION = "session"  # envelope kind: a stanza for one of the receiving member's sessions
+SERVICE = "service"  # envelope kind: a stanza for a service domain a module serves on the receiving member
 REQUEST, ANSWER = "req", "ans"  # call names of request/answer pairs
 SYNC_CALL = "sync"  # a request answered at once: its answer comes after what the member sent before
 HANDOFF_ACK = "gd.ack"  # a gateway confirms hand-offs (args: gw, seqs); see GatewayHandoff
@@ -78,6 +79,11 @@ async def build_member(services: Services, cert: Path, key: Path) -> ClusterMemb
     services.cluster = member
     services.calls = calls
     services.envelopes[SESSION] = lambda env, stanza: _for_session(services, env, stanza)
+    services.envelopes[SERVICE] = lambda env, stanza: _for_service(services, stanza)
+    # After the components (10) and the modules serving their domains here (20), before a
+    # gateway's own routing (40) and the hand-off (50).
+    services.hooks.add(Hook.ROUTE_REMOTE, lambda stanza, to: _to_service(services, calls, stanza, to), 30,
+                       owner=calls)
     services.call_handlers["kick"] = lambda _node, args: _kick(services, args)
     services.call_handlers[AUTH_BAN_CALL] = lambda node, args: _banned(services, node, args)
     services.call_handlers[SYNC_CALL] = lambda _node, _args: True
@@ -426,6 +432,34 @@ def _for_session(services: Services, envelope: dict[str, Any], stanza: Stanza) -
     # The session moved or ended meanwhile: route again from here, once.
     if int(envelope.get("hops", 1)) < 2 and stanza.to:
         services.router.spawn(services.router.route(stanza))
+
+
+def _serves(services: Services, domain: str, member: str) -> bool:
+    return services.routes.lookup(f"service/{domain}/{member}") is not None
+
+
+def _to_service(services: Services, calls: MemberCalls, stanza: Stanza, to: Jid) -> bool | None:
+    """A service domain a module serves on other members of the region but not here (a gateway
+    without the upload module, say, getting a slot request over S2S): forward the stanza to one
+    of them, the same one for one conversation.  None (the next link) when no member serves it."""
+    links = calls.member.links
+    members = sorted(m for m in links if _serves(services, to.domain, m))
+    if not members or _serves(services, to.domain, services.node):
+        return None
+    member = members[zlib.crc32(f"{stanza.from_}|{stanza.to}".encode()) % len(members)]
+    return True if calls.send_stanza(member, SERVICE, {}, stanza.to_bytes()) else None
+
+
+def _for_service(services: Services, stanza: Stanza) -> None:
+    """A stanza another member forwarded to a service domain of a module running here."""
+    try:
+        to = Jid.parse(stanza.to or "")
+    except InvalidJid:
+        return
+    if not _serves(services, to.domain, services.node):  # the module stopped meanwhile: never forward back
+        services.router.send_error(stanza, errors.ServiceUnavailable(f"{to.domain} is not served here"))
+        return
+    services.router.spawn(services.router.route(stanza, local_only=True))
 
 
 def _kick(services: Services, args: dict[str, Any]) -> None:

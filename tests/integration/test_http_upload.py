@@ -3,7 +3,8 @@ uploaded with ``upload_file`` (disco of ``upload.localhost``, a slot, the PUT ov
 module's listener with the node's certificate) comes back byte-identical from the GET URL; a PUT
 of the wrong length and a slot over ``max_file_size`` are refused.  In a two-node region (one
 database, one shared upload directory, the key derived from the cluster secret) a slot given by
-one node is uploaded through the other node's listener and read back from the first."""
+one node is uploaded through the other node's listener and read back from the first.  Across
+regions and to another domain over S2S, the URL in a message is all the other side needs."""
 
 from __future__ import annotations
 
@@ -20,13 +21,16 @@ import pytest
 from slixmpp.exceptions import IqError
 from slixmpp.plugins.xep_0363 import http_upload as slixmpp_upload
 
+from gateway.link.tls import issue_cert, make_ca
 from tests.helpers.cluster import eventually
+from tests.helpers.dns import DnsServer
 from tests.helpers.node import NodeProcess
 from tests.helpers.ports import free_port
 from tests.helpers.redis import RedisServer
 from tests.helpers.regions import DOMAIN, Region
 from tests.helpers.topologies import fresh_users, lookup, need_redis, one_node, two_node_region, two_regions
 from tests.helpers.xmpp_client import Client
+from tests.integration.test_s2s import EU, PASSWORD as S2S_PASSWORD, US, Site, World, two_sites
 
 PASSWORD = "upload-secret"
 NS = "urn:xmpp:http:upload:0"
@@ -35,8 +39,8 @@ MAX = 1_000_000
 
 
 class Uploader(Client):
-    def __init__(self, node: NodeProcess, jid: str) -> None:
-        super().__init__(jid, PASSWORD, cert=node.cert)
+    def __init__(self, node: NodeProcess, jid: str, password: str = PASSWORD) -> None:
+        super().__init__(jid, password, cert=node.cert)
         self.register_plugin("xep_0363")
 
 
@@ -239,3 +243,58 @@ async def test_a_file_uploaded_in_eu_is_fetched_in_us(regions: tuple[Region, Reg
             assert (resp.status, await resp.read()) == (200, content)
     finally:
         await asyncio.gather(alice.close(), bob.close())
+
+
+# -- another domain over S2S ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, int]]:
+    """eu1 and us1 (tests/integration/test_s2s.py), eu1's node with an upload listener (plain HTTP
+    on loopback) and its gateway speaking S2S for ``upload.eu1.example.com`` too."""
+    port = free_port()
+
+    def site(base: Path, name: str, domain: str, redis_url: str, dns: DnsServer) -> Site:
+        if domain != EU:
+            return Site(base, name, domain, redis_url, dns)
+        service = f"upload.{domain}"
+        ca, ca_key = make_ca(base / "ca")  # the sites' CA (make_ca keeps the one it finds there)
+        cert, key = issue_cert(ca, ca_key, base / "ca", f"{name}-upload", [domain, service])
+        made = Site(base, name, domain, redis_url, dns,
+                    s2s={"cert_file": str(cert), "key_file": str(key), "service_domains": [service]},
+                    node_settings={"modules": upload_settings(port, tls=False, public_url=f"http://127.0.0.1:{port}")})
+        dns.add_srv(f"_xmpp-server._tcp.{service}", f"xmpp.{domain}", made.s2s_port)
+        return made
+
+    with two_sites(tmp_path_factory.mktemp("upload-s2s"), site) as world:
+        yield world, port
+
+
+async def test_a_file_shared_with_another_domain_over_s2s(domains: tuple[World, int], tmp_path: Path):
+    """alice of eu1 uploads with slixmpp's plugin and sends the URL to bob of us1 over S2S; bob
+    fetches the file from the URL.  eu1's upload service gives slots to eu1's accounts only: bob,
+    asking it over S2S, gets ``not-allowed`` (he uploads through his own server)."""
+    (world, port) = domains
+    eu, us = world.eu, world.us
+    alice_jid, bob_jid = f"{eu.user('alice')}@{EU}", f"{us.user('bob')}@{US}"
+    alice = Uploader(eu.node, f"{alice_jid}/phone", S2S_PASSWORD)
+    bob = Uploader(us.node, f"{bob_jid}/pc", S2S_PASSWORD)
+    await alice.online(eu.node.port)
+    await bob.online(us.node.port)
+    try:
+        content = os.urandom(120_000)
+        path = tmp_path / "itinerary.pdf"
+        path.write_bytes(content)
+        url = await alice.plugin["xep_0363"].upload_file(path, domain=f"upload.{EU}", timeout=10)
+        assert urlsplit(url).port == port
+        alice.send_message(mto=bob_jid, mbody=url, mtype="chat")
+        got = await bob.next_message(timeout=20)
+        assert got["body"] == url
+        async with aiohttp.ClientSession() as session, session.get(got["body"]) as resp:
+            assert (resp.status, await resp.read()) == (200, content)
+        with pytest.raises(IqError) as e:
+            await bob.plugin["xep_0363"].request_slot(f"upload.{EU}", "x.txt", 10, "text/plain", timeout=20)
+        assert condition(e.value) == "not-allowed"
+    finally:
+        await asyncio.gather(alice.close(), bob.close())
+

@@ -2,8 +2,10 @@
 component (XEP-0114, slixmpp's ComponentXMPP), records the pubsub publishes it gets and answers
 them.  Shown: a push for a user who is offline on one node (and an app server's item-not-found
 disabling that registration); a push for a user whose phone's session is detached (raw client with
-stream management whose socket dies) on a two-node region, the sender on the other node; and the
-same with the phone detached in another region than the sender and the app server."""
+stream management whose socket dies) on a two-node region, the sender on the other node; the
+same with the phone detached in another region than the sender and the app server; and an app
+server of another domain, reached over S2S.  Clients enable push with raw XML: slixmpp (1.17)
+ships no XEP-0357 plugin."""
 
 from __future__ import annotations
 
@@ -20,13 +22,16 @@ import slixmpp
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
+from gateway.link.tls import issue_cert, make_ca
 from tests.helpers.cluster import eventually
+from tests.helpers.dns import DnsServer
 from tests.helpers.node import NodeProcess
 from tests.helpers.ports import free_port
 from tests.helpers.redis import RedisServer
 from tests.helpers.regions import DOMAIN, Region
 from tests.helpers.topologies import logged_in, lookup, need_redis, one_node, two_node_region, two_regions
 from tests.helpers.xmpp_raw import RawClient, local
+from tests.integration.test_s2s import EU, PASSWORD as S2S_PASSWORD, US, Site, World, two_sites
 
 PUSH = "push.example.com"
 PUSH_SECRET = "push-component-secret"
@@ -41,8 +46,8 @@ class AppServer(slixmpp.ComponentXMPP):  # type: ignore[misc]
     """A push app server: records each publish (who, node, summary fields) and answers it — with
     ``item-not-found`` for the nodes in ``gone``."""
 
-    def __init__(self, node: NodeProcess, gone: frozenset[str] = frozenset()) -> None:
-        super().__init__(PUSH, PUSH_SECRET, "127.0.0.1", node.component_port)  # type: ignore[attr-defined]
+    def __init__(self, node: NodeProcess, gone: frozenset[str] = frozenset(), jid: str = PUSH) -> None:
+        super().__init__(jid, PUSH_SECRET, "127.0.0.1", node.component_port)  # type: ignore[attr-defined]
         self.enable_direct_tls, self.enable_plaintext, self.tls_services = True, False, {"component-tls"}
         self.ssl_context = ssl.create_default_context(cafile=str(node.cert))
         self.ssl_context.check_hostname = False  # the node's self-signed certificate names example.com
@@ -88,16 +93,17 @@ def with_components(node: NodeProcess, port: int) -> NodeProcess:
     return node
 
 
-async def client(node: NodeProcess, user: str, resource: str, *, sm: bool = False) -> tuple[RawClient, str | None]:
-    c = RawClient(node.port, node.cert, domain=DOMAIN)
-    enabled = await c.start(user, PASSWORD, resource, sm=sm)
+async def client(node: NodeProcess, user: str, resource: str, *, sm: bool = False,
+                 domain: str = DOMAIN, password: str = PASSWORD) -> tuple[RawClient, str | None]:
+    c = RawClient(node.port, node.cert, domain=domain)
+    enabled = await c.start(user, password, resource, sm=sm)
     c.send("<presence/>")
     return c, enabled.get("id") if enabled is not None else None
 
 
-async def enable_push(c: RawClient, node_name: str) -> None:
+async def enable_push(c: RawClient, node_name: str, app: str = PUSH) -> None:
     iq_id = uuid.uuid4().hex[:8]
-    c.send(f"<iq type='set' id='{iq_id}'><enable xmlns='{NS}' jid='{PUSH}' node='{node_name}'/></iq>")
+    c.send(f"<iq type='set' id='{iq_id}'><enable xmlns='{NS}' jid='{app}' node='{node_name}'/></iq>")
     reply = await c.next(lambda el: el.get("id") == iq_id)
     assert reply.get("type") == "result", reply.attrib
 
@@ -267,3 +273,61 @@ async def test_detached_phone_in_another_region(regions: tuple[Region, Region, P
         await bob.close()
     finally:
         await app.stop()
+
+
+# -- over S2S: the app server is a component of another domain ---------------------------------------------
+
+
+def push_site(base: Path, name: str, domain: str, redis_url: str, dns: DnsServer) -> Site:
+    """A :class:`Site` with a component port on its node; us1's gateway also speaks S2S for its
+    app server's domain ``push.us1.example.com`` (a certificate naming it, a DNS record)."""
+    service = f"push.{domain}"
+    ca, ca_key = make_ca(base / "ca")  # the sites' CA (make_ca keeps the one it finds there)
+    cert, key = issue_cert(ca, ca_key, base / "ca", f"{name}-push", [domain, service])
+    port = free_port()
+    site = Site(base, name, domain, redis_url, dns, s2s={"cert_file": str(cert), "key_file": str(key),
+                                                         "service_domains": [service]},
+                node_settings={"components": {"port": port, "secrets": {service: PUSH_SECRET}}})
+    dns.add_srv(f"_xmpp-server._tcp.{service}", f"xmpp.{domain}", site.s2s_port)
+    with_components(site.node, port)
+    return site
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with two_sites(tmp_path_factory.mktemp("push-s2s"), push_site) as world:
+        yield world
+
+
+async def test_app_server_of_another_domain_over_s2s(domains: World) -> None:
+    """alice of eu1 registers an app server that is a component of us1 (as a phone vendor's push
+    service would be): a message for her while she is offline is pushed there over S2S, the
+    summary naming the sender; the app server's item-not-found, back over S2S, disables it."""
+    eu, us = domains.eu, domains.us
+    service = f"push.{US}"
+    app = AppServer(us.node, gone=frozenset({"gone-node"}), jid=service)
+    assert await app.start()
+    try:
+        alice_name, bob_name = eu.user("alice"), us.user("bob")
+        alice, _ = await client(eu.node, alice_name, "phone", domain=EU, password=S2S_PASSWORD)
+        await enable_push(alice, "vendor-node", app=service)
+        await enable_push(alice, "gone-node", app=service)
+        await alice.close()
+        bob, _ = await client(us.node, bob_name, "pc", domain=US, password=S2S_PASSWORD)
+        await asyncio.sleep(0.3)  # alice's session is gone
+        chat(bob, f"{alice_name}@{EU}", "over the federation")
+        got = sorted([await app.next(timeout=30), await app.next(timeout=30)], key=lambda p: p["node"])
+        assert [p["node"] for p in got] == ["gone-node", "vendor-node"]
+        for p in got:
+            assert p["from"] == f"{alice_name}@{EU}" and p["type"] == "set"
+            assert p["fields"]["last-message-sender"] == f"{bob_name}@{US}/pc"
+        db = eu.node.workdir.parent / "db.sqlite"
+        await eventually(lambda: registered_nodes(db, alice_name) == ["vendor-node"], 15, "gone-node disabled")
+        back, _ = await client(eu.node, alice_name, "phone", domain=EU, password=S2S_PASSWORD)
+        texts = [m.findtext("{jabber:client}body") for m in await back.messages(1)]
+        assert texts == ["over the federation"]  # stored as well, for her next login
+        await back.close()
+        await bob.close()
+    finally:
+        await app.stop()
+
