@@ -145,6 +145,49 @@ async def test_wrong_length_puts_and_too_large_slots_are_refused(node: NodeProce
     assert node.alive()
 
 
+@pytest.fixture(scope="module")
+def tight(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    """A node with a small quota and files that expire after 2 s (removed every half second)."""
+    with one_node(tmp_path_factory.mktemp("upload-tight"), "up2", users=("alice", "bob"), password=PASSWORD,
+                  settings={"modules": upload_settings(free_port(), quota=150_000, quota_window=3600,
+                                                       expire_after=2, cleanup_interval=0.5)}) as n:
+        yield n
+
+
+async def test_the_quota_refuses_a_slot_and_expired_files_are_removed(tight: NodeProcess):
+    """Over the quota (bytes of slots per account per window): ``resource-constraint`` with a
+    ``<retry/>`` stamp, counted as a refusal; another account is not affected.  A file older than
+    ``expire_after`` is removed by the periodic task: its URL answers 404."""
+    ctx = trust(tight.cert)
+    alice = await Uploader(tight, "alice@localhost/phone").login(tight.port)
+    bob = await Uploader(tight, "bob@localhost/phone").login(tight.port)
+    try:
+        plugin = alice.plugin["xep_0363"]
+        slot = (await plugin.request_slot(SERVICE, "a.bin", 100_000, "application/octet-stream",
+                                          timeout=5))["http_upload_slot"]
+        put, get = slot["put"]["url"], slot["get"]["url"]
+        binary = {"Content-Type": "application/octet-stream"}
+        status, _ = await http("PUT", put, ctx, data=b"a" * 100_000, headers=binary)
+        assert status == 201 and (await http("GET", get, ctx)) == (200, b"a" * 100_000)
+        with pytest.raises(IqError) as e:
+            await plugin.request_slot(SERVICE, "b.bin", 60_000, "application/octet-stream", timeout=5)
+        assert condition(e.value) == "resource-constraint"
+        assert e.value.iq.xml.find(f"{{jabber:client}}error/{{{NS}}}retry") is not None
+        await plugin.request_slot(SERVICE, "c.bin", 50_000, "application/octet-stream", timeout=5)  # what is left
+        await bob.plugin["xep_0363"].request_slot(SERVICE, "d.bin", 100_000, "application/octet-stream", timeout=5)
+        status, body = await tight.admin("{ server { refusals { limit count } } }")
+        counts = {r["limit"]: r["count"] for r in body["data"]["server"]["refusals"]}
+        assert counts.get("modules.http_upload.quota") == 1, body
+        for _ in range(50):  # 2 s of age, then the next removal (every 0.5 s)
+            if (await http("GET", get, ctx))[0] == 404:
+                break
+            await asyncio.sleep(0.2)
+        assert (await http("GET", get, ctx))[0] == 404
+    finally:
+        await asyncio.gather(alice.close(), bob.close())
+    assert tight.alive()
+
+
 # -- a two-node region ------------------------------------------------------------------------------------------
 
 
