@@ -161,6 +161,21 @@ class Hook:
     """first_async(user: Jid, namespace: str, elements: list[Element]) — a XEP-0049 set: True when
     a module stored the elements itself (the private storage then drops its own row); a
     StanzaError refuses the set."""
+    PEP_ITEMS = "pep_items"
+    """first_async(owner: Jid, node: str, item_id: str | None) — for another module (XEP-0398 in
+    vcard): the account's item ``item_id`` of PEP ``node``, or its last item when None, as a list of
+    (item id, payload Element), empty when there is none; None from all: no PEP here."""
+    PEP_PUBLISH = "pep_publish"
+    """first_async(owner: Jid, node: str, item_id: str, payload: Element | None, origin: str,
+    access_model: str) — a module publishes ``payload`` as item ``item_id`` of the account's PEP
+    ``node`` on its behalf (None: retracts that item), with the notifications of the account's own
+    publish; a missing node is created with ``access_model``.  True when done; a StanzaError refuses
+    it (payload-too-big, max-nodes-exceeded); None from all: no PEP here."""
+    PEP_CHANGED = "pep_changed"
+    """run_async(owner: Jid, node: str, origin: str) — an account's PEP node changed (an item
+    published or retracted, the node purged or deleted), by the account itself (``origin`` "") or
+    by the module ``origin`` through ``pep_publish``; after the notifications, before the answer to
+    the request.  Handlers read what they need through ``pep_items``."""
 
     # -- offline --------------------------------------------------------------------------------
     REGION_SYNC = "region_sync"

@@ -137,7 +137,8 @@ async def last_activity_after_logout(contact: User, alice: User, status: str, *,
     await close(alice)
     await asyncio.sleep(settle)
     last = await contact.plugin["xep_0012"].get_last_activity(alice_jid, timeout=10)
-    assert int(last["last_activity"]["seconds"]) <= 2 and last["last_activity"]["status"] == status
+    # A few seconds: the answer may cross regions, on a loaded machine.
+    assert int(last["last_activity"]["seconds"]) <= 2 + 3 and last["last_activity"]["status"] == status
 
 
 # -- one node --------------------------------------------------------------------------------------------

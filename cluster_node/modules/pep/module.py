@@ -46,6 +46,9 @@ XEP-0084 avatars.
   legacy node, a get reading it.
 * **Avatars** (XEP-0084).  The data and metadata nodes share their access model: a new one takes
   the other's, and configuring one's access model configures the other's.
+* **Other modules** (XEP-0398 in vcard).  ``pep_items`` reads an account's item for a module,
+  ``pep_publish`` publishes or retracts one on the account's behalf (limits and notifications as
+  for the account's own), and ``pep_changed`` tells them a node changed and who changed it.
 """
 
 from __future__ import annotations
@@ -166,6 +169,8 @@ class Pep(Module):
         host.hook(Hook.PRESENCE_AVAILABLE, self._available)
         host.hook(Hook.PRESENCE_DELIVERED, self._delivered)
         host.hook(Hook.FILTER_LOCAL_PACKET, self._caps_reply, 10)  # before anything spends work on it
+        host.hook(Hook.PEP_ITEMS, self._items_for)
+        host.hook(Hook.PEP_PUBLISH, self._publish_for)
         if self.cfg.bookmarks_compat:
             host.hook(Hook.PRIVATE_GET, self._private_get)
             host.hook(Hook.PRIVATE_SET, self._private_set)
@@ -290,6 +295,7 @@ class Pep(Module):
         await self._notify(owner, request.node, config, p.items_event(
             str(owner), request.node, [(item_id, request.payload if config.deliver_payloads else None)], _msg_id()))
         await self._compat(owner, request.node)
+        await self._changed(owner, request.node)
         out = ET.Element(_P + "pubsub")
         ET.SubElement(ET.SubElement(out, _P + "publish", {"node": request.node}), _P + "item", {"id": item_id})
         return out
@@ -306,6 +312,7 @@ class Pep(Module):
             await self._notify(owner, request.node, config, p.retract_event(str(owner), request.node, removed,
                                                                              _msg_id()))
         await self._compat(owner, request.node)
+        await self._changed(owner, request.node)
 
     async def _create(self, owner: Jid, request: p.Create) -> None:
         base = await self._base_config(owner, request.node)
@@ -424,11 +431,13 @@ class Pep(Module):
                 if config.notify_delete:
                     await self._notify(owner, node, config, p.delete_event(str(owner), node, _msg_id()), explicit)
                 await self._compat(owner, node, removed=True)
+                await self._changed(owner, node)
             return None
         if isinstance(request, p.Purge):
             if await self.store.purge(owner, node):
                 await self._notify(owner, node, config, p.purge_event(str(owner), node, _msg_id()))
                 await self._compat(owner, node, removed=True)
+                await self._changed(owner, node)
             return None
         if isinstance(request, p.OwnerSubscriptions):
             if request.change:
@@ -819,6 +828,65 @@ class Pep(Module):
                            p.items_event(str(user), BOOKMARKS_LEGACY, [("current", storage)], _msg_id()))
         await self._compat(user, BOOKMARKS_LEGACY)
         return True
+
+    # -- other modules: on the account's behalf (XEP-0398 in vcard) -----------------------------------------
+
+    async def _items_for(self, owner: Jid, node: str, item_id: str | None) -> list[tuple[str, ET.Element]]:
+        """``pep_items``: the item ``item_id`` of the account's ``node``, or its last one."""
+        if item_id is None:
+            found = await self.store.items(owner, node, 1)
+        else:
+            found = await self.store.items(owner, node, item_ids=[item_id])
+        return [(i.item_id, _payload(i)) for i in found]
+
+    async def _publish_for(self, owner: Jid, node: str, item_id: str, payload: ET.Element | None, origin: str,
+                           access_model: str) -> bool:
+        """``pep_publish``: a module publishes (or retracts) on the account's behalf, with the limits
+        and notifications of the account's own publish; a new node gets ``access_model`` (a XEP-0084
+        node: its sibling's, as for the account's publish)."""
+        if payload is None:
+            config = await self.store.node(owner, node)
+            removed = await self.store.retract(owner, node, [item_id]) if config is not None else []
+            if config is not None and removed:
+                if config.notify_retract:
+                    await self._notify(owner, node, config, p.retract_event(str(owner), node, removed, _msg_id()))
+                await self._changed(owner, node, origin)
+            return True
+        data = serialize(payload)
+        if len(data) > self.cfg.max_payload:
+            self.host.refused("modules.pep.max_payload")
+            raise p.PayloadTooBig(f"an item's payload has at most {self.cfg.max_payload} bytes")
+        base = replace(p.default_config(node), access_model=access_model)
+        sibling = _AVATAR_PAIR.get(node)
+        other = await self.store.node(owner, sibling) if sibling is not None else None
+        if other is not None:
+            base = replace(base, access_model=other.access_model)
+
+        def decide(existing: NodeConfig | None, count: int) -> NodeConfig:
+            if existing is not None:
+                return existing
+            if count >= self.cfg.max_nodes_per_user:
+                self.host.refused("modules.pep.max_nodes_per_user")
+                raise p.MaxNodesExceeded(f"an account has at most {self.cfg.max_nodes_per_user} nodes")
+            return base
+
+        published = await self.store.publish(owner, node, item_id, data, str(owner), decide,
+                                             self.cfg.max_items_per_node)
+        self.counters["published"] += 1
+        config = published.config
+        await self._notify(owner, node, config, p.items_event(
+            str(owner), node, [(item_id, payload if config.deliver_payloads else None)], _msg_id()))
+        await self._changed(owner, node, origin)
+        return True
+
+    async def _changed(self, owner: Jid, node: str, origin: str = "") -> None:
+        """``pep_changed`` for the modules that follow a node; their failure is not the request's."""
+        if not self.host.hooks.has(Hook.PEP_CHANGED):
+            return
+        try:
+            await self.host.hooks.run_async(Hook.PEP_CHANGED, owner, node, origin)
+        except Exception as e:
+            log.warning("pep: following %s of %s failed: %s: %s", node, owner, e.__class__.__name__, e)
 
     # -- helpers -------------------------------------------------------------------------------------------
 
