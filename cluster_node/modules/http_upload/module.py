@@ -21,12 +21,19 @@ takes the PUTs and serves the GETs.
 * **HTTP.**  ``port`` (0: no listener on this node) on ``host``, HTTPS with the node's certificate
   unless ``tls = false`` (or ``cert_file``/``key_file`` of its own).  URLs are
   ``<public_url>/upload/<token>/<filename>`` (``public_url`` default ``https://<domain>:<port>``).
-  The service is offered when this node listens or ``public_url`` says where uploads go.
-* **Storage.**  Files go to ``storage_dir`` (default ``<data_dir>/upload``) and are removed
-  ``expire_after`` seconds after their upload by a periodic task.  **The nodes of a region that
-  serve uploads must share that directory** (a shared volume; an S3-compatible store would
-  implement :class:`~.store.FileStore`) and the key: a slot given by one node may be PUT to
-  another, and the file fetched from a third.
+  With the disk backend the service is offered when this node listens or ``public_url`` says
+  where uploads go (with S3, always).
+* **Storage.**  ``backend = "disk"`` (the default): files go to ``storage_dir`` (default
+  ``<data_dir>/upload``) and are removed ``expire_after`` seconds after their upload by a
+  periodic task.  **The nodes of a region that serve uploads must share that directory** (a
+  shared volume) and the key: a slot given by one node may be PUT to another, and the file
+  fetched from a third.
+* **S3.**  ``backend = "s3"`` (:mod:`.s3`, settings in ``[modules.http_upload.s3]``): no listener
+  and no key; the slot's PUT URL is a pre-signed S3 PutObject URL (SigV4, ``slot_ttl`` seconds)
+  signing Content-Length and the requested Content-Type, the GET URL a pre-signed GetObject URL
+  (``s3.get_expiry``) or ``<s3.public_url>/<key>``.  Size and quota are still checked here, when
+  the slot is asked for.  Expired objects are removed by the region's member with the lowest name
+  (ListObjectsV2 + DeleteObjects under ``s3.prefix``); the other members only forget the quota log.
 * **Discovery.**  Clients find the service in the server's disco#items: the module adds it on the
   ``disco_server_items`` fold.
 """
@@ -42,7 +49,7 @@ import ssl
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -52,6 +59,7 @@ from ...xmpp import errors, ns
 from ...xmpp.errors import StanzaError
 from ...xmpp.jid import InvalidJid, Jid
 from ...xmpp.stanza import Stanza
+from .s3 import MAX_PUT_SIZE, S3Settings, S3Store
 from .server import UploadServer
 from .slots import (
     NS,
@@ -107,6 +115,13 @@ class HttpUploadSettings(ModuleSettings):
     quota: int = Field(1_073_741_824, ge=0, description="bytes of slots one account gets per quota_window "
                        "(0: no quota)")
     quota_window: int = Field(86_400, ge=60, description="seconds the quota is counted over")
+    backend: Literal["disk", "s3"] = Field("disk", description="where files go: disk (storage_dir, served by "
+                                           "this module's listener) or s3 (a bucket, see s3; no listener)")
+    s3: S3Settings = Field(default_factory=dict, validate_default=True,
+                           description="[modules.http_upload.s3] for backend = \"s3\": bucket (required), "
+                           "endpoint_url, region, prefix, access_key_id and secret_access_key (default: the AWS "
+                           "credential chain), path_style, public_url (default: pre-signed GET URLs), get_expiry, "
+                           "timeout; see docs/modules.md")
 
     @field_validator("service_domain")
     @classmethod
@@ -138,6 +153,27 @@ class HttpUploadSettings(ModuleSettings):
             raise ValueError("at least 16 characters are required")
         return value
 
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, value: str, info: ValidationInfo) -> str:
+        if value != "s3":
+            return value
+        for key in ("port", "public_url"):
+            if info.data.get(key):
+                raise ValueError(f"{key} is for this module's own listener; with backend = \"s3\" uploads and "
+                                 f"downloads go to the bucket (remove {key}, or see s3.public_url)")
+        if info.data.get("max_file_size", 0) > MAX_PUT_SIZE:
+            raise ValueError(f"with backend = \"s3\" max_file_size is at most {MAX_PUT_SIZE} (one PutObject)")
+        return value
+
+    @field_validator("s3")
+    @classmethod
+    def _s3(cls, value: S3Settings, info: ValidationInfo) -> S3Settings:
+        missing = value.missing() if info.data.get("backend") == "s3" else None
+        if missing:
+            raise ValueError(missing)
+        return value
+
 
 def _tls_context(cert: Path, key: Path) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -164,19 +200,22 @@ def _stored_key(path: Path) -> bytes:
 
 class HttpUpload(Module):
     name = "http_upload"
-    description = "HTTP File Upload: a service handing out signed upload slots, and its own HTTP(S) listener"
+    description = ("HTTP File Upload: a service handing out signed upload slots, and its own HTTP(S) listener "
+                   "or an S3-compatible bucket")
     xeps = (Xep(363, "1.2.0", "complete", "the service at upload.<domain>; files in a directory the "
-                "region's nodes share; no purposes announced"),)
+                "region's nodes share, or in an S3-compatible bucket (presigned URLs); no purposes announced"),)
     Settings = HttpUploadSettings
 
     async def start(self, host: ModuleHost) -> None:
         self.host = host
         self.cfg: HttpUploadSettings = self.settings  # type: ignore[assignment]
         self.server: UploadServer | None = None
+        self.bucket: S3Store | None = None
         self._cleanup: asyncio.Task[None] | None = None
+        self._check: asyncio.Task[None] | None = None
         self.counters = {"slots": 0, "refused": 0, "expired": 0}
         cfg = self.cfg
-        if not cfg.port and not cfg.public_url:
+        if cfg.backend == "disk" and not cfg.port and not cfg.public_url:
             log.debug("http_upload: no port and no public_url: the service is not offered")
             return
         node = host.settings
@@ -187,18 +226,29 @@ class HttpUpload(Module):
                 raise ValueError(f"modules.http_upload.service_domain: {service} is already a served domain "
                                  "or another domain's upload service")
             self.services[service] = domain
-        key = derive_key(cfg.secret, node.cluster.secret)
-        if not key:
-            node.data_dir.mkdir(parents=True, exist_ok=True)
-            key = _stored_key(node.data_dir / KEY_FILE)
-        self.signer = Signer(key)
-        self.store: FileStore = DiskStore(cfg.storage_dir or node.data_dir / "upload")
+        self.store: FileStore | S3Store
+        if cfg.backend == "s3":
+            self.store = self.bucket = await S3Store.open(cfg.s3)
+        else:
+            key = derive_key(cfg.secret, node.cluster.secret)
+            if not key:
+                node.data_dir.mkdir(parents=True, exist_ok=True)
+                key = _stored_key(node.data_dir / KEY_FILE)
+            self.signer = Signer(key)
+            self.store = DiskStore(cfg.storage_dir or node.data_dir / "upload")
         self.slot_log = SlotLog(host.storage)
         await self.slot_log.migrate()
         host.hook(Hook.ROUTE_REMOTE, self._route, ROUTE_PRIORITY)
+        for service in self.services:  # a member without this module (a gateway) forwards to us
+            host.publish_domain(service)
         host.hook(ITEMS_HOOK, self._items)
         host.add_query("http_upload", "status", self.status)
-        if cfg.port:
+        if self.bucket is not None:
+            log.info("http_upload: %s, files in the bucket %s%s (%s)", ", ".join(sorted(self.services)),
+                     cfg.s3.bucket, f" under {cfg.s3.prefix}" if cfg.s3.prefix else "",
+                     cfg.s3.endpoint_url or f"AWS {cfg.s3.region}")
+            self._check = asyncio.get_running_loop().create_task(self._check_bucket(self.bucket))
+        elif cfg.port and isinstance(self.store, FileStore):
             context = None
             if cfg.tls:
                 context = _tls_context(*self._certificate())
@@ -209,14 +259,25 @@ class HttpUpload(Module):
         self._cleanup = host.every(self.cfg.cleanup_interval, self.clean_up, "http_upload clean-up")
 
     async def stop(self) -> None:
-        task, self._cleanup = self._cleanup, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        for task in (self._cleanup, self._check):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._cleanup = self._check = None
         server, self.server = self.server, None
         if server is not None:
             await server.stop()
+        bucket, self.bucket = self.bucket, None
+        if bucket is not None:
+            await bucket.close()
+
+    async def _check_bucket(self, bucket: S3Store) -> None:
+        """Say at start, without holding the start up, when the bucket cannot be used (slots would
+        still be handed out: the PUTs would fail)."""
+        problem = await bucket.check()
+        if problem is not None:
+            log.warning("http_upload: the bucket %s cannot be used: %s", self.cfg.s3.bucket, problem)
 
     def _certificate(self) -> tuple[Path, Path]:
         """The listener's certificate and key: its own, else the node's (configured, or the
@@ -244,13 +305,23 @@ class HttpUpload(Module):
         many files went."""
         now = time.time() if now is None else now
         removed = 0
-        if self.cfg.expire_after > 0:
+        if self.cfg.expire_after > 0 and self.cleans_store():
             removed = await self.store.expire(now - self.cfg.expire_after)
             self.counters["expired"] += removed
             if removed:
                 log.info("http_upload: %d files older than %d s removed", removed, self.cfg.expire_after)
         await self.slot_log.forget(now - self.cfg.quota_window)
         return removed
+
+    def cleans_store(self) -> bool:
+        """Whether this node removes the expired files: with the disk store, every node (the
+        removal of a directory is idempotent, the runs are spread by :meth:`ModuleHost.every`'s
+        jitter); with a bucket, only the region's member with the lowest name among those joined
+        (as the cluster picks who speaks for a member that left), so the bucket is listed once per
+        interval, not once per node."""
+        if self.bucket is None:
+            return True
+        return min([self.host.node, *self.host.cluster_members]) == self.host.node
 
     # -- the service ------------------------------------------------------------------------------------
 
@@ -324,6 +395,14 @@ class HttpUpload(Module):
 
         if self.cfg.quota > 0:
             await self.slot_log.reserve(sender.bare, slot.token, request.size, now, now - self.cfg.quota_window, check)
+        if self.bucket is not None:
+            try:
+                put, get = await self.bucket.put_url(slot, self.cfg.slot_ttl), await self.bucket.get_url(slot, domain)
+            except Exception as e:  # no credentials found, an instance role that did not answer…
+                log.warning("http_upload: no S3 URL could be signed: %s: %s", e.__class__.__name__, e)
+                raise errors.StanzaInternalServerError() from None
+            self.counters["slots"] += 1
+            return slot_element(put, get)
         self.counters["slots"] += 1
         base = self.base_url(domain)
         return slot_element(put_url(base, slot, self.signer), get_url(base, slot))

@@ -10,11 +10,9 @@ files under a directory::
 A file appears only once complete: its bytes go to a temporary file first, and ``meta.json`` is
 *linked* into place last, so of two PUTs racing for one slot exactly one wins and readers never
 see half a file.  Every node of a region that serves GETs must see the same directory (a shared
-volume: NFS, CephFS…) — or the files must live in an object store: an S3-compatible backend
-would implement :class:`FileStore` (``save`` as a single or multipart PUT of the object
-``<token>``, the metadata as object metadata; ``find`` answering with a pre-signed GET URL in
-:attr:`StoredFile.redirect`; ``expire`` as a lifecycle rule or a listing).  Only the disk store
-is implemented.
+volume: NFS, CephFS…) — or the files live in an object store: with ``backend = "s3"``
+(:mod:`.s3`) clients PUT and GET straight from the bucket with pre-signed URLs and no node
+handles the bytes, so that backend is not a :class:`FileStore`.
 """
 
 from __future__ import annotations
