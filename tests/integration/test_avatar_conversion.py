@@ -8,7 +8,8 @@ her next presence; a vCard PHOTO she sets reaches bob as a XEP-0084 metadata eve
 fetches, and a vCard without a PHOTO disables the avatar; a BINVAL that is not base64
 (``bad-request``) and an image larger than a PEP item may be (``not-acceptable``) are refused with
 her vCard and avatar left as they were.  The same across the two nodes of a region and across two
-regions of one domain (written in eu, read in us, and the other way)."""
+regions of one domain (written in eu, read in us, and the other way), and with a user of another
+domain over S2S."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ from tests.helpers.topologies import (
     two_regions,
 )
 from tests.helpers.xmpp_client import Client
+from tests.integration.test_s2s import EU, PASSWORD as S2S_PASSWORD, US, Site, two_sites
 
 PASSWORD = "avatar-secret"
 CONVERSION = "urn:xmpp:pep-vcard-conversion:0"
@@ -80,8 +82,8 @@ class AvatarClient(Client):
     """A client with slixmpp's XEP-0084 and vcard-temp plugins; the avatar metadata events it gets
     are queued (its caps carry ``urn:xmpp:avatar:metadata+notify``)."""
 
-    def __init__(self, node: NodeProcess, jid: str) -> None:
-        super().__init__(jid, PASSWORD, cert=node.cert)
+    def __init__(self, node: NodeProcess, jid: str, password: str = PASSWORD) -> None:
+        super().__init__(jid, password, cert=node.cert)
         for plugin in ("xep_0004", "xep_0060", "xep_0115", "xep_0163", "xep_0084", "xep_0054"):
             self.register_plugin(plugin)
         self.avatars: asyncio.Queue[Any] = asyncio.Queue()
@@ -298,3 +300,29 @@ async def test_two_regions(regions: tuple[Region, Region]):
         assert await alice.photo_of(bob_jid) == ("image/png", BLUE)
     finally:
         await close(alice, bob)
+
+
+# -- another domain over S2S -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Site, Site]]:
+    with two_sites(tmp_path_factory.mktemp("avatar-s2s")) as world:
+        yield world.eu, world.us
+
+
+async def test_over_s2s(domains: tuple[Site, Site]):
+    """bob of us1, a contact of alice of eu1: the avatar she publishes is her vCard PHOTO when
+    his legacy client asks over S2S; the vCard PHOTO he sets reaches her as an avatar event and
+    data from his server."""
+    eu, us = domains
+    alice_jid, bob_jid = f"{eu.user('alice')}@{EU}", f"{us.user('bob')}@{US}"
+    alice = await AvatarClient(eu.node, f"{alice_jid}/phone", S2S_PASSWORD).online(eu.node.port)
+    bob = await AvatarClient(us.node, f"{bob_jid}/pc", S2S_PASSWORD).online(us.node.port)
+    try:
+        await befriend(bob, alice)
+        await avatar_becomes_vcard(alice, bob, GREEN)  # eu1 → us1
+        await vcard_becomes_avatar(bob, alice, RED)  # us1 → eu1
+    finally:
+        await close(alice, bob)
+

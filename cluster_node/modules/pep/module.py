@@ -645,7 +645,13 @@ class Pep(Module):
                                         f"the interests of {sender}"))
 
     async def _remote_interest(self, owner: Jid, contact: Jid, caps: Caps | None) -> None:
-        if not await self._subscriber(owner, contact):
+        """Remember what a contact of another domain wants, if it is in the owner's roster at all:
+        its presence may come before its subscription to the owner is approved (alice approves
+        bob's request, her presence reaches him, then he approves hers), and no other presence of
+        hers follows.  Whether it may receive an event is checked when one is sent; a stranger's
+        directed presence is not remembered."""
+        item = await self.host.storage.get_roster_item(owner.domain, owner.local or "", str(contact.bare))
+        if item is None:
             return
         features = await self._resolve(caps, contact, owner.domain) if caps is not None else frozenset()
         if features is None:
@@ -659,7 +665,7 @@ class Pep(Module):
         else:
             await self.store.remote_delete(owner, contact)
         fresh = nodes - (old or frozenset())
-        if fresh:
+        if fresh and item.subscription in ("from", "both"):
             await self._send_last(contact, [owner], fresh)
 
     # -- caps: ver → features -----------------------------------------------------------------------------
