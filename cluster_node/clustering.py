@@ -145,7 +145,10 @@ class MemberCalls:
             return
         handler = self.s.call_handlers.get(name)
         if handler is None:
-            log.warning("cluster call %r: no handler here", name)
+            if self.s.modules_started:
+                log.warning("cluster call %r: no handler here", name)
+            else:  # a module's call at start (MUC's hello): the module says it again once it runs
+                log.debug("cluster call %r before this member's modules started", name)
             return
         try:
             result = handler("", args)

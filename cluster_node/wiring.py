@@ -112,6 +112,7 @@ async def running_node(settings: NodeSettings, *, http_routes: Sequence[web.Rout
         hooks.add(Hook.ROUTE_REMOTE, services.components, 10, owner=services.components)
         services.envelopes["component"] = services.components.arrived
         modules = await start_modules(services, settings.modules)
+        services.modules_started = True
         for collector in services.collectors:
             registry.register(collector)
         components = ComponentListener(services, services.components, tls)

@@ -59,6 +59,8 @@ class Services:
     collectors: list[Any] = field(default_factory=list)
     http_routes: list[Any] = field(default_factory=list)
     modules: dict[str, Any] = field(default_factory=dict)  # name -> started Module
+    # The cluster links come up before the modules start: a call for a module may arrive first.
+    modules_started: bool = False
     # Authentication failures per address, shared by every way in (c2s, user API) and the region.
     auth_throttle: AuthThrottle = field(init=False)
     # Refusals by the limit that was hit, named by its setting ("limits.stanza_rate"): one count
