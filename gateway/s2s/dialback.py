@@ -12,7 +12,7 @@ import hmac
 
 from cluster_node.xmpp.stanza import escape_attr, escape_text
 
-__all__ = ["NS", "FEATURE", "dialback_key", "keys_equal", "result_request", "result_response",
+__all__ = ["NS", "FEATURE", "dialback_key", "keys_equal", "result_request", "result_response", "result_error",
            "verify_request", "verify_response"]
 
 NS = "jabber:server:dialback"
@@ -40,6 +40,14 @@ def result_response(receiving: str, originating: str, valid: bool) -> bytes:
     """XEP-0220 §2.1.4: the receiving server's verdict."""
     kind = "valid" if valid else "invalid"
     return f"<db:result from='{escape_attr(receiving)}' to='{escape_attr(originating)}' type='{kind}'/>".encode()
+
+
+def result_error(receiving: str, originating: str, condition: str = "remote-server-timeout") -> bytes:
+    """XEP-0220 §2.4: no verdict (the authoritative server did not answer in time) — a temporary
+    error, so the originating server tries again later rather than giving up on us."""
+    return (f"<db:result from='{escape_attr(receiving)}' to='{escape_attr(originating)}' type='error'>"
+            f"<error type='wait'><{condition} xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error>"
+            "</db:result>").encode()
 
 
 def verify_request(receiving: str, originating: str, stream_id: str, key: str) -> bytes:

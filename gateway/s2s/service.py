@@ -271,6 +271,8 @@ class Outgoing:
                     authenticated = True
                 elif isinstance(ev, AuthFailed):
                     self._flush()
+                    if ev.temporary:  # it could not verify us yet: another attempt, after a while
+                        raise _Unreachable(f"{self.remote} could not authenticate us yet: {ev.reason}", True)
                     raise _Refused(f"{self.remote} refused us: {ev.reason}")
                 elif isinstance(ev, VerifyResult):
                     self._verified(ev)
@@ -456,8 +458,9 @@ class Incoming:
     async def _verify(self, ev: VerifyNeeded) -> None:
         valid = await self.s.verify(ev.receiving, ev.originating, ev.stream_id, ev.key)
         if valid is None:
-            log.warning("s2s in from %s: no answer from %s's authoritative server in time; %s -> %s refused",
-                        self.address, ev.originating, ev.originating, ev.receiving)
+            log.warning("s2s in from %s: no answer from %s's authoritative server in time; %s -> %s "
+                        "told to try again (remote-server-timeout)", self.address, ev.originating,
+                        ev.originating, ev.receiving)
         elif not valid:
             log.warning("s2s in from %s: dialback key for %s -> %s did not verify", self.address,
                         ev.originating, ev.receiving)
@@ -467,7 +470,7 @@ class Incoming:
         else:
             log.info("s2s in: %s verified by dialback for %s%s", ev.originating, ev.receiving,
                      " (direct TLS)" if self.direct_tls else "")
-        self.core.dialback_result(ev.originating, ev.receiving, bool(valid))
+        self.core.dialback_result(ev.originating, ev.receiving, valid)
         self._flush()
 
 

@@ -66,6 +66,7 @@ class Authenticated:
 @dataclass(frozen=True)
 class AuthFailed:
     reason: str
+    temporary: bool = False  # the peer could not decide yet (dialback error of type 'wait'): try again
 
 
 @dataclass(frozen=True)
@@ -266,7 +267,10 @@ class OutgoingStream(_Core):
                 self.state = "ready"
                 self.auth_method = "dialback"
                 return [Authenticated(self.local, self.remote, "dialback")]
-            return self._auth_failed(f"dialback {stanza.type or 'answer'} from {self.remote}")
+            # XEP-0220 §2.4: <error/> in the stream's default namespace (jabber:server).
+            error = next((c for c in stanza.element if c.tag.rsplit("}", 1)[-1] == "error"), None)
+            wait = stanza.type == "error" and error is not None and error.get("type") == "wait"
+            return self._auth_failed(f"dialback {stanza.type or 'answer'} from {self.remote}", temporary=wait)
         if tag == _DB_VERIFY and stanza.type in ("valid", "invalid"):
             return [VerifyResult(originating=stanza.from_ or "", receiving=stanza.to or "",
                                  stream_id=stanza.id or "", valid=stanza.type == "valid")]
@@ -308,8 +312,8 @@ class OutgoingStream(_Core):
         self.state = "dialback"
         return []
 
-    def _auth_failed(self, reason: str) -> list[S2SEvent]:
-        return [AuthFailed(reason), *self.close()]
+    def _auth_failed(self, reason: str, *, temporary: bool = False) -> list[S2SEvent]:
+        return [AuthFailed(reason, temporary), *self.close()]
 
 
 class IncomingStream(_Core):
@@ -374,11 +378,15 @@ class IncomingStream(_Core):
         parts.append("</stream:features>")
         return "".join(parts).encode()
 
-    def dialback_result(self, originating: str, receiving: str, valid: bool) -> None:
-        """The authoritative server's verdict on a pending ``db:result``: tell the peer."""
+    def dialback_result(self, originating: str, receiving: str, valid: bool | None) -> None:
+        """The authoritative server's verdict on a pending ``db:result``: tell the peer (None: it
+        gave none in time — a temporary error, XEP-0220 §2.4, so the peer tries again)."""
         if (originating, receiving) not in self.pending:
             return
         self.pending.discard((originating, receiving))
+        if valid is None:
+            self._write(dialback.result_error(receiving, originating))
+            return
         if valid:
             self.pairs.add((originating, receiving))
             self.methods[originating] = "dialback"

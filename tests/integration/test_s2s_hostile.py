@@ -253,6 +253,28 @@ async def test_dialback_key_that_does_not_verify_is_refused(world: World) -> Non
     await still_federating(world)
 
 
+async def test_dialback_without_an_answer_from_the_authoritative_server_is_a_temporary_error(world: World) -> None:
+    """A peer claiming silent.example (whose authoritative server accepts connections and never
+    says a word): eu1 cannot verify its key in time and answers XEP-0220 §2.4's temporary error
+    (type='error', <remote-server-timeout/> in an <error type='wait'/>), so a real server would try
+    again later — not 'invalid', which tells it to give up."""
+    mark = log_mark(world.eu)
+    peer = await RawPeer.connect(world.eu.s2s_port)
+    try:
+        await peer.open("silent.example", EU)
+        await peer.starttls(client_ctx(world.eu), "silent.example", EU)
+        peer.send(f"<db:result from='silent.example' to='{EU}'>{'cd' * 32}</db:result>")
+        answer = await peer.expect("</db:result>", timeout=30)
+        assert "type='error'" in answer and "<error type='wait'><remote-server-timeout" in answer, answer
+    finally:
+        peer.close()
+    assert log_count(world.eu, "told to try again (remote-server-timeout)", mark) == 1
+    # eu1's own stream to silent.example (for the verify) gives up after its retries: wait for it,
+    # so that what it logs and the connections it makes count here, not in the next test.
+    await apoll(lambda: log_count(world.eu, "s2s eu1.example.com -> silent.example failed", mark) >= 1, 40)
+    await still_federating(world)
+
+
 async def test_peer_that_never_answers_gets_stanzas_bounced_with_timeout(world: World) -> None:
     mark, conns = log_mark(world.eu), len(world.silent.conns)  # type: ignore[attr-defined]
     alice = world.eu.user("alice")

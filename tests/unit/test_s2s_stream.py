@@ -320,3 +320,28 @@ def test_send_before_authentication_is_our_bug() -> None:
     out = OutgoingStream(EU, US, SECRET_EU)
     with pytest.raises(RuntimeError):
         out.send(b"<message/>")
+
+
+def test_no_verdict_in_time_is_a_temporary_dialback_error() -> None:
+    """XEP-0220 §2.4: the receiving server got no answer from the authoritative server in time; it
+    answers type='error' with <remote-server-timeout/> in an <error type='wait'/>, and the
+    originating side reads it as temporary (it tries again) rather than as a refusal."""
+    p = Pair()
+    p.out.start()  # the verifier never starts: the authoritative server does not answer
+    p.pump()
+    needed = [ev for ev in p.in_events if isinstance(ev, VerifyNeeded)]
+    assert len(needed) == 1
+    p.inc.dialback_result(needed[0].originating, needed[0].receiving, None)
+    data = p.inc.data_to_send()
+    assert b"type='error'" in data and b"<error type='wait'><remote-server-timeout" in data
+    events = p.out.feed(data)
+    failed = [ev for ev in events if isinstance(ev, AuthFailed)]
+    assert len(failed) == 1 and failed[0].temporary, events
+    assert (EU, US) not in p.inc.pairs
+    invalid = Pair()
+    invalid.out.start()
+    invalid.pump()
+    needed = [ev for ev in invalid.in_events if isinstance(ev, VerifyNeeded)]
+    invalid.inc.dialback_result(needed[0].originating, needed[0].receiving, False)
+    failed = [ev for ev in invalid.out.feed(invalid.inc.data_to_send()) if isinstance(ev, AuthFailed)]
+    assert len(failed) == 1 and not failed[0].temporary  # type='invalid': a refusal
