@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from .cluster import SECRET, poll, system_info, wait_until
+from .cluster import SECRET, eventually, poll, system_info, wait_until
 from .node import NodeProcess, toml_dump
 from .ports import free_port
 from .redis import RedisServer, redis_server_binary
@@ -35,7 +35,8 @@ from .xmpp_client import Client
 from .xmpp_raw import RawClient
 
 __all__ = ["TwoRegions", "check_logs", "close", "fresh_users", "gd_status", "link_up", "logged_in", "lookup",
-           "need_redis", "one_node", "region_node", "register", "replicated", "two_node_region", "two_regions"]
+           "mapped", "need_redis", "one_node", "region_node", "register", "replicated", "two_node_region",
+           "two_regions"]
 
 Users = Iterable[str] | Mapping[str, str]
 """Accounts to register: names that share ``password``, or a mapping name → password."""
@@ -154,6 +155,17 @@ def lookup(gateway: NodeProcess, jid: str) -> dict[str, Any]:
     """Where ``gateway`` finds the resources of ``jid``'s account: resource → location."""
     out = json.loads(gateway.ctl("gdistrib", "lookup", "--jid", jid).stdout)["data"]["gdistrib"]["lookup"]
     return out if isinstance(out, dict) else {}
+
+
+async def mapped(gateways: Iterable[NodeProcess], resources: Mapping[str, Iterable[str]],
+                 timeout: float = 10.0) -> None:
+    """Wait until every gateway finds each account's ``resources`` (bare JID → resources) in the
+    mapping: a test across regions starts once both sides know where its users are."""
+    for gw in gateways:
+        for jid, wanted in resources.items():
+            want = set(wanted)
+            await eventually(lambda gw=gw, jid=jid, want=want: want <= set(lookup(gw, jid)), timeout,
+                             f"{jid} {sorted(want)} mapped")
 
 
 @contextmanager

@@ -27,14 +27,13 @@ from slixmpp.exceptions import IqError
 from slixmpp.plugins.xep_0054.stanza import VCardTemp
 from slixmpp.plugins.xep_0084.stanza import Data, MetaData
 
-from tests.helpers.cluster import eventually
 from tests.helpers.node import NodeProcess
 from tests.helpers.redis import RedisServer
 from tests.helpers.regions import Region
 from tests.helpers.topologies import (
     close,
     fresh_users,
-    lookup,
+    mapped,
     need_redis,
     one_node,
     replicated,
@@ -42,6 +41,7 @@ from tests.helpers.topologies import (
     two_regions,
 )
 from tests.helpers.xmpp_client import Client
+from tests.integration.test_pep import befriend
 from tests.integration.test_s2s import EU, PASSWORD as S2S_PASSWORD, US, Site, two_sites
 
 PASSWORD = "avatar-secret"
@@ -129,18 +129,6 @@ class AvatarClient(Client):
 
 async def online(node: NodeProcess, port: int, jid: str) -> AvatarClient:
     return await AvatarClient(node, jid).online(port)  # type: ignore[return-value]
-
-
-async def befriend(a: Client, b: Client) -> None:
-    """Mutual presence subscription between the accounts of ``a`` and ``b``."""
-    a_bare, b_bare = str(a.boundjid.bare), str(b.boundjid.bare)
-    a.send_presence(pto=b_bare, ptype="subscribe")
-    await b.next_presence("subscribe", sender=a_bare, timeout=10)
-    b.send_presence(pto=a_bare, ptype="subscribed")
-    b.send_presence(pto=a_bare, ptype="subscribe")
-    await a.next_presence("subscribe", sender=b_bare, timeout=10)
-    a.send_presence(pto=b_bare, ptype="subscribed")
-    await b.next_presence("available", sender=a_bare, timeout=10)
 
 
 async def photo_hash_in_presence(c: Client, sender: str, timeout: float = 10.0) -> str:
@@ -290,9 +278,7 @@ async def test_two_regions(regions: tuple[Region, Region]):
     alice = await online(eu_node, eu_node.port, f"{alice_jid}/phone")
     bob = await online(us_node, us_node.port, f"{bob_jid}/pc")
     try:
-        for gw in (eu.gateways[0], us.gateways[0]):
-            await eventually(lambda gw=gw: "phone" in lookup(gw, alice_jid), 10, "alice mapped")
-            await eventually(lambda gw=gw: "pc" in lookup(gw, bob_jid), 10, "bob mapped")
+        await mapped((eu.gateways[0], us.gateways[0]), {alice_jid: ["phone"], bob_jid: ["pc"]})
         await befriend(alice, bob)
         await replicated((alice, bob), (bob, alice))
         await avatar_becomes_vcard(alice, bob, RED)  # eu → us

@@ -13,14 +13,13 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.cluster import eventually
 from tests.helpers.node import NodeProcess
 from tests.helpers.redis import RedisServer
 from tests.helpers.regions import Region
 from tests.helpers.topologies import (
     close,
     fresh_users,
-    lookup,
+    mapped,
     need_redis,
     one_node,
     replicated,
@@ -184,10 +183,7 @@ async def test_two_regions(regions: tuple[Region, Region]):
     phone = await device(us_node, us_node.port, f"{alice_jid}/phone", 5)
     bob_pc = await device(us_node, us_node.port, f"{bob_jid}/pc", 0, carbons=False)
     try:
-        for gw in (eu.gateways[0], us.gateways[0]):
-            await eventually(lambda gw=gw: sorted(lookup(gw, alice_jid)) == ["laptop", "phone"], 10,
-                             "both of alice's resources mapped")
-            await eventually(lambda gw=gw: "pc" in lookup(gw, bob_jid), 10, "bob mapped")
+        await mapped((eu.gateways[0], us.gateways[0]), {alice_jid: ["laptop", "phone"], bob_jid: ["pc"]})
         await replicated((laptop, phone), (phone, laptop))
         await check_conversation(phone, laptop, bob_pc, alice_jid, bob_jid)
     finally:

@@ -20,7 +20,7 @@ from gateway.mapping.keys import domain_key
 from tests.helpers.cluster import eventually
 from tests.helpers.redis import RedisServer
 from tests.helpers.regions import Region
-from tests.helpers.topologies import close, fresh_users, gd_status, lookup, need_redis, two_regions
+from tests.helpers.topologies import close, fresh_users, gd_status, lookup, mapped, need_redis, two_regions
 
 from .test_muc import PASSWORD, MucClient, condition, create
 from .test_muc_register import REGISTER, reserved_nick, submit
@@ -64,9 +64,7 @@ async def alice_in_eu_bob_in_us(regions: tuple[Region, Region, str]) -> tuple[Mu
     bob = MucClient(us.nodes[0], f"{bob_jid}/us")
     await alice.online(eu.nodes[0].port, roster=False)
     await bob.online(us.nodes[0].port, roster=False)
-    for gw in (eu.gateways[0], us.gateways[0]):
-        await eventually(lambda gw=gw: "eu" in lookup(gw, alice_jid), 10, "alice mapped")
-        await eventually(lambda gw=gw: "us" in lookup(gw, bob_jid), 10, "bob mapped")
+    await mapped((eu.gateways[0], us.gateways[0]), {alice_jid: ["eu"], bob_jid: ["us"]})
     return alice, bob
 
 

@@ -20,14 +20,13 @@ from slixmpp.plugins.xep_0048.stanza import Bookmarks
 from slixmpp.plugins.xep_0054.stanza import VCardTemp
 from slixmpp.plugins.xep_0084.stanza import MetaData
 
-from tests.helpers.cluster import eventually
 from tests.helpers.node import NodeProcess
 from tests.helpers.redis import RedisServer
 from tests.helpers.regions import Region
 from tests.helpers.topologies import (
     close,
     fresh_users,
-    lookup,
+    mapped,
     need_redis,
     one_node,
     replicated,
@@ -341,9 +340,7 @@ async def test_two_regions(regions: tuple[Region, Region]):
     pc = await client(us_node, us_node.port, f"{bob_jid}/pc")
     clients: list[Client] = [phone, pc]
     try:
-        for gw in (eu.gateways[0], us.gateways[0]):
-            await eventually(lambda gw=gw: "phone" in lookup(gw, alice_jid), 10, "alice mapped")
-            await eventually(lambda gw=gw: "pc" in lookup(gw, bob_jid), 10, "bob mapped")
+        await mapped((eu.gateways[0], us.gateways[0]), {alice_jid: ["phone"], bob_jid: ["pc"]})
         device = await avatar_flow(phone, pc, (us_node, us_node.port), bob_jid)
         clients.append(device)
         got = await pc.plugin["xep_0060"].get_items(jid=alice_jid, node=MetaData.namespace, timeout=5)

@@ -59,7 +59,7 @@ from ...xmpp import errors, ns
 from ...xmpp.errors import StanzaError
 from ...xmpp.jid import InvalidJid, Jid
 from ...xmpp.stanza import Stanza
-from .s3 import MAX_PUT_SIZE, S3Settings, S3Store
+from .s3 import MAX_PUT_SIZE, S3Settings, S3Store, base_url
 from .server import UploadServer
 from .slots import (
     NS,
@@ -131,13 +131,7 @@ class HttpUploadSettings(ModuleSettings):
     @field_validator("public_url")
     @classmethod
     def _public_url(cls, value: str) -> str:
-        if value and not value.startswith(("https://", "http://")):
-            raise ValueError("a base URL: https://host[:port][/path]")
-        try:
-            value.format(domain="example.com")
-        except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"only {{domain}} may be replaced ({e})") from None
-        return value.rstrip("/")
+        return base_url(value)
 
     @field_validator("key_file")
     @classmethod

@@ -45,6 +45,18 @@ MAX_GET_EXPIRY = 7 * 86_400  # SigV4 pre-signed URLs live at most a week
 DELETE_BATCH = 1000  # keys per DeleteObjects request (S3's maximum)
 
 
+def base_url(value: str) -> str:
+    """A ``public_url`` setting: empty, or an http(s) base URL where only ``{domain}`` may be
+    replaced; without its trailing '/'."""
+    if value and not value.startswith(("https://", "http://")):
+        raise ValueError("a base URL: https://host[:port][/path]")
+    try:
+        value.format(domain="example.com")
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"only {{domain}} may be replaced ({e})") from None
+    return value.rstrip("/")
+
+
 class S3Settings(BaseModel):
     """The ``[modules.http_upload.s3]`` table."""
 
@@ -94,13 +106,7 @@ class S3Settings(BaseModel):
     @field_validator("public_url")
     @classmethod
     def _public_url(cls, value: str) -> str:
-        if value and not value.startswith(("https://", "http://")):
-            raise ValueError("a base URL: https://host[:port][/path]")
-        try:
-            value.format(domain="example.com")
-        except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"only {{domain}} may be replaced ({e})") from None
-        return value.rstrip("/")
+        return base_url(value)
 
     @field_validator("secret_access_key")
     @classmethod
