@@ -21,7 +21,6 @@ import pytest
 from slixmpp.exceptions import IqError
 from slixmpp.plugins.xep_0363 import http_upload as slixmpp_upload
 
-from gateway.link.tls import issue_cert, make_ca
 from tests.helpers.cluster import eventually
 from tests.helpers.dns import DnsServer
 from tests.helpers.node import NodeProcess
@@ -30,7 +29,7 @@ from tests.helpers.redis import RedisServer
 from tests.helpers.regions import DOMAIN, Region
 from tests.helpers.topologies import fresh_users, lookup, need_redis, one_node, two_node_region, two_regions
 from tests.helpers.xmpp_client import Client
-from tests.integration.test_s2s import EU, PASSWORD as S2S_PASSWORD, US, Site, World, two_sites
+from tests.integration.test_s2s import EU, PASSWORD as S2S_PASSWORD, US, Site, World, service_site, two_sites
 
 PASSWORD = "upload-secret"
 NS = "urn:xmpp:http:upload:0"
@@ -300,14 +299,8 @@ def domains(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, i
     def site(base: Path, name: str, domain: str, redis_url: str, dns: DnsServer) -> Site:
         if domain != EU:
             return Site(base, name, domain, redis_url, dns)
-        service = f"upload.{domain}"
-        ca, ca_key = make_ca(base / "ca")  # the sites' CA (make_ca keeps the one it finds there)
-        cert, key = issue_cert(ca, ca_key, base / "ca", f"{name}-upload", [domain, service])
-        made = Site(base, name, domain, redis_url, dns,
-                    s2s={"cert_file": str(cert), "key_file": str(key), "service_domains": [service]},
-                    node_settings={"modules": upload_settings(port, tls=False, public_url=f"http://127.0.0.1:{port}")})
-        dns.add_srv(f"_xmpp-server._tcp.{service}", f"xmpp.{domain}", made.s2s_port)
-        return made
+        return service_site(base, name, domain, redis_url, dns, f"upload.{domain}", node_settings={
+            "modules": upload_settings(port, tls=False, public_url=f"http://127.0.0.1:{port}")})
 
     with two_sites(tmp_path_factory.mktemp("upload-s2s"), site) as world:
         yield world, port

@@ -16,23 +16,16 @@ import pytest
 from slixmpp import JID
 from slixmpp.exceptions import PresenceError
 
-from gateway.link.tls import issue_cert, make_ca
 from tests.helpers.dns import DnsServer
 
 from .test_muc import MucClient, condition, create
 from .test_muc_register import REGISTER, ask, reserved_nick, submit
-from .test_s2s import EU, PASSWORD, US, Site, two_sites
+from .test_s2s import EU, PASSWORD, US, Site, service_site, two_sites
 
 
 def muc_site(base: Path, name: str, domain: str, redis_url: str, dns: DnsServer) -> Site:
     """A :class:`Site` whose gateway also speaks S2S for ``conference.<domain>``."""
-    service = f"conference.{domain}"
-    ca, ca_key = make_ca(base / "ca")
-    cert, key = issue_cert(ca, ca_key, base / "ca", f"{name}-muc", [domain, service])
-    site = Site(base, name, domain, redis_url, dns, s2s={"cert_file": str(cert), "key_file": str(key),
-                                                         "service_domains": [service]})
-    dns.add_srv(f"_xmpp-server._tcp.{service}", f"xmpp.{domain}", site.s2s_port)
-    return site
+    return service_site(base, name, domain, redis_url, dns, f"conference.{domain}")
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ import slixmpp
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from gateway.link.tls import issue_cert, make_ca
 from tests.helpers.cluster import eventually
 from tests.helpers.dns import DnsServer
 from tests.helpers.node import NodeProcess
@@ -31,7 +30,7 @@ from tests.helpers.redis import RedisServer
 from tests.helpers.regions import DOMAIN, Region
 from tests.helpers.topologies import logged_in, lookup, need_redis, one_node, two_node_region, two_regions
 from tests.helpers.xmpp_raw import RawClient, local
-from tests.integration.test_s2s import EU, PASSWORD as S2S_PASSWORD, US, Site, World, two_sites
+from tests.integration.test_s2s import EU, PASSWORD as S2S_PASSWORD, US, Site, World, service_site, two_sites
 
 PUSH = "push.example.com"
 PUSH_SECRET = "push-component-secret"
@@ -279,16 +278,11 @@ async def test_detached_phone_in_another_region(regions: tuple[Region, Region, P
 
 
 def push_site(base: Path, name: str, domain: str, redis_url: str, dns: DnsServer) -> Site:
-    """A :class:`Site` with a component port on its node; us1's gateway also speaks S2S for its
-    app server's domain ``push.us1.example.com`` (a certificate naming it, a DNS record)."""
-    service = f"push.{domain}"
-    ca, ca_key = make_ca(base / "ca")  # the sites' CA (make_ca keeps the one it finds there)
-    cert, key = issue_cert(ca, ca_key, base / "ca", f"{name}-push", [domain, service])
-    port = free_port()
-    site = Site(base, name, domain, redis_url, dns, s2s={"cert_file": str(cert), "key_file": str(key),
-                                                         "service_domains": [service]},
-                node_settings={"components": {"port": port, "secrets": {service: PUSH_SECRET}}})
-    dns.add_srv(f"_xmpp-server._tcp.{service}", f"xmpp.{domain}", site.s2s_port)
+    """A :class:`Site` with a component port on its node; its gateway also speaks S2S for its app
+    server's domain ``push.<domain>``."""
+    service, port = f"push.{domain}", free_port()
+    site = service_site(base, name, domain, redis_url, dns, service,
+                        node_settings={"components": {"port": port, "secrets": {service: PUSH_SECRET}}})
     with_components(site.node, port)
     return site
 

@@ -121,6 +121,19 @@ class Site:
         return result
 
 
+def service_site(base: Path, name: str, domain: str, redis_url: str, dns: DnsServer, service: str,
+                 **more: Any) -> Site:
+    """A :class:`Site` whose gateway also speaks S2S for the subdomain ``service`` a module or
+    component serves (``s2s.service_domains``): a certificate naming it, its DNS record.  ``more``:
+    the other arguments of :class:`Site` (``node_settings``…)."""
+    ca, ca_key = make_ca(base / "ca")  # the sites' CA (make_ca keeps the one it finds there)
+    cert, key = issue_cert(ca, ca_key, base / "ca", f"{name}-{service.split('.')[0]}", [domain, service])
+    site = Site(base, name, domain, redis_url, dns,
+                s2s={"cert_file": str(cert), "key_file": str(key), "service_domains": [service]}, **more)
+    dns.add_srv(f"_xmpp-server._tcp.{service}", f"xmpp.{domain}", site.s2s_port)
+    return site
+
+
 async def ctl_query(p: NodeProcess, category: str, op: str) -> Any:
     from cluster_node.net.control import query_control
 
