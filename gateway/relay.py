@@ -602,6 +602,8 @@ class GlobalRouter:
                 break
             if not self.bounce_enabled or attempt == self.max_retries:
                 break
+            if stanza.name == "iq" and to.resource is None:
+                break  # an account IQ (last activity): answered here at once, from the shared database
             # Not here (any more): the user moved or left.  Wait, look again, resend (bounce).
             self.counters.bounced += 1
             await asyncio.sleep(self.resend_after)
