@@ -252,6 +252,12 @@ class ModuleHost:
         calls = self._s.calls
         return calls.members() if calls is not None else []
 
+    @property
+    def gateway_members(self) -> frozenset[str]:
+        """The members of the region that are gateways (this one too, if it is): they relay between
+        regions and speak S2S, so work any node can do (sequencing a room) is better left to nodes."""
+        return frozenset(r.owner for r in self._s.routes if r.key.startswith("gateway/"))
+
     def on_call(self, name: str, handler: CallHandler) -> None:
         """Answer cluster calls ``name`` (args are JSON from another member: check their types)."""
         self._s.call_handlers[name] = handler

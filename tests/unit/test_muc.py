@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from cluster_node.cluster.table import Op
 from cluster_node.core.hooks import Hook
 from cluster_node.core.sessions import SessionRecord
 from cluster_node.modules import BUILTIN
@@ -295,6 +296,19 @@ async def test_a_room_is_sequenced_by_one_member_and_copied_to_the_others(tmp_pa
         assert bodies(alice) == ["hi all"] and bodies(bob) == ["hi all"]
         snaps = [m.rooms[ROOM].snapshot() for m in mucs.values()]
         assert snaps[0] == snaps[1] == snaps[2] and len(snaps[0]["history"]) == 1
+
+
+async def test_rooms_are_sequenced_by_nodes_not_by_gateways(tmp_path: Path) -> None:
+    """A gateway runs the module too (it answers S2S), but while a node runs it, no room is
+    sequenced on the gateway: there it would compete with the relaying."""
+    async with region_of(tmp_path, ("n1", "n2", "gw")) as (region, mucs):
+        op = Op("routes", "insert", "gateway/gw", "gw", {"region": "eu"})  # what the gateway broadcasts
+        for node in region.nodes.values():
+            node.services.routes.apply(op)
+        rooms = [f"room{i}@conference.example.com" for i in range(40)]
+        for name, muc in mucs.items():
+            homes = {muc.sequencer_of(room) for room in rooms}
+            assert homes == {"n1", "n2"}, (name, homes)
 
 
 async def test_a_room_survives_the_death_of_its_member(tmp_path: Path) -> None:
