@@ -21,6 +21,12 @@ Peers take the cheaper password check where the server offers one (plain passwor
 default, Prosody's ``internal_plain``); Meridian stores only SCRAM keys, so SASL PLAIN runs PBKDF2
 (4096 rounds) per login there.  That favours the peers in the login figures, on purpose.
 
+With ``web=True`` the peers also serve XMPP over WebSocket (RFC 7395) and BOSH (XEP-0124/0206) on
+one HTTPS listener of their own (port ``web_port``, the same certificate; ``benchmarks/websocket.py``):
+ejabberd an ``ejabberd_http`` listener with ``tls: true``, ``/ws`` (``ejabberd_http_ws``) and ``/bosh``
+(``mod_bosh``); Prosody ``https_ports`` with ``mod_websocket`` (``/xmpp-websocket``) and ``mod_bosh``
+(``/http-bind``).  ``ws_path`` and ``bosh_path`` say where.
+
 :class:`ProcTree` reads CPU seconds and RSS of a server's process tree (psutil), so BEAM's
 ``beam.smp`` under ``ejabberdctl``'s shell counts, and two cluster nodes add up.
 """
@@ -336,8 +342,13 @@ class Ejabberd(Server):
     label = "ejabberd 23.01"
     USER = "ejabberd"
 
-    def __init__(self, base: Path, cpus: list[int]) -> None:
+    ws_path = "/ws"
+    bosh_path = "/bosh"
+
+    def __init__(self, base: Path, cpus: list[int], *, web: bool = False) -> None:
         super().__init__(base, cpus)
+        self.web = web  # WebSocket and BOSH on an HTTPS listener of their own (web_port)
+        self.web_port = free_port() if web else 0
         self.binary = shutil.which("ejabberdctl") or "/usr/sbin/ejabberdctl"
         if not Path(self.binary).exists():
             raise BenchError("ejabberdctl not found (apt-get install ejabberd)")
@@ -399,11 +410,30 @@ listen:
     module: ejabberd_http
     request_handlers:
       /api: mod_http_api
-modules:
+{self._web_listener()}modules:
   mod_roster: {{}}
   mod_disco: {{}}
   mod_ping: {{}}
+{self._web_modules()}"""
+
+    def _web_listener(self) -> str:
+        """WebSocket (``/ws``) and BOSH (``/bosh``) over HTTPS, when ``web``; no shaper (none is defined)."""
+        if not self.web:
+            return ""
+        return f"""\
+  - port: {self.web_port}
+    ip: "127.0.0.1"
+    module: ejabberd_http
+    tls: true
+    backlog: 4096
+    request_handlers:
+      {self.ws_path}: ejabberd_http_ws
+      {self.bosh_path}: mod_bosh
 """
+
+    def _web_modules(self) -> str:
+        """mod_bosh, when ``web`` (its session ends after 120 s without a request; 30 by default)."""
+        return "  mod_bosh:\n    max_inactivity: 120\n" if self.web else ""
 
     def _write(self) -> None:
         conf = self.dir / "conf"
@@ -460,6 +490,8 @@ modules:
         self.procs = [proc]
         _wait_port(self.c2s_port, proc, 120, "ejabberd", self.log)
         _wait_port(self.http_port, proc, 60, "ejabberd", self.log)
+        if self.web:
+            _wait_port(self.web_port, proc, 60, "ejabberd", self.log)
         deadline = time.monotonic() + 60
         while self.ctl("status", timeout=30).returncode != 0:
             if time.monotonic() > deadline:
@@ -536,8 +568,13 @@ class Prosody(Server):
     kind = "prosody"
     label = "Prosody 0.12"
 
-    def __init__(self, base: Path, cpus: list[int]) -> None:
+    ws_path = "/xmpp-websocket"
+    bosh_path = "/http-bind"
+
+    def __init__(self, base: Path, cpus: list[int], *, web: bool = False) -> None:
         super().__init__(base, cpus)
+        self.web = web  # WebSocket and BOSH on an HTTPS port of their own (web_port)
+        self.web_port = free_port() if web else 0
         self.binary = shutil.which("prosody") or "/usr/bin/prosody"
         if not Path(self.binary).exists():
             raise BenchError("prosody not found (apt-get install prosody)")
@@ -558,6 +595,15 @@ class Prosody(Server):
             "limits": {}, "network_backend": "epoll", "network_settings": {"tcp_backlog": 4096},
             "c2s_require_encryption": True, "log": {"warn": d / "prosody.log"},
         }
+        if web:
+            # mod_websocket (/xmpp-websocket) and mod_bosh (/http-bind) over HTTPS with the c2s
+            # certificate; requests for any Host go to DOMAIN
+            settings["modules_enabled"] = [*settings["modules_enabled"], "bosh", "websocket"]
+            settings["https_ports"] = [self.web_port]
+            settings["https_interfaces"] = ["127.0.0.1"]
+            settings["https_ssl"] = {"certificate": self.cert, "key": self.key}
+            settings["http_default_host"] = DOMAIN
+            settings["bosh_max_inactivity"] = 120
         lines = [f"{k} = {_lua(v)}" for k, v in settings.items()]
         lines.append(f"VirtualHost {_lua(DOMAIN)}")
         lines.append(f"    ssl = {_lua({'certificate': self.cert, 'key': self.key})}")
@@ -597,6 +643,8 @@ class Prosody(Server):
                                     **kwargs)
         self.procs = [proc]
         _wait_port(self.c2s_port, proc, 60, "prosody", self.log)
+        if self.web:
+            _wait_port(self.web_port, proc, 60, "prosody", self.log)
         self.tree = ProcTree([proc.pid])
 
     def stop(self) -> None:
