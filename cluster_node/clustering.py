@@ -37,6 +37,7 @@ from .xmpp.stanza import Stanza
 __all__ = ["build_member", "GatewayHandoff", "MemberCalls", "SESSION"]
 
 SESSION = "session"  # envelope kind: a stanza for one of the receiving member's sessions
+SESSIONS = "sessions"  # envelope kind: copies of one stanza for several of the receiving member's sessions
 SERVICE = "service"  # envelope kind: a stanza for a service domain a module serves on the receiving member
 REQUEST, ANSWER = "req", "ans"  # call names of request/answer pairs
 SYNC_CALL = "sync"  # a request answered at once: its answer comes after what the member sent before
@@ -80,6 +81,7 @@ async def build_member(services: Services, cert: Path, key: Path) -> ClusterMemb
     services.calls = calls
     services.envelopes[SESSION] = lambda env, stanza: _for_session(services, env, stanza)
     services.envelopes[SERVICE] = lambda env, stanza: _for_service(services, stanza)
+    services.envelopes[SESSIONS] = lambda env, stanza: _for_sessions(services, env, stanza)
     # After the components (10) and the modules serving their domains here (20), before a
     # gateway's own routing (40) and the hand-off (50).
     services.hooks.add(Hook.ROUTE_REMOTE, lambda stanza, to: _to_service(services, calls, stanza, to), 30,
@@ -89,6 +91,8 @@ async def build_member(services: Services, cert: Path, key: Path) -> ClusterMemb
     services.call_handlers[SYNC_CALL] = lambda _node, _args: True
     services.hooks.add(Hook.REGION_SYNC, lambda: _sync(services, calls), owner=calls)
     services.hooks.add(Hook.DELIVER_TO_MEMBER, lambda record, stanza: _send(calls, record, stanza), owner=calls)
+    services.hooks.add(Hook.DELIVER_MANY_TO_MEMBER,
+                       lambda node, copies, stanza: _send_many(calls, node, copies, stanza), owner=calls)
     handoff = GatewayHandoff(services, calls)
     services.call_handlers[HANDOFF_ACK] = lambda _node, args: handoff.confirmed(args)
     services.hooks.add(Hook.MEMBER_DOWN, handoff.member_down, owner=handoff)
@@ -425,6 +429,26 @@ def _arrived(services: Services, envelope: dict[str, Any], data: bytes) -> None:
         log.warning("a stanza of kind %r reached %s, which has no handler for it", kind, services.node)
         return
     handler(envelope, stanza)
+
+
+def _send_many(calls: MemberCalls, node: str, copies: list[tuple[SessionRecord, str]], stanza: Stanza) -> bool:
+    """A room's message (say) for many sessions of one member: one frame with the stanza once
+    and the list of (session, 'to'), not a frame per copy.  False when there is no link (the
+    router then delivers each copy on its own, which finds where the sessions went)."""
+    envelope = {"to": [[record.sid, to] for record, to in copies]}
+    return calls.send_stanza(node, SESSIONS, envelope, stanza.to_bytes())
+
+
+def _for_sessions(services: Services, envelope: dict[str, Any], stanza: Stanza) -> None:
+    """Copies for sessions here (:func:`_send_many`): each gets its own with its 'to'; one whose
+    session is gone is routed again from here, once, as :func:`_for_session` does."""
+    copies = envelope.get("to")
+    if not isinstance(copies, list):
+        return
+    for item in copies:
+        if isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item):
+            sid, to = item
+            _for_session(services, {"sid": sid, "hops": 1}, stanza.with_attrs(to=to))
 
 
 def _for_session(services: Services, envelope: dict[str, Any], stanza: Stanza) -> None:

@@ -217,6 +217,10 @@ class Hook:
     """first_async(stanza) — a stanza met a closing session: True when it will be re-resolved later."""
     DELIVER_TO_MEMBER = "deliver_to_member"
     """first(record: SessionRecord, stanza) — the session is on another member: True when sent."""
+    DELIVER_MANY_TO_MEMBER = "deliver_many_to_member"
+    """first(node: str, copies: list[tuple[SessionRecord, str]], stanza) — copies of ``stanza`` for
+    several sessions of one other member (each (record, its 'to')), in one cluster frame, ``to``
+    set on each there: True when sent."""
 
     # -- discovery --------------------------------------------------------------------------------
     DISCO_SERVER_FEATURES = "disco_server_features"

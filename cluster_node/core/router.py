@@ -218,18 +218,27 @@ class Router:
         gateway), in order."""
         left: list[Stanza] = []
         away: list[str] = []
+        members: dict[str, list[tuple[SessionRecord, str]]] = {}  # another member's sessions: one frame each
         for r in recipients:
             to = _jid(r)
             if to is None:
                 continue
             if to.domain in self.domains and to.resource is not None:
                 record = self.table.lookup(to)
-                if record is not None:
+                if record is None:
+                    away.append(r)
+                elif record.node == self.node:
                     self.deliver(record, stanza.with_attrs(to=r))
                 else:
-                    away.append(r)
+                    members.setdefault(record.node, []).append((record, r))
             else:
                 left.append(stanza.with_attrs(to=r))
+        for node, copies in members.items():
+            if len(copies) > 1 and self.hooks.first(Hook.DELIVER_MANY_TO_MEMBER, node, copies, stanza):
+                self.counters.delivered += len(copies)
+                continue
+            for record, r in copies:
+                self.deliver(record, stanza.with_attrs(to=r))
         if away and not self.hooks.first(Hook.ROUTE_MANY, stanza, away):
             left.extend(stanza.with_attrs(to=r) for r in away)
         return left

@@ -53,7 +53,7 @@ def room_sequenced_by(member: str) -> JID:
 @pytest.fixture
 def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProcess]]:
     with two_node_region(tmp_path_factory.mktemp("muc-region"), names=NAMES, password=PASSWORD,
-                         users=("alice", "bob", "carol", "dave")) as nodes:
+                         users=("alice", "bob", "carol", "dave", "erin")) as nodes:
         yield nodes
 
 
@@ -69,22 +69,26 @@ async def test_a_room_survives_the_kill_of_its_member(region: list[NodeProcess])
         assert other in await until_peer(n, other)
     room = room_sequenced_by("m1")
     alice, carol = await client(m1, "alice"), await client(m1, "carol")
-    bob = await client(m2, "bob")
+    bob, erin = await client(m2, "bob"), await client(m2, "erin")
     try:
         await create(alice, room, "Alice", **{"muc#roomconfig_roomname": "Resilient",
                                               "muc#roomconfig_persistentroom": True})
         await bob.muc.join_muc_wait(room, "Bob", timeout=10)
         await carol.muc.join_muc_wait(room, "Carol", timeout=10)
+        await erin.muc.join_muc_wait(room, "Erin", timeout=10)
         await alice.muc.set_affiliation(room, "member", jid=JID("dave@localhost"), timeout=10)
         alice.muc.set_subject(room, "Before the storm")
         bob.send_message(mto=room, mbody="one", mtype="groupchat")
         await alice.said("one")
         await carol.said("one")
+        alice.send_message(mto=room, mbody="one more", mtype="groupchat")  # m2's two: in one cluster frame
+        await bob.said("one more")
+        await erin.said("one more")
 
         states = [await room_state(n, str(room)) for n in region]
         assert states[0] == states[1] and states[0] is not None
         assert states[0]["sequencer"] == "m1" and states[0]["subject"] == "Before the storm"
-        assert [o["nick"] for o in states[0]["occupants"]] == ["Alice", "Bob", "Carol"]
+        assert [o["nick"] for o in states[0]["occupants"]] == ["Alice", "Bob", "Carol", "Erin"]
         assert states[0]["affiliations"] == {"alice@localhost": "owner", "dave@localhost": "member"}
 
         m1.stop(signal.SIGKILL)
@@ -96,7 +100,7 @@ async def test_a_room_survives_the_kill_of_its_member(region: list[NodeProcess])
                 left.add(p["from"].resource)
         after = await room_state(m2, str(room))
         assert after is not None and after["sequencer"] == "m2"
-        assert [o["nick"] for o in after["occupants"]] == ["Bob"]
+        assert [o["nick"] for o in after["occupants"]] == ["Bob", "Erin"]
         assert after["config"]["title"] == "Resilient" and after["affiliations"]["dave@localhost"] == "member"
 
         bob.send_message(mto=room, mbody="two", mtype="groupchat")
@@ -109,9 +113,9 @@ async def test_a_room_survives_the_kill_of_its_member(region: list[NodeProcess])
             pres, subject, occupants, history = await dave.muc.join_muc_wait(room, "Dave", timeout=10)
             assert pres["muc"]["affiliation"] == "member"
             assert subject["subject"] == "Before the storm"
-            assert [h["body"] for h in history] == ["one", "two"]
-            assert {p["from"].resource for p in occupants} == {"Bob", "Dave"}
+            assert [h["body"] for h in history] == ["one", "one more", "two"]
+            assert {p["from"].resource for p in occupants} == {"Bob", "Dave", "Erin"}
         finally:
             await close(dave)
     finally:
-        await close(alice, bob, carol)
+        await close(alice, bob, carol, erin)

@@ -11,6 +11,7 @@ import pytest
 from cluster_node.core.hooks import STOP, Hook
 from cluster_node.core.router import Fanout
 from cluster_node.xmpp import errors
+from cluster_node.xmpp.fragment import parse_stanza
 from cluster_node.xmpp.jid import Jid
 from tests.helpers.fake_host import FakeNode, error_condition, fake_node
 
@@ -361,3 +362,31 @@ async def test_an_account_iq_answered_where_online_asks_elsewhere_only_without_a
     node.bind(f"{BOB}/pc", available=True)
     await node.route(iq("last2", "<query xmlns='jabber:iq:last'/>"))
     assert asked == ["last1"] and answered == ["card1", "last2"]
+
+
+async def test_copies_for_several_sessions_of_another_member_go_in_one_frame(node: FakeNode):
+    """route_many (a room's message): this member's sessions get theirs at once; another member's
+    several sessions one DELIVER_MANY_TO_MEMBER (one cluster frame, the stanza once), a member with
+    one session a plain DELIVER_TO_MEMBER; without a taker, each copy on its own."""
+    here = node.bind("carol@example.com/a")
+    for i in range(3):
+        node.bind_remote(f"user{i}@example.com/r", "node2")
+    node.bind_remote("dave@example.com/r", "node3")
+    many: list[tuple[str, list[str], str | None]] = []
+    single: list[str] = []
+    taker = object()
+    node.hooks.add(Hook.DELIVER_MANY_TO_MEMBER,
+                   lambda member, copies, s: many.append((member, [to for _, to in copies], s.to)) or True,
+                   owner=taker)
+    node.hooks.add(Hook.DELIVER_TO_MEMBER, lambda record, s: single.append(str(s.to)) or True)
+    stanza = parse_stanza(b"<message xmlns='jabber:client' from='room@conference.example.com/x' type='groupchat'>"
+                          b"<body>hi</body></message>")
+    recipients = ["carol@example.com/a", *(f"user{i}@example.com/r" for i in range(3)), "dave@example.com/r"]
+    assert node.router.route_many(stanza, recipients) == []
+    assert [s.to for s in here.delivered] == ["carol@example.com/a"]
+    assert many == [("node2", [f"user{i}@example.com/r" for i in range(3)], None)]  # 'to' set on arrival
+    assert single == ["dave@example.com/r"]
+    node.hooks.remove_owner(taker)
+    single.clear()
+    node.router.route_many(stanza, recipients)
+    assert sorted(single) == sorted(recipients[1:])  # no taker: a copy each
