@@ -121,9 +121,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere: the project from this checkout
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import register_accounts  # noqa: E402
 from cluster_node.net.control import query_control  # noqa: E402
 from cluster_node.storage import open_storage  # noqa: E402
-from cluster_node.xmpp.sasl.scram import make_credentials  # noqa: E402
 from tests.helpers.node import NodeProcess, toml_dump  # noqa: E402
 from tests.helpers.postgres import PostgresServer, pg_bindir  # noqa: E402
 from tests.helpers.proxy import FaultProxy  # noqa: E402
@@ -246,14 +246,7 @@ def build(base: Path) -> World:
 
 async def register(world: World, names: list[str]) -> None:
     """Accounts straight into the domain's database (one SCRAM derivation: they share a password)."""
-    storage = open_storage(world.db_url)
-    await storage.open()
-    try:
-        creds = {name: c.to_dict() for name, c in make_credentials(PASSWORD).items()}
-        for name in names:
-            await storage.create_account(DOMAIN, name, creds)
-    finally:
-        await storage.close()
+    await register_accounts(world.db_url, DOMAIN, names, PASSWORD)
 
 
 async def query(p: NodeProcess, category: str, op: str) -> Any:

@@ -19,12 +19,28 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BenchmarkError", "Report", "each", "machine_share", "measured_run", "median_of", "pct", "self_cpu_s",
-           "split_cpus", "toml_config", "verdict"]
+__all__ = ["BenchmarkError", "Report", "each", "machine_share", "measured_run", "median_of", "pct", "register_accounts",
+           "self_cpu_s", "split_cpus", "toml_config", "verdict"]
 
 
 class BenchmarkError(Exception):
     """The run itself failed (a node did not start, clients could not log in): exit status 2."""
+
+
+async def register_accounts(db_url: str, domain: str, names: list[str], password: str) -> None:
+    """Accounts straight into a deployment's database, all with ``password`` (one SCRAM
+    derivation for all of them: registering through the server would cost one each)."""
+    from cluster_node.storage import open_storage
+    from cluster_node.xmpp.sasl.scram import make_credentials
+
+    storage = open_storage(db_url)
+    await storage.open()
+    try:
+        creds = {name: c.to_dict() for name, c in make_credentials(password).items()}
+        for name in names:
+            await storage.create_account(domain, name, creds)
+    finally:
+        await storage.close()
 
 
 def pct(values: list[float], p: float) -> float:

@@ -13,17 +13,14 @@ This module starts, watches and stops the topology; the phases are ``muc.py``'s.
 
 from __future__ import annotations
 
-import asyncio
-import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio
+from common import register_accounts
+from gdistrib_relay import BenchmarkError, poll, query
 
-from cluster_node.net.control import query_control
-from cluster_node.storage import open_storage
-from cluster_node.xmpp.sasl.scram import make_credentials
 from gateway.mapping import MappingStore
 from gateway.mapping.keys import domain_key
 from tests.helpers.node import NodeProcess, toml_dump
@@ -46,8 +43,7 @@ TEST_TIMERS = {"cluster": ("refresh_interval", "ping_interval", "ping_timeout"),
                "bounce": ("resend_after_ms", "max_retries")}
 
 
-class TopologyError(Exception):
-    pass
+TopologyError = BenchmarkError  # the topology did not come up, or a query failed: exit status 2
 
 
 class TwoRegions:
@@ -105,14 +101,7 @@ class TwoRegions:
 
     async def register(self, names: list[str]) -> None:
         """Accounts straight into the shared database (all with :data:`PASSWORD`)."""
-        storage = open_storage(self.db)
-        await storage.open()
-        try:
-            creds = {name: c.to_dict() for name, c in make_credentials(PASSWORD).items()}
-            for name in names:
-                await storage.create_account(DOMAIN, name, creds)
-        finally:
-            await storage.close()
+        await register_accounts(self.db, DOMAIN, names, PASSWORD)
 
     def start(self) -> None:
         self.redis.start()
@@ -188,22 +177,3 @@ class TwoRegions:
         return out
 
 
-async def query(p: NodeProcess, category: str, op: str) -> Any:
-    status, body = await query_control(p.workdir / "data" / "control.sock", category, op)
-    if status != 200 or "errors" in body:
-        raise TopologyError(f"{p.name}: {category} {op}: {body}")
-    return body["data"][category][op]
-
-
-async def poll(check: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            ok = await check()
-        except (OSError, TopologyError, LookupError):
-            ok = False
-        if ok:
-            return
-        if time.monotonic() > deadline:
-            raise TopologyError(f"timed out ({timeout:g} s) waiting for {what}")
-        await asyncio.sleep(0.1)
