@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["BenchmarkError", "Report", "each", "machine_share", "measured_run", "median_of", "pct", "register_accounts",
-           "self_cpu_s", "split_cpus", "toml_config", "verdict"]
+           "self_cpu_s", "split_cpus", "toml_config", "verdict", "wait_idle"]
 
 
 class BenchmarkError(Exception):
@@ -41,6 +41,18 @@ async def register_accounts(db_url: str, domain: str, names: list[str], password
             await storage.create_account(domain, name, creds)
     finally:
         await storage.close()
+
+
+async def wait_idle(alive: Callable[[], bool], cpu_s: Callable[[], float], timeout: float = 20.0,
+                    below: float = 0.05) -> None:
+    """Until a server uses under ``below`` of a CPU over 0.3 s (or ``timeout``, or it died):
+    ``cpu_s`` its CPU seconds so far."""
+    deadline = time.monotonic() + timeout
+    while alive() and time.monotonic() < deadline:
+        before = cpu_s()
+        await asyncio.sleep(0.3)
+        if cpu_s() - before < below * 0.3:
+            return
 
 
 def pct(values: list[float], p: float) -> float:

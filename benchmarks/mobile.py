@@ -419,12 +419,7 @@ class NodeProc:
 
     async def wait_idle(self, timeout: float = 20.0, below: float = 0.05) -> None:
         """Until the node uses under ``below`` of a CPU over 0.3 s (or ``timeout``)."""
-        deadline = time.monotonic() + timeout
-        while self.alive() and time.monotonic() < deadline:
-            before = self.cpu_s()
-            await asyncio.sleep(0.3)
-            if self.cpu_s() - before < below * 0.3:
-                return
+        await common.wait_idle(self.alive, self.cpu_s, timeout, below)
 
     def stop(self, timeout: float = 60.0) -> None:
         if self.proc is None or self.proc.poll() is not None:

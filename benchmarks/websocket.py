@@ -428,12 +428,8 @@ class PeerNode:
         return any(p.poll() is None for p in self.server.procs)
 
     async def wait_idle(self, timeout: float = 20.0, below: float = 0.05) -> None:
-        deadline = time.monotonic() + timeout
-        while self.alive() and time.monotonic() < deadline:
-            before = self.cpu_s()
-            await asyncio.sleep(0.3)
-            if self.cpu_s() - before < below * 0.3:
-                return
+        """Until the node uses under ``below`` of a CPU over 0.3 s (or ``timeout``)."""
+        await common.wait_idle(self.alive, self.cpu_s, timeout, below)
 
     def problems(self) -> list[str]:
         return self.server.warnings()
