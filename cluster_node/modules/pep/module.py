@@ -246,10 +246,13 @@ class Pep(Module):
             return None
         raise errors.BadRequest("not a pubsub request")
 
-    async def _base_config(self, owner: Jid, node: str) -> NodeConfig:
-        """A new node's configuration before options: the defaults, and for the XEP-0084 nodes the
-        other one's access model."""
+    async def _base_config(self, owner: Jid, node: str, access_model: str | None = None) -> NodeConfig:
+        """A new node's configuration before options: the defaults (``access_model`` instead of
+        the default one, when a module asks), and for the XEP-0084 nodes the other one's access
+        model."""
         base = p.default_config(node)
+        if access_model is not None:
+            base = replace(base, access_model=access_model)
         sibling = _AVATAR_PAIR.get(node)
         if sibling is not None:
             other = await self.store.node(owner, sibling)
@@ -258,14 +261,23 @@ class Pep(Module):
         return base
 
     async def _publish(self, req: IqRequest, owner: Jid, request: p.Publish) -> ET.Element:
-        payload = serialize(request.payload)
-        if len(payload) > self.cfg.max_payload:
+        item_id = request.item_id or uuid.uuid4().hex
+        await self._put(owner, request.node, item_id, request.payload, str(req.sender),
+                        await self._base_config(owner, request.node), request.options)
+        out = ET.Element(_P + "pubsub")
+        ET.SubElement(ET.SubElement(out, _P + "publish", {"node": request.node}), _P + "item", {"id": item_id})
+        return out
+
+    async def _put(self, owner: Jid, node: str, item_id: str, payload: ET.Element, publisher: str,
+                   base: NodeConfig, options: Any = None, origin: str = "") -> None:
+        """Store an item — a new node made from ``base`` and the publish-options — and tell the
+        subscribers, the other bookmarks view and the modules following the node (``origin``: the
+        module publishing on the account's behalf, "" for the account itself)."""
+        data = serialize(payload)
+        if len(data) > self.cfg.max_payload:
             self.host.refused("modules.pep.max_payload")
             raise p.PayloadTooBig(f"an item's payload has at most {self.cfg.max_payload} bytes")
-        item_id = request.item_id or uuid.uuid4().hex
         cap = self.cfg.max_items_per_node
-        base = await self._base_config(owner, request.node)
-        options = request.options
 
         def decide(existing: NodeConfig | None, count: int) -> NodeConfig:
             if existing is not None:
@@ -289,16 +301,13 @@ class Pep(Module):
             except FormUnsupported as e:
                 raise p.PreconditionNotMet(str(e)) from None
 
-        published = await self.store.publish(owner, request.node, item_id, payload, str(req.sender), decide, cap)
+        published = await self.store.publish(owner, node, item_id, data, publisher, decide, cap)
         self.counters["published"] += 1
         config = published.config
-        await self._notify(owner, request.node, config, p.items_event(
-            str(owner), request.node, [(item_id, request.payload if config.deliver_payloads else None)], _msg_id()))
-        await self._compat(owner, request.node)
-        await self._changed(owner, request.node)
-        out = ET.Element(_P + "pubsub")
-        ET.SubElement(ET.SubElement(out, _P + "publish", {"node": request.node}), _P + "item", {"id": item_id})
-        return out
+        await self._notify(owner, node, config, p.items_event(
+            str(owner), node, [(item_id, payload if config.deliver_payloads else None)], _msg_id()))
+        await self._compat(owner, node)
+        await self._changed(owner, node, origin)
 
     async def _retract(self, owner: Jid, request: p.Retract) -> None:
         config = await self.store.node(owner, request.node)
@@ -858,31 +867,8 @@ class Pep(Module):
                     await self._notify(owner, node, config, p.retract_event(str(owner), node, removed, _msg_id()))
                 await self._changed(owner, node, origin)
             return True
-        data = serialize(payload)
-        if len(data) > self.cfg.max_payload:
-            self.host.refused("modules.pep.max_payload")
-            raise p.PayloadTooBig(f"an item's payload has at most {self.cfg.max_payload} bytes")
-        base = replace(p.default_config(node), access_model=access_model)
-        sibling = _AVATAR_PAIR.get(node)
-        other = await self.store.node(owner, sibling) if sibling is not None else None
-        if other is not None:
-            base = replace(base, access_model=other.access_model)
-
-        def decide(existing: NodeConfig | None, count: int) -> NodeConfig:
-            if existing is not None:
-                return existing
-            if count >= self.cfg.max_nodes_per_user:
-                self.host.refused("modules.pep.max_nodes_per_user")
-                raise p.MaxNodesExceeded(f"an account has at most {self.cfg.max_nodes_per_user} nodes")
-            return base
-
-        published = await self.store.publish(owner, node, item_id, data, str(owner), decide,
-                                             self.cfg.max_items_per_node)
-        self.counters["published"] += 1
-        config = published.config
-        await self._notify(owner, node, config, p.items_event(
-            str(owner), node, [(item_id, payload if config.deliver_payloads else None)], _msg_id()))
-        await self._changed(owner, node, origin)
+        await self._put(owner, node, item_id, payload, str(owner),
+                        await self._base_config(owner, node, access_model), origin=origin)
         return True
 
     async def _changed(self, owner: Jid, node: str, origin: str = "") -> None:
