@@ -531,10 +531,10 @@ async def test_old_lists_are_read_again_by_the_periodic_job_and_a_failed_read_ke
         await node.route(chat(f"{BOB}/pc", ALICE, "after the re-read"))
         assert alice.take() == [] and len(bob.take()) == 1
 
-        async def broken(domain: str, username: str) -> list[str]:
+        async def broken(users: list[tuple[str, str]]) -> dict[tuple[str, str], list[str]]:
             raise OSError("database down")
 
-        m.store.items = broken  # type: ignore[method-assign]
+        m._reader._read_many = broken
         await asyncio.sleep(0.06)
         for _ in range(2):
             await m.tick()
@@ -583,20 +583,29 @@ async def test_a_change_made_elsewhere_is_seen_by_the_poll(tmp_path: Path):
 
 async def test_concurrent_reads_of_one_list_share_one_query(node: FakeNode):
     m = module(node)
-    reads = 0
-    original = m.store.items
-
-    async def counting(domain: str, username: str) -> list[str]:
-        nonlocal reads
-        reads += 1
-        await asyncio.sleep(0.01)
-        return await original(domain, username)
-
-    m.store.items = counting  # type: ignore[method-assign]
+    queries = m._reader.queries
     lists = await asyncio.gather(*(m.blocklist(Jid.parse(ALICE)) for _ in range(5)))
-    assert reads == 1 and all(bl is lists[0] for bl in lists)
+    assert m._reader.queries == queries + 1 and all(bl is lists[0] for bl in lists)
     await m.blocklist(Jid.parse(ALICE))
-    assert reads == 1  # cached
+    assert m._reader.queries == queries + 1  # cached
+
+
+async def test_a_burst_of_first_stanzas_reads_the_lists_in_a_few_queries(node: FakeNode):
+    """200 users who just logged in each send a first message: their lists (and the recipients')
+    are read together, not one query each — one by one, a busy node made the last of them wait
+    seconds (the SQLite thread gets the GIL every few milliseconds)."""
+    m = module(node)
+    await m.store.add(DOMAIN, "u7", ["u8@example.com"], 10)
+    users = [f"u{i}@example.com" for i in range(200)]
+    sessions = [node.bind(f"{u}/r", available=True) for u in users]
+    queries = m._reader.queries
+    await asyncio.gather(*(node.route(chat(f"{users[i]}/r", users[(i + 1) % 200], "first")) for i in range(200)))
+    assert m._reader.queries - queries <= 3
+    assert m.counters["reads"] == 200  # each list read once
+    got = [s.take() for s in sessions]
+    assert got[8] == []  # u7 blocked u8: u7's message to u8 stopped, u7 told why
+    assert [error_condition(x) for x in got[7]] == [None, "not-acceptable"]  # u6's message, the error
+    assert all(len(g) == 1 and g[0].type == "chat" for i, g in enumerate(got) if i not in (7, 8))
 
 
 async def test_builtin_registry_has_blocking():

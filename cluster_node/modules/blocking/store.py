@@ -55,6 +55,22 @@ class BlocklistStore:
                                      "ORDER BY created, jid", domain, username)
         return [str(r[0]) for r in rows]
 
+    async def items_many(self, users: list[tuple[str, str]]) -> dict[tuple[str, str], list[str]]:
+        """The lists of ``users`` ((username, domain) keys), one query per domain (the batches of
+        :class:`~cluster_node.core.batch_read.BatchReader`); an empty list is absent."""
+        by_domain: dict[str, list[str]] = {}
+        for username, domain in users:
+            by_domain.setdefault(domain, []).append(username)
+        found: dict[tuple[str, str], list[str]] = {}
+        async with self.storage.transaction() as tx:
+            for domain, names in by_domain.items():
+                marks = ", ".join("?" * len(names))
+                rows = await tx.fetchall(f"SELECT username, jid FROM blocklist WHERE domain = ? AND username IN "
+                                         f"({marks}) ORDER BY username, created, jid", domain, *names)
+                for username, jid in rows:
+                    found.setdefault((str(username), domain), []).append(str(jid))
+        return found
+
     async def add(self, domain: str, username: str, jids: list[str], limit: int) -> list[str]:
         """Block ``jids``; the ones that were not blocked yet.  Raises :class:`ListFull` (and
         blocks nothing) when the list would hold more than ``limit`` JIDs."""
