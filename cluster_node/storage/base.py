@@ -6,6 +6,8 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .user_rows import UserRows
+
 __all__ = ["RosterItem", "RosterChange", "Storage", "Credentials"]
 
 Credentials = dict[str, dict[str, Any]]  # SCRAM salted keys per hash, never a clear password
@@ -66,6 +68,7 @@ class Storage(Protocol):
     # Modules' own tables (see SqlStorage.migrate_module).
     dialect: str
     def transaction(self, write: bool = False) -> AbstractAsyncContextManager[Any]: ...
+    def user_rows(self, sql: str) -> UserRows: ...  # a per-user read batched over users
     async def migrate_module(self, namespace: str, steps: list[tuple[int, list[str]]], *,
                              user_tables: tuple[str, ...] = (), credential_tables: tuple[str, ...] = ()) -> None: ...
 

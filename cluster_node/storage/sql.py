@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from .base import Credentials, RosterChange, RosterItem
 from .migrations import MIGRATIONS, render
+from .user_rows import UserRows
 
 __all__ = ["SqlStorage", "Tx"]
 
@@ -29,11 +30,30 @@ def _item(row: Sequence[Any]) -> RosterItem:
                       groups=tuple(json.loads(row[4])))
 
 
+# What every login reads, one statement for a burst of logins (see user_rows).
+_CREDENTIALS = "SELECT username, credentials FROM accounts WHERE domain = ? AND username IN ({users})"
+_ROSTER = ("SELECT a.username, a.roster_version, r.jid, r.name, r.subscription, r.ask, r.groups_json "
+           "FROM accounts a LEFT JOIN roster_items r ON r.domain = a.domain AND r.username = a.username "
+           "WHERE a.domain = ? AND a.username IN ({users}) ORDER BY a.username, r.jid")
+_SUBSCRIPTION_REQUESTS = ("SELECT username, jid, stanza FROM subscription_requests "
+                          "WHERE domain = ? AND username IN ({users}) ORDER BY username, jid")
+_OFFLINE = ("SELECT username, id, stanza FROM offline_messages WHERE domain = ? AND username IN ({users}) "
+            "ORDER BY username, id")
+
+
 class SqlStorage:
     dialect = "sqlite"
 
     def _tx(self, write: bool = False) -> AbstractAsyncContextManager[Tx]:
         raise NotImplementedError
+
+    def user_rows(self, sql: str) -> UserRows:
+        """The batched per-user read of ``sql`` (:class:`~.user_rows.UserRows`), one per statement."""
+        readers: dict[str, UserRows] = self.__dict__.setdefault("_user_rows", {})
+        reader = readers.get(sql)
+        if reader is None:
+            reader = readers[sql] = UserRows(self._tx, sql)
+        return reader
 
     async def _migrate(self, tx: Tx) -> None:
         await tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY)")
@@ -57,10 +77,8 @@ class SqlStorage:
             return True
 
     async def get_credentials(self, domain: str, username: str) -> Credentials | None:
-        async with self._tx() as tx:
-            row = await tx.fetchone("SELECT credentials FROM accounts WHERE domain = ? AND username = ?",
-                                    domain, username)
-        return None if row is None else json.loads(row[0])
+        rows = await self.user_rows(_CREDENTIALS).rows(domain, username)
+        return json.loads(rows[0][0]) if rows else None
 
     async def set_credentials(self, domain: str, username: str, credentials: Credentials) -> bool:
         """New keys; what modules derived from the old password (login tokens) goes with them."""
@@ -154,13 +172,10 @@ class SqlStorage:
     async def get_roster(self, domain: str, username: str) -> tuple[list[RosterItem], str]:
         """The items and the version in one statement (one round trip: every login reads this for
         its initial presence); only an account with no row (version 0) takes a second."""
+        joined = await self.user_rows(_ROSTER).rows(domain, username)
+        if joined:
+            return [_item(tuple(r)[1:]) for r in joined if r[1] is not None], str(joined[0][0])
         async with self._tx() as tx:
-            joined = await tx.fetchall(
-                "SELECT a.roster_version, r.jid, r.name, r.subscription, r.ask, r.groups_json FROM accounts a "
-                "LEFT JOIN roster_items r ON r.domain = a.domain AND r.username = a.username "
-                "WHERE a.domain = ? AND a.username = ? ORDER BY r.jid", domain, username)
-            if joined:
-                return [_item(tuple(r)[1:]) for r in joined if r[1] is not None], str(joined[0][0])
             rows = await tx.fetchall(
                 "SELECT jid, name, subscription, ask, groups_json FROM roster_items "
                 "WHERE domain = ? AND username = ? ORDER BY jid", domain, username)
@@ -283,9 +298,7 @@ class SqlStorage:
                              domain, username, jid, stanza)
 
     async def get_subscription_requests(self, domain: str, username: str) -> list[tuple[str, bytes]]:
-        async with self._tx() as tx:
-            rows = await tx.fetchall("SELECT jid, stanza FROM subscription_requests "
-                                     "WHERE domain = ? AND username = ? ORDER BY jid", domain, username)
+        rows = await self.user_rows(_SUBSCRIPTION_REQUESTS).rows(domain, username)
         return [(r[0], bytes(r[1])) for r in rows]
 
     async def delete_subscription_request(self, domain: str, username: str, jid: str) -> bool:
@@ -315,9 +328,7 @@ class SqlStorage:
         """Serialize writers of one user's rows (SQLite's write transaction already does)."""
 
     async def fetch_offline(self, domain: str, username: str) -> list[tuple[int, bytes]]:
-        async with self._tx() as tx:
-            rows = await tx.fetchall("SELECT id, stanza FROM offline_messages WHERE domain = ? AND username = ? "
-                                     "ORDER BY id", domain, username)
+        rows = await self.user_rows(_OFFLINE).rows(domain, username)
         return [(int(r[0]), bytes(r[1])) for r in rows]
 
     async def delete_offline(self, domain: str, username: str, ids: list[int]) -> None:

@@ -4,6 +4,7 @@ contact_addresses (XEP-0157) and external_services (XEP-0215)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -586,6 +587,13 @@ async def test_stores_on_both_backends(storage: Storage):
     await last.put(alice, 1_700_000_000, "")
     await last.put(alice, 1_700_000_100, "away")
     assert await last.get(alice) == (1_700_000_100, "away") and await last.get(bob) is None
+    # A burst of logouts: written together (the last of one account's wins), one statement each call.
+    calls = last._writes.calls
+    users = [Jid.parse(f"u{i}@{DOMAIN}") for i in range(250)]
+    await asyncio.gather(*(last.put(u, 1_700_000_000 + i, f"s{i}") for i, u in enumerate(users)),
+                         last.put(users[3], 1_700_009_999, "again"))
+    assert last._writes.calls - calls <= 3
+    assert await last.get(users[7]) == (1_700_000_007, "s7") and await last.get(users[3]) == (1_700_009_999, "again")
     # Removing the account empties its rows in every table (user_tables), not the others'.
     assert await storage.remove_account(DOMAIN, "alice")
     assert await vcards.get(alice) is None and await last.get(alice) is None

@@ -279,3 +279,35 @@ async def test_module_namespace_and_table_names_are_checked(store):
         await store.migrate_module("x; DROP TABLE accounts", [])
     with pytest.raises(ValueError):
         await store.migrate_module("ok", [], user_tables=("accounts; --",))
+
+
+async def test_a_burst_of_logins_reads_in_a_few_statements(store):
+    """What every login reads (credentials, roster, subscription requests, offline messages),
+    asked for 300 users at once: each gets its own rows, in order, and the burst takes a few
+    statements per read rather than one per user (a login storm queued on the database)."""
+    users = [f"u{i}" for i in range(300)]
+    for u in users:
+        await store.create_account("burst.example", u, {"sha256": {"user": u}})
+    await store.put_roster_item("burst.example", "u7", RosterItem("b@x", subscription="both"))
+    await store.put_roster_item("burst.example", "u7", RosterItem("a@x", subscription="to"))
+    await store.put_subscription_request("burst.example", "u8", "c@x", b"<presence type='subscribe'/>")
+    for n in range(3):
+        await store.store_offline("burst.example", "u9", f"<message id='{n}'/>".encode(), limit=10)
+    readers = [store.user_rows(q) for q in (sql_module._CREDENTIALS, sql_module._ROSTER,
+                                           sql_module._SUBSCRIPTION_REQUESTS, sql_module._OFFLINE)]
+    before = [r.queries for r in readers]
+
+    async def login(u: str):
+        return await asyncio.gather(store.get_credentials("burst.example", u), store.get_roster("burst.example", u),
+                                    store.get_subscription_requests("burst.example", u),
+                                    store.fetch_offline("burst.example", u))
+
+    got = dict(zip(users + ["nobody"], await asyncio.gather(*(login(u) for u in users + ["nobody"])), strict=True))
+    assert all(got[u][0] == {"sha256": {"user": u}} for u in users) and got["nobody"][0] is None
+    assert [i.jid for i in got["u7"][1][0]] == ["a@x", "b@x"] and got["u6"][1][0] == []
+    assert got["u7"][1][1] != got["u6"][1][1]  # the version, read with the items
+    assert got["u8"][2] == [("c@x", b"<presence type='subscribe'/>")] and got["u9"][2] == []
+    assert [s for _, s in got["u9"][3]] == [f"<message id='{n}'/>".encode() for n in range(3)]
+    assert got["u8"][3] == []
+    statements = [r.queries - b for r, b in zip(readers, before, strict=True)]
+    assert all(1 <= s <= 3 for s in statements), statements

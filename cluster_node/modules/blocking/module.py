@@ -50,7 +50,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from pydantic import Field
 
-from ...core.batch_read import BatchReader
+from ...core.batching import Batcher
 from ...core.hooks import STOP, Hook
 from ...core.module import Module, ModuleHost, ModuleSettings, Xep
 from ...core.router import Fanout, IqRequest
@@ -106,7 +106,7 @@ class Blocking(Module):
         self.cache = ListCache(self.cfg.cache_ttl, self.cfg.cache_size)
         self._loading: dict[Key, asyncio.Task[Blocklist]] = {}
         # A burst of first stanzas (users who just logged in) reads its lists in a few queries.
-        self._reader: BatchReader[Key, list[str]] = BatchReader(self.store.items_many, [])
+        self._reader: Batcher[Key, None, list[str]] = Batcher(self.store.items_many, [])
         self._locks: dict[str, _UserLock] = {}
         self.counters = {"blocked_in": 0, "blocked_out": 0, "commands": 0, "read_failures": 0, "reads": 0,
                          "polls": 0, "poll_failures": 0, "dropped_by_poll": 0}
@@ -138,7 +138,7 @@ class Blocking(Module):
     async def blocklist(self, user: Jid) -> Blocklist:
         """The block list of the account ``user`` (a bare JID), from the cache or the database;
         concurrent reads of one list share one query, and lists asked while a read is in flight
-        are read together by the next (:class:`~cluster_node.core.batch_read.BatchReader`)."""
+        are read together by the next (:class:`~cluster_node.core.batching.Batcher`)."""
         key = key_of(user)
         found = self._entry(key)
         if found is not None:
@@ -155,7 +155,7 @@ class Blocking(Module):
     async def _load(self, key: Key, user: Jid) -> Blocklist:
         self.counters["reads"] += 1
         try:
-            items = await self._reader.read(key)
+            items = await self._reader.submit(key)
         except Exception as e:
             self.counters["read_failures"] += 1
             stale = self.cache.stale(key)

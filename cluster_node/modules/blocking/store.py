@@ -10,6 +10,7 @@ are user tables of the storage (``user_tables``): emptied for an account when it
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 
 from ...storage import Storage
 
@@ -55,9 +56,9 @@ class BlocklistStore:
                                      "ORDER BY created, jid", domain, username)
         return [str(r[0]) for r in rows]
 
-    async def items_many(self, users: list[tuple[str, str]]) -> dict[tuple[str, str], list[str]]:
+    async def items_many(self, users: Iterable[tuple[str, str]]) -> dict[tuple[str, str], list[str]]:
         """The lists of ``users`` ((username, domain) keys), one query per domain (the batches of
-        :class:`~cluster_node.core.batch_read.BatchReader`); an empty list is absent."""
+        :class:`~cluster_node.core.batching.Batcher`); an empty list is absent."""
         by_domain: dict[str, list[str]] = {}
         for username, domain in users:
             by_domain.setdefault(domain, []).append(username)
