@@ -451,6 +451,12 @@ def idle_and_capacity(server: peers.Server, args: argparse.Namespace, gen_cpus: 
                     prof.stop()
                 st = message_stats(res)
                 in_window = sum(r["received_in_window"] for r in res)
+                if len(res) > 1 and min(r["received_in_window"] for r in res) < 0.1 * in_window / len(res):
+                    # One process's clients starved while the other's flowed: queueing that is not
+                    # fair (its first window waited the whole loop, as block-list reads once did).
+                    print(f"  WARNING {server.label}: a load generator process received "
+                          f"{min(r['received_in_window'] for r in res):,} of {in_window:,} messages in the "
+                          "closed loop: unfair queueing in the server", flush=True)
                 out["capacity.rate"] = in_window / (st["end"] - st["start"])
                 out["capacity.p99_ms"] = pct(st["lat_ms"], 99)
                 out["capacity.cpu_us_per_msg"] = cpu / max(st["received"], 1) * 1e6
