@@ -78,3 +78,12 @@ async def test_a_key_written_twice_before_its_call_keeps_the_last_value():
     later = [w.submit("alice", 2), w.submit("bob", 5), w.submit("alice", 3)]
     assert await first and all(await asyncio.gather(*later))
     assert written == [{"alice": 1}, {"alice": 3, "bob": 5}]
+
+
+def test_padded_lists_take_a_few_sizes():
+    from cluster_node.storage.user_rows import padded
+
+    assert padded(["a"]) == ["a"]
+    assert padded(["a", "b", "c"]) == ["a", "b", "c", "c"]
+    assert len(padded([str(i) for i in range(300)])) == 512
+    assert {len(padded(["x"] * n)) for n in range(1, 501)} == {1, 2, 4, 8, 16, 32, 64, 128, 256, 512}

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterable
 
 from ...storage import Storage
+from ...storage.user_rows import padded
 
 __all__ = ["BlocklistStore", "ListFull", "STEPS"]
 
@@ -65,6 +66,7 @@ class BlocklistStore:
         found: dict[tuple[str, str], list[str]] = {}
         async with self.storage.transaction() as tx:
             for domain, names in by_domain.items():
+                names = padded(names)
                 marks = ", ".join("?" * len(names))
                 rows = await tx.fetchall(f"SELECT username, jid FROM blocklist WHERE domain = ? AND username IN "
                                          f"({marks}) ORDER BY username, created, jid", domain, *names)
