@@ -34,6 +34,9 @@ class _PgTx:
         except ValueError:
             return 0
 
+    async def execute_all(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
+        return [await self.execute(sql, *args) for sql, args in statements]
+
     async def fetchone(self, sql: str, *args: Any) -> Sequence[Any] | None:
         return await self.conn.fetchrow(_pg(sql), *args)  # type: ignore[no-any-return]
 

@@ -21,6 +21,7 @@ __all__ = ["SqlStorage", "Tx"]
 
 class Tx(Protocol):
     async def execute(self, sql: str, *args: Any) -> int: ...  # rows affected
+    async def execute_all(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]: ...  # in one go
     async def fetchone(self, sql: str, *args: Any) -> Sequence[Any] | None: ...
     async def fetchall(self, sql: str, *args: Any) -> list[Sequence[Any]]: ...
 

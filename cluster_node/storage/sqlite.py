@@ -33,6 +33,10 @@ def _execute(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> int:
         cur.close()
 
 
+def _execute_all(conn: sqlite3.Connection, _sql: str, statements: tuple[Any, ...]) -> list[int]:
+    return [_execute(conn, sql, tuple(args)) for sql, args in statements]
+
+
 def _fetchone(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> Sequence[Any] | None:
     cur = conn.execute(sql, args)
     try:
@@ -67,6 +71,11 @@ class _SqliteTx:
 
     async def execute(self, sql: str, *args: Any) -> int:
         return await self._call(_execute, sql, args)
+
+    async def execute_all(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
+        """Every statement in one hop to the database thread (an archive's group commit: a hop
+        per row waited for the GIL as long as the rows took to write)."""
+        return await self._call(_execute_all, "", tuple(statements))
 
     async def fetchone(self, sql: str, *args: Any) -> Sequence[Any] | None:
         return await self._call(_fetchone, sql, args)

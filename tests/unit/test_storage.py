@@ -311,3 +311,17 @@ async def test_a_burst_of_logins_reads_in_a_few_statements(store):
     assert got["u8"][3] == []
     statements = [r.queries - b for r, b in zip(readers, before, strict=True)]
     assert all(1 <= s <= 3 for s in statements), statements
+
+
+async def test_execute_all_runs_each_statement_and_counts_its_rows(store):
+    await store.create_account("all.example", "u", CREDS)
+    async with store.transaction(write=True) as tx:
+        counts = await tx.execute_all([
+            ("UPDATE accounts SET roster_version = roster_version + 1 WHERE domain = ? AND username = ?",
+             ["all.example", "u"]),
+            ("UPDATE accounts SET roster_version = roster_version + 1 WHERE domain = ? AND username = ?",
+             ["all.example", "nobody"]),
+            ("DELETE FROM offline_messages WHERE domain = ?", ["all.example"]),
+        ])
+    assert counts == [1, 0, 0]
+    assert (await store.get_roster("all.example", "u"))[1] == "1"

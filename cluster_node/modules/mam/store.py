@@ -39,6 +39,8 @@ STEPS: list[tuple[int, list[str]]] = [
 ]
 
 _COLUMNS = "id, ts, stanza"
+_INSERT = ("INSERT INTO mam_messages (domain, username, id, ts, with_bare, with_resource, direction, stanza) "
+           "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
 
 
 def _where(domain: str, username: str, f: Filters) -> tuple[str, list[Any]]:
@@ -75,7 +77,8 @@ class ArchiveStore:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
         # Group commit: archive rows written while a transaction is in flight wait for the next one,
-        # together (one BEGIN/COMMIT for all of them instead of one each).  Every caller still
+        # together (one BEGIN/COMMIT and, on SQLite, one hop to its thread for all of them instead
+        # of one each: a hop per row waited for a busy loop's GIL, capping a relay near 2,400/s).  Every caller still
         # awaits its own row, so a message is archived before it is routed.
         self._waiting: list[tuple[list[Any], bool, asyncio.Future[bool]]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -101,16 +104,10 @@ class ArchiveStore:
         while self._waiting:
             batch, self._waiting = self._waiting[:most], self._waiting[most:]
             try:
-                done: list[bool] = []
+                statements = [(self._insert_unless_prefs, [*args, args[0], args[1]]) if unless_prefs
+                              else (_INSERT, args) for args, unless_prefs, _ in batch]
                 async with self.storage.transaction(write=True) as tx:
-                    for args, unless_prefs, _ in batch:
-                        if unless_prefs:
-                            n: int = await tx.execute(self._insert_unless_prefs, *args, args[0], args[1])
-                        else:
-                            n = await tx.execute(
-                                "INSERT INTO mam_messages (domain, username, id, ts, with_bare, with_resource, "
-                                "direction, stanza) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING", *args)
-                        done.append(n > 0)
+                    done = [n > 0 for n in await tx.execute_all(statements)]
             except Exception as e:  # the whole batch failed: every caller hears it
                 for _, _, future in batch:
                     if not future.done():
