@@ -175,6 +175,17 @@ def test_wrap_forwards_the_original_from_the_bare_jid(direction: str):
     assert inner.element.findtext(C + "thread") == "t1"
 
 
+def test_a_carbon_is_serialized_once_and_only_when_copied():
+    """No bytes until a resource takes it (a gateway's carbon nobody elsewhere gets costs no
+    serialization); then once, each copy rewriting only its start tag."""
+    copy = rules.wrap("received", msg(f"{BOB}/pc", f"{ALICE}/phone"), ALICE)
+    assert isinstance(copy, rules.Carbon) and copy._raw is None
+    first, second = copy.with_attrs(to=f"{ALICE}/laptop"), copy.with_attrs(to=f"{ALICE}/tablet")
+    raw = copy._raw
+    assert raw is not None and first.to_bytes().endswith(raw[raw.index(b">") + 1:])
+    assert second.to_bytes().replace(b"tablet", b"laptop") == first.to_bytes()
+
+
 def test_wrap_keeps_a_missing_type_missing_and_refuses_other_directions():
     copy = rules.wrap("received", msg(BOB, ALICE, type_=None), ALICE)
     assert copy.type is None
