@@ -66,6 +66,7 @@ class Batcher(Generic[K, A, V]):
                         for fut in futs:
                             if not fut.done():
                                 fut.set_exception(e)
+                                fut.exception()  # retrieved: a submitter that went away logs nothing
                     continue
                 for key, (_, futs) in batch.items():
                     value = found.get(key, self._missing)
