@@ -76,9 +76,11 @@ ROOM = f"bench@{SERVICE}"
 ROOMS_PER_SESSION = 100
 MEMORY_GOAL_KB = 5.0
 FRAMES_TOLERANCE = 0.05  # two regions: link frames per message, 1 ± this
-# Two regions: joins at once while filling the room.  A join through us makes the room send the
-# joiner each occupant's presence, one link frame each: 20 joins at once into a room of hundreds
-# overflow eu's queue for us (gdistrib.connections.queue_max, 10,000 frames) on a busy machine.
+# Two regions: joins at once while filling the room.  A join through us used to cross the link as
+# one frame per occupant's presence, and 20 joins at once into a room of hundreds overflowed eu's
+# queue for us (gdistrib.connections.queue_max, 10,000 frames); the presences go as one run now (a
+# few frames per join: "link frames eu → us per join through us"), 5 at a time keeps the fill
+# comparable with the runs before.
 REGIONS_FILL_AT_ONCE = 5
 JOIN = ("<presence to='{room}/{nick}'><x xmlns='http://jabber.org/protocol/muc'><history maxstanzas='0'/></x>"
         "</presence>")
@@ -481,11 +483,24 @@ async def regions_fanout_and_joins(topo: muc_regions.TwoRegions, n: int, joins: 
 
         # 2. joins with the room full, alternating between the regions
         took: dict[str, list[float]] = {eu: [], us: []}
+        before = await topo.counters()
+        cpu0 = {name: t.cpu_s() for name, t in procs.items()}
         for k in range(max(len(joiners[eu]), len(joiners[us]))):
             for region in (eu, us):
                 if k < len(joiners[region]):
                     took[region].append(await _join(gens[region], joiners[region][k], room, f"j{region}{k}") * 1e3)
+        cpu1 = {name: t.cpu_s() for name, t in procs.items()}
+        await asyncio.sleep(0.5)  # the gateway counts a frame once the link took it
+        after = await topo.counters()
         both = took[eu] + took[us]
+        # eu → us: a join through us crosses with what the room sends the joiner (each occupant's
+        # presence, the joiner's own, history, subject), a join through eu with the joiner's presence
+        # to us's occupants (one frame)
+        join_frames = delta(eu, "relayed", us)
+        out.update({"join_frames_eu_us": join_frames,
+                    "join_frames_per_us_join": (join_frames - len(took[eu])) / max(len(took[us]), 1),
+                    "join_link_errors": delta(eu, "linkErrors"),
+                    "join_cpu_s": sum(cpu1[k] - cpu0[k] for k in cpu1)})
         out.update({"join_p50_ms": pct(both, 50), "join_p99_ms": pct(both, 99), "join_max_ms": max(both),
                     "joins": len(both),
                     "joins_by": {r: {"p50_ms": pct(v, 50), "p99_ms": pct(v, 99), "max_ms": max(v, default=0.0),
@@ -561,6 +576,10 @@ def report_regions(r: dict[str, Any], sizes: dict[str, Any]) -> list[str]:
         ("  join latency max (ms)", f"{r['join_max_ms']:,.1f}"),
         (f"  joins through eu ({joins_by['eu']['joins']}): p50 / p99 (ms)", _ms2(joins_by["eu"])),
         (f"  joins through us ({joins_by['us']['joins']}): p50 / p99 (ms)", _ms2(joins_by["us"])),
+        ("  link frames eu → us per join through us", f"{r['join_frames_per_us_join']:,.1f}"),
+        ("  link frames eu → us in the join phase (link errors)",
+         f"{r['join_frames_eu_us']:,} ({r['join_link_errors']})"),
+        ("  server CPU in the join phase, all 5 processes (s)", f"{r['join_cpu_s']:,.2f}"),
     ]
     w0 = max(len(a) for a, _ in rows)
     w1 = max(max(len(b) for _, b in rows), len(r["label"]))

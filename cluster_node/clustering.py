@@ -4,7 +4,10 @@ member-down cleanup, and the hand-off of stanzas for other regions to a gateway 
 
 Stanzas crossing a cluster link carry an envelope whose ``k`` names its kind; each kind has one
 handler in ``Services.envelopes`` (``session`` here, ``component`` from the component module,
-``gd`` on gateways).  Calls are dispatched by name from ``Services.call_handlers``.
+``gd`` on gateways).  A frame may carry a *run* of stanzas (:meth:`Router.route_run`: a joiner's
+presences, say) back to back, with their byte lengths in the envelope's ``sizes``: its handler then
+gets the list (:func:`pack`, :func:`unpack`).  Calls are dispatched by name from
+``Services.call_handlers``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 from .cluster.discovery import Discovery, FileDiscovery, RdbmsDiscovery, parse_peer
 from .cluster.table import Record
 from .core.hooks import Hook
-from .core.router import Fanout, add_global_routing
+from .core.router import Fanout, add_global_routing, addressed
 from .core.services import AUTH_BAN_CALL, Services
 from .core.sessions import SessionRecord
 from .net.cluster_net import ClusterMember, MemberHooks
@@ -34,10 +37,10 @@ from .xmpp.jid import InvalidJid, Jid
 from .xmpp.lazy import lazy_stanza
 from .xmpp.stanza import Stanza
 
-__all__ = ["build_member", "GatewayHandoff", "MemberCalls", "SESSION"]
+__all__ = ["build_member", "GatewayHandoff", "MemberCalls", "SESSION", "pack", "split", "unpack"]
 
 SESSION = "session"  # envelope kind: a stanza for one of the receiving member's sessions
-SESSIONS = "sessions"  # envelope kind: copies of one stanza for several of the receiving member's sessions
+SESSIONS = "sessions"  # envelope kind: a run (copies of stanzas) for sessions of the receiving member
 SERVICE = "service"  # envelope kind: a stanza for a service domain a module serves on the receiving member
 REQUEST, ANSWER = "req", "ans"  # call names of request/answer pairs
 SYNC_CALL = "sync"  # a request answered at once: its answer comes after what the member sent before
@@ -81,7 +84,7 @@ async def build_member(services: Services, cert: Path, key: Path) -> ClusterMemb
     services.calls = calls
     services.envelopes[SESSION] = lambda env, stanza: _for_session(services, env, stanza)
     services.envelopes[SERVICE] = lambda env, stanza: _for_service(services, stanza)
-    services.envelopes[SESSIONS] = lambda env, stanza: _for_sessions(services, env, stanza)
+    services.envelopes[SESSIONS] = lambda env, run: _for_sessions(services, env, run)
     # After the components (10) and the modules serving their domains here (20), before a
     # gateway's own routing (40) and the hand-off (50).
     services.hooks.add(Hook.ROUTE_REMOTE, lambda stanza, to: _to_service(services, calls, stanza, to), 30,
@@ -190,9 +193,10 @@ class _Handed:
 
     seq: int
     envelope: dict[str, Any]  # with its id: "hid" (node/incarnation/seq), "hs" (seq), "hn" (node)
-    stanza: Stanza
+    stanza: Stanza  # the first of a run
     key: str | None  # what picks the gateway (None: from|to)
     since: float  # when it was first handed: the hold deadline counts from here
+    data: bytes  # the frame's: the stanza, or the run (:func:`pack`)
 
 
 class GatewayHandoff:
@@ -246,15 +250,16 @@ class GatewayHandoff:
 
     # -- handing over ----------------------------------------------------------------------------
 
-    def _hand(self, stanza: Stanza, envelope: dict[str, Any], key: str | None = None) -> bool:
-        """Hand ``stanza`` to a gateway, or hold it; False when there is no one to take it (a
-        region without gateways, or the hold full)."""
+    def _hand(self, stanza: Stanza, envelope: dict[str, Any], key: str | None = None, data: bytes | None = None
+              ) -> bool:
+        """Hand ``stanza`` (``data``: a run packed behind it) to a gateway, or hold it; False when
+        there is no one to take it (a region without gateways, or the hold full)."""
         names = self.gateways()
         if not names and not self.seen_gateway:
             return False
         seq = next(self._seqs)
         item = _Handed(seq, {**envelope, "hid": f"{self._prefix}{seq}", "hs": seq, "hn": self.s.node},
-                       stanza, key, time.monotonic())
+                       stanza, key, time.monotonic(), stanza.to_bytes() if data is None else data)
         if names and self.held:
             self._flush()  # what waited goes first
         if names and not self.held:
@@ -269,7 +274,7 @@ class GatewayHandoff:
 
     def _send(self, item: _Handed, names: list[str]) -> bool:
         gateway = self._pick(names, item.stanza, item.key)
-        if not self.calls.send_stanza(gateway, "gd", item.envelope, item.stanza.to_bytes()):
+        if not self.calls.send_stanza(gateway, "gd", item.envelope, item.data):
             self.held.append(item)
             self._wake()
             return True
@@ -298,7 +303,7 @@ class GatewayHandoff:
                 return
             item = self.held.popleft()
             gateway = self._pick(names, item.stanza, item.key)
-            if not self.calls.send_stanza(gateway, "gd", item.envelope, item.stanza.to_bytes()):
+            if not self.calls.send_stanza(gateway, "gd", item.envelope, item.data):
                 self.held.appendleft(item)
                 return
             self._unconfirmed(gateway, item)
@@ -383,14 +388,15 @@ class GatewayHandoff:
             raise errors.RemoteServerNotFound(f"{to.domain} is not served here and no gateway federates")
         return True
 
-    def many(self, stanza: Stanza, recipients: list[str]) -> bool:
+    def many(self, stanzas: list[Stanza], recipients: list[str]) -> bool:
         # The gateway is chosen by the sender's bare JID (a room): all it sends to other regions
-        # takes one gateway, so it keeps its order.
+        # takes one gateway, so it keeps its order.  A run is one hand-off (one frame).
         try:
-            key = str(Jid.parse(stanza.from_ or "").bare)
+            key = str(Jid.parse(stanzas[0].from_ or "").bare)
         except ValueError:
             return False
-        return self._hand(stanza, {"gd": "many", "to": recipients}, key)
+        sizes, data = pack(stanzas)
+        return self._hand(stanzas[0], {"gd": "many", "to": recipients, **sizes}, key, data)
 
     def fanout(self, stanza: Stanza, bare: Jid, which: Fanout) -> None:
         self._hand(stanza, {"gd": "fanout", "bare": str(bare), "which": which.to_json()})
@@ -416,10 +422,41 @@ def _send(calls: MemberCalls, record: SessionRecord, stanza: Stanza) -> bool:
     return True
 
 
+def pack(stanzas: list[Stanza]) -> tuple[dict[str, Any], bytes]:
+    """The envelope keys and the data of a frame carrying ``stanzas``: one stanza's bytes as
+    ever, or a run's back to back with their ``sizes``, so the receiver cuts them apart without
+    parsing (and relays each as the bytes it arrived as)."""
+    if len(stanzas) == 1:
+        return {}, stanzas[0].to_bytes()
+    pieces = [s.to_bytes() for s in stanzas]
+    return {"sizes": [len(p) for p in pieces]}, b"".join(pieces)
+
+
+def split(data: bytes, sizes: Any) -> list[bytes]:
+    """``data`` cut into pieces of ``sizes`` bytes; ValueError unless ``sizes`` is a list of
+    positive integers adding up to its length (it came over a link)."""
+    if (not isinstance(sizes, list) or not sizes
+            or not all(type(n) is int and n > 0 for n in sizes) or sum(sizes) != len(data)):
+        raise ValueError("the run's sizes do not add up to its data")
+    pieces, start = [], 0
+    for n in sizes:
+        pieces.append(data[start:start + n])
+        start += n
+    return pieces
+
+
+def unpack(envelope: dict[str, Any], data: bytes) -> Stanza | list[Stanza]:
+    """What :func:`pack` packed: a stanza, or a run's list; each routed by its start tag, the rest
+    parsed only if needed.  ValueError when it does not parse."""
+    if "sizes" not in envelope:
+        return lazy_stanza(data)
+    return [lazy_stanza(piece) for piece in split(data, envelope["sizes"])]
+
+
 def _arrived(services: Services, envelope: dict[str, Any], data: bytes) -> None:
-    """A stanza another member routed here: its envelope kind says to whom."""
+    """A stanza (or a run: a list) another member routed here: its envelope kind says to whom."""
     try:
-        stanza = lazy_stanza(data)  # routed by its start tag; the rest parsed only if needed
+        payload = unpack(envelope, data)
     except ValueError as e:
         log.warning("dropping an unparsable stanza from the cluster: %s", e)
         return
@@ -428,27 +465,33 @@ def _arrived(services: Services, envelope: dict[str, Any], data: bytes) -> None:
     if handler is None:
         log.warning("a stanza of kind %r reached %s, which has no handler for it", kind, services.node)
         return
-    handler(envelope, stanza)
+    handler(envelope, payload)
 
 
-def _send_many(calls: MemberCalls, node: str, copies: list[tuple[SessionRecord, str]], stanza: Stanza) -> bool:
-    """A room's message (say) for many sessions of one member: one frame with the stanza once
-    and the list of (session, 'to'), not a frame per copy.  False when there is no link (the
-    router then delivers each copy on its own, which finds where the sessions went)."""
-    envelope = {"to": [[record.sid, to] for record, to in copies]}
-    return calls.send_stanza(node, SESSIONS, envelope, stanza.to_bytes())
+def _send_many(calls: MemberCalls, node: str, copies: list[tuple[SessionRecord, str]], stanzas: list[Stanza]
+               ) -> bool:
+    """A run for sessions of one member (a room's message to many, a joiner's presences): one
+    frame with each stanza once and the list of (session, 'to'), not a frame per copy.  False
+    when there is no link (the router then delivers each copy on its own, which finds where the
+    sessions went)."""
+    sizes, data = pack(stanzas)
+    envelope = {"to": [[record.sid, to] for record, to in copies], **sizes}
+    return calls.send_stanza(node, SESSIONS, envelope, data)
 
 
-def _for_sessions(services: Services, envelope: dict[str, Any], stanza: Stanza) -> None:
-    """Copies for sessions here (:func:`_send_many`): each gets its own with its 'to'; one whose
-    session is gone is routed again from here, once, as :func:`_for_session` does."""
+def _for_sessions(services: Services, envelope: dict[str, Any], run: Stanza | list[Stanza]) -> None:
+    """A run for sessions here (:func:`_send_many`): each gets its copies, in order, with its
+    'to'; one whose session is gone has them routed again from here, once, as
+    :func:`_for_session` does."""
+    stanzas = run if isinstance(run, list) else [run]
     copies = envelope.get("to")
     if not isinstance(copies, list):
         return
     for item in copies:
         if isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item):
             sid, to = item
-            _for_session(services, {"sid": sid, "hops": 1}, stanza.with_attrs(to=to))
+            for stanza in stanzas:
+                _for_session(services, {"sid": sid, "hops": 1}, addressed(stanza, to))
 
 
 def _for_session(services: Services, envelope: dict[str, Any], stanza: Stanza) -> None:

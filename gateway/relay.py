@@ -30,7 +30,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from cluster_node.core.hooks import Hook
-from cluster_node.core.router import Fanout
+from cluster_node.core.router import Fanout, copies
 from cluster_node.core.services import Services
 from cluster_node.xmpp import errors
 from cluster_node.xmpp.fragment import parse_stanza
@@ -77,8 +77,8 @@ class RelayCounters:
     lookups: int = 0
     lookup_seconds: float = 0.0
     handled_locally: int = 0  # no region held the recipient
-    many_copies: Counter[str] = field(default_factory=Counter)  # recipients carried by one-for-many frames, per region
-    expanded: int = 0  # deliveries made here from one-for-many frames other regions relayed
+    many_copies: Counter[str] = field(default_factory=Counter)  # copies carried by run frames (many.py), per region
+    expanded: int = 0  # copies delivered here from run frames other regions relayed
 
     def as_dict(self) -> dict[str, Any]:
         return {"relayed": dict(self.relayed), "received": dict(self.received), "bounced": self.bounced,
@@ -238,7 +238,7 @@ class GlobalRouter:
 
     async def bounce(self, stanza: Stanza) -> bool:
         relayed = Relayed(secrets.token_hex(8), self.region, self.ttl, b"", stanza.from_, stanza.to)
-        self.pairs.submit(pair(stanza.from_, stanza.to), lambda: self._deliver(relayed, stanza))
+        self.pairs.submit(pair(stanza.from_, stanza.to), lambda: self._deliver(relayed, [stanza]))
         return True
 
     async def better_elsewhere(self, stanza: Stanza, bare: Jid, local_top: int) -> bool:
@@ -261,18 +261,19 @@ class GlobalRouter:
             await self._relay(region, stanza, Relayed(secrets.token_hex(8), self.region, self.ttl, b"",
                                                       stanza.from_, stanza.to, meta), quiet=True)
 
-    def many(self, stanza: Stanza, recipients: list[str]) -> bool:
-        """Copies of a room's ``stanza`` for ``recipients`` (full JIDs of our domains, no session in
-        this region): one relay per region holding some, in the room's order (one queue and one
-        link lane per sender's bare JID)."""
+    def many(self, stanzas: list[Stanza], recipients: list[str]) -> bool:
+        """A room's run (each of ``recipients``, full JIDs of our domains with no session in this
+        region, to get every one of ``stanzas``, in order): one relay per region holding some (a
+        few when it is long), in the room's order (one queue and one link lane per sender's bare
+        JID)."""
         try:
-            room = str(Jid.parse(stanza.from_ or "").bare)
+            room = str(Jid.parse(stanzas[0].from_ or "").bare)
         except InvalidJid:
             return False
-        self.pairs.submit((room, room), lambda: self._many(stanza, recipients, room))
+        self.pairs.submit((room, room), lambda: self._many(stanzas, recipients))
         return True
 
-    async def _many(self, stanza: Stanza, recipients: list[str], room: str) -> None:
+    async def _many(self, stanzas: list[Stanza], recipients: list[str]) -> None:
         regions: dict[str, list[str]] = {}
         here: list[str] = []
         for r in recipients:
@@ -287,23 +288,32 @@ class GlobalRouter:
                 here.append(r)
             else:
                 regions.setdefault(loc.region, []).append(r)
-        for region, chunk in ((g, c) for g, rs in sorted(regions.items()) for c in many_frames.chunks(rs)):
-            data, meta = many_frames.encode(chunk, stanza.to_bytes())
-            envelope = Relayed(secrets.token_hex(8), self.region, self.ttl, data, room, room, meta)
-            log.debug("relay to %s: %s for %d recipients", region, stanza.from_, len(chunk))
+        for region, rs in sorted(regions.items()):
+            await self._relay_run(region, stanzas, rs, self.ttl)
+        # No region holds them (any more): handled here (an error back to the room).
+        self.counters.handled_locally += len(here) * len(stanzas)
+        await self._here(copies(stanzas, here))
+
+    async def _relay_run(self, region: str, stanzas: list[Stanza], recipients: list[str], ttl: int) -> None:
+        """A run to ``region`` in as few frames as fit (:func:`gateway.many.frames`), in order, on
+        the lane of its sender's bare JID (the room's)."""
+        room = pair(stanzas[0].from_, None)[0]
+        pieces = [s.to_bytes() for s in stanzas]
+        for frame in many_frames.frames(recipients, pieces):
+            data, meta = many_frames.encode(frame.recipients, frame.stanzas)
+            envelope = Relayed(secrets.token_hex(8), self.region, ttl, data, room, room, meta)
+            log.debug("relay to %s: %d stanzas from %s for %d recipients", region, len(frame.stanzas), room,
+                      len(frame.recipients))
             try:
                 await self.send(region, envelope)
-            except LinkError as e:  # as for single copies: each recipient's error goes to the sender
+            except LinkError as e:  # as for single copies: each copy's error goes to the sender
                 self._link_error(e)
                 log.warning("cannot relay to region %s: %s", region, e)
-                for r in chunk:
-                    self.s.router.send_error(stanza.with_attrs(to=r), e)
+                for copy in copies(stanzas[frame.first:frame.first + len(frame.stanzas)], frame.recipients):
+                    self.s.router.send_error(copy, e)
                 continue
             self.counters.relayed[region] += 1
-            self.counters.many_copies[region] += len(chunk)
-        for r in here:  # no region holds it (any more): handled here (an error back to the room)
-            self.counters.handled_locally += 1
-            await self.s.router.route(stanza.with_attrs(to=r), local_only=True)
+            self.counters.many_copies[region] += len(frame.recipients) * len(frame.stanzas)
 
     async def _relay(self, region: str, stanza: Stanza, envelope: Relayed, *, quiet: bool = False) -> None:
         relayed = Relayed(envelope.id, envelope.origin, envelope.ttl, stanza.to_bytes(), envelope.from_,
@@ -341,8 +351,11 @@ class GlobalRouter:
 
     # -- from the region's nodes --------------------------------------------------------------
 
-    def handoff(self, envelope: dict[str, Any], stanza: Stanza) -> None:
-        """A node handed us ``stanza`` (over the cluster link): it had no session for it."""
+    def handoff(self, envelope: dict[str, Any], payload: Stanza | list[Stanza]) -> None:
+        """A node handed us a stanza (over the cluster link; a run's list for ``many``): it had no
+        session for it."""
+        run = payload if isinstance(payload, list) else [payload]
+        stanza = run[0]
         kind = envelope.get("gd")
         log.debug("handoff %s: %s -> %s %s", kind, stanza.from_, stanza.to, envelope)
         hid = self.handoff_id(envelope)
@@ -351,7 +364,7 @@ class GlobalRouter:
         if kind == "many":
             recipients = envelope.get("to")
             if isinstance(recipients, list) and recipients:
-                self.many(stanza, [r for r in recipients if isinstance(r, str)])
+                self.many(run, [r for r in recipients if isinstance(r, str)])
             room = pair(stanza.from_, None)[0]
             key = (room, room)  # the queue :meth:`many` used
         elif kind == "fanout":
@@ -366,7 +379,7 @@ class GlobalRouter:
             job = functools.partial(self._elsewhere_or_here, stanza, hid)
         elif kind == "bounce":  # its session closed under it on a node
             relayed = Relayed(secrets.token_hex(8), self.region, self.ttl, b"", stanza.from_, stanza.to)
-            job = functools.partial(self._deliver, relayed, stanza)
+            job = functools.partial(self._deliver, relayed, [stanza])
         elif kind == "route":  # a node leaves the choice among regions to us
             job = functools.partial(self.s.router.route, stanza)
         if job is not None:
@@ -534,21 +547,20 @@ class GlobalRouter:
             self.s.router.spawn(self._flush_offline(str(relayed.meta["flush"])))
             return None
         meta = relayed.meta or {}
-        data, recipients = relayed.data, None
         if many_frames.MANY in meta:
             try:
-                recipients, data = many_frames.decode(meta, data)
+                recipients, pieces = many_frames.decode(meta, relayed.data)
+                run = [lazy_stanza(piece) for piece in pieces]
             except ValueError as e:
-                log.warning("dropping a one-for-many frame from %s: %s", relayed.origin, e)
+                log.warning("dropping a run frame from %s: %s", relayed.origin, e)
                 return None
+            room = str(relayed.to)
+            return self._handing_on((room, room), lambda: self._expand(relayed, run, recipients))
         try:
-            stanza = lazy_stanza(data)
+            stanza = lazy_stanza(relayed.data)
         except ValueError as e:
             log.warning("dropping an unparsable stanza relayed from %s: %s", relayed.origin, e)
             return None
-        if recipients is not None:
-            room = str(relayed.to)
-            return self._handing_on((room, room), lambda: self._expand(stanza, recipients))
         if "fanout" in meta:
             try:
                 bare = Jid.parse(str(meta.get("bare"))).bare
@@ -556,7 +568,7 @@ class GlobalRouter:
                 return None
             which = Fanout.from_json(meta.get("fanout"))
             return self._handing_on(pair(stanza.from_, str(bare)), lambda: self._deliver_fanout(bare, stanza, which))
-        return self._handing_on(pair(stanza.from_, stanza.to), lambda: self._deliver(relayed, stanza))
+        return self._handing_on(pair(stanza.from_, stanza.to), lambda: self._deliver(relayed, [stanza]))
 
     def _handing_on(self, key: tuple[str, str], job: Callable[[], Awaitable[None]]) -> asyncio.Future[None]:
         """``job`` queued behind ``key``'s earlier ones; the future is done when it has run."""
@@ -572,30 +584,50 @@ class GlobalRouter:
         self.pairs.submit(key, run)
         return done
 
-    async def _expand(self, stanza: Stanza, recipients: list[str]) -> None:
-        """A one-for-many frame: each recipient's copy through the routing chain here, in order
-        (blocking lists, carbons and the rest apply as for a single copy; one whose session has
-        gone gets an error back to the room, which then removes it)."""
+    async def _expand(self, relayed: Relayed, run: list[Stanza], recipients: list[str]) -> None:
+        """A run frame: the recipients with a session in this region get their copies as the
+        room's own region delivers them (:meth:`Router.route_run`: one cluster frame per member
+        holding some).  A recipient without one is handled as a single relayed stanza is
+        (:meth:`_deliver`) when the frame was for it alone — its session may have moved to
+        another region: re-resolved and the run resent there, after ``resend_after`` — else as
+        a broadcast's copy: through the routing chain here at once (an error back to the room,
+        which then removes the occupant)."""
+        router = self.s.router
+        held: list[str] = []
+        gone: list[str] = []
         for r in recipients:
             try:
                 to = Jid.parse(r)
             except InvalidJid:
                 continue
-            if to.domain not in self.s.router.domains or to.resource is None:
+            if to.domain not in router.domains or to.resource is None:
                 continue  # only our accounts' sessions are expanded here
-            self.counters.expanded += 1
-            await self.s.router.route(stanza.with_attrs(to=r), local_only=True)
+            (held if self.s.table.lookup(to) is not None else gone).append(r)
+        self.counters.expanded += (len(held) + len(gone)) * len(run)
+        for copy in router.route_run(run, held):  # (none: each has a session here)
+            await router.route(copy, local_only=True)
+        if len(recipients) == 1 and gone:
+            await self._deliver(relayed, copies(run, gone))
+            return
+        for copy in copies(run, gone):
+            await router.route(copy, local_only=True)
 
     async def _deliver_fanout(self, bare: Jid, stanza: Stanza, which: Fanout) -> None:
         self.s.router.deliver_all(bare, stanza, which, fanout=False)
 
-    async def _deliver(self, relayed: Relayed, stanza: Stanza) -> None:
+    async def _deliver(self, relayed: Relayed, run: list[Stanza]) -> None:
+        """Stanzas for one recipient (one; or a room's run to a joiner, as one: the first decides,
+        after one wait and one lookup the run is resent whole, in order) delivered here — or, when
+        this region has no session for it (its user moved or left), re-resolved after
+        ``resend_after`` and resent to the region now holding it, up to ``max_retries`` times,
+        then handled here."""
+        stanza = run[0]
         try:
             to = Jid.parse(stanza.to or "")
         except InvalidJid:
             return
         if to.domain not in self.s.router.domains:  # a component domain: no session to bounce for
-            await self.s.router.route(stanza, local_only=True)
+            await self._here(run)
             return
         for attempt in range(self.max_retries + 1):
             if not self.s.router.nothing_here(stanza, to):
@@ -610,12 +642,22 @@ class GlobalRouter:
             region = await self.region_for(stanza, to, fresh=True)
             if region is not None:
                 if relayed.ttl <= 1:
-                    self.counters.ttl_drops += 1
-                    log.warning("dropping a stanza from %s to %s: hop limit reached", stanza.from_, stanza.to)
-                    self.s.router.send_error(stanza, errors.RemoteServerTimeout("hop limit reached"))
+                    self.counters.ttl_drops += len(run)
+                    log.warning("dropping %d stanzas from %s to %s: hop limit reached", len(run), stanza.from_,
+                                stanza.to)
+                    for s in run:
+                        self.s.router.send_error(s, errors.RemoteServerTimeout("hop limit reached"))
                     return
                 self.cache.invalidate(str(to.bare))
-                await self._relay(region, stanza, Relayed(relayed.id, relayed.origin, relayed.ttl - 1, b"",
-                                                          relayed.from_, relayed.to))
+                if many_frames.MANY in (relayed.meta or {}):  # as it came: a run frame
+                    await self._relay_run(region, run, [str(to)], relayed.ttl - 1)
+                else:
+                    await self._relay(region, stanza, Relayed(relayed.id, relayed.origin, relayed.ttl - 1, b"",
+                                                              relayed.from_, relayed.to))
                 return
-        await self.s.router.route(stanza, local_only=True)
+        await self._here(run)
+
+    async def _here(self, run: list[Stanza]) -> None:
+        """Handled in this region whatever happens: no other region holds the recipient."""
+        for stanza in run:
+            await self.s.router.route(stanza, local_only=True)

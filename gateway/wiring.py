@@ -294,9 +294,9 @@ async def _start_s2s(settings: GatewaySettings, node: Node, router: GlobalRouter
         await s2s.remote(stanza, to)
         return True
 
-    def handoff(envelope: dict[str, Any], stanza: Stanza, relay: Any = services.envelopes["gd"]) -> None:
+    def handoff(envelope: dict[str, Any], stanza: Any, relay: Any = services.envelopes["gd"]) -> None:
         if envelope.get("gd") != "s2s":
-            relay(envelope, stanza)
+            relay(envelope, stanza)  # (a run's list for "many")
             return
         try:
             to = Jid.parse(stanza.to or "")

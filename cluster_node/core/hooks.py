@@ -209,18 +209,19 @@ class Hook:
     ROUTE_FANOUT = "route_fanout"
     """first(stanza, bare: Jid, which: Fanout) — deliver to ``bare``'s resources in other regions."""
     ROUTE_MANY = "route_many"
-    """first(stanza, recipients: list[str]) — copies of ``stanza`` (``to`` set on each) for full JIDs
-    of the served domains that have no session in this region (an occupant of a room in another
-    region): True when the way to the other regions took them all, one relay per region holding
-    some, expanded by that region's gateway."""
+    """first(stanzas: list[Stanza], recipients: list[str]) — a run (each recipient to get a copy of
+    every stanza, in order, ``to`` set on each) for full JIDs of the served domains that have no
+    session in this region (occupants of a room in another region): True when the way to the
+    other regions took them all, one relay per region holding some (a few when the run is long),
+    expanded by that region's gateway."""
     ROUTE_BOUNCE = "route_bounce"
     """first_async(stanza) — a stanza met a closing session: True when it will be re-resolved later."""
     DELIVER_TO_MEMBER = "deliver_to_member"
     """first(record: SessionRecord, stanza) — the session is on another member: True when sent."""
     DELIVER_MANY_TO_MEMBER = "deliver_many_to_member"
-    """first(node: str, copies: list[tuple[SessionRecord, str]], stanza) — copies of ``stanza`` for
-    several sessions of one other member (each (record, its 'to')), in one cluster frame, ``to``
-    set on each there: True when sent."""
+    """first(node: str, copies: list[tuple[SessionRecord, str]], stanzas: list[Stanza]) — a run for
+    sessions of one other member (each (record, its 'to')): every session gets every stanza, in
+    order, ``to`` set on each there; one cluster frame: True when sent."""
 
     # -- discovery --------------------------------------------------------------------------------
     DISCO_SERVER_FEATURES = "disco_server_features"

@@ -215,6 +215,11 @@ class ModuleHost:
         :meth:`route` are returned."""
         return self._s.router.route_many(stanza, recipients)
 
+    def route_run(self, stanzas: list[Stanza], recipients: list[str]) -> list[Stanza]:
+        """Every one of ``stanzas`` to each of ``recipients``, in order (see
+        :meth:`Router.route_run`): the copies left for :meth:`route` are returned."""
+        return self._s.router.route_run(stanzas, recipients)
+
     def deliver_all(self, bare: Any, stanza: Stanza, which: Fanout | None = None, *, fanout: bool = True) -> int:
         from .router import Fanout
 

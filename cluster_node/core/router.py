@@ -35,7 +35,8 @@ from ..xmpp.stanza import Stanza
 from .hooks import Hook, Hooks
 from .sessions import LocalSessions, SessionRecord, SessionTable
 
-__all__ = ["Router", "IqRequest", "IqHandler", "RouteCounters", "Fanout", "GlobalRouting", "add_global_routing"]
+__all__ = ["Router", "IqRequest", "IqHandler", "RouteCounters", "Fanout", "GlobalRouting", "add_global_routing",
+           "addressed", "copies"]
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +117,10 @@ class GlobalRouting(Protocol):
         """A message to ``bare``, whose best resources here have priority ``local_top``: True when
         it was taken to a region with more available resources (RFC 6121 §8.5.2.1.1 across regions)."""
 
-    def many(self, stanza: Stanza, recipients: list[str]) -> bool:
-        """Copies of ``stanza`` for ``recipients`` (full JIDs of our domains, no session here): one
-        relay per region holding some; False when there is no one to do it."""
+    def many(self, stanzas: list[Stanza], recipients: list[str]) -> bool:
+        """A run for ``recipients`` (full JIDs of our domains, no session here), each to get a copy
+        of every one of ``stanzas`` in order (see :meth:`Router.route_run`): one relay per region
+        holding some (a few when it is long); False when there is no one to do it."""
 
 
 def add_global_routing(hooks: Hooks, routing: GlobalRouting, priority: int, owner: object = None) -> None:
@@ -211,11 +213,19 @@ class Router:
         return count
 
     def route_many(self, stanza: Stanza, recipients: list[str]) -> list[Stanza]:
-        """Copies of ``stanza`` for ``recipients`` (``to`` set on each; a room's message to its
-        occupants): sessions of the region get theirs at once; full JIDs of our domains with no
-        session here go to the other regions in one hand-off (``route_many``: one relay per region,
-        not per recipient).  Returns the copies left for the routing chain (other domains, no
-        gateway), in order."""
+        """Copies of ``stanza`` for ``recipients`` (a room's message to its occupants): the run of
+        one stanza (:meth:`route_run`)."""
+        return self.route_run([stanza], recipients)
+
+    def route_run(self, stanzas: list[Stanza], recipients: list[str]) -> list[Stanza]:
+        """A *run*: each of ``recipients`` (full JIDs) gets a copy of every one of ``stanzas``, in
+        order, ``to`` set on each — a room's message to its occupants (one stanza, many
+        recipients) or what a joiner gets (every occupant's presence, its own, the history, the
+        subject: many stanzas, one recipient).  Sessions on this member get theirs at once;
+        another member holding several copies gets them in one cluster frame
+        (``deliver_many_to_member``); full JIDs of our domains with no session here go to the
+        other regions in one hand-off (``route_many``: one relay per region, not per copy).
+        Returns the copies left for the routing chain (other domains, no gateway), in order."""
         left: list[Stanza] = []
         away: list[str] = []
         members: dict[str, list[tuple[SessionRecord, str]]] = {}  # another member's sessions: one frame each
@@ -228,19 +238,22 @@ class Router:
                 if record is None:
                     away.append(r)
                 elif record.node == self.node:
-                    self.deliver(record, stanza.with_attrs(to=r))
+                    for stanza in stanzas:
+                        self.deliver(record, addressed(stanza, r))
                 else:
                     members.setdefault(record.node, []).append((record, r))
             else:
-                left.append(stanza.with_attrs(to=r))
-        for node, copies in members.items():
-            if len(copies) > 1 and self.hooks.first(Hook.DELIVER_MANY_TO_MEMBER, node, copies, stanza):
-                self.counters.delivered += len(copies)
+                left.extend(copies(stanzas, [r]))
+        for node, held in members.items():
+            if (len(held) * len(stanzas) > 1
+                    and self.hooks.first(Hook.DELIVER_MANY_TO_MEMBER, node, held, stanzas)):
+                self.counters.delivered += len(held) * len(stanzas)
                 continue
-            for record, r in copies:
-                self.deliver(record, stanza.with_attrs(to=r))
-        if away and not self.hooks.first(Hook.ROUTE_MANY, stanza, away):
-            left.extend(stanza.with_attrs(to=r) for r in away)
+            for record, r in held:
+                for stanza in stanzas:
+                    self.deliver(record, addressed(stanza, r))
+        if away and not self.hooks.first(Hook.ROUTE_MANY, stanzas, away):
+            left.extend(copies(stanzas, away))
         return left
 
     def send_error(self, stanza: Stanza, error: StanzaError) -> None:
@@ -497,6 +510,17 @@ class Router:
         record = self.table.lookup(to)
         if record is not None:
             self.deliver(record, stanza)
+
+
+def addressed(stanza: Stanza, to: str) -> Stanza:
+    """``stanza`` with ``to`` set: itself when it has it already (the copies of a run for one
+    recipient do), so a stanza relayed as bytes is not parsed just to be copied."""
+    return stanza if stanza.to == to else stanza.with_attrs(to=to)
+
+
+def copies(stanzas: list[Stanza], recipients: list[str]) -> list[Stanza]:
+    """A run's copies one by one (:meth:`Router.route_run`): each recipient's, in order."""
+    return [addressed(s, r) for r in recipients for s in stanzas]
 
 
 def _jid(value: str | None) -> Jid | None:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 
 import pytest
@@ -18,9 +20,11 @@ from slixmpp.exceptions import PresenceError
 
 from gateway.mapping.keys import domain_key
 from tests.helpers.cluster import eventually
+from tests.helpers.node import NodeProcess
 from tests.helpers.redis import RedisServer
-from tests.helpers.regions import Region
+from tests.helpers.regions import DOMAIN, Region
 from tests.helpers.topologies import close, fresh_users, gd_status, lookup, mapped, need_redis, two_regions
+from tests.helpers.xmpp_raw import CLIENT, RawClient, local
 
 from .test_muc import PASSWORD, MucClient, condition, create
 from .test_muc_register import REGISTER, reserved_nick, submit
@@ -214,3 +218,125 @@ async def test_the_rooms_move_to_us_when_eu_is_gone(tmp_path_factory: pytest.Tem
             await close(bob)
             with contextlib.suppress(Exception):
                 await alice.close()
+
+
+# -- a join from the other region: its presences cross the link as one run --------------------------------
+
+MUC_NS = "http://jabber.org/protocol/muc"
+MUC_USER_NS = "http://jabber.org/protocol/muc#user"
+
+
+def raw_client(node: NodeProcess) -> RawClient:
+    return RawClient(node.port, node.cert, domain=DOMAIN)
+
+
+async def own_presence(client: RawClient, room: str, nick: str) -> ET.Element:
+    """Until the room's presence for ``nick`` with status 110 (the occupant's own) arrives."""
+    return await client.next(lambda el: local(el) == "presence" and el.get("from") == f"{room}/{nick}"
+                             and "110" in statuses(el), timeout=30)
+
+
+def statuses(el: ET.Element) -> set[str]:
+    return {s.get("code", "") for s in el.iter(f"{{{MUC_USER_NS}}}status")}
+
+
+async def crowd_in_eu(eu_node: NodeProcess, room: str, n: int) -> list[RawClient]:
+    """A room homed in eu with ``n`` occupants in eu (one account, a session per occupant: ``u0`` …),
+    a subject and three messages of history."""
+    (bare,) = fresh_users(eu_node, PASSWORD, "crowd")
+    clients = [raw_client(eu_node) for _ in range(n)]
+    await asyncio.gather(*(c.start(bare.split("@")[0], PASSWORD, f"r{i}", sm=False) for i, c in enumerate(clients)))
+    owner = clients[0]
+    owner.send(f"<presence to='{room}/u0'><x xmlns='{MUC_NS}'/></presence>")
+    assert "201" in statuses(await own_presence(owner, room, "u0"))
+    owner.send(f"<iq type='set' id='instant' to='{room}'><query xmlns='{MUC_NS}#owner'>"
+               f"<x xmlns='jabber:x:data' type='submit'/></query></iq>")
+    await owner.next(lambda el: el.get("id") == "instant", timeout=15)
+    for i, c in enumerate(clients[1:], 1):  # one after another: the room's order is u0, u1, …
+        c.send(f"<presence to='{room}/u{i}'><x xmlns='{MUC_NS}'/></presence>")
+        await own_presence(c, room, f"u{i}")
+    owner.send(f"<message to='{room}' type='groupchat'><subject>Crowded</subject></message>")
+    for k in range(3):
+        owner.send(f"<message to='{room}' type='groupchat'><body>h{k}</body></message>")
+    await owner.next(lambda el: local(el) == "message" and el.findtext(f"{{{CLIENT}}}body") == "h2", timeout=15)
+    return clients
+
+
+async def join_output(client: RawClient, room: str, nick: str) -> tuple[list[ET.Element], list[ET.Element]]:
+    """What ``client`` gets from joining ``room`` as ``nick`` (sent already), up to the subject:
+    (presences, messages), each in order of arrival; an error anywhere fails the test."""
+    presences: list[ET.Element] = []
+    messages: list[ET.Element] = []
+    while True:
+        el = await client.next(timeout=30)
+        assert el.get("type") != "error", ET.tostring(el).decode()
+        if local(el) == "presence":
+            presences.append(el)
+        elif local(el) == "message":
+            messages.append(el)
+            if el.find(f"{{{CLIENT}}}subject") is not None:
+                return presences, messages
+
+
+def relayed_to_us(eu_gw: NodeProcess) -> tuple[int, int]:
+    """eu's gateway's frames relayed to us and its link errors so far."""
+    counters = gd_status(eu_gw)["counters"]
+    return int(counters["relayed"].get("us", 0)), int(counters["linkErrors"])
+
+
+async def test_a_join_from_us_crosses_the_link_in_a_handful_of_frames(regions: tuple[Region, Region, str]) -> None:
+    """bob, in us, joins a room homed in eu with 30 occupants in eu: the 30 presences, his own
+    (110, last of them), the history and the subject cross the eu–us link in a frame or two (a
+    frame per occupant before), and reach him in the room's order."""
+    eu, us, redis_url = regions
+    await homed_in_eu(redis_url)
+    room = f"crowd{uuid.uuid4().hex[:6]}@{SERVICE}"
+    crowd = await crowd_in_eu(eu.nodes[0], room, 30)
+    (bob_jid,) = fresh_users(us.nodes[0], PASSWORD, "bob")
+    bob = raw_client(us.nodes[0])
+    try:
+        await bob.start(bob_jid.split("@")[0], PASSWORD, "us", sm=False)
+        await mapped((eu.gateways[0],), {bob_jid: ["us"]})
+        frames, link_errors = relayed_to_us(eu.gateways[0])
+        bob.send(f"<presence to='{room}/bob'><x xmlns='{MUC_NS}'><history maxstanzas='3'/></x></presence>")
+        presences, messages = await join_output(bob, room, "bob")
+        assert [p.get("from") for p in presences] == [f"{room}/u{i}" for i in range(30)] + [f"{room}/bob"]
+        assert ["110" in statuses(p) for p in presences] == [False] * 30 + [True]
+        assert [m.findtext(f"{{{CLIENT}}}body") for m in messages[:-1]] == ["h0", "h1", "h2"]
+        assert messages[-1].findtext(f"{{{CLIENT}}}subject") == "Crowded"
+        frames_after, link_errors_after = relayed_to_us(eu.gateways[0])
+        assert frames_after - frames <= 3, f"{frames_after - frames} frames eu → us for one join"
+        assert link_errors_after == link_errors
+    finally:
+        await asyncio.gather(*(c.close() for c in (*crowd, bob)))
+
+
+async def test_ten_joins_from_us_at_once_get_every_presence_and_no_error(regions: tuple[Region, Region, str]
+                                                                         ) -> None:
+    """Ten sessions in us join a room of 30 eu occupants at the same moment: each gets every eu
+    occupant's presence, then its own (110), history and subject, no error (no resource-constraint
+    from a full link queue), and the link carries a few frames per join (over 300 before)."""
+    eu, us, redis_url = regions
+    await homed_in_eu(redis_url)
+    room = f"rush{uuid.uuid4().hex[:6]}@{SERVICE}"
+    crowd = await crowd_in_eu(eu.nodes[0], room, 30)
+    (guest,) = fresh_users(us.nodes[0], PASSWORD, "guest")
+    joiners = [raw_client(us.nodes[0]) for _ in range(10)]
+    try:
+        await asyncio.gather(*(c.start(guest.split("@")[0], PASSWORD, f"g{i}", sm=False)
+                               for i, c in enumerate(joiners)))
+        await mapped((eu.gateways[0],), {guest: [f"g{i}" for i in range(10)]})
+        frames, link_errors = relayed_to_us(eu.gateways[0])
+        for i, c in enumerate(joiners):
+            c.send(f"<presence to='{room}/g{i}'><x xmlns='{MUC_NS}'><history maxstanzas='3'/></x></presence>")
+        outputs = await asyncio.gather(*(join_output(c, room, f"g{i}") for i, c in enumerate(joiners)))
+        for i, (presences, messages) in enumerate(outputs):
+            nicks = [p.get("from", "").rsplit("/", 1)[1] for p in presences]
+            assert nicks[-1] == f"g{i}" and "110" in statuses(presences[-1])
+            assert nicks[:30] == [f"u{k}" for k in range(30)]  # (then the joiners before it)
+            assert [m.findtext(f"{{{CLIENT}}}body") for m in messages[:-1]] == ["h0", "h1", "h2"]
+        frames_after, link_errors_after = relayed_to_us(eu.gateways[0])
+        assert link_errors_after == link_errors
+        assert frames_after - frames <= 30, f"{frames_after - frames} frames eu → us for ten joins"
+    finally:
+        await asyncio.gather(*(c.close() for c in (*crowd, *joiners)))

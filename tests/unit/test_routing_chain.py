@@ -13,6 +13,7 @@ from cluster_node.core.router import Fanout
 from cluster_node.xmpp import errors
 from cluster_node.xmpp.fragment import parse_stanza
 from cluster_node.xmpp.jid import Jid
+from cluster_node.xmpp.stanza import Stanza
 from tests.helpers.fake_host import FakeNode, error_condition, fake_node
 
 ALICE = "alice@example.com/phone"
@@ -376,7 +377,7 @@ async def test_copies_for_several_sessions_of_another_member_go_in_one_frame(nod
     single: list[str] = []
     taker = object()
     node.hooks.add(Hook.DELIVER_MANY_TO_MEMBER,
-                   lambda member, copies, s: many.append((member, [to for _, to in copies], s.to)) or True,
+                   lambda member, copies, s: many.append((member, [to for _, to in copies], s[0].to)) or True,
                    owner=taker)
     node.hooks.add(Hook.DELIVER_TO_MEMBER, lambda record, s: single.append(str(s.to)) or True)
     stanza = parse_stanza(b"<message xmlns='jabber:client' from='room@conference.example.com/x' type='groupchat'>"
@@ -390,3 +391,52 @@ async def test_copies_for_several_sessions_of_another_member_go_in_one_frame(nod
     single.clear()
     node.router.route_many(stanza, recipients)
     assert sorted(single) == sorted(recipients[1:])  # no taker: a copy each
+
+
+async def test_a_run_to_one_recipient_is_one_frame_to_its_member_or_one_hand_off(node: FakeNode):
+    """route_run (what a joiner gets: many stanzas, one recipient): a session here gets them in
+    order; a session on another member gets them in one DELIVER_MANY_TO_MEMBER; a full JID with
+    no session in the region goes to ROUTE_MANY once, with every stanza; another domain's are left
+    for the routing chain, in order.  Modules reach it through ModuleHost.route_run."""
+    here = node.bind("carol@example.com/a")
+    node.bind_remote("dave@example.com/r", "node2")
+    members: list[tuple[str, list[str], list[str | None]]] = []
+    away: list[tuple[list[str | None], list[str]]] = []
+    node.hooks.add(Hook.DELIVER_MANY_TO_MEMBER, lambda member, copies, run: members.append(
+        (member, [to for _, to in copies], [s.from_ for s in run])) or True)
+    node.hooks.add(Hook.DELIVER_TO_MEMBER, lambda record, s: pytest.fail(f"one frame for {s.to}"))
+    node.hooks.add(Hook.ROUTE_MANY, lambda run, rs: away.append(([s.from_ for s in run], rs)) or True)
+
+    def run(to: str) -> list[Stanza]:
+        return [parse_stanza(f"<presence xmlns='jabber:client' from='room@conference.example.com/u{i}' "
+                             f"to='{to}'/>".encode()) for i in range(5)]
+
+    nicks = [f"room@conference.example.com/u{i}" for i in range(5)]
+    assert node.router.route_run(run("carol@example.com/a"), ["carol@example.com/a"]) == []
+    assert [s.from_ for s in here.delivered] == nicks
+    assert node.router.route_run(run("dave@example.com/r"), ["dave@example.com/r"]) == []
+    assert members == [("node2", ["dave@example.com/r"], nicks)]
+    assert node.router.route_run(run("erin@example.com/x"), ["erin@example.com/x"]) == []
+    assert away == [(nicks, ["erin@example.com/x"])]
+    left = node.router.route_run(run("frank@other.example/x"), ["frank@other.example/x"])
+    assert [(s.from_, s.to) for s in left] == [(n, "frank@other.example/x") for n in nicks]
+
+
+async def test_a_run_frame_from_another_member_reaches_its_sessions_in_order(node: FakeNode):
+    """The receiving side of DELIVER_MANY_TO_MEMBER (clustering's ``sessions`` envelope): a run's
+    stanzas back to back with their sizes, each session getting every stanza in order with its 'to';
+    a session gone meanwhile has its copies routed again from here."""
+    from cluster_node import clustering
+
+    carol, erin = node.bind("carol@example.com/a"), node.bind("erin@example.com/b")
+    node.services.envelopes[clustering.SESSIONS] = lambda env, run: clustering._for_sessions(node.services, env, run)
+    run = [parse_stanza(f"<presence xmlns='jabber:client' from='room@conference.example.com/u{i}' "
+                        f"to='carol@example.com/a'/>".encode()) for i in range(3)]
+    sizes, data = clustering.pack(run)
+    to = [[carol.record.sid, "carol@example.com/a"], [erin.record.sid, "erin@example.com/b"],
+          ["gone", "x@example.com/y"]]
+    clustering._arrived(node.services, {"k": clustering.SESSIONS, "to": to, **sizes}, data)
+    nicks = [f"room@conference.example.com/u{i}" for i in range(3)]
+    assert [(s.from_, s.to) for s in carol.take()] == [(n, "carol@example.com/a") for n in nicks]
+    assert [(s.from_, s.to) for s in erin.take()] == [(n, "erin@example.com/b") for n in nicks]
+    await node.settle()  # (the gone session's copies: routed again, to nobody)

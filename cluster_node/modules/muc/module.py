@@ -517,12 +517,13 @@ class Muc(Module):
     # -- sending -------------------------------------------------------------------------------------------
 
     def _send(self, out: list[Stanza]) -> None:
-        """Each broadcast once to the routing (:func:`.fanout.runs`): sessions of the region get
-        their copies at once (in order, over the cluster links), occupants in other regions one
-        relayed frame per region (``route_many``); the rest (other domains) goes through the
-        routing chain, one at a time, in order."""
-        for stanza, recipients in runs(out):
-            for left in self.host.route_many(stanza, recipients):
+        """Each run once to the routing, in the room's order (:func:`.fanout.runs`: a broadcast, or
+        what one occupant gets in a row, a join's presences): sessions of the region get their
+        copies at once (in order, one cluster frame per member), occupants in other regions one
+        relayed frame per region (a few for a long run); the rest (other domains) goes through
+        the routing chain, one at a time, in order."""
+        for stanzas, recipients in runs(out):
+            for left in self.host.route_run(stanzas, recipients):
                 self._outbox.put_nowait(left)
 
     async def _send_loop(self) -> None:
