@@ -7,13 +7,16 @@ CSI… through the same hooks), with the WebSocket framing (:mod:`..xmpp.websock
 secure (SASL PLAIN allowed) when the WebSocket is TLS (``wss://``), or when a trusted proxy says it
 terminated TLS (``X-Forwarded-Proto: https``).  ``/.well-known/host-meta`` (XRD) and
 ``/.well-known/host-meta.json`` list the endpoint (``urn:xmpp:alt-connections:websocket``).
+
+aiohttp does the HTTP upgrade only: then the connection's reads go to our RFC 6455 frame reader
+(:mod:`..xmpp.ws_frames`, in :class:`WebSocketTransport`), which hands each text message to the
+session synchronously; pings, the keep-alive and the closing handshake are ours too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import inspect
 import ipaddress
 import json
 import logging
@@ -22,10 +25,28 @@ import struct
 from typing import Any, cast
 from xml.sax.saxutils import quoteattr
 
-from aiohttp import WebSocketError, WSCloseCode, WSMsgType, web
+from aiohttp import web
+from aiohttp.http import WebSocketWriter
 
 from ..settings import NodeSettings
+from ..xmpp import ws_frames
 from ..xmpp.websocket import WEBSOCKET, WebSocketFraming
+from ..xmpp.ws_frames import (
+    MESSAGE_TOO_BIG,
+    NO_STATUS,
+    NORMAL_CLOSURE,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    Binary,
+    Close,
+    Event,
+    FrameParser,
+    Ping,
+    Pong,
+    ProtocolError,
+    Text,
+)
 from .bosh_server import ALT_CONNECTIONS_XBOSH, BoshEndpoint
 from .c2s_server import LINGER_SECONDS, C2SConnection, C2SListener
 from .web_root import add_web_root
@@ -35,34 +56,138 @@ __all__ = ["WebSocketListener", "WebSocketConnection", "WebSocketTransport", "AL
 log = logging.getLogger(__name__)
 
 ALT_CONNECTIONS_WS = "urn:xmpp:alt-connections:websocket"
-# Text messages as the bytes they came in (aiohttp ≥ 3.14): the stream's parser checks the UTF-8,
-# no str to decode and encode again.
-_AS_BYTES: dict[str, Any] = (
-    {"decode_text": False} if "decode_text" in inspect.signature(web.WebSocketResponse).parameters else {})
 XRD_NS = "http://docs.oasis-open.org/ns/xri/xrd-1.0"
+_MORE = (False, b"")  # what aiohttp's payload parser returns: not at EOF, no tail
+
+try:  # aiohttp's C helper (masks a bytearray in place): a few times faster than the big-int XOR
+    from aiohttp._websocket.mask import _websocket_mask_cython as _mask_in_place
+except ImportError:  # pragma: no cover - aiohttp without its C extensions
+    _mask_in_place = None
+
+
+def _unmask_c(mask: bytes, data: bytes) -> bytes:
+    buf = bytearray(data)
+    _mask_in_place(mask, buf)
+    return bytes(buf)
+
+
+UNMASK = _unmask_c if _mask_in_place is not None else ws_frames.unmask
 
 
 class WebSocketTransport:
-    """A :class:`~.c2s_server.C2STransport` on an aiohttp WebSocket.
+    """A :class:`~.c2s_server.C2STransport` on a WebSocket, and the reader of its frames.
+
+    After aiohttp's handshake this object is the connection's payload parser (aiohttp's
+    ``RequestHandler`` calls :meth:`feed_data` with each socket read and :meth:`feed_eof` when the
+    socket is gone): the frames go through :class:`~..xmpp.ws_frames.FrameParser` and each text
+    message straight to the session's ``data_received`` — no queue, future or task wake-up per
+    message.  Pausing reading pauses the socket; events already read wait in :attr:`_held`.
 
     What the connection writes (joined elements, once per loop turn) goes out at once as one text
     frame per element, all of them in one write to the socket — one TLS record and one ``send()``,
-    as over TCP — rather than one ``send_str()`` each (a record and a system call per element); the
-    frames are RFC 6455's simplest (final, unmasked, no extension: the listener negotiates none), so
-    aiohttp's own frames (pings, pongs, the close) slot in between whole ones.  Closing is aiohttp's
-    closing handshake, in a task of its own (:attr:`closer`)."""
+    as over TCP.  Pings are answered here; the listener's keep-alive sweep calls :meth:`keepalive`.
+    Closing is the RFC 6455 closing handshake: our close frame, then the peer's (at most
+    ``LINGER_SECONDS``), then the socket closes.  :attr:`ended` is done once the socket is done with:
+    the aiohttp handler waits for it (aiohttp closes the socket when the handler returns)."""
 
-    def __init__(self, ws: web.WebSocketResponse, raw: asyncio.BaseTransport | None, peer: tuple[str, int],
+    __slots__ = ("_raw", "_peer", "_framing", "_frames", "_listener", "_conn", "_closing", "_paused", "_held",
+                 "_timer", "ended", "heard", "pinged")
+
+    def __init__(self, raw: asyncio.BaseTransport | None, peer: tuple[str, int], listener: WebSocketListener,
                  framing: WebSocketFraming = WEBSOCKET) -> None:
-        self.ws = ws
         # uvloop's transports are not asyncio.WriteTransport subclasses: test what is used
-        self._raw = cast(asyncio.WriteTransport, raw) if hasattr(raw, "get_write_buffer_size") else None
+        self._raw = cast(asyncio.Transport, raw) if hasattr(raw, "get_write_buffer_size") else None
         self._peer = peer
         self._framing = framing
-        self._closing = False
-        self.closer: asyncio.Task[None] | None = None
-        self.readable = asyncio.Event()  # cleared while the connection pauses reading
-        self.readable.set()
+        self._listener = listener
+        # the same limit as aiohttp's max_msg_size had: a stanza at the limit plus framing slack
+        self._frames = FrameParser(listener.settings.limits.max_stanza_size + 1024, unmask=UNMASK)
+        self._conn: WebSocketConnection | None = None  # None before start() and once the session ended
+        self._closing = False  # our close frame went out (or the socket is going): nothing more is written
+        self._paused = False
+        self._held: list[Event] | None = []  # events read before start(), or while paused
+        self._timer: asyncio.TimerHandle | None = None  # the closing handshake's deadline
+        self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.heard = True  # bytes came since the last keep-alive sweep
+        self.pinged = False  # the last sweep sent a ping that nothing answered yet
+
+    def start(self, conn: WebSocketConnection) -> None:
+        """The session begins: what came with the handshake is its first input."""
+        self._conn = conn
+        conn.connection_made(self)  # type: ignore[arg-type]  # a C2STransport
+        self._release()
+
+    # -- aiohttp's payload parser ---------------------------------------------------------------
+
+    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+        self.heard = True
+        events = self._frames.feed(data)
+        if events:
+            if self._held is not None:  # not started, or paused with events held: after those
+                self._held += events
+            elif self._paused:
+                self._held = events
+            else:
+                self._deliver(events)
+        return _MORE
+
+    def feed_eof(self) -> None:
+        """The socket is closed (aiohttp's ``connection_lost``)."""
+        self._closing = True
+        self._finish()
+
+    def _deliver(self, events: list[Event]) -> None:
+        n = len(events)
+        i = 0
+        while i < n:
+            event = events[i]
+            i += 1
+            if type(event) is Text:
+                conn = self._conn
+                if conn is not None and not self._closing:
+                    conn.data_received(event.data)
+            else:
+                self._control(event)
+            if self._paused and i < n:
+                self._held = events[i:]
+                return
+
+    def _control(self, event: Event) -> None:
+        kind = type(event)
+        if kind is Ping:
+            if not self._closing:
+                self._send(ws_frames.frame(OP_PONG, cast(Ping, event).payload))
+        elif kind is Pong:
+            pass  # any input counts for the keep-alive (heard)
+        elif kind is Binary:
+            if self._conn is not None and not self._closing:  # RFC 7395 §3.2: text messages only
+                self._conn.kick("not-well-formed", "XMPP over WebSocket uses text messages", reason="error")
+        elif kind is Close:
+            close = cast(Close, event)
+            if not self._closing:  # the peer began the closing handshake: echo its code
+                self._closing = True
+                code = close.code if close.code != NO_STATUS else NORMAL_CLOSURE
+                self._send(ws_frames.frame(OP_CLOSE, ws_frames.close_payload(code)))
+            if self._raw is not None:
+                self._raw.close()  # after our close frame; RFC 6455 §7.1.1: the server closes TCP first
+            self._finish()
+        else:
+            error = cast(ProtocolError, event)
+            log.debug("websocket %s: closing with %d: %s", self._peer[0], error.code, error.why)
+            if error.code == MESSAGE_TOO_BIG:
+                self._listener.c2s.refused("limits.max_stanza_size")  # closed with 1009, as aiohttp did
+            self._end_session()  # the stream is lost; the socket waits for the peer's close frame
+            self._begin_close(error.code, error.why)
+
+    def _release(self) -> None:
+        """Deliver what was held, unless paused again meanwhile."""
+        held = self._held
+        if held is not None and not self._paused:
+            self._held = None
+            if held:
+                self._deliver(held)
+
+    # -- C2STransport -----------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
         raw = self._raw
@@ -71,29 +196,45 @@ class WebSocketTransport:
         messages = data.messages if isinstance(data, Messages) else self._framing.messages(data)
         raw.write(b"".join([_text_frame(m) for m in messages]))
 
+    def _send(self, frame: bytes) -> None:
+        raw = self._raw
+        if raw is not None and not raw.is_closing():
+            raw.write(frame)
+
     def close(self) -> None:
         """The WebSocket closing handshake, after what was written (already on the socket)."""
+        self._begin_close(NORMAL_CLOSURE)
+
+    def _begin_close(self, code: int, reason: str = "") -> None:
         if self._closing:
             return
         self._closing = True
-        self.closer = asyncio.get_running_loop().create_task(self._close())
-
-    async def _close(self) -> None:
-        try:
-            await self.ws.close()
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:  # the peer went away meanwhile
-            log.debug("websocket %s: close failed: %s", self._peer[0], e)
-            self.abort()
+        self._send(ws_frames.frame(OP_CLOSE, ws_frames.close_payload(code, reason)))
+        # Reading goes on (what comes is dropped) until the peer's close frame: closing a socket with
+        # unread input sends RST, which can destroy our close frame in flight.
+        self._resume()
+        self._timer = asyncio.get_running_loop().call_later(LINGER_SECONDS, self.abort)
 
     def abort(self) -> None:
         self._closing = True
-        if self.closer is not None and not self.closer.done() and asyncio.current_task() is not self.closer:
-            self.closer.cancel()
         if self._raw is not None:
             self._raw.abort()
-        self.readable.set()
+        if not self.ended.done():  # as asyncio calls connection_lost: soon, not inside the caller
+            asyncio.get_running_loop().call_soon(self._finish)
+
+    def _finish(self) -> None:
+        """The socket is done with: end the session, release the handler."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._end_session()
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+    def _end_session(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.connection_lost(None)
 
     def is_closing(self) -> bool:
         return self._closing
@@ -108,15 +249,44 @@ class WebSocketTransport:
         pass
 
     def pause_reading(self) -> None:
-        self.readable.clear()
+        if not self._paused:
+            self._paused = True
+            if self._raw is not None and not self._raw.is_closing():
+                self._raw.pause_reading()
 
     def resume_reading(self) -> None:
-        self.readable.set()
+        self._resume()
+
+    def _resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            if self._raw is not None and not self._raw.is_closing():
+                self._raw.resume_reading()
+            if self._held is not None:  # as a socket's next read: on a later loop turn
+                asyncio.get_running_loop().call_soon(self._release)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "peername":
             return self._peer
         return self._raw.get_extra_info(name, default) if self._raw is not None else default
+
+    # -- keep-alive ---------------------------------------------------------------------------------
+
+    def keepalive(self) -> None:
+        """The listener's sweep, every ``ping_interval``: a connection silent since the last sweep is
+        pinged; one still silent at the next is dropped (what aiohttp's heartbeat did).  While we
+        do not read (paused), its silence is ours: it does not count."""
+        if self._closing:
+            return
+        if self.heard or self._paused:
+            self.heard = False
+            self.pinged = False
+        elif not self.pinged:
+            self.pinged = True
+            self._send(ws_frames.frame(OP_PING))
+        else:
+            log.debug("websocket %s: no answer to a ping; dropped", self._peer[0])
+            self.abort()
 
 
 class Messages(bytes):
@@ -135,6 +305,36 @@ def _text_frame(payload: bytes) -> bytes:
     if n < 65536:
         return struct.pack("!BBH", 0x81, 126, n) + payload
     return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+
+class _Upgrade(web.WebSocketResponse):
+    """aiohttp's WebSocket handshake (the ``xmpp`` subprotocol, the accept key, the 101), then
+    ``frames`` in place of aiohttp's reader: :meth:`_post_start` (aiohttp's hook after the 101)
+    installs it as the connection's payload parser, so aiohttp's ``WebSocketReader``, data queue and
+    heartbeat timers are never made (and its ``WebSocketWriter`` is dropped).  The closing handshake
+    is the transport's, so :meth:`close` and :meth:`write_eof` (what aiohttp calls when the handler
+    returns) do nothing."""
+
+    def __init__(self, frames: WebSocketTransport) -> None:
+        # No permessage-deflate: WebSocketTransport writes plain frames (and Prosody and ejabberd
+        # do not compress either).
+        super().__init__(protocols=("xmpp",), compress=False)
+        self._frames = frames
+
+    def _post_start(self, request: web.BaseRequest, protocol: str | None, writer: WebSocketWriter) -> None:
+        self._ws_protocol = protocol
+        handler = request.protocol
+        handler.set_parser(self._frames)  # type: ignore[arg-type]
+        handler.keep_alive(False)
+        # Its HTTP parser has no more requests to parse on this connection (aiohttp only uses it
+        # before an upgrade): ~0.8 KB less per idle WebSocket.
+        handler._parser = None
+
+    async def close(self, *, code: int = NORMAL_CLOSURE, message: bytes = b"", drain: bool = True) -> bool:
+        return False
+
+    async def write_eof(self) -> None:  # type: ignore[override]
+        return None
 
 
 class WebSocketConnection(C2SConnection):
@@ -157,15 +357,13 @@ class WebSocketConnection(C2SConnection):
 
     def _linger(self) -> None:
         """The WebSocket closing handshake delivers what was queued: close right away (reading
-        goes on until the peer's close frame), abort if the peer never answers."""
+        goes on until the peer's close frame; the transport aborts if it never comes)."""
         t = self.transport
         if t is None or t.is_closing() or self._draining:
             return
         self._draining = True
         self._paused = dict.fromkeys(self._paused, False)
-        t.resume_reading()
         t.close()
-        self._loop.call_later(2 * LINGER_SECONDS, t.abort)
 
 
 class WebSocketListener:
@@ -180,6 +378,7 @@ class WebSocketListener:
         self.connections: set[WebSocketConnection] = set()
         self.runner: web.AppRunner | None = None
         self.site: web.TCPSite | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         app = web.Application()
         app.router.add_get(ws.path, self._websocket)
         app.router.add_get("/.well-known/host-meta", self._host_meta)
@@ -218,6 +417,8 @@ class WebSocketListener:
         await self.runner.setup()
         self.site = web.TCPSite(self.runner, ws.host, ws.port, ssl_context=self.tls_context if ws.tls else None)
         await self.site.start()
+        if ws.ping_interval:
+            self._sweeper = asyncio.get_running_loop().create_task(self._keepalive(ws.ping_interval))
         log.info("XMPP over WebSocket on %s", self.public_url)
 
     async def stop(self) -> None:
@@ -227,6 +428,9 @@ class WebSocketListener:
             await self.site.stop()  # no new connections
         if self.bosh is not None:
             await self.bosh.stop()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conn in list(self.connections):
             conn.kick("system-shutdown", reason="shutdown")
         loop = asyncio.get_running_loop()
@@ -260,54 +464,44 @@ class WebSocketListener:
         return ip, secure
 
     async def _websocket(self, request: web.Request) -> web.StreamResponse:
-        settings = self.settings.websocket
-        origins = settings.allowed_origins
+        origins = self.settings.websocket.allowed_origins
         if origins and request.headers.get("Origin") not in origins:
             self.c2s.refused("websocket.allowed_origins")
             return web.Response(status=403, text="origin not allowed\n")
-        # No permessage-deflate: WebSocketTransport writes plain frames (and Prosody and ejabberd
-        # do not compress either).
-        ws = web.WebSocketResponse(protocols=("xmpp",), heartbeat=settings.ping_interval or None,
-                                   max_msg_size=self.settings.limits.max_stanza_size + 1024, compress=False,
-                                   **_AS_BYTES)
+        ip, secure = self._client(request)
+        transport = WebSocketTransport(request.transport, (ip, 0), self)
+        ws = _Upgrade(transport)
         ready = ws.can_prepare(request)
         if not ready.ok:
             return web.Response(status=426, headers={"Upgrade": "websocket", "Sec-WebSocket-Protocol": "xmpp"},
                                 text="a WebSocket upgrade with the 'xmpp' subprotocol is required\n")
         if ready.protocol != "xmpp":
             return web.Response(status=400, text="the 'xmpp' WebSocket subprotocol is required (RFC 7395)\n")
-        ip, secure = self._client(request)
-        await ws.prepare(request)
-        transport = WebSocketTransport(ws, request.transport, (ip, 0))
+        await ws.prepare(request)  # the 101; from now on the socket's reads go to transport.feed_data
         conn = WebSocketConnection(self.c2s, secure=secure)
         self.connections.add(conn)
         try:
-            conn.connection_made(transport)  # type: ignore[arg-type]  # a C2STransport
-            readable = transport.readable
-            while not ws.closed:
-                if not readable.is_set():
-                    await readable.wait()
-                msg = await ws.receive()
-                if msg.type is WSMsgType.TEXT:
-                    data = msg.data
-                    conn.data_received(data if isinstance(data, bytes) else data.encode("utf-8"))
-                elif msg.type is WSMsgType.BINARY:
-                    # RFC 7395 §3.2: text messages only.
-                    conn.kick("not-well-formed", "XMPP over WebSocket uses text messages", reason="error")
-                else:  # CLOSE, CLOSING, CLOSED, ERROR
-                    if isinstance(msg.data, WebSocketError) and msg.data.code == WSCloseCode.MESSAGE_TOO_BIG:
-                        self.c2s.refused("limits.max_stanza_size")  # aiohttp's max_msg_size: closed with 1009
-                    break
+            transport.start(conn)
+            await transport.ended  # aiohttp closes the socket when this handler returns
         finally:
-            transport.close()  # (if the connection has not)
-            if transport.closer is not None and not transport.closer.done():
-                try:
-                    await asyncio.wait_for(asyncio.shield(transport.closer), LINGER_SECONDS)
-                except (TimeoutError, asyncio.CancelledError, Exception):
-                    transport.abort()
-            conn.connection_lost(None)
+            if not transport.ended.done():  # cancelled (the runner's shutdown)
+                transport.abort()
+                transport.feed_eof()
             self.connections.discard(conn)
         return ws
+
+    async def _keepalive(self, interval: float) -> None:
+        """One sweep of every WebSocket each ``interval`` (no timer per connection): see
+        :meth:`WebSocketTransport.keepalive`."""
+        while True:
+            await asyncio.sleep(interval)
+            for conn in list(self.connections):
+                t = conn.transport
+                if isinstance(t, WebSocketTransport):
+                    try:
+                        t.keepalive()
+                    except Exception:
+                        log.exception("websocket %s: keep-alive failed", conn.ip)
 
     # -- XEP-0156 -----------------------------------------------------------------------------
 

@@ -449,3 +449,96 @@ async def test_the_idle_timeout_counts_from_the_last_input_over_websocket_and_tc
             assert error.find("{urn:ietf:params:xml:ns:xmpp-streams}connection-timeout") is not None
             assert 1.2 < loop.time() - silent_since < 4.0
             await tcp.close()
+
+
+# -- RFC 6455 framing: the node's own frame reader -------------------------------------------------------
+
+
+async def test_a_ping_from_the_client_gets_a_pong_with_its_payload(guarded: NodeProcess) -> None:
+    async with client_from("127.0.0.1") as s, \
+            s.ws_connect(plain_url(guarded), protocols=("xmpp",), headers={"Origin": ORIGIN}, autoping=False) as ws:
+        await ws.ping(b"are you there")
+        msg = await ws.receive(timeout=5)
+        assert msg.type is aiohttp.WSMsgType.PONG and msg.data == b"are you there", msg
+
+
+async def test_the_peer_closing_first_gets_its_code_echoed(guarded: NodeProcess) -> None:
+    async with client_from("127.0.0.1") as s:
+        ws = await s.ws_connect(plain_url(guarded), protocols=("xmpp",), headers={"Origin": ORIGIN})
+        assert (await first_features(ws)).tag == "{http://etherx.jabber.org/streams}features"
+        assert await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY)
+        assert ws.close_code == aiohttp.WSCloseCode.GOING_AWAY
+
+
+def masked(opcode: int, payload: bytes = b"", *, fin: bool = True, key: bytes = b"\x0f\x1e\x2d\x3c") -> bytes:
+    """A client's frame (RFC 6455 §5.2), for what aiohttp's client never sends: fragments."""
+    head = bytes([(0x80 if fin else 0) | opcode])
+    n = len(payload)
+    head += bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+@contextlib.asynccontextmanager
+async def raw_websocket(node: NodeProcess) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A WebSocket by hand on a socket: the upgrade, then whatever bytes the test writes."""
+    port = node.ws_port  # type: ignore[attr-defined]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        key = base64.b64encode(uuid.uuid4().bytes).decode()
+        writer.write(f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: xmpp\r\n"
+                     f"Origin: {ORIGIN}\r\n\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101 "), head
+        yield reader, writer
+    finally:
+        writer.close()
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """The next frame from the node (opcode, payload): final and unmasked, as a server's are."""
+    b0, b1 = await asyncio.wait_for(reader.readexactly(2), 5)
+    assert b0 & 0x80 and not b1 & 0x80, (b0, b1)
+    n = b1 & 0x7F
+    if n == 126:
+        n = int.from_bytes(await reader.readexactly(2), "big")
+    elif n == 127:
+        n = int.from_bytes(await reader.readexactly(8), "big")
+    return b0 & 0x0F, await asyncio.wait_for(reader.readexactly(n), 5)
+
+
+async def test_a_fragmented_message_with_a_ping_between_its_fragments(guarded: NodeProcess) -> None:
+    """Fragments are one message (RFC 6455 §5.4); a control frame may come between them; several
+    frames in one read and a frame cut across reads are all the same to the node."""
+    async with raw_websocket(guarded) as (reader, writer):
+        data = OPEN.encode()
+        frames = (masked(0x1, data[:10], fin=False) + masked(0x9, b"mid") + masked(0x0, data[10:30], fin=False)
+                  + masked(0x0, data[30:]))
+        writer.write(frames[:17])  # a cut inside the second frame's header
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.write(frames[17:])
+        got = [await read_frame(reader) for _ in range(3)]
+        assert got[0] == (0xA, b"mid")  # the pong first: the message was not complete then
+        assert [op for op, _ in got[1:]] == [0x1, 0x1]
+        assert ET.fromstring(got[1][1]).tag == f"{{{FRAMING}}}open"
+        assert local(ET.fromstring(got[2][1])) == "features"
+
+
+@pytest.mark.parametrize("bad", [
+    bytes([0x81, 5]) + b"<a/>x",  # unmasked
+    bytes([0xC1, 0x84]) + b"\0\0\0\0<a/>",  # RSV1: no extension was negotiated
+    masked(0x9, b"x", fin=False),  # a fragmented ping
+    masked(0x0, b"<a/>"),  # a continuation of nothing
+], ids=["unmasked", "rsv1", "fragmented-ping", "lone-continuation"])
+async def test_a_broken_frame_is_closed_with_1002(guarded: NodeProcess, bad: bytes) -> None:
+    async with raw_websocket(guarded) as (reader, writer):
+        writer.write(bad)
+        opcode, payload = await read_frame(reader)
+        assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == 1002, payload
+        # then the node drops the socket (a close frame would not be read after a broken frame)
+        with contextlib.suppress(ConnectionResetError):
+            assert await asyncio.wait_for(reader.read(), 4) == b""
+    async with client_from("127.0.0.1") as s, \
+            s.ws_connect(plain_url(guarded), protocols=("xmpp",), headers={"Origin": ORIGIN}) as ws:
+        assert (await first_features(ws)).tag == "{http://etherx.jabber.org/streams}features"
