@@ -77,7 +77,7 @@ class TwoRegions:
                         for key in keys if section != "cluster" else ():
                             conf["gdistrib"].get(section, {}).pop(key, None)
                     conf["log_level"] = "WARNING"
-                    conf["modules"] = {"muc": muc}  # the gateways hold the rooms too (eu's may sequence them)
+                    conf["modules"] = {"muc": muc}  # the gateways run the service too (they sequence no room)
                 p.config.write_text(toml_dump(conf))
 
     @property
