@@ -250,7 +250,19 @@ class GlobalRouter:
         return True
 
     def fanout(self, stanza: Stanza, bare: Jid, which: Fanout) -> None:
+        if self._only_here(bare):
+            return
         self.pairs.submit(pair(stanza.from_, str(bare)), lambda: self._fanout(stanza, bare, which))
+
+    def _only_here(self, bare: Jid) -> bool:
+        """Whether the cache knows (fresh) that no other region holds a resource of ``bare``: then a
+        fan-out has nothing to do (what :meth:`_fanout` would find), and skipping it saves a queued
+        job per delivered message — nearly every carbon the region's members hand us, for accounts
+        online in one region only."""
+        if self.shared is not None and bare.domain not in self.shared:
+            return True
+        hit, found = self.cache.peek(str(bare), self.clock())
+        return hit and not any(loc.region != self.region for loc in (found or {}).values())
 
     async def _fanout(self, stanza: Stanza, bare: Jid, which: Fanout) -> None:
         # Every region with a resource of the account: each applies ``which`` to its own sessions,

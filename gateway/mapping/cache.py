@@ -63,6 +63,14 @@ class MappingCache(Generic[V]):
         self.hits += 1
         return True, entry.value
 
+    def peek(self, key: Hashable, now: float) -> tuple[bool, V | None]:
+        """:meth:`get` for a caller that only looks (a shortcut it may skip): not counted, the
+        entry's place in the LRU order unchanged."""
+        entry = self._entries.get(key)
+        if entry is None or entry.expires_at <= now:
+            return False, None
+        return True, entry.value
+
     def put(self, key: Hashable, value: V | None, now: float, *, kind: Kind = "jid") -> None:
         """Remember the store's answer; ``value=None`` records a miss (only if misses are cached,
         otherwise it just drops what was cached, so a stale positive answer cannot outlive it)."""

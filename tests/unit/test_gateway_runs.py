@@ -149,3 +149,34 @@ async def test_a_run_for_a_recipient_no_region_holds_is_handled_here(eu_us: tupl
     await cross(eu, us)
     assert us.sent == [] and us.router.counters.bounced == 2  # max_retries waits, then here
     assert routed == [s.from_ for s in run]  # each through the routing chain, in order
+
+
+async def test_a_fanout_the_cache_knows_has_nowhere_to_go_is_skipped(eu_us: tuple[FakeNode, FakeNode]) -> None:
+    """A carbon for an account online in this region only: the first fan-out looks it up (nothing
+    to relay); the next ones are skipped at once while the answer is cached; once the account has
+    a resource in another region, the fan-out goes there again."""
+    from cluster_node.core.router import Fanout
+    from cluster_node.xmpp.jid import Jid
+
+    eu_node, _ = eu_us
+    regions = {"alice@example.com/eu": "eu"}
+    eu = Gateway(eu_node, "eu", regions)
+    alice = Jid.parse("alice@example.com")
+    carbon = stanza("<message xmlns='jabber:client' from='alice@example.com' type='chat'><body>c</body></message>")
+    eu.router.fanout(carbon, alice, Fanout(flag="carbons"))
+    await eu.settled()
+    lookups = eu.router.counters.lookups
+    assert eu.sent == [] and lookups == 1
+    hits = eu.router.cache.hits
+    for _ in range(3):
+        eu.router.fanout(carbon, alice, Fanout(flag="carbons"))
+    assert eu.router._only_here(alice)
+    await eu.settled()
+    assert eu.sent == [] and eu.router.counters.lookups == lookups
+    assert eu.router.cache.hits == hits  # skipped: no job ran (its locate would count a hit)
+    regions["alice@example.com/phone"] = "us"  # a resource in us, once the cached answer is gone
+    eu.router.cache.invalidate("alice@example.com")
+    assert not eu.router._only_here(alice)
+    eu.router.fanout(carbon, alice, Fanout(flag="carbons"))
+    await eu.settled()
+    assert [to for to, _ in eu.sent] == ["us"]
