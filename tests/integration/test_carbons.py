@@ -27,6 +27,7 @@ from tests.helpers.topologies import (
     two_regions,
 )
 from tests.helpers.xmpp_client import Client
+from tests.integration.test_s2s import EU, PASSWORD as S2S_PASSWORD, US, Site, two_sites
 
 CARBONS = "urn:xmpp:carbons:2"
 PASSWORD = "carbons-secret"
@@ -36,8 +37,8 @@ class Device(Client):
     """A client with slixmpp's XEP-0280 plugin, queueing the carbons it gets (the forwarded
     messages: what was sent or received on another resource)."""
 
-    def __init__(self, node: NodeProcess, jid: str) -> None:
-        super().__init__(jid, PASSWORD, cert=node.cert)
+    def __init__(self, node: NodeProcess, jid: str, password: str = PASSWORD) -> None:
+        super().__init__(jid, password, cert=node.cert)
         self.register_plugin("xep_0280")
         self.carbons: dict[str, asyncio.Queue[Any]] = {"sent": asyncio.Queue(), "received": asyncio.Queue()}
         self.add_event_handler("carbon_sent", lambda m: self.carbons["sent"].put_nowait(m["carbon_sent"]))
@@ -54,8 +55,9 @@ class Device(Client):
         await self.plugin["xep_0280"].enable(timeout=5)
 
 
-async def device(node: NodeProcess, port: int, jid: str, priority: int, *, carbons: bool = True) -> Device:
-    d = await Device(node, jid).online(port, priority=priority)
+async def device(node: NodeProcess, port: int, jid: str, priority: int, *, carbons: bool = True,
+                 password: str = PASSWORD) -> Device:
+    d = await Device(node, jid, password).online(port, priority=priority)
     if carbons:
         await d.enable_carbons()
     return d
@@ -188,3 +190,35 @@ async def test_two_regions(regions: tuple[Region, Region]):
         await check_conversation(phone, laptop, bob_pc, alice_jid, bob_jid)
     finally:
         await close(phone, laptop, bob_pc)
+
+
+# -- another domain over S2S -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Site, Site]]:
+    with two_sites(tmp_path_factory.mktemp("carbons-s2s")) as world:
+        yield world.eu, world.us
+
+
+async def test_with_a_contact_of_another_domain_over_s2s(domains: tuple[Site, Site]):
+    """bob of another domain writes to alice over S2S, and she answers: her laptop sees both sides
+    (the received carbon made where the message came in, eu's gateway; the sent one on her node)."""
+    eu, us = domains
+    alice_jid, bob_jid = f"{eu.user('alice')}@{EU}", f"{us.user('bob')}@{US}"
+    phone = await device(eu.node, eu.node.port, f"{alice_jid}/phone", 5, password=S2S_PASSWORD)
+    laptop = await device(eu.node, eu.node.port, f"{alice_jid}/laptop", 1, password=S2S_PASSWORD)
+    bob = await device(us.node, us.node.port, f"{bob_jid}/pc", 0, carbons=False, password=S2S_PASSWORD)
+    try:
+        await replicated((laptop, phone), (phone, laptop))
+        bob.send_message(mto=f"{alice_jid}/phone", mbody="over s2s", mtype="chat")
+        assert (await phone.next_message(timeout=20))["body"] == "over s2s"
+        fwd = await laptop.carbon("received", timeout=10)
+        assert (fwd["body"], fwd["from"].bare) == ("over s2s", bob_jid)
+        phone.send_message(mto=bob_jid, mbody="and back", mtype="chat")
+        assert (await bob.next_message(timeout=20))["body"] == "and back"
+        fwd = await laptop.carbon("sent", timeout=10)
+        assert (fwd["body"], str(fwd["to"])) == ("and back", bob_jid)
+        assert phone.no_carbons()
+    finally:
+        await close(phone, laptop, bob)
