@@ -243,7 +243,7 @@ async def running_gateway(settings: GatewaySettings, *, http_routes: Sequence[we
             # What the members handed us before they learnt we are going (their stanzas arrive
             # before their acks), and what other regions relayed to us (acked on receipt: ours to
             # deliver), goes on its way before the links close; other regions resend the rest.
-            await links.server.stop()
+            await links.server.stop(settings.shutdown_timeout)
             await member.wait_acks(settings.shutdown_timeout)
             await router.pairs.drain(settings.shutdown_timeout)
             await links.stop()

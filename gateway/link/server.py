@@ -80,8 +80,14 @@ class LinkServer:
                                              lambda: self.connections, lambda: None))
         log.info("inter-region link listening on %s", ", ".join(self.addresses))
 
-    async def stop(self) -> None:
-        """Stop listening and close every connection (unacked stanzas are the senders' to resend)."""
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop listening and reading, ack what is handed on within ``timeout``, then close.
+
+        A stanza this gateway has received is handed on by it even while it stops (the caller
+        drains its consumer), so its ACK must reach the sender before the connection closes: the
+        sender would otherwise resend it to another gateway of this region, whose id window has
+        never seen it, and the recipient would get it twice.  What is still held after
+        ``timeout`` stays unacked — the sender's to resend (at least once, then)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -90,7 +96,16 @@ class LinkServer:
             server.close()
         conns = list(self.connections)
         for conn in conns:
-            conn.close(graceful=False)
+            if conn.transport is not None:
+                conn.transport.pause_reading()  # nothing new is taken on from here
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any(c.core.held for c in conns if not c.dead) and loop.time() < deadline:
+            await asyncio.sleep(0.005)
+        self._send_acks()
+        for conn in conns:
+            conn.core.send_ack()
+            conn.close(graceful=True)  # the ACK is written before the TLS close
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()

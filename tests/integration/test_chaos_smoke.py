@@ -36,15 +36,6 @@ FLAKY: dict[str, str] = {
     "only-gateway-kill": "a stanza handed on just before the killed gateway's ACK went out can arrive twice",
 }
 
-# Scenarios where a duplicate was seen once and is not explained yet: a duplicate there is reported
-# as xfail with its story (lost, unsent and parked messages still fail the test).  Seen 6 Dec 2026,
-# 1 full run in 2: us007 -> eu007 (bare JID) delivered live twice, 87 ms apart, while eu's gateways
-# restarted in turn; suspected: the link's resend of a stanza a stopping gateway had handed on
-# before its ACK went out (as FLAKY's only-gateway-kill), to be confirmed and fixed.
-DUPLICATES_SEEN: dict[str, str] = {
-    "rolling-restart": "a stanza handed on by a stopping gateway can be resent over the link (under investigation)",
-}
-
 # What each fault must visibly do to the clients, so a scenario that injected nothing cannot pass.
 FELT: dict[str, str] = {"node-kill": "resume failed", "rolling-restart": "disconnected", "move-region": "moved"}
 
@@ -84,7 +75,5 @@ def test_nothing_lost_duplicated_or_parked(chaos: dict[str, Any], scenario: str)
         assert row["clients"].get(FELT[scenario], 0) > 0, story
     assert row["unsent"] == 0, story  # every client was back online to send what it kept
     assert row["lost"] == 0, story
-    if row["duplicates"] and scenario in DUPLICATES_SEEN:  # still strict on everything else
-        pytest.xfail(f"{DUPLICATES_SEEN[scenario]}: {story}")
     assert row["duplicates"] == 0, story
     assert row["parked"] == 0, story

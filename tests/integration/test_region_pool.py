@@ -296,6 +296,53 @@ async def test_connections_killed_mid_stream_and_server_restarted(pki: Pki) -> N
         await srv.stop()
 
 
+async def test_a_gateway_stopping_acks_what_it_hands_on_so_its_peer_gateway_gets_no_resend(pki: Pki) -> None:
+    """Two gateways of region us, one receiver behind them (the region's sessions): each hand-off
+    completes a moment later (as a node's does).  One gateway stops mid-stream; everything it took
+    is handed on *and acked* before its connections close, so the sender resends none of it to the
+    other gateway, whose id window never saw it (a resend there is a duplicate for the user)."""
+    rx = Receiver()
+    loop = asyncio.get_running_loop()
+    twice: list[str] = []
+
+    def slow(event: StanzaReceived) -> asyncio.Future[None]:
+        if event.id in rx.ids:
+            twice.append(event.id)
+        else:
+            rx(event)  # delivered on receipt; acked only once "handed on", 30 ms later
+        done: asyncio.Future[None] = loop.create_future()
+        loop.call_later(0.03, done.set_result, None)
+        return done
+
+    first = LinkServer("us", "gw-us-1", pki.server, slow, endpoints=[f"127.0.0.1:{free_port()}"],
+                       ping_interval=0.2, ping_timeout=2.0)
+    second = LinkServer("us", "gw-us-2", pki.server, slow, endpoints=[f"127.0.0.1:{free_port()}"],
+                        ping_interval=0.2, ping_timeout=2.0)
+    await first.start()
+    await second.start()
+    p = pool(pki, first.addresses + second.addresses, connections_per_endpoint=1, max_unacked=500, queue_max=3000)
+    await p.start()
+    sender = asyncio.create_task(send_all(p, 6_000, pairs=30))
+    stopping: list[asyncio.Task[None]] = []
+    try:
+        await eventually(lambda: p.stats().connections_up == 2)
+        rx.at[2_000] = lambda: stopping.append(loop.create_task(first.stop()))
+        await asyncio.wait_for(sender, 30)
+        await rx.wait(6_000)
+        assert stopping and first.stats()["eu"].received > 0
+        await stopping[0]
+        assert await p.drain(10)
+        assert twice == []
+        stats = p.stats()  # resent: only what the stopping gateway never read
+        assert stats.acked == 6_000 and stats.resent <= 500, stats
+        assert_all_in_order(rx, 6_000, pairs=30)
+    finally:
+        sender.cancel()
+        await p.stop()
+        await first.stop()
+        await second.stop()
+
+
 # -- bounds -----------------------------------------------------------------------------------------
 
 
