@@ -8,9 +8,11 @@ secure (SASL PLAIN allowed) when the WebSocket is TLS (``wss://``), or when a tr
 terminated TLS (``X-Forwarded-Proto: https``).  ``/.well-known/host-meta`` (XRD) and
 ``/.well-known/host-meta.json`` list the endpoint (``urn:xmpp:alt-connections:websocket``).
 
-aiohttp does the HTTP upgrade only: then the connection's reads go to our RFC 6455 frame reader
-(:mod:`..xmpp.ws_frames`, in :class:`WebSocketTransport`), which hands each text message to the
-session synchronously; pings, the keep-alive and the closing handshake are ours too.
+aiohttp does the HTTP upgrade only: then the socket is handed to our own protocol
+(:class:`WebSocketTransport`, ``transport.set_protocol``) and aiohttp's handler returns, so its request,
+response, tasks and parsers are freed (~7 KB per idle connection).  The reads go to our RFC 6455
+frame reader (:mod:`..xmpp.ws_frames`), which hands each text message to the session
+synchronously; pings, the keep-alive and the closing handshake are ours too.
 """
 
 from __future__ import annotations
@@ -57,7 +59,6 @@ log = logging.getLogger(__name__)
 
 ALT_CONNECTIONS_WS = "urn:xmpp:alt-connections:websocket"
 XRD_NS = "http://docs.oasis-open.org/ns/xri/xrd-1.0"
-_MORE = (False, b"")  # what aiohttp's payload parser returns: not at EOF, no tail
 
 try:  # aiohttp's C helper (masks a bytearray in place): a few times faster than the big-int XOR
     from aiohttp._websocket.mask import _websocket_mask_cython as _mask_in_place
@@ -74,21 +75,19 @@ def _unmask_c(mask: bytes, data: bytes) -> bytes:
 UNMASK = _unmask_c if _mask_in_place is not None else ws_frames.unmask
 
 
-class WebSocketTransport:
-    """A :class:`~.c2s_server.C2STransport` on a WebSocket, and the reader of its frames.
+class WebSocketTransport(asyncio.Protocol):
+    """A :class:`~.c2s_server.C2STransport` on a WebSocket, and the socket's protocol.
 
-    After aiohttp's handshake this object is the connection's payload parser (aiohttp's
-    ``RequestHandler`` calls :meth:`feed_data` with each socket read and :meth:`feed_eof` when the
-    socket is gone): the frames go through :class:`~..xmpp.ws_frames.FrameParser` and each text
-    message straight to the session's ``data_received`` — no queue, future or task wake-up per
-    message.  Pausing reading pauses the socket; events already read wait in :attr:`_held`.
+    After aiohttp's handshake the socket's reads come here (``set_protocol``; aiohttp's handler is
+    gone): the frames go through :class:`~..xmpp.ws_frames.FrameParser` and each text message
+    straight to the session's ``data_received`` — no queue, future or task wake-up per message.
+    Pausing reading pauses the socket; events already read wait in :attr:`_held`.
 
     What the connection writes (joined elements, once per loop turn) goes out at once as one text
     frame per element, all of them in one write to the socket — one TLS record and one ``send()``,
     as over TCP.  Pings are answered here; the listener's keep-alive sweep calls :meth:`keepalive`.
     Closing is the RFC 6455 closing handshake: our close frame, then the peer's (at most
-    ``LINGER_SECONDS``), then the socket closes.  :attr:`ended` is done once the socket is done with:
-    the aiohttp handler waits for it (aiohttp closes the socket when the handler returns)."""
+    ``LINGER_SECONDS``), then the socket closes.  :attr:`ended` is done once the socket is done with."""
 
     __slots__ = ("_raw", "_peer", "_framing", "_frames", "_listener", "_conn", "_closing", "_paused", "_held",
                  "_timer", "ended", "heard", "pinged")
@@ -117,9 +116,9 @@ class WebSocketTransport:
         conn.connection_made(self)  # type: ignore[arg-type]  # a C2STransport
         self._release()
 
-    # -- aiohttp's payload parser ---------------------------------------------------------------
+    # -- the socket's protocol -------------------------------------------------------------------
 
-    def feed_data(self, data: bytes) -> tuple[bool, bytes]:
+    def data_received(self, data: bytes) -> None:
         self.heard = True
         events = self._frames.feed(data)
         if events:
@@ -129,12 +128,22 @@ class WebSocketTransport:
                 self._held = events
             else:
                 self._deliver(events)
-        return _MORE
 
-    def feed_eof(self) -> None:
-        """The socket is closed (aiohttp's ``connection_lost``)."""
+    def eof_received(self) -> bool | None:
+        return None  # the peer is done sending: close (what follows a TCP FIN is the socket's end)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The socket is closed."""
         self._closing = True
         self._finish()
+
+    def pause_writing(self) -> None:
+        pass  # the session watches the write buffer itself (``get_write_buffer_size``)
+
+    def resume_writing(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            conn.resume_writing()
 
     def _deliver(self, events: list[Event]) -> None:
         n = len(events)
@@ -308,12 +317,12 @@ def _text_frame(payload: bytes) -> bytes:
 
 
 class _Upgrade(web.WebSocketResponse):
-    """aiohttp's WebSocket handshake (the ``xmpp`` subprotocol, the accept key, the 101), then
-    ``frames`` in place of aiohttp's reader: :meth:`_post_start` (aiohttp's hook after the 101)
-    installs it as the connection's payload parser, so aiohttp's ``WebSocketReader``, data queue and
-    heartbeat timers are never made (and its ``WebSocketWriter`` is dropped).  The closing handshake
-    is the transport's, so :meth:`close` and :meth:`write_eof` (what aiohttp calls when the handler
-    returns) do nothing."""
+    """aiohttp's WebSocket handshake (the ``xmpp`` subprotocol, the accept key, the 101), then the
+    socket is ``frames``'s: :meth:`_post_start` (aiohttp's hook after the 101) makes it the socket's
+    protocol and takes the socket from aiohttp's handler, so aiohttp's ``WebSocketReader``, data
+    queue and heartbeat timers are never made, and the handler — with its request, headers, tasks
+    and this response — is freed once it returns.  The closing handshake is the transport's, so
+    :meth:`close` and :meth:`write_eof` (what aiohttp calls when the handler returns) do nothing."""
 
     def __init__(self, frames: WebSocketTransport) -> None:
         # No permessage-deflate: WebSocketTransport writes plain frames (and Prosody and ejabberd
@@ -324,11 +333,18 @@ class _Upgrade(web.WebSocketResponse):
     def _post_start(self, request: web.BaseRequest, protocol: str | None, writer: WebSocketWriter) -> None:
         self._ws_protocol = protocol
         handler = request.protocol
-        handler.set_parser(self._frames)  # type: ignore[arg-type]
         handler.keep_alive(False)
-        # Its HTTP parser has no more requests to parse on this connection (aiohttp only uses it
-        # before an upgrade): ~0.8 KB less per idle WebSocket.
-        handler._parser = None
+        raw = handler.transport
+        assert raw is not None  # prepare() has just written the 101 to it
+        tail, handler._message_tail = handler._message_tail, b""  # what the client sent after its request
+        raw.set_protocol(self._frames)
+        # The socket is no longer aiohttp's: its handler closes nothing when it returns, and the
+        # server stops counting it (runner.cleanup() would close it; the listener's stop() does).
+        handler.transport = None
+        if handler._manager is not None:
+            handler._manager.connection_lost(handler, None)
+        if tail:
+            self._frames.data_received(tail)
 
     async def close(self, *, code: int = NORMAL_CLOSURE, message: bytes = b"", drain: bool = True) -> bool:
         return False
@@ -477,18 +493,12 @@ class WebSocketListener:
                                 text="a WebSocket upgrade with the 'xmpp' subprotocol is required\n")
         if ready.protocol != "xmpp":
             return web.Response(status=400, text="the 'xmpp' WebSocket subprotocol is required (RFC 7395)\n")
-        await ws.prepare(request)  # the 101; from now on the socket's reads go to transport.feed_data
+        await ws.prepare(request)  # the 101; from now on the socket is the transport's
         conn = WebSocketConnection(self.c2s, secure=secure)
         self.connections.add(conn)
-        try:
-            transport.start(conn)
-            await transport.ended  # aiohttp closes the socket when this handler returns
-        finally:
-            if not transport.ended.done():  # cancelled (the runner's shutdown)
-                transport.abort()
-                transport.feed_eof()
-            self.connections.discard(conn)
-        return ws
+        transport.ended.add_done_callback(lambda _f: self.connections.discard(conn))
+        transport.start(conn)
+        return ws  # aiohttp's handler ends here; the session lives on in the transport
 
     async def _keepalive(self, interval: float) -> None:
         """One sweep of every WebSocket each ``interval`` (no timer per connection): see
