@@ -32,7 +32,8 @@ from aiohttp.http import WebSocketWriter
 
 from ..settings import NodeSettings
 from ..xmpp import ws_frames
-from ..xmpp.websocket import WEBSOCKET, WebSocketFraming
+from ..xmpp.c2s import State
+from ..xmpp.websocket import WEBSOCKET, Batch, WebSocketFraming
 from ..xmpp.ws_frames import (
     MESSAGE_TOO_BIG,
     NO_STATUS,
@@ -73,6 +74,7 @@ def _unmask_c(mask: bytes, data: bytes) -> bytes:
 
 
 UNMASK = _unmask_c if _mask_in_place is not None else ws_frames.unmask
+ESTABLISHED = State.ESTABLISHED
 
 
 class WebSocketTransport(asyncio.Protocol):
@@ -146,6 +148,10 @@ class WebSocketTransport(asyncio.Protocol):
             conn.resume_writing()
 
     def _deliver(self, events: list[Event]) -> None:
+        """Text messages to the session, control frames here, in order.  An established session
+        gets the text messages of one read together (a :class:`~..xmpp.websocket.Batch`: one
+        call, as a TCP read of several stanzas is); before that one at a time, so a pause (a
+        credentials lookup, a stream restart) holds the messages after it unparsed."""
         n = len(events)
         i = 0
         while i < n:
@@ -154,7 +160,14 @@ class WebSocketTransport(asyncio.Protocol):
             if type(event) is Text:
                 conn = self._conn
                 if conn is not None and not self._closing:
-                    conn.data_received(event.data)
+                    if i < n and type(events[i]) is Text and conn.core.state is ESTABLISHED:
+                        j = i + 1
+                        while j < n and type(events[j]) is Text:
+                            j += 1
+                        conn.data_received(Batch.of([cast(Text, e).data for e in events[i - 1:j]]))
+                        i = j
+                    else:
+                        conn.data_received(event.data)
             else:
                 self._control(event)
             if self._paused and i < n:

@@ -37,7 +37,7 @@ from .errors import StreamError
 from .parser import TOO_LARGE, Event, StanzaReceived, StreamClosed, StreamOpened, StreamParser, _tag_end
 from .stream import Attr, Parser
 
-__all__ = ["FRAMING_NS", "WebSocketFraming", "WebSocketParser", "WEBSOCKET"]
+__all__ = ["FRAMING_NS", "Batch", "WebSocketFraming", "WebSocketParser", "WEBSOCKET"]
 
 FRAMING_NS = "urn:ietf:params:xml:ns:xmpp-framing"
 _SEP = "\x01"
@@ -45,6 +45,20 @@ _SEP = "\x01"
 
 def _wrapper(content_ns: str) -> bytes:
     return f"<stream:stream xmlns='{content_ns}' xmlns:stream='{ns.STREAM}'>".encode()
+
+
+class Batch(bytes):
+    """Several WebSocket messages read at once, handed to the stream as one input (the bytes are
+    what the byte counters and the shaper count); :class:`WebSocketParser` parses each message as
+    one.  Made with :meth:`of`."""
+
+    messages: list[bytes]
+
+    @classmethod
+    def of(cls, messages: list[bytes]) -> Batch:
+        batch = cls(b"".join(messages))
+        batch.messages = messages
+        return batch
 
 
 class WebSocketParser:
@@ -67,9 +81,16 @@ class WebSocketParser:
         return self._dead is None and self._parser.park()  # between messages: between stanzas
 
     def feed(self, data: bytes) -> list[Event]:
+        """One message, or a :class:`Batch` of them (an error in one drops the batch's events, as
+        TCP's parser drops a read's: the stream ends with it anyway)."""
         if self._dead is not None:
             raise type(self._dead)(self._dead.text)
         try:
+            if type(data) is Batch:
+                events: list[Event] = []
+                for message in data.messages:
+                    events += self._parse(message)
+                return events
             return self._parse(data)
         except StreamError as e:
             self._dead = e

@@ -117,6 +117,30 @@ async def test_raw_websocket_client_logs_in_and_chats_with_a_tcp_client(
         await bob.close()
 
 
+async def test_many_messages_in_one_read_arrive_in_order_and_a_bad_one_among_them_ends_the_stream(
+        node: NodeProcess, session: aiohttp.ClientSession) -> None:
+    """An established session gets the text messages of one read at once: 30 stanzas written to
+    the socket in one go all arrive, in order; a message that is not one element among them is
+    still a stream error."""
+    bob = RawClient(node.port, node.cert)
+    await bob.start("bob", PASSWORDS["bob"], "batch", sm=False)
+    try:
+        async with session.ws_connect(url(node), protocols=("xmpp",)) as ws:
+            await ws_login(ws, "alice", "batch")
+            await ws.send_str("<presence xmlns='jabber:client'/>")
+            frames = b"".join(masked(0x1, (f"<message xmlns='jabber:client' to='bob@localhost/batch' type='chat' "
+                                            f"id='b{i}'><body>{i}</body></message>").encode()) for i in range(30))
+            ws._writer.transport.write(frames)  # one write: the node reads them together
+            got = await bob.messages(30)
+            assert [m.get("id") for m in got] == [f"b{i}" for i in range(30)]
+            assert all(m.get("from") == "alice@localhost/batch" for m in got)
+            ws._writer.transport.write(masked(0x1, b"<message xmlns='jabber:client' to='bob@localhost/batch'/>")
+                                       + masked(0x1, b"<message xmlns='jabber:client'/><iq xmlns='jabber:client'/>"))
+            assert await stream_error(ws) == "not-well-formed"
+    finally:
+        await bob.close()
+
+
 async def test_the_xmpp_subprotocol_is_required(node: NodeProcess, session: aiohttp.ClientSession) -> None:
     with pytest.raises(aiohttp.WSServerHandshakeError) as info:
         async with session.ws_connect(url(node), protocols=("chat",)):

@@ -20,7 +20,7 @@ from cluster_node.xmpp.c2s import (
 )
 from cluster_node.xmpp.parser import StanzaReceived, StreamClosed, StreamOpened
 from cluster_node.xmpp.sasl.scram import derive_credentials
-from cluster_node.xmpp.websocket import FRAMING_NS, WEBSOCKET, WebSocketParser, _messages_expat
+from cluster_node.xmpp.websocket import FRAMING_NS, WEBSOCKET, Batch, WebSocketParser, _messages_expat
 from tests.unit.test_fuzz_xml import stanzas, write_stanza
 
 OPEN = f"<open xmlns='{FRAMING_NS}' to='localhost' version='1.0'/>".encode()
@@ -63,6 +63,27 @@ def test_a_message_is_one_complete_element(message: bytes) -> None:
     p.feed(OPEN)
     with pytest.raises(errors.StreamError):
         p.feed(message)
+
+
+def test_a_batch_is_its_messages_each_parsed_as_one() -> None:
+    """Several messages of one read, handed over at once: each must still be one element."""
+    p = parser()
+    p.feed(OPEN)
+    stanzas = [f"<message xmlns='jabber:client' to='b@localhost' id='m{i}'><body>{i}</body></message>".encode()
+               for i in range(5)]
+    events = p.feed(Batch.of([*stanzas[:2], b" ", *stanzas[2:], CLOSE]))
+    assert [e.stanza.id for e in events[:-1]] == [f"m{i}" for i in range(5)]  # type: ignore[union-attr]
+    assert events[-1] == StreamClosed()
+    p = parser()
+    p.feed(OPEN)
+    # the second message of the batch holds the first's end tag: not one element each, although
+    # their bytes joined would be
+    with pytest.raises(errors.NotWellFormed):
+        p.feed(Batch.of([b"<message xmlns='jabber:client'><body>a", b"</body></message>"]))
+    p = parser()
+    p.feed(OPEN)
+    with pytest.raises(errors.PolicyViolation):
+        p.feed(Batch.of([stanzas[0], b"<message xmlns='jabber:client'>" + b"x" * 10_000 + b"</message>"]))
 
 
 def test_open_comes_first_and_tcp_headers_are_refused() -> None:
