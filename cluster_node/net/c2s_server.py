@@ -362,13 +362,18 @@ class C2SConnection(asyncio.Protocol):
         if not self.is_open:
             self.listener.sessions.undeliverable(self, stanza)
             return
-        data = stanza.to_bytes()
+        data = self._one_element(stanza.to_bytes())
         self.core.send_bytes(data)
         self._tc.stanzas_out += 1
         self._hooks.run(Hook.USER_RECEIVE_PACKET, self, stanza, data)
         self._flush_soon()
         if self._behind:
             self._push_back()
+
+    def _one_element(self, data: bytes) -> bytes:
+        """A stanza's bytes as the stream queues them (the WebSocket connection marks them as one
+        element, so its output is cut without a search)."""
+        return data
 
     def send_raw(self, data: bytes) -> None:
         """Write a non-stanza element (an ``<r/>``, ``<enabled/>``) in order with the stanzas."""

@@ -33,7 +33,7 @@ from aiohttp.http import WebSocketWriter
 from ..settings import NodeSettings
 from ..xmpp import ws_frames
 from ..xmpp.c2s import State
-from ..xmpp.websocket import WEBSOCKET, Batch, WebSocketFraming
+from ..xmpp.websocket import WEBSOCKET, Batch, OneElement, WebSocketFraming
 from ..xmpp.ws_frames import (
     MESSAGE_TOO_BIG,
     NO_STATUS,
@@ -379,10 +379,18 @@ class WebSocketConnection(C2SConnection):
         chunks = self.core.chunks_to_send()
         if not chunks:
             return b""
-        messages = [m for chunk in chunks for m in WEBSOCKET.messages(chunk)]
+        messages: list[bytes] = []
+        for chunk in chunks:
+            if type(chunk) is OneElement:  # a stanza (see _one_element)
+                messages.append(WEBSOCKET.element(chunk))
+            else:
+                messages += WEBSOCKET.messages(chunk)
         out = Messages(b"".join(messages))
         out.messages = messages
         return out
+
+    def _one_element(self, data: bytes) -> bytes:
+        return OneElement(data)
 
     def _linger(self) -> None:
         """The WebSocket closing handshake delivers what was queued: close right away (reading

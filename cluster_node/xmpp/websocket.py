@@ -37,7 +37,7 @@ from .errors import StreamError
 from .parser import TOO_LARGE, Event, StanzaReceived, StreamClosed, StreamOpened, StreamParser, _tag_end
 from .stream import Attr, Parser
 
-__all__ = ["FRAMING_NS", "Batch", "WebSocketFraming", "WebSocketParser", "WEBSOCKET"]
+__all__ = ["FRAMING_NS", "Batch", "OneElement", "WebSocketFraming", "WebSocketParser", "WEBSOCKET"]
 
 FRAMING_NS = "urn:ietf:params:xml:ns:xmpp-framing"
 _SEP = "\x01"
@@ -59,6 +59,11 @@ class Batch(bytes):
         batch = cls(b"".join(messages))
         batch.messages = messages
         return batch
+
+
+class OneElement(bytes):
+    """Bytes known to be exactly one element (a stanza's, as the session writes it): cut into
+    messages by :meth:`WebSocketFraming.element`, without a search for its elements."""
 
 
 class WebSocketParser:
@@ -141,6 +146,15 @@ class WebSocketFraming:
         xml = error.to_xml()
         assert xml.startswith(b"<stream:error")
         return b"<stream:error xmlns:stream='" + ns.STREAM.encode() + b"'" + xml[len(b"<stream:error"):]
+
+    def element(self, data: bytes, content_ns: str = ns.CLIENT) -> bytes:
+        """``data``, exactly one element, as one message declaring its namespace (what
+        :meth:`messages` does for one stanza, without proving it is one)."""
+        m = _NAME.match(data)
+        if m is None:
+            return b"".join(self.messages(data, content_ns))
+        name_end = m.end()
+        return _declared(data, _prefixes(data[name_end:_tag_end(data, 0)]), content_ns, name_end)
 
     def messages(self, data: bytes, content_ns: str = ns.CLIENT) -> list[bytes]:
         """``data`` (complete top-level elements, as a protocol writes them) as WebSocket messages:
@@ -291,10 +305,11 @@ def _split_many(data: bytes) -> list[tuple[bytes, set[str]]] | None:
     return out
 
 
-def _declared(element: bytes, decls: set[str], content_ns: str) -> bytes:
-    """``element`` with ``xmlns`` (or ``xmlns:stream``) declared on its start tag if it was not."""
-    i = 1
-    while i < len(element) and element[i] not in b" \t\r\n/>":
+def _declared(element: bytes, decls: set[str], content_ns: str, name_end: int = 0) -> bytes:
+    """``element`` with ``xmlns`` (or ``xmlns:stream``) declared on its start tag if it was not
+    (``name_end``: where the start tag's name ends, when known)."""
+    i = name_end or 1
+    while not name_end and i < len(element) and element[i] not in b" \t\r\n/>":
         i += 1
     qname = element[1:i]
     prefix = qname.split(b":", 1)[0].decode() if b":" in qname else ""

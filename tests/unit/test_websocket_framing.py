@@ -225,3 +225,20 @@ def test_the_tag_scan_cuts_messages_as_expat_does(elements: list[ET.Element], rn
 ])
 def test_the_tag_scan_on_awkward_input(data: bytes) -> None:
     assert WEBSOCKET.messages(data) == _messages_expat(data, ns.CLIENT)
+
+
+@given(stanzas, st.randoms(use_true_random=False))
+def test_one_known_element_is_framed_as_the_search_frames_it(element: ET.Element, rnd: random.Random) -> None:
+    """A stanza the session writes (known to be one element) gets the message expat would cut."""
+    data = write_stanza(element, rnd)
+    assert [WEBSOCKET.element(data)] == _messages_expat(data, ns.CLIENT), data
+
+
+@pytest.mark.parametrize("data", [
+    b"<message to='x' a='1>2' b=\"/>\"><body>it's > that</body></message>",
+    b"<message a='xmlns=\"x\"'><body/></message>",
+    b"<message xmlns='jabber:client' to='b'><body>declared</body></message>",
+    b"<presence/>", b"<iq type='get' id='1'/>",
+])
+def test_one_known_element_on_awkward_input(data: bytes) -> None:
+    assert [WEBSOCKET.element(data)] == _messages_expat(data, ns.CLIENT)
