@@ -117,6 +117,9 @@ class StreamParser:
         self.max_stanza_size = max_stanza_size
         self.max_depth = max_depth
         self.content_ns = content_ns
+        # When a list: the byte length of each stanza parsed, appended in order (the WebSocket
+        # framing checks that each message of a batch was exactly one stanza with it).
+        self.lengths: list[int] | None = None
         self.reset()
 
     @property
@@ -373,6 +376,8 @@ class StreamParser:
         else:  # expat points at the '<' of the end tag, which has no attributes: the next '>'
             rel_end = buf.find(b">", self._p.CurrentByteIndex - base) + 1
         raw = bytes(buf[rel_start:rel_end])
+        if self.lengths is not None:
+            self.lengths.append(rel_end - rel_start)
         del buf[:rel_end]
         self._base = base + rel_end
         self._stanza_start = -1

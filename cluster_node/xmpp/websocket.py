@@ -92,14 +92,48 @@ class WebSocketParser:
             raise type(self._dead)(self._dead.text)
         try:
             if type(data) is Batch:
-                events: list[Event] = []
-                for message in data.messages:
-                    events += self._parse(message)
-                return events
+                return self._parse_batch(data)
             return self._parse(data)
         except StreamError as e:
             self._dead = e
             raise
+
+    def _parse_batch(self, batch: Batch) -> list[Event]:
+        """The messages of a batch fed to the parser at once (one call, not one per message),
+        each proved one element by the lengths of the stanzas parsed: as many stanzas as
+        messages, each exactly its message's length, nothing left over — so each stanza's bytes
+        are its message's.  A message that does not start with '<' and end with '>' (whitespace
+        around it, a keepalive) makes the batch go one message at a time instead."""
+        messages = batch.messages
+        if not self.opened or any(not m or m[0] != 0x3C or m[-1] != 0x3E for m in messages):
+            events: list[Event] = []
+            for message in messages:
+                events += self._parse(message)
+            return events
+        limit = self.max_stanza_size
+        if any(len(m) > limit for m in messages):
+            raise errors.PolicyViolation(TOO_LARGE)
+        parser = self._parser
+        lengths: list[int] = []
+        parser.lengths = lengths
+        try:
+            events = parser.feed(batch)
+        finally:
+            parser.lengths = None
+        if (len(events) != len(messages) or len(lengths) != len(messages) or not parser.between_stanzas
+                or parser.bytes_buffered or any(len(m) != n for m, n in zip(messages, lengths, strict=True))):
+            raise errors.NotWellFormed("a WebSocket message must be one complete XML element")
+        for i, event in enumerate(events):
+            stanza = event.stanza  # type: ignore[union-attr]  # all StanzaReceived: as many as lengths
+            if stanza.namespace == FRAMING_NS:
+                if stanza.name == "open":
+                    raise errors.NotWellFormed("second <open/>")
+                if stanza.name == "close":
+                    return [*events[:i], StreamClosed()]  # nothing after it counts
+                raise errors.UnsupportedStanzaType(f"<{stanza.name}/> in {FRAMING_NS}")
+            if stanza.namespace == ns.STREAM and stanza.name == "stream":
+                raise errors.NotWellFormed("<stream:stream> is not used over WebSocket")
+        return events
 
     def _parse(self, data: bytes) -> list[Event]:
         if not data.strip():

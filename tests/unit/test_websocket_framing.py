@@ -71,15 +71,30 @@ def test_a_batch_is_its_messages_each_parsed_as_one() -> None:
     p.feed(OPEN)
     stanzas = [f"<message xmlns='jabber:client' to='b@localhost' id='m{i}'><body>{i}</body></message>".encode()
                for i in range(5)]
-    events = p.feed(Batch.of([*stanzas[:2], b" ", *stanzas[2:], CLOSE]))
+    events = p.feed(Batch.of([*stanzas[:2], b" ", *stanzas[2:], CLOSE]))  # one at a time (b" ")
     assert [e.stanza.id for e in events[:-1]] == [f"m{i}" for i in range(5)]  # type: ignore[union-attr]
     assert events[-1] == StreamClosed()
+    p = parser()
+    p.feed(OPEN)
+    events = p.feed(Batch.of([*stanzas, CLOSE, stanzas[0]]))  # in one feed; nothing after <close/>
+    assert [e.stanza.id for e in events[:-1]] == [f"m{i}" for i in range(5)]  # type: ignore[union-attr]
+    assert events[-1] == StreamClosed()
+    assert [e.stanza.id for e in p.feed(Batch.of(stanzas[3:]))] == ["m3", "m4"]  # type: ignore[union-attr]
     p = parser()
     p.feed(OPEN)
     # the second message of the batch holds the first's end tag: not one element each, although
     # their bytes joined would be
     with pytest.raises(errors.NotWellFormed):
         p.feed(Batch.of([b"<message xmlns='jabber:client'><body>a", b"</body></message>"]))
+    for split in ([b"<message xmlns='jabber:client'>", b"</message>"],  # one element in two messages
+                  [b"<a xmlns='jabber:client'/><b xmlns='jabber:client'/>", b"<c xmlns='jabber:client'/>"],
+                  [b"<a xmlns='jabber:client'/><b xmlns='jabber:client'>", b"</b>"],  # as many, not each one
+                  [stanzas[0], b"<open xmlns='urn:ietf:params:xml:ns:xmpp-framing'/>"],
+                  [stanzas[0], b"</stream:stream>"]):
+        p = parser()
+        p.feed(OPEN)
+        with pytest.raises(errors.NotWellFormed):
+            p.feed(Batch.of(split))
     p = parser()
     p.feed(OPEN)
     with pytest.raises(errors.PolicyViolation):
