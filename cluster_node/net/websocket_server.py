@@ -33,7 +33,7 @@ from aiohttp.http import WebSocketWriter
 from ..settings import NodeSettings
 from ..xmpp import ws_frames
 from ..xmpp.c2s import State
-from ..xmpp.websocket import WEBSOCKET, Batch, OneElement, WebSocketFraming
+from ..xmpp.websocket import WEBSOCKET, Batch, OneElement
 from ..xmpp.ws_frames import (
     MESSAGE_TOO_BIG,
     NO_STATUS,
@@ -85,21 +85,20 @@ class WebSocketTransport(asyncio.Protocol):
     straight to the session's ``data_received`` — no queue, future or task wake-up per message.
     Pausing reading pauses the socket; events already read wait in :attr:`_held`.
 
-    What the connection writes (joined elements, once per loop turn) goes out at once as one text
-    frame per element, all of them in one write to the socket — one TLS record and one ``send()``,
-    as over TCP.  Pings are answered here; the listener's keep-alive sweep calls :meth:`keepalive`.
-    Closing is the RFC 6455 closing handshake: our close frame, then the peer's (at most
-    ``LINGER_SECONDS``), then the socket closes.  :attr:`ended` is done once the socket is done with."""
+    What the connection writes (its text frames, one per element, made by
+    :meth:`WebSocketConnection._output` once per loop turn) goes out in one write to the socket —
+    one TLS record and one ``send()``, as over TCP.  Pings are answered here; the listener's
+    keep-alive sweep calls :meth:`keepalive`.  Closing is the RFC 6455 closing handshake: our close
+    frame, then the peer's (at most ``LINGER_SECONDS``), then the socket closes.  :attr:`ended` is
+    done once the socket is done with."""
 
-    __slots__ = ("_raw", "_peer", "_framing", "_frames", "_listener", "_conn", "_closing", "_paused", "_held",
+    __slots__ = ("_raw", "_peer", "_frames", "_listener", "_conn", "_closing", "_paused", "_held",
                  "_timer", "ended", "heard", "pinged")
 
-    def __init__(self, raw: asyncio.BaseTransport | None, peer: tuple[str, int], listener: WebSocketListener,
-                 framing: WebSocketFraming = WEBSOCKET) -> None:
+    def __init__(self, raw: asyncio.BaseTransport | None, peer: tuple[str, int], listener: WebSocketListener) -> None:
         # uvloop's transports are not asyncio.WriteTransport subclasses: test what is used
         self._raw = cast(asyncio.Transport, raw) if hasattr(raw, "get_write_buffer_size") else None
         self._peer = peer
-        self._framing = framing
         self._listener = listener
         # the same limit as aiohttp's max_msg_size had: a stanza at the limit plus framing slack
         self._frames = FrameParser(listener.settings.limits.max_stanza_size + 1024, unmask=UNMASK)
@@ -215,8 +214,7 @@ class WebSocketTransport(asyncio.Protocol):
         raw = self._raw
         if self._closing or raw is None or raw.is_closing():
             return
-        messages = data.messages if isinstance(data, Messages) else self._framing.messages(data)
-        raw.write(b"".join([_text_frame(m) for m in messages]))
+        raw.write(data)  # already text frames: WebSocketConnection._output makes them
 
     def _send(self, frame: bytes) -> None:
         raw = self._raw
@@ -311,22 +309,17 @@ class WebSocketTransport(asyncio.Protocol):
             self.abort()
 
 
-class Messages(bytes):
-    """Joined elements (what the byte counters count) that are already cut into WebSocket
-    messages: :meth:`WebSocketConnection._output` cuts each piece the stream wrote on its own,
-    most of them one stanza, instead of searching the joined bytes for the elements again."""
-
-    messages: list[bytes]
+_SHORT_HEADS = [bytes((0x81, n)) for n in range(126)]
 
 
-def _text_frame(payload: bytes) -> bytes:
-    """A final, unmasked text frame (RFC 6455 §5.2: a server never masks)."""
-    n = len(payload)
+def _text_head(n: int) -> bytes:
+    """The header of a final, unmasked text frame of ``n`` bytes (RFC 6455 §5.2: a server never
+    masks)."""
     if n < 126:
-        return bytes((0x81, n)) + payload
+        return _SHORT_HEADS[n]
     if n < 65536:
-        return struct.pack("!BBH", 0x81, 126, n) + payload
-    return struct.pack("!BBQ", 0x81, 127, n) + payload
+        return struct.pack("!BBH", 0x81, 126, n)
+    return struct.pack("!BBQ", 0x81, 127, n)
 
 
 class _Upgrade(web.WebSocketResponse):
@@ -376,18 +369,21 @@ class WebSocketConnection(C2SConnection):
         super().__init__(listener, direct_tls=secure, framing=WEBSOCKET, config=config)
 
     def _output(self) -> bytes:
+        """What the stream wrote, as text frames (one per element) joined for one write: each piece
+        it wrote is cut on its own (most are one stanza, known as such: :meth:`_one_element`)
+        rather than the joined bytes searched for their elements.  The byte counters count frames."""
         chunks = self.core.chunks_to_send()
         if not chunks:
             return b""
-        messages: list[bytes] = []
+        parts: list[bytes] = []
         for chunk in chunks:
             if type(chunk) is OneElement:  # a stanza (see _one_element)
-                messages.append(WEBSOCKET.element(chunk))
+                message = WEBSOCKET.element(chunk)
+                parts += (_text_head(len(message)), message)
             else:
-                messages += WEBSOCKET.messages(chunk)
-        out = Messages(b"".join(messages))
-        out.messages = messages
-        return out
+                for message in WEBSOCKET.messages(chunk):
+                    parts += (_text_head(len(message)), message)
+        return b"".join(parts)
 
     def _one_element(self, data: bytes) -> bytes:
         return OneElement(data)

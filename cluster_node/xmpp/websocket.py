@@ -105,14 +105,15 @@ class WebSocketParser:
         are its message's.  A message that does not start with '<' and end with '>' (whitespace
         around it, a keepalive) makes the batch go one message at a time instead."""
         messages = batch.messages
-        if not self.opened or any(not m or m[0] != 0x3C or m[-1] != 0x3E for m in messages):
-            events: list[Event] = []
-            for message in messages:
-                events += self._parse(message)
-            return events
         limit = self.max_stanza_size
-        if any(len(m) > limit for m in messages):
-            raise errors.PolicyViolation(TOO_LARGE)
+        for m in messages:
+            if not m or m[0] != 0x3C or m[-1] != 0x3E or not self.opened:
+                events: list[Event] = []
+                for message in messages:
+                    events += self._parse(message)
+                return events
+            if len(m) > limit:
+                raise errors.PolicyViolation(TOO_LARGE)
         parser = self._parser
         lengths: list[int] = []
         parser.lengths = lengths
