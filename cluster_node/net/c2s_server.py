@@ -362,7 +362,7 @@ class C2SConnection(asyncio.Protocol):
         if not self.is_open:
             self.listener.sessions.undeliverable(self, stanza)
             return
-        data = self._one_element(stanza.to_bytes())
+        data = self._stanza_bytes(stanza)
         self.core.send_bytes(data)
         self._tc.stanzas_out += 1
         self._hooks.run(Hook.USER_RECEIVE_PACKET, self, stanza, data)
@@ -370,10 +370,10 @@ class C2SConnection(asyncio.Protocol):
         if self._behind:
             self._push_back()
 
-    def _one_element(self, data: bytes) -> bytes:
-        """A stanza's bytes as the stream queues them (the WebSocket connection marks them as one
-        element, so its output is cut without a search)."""
-        return data
+    def _stanza_bytes(self, stanza: Stanza) -> bytes:
+        """A stanza's bytes as the stream queues them (the WebSocket connection's are already a
+        WebSocket message, so its output is not searched for elements)."""
+        return stanza.to_bytes()
 
     def send_raw(self, data: bytes) -> None:
         """Write a non-stanza element (an ``<r/>``, ``<enabled/>``) in order with the stanzas."""

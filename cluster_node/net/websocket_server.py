@@ -33,7 +33,8 @@ from aiohttp.http import WebSocketWriter
 from ..settings import NodeSettings
 from ..xmpp import ws_frames
 from ..xmpp.c2s import State
-from ..xmpp.websocket import WEBSOCKET, Batch, OneElement
+from ..xmpp.stanza import Stanza
+from ..xmpp.websocket import WEBSOCKET, Batch, OneMessage
 from ..xmpp.ws_frames import (
     MESSAGE_TOO_BIG,
     NO_STATUS,
@@ -370,23 +371,22 @@ class WebSocketConnection(C2SConnection):
 
     def _output(self) -> bytes:
         """What the stream wrote, as text frames (one per element) joined for one write: each piece
-        it wrote is cut on its own (most are one stanza, known as such: :meth:`_one_element`)
+        it wrote is cut on its own (most are one stanza, a message already: :meth:`_stanza_bytes`)
         rather than the joined bytes searched for their elements.  The byte counters count frames."""
         chunks = self.core.chunks_to_send()
         if not chunks:
             return b""
         parts: list[bytes] = []
         for chunk in chunks:
-            if type(chunk) is OneElement:  # a stanza (see _one_element)
-                message = WEBSOCKET.element(chunk)
-                parts += (_text_head(len(message)), message)
+            if type(chunk) is OneMessage:  # a stanza (see _stanza_bytes)
+                parts += (_text_head(len(chunk)), chunk)
             else:
                 for message in WEBSOCKET.messages(chunk):
                     parts += (_text_head(len(message)), message)
         return b"".join(parts)
 
-    def _one_element(self, data: bytes) -> bytes:
-        return OneElement(data)
+    def _stanza_bytes(self, stanza: Stanza) -> bytes:
+        return WEBSOCKET.stanza_message(stanza)
 
     def _linger(self) -> None:
         """The WebSocket closing handshake delivers what was queued: close right away (reading

@@ -178,6 +178,16 @@ class Stanza:
             return c
         return None
 
+    def start_tag_end(self) -> int:
+        """Where the start tag ends in :meth:`to_bytes` (just past its ``>``), or 0 when that is
+        not known without reading it."""
+        return self._start_end if self._raw is not None else 0
+
+    def declares_default_namespace(self) -> bool:
+        """Whether the start tag of the kept bytes is known to declare ``xmlns`` (as the parser
+        saw it); False also when that is not known."""
+        return any(not prefix for prefix, _ in self._nsdecls)
+
     def to_bytes(self) -> bytes:
         if self._bytes is None:
             self._bytes = serialize(self.element, self.namespace if self.namespace in (ns.CLIENT, ns.SERVER)

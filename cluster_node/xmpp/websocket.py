@@ -35,9 +35,10 @@ from xml.parsers import expat
 from . import errors, ns
 from .errors import StreamError
 from .parser import TOO_LARGE, Event, StanzaReceived, StreamClosed, StreamOpened, StreamParser, _tag_end
+from .stanza import Stanza
 from .stream import Attr, Parser
 
-__all__ = ["FRAMING_NS", "Batch", "OneElement", "WebSocketFraming", "WebSocketParser", "WEBSOCKET"]
+__all__ = ["FRAMING_NS", "Batch", "OneMessage", "WebSocketFraming", "WebSocketParser", "WEBSOCKET"]
 
 FRAMING_NS = "urn:ietf:params:xml:ns:xmpp-framing"
 _SEP = "\x01"
@@ -61,9 +62,9 @@ class Batch(bytes):
         return batch
 
 
-class OneElement(bytes):
-    """Bytes known to be exactly one element (a stanza's, as the session writes it): cut into
-    messages by :meth:`WebSocketFraming.element`, without a search for its elements."""
+class OneMessage(bytes):
+    """One element that declares its namespace: a WebSocket message as it is (a stanza the
+    session writes, made by :meth:`WebSocketFraming.stanza_message`)."""
 
 
 class WebSocketParser:
@@ -182,6 +183,24 @@ class WebSocketFraming:
         assert xml.startswith(b"<stream:error")
         return b"<stream:error xmlns:stream='" + ns.STREAM.encode() + b"'" + xml[len(b"<stream:error"):]
 
+    def stanza_message(self, stanza: Stanza, content_ns: str = ns.CLIENT) -> OneMessage:
+        """A stanza as one message.  Its bytes as the parser kept them tell where the start tag
+        ends and whether it declares ``xmlns``: then the tag is not read (a stanza from a
+        WebSocket client declares it; one from TCP has no ``xmlns`` in its start tag at all);
+        otherwise :meth:`element` reads it."""
+        data = stanza.to_bytes()
+        end = stanza.start_tag_end()
+        if end:
+            if stanza.declares_default_namespace():
+                return OneMessage(data)
+            name = stanza.name
+            n = len(name) + 1
+            decl = _XMLNS_DECL.get(content_ns)
+            if (decl is not None and data.find(b"xmlns", n, end) < 0 and data[n:n + 1] in _AFTER_NAME
+                    and data.startswith(name.encode(), 1)):
+                return OneMessage(data[:n] + decl + data[n:])
+        return OneMessage(self.element(data, content_ns))
+
     def element(self, data: bytes, content_ns: str = ns.CLIENT) -> bytes:
         """``data``, exactly one element, as one message declaring its namespace (what
         :meth:`messages` does for one stanza, without proving it is one)."""
@@ -250,6 +269,8 @@ _TAG = re.compile(rb"""<(/?)[^\s/>'"]+((?:[^>'"/]+|/(?!>)|'[^']*'|"[^"]*")*)(/?)
 _QUOTED = re.compile(rb"'[^']*'|\"[^\"]*\"")
 _XMLNS = re.compile(rb"\sxmlns(?::([^\s=]+))?\s*=")
 _NAME = re.compile(rb"<([^\s/>'\"]+)")  # the name of the tag data starts with
+_AFTER_NAME = frozenset({b" ", b"\t", b"\r", b"\n", b"/", b">"})
+_XMLNS_DECL = {uri: f" xmlns='{uri}'".encode() for uri in (ns.CLIENT, ns.SERVER)}
 
 
 def _one(data: bytes) -> set[str] | None:

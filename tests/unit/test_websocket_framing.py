@@ -18,8 +18,10 @@ from cluster_node.xmpp.c2s import (
     State,
     StreamEnded,
 )
-from cluster_node.xmpp.parser import StanzaReceived, StreamClosed, StreamOpened
+from cluster_node.xmpp.lazy import lazy_stanza
+from cluster_node.xmpp.parser import StanzaReceived, StreamClosed, StreamOpened, StreamParser
 from cluster_node.xmpp.sasl.scram import derive_credentials
+from cluster_node.xmpp.stanza import Stanza
 from cluster_node.xmpp.websocket import FRAMING_NS, WEBSOCKET, Batch, WebSocketParser, _messages_expat
 from tests.unit.test_fuzz_xml import stanzas, write_stanza
 
@@ -257,3 +259,46 @@ def test_one_known_element_is_framed_as_the_search_frames_it(element: ET.Element
 ])
 def test_one_known_element_on_awkward_input(data: bytes) -> None:
     assert [WEBSOCKET.element(data)] == _messages_expat(data, ns.CLIENT)
+
+
+def _parsed(data: bytes) -> Stanza:
+    """``data`` as a TCP client's stanza, parsed as the node parses it (bytes kept)."""
+    p = StreamParser(max_stanza_size=100_000, max_depth=16, content_ns=ns.CLIENT)
+    p.feed(f"<stream:stream xmlns='{ns.CLIENT}' xmlns:stream='{ns.STREAM}'>".encode())
+    [event] = p.feed(data)
+    assert isinstance(event, StanzaReceived)
+    return event.stanza
+
+
+@given(stanzas, st.randoms(use_true_random=False))
+def test_a_stanza_written_to_a_websocket_is_the_message_expat_cuts(element: ET.Element, rnd: random.Random) -> None:
+    """A stanza the session writes, however it was made — parsed from a TCP client (no ``xmlns``
+    on it) or a WebSocket one (declared), stamped, relayed as bytes, or serialized — is one
+    message that declares its namespace, the one expat cuts from its bytes."""
+    data = write_stanza(element, rnd)
+    parsed = _parsed(data)
+    made = [parsed, parsed.stamp(from_="a@localhost/r"), lazy_or_none(data), Stanza(element)]
+    for stanza in [s for s in made if s is not None]:
+        out = stanza.to_bytes()
+        assert WEBSOCKET.stanza_message(stanza) == b"".join(_messages_expat(out, ns.CLIENT)), out
+
+
+def lazy_or_none(data: bytes) -> Stanza | None:
+    try:
+        return lazy_stanza(data)
+    except ValueError:
+        return None
+
+
+@pytest.mark.parametrize("data", [
+    b"<message to='b@localhost'><body>tcp</body></message>",
+    b"<message xmlns='jabber:client' to='b@localhost'><body>ws</body></message>",
+    b"<presence/>", b"<presence xmlns='jabber:client'/>",
+    b"<message id='xmlns' to='b'><body>xmlns in a value</body></message>",
+    b"<iq type='get' id='1'><query xmlns='jabber:iq:roster'/></iq>",
+])
+def test_a_stanza_written_to_a_websocket_on_plain_input(data: bytes) -> None:
+    for stanza in (_parsed(data), _parsed(data).stamp(from_="a@localhost/r")):
+        message = WEBSOCKET.stanza_message(stanza)
+        assert message == b"".join(_messages_expat(stanza.to_bytes(), ns.CLIENT))
+        assert message.count(b"xmlns='jabber:client'") == 1
