@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import secrets
 import time
 import xml.etree.ElementTree as ET
@@ -73,6 +74,11 @@ from .store import ArchiveStore, Row
 __all__ = ["Mam", "MamSettings"]
 
 log = logging.getLogger("meridian.mam")
+
+# The random low bits of an archive id only keep apart ids made in the same microsecond (on this
+# or another node): 11 bits are no secret, so they come from a seeded PRNG, not the system's
+# (``secrets`` read the kernel's random device for every archived message).
+_ID_RANDOM = random.Random(secrets.randbits(64))
 
 DAY_US = 86_400 * 1_000_000
 ID_ATTEMPTS = 5  # fresh ids tried when one is taken in the archive (same µs, same random bits)
@@ -263,8 +269,8 @@ class Mam(Module):
 
         def new_id() -> tuple[int, int]:
             if at_us is None:
-                return self.ids.next(_now_us(), secrets.randbits(RANDOM_BITS))
-            return make_id(at_us, secrets.randbits(RANDOM_BITS)), at_us
+                return self.ids.next(_now_us(), _ID_RANDOM.getrandbits(RANDOM_BITS))
+            return make_id(at_us, _ID_RANDOM.getrandbits(RANDOM_BITS)), at_us
 
         if self.cfg.default_mode == "always":
             # Most users set no preferences: archived at once unless they did.
