@@ -241,8 +241,8 @@ async def running_gateway(settings: GatewaySettings, *, http_routes: Sequence[we
             await leases.stop()
             await publisher.stop()
             # What the members handed us before they learnt we are going (their stanzas arrive
-            # before their acks), and what other regions relayed to us (acked on receipt: ours to
-            # deliver), goes on its way before the links close; other regions resend the rest.
+            # before their acks), and what other regions relayed to us (acked once handed on),
+            # goes on its way and is acked before the links close; other regions resend the rest.
             await links.server.stop(settings.shutdown_timeout)
             await member.wait_acks(settings.shutdown_timeout)
             await router.pairs.drain(settings.shutdown_timeout)

@@ -107,14 +107,13 @@ class WebSocketParser:
         around it, a keepalive) makes the batch go one message at a time instead."""
         messages = batch.messages
         limit = self.max_stanza_size
-        for m in messages:
-            if not m or m[0] != 0x3C or m[-1] != 0x3E or not self.opened:
-                events: list[Event] = []
-                for message in messages:
-                    events += self._parse(message)
-                return events
-            if len(m) > limit:
-                raise errors.PolicyViolation(TOO_LARGE)
+        if not self.opened or any(not m or m[0] != 0x3C or m[-1] != 0x3E for m in messages):
+            events: list[Event] = []
+            for message in messages:
+                events += self._parse(message)
+            return events
+        if any(len(m) > limit for m in messages):
+            raise errors.PolicyViolation(TOO_LARGE)
         parser = self._parser
         lengths: list[int] = []
         parser.lengths = lengths
@@ -361,12 +360,18 @@ def _split_many(data: bytes) -> list[tuple[bytes, set[str]]] | None:
     return out
 
 
-def _declared(element: bytes, decls: set[str], content_ns: str, name_end: int = 0) -> bytes:
-    """``element`` with ``xmlns`` (or ``xmlns:stream``) declared on its start tag if it was not
-    (``name_end``: where the start tag's name ends, when known)."""
-    i = name_end or 1
-    while not name_end and i < len(element) and element[i] not in b" \t\r\n/>":
+def _name_end(element: bytes) -> int:
+    """Where the start tag's name of ``element`` ends."""
+    i = 1
+    while i < len(element) and element[i] not in b" \t\r\n/>":
         i += 1
+    return i
+
+
+def _declared(element: bytes, decls: set[str], content_ns: str, name_end: int | None = None) -> bytes:
+    """``element`` with ``xmlns`` (or ``xmlns:stream``) declared on its start tag if it was not
+    (``name_end``: where the start tag's name ends, when the caller knows it already)."""
+    i = _name_end(element) if name_end is None else name_end
     qname = element[1:i]
     prefix = qname.split(b":", 1)[0].decode() if b":" in qname else ""
     if prefix in decls:

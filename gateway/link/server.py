@@ -102,7 +102,7 @@ class LinkServer:
         deadline = loop.time() + timeout
         while any(c.core.held for c in conns if not c.dead) and loop.time() < deadline:
             await asyncio.sleep(0.005)
-        self._send_acks()
+        self._acks_due.clear()  # acked just below, with every other link's
         for conn in conns:
             conn.core.send_ack()
             conn.close(graceful=True)  # the ACK is written before the TLS close

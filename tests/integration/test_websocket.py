@@ -119,9 +119,10 @@ async def test_raw_websocket_client_logs_in_and_chats_with_a_tcp_client(
 
 async def test_many_messages_in_one_read_arrive_in_order_and_a_bad_one_among_them_ends_the_stream(
         node: NodeProcess, session: aiohttp.ClientSession) -> None:
-    """An established session gets the text messages of one read at once: 30 stanzas written to
-    the socket in one go all arrive, in order; a message that is not one element among them is
-    still a stream error."""
+    """30 stanzas written to the socket in one go all arrive, in order, and a message that is not
+    one element among others of one read is still a stream error.  (That the node hands such a
+    read to the session as one batch is shown by the framing unit tests and the benchmark: one
+    message at a time would pass this test too.)"""
     bob = RawClient(node.port, node.cert)
     await bob.start("bob", PASSWORDS["bob"], "batch", sm=False)
     try:
