@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -68,6 +69,7 @@ class Storage(Protocol):
     # Modules' own tables (see SqlStorage.migrate_module).
     dialect: str
     def transaction(self, write: bool = False) -> AbstractAsyncContextManager[Any]: ...
+    async def write_all(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]: ...
     def user_rows(self, sql: str) -> UserRows: ...  # a per-user read batched over users
     async def migrate_module(self, namespace: str, steps: list[tuple[int, list[str]]], *,
                              user_tables: tuple[str, ...] = (), credential_tables: tuple[str, ...] = ()) -> None: ...

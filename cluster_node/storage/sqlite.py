@@ -37,6 +37,18 @@ def _execute_all(conn: sqlite3.Connection, _sql: str, statements: tuple[Any, ...
     return [_execute(conn, sql, tuple(args)) for sql, args in statements]
 
 
+def _write_all(conn: sqlite3.Connection, _sql: str, statements: tuple[Any, ...]) -> list[int]:
+    """BEGIN, every statement, COMMIT (ROLLBACK on an error) in the database thread: one hop."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        counts = _execute_all(conn, _sql, statements)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return counts
+
+
 def _fetchone(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> Sequence[Any] | None:
     cur = conn.execute(sql, args)
     try:
@@ -124,6 +136,14 @@ class SqliteStorage(SqlStorage):
         if self._db is not None:
             await self._db.close()
             self._db = None
+
+    async def write_all(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
+        """One hop to the database thread for the whole transaction (three with :meth:`_tx`:
+        BEGIN, the statements, COMMIT, each a wake-up of the event loop)."""
+        if self._db is None:
+            raise RuntimeError("storage is not open")
+        async with self._lock:
+            return await _SqliteTx(self._db)._call(_write_all, "", tuple(statements))
 
     @contextlib.asynccontextmanager
     async def _tx(self, write: bool = False) -> AsyncIterator[Tx]:

@@ -731,6 +731,27 @@ async def test_the_archive_goes_with_the_account(node: FakeNode):
     assert await store.count(DOMAIN, "bob", q.Filters()) == 2  # bob's copies are bob's
 
 
+async def test_a_query_right_after_a_send_finds_it_and_stop_writes_what_is_queued(tmp_path: Path):
+    """The sender's row is written with the next group commit, not before the message goes on:
+    the sender's query waits for it, and so does the module's stop."""
+    async with fake_node(tmp_path) as node:
+        for user in (ALICE, BOB):
+            await node.create_account(user)
+        mam = await start(node)
+        alice = node.bind(f"{ALICE}/phone")
+        node.hooks.add(Hook.ROUTE_REMOTE, lambda s, to: True)  # S2S took it: nothing else is archived
+        message = stanza("<message to='romeo@montague.lit' type='chat' id='r1'><body>just sent</body></message>")
+        await node.sessions.outbound(alice, message.with_attrs(from_=str(alice.record.jid)))  # no settle
+        assert mam.store.pending == 1
+        results, _ = await ask(node, alice)
+        assert result_bodies(results) == ["just sent"]
+        await node.sessions.outbound(alice, message.with_attrs(from_=str(alice.record.jid), id="r2"))
+        assert mam.store.pending == 1
+        await mam.stop()
+        assert mam.store.pending == 0
+        assert await mam.store.count(DOMAIN, "alice", q.Filters()) == 2
+
+
 async def test_stop_cancels_the_clean_up_task(tmp_path: Path):
     async with fake_node(tmp_path) as node:
         mam = await start(node, retention_days=1, cleanup_interval=0.01)
@@ -809,6 +830,30 @@ async def test_store_insert_unless_the_user_has_prefs(archive: ArchiveStore):
     rows = await archive.page(d, "alice", q.Filters(), limit=10)
     assert [(r[0], r[1], r[2]) for r in rows] == [(q.make_id(NOW, 1), NOW, row[-1]), (q.make_id(NOW, 2), NOW, row[-1])]
     assert await archive.count(d, "alice", q.Filters(with_bare=BOB, with_resource="pc")) == 2
+
+
+async def test_store_queued_rows_are_written_before_written_returns(archive: ArchiveStore):
+    """A sent message is queued, not awaited: written() is what a query waits for."""
+    d = "example.com"
+    await archive.written()  # nothing queued: at once
+    rows = [archive.queue(d, "alice", q.make_id(NOW + i, 0), NOW + i, BOB, "", "out", b"<message/>", unless_prefs=True)
+            for i in range(3)]
+    assert archive.pending == 3 and not any(r.done() for r in rows)
+    await archive.written()
+    assert archive.pending == 0 and all(r.done() and r.result() for r in rows)
+    assert await archive.count(d, "alice", q.Filters()) == 3
+
+
+async def test_write_all_is_one_transaction_rolled_back_on_an_error(archive: ArchiveStore):
+    storage = archive.storage
+    insert = ("INSERT INTO mam_messages (domain, username, id, ts, with_bare, with_resource, direction, stanza) "
+              "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+    good = (insert, ["example.com", "alice", 1, NOW, BOB, "", "out", b"<message/>"])
+    with pytest.raises(Exception):  # noqa: B017  # each backend's own error for a missing table
+        await storage.write_all([good, ("INSERT INTO no_such_table VALUES (?)", [1])])
+    assert await archive.count("example.com", "alice", q.Filters()) == 0  # the good row went with the bad
+    assert await storage.write_all([good]) == [1]  # no transaction left open
+    assert await archive.count("example.com", "alice", q.Filters()) == 1
 
 
 async def test_store_prefs(archive: ArchiveStore):

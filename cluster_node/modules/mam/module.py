@@ -8,8 +8,12 @@ database), queried with XEP-0059 paging.
   stores them (``message_to_account``: once in the whole deployment), which also adds the
   XEP-0359 ``<stanza-id by='user@domain'/>`` and strips one a sender forged (a message routed
   again — a closing session's, XEP-0198's unacked ones at the resume timeout — keeps the one it
-  was archived with and is not archived twice).  Both happen before the message is routed on,
-  so a message a client sees acknowledged (XEP-0198) is archived.
+  was archived with and is not archived twice).  A received message is archived before it is
+  delivered (its stanza-id names the row).  A sent one's row goes with the next group commit
+  while the message is routed on, as MongooseIM's asynchronous archive writer does: the sender's
+  queries on its node wait for it, a stop writes what is queued, and a write the database
+  refuses waits in the backlog like any other.  Only a crash of the node within that commit
+  (milliseconds) loses a sent message's row.
   What is archived: :func:`~.query.archivable`; the user's preferences (XEP-0441) decide for
   each correspondent.
 * **Queries** (``<query/>`` to the account's own bare JID) are answered on the member holding the
@@ -30,7 +34,7 @@ import secrets
 import time
 import xml.etree.ElementTree as ET
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from typing import Any, Literal
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -132,6 +136,7 @@ class Mam(Module):
         self._once = OncePer(60.0)  # "archive storage unavailable": at most once a minute
         self._cleanup: asyncio.Task[None] | None = None
         self._retry: asyncio.Task[None] | None = None
+        self._late: set[asyncio.Task[None]] = set()  # sent messages' writes that read preferences first
         # Late: modules that take a message (and so never deliver it) answer first; before carbons
         # (90), which marks the stanza it hands on.
         host.hook(Hook.USER_SEND_PACKET, self._outgoing, 80)
@@ -148,6 +153,11 @@ class Mam(Module):
         self._retry = host.every(self.cfg.backlog_retry, self._write_backlog, "MAM backlog")
 
     async def stop(self) -> None:
+        try:  # the sent messages' rows still queued go in before the storage closes
+            await asyncio.wait_for(self._written(), 10.0)
+        except TimeoutError:
+            log.warning("archive writes still queued at stop after 10 s: %d rows may be lost",
+                        len(self._late) + self.store.pending)
         tasks, self._cleanup = [self._cleanup, self._retry], None
         for task in tasks:
             if task is not None:
@@ -178,11 +188,51 @@ class Mam(Module):
             return None  # to another resource of the account: archived once, as received
         if to.local is None and to.domain in self.host.domains:
             return None  # to the server itself: not a conversation
-        try:
-            await self._archive(owner, to, "out", stanza)
-        except Exception as e:
-            self._failed(e, f"a message sent by {owner}", (owner, to, "out", stanza, _now_us()))
+        self._archive_soon(owner, to, stanza)
         return None
+
+    def _archive_soon(self, owner: Jid, peer: Jid, stanza: Stanza) -> None:
+        """A sent message into ``owner``'s archive without holding the message for the commit:
+        its row goes with the next group commit while the message is routed (nothing in the
+        message depends on the row, unlike a received one's stanza-id).  A failure goes where an
+        awaited write's would (the backlog); a user with preferences takes the slow way, in a
+        task; stop() and queries wait for what is queued (:meth:`_written`)."""
+        at_us = _now_us()
+        if self.cfg.default_mode != "always":
+            self._later(self._archive_late(owner, peer, stanza, at_us))
+            return
+        archive_id, ts = self.ids.next(at_us, _ID_RANDOM.getrandbits(RANDOM_BITS))
+        row = self.store.queue(owner.domain, owner.local or "", archive_id, ts, str(peer.bare), peer.resource or "",
+                               "out", client_stanza(stanza).to_bytes(), unless_prefs=True)
+        row.add_done_callback(lambda f: self._queued_done(f, owner, peer, stanza, ts))
+
+    def _queued_done(self, row: asyncio.Future[bool], owner: Jid, peer: Jid, stanza: Stanza, at_us: int) -> None:
+        if row.cancelled():  # the writer was cancelled: the node is going down without a stop()
+            return
+        error = row.exception()
+        if error is not None:
+            self._failed(error, f"a message sent by {owner}", (owner, peer, "out", stanza, at_us))
+        elif row.result():
+            self.counters["archived"] += 1
+        else:  # the user has preferences (or, once in ages, the id was taken): ask them
+            self._later(self._archive_late(owner, peer, stanza, at_us))
+
+    async def _archive_late(self, owner: Jid, peer: Jid, stanza: Stanza, at_us: int) -> None:
+        try:
+            await self._archive(owner, peer, "out", stanza, at_us, check_prefs=True)
+        except Exception as e:
+            self._failed(e, f"a message sent by {owner}", (owner, peer, "out", stanza, at_us))
+
+    def _later(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
+
+    async def _written(self) -> None:
+        """Every sent message this node has taken is archived (or has failed to be)."""
+        while self._late:
+            await asyncio.wait(list(self._late))
+        await self.store.written()
 
     async def _incoming(self, stanza: Stanza, to: Jid) -> Stanza:
         """A message about to be delivered to (or stored for) ``to``: into its archive, with the
@@ -209,7 +259,7 @@ class Mam(Module):
             return stanza
         return stanza if archive_id is None else with_stanza_id(stanza, owner, archive_id)
 
-    def _failed(self, error: Exception, what: str,
+    def _failed(self, error: BaseException, what: str,
                 write: tuple[Jid, Jid, str, Stanza, int] | None = None) -> None:
         """An archive write failed; the message is delivered meanwhile.  The database being away
         (restarting, unreachable) is one warning a minute with the count, not a traceback per
@@ -217,7 +267,7 @@ class Mam(Module):
         a bug, keeps its traceback, and the message stays unarchived."""
         self.counters["failed"] += 1
         if not _storage_unavailable(error):
-            log.exception("archiving %s failed; it is delivered unarchived", what)
+            log.error("archiving %s failed; it is delivered unarchived", what, exc_info=error)
             return
         if write is not None and self.cfg.outage_backlog > 0:
             if len(self.backlog) >= self.cfg.outage_backlog:
@@ -261,9 +311,10 @@ class Mam(Module):
         return verdict
 
     async def _archive(self, owner: Jid, peer: Jid, direction: str, stanza: Stanza,
-                       at_us: int | None = None) -> int | None:
+                       at_us: int | None = None, *, check_prefs: bool = False) -> int | None:
         """Into ``owner``'s archive if its preferences want it: the archive id, or None.  ``at_us``:
-        the message's time when it is archived late (the backlog), else now."""
+        the message's time when it is archived late (the backlog), else now; ``check_prefs``: the
+        preferences are read first (a write without them was refused)."""
         data = client_stanza(stanza).to_bytes()
         user, with_bare, with_resource = owner.local or "", str(peer.bare), peer.resource or ""
 
@@ -272,7 +323,7 @@ class Mam(Module):
                 return self.ids.next(_now_us(), _ID_RANDOM.getrandbits(RANDOM_BITS))
             return make_id(at_us, _ID_RANDOM.getrandbits(RANDOM_BITS)), at_us
 
-        if self.cfg.default_mode == "always":
+        if self.cfg.default_mode == "always" and not check_prefs:
             # Most users set no preferences: archived at once unless they did.
             archive_id, ts = new_id()
             if await self.store.insert(owner.domain, user, archive_id, ts, with_bare, with_resource, direction,
@@ -304,6 +355,7 @@ class Mam(Module):
         max_page = self.cfg.max_page
         query = parse_query(req.payload, default_page=min(self.cfg.default_page, max_page), max_page=max_page)
         domain, user = owner.domain, owner.local or ""
+        await self._written()  # what this node took before the query is in its result
         if query.referenced:
             found = await self.store.existing(domain, user, query.referenced)
             if len(found) < len(query.referenced):
@@ -350,6 +402,7 @@ class Mam(Module):
         owner = self._own(req)
         if req.stanza.type != "get":
             raise errors.BadRequest("archive metadata is read with an iq of type get")
+        await self._written()
         bounds = await self.store.bounds(owner.domain, owner.local or "")
         return metadata_element(*(bounds or (None, None)))
 

@@ -78,10 +78,15 @@ class ArchiveStore:
         self.storage = storage
         # Group commit: archive rows written while a transaction is in flight wait for the next one,
         # together (one BEGIN/COMMIT and, on SQLite, one hop to its thread for all of them instead
-        # of one each: a hop per row waited for a busy loop's GIL, capping a relay near 2,400/s).  Every caller still
-        # awaits its own row, so a message is archived before it is routed.
+        # of one each: a hop per row waited for a busy loop's GIL, capping a relay near 2,400/s).  A caller
+        # awaits its row (insert) or takes a future (queue) and moves on.
         self._waiting: list[tuple[list[Any], bool, asyncio.Future[bool]]] = []
         self._writer: asyncio.Task[None] | None = None
+        # Rows queued and rows whose transaction has ended (committed or failed), and who waits
+        # for the rows queued before they asked (:meth:`written`).
+        self._queued = 0
+        self._settled = 0
+        self._barriers: list[tuple[int, asyncio.Future[None]]] = []
 
     async def migrate(self) -> None:
         await self.storage.migrate_module("mam", STEPS, user_tables=("mam_messages", "mam_prefs"))
@@ -93,12 +98,44 @@ class ArchiveStore:
         """False when ``archive_id`` is taken in this archive (the caller retries with another) or,
         with ``unless_prefs``, when the user has preferences (the caller reads them first): users
         without any, nearly all, are archived in one statement."""
+        return await self.queue(domain, username, archive_id, ts, with_bare, with_resource, direction, stanza,
+                                unless_prefs=unless_prefs)
+
+    def queue(self, domain: str, username: str, archive_id: int, ts: int, with_bare: str, with_resource: str,
+              direction: str, stanza: bytes, *, unless_prefs: bool = False) -> asyncio.Future[bool]:
+        """:meth:`insert` for a caller that does not wait for the commit: the row goes with the
+        next group commit, the future tells how it went."""
         args = [domain, username, archive_id, ts, with_bare, with_resource, direction, stanza]
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
         self._waiting.append((args, unless_prefs, future))
+        self._queued += 1
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.get_running_loop().create_task(self._write_batches())
-        return await future
+            self._writer = loop.create_task(self._write_batches())
+        return future
+
+    @property
+    def pending(self) -> int:
+        """Rows queued and not yet committed (or failed)."""
+        return self._queued - self._settled
+
+    async def written(self) -> None:
+        """Return once every row queued before the call is committed (or has failed): a query
+        sees what this node archived before it (read-your-writes for a session's own node)."""
+        if self._settled >= self._queued:
+            return
+        barrier: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._barriers.append((self._queued, barrier))
+        await barrier
+
+    def _settle(self, n: int) -> None:
+        self._settled += n
+        if self._barriers:
+            due = [b for b in self._barriers if b[0] <= self._settled]
+            self._barriers = [b for b in self._barriers if b[0] > self._settled]
+            for _, barrier in due:
+                if not barrier.done():
+                    barrier.set_result(None)
 
     async def _write_batches(self, most: int = 500) -> None:
         while self._waiting:
@@ -106,16 +143,17 @@ class ArchiveStore:
             try:
                 statements = [(self._insert_unless_prefs, [*args, args[0], args[1]]) if unless_prefs
                               else (_INSERT, args) for args, unless_prefs, _ in batch]
-                async with self.storage.transaction(write=True) as tx:
-                    done = [n > 0 for n in await tx.execute_all(statements)]
+                done = [n > 0 for n in await self.storage.write_all(statements)]
             except Exception as e:  # the whole batch failed: every caller hears it
                 for _, _, future in batch:
                     if not future.done():
                         future.set_exception(e)
+                self._settle(len(batch))
                 continue
             for (_, _, future), ok in zip(batch, done, strict=True):
                 if not future.done():
                     future.set_result(ok)
+            self._settle(len(batch))
 
     @property
     def _insert_unless_prefs(self) -> str:
