@@ -183,6 +183,11 @@ class Stanza:
         not known without reading it."""
         return self._start_end if self._raw is not None else 0
 
+    def kept_bytes(self) -> bytes | None:
+        """The stanza's own bytes when they were kept from the wire (self-contained, in the
+        stream's namespace), else None: what an embedding can copy as they are."""
+        return self._raw
+
     def declares_default_namespace(self) -> bool:
         """Whether the start tag of the kept bytes is known to declare ``xmlns`` (as the parser
         saw it); False also when that is not known."""
@@ -200,6 +205,22 @@ class Stanza:
         el = self.element.__copy__()  # shallow: the children are shared, as they were before
         el.attrib = dict(el.attrib)  # ElementTree's __copy__ shares the attribute dict
         return self._stamped(el, changes)
+
+    def appended(self, child: ET.Element) -> Stanza:
+        """A copy with ``child`` added last.  Kept bytes that end with the stanza's own end tag
+        keep being used, ``child``'s bytes written before it (not the whole stanza serialized
+        again, as a tree-only copy would be when it is sent)."""
+        el = self.element.__copy__()  # shallow: the children are shared, the list is the copy's
+        el.append(child)
+        raw = self._raw
+        if raw is None:
+            return Stanza(el)
+        end = f"</{self.name}>".encode()
+        if not raw.endswith(end) or self._start_end >= len(raw):
+            return Stanza(el)  # an empty element or a prefixed end tag: the tree's way
+        inner = serialize(child, self.namespace)
+        cut = len(raw) - len(end)
+        return Stanza(el, raw[:cut] + inner + raw[cut:], self._start_end, self._nsdecls)
 
     def stamp(self, **changes: str | None) -> Stanza:
         """:meth:`with_attrs` for a caller that drops this stanza (c2s stamping ``from`` on what a

@@ -5,6 +5,7 @@ sent and received copies — here, on another member (``deliver_to_member``) and
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -176,14 +177,47 @@ def test_wrap_forwards_the_original_from_the_bare_jid(direction: str):
 
 
 def test_a_carbon_is_serialized_once_and_only_when_copied():
-    """No bytes until a resource takes it (a gateway's carbon nobody elsewhere gets costs no
-    serialization); then once, each copy rewriting only its start tag."""
-    copy = rules.wrap("received", msg(f"{BOB}/pc", f"{ALICE}/phone"), ALICE)
+    """An original without kept bytes (built or changed as a tree): no bytes until a resource
+    takes it (a gateway's carbon nobody elsewhere gets costs no serialization); then once, each
+    copy rewriting only its start tag."""
+    copy = rules.wrap("received", Stanza(msg(f"{BOB}/pc", f"{ALICE}/phone").element), ALICE)
     assert isinstance(copy, rules.Carbon) and copy._raw is None
     first, second = copy.with_attrs(to=f"{ALICE}/laptop"), copy.with_attrs(to=f"{ALICE}/tablet")
     raw = copy._raw
     assert raw is not None and first.to_bytes().endswith(raw[raw.index(b">") + 1:])
     assert second.to_bytes().replace(b"tablet", b"laptop") == first.to_bytes()
+
+
+def _shape(data: bytes) -> tuple[object, ...]:
+    """What a namespace-aware reader sees (prefixes aside)."""
+    def walk(el: ET.Element) -> tuple[object, ...]:
+        return el.tag, sorted(el.attrib.items()), el.text, el.tail, [walk(c) for c in el]
+    return walk(ET.fromstring(data))
+
+
+@pytest.mark.parametrize("original", [
+    "<message to='b@x/r' type='chat' id='1'><body>a &amp; b</body></message>",  # a TCP client's
+    "<message xmlns='jabber:client' to='b@x' id='2'><body>hi</body></message>",  # a WebSocket client's
+    "<message to='b@x' type='normal'/>",
+    "<message to='b@x' xml:lang='fr'><body>salut</body><x:y xmlns:x='urn:x'><x:z/></x:y></message>",
+    "<message\tto='b@x'><body>tab</body><thread parent='p'>t</thread></message>",
+])
+@pytest.mark.parametrize("direction", ["sent", "received"])
+def test_a_carbon_of_kept_bytes_embeds_them_and_reads_as_the_tree_would(original: str, direction: str):
+    """A client's bytes go into the carbon as they are (no serialization of the original), with
+    jabber:client declared where the client's stream implied it: what a client parses is the
+    same as the tree serialized."""
+    kept = stanza(original).stamp(from_="a@x/phone")
+    assert kept.kept_bytes() is not None
+    copy = rules.wrap(direction, kept, "a@x")
+    raw = kept.kept_bytes()
+    assert raw is not None and copy._raw is not None and raw[len("<message"):] in copy._raw  # as they are
+    tree = rules.wrap(direction, Stanza(kept.element), "a@x")
+    for c in (copy, copy.with_attrs(to="a@x/laptop")):
+        want = tree.with_attrs(to=c.to) if c.to else tree
+        assert _shape(c.to_bytes()) == _shape(want.to_bytes())
+    inner = carbon(parse_stanza(copy.to_bytes()), direction)
+    assert inner.namespace == ns.CLIENT and inner.from_ == "a@x/phone"
 
 
 def test_wrap_keeps_a_missing_type_missing_and_refuses_other_directions():

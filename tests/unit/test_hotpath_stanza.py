@@ -118,3 +118,21 @@ def test_name_caches_stay_bounded() -> None:
         assert event.stanza.element.get(f"a{i}") == "v"
     assert len(parser_module._CLARK_CACHE) <= parser_module._CLARK_CACHE_MAX
     assert len(stanza_module._SPLIT_CACHE) <= stanza_module._SPLIT_CACHE_MAX
+
+
+def test_a_child_appended_goes_before_the_end_tag_of_the_kept_bytes() -> None:
+    """An archive's stanza-id added to a received message: the client's bytes stay, the child's
+    are written before ``</message>`` (no serialization of the whole stanza)."""
+    import xml.etree.ElementTree as ET
+    s = parsed("<message to='b@example.com' id='1'><body>a &amp; b</body></message>").stamp(from_="a@example.com/r")
+    sid = ET.Element("{urn:xmpp:sid:0}stanza-id", {"id": "7", "by": "b@example.com"})
+    added = s.appended(sid)
+    assert added.to_bytes() == (b"<message to='b@example.com' id='1' from='a@example.com/r'><body>a &amp; b</body>"
+                                b"<stanza-id xmlns='urn:xmpp:sid:0' id='7' by='b@example.com'/></message>")
+    assert added.kept_bytes() is not None and len(s.element) == 1 and len(added.element) == 2  # a copy
+    same_as_reparsed(added)
+    for tree_way in (parsed("<message to='b@example.com'/>").stamp(from_="a@example.com/r"),  # empty
+                     Stanza(s.element)):  # no kept bytes
+        added = tree_way.appended(sid)
+        assert added.kept_bytes() is None and added.element[-1] is sid
+        same_as_reparsed(added)

@@ -448,7 +448,9 @@ def without_forged_ids(stanza: Stanza, archive: Jid) -> Stanza:
 def with_stanza_id(stanza: Stanza, archive: Jid, archive_id: int) -> Stanza:
     """A copy of ``stanza`` (already without forged ids) with our ``<stanza-id/>``."""
     sid = ET.Element(f"{{{SID}}}stanza-id", {"id": str(archive_id), "by": str(archive)})
-    return _copy(stanza, [*stanza.element, sid])
+    if stanza.namespace in _OTHER_CONTENT:
+        return _copy(stanza, [*stanza.element, sid])  # re-namespaced for the client
+    return stanza.appended(sid)
 
 
 def client_stanza(stanza: Stanza) -> Stanza:
