@@ -211,6 +211,7 @@ class Stanza:
         keep being used, ``child``'s bytes written before it (not the whole stanza serialized
         again, as a tree-only copy would be when it is sent)."""
         el = self.element.__copy__()  # shallow: the children are shared, the list is the copy's
+        el.attrib = dict(el.attrib)  # __copy__ shares the attribute dict: a later stamp() must not reach ours
         el.append(child)
         raw = self._raw
         if raw is None:

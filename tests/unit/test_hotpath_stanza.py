@@ -131,6 +131,8 @@ def test_a_child_appended_goes_before_the_end_tag_of_the_kept_bytes() -> None:
                                 b"<stanza-id xmlns='urn:xmpp:sid:0' id='7' by='b@example.com'/></message>")
     assert added.kept_bytes() is not None and len(s.element) == 1 and len(added.element) == 2  # a copy
     same_as_reparsed(added)
+    added.stamp(to="c@example.com")  # changing the copy in place leaves the original alone
+    assert s.to == "b@example.com" and s.element.get("to") == "b@example.com"
     for tree_way in (parsed("<message to='b@example.com'/>").stamp(from_="a@example.com/r"),  # empty
                      Stanza(s.element)):  # no kept bytes
         added = tree_way.appended(sid)
