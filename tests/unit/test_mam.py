@@ -844,6 +844,27 @@ async def test_store_queued_rows_are_written_before_written_returns(archive: Arc
     assert await archive.count(d, "alice", q.Filters()) == 3
 
 
+async def test_a_group_commit_tells_each_row_how_it_went(archive: ArchiveStore):
+    """Rows queued together go in one batch (on PostgreSQL one statement over arrays): each
+    future says whether its row went in — refused for a taken id, for a user with preferences
+    where asked, and the second of two rows with one key."""
+    d, body = "example.com", b"<message/>"
+    assert await archive.insert(d, "alice", 1, NOW, BOB, "", "out", body)  # id 1 taken
+    await archive.set_prefs(d, "carol", q.Prefs("always"))
+    rows = [archive.queue(d, "alice", 1, NOW, BOB, "", "out", body),  # taken
+            archive.queue(d, "alice", 2, NOW, BOB, "pc", "in", body, unless_prefs=True),
+            archive.queue(d, "carol", 3, NOW, BOB, "", "out", body, unless_prefs=True),  # has prefs
+            archive.queue(d, "carol", 4, NOW, BOB, "", "out", body),  # prefs not asked
+            archive.queue(d, "bob", 5, NOW, ALICE, "", "in", body),
+            archive.queue(d, "bob", 5, NOW, ALICE, "", "in", body)]  # the same key again
+    await archive.written()
+    assert [r.result() for r in rows] == [False, True, False, True, True, False]
+    assert [r[0] for r in await archive.page(d, "alice", q.Filters(), limit=10)] == [1, 2]
+    assert [r[0] for r in await archive.page(d, "carol", q.Filters(), limit=10)] == [4]
+    assert [r[0] for r in await archive.page(d, "bob", q.Filters(), limit=10)] == [5]
+    assert await archive.count(d, "alice", q.Filters(with_bare=BOB, with_resource="pc")) == 1
+
+
 async def test_write_all_is_one_transaction_rolled_back_on_an_error(archive: ArchiveStore):
     storage = archive.storage
     insert = ("INSERT INTO mam_messages (domain, username, id, ts, with_bare, with_resource, direction, stanza) "
