@@ -27,8 +27,10 @@ Three measures, each printed as rows of one table:
    Rounds of ``--msg-duration`` s alternate the nodes.  Without ``--quick`` two more nodes take
    part: carbons only and MAM only, to tell the two costs apart.
    Goal: with carbons and MAM at most ``--msg-goal`` % (15) fewer messages/s than without.
-3. **MAM query latency** — ``--archive`` messages (1,000,000) written straight into one user's
-   archive with the MAM module's own schema (``ArchiveStore.migrate``) and INSERT (SQLite,
+3. **MAM writes and query latency** — ``--commit-rows`` rows (20,000) written per backend the
+   way a busy node writes them (``ArchiveStore.queue`` in bursts of 50, each burst one group
+   commit), reported as rows/s and CPU per row.  Then ``--archive`` messages (1,000,000) written
+   straight into one user's archive with the MAM module's own schema (``ArchiveStore.migrate``) and INSERT (SQLite,
    ``executemany`` in transactions of 50,000) or COPY (PostgreSQL, the same columns), ids and
    times as the module makes them (one message a second, ending now), 20 correspondents.  Then a
    node on SQLite and a node on PostgreSQL (a database ``meridian_bench_<random>`` made on
@@ -541,6 +543,32 @@ def archive_rows(start: int, stop: int, ts0: int, ids: array[int]) -> list[tuple
     return rows
 
 
+async def group_commits(storage_url: str, n: int, burst: int = 50) -> tuple[float, float]:
+    """The node's own archive write path (``ArchiveStore.queue``, then ``written``: the group
+    commit a busy node makes) for ``n`` rows in bursts of ``burst``, into another user's archive:
+    (rows/s, µs of this process's CPU per row)."""
+    from cluster_node.modules.mam.query import make_id
+    from cluster_node.modules.mam.store import ArchiveStore
+    from cluster_node.storage import open_storage
+
+    storage: Any = open_storage(storage_url)
+    await storage.open()
+    try:
+        store = ArchiveStore(storage)
+        ts0 = time.time_ns() // 1000
+        stanza = b"<message to='mam1@" + DOMAIN.encode() + b"' type='chat'><body>" + BODY + b"</body></message>"
+        cpu0, t = common.self_cpu_s(), time.perf_counter()
+        for start in range(0, n, burst):
+            rows = [store.queue(DOMAIN, "mamw", make_id(ts0 + i, 0), ts0 + i, f"mam1@{DOMAIN}", "phone", "out",
+                                stanza, unless_prefs=True) for i in range(start, min(n, start + burst))]
+            await store.written()
+            if not all(r.result() for r in rows):
+                raise BenchmarkError("an archive row of the group-commit run was refused")
+        return n / (time.perf_counter() - t), (common.self_cpu_s() - cpu0) / n * 1e6
+    finally:
+        await storage.close()
+
+
 async def fill_archive(storage_url: str, n: int, batch: int = 50_000) -> tuple[float, array[int], str]:
     """``n`` messages into ``mam0``'s archive, straight through the module's schema and SQL:
     (seconds, the ids in order, size on disk)."""
@@ -860,7 +888,8 @@ async def one_query(c: MClient, qid: str, after_index: int | None, ids: array[in
 
 
 async def part_mam(args: argparse.Namespace, load: Load, targets: list[tuple[str, NodeProc, array[int]]],
-                   fills: dict[str, tuple[float, str]], report: Report, notes: list[str]) -> None:
+                   fills: dict[str, tuple[float, str]], commits: dict[str, tuple[float, float]], report: Report,
+                   notes: list[str]) -> None:
     print(f"  3. MAM: {args.queries} queries of each kind per backend ({', '.join(t[0] for t in targets)}), "
           "interleaved, one at a time", flush=True)
     clients: list[MClient] = []
@@ -893,6 +922,9 @@ async def part_mam(args: argparse.Namespace, load: Load, targets: list[tuple[str
         took, size = fills[label]
         report.row(f"{label}: archive written (bulk, module schema)",
                    f"{took:.1f} s, {n_archive / took:,.0f} rows/s, {size}")
+        rate, us = commits[label]
+        report.row("  group commits of 50 rows (the node's write path): rows/s / CPU per row",
+                   f"{rate:,.0f} / {us:.1f} µs")
         for kind in ("last 50", "middle"):
             v = lat[(label, kind)]
             p99 = pct(v, 99)
@@ -983,6 +1015,7 @@ async def run_async(args: argparse.Namespace, tmp: Path, node_cpus: list[int], l
         else:
             raise BenchmarkError(f"PostgreSQL at {args.pg_url} not reachable ({why[:200]}); --no-postgres skips it")
     fills: dict[str, tuple[float, str]] = {}
+    commits: dict[str, tuple[float, float]] = {}
     targets: list[tuple[str, NodeProc, array[int]]] = []
     mam_nodes: list[NodeProc] = []
     try:
@@ -991,6 +1024,7 @@ async def run_async(args: argparse.Namespace, tmp: Path, node_cpus: list[int], l
         took, ids, size = await fill_archive(url, args.archive)
         fills["SQLite"] = (took, size)
         print(f"    SQLite: {took:.1f} s ({args.archive / took:,.0f} rows/s), {size}", flush=True)
+        commits["SQLite"] = await group_commits(url, args.commit_rows)
         mam_nodes.append(NodeProc(tmp, "mam-sqlite", url, {}, node_cpus, args.log_level, 10))
         targets.append(("SQLite", mam_nodes[-1], ids))
         if pg_url is not None:
@@ -1000,13 +1034,14 @@ async def run_async(args: argparse.Namespace, tmp: Path, node_cpus: list[int], l
             took, ids, size = await fill_archive(pg_url, args.archive)
             fills["PostgreSQL"] = (took, size)
             print(f"    PostgreSQL: {took:.1f} s ({args.archive / took:,.0f} rows/s), {size}", flush=True)
+            commits["PostgreSQL"] = await group_commits(pg_url, args.commit_rows)
             mam_nodes.append(NodeProc(tmp, "mam-pg", pg_url, {}, node_cpus, args.log_level, 10))
             targets.append(("PostgreSQL", mam_nodes[-1], ids))
         for n in mam_nodes:
             n.start()
         if load_cpus:
             os.sched_setaffinity(0, load_cpus)
-        await part_mam(args, load, targets, fills, report, notes)
+        await part_mam(args, load, targets, fills, commits, report, notes)
     finally:
         if load_cpus:
             os.sched_setaffinity(0, all_cpus)
@@ -1056,6 +1091,8 @@ def main(argv: list[str] | None = None) -> int:
     g = parser.add_argument_group("3. MAM")
     g.add_argument("--archive", type=int, help="messages in the archive (1000000; quick 20000)")
     g.add_argument("--queries", type=int, help="queries of each kind per backend (300; quick 40)")
+    g.add_argument("--commit-rows", type=int, help="rows written through the node's group commit per backend "
+                   "(20000; quick 2000)")
     g.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/test",
                    help="a PostgreSQL database to connect to; the benchmark makes and drops its own beside it")
     g.add_argument("--no-postgres", action="store_true", help="SQLite only")
@@ -1070,7 +1107,7 @@ def main(argv: list[str] | None = None) -> int:
     quick = args.quick
     for name, full, small in (("rounds", 3, 1), ("login_duration", 5.0, 1.5), ("pairs", 50, 10),
                               ("msg_duration", 5.0, 2.0), ("breakdown", True, False),
-                              ("archive", 1_000_000, 20_000), ("queries", 300, 40)):
+                              ("archive", 1_000_000, 20_000), ("queries", 300, 40), ("commit_rows", 20_000, 2_000)):
         if getattr(args, name) is None:
             setattr(args, name, small if quick else full)
     args.parts = {p.strip() for p in args.parts.split(",") if p.strip()}
@@ -1078,8 +1115,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--parts: logins, messages, mam")
     if args.concurrency < 1 or args.pairs < 1 or args.window < 1 or args.rounds < 1:
         parser.error("--concurrency, --pairs, --window and --rounds ≥ 1")
-    if args.archive < 400 or args.queries < 1:
-        parser.error("--archive ≥ 400, --queries ≥ 1")
+    if args.archive < 400 or args.queries < 1 or args.commit_rows < 1:
+        parser.error("--archive ≥ 400, --queries ≥ 1, --commit-rows ≥ 1")
     return run(args)
 
 

@@ -24,7 +24,8 @@ def test_mobile_benchmark_runs():
     for figure in ("SASL1 SCRAM-SHA-256 + bind (legacy), logins/s", "SASL2 SCRAM-SHA-256 + Bind 2 inline, logins/s",
                    "SASL2 FAST HT-SHA-256-NONE + Bind 2, logins/s", "login time p50 / p99 (connect → bound)",
                    "carbons + MAM on: messages/s", "carbons + MAM off: messages/s", "carbons + MAM on / off",
-                   "SQLite: archive written", "last 50 (RSM <before/>): p50 / p99 / max",
+                   "SQLite: archive written", "group commits of 50 rows (the node's write path)",
+                   "last 50 (RSM <before/>): p50 / p99 / max",
                    "middle page (after-id): p50 / p99 / max"):
         assert figure in out, f"{figure!r} missing:\n{out}"
     for mode in ("legacy", "SASL2 SCRAM-SHA-256", "FAST"):  # every mode logged in at least once
