@@ -752,6 +752,22 @@ async def test_a_query_right_after_a_send_finds_it_and_stop_writes_what_is_queue
         assert await mam.store.count(DOMAIN, "alice", q.Filters()) == 2
 
 
+async def test_a_query_right_after_a_send_finds_it_when_the_user_has_preferences(tmp_path: Path):
+    """A user with preferences: the queued row is refused, the write reads them and goes in
+    afterwards; a query made at once still waits for it."""
+    async with fake_node(tmp_path) as node:
+        await node.create_account(ALICE)
+        mam = await start(node)
+        alice = node.bind(f"{ALICE}/phone")
+        node.hooks.add(Hook.ROUTE_REMOTE, lambda s, to: True)
+        await ask(node, alice, "<always/><never/>", name="prefs", queryid=None, attrs=" default='always'")
+        message = stanza("<message to='romeo@montague.lit' type='chat' id='p1'><body>with prefs</body></message>")
+        await node.sessions.outbound(alice, message.with_attrs(from_=str(alice.record.jid)))  # no settle
+        results, _ = await ask(node, alice)
+        assert result_bodies(results) == ["with prefs"]
+        assert not mam._late
+
+
 async def test_stop_cancels_the_clean_up_task(tmp_path: Path):
     async with fake_node(tmp_path) as node:
         mam = await start(node, retention_days=1, cleanup_interval=0.01)

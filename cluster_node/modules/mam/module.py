@@ -229,10 +229,12 @@ class Mam(Module):
         task.add_done_callback(self._late.discard)
 
     async def _written(self) -> None:
-        """Every sent message this node has taken is archived (or has failed to be)."""
-        while self._late:
-            await asyncio.wait(list(self._late))
+        """Every sent message this node has taken is archived (or has failed to be): the rows
+        queued before, then the writes that had to read preferences first — a refused row's
+        callback starts its task before the barrier's waiter resumes, so it is among them."""
         await self.store.written()
+        if self._late:
+            await asyncio.wait(list(self._late))
 
     async def _incoming(self, stanza: Stanza, to: Jid) -> Stanza:
         """A message about to be delivered to (or stored for) ``to``: into its archive, with the
