@@ -370,7 +370,7 @@ class ClusterMember:
                 self.discovery_works = False
             loop = asyncio.get_running_loop()
             for peer in self.discovered:
-                if peer.node in self.links or peer.node in self._connecting:
+                if peer.node in self.links or self._dialling(peer.node):
                     continue
                 if peer.node > self.node:
                     loop.create_task(self._connect(peer))
@@ -378,6 +378,14 @@ class ClusterMember:
                     loop.create_task(self._knock(peer))  # it dials us: tell it we are here
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.refresh_interval)
+
+    def _dialling(self, node: str) -> bool:
+        """A link to ``node`` is under way: connecting, or connected and not yet accepted (our dial
+        waits for its WELCOME).  A refresh in that window (a knock brings one forward) must not
+        dial again: the member would take the second link as ours coming back and close the
+        first, which we would count as the member going down."""
+        return node in self._connecting or any(
+            c.outgoing == node and not c.core.closed for c in self.connections)
 
     def _knocked(self, node: str) -> None:
         """A member whose name sorts after ours says it has started: look for it now, not at the
