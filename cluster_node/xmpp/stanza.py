@@ -120,6 +120,10 @@ def _has_xml_lang(start_tag: bytes) -> bool:
     return _XML_LANG_ATTR.search(_ATTR_VALUE.sub(b"''", start_tag)) is not None
 
 
+_AFTER_NAME = frozenset({b" ", b"\t", b"\r", b"\n", b"/", b">"})  # what may follow a tag's name
+_XMLNS_DECL = {uri: f" xmlns='{uri}'".encode() for uri in (ns.CLIENT, ns.SERVER)}
+
+
 class Stanza:
     """A first-level element of a stream, with its original bytes when they are self-contained."""
 
@@ -192,6 +196,25 @@ class Stanza:
         """Whether the start tag of the kept bytes is known to declare ``xmlns`` (as the parser
         saw it); False also when that is not known."""
         return any(not prefix for prefix, _ in self._nsdecls)
+
+    def standalone(self, uri: str) -> bytes | None:
+        """The kept bytes as an element standing alone in ``uri`` (a WebSocket message, the
+        original inside a carbon): ``xmlns='uri'`` declared on the start tag where the stream
+        only implied it.  None when the bytes cannot tell (none kept, a prefixed name, a start tag
+        declaring prefixes only): serialize :attr:`element` then."""
+        end = self.start_tag_end()
+        if not end:
+            return None
+        data = self.to_bytes()
+        if self.declares_default_namespace():
+            return data
+        name = self.name
+        n = len(name) + 1
+        if data[n:n + 1] not in _AFTER_NAME or not data.startswith(name.encode(), 1) \
+                or data.find(b"xmlns", n, end) >= 0:
+            return None
+        decl = _XMLNS_DECL.get(uri) or f" xmlns='{escape_attr(uri)}'".encode()
+        return data[:n] + decl + data[n:]
 
     def to_bytes(self) -> bytes:
         if self._bytes is None:

@@ -183,22 +183,13 @@ class WebSocketFraming:
         return b"<stream:error xmlns:stream='" + ns.STREAM.encode() + b"'" + xml[len(b"<stream:error"):]
 
     def stanza_message(self, stanza: Stanza, content_ns: str = ns.CLIENT) -> OneMessage:
-        """A stanza as one message.  Its bytes as the parser kept them tell where the start tag
-        ends and whether it declares ``xmlns``: then the tag is not read (a stanza from a
-        WebSocket client declares it; one from TCP has no ``xmlns`` in its start tag at all);
-        otherwise :meth:`element` reads it."""
-        data = stanza.to_bytes()
-        end = stanza.start_tag_end()
-        if end:
-            if stanza.declares_default_namespace():
-                return OneMessage(data)
-            name = stanza.name
-            n = len(name) + 1
-            decl = _XMLNS_DECL.get(content_ns)
-            if (decl is not None and data.find(b"xmlns", n, end) < 0 and data[n:n + 1] in _AFTER_NAME
-                    and data.startswith(name.encode(), 1)):
-                return OneMessage(data[:n] + decl + data[n:])
-        return OneMessage(self.element(data, content_ns))
+        """A stanza as one message: its kept bytes declaring ``content_ns``
+        (:meth:`Stanza.standalone`: a WebSocket client's go as they are, a TCP client's get
+        ``xmlns`` inserted, the tag not read); otherwise :meth:`element` reads them."""
+        standalone = stanza.standalone(content_ns)
+        if standalone is not None:
+            return OneMessage(standalone)
+        return OneMessage(self.element(stanza.to_bytes(), content_ns))
 
     def element(self, data: bytes, content_ns: str = ns.CLIENT) -> bytes:
         """``data``, exactly one element, as one message declaring its namespace (what
@@ -268,8 +259,6 @@ _TAG = re.compile(rb"""<(/?)[^\s/>'"]+((?:[^>'"/]+|/(?!>)|'[^']*'|"[^"]*")*)(/?)
 _QUOTED = re.compile(rb"'[^']*'|\"[^\"]*\"")
 _XMLNS = re.compile(rb"\sxmlns(?::([^\s=]+))?\s*=")
 _NAME = re.compile(rb"<([^\s/>'\"]+)")  # the name of the tag data starts with
-_AFTER_NAME = frozenset({b" ", b"\t", b"\r", b"\n", b"/", b">"})
-_XMLNS_DECL = {uri: f" xmlns='{uri}'".encode() for uri in (ns.CLIENT, ns.SERVER)}
 
 
 def _one(data: bytes) -> set[str] | None:

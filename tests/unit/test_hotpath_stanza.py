@@ -138,3 +138,21 @@ def test_a_child_appended_goes_before_the_end_tag_of_the_kept_bytes() -> None:
         added = tree_way.appended(sid)
         assert added.kept_bytes() is None and added.element[-1] is sid
         same_as_reparsed(added)
+
+
+def test_standalone_bytes_declare_the_namespace_the_stream_implied() -> None:
+    """A WebSocket message or a carbon's inner copy stands outside the stream that implied
+    ``jabber:client``: it is declared once on the start tag, and nothing else of the kept bytes
+    changes.  Where the bytes cannot tell, None: the caller serializes the tree."""
+    tcp = parsed("<message to='b@example.com'>\n<body>hi</body></message>").stamp(from_="a@example.com/r")
+    assert tcp.standalone("jabber:client") == (
+        b"<message xmlns='jabber:client' to='b@example.com' from='a@example.com/r'>\n<body>hi</body></message>")
+    declared = parsed("<message xmlns='jabber:client' to='b@example.com'><body>hi</body></message>")
+    assert declared.standalone("jabber:client") == declared.to_bytes()
+    assert parsed("<message\tto='b@example.com'/>").standalone("jabber:client") \
+        == b"<message xmlns='jabber:client'\tto='b@example.com'/>"
+    for unknown in (Stanza(tcp.element),  # no kept bytes
+                    parsed("<message xmlns:x='urn:x' x:a='1'/>")):  # prefixes declared: read the tag instead
+        assert unknown.standalone("jabber:client") is None
+    again = parse_stanza(tcp.standalone("jabber:client") or b"").element
+    assert again.tag == "{jabber:client}message" and again.get("from") == "a@example.com/r"

@@ -115,9 +115,6 @@ class Carbon(Stanza):
         return super().with_attrs(**changes)
 
 
-_AFTER_NAME = (b" ", b"\t", b"\r", b"\n", b">", b"/")
-
-
 def wrap(direction: str, original: Stanza, user: str) -> Stanza:
     """The carbon of ``original`` for ``user``'s resources (``direction`` ``sent`` or
     ``received``), from ``user`` (the bare JID), with no 'to' yet (:class:`Carbon`: serialized
@@ -130,15 +127,12 @@ def wrap(direction: str, original: Stanza, user: str) -> Stanza:
     el = ET.Element(f"{{{ns.CLIENT}}}message", attrs)
     forwarded = ET.SubElement(ET.SubElement(el, f"{{{NS}}}{direction}"), f"{{{FORWARD}}}forwarded")
     forwarded.append(original.element)  # read only: shared, not copied
-    inner = original.kept_bytes()
-    if inner is None or original.namespace != ns.CLIENT or not inner.startswith(b"<message") \
-            or inner[8:9] not in _AFTER_NAME:
-        return Carbon(el)
     # The original's bytes as received inside the wrapper's, not the whole tree serialized again
     # (a third of a carbon's cost), declaring jabber:client where a client's stream implied it
     # (inside <forwarded/> the default namespace is XEP-0297's).
-    if not original.declares_default_namespace():
-        inner = b"<message xmlns='" + ns.CLIENT.encode() + b"'" + inner[8:]
+    inner = original.standalone(ns.CLIENT) if original.namespace == ns.CLIENT else None
+    if inner is None:
+        return Carbon(el)
     head = "".join(f" {k}='{escape_attr(v)}'" for k, v in attrs.items())
     start = f"<message{head}>".encode()
     raw = (start + f"<{direction} xmlns='{NS}'><forwarded xmlns='{FORWARD}'>".encode() + inner
