@@ -33,15 +33,15 @@ def _execute(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> int:
         cur.close()
 
 
-def _execute_all(conn: sqlite3.Connection, _sql: str, statements: tuple[Any, ...]) -> list[int]:
+def _execute_all(conn: sqlite3.Connection, statements: tuple[Any, ...]) -> list[int]:
     return [_execute(conn, sql, tuple(args)) for sql, args in statements]
 
 
-def _write_all(conn: sqlite3.Connection, _sql: str, statements: tuple[Any, ...]) -> list[int]:
+def _write_all(conn: sqlite3.Connection, statements: tuple[Any, ...]) -> list[int]:
     """BEGIN, every statement, COMMIT (ROLLBACK on an error) in the database thread: one hop."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        counts = _execute_all(conn, _sql, statements)
+        counts = _execute_all(conn, statements)
     except BaseException:
         conn.execute("ROLLBACK")
         raise
@@ -66,6 +66,12 @@ def _fetchall(conn: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> list
         cur.close()
 
 
+async def _in_db_thread(db: aiosqlite.Connection, fn: Callable[..., _T], *args: Any) -> _T:
+    """``fn(conn, *args)`` in the database thread, in one hop there and back (see :class:`_SqliteTx`)."""
+    result: _T = await db._execute(fn, db._conn, *args)  # type: ignore[no-untyped-call]
+    return result
+
+
 class _SqliteTx:
     """Each statement is one hop to the database thread and back: run, read the rows and close
     the cursor there in one call.  (aiosqlite's cursor API takes three hops — execute, fetch, close
@@ -76,24 +82,19 @@ class _SqliteTx:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.db = db
 
-    async def _call(self, fn: Callable[[sqlite3.Connection, str, tuple[Any, ...]], _T], sql: str,
-                    args: tuple[Any, ...]) -> _T:
-        result: _T = await self.db._execute(fn, self.db._conn, sql, args)  # type: ignore[no-untyped-call]
-        return result
-
     async def execute(self, sql: str, *args: Any) -> int:
-        return await self._call(_execute, sql, args)
+        return await _in_db_thread(self.db, _execute, sql, args)
 
     async def execute_all(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
         """Every statement in one hop to the database thread (an archive's group commit: a hop
         per row waited for the GIL as long as the rows took to write)."""
-        return await self._call(_execute_all, "", tuple(statements))
+        return await _in_db_thread(self.db, _execute_all, tuple(statements))
 
     async def fetchone(self, sql: str, *args: Any) -> Sequence[Any] | None:
-        return await self._call(_fetchone, sql, args)
+        return await _in_db_thread(self.db, _fetchone, sql, args)
 
     async def fetchall(self, sql: str, *args: Any) -> list[Sequence[Any]]:
-        return await self._call(_fetchall, sql, args)
+        return await _in_db_thread(self.db, _fetchall, sql, args)
 
 
 @contextlib.asynccontextmanager
@@ -143,7 +144,7 @@ class SqliteStorage(SqlStorage):
         if self._db is None:
             raise RuntimeError("storage is not open")
         async with self._lock:
-            return await _SqliteTx(self._db)._call(_write_all, "", tuple(statements))
+            return await _in_db_thread(self._db, _write_all, tuple(statements))
 
     @contextlib.asynccontextmanager
     async def _tx(self, write: bool = False) -> AsyncIterator[Tx]:
