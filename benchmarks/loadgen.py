@@ -488,6 +488,15 @@ class Generator:
                 "sent_at": self.sent_at.tobytes(),
                 "cpu_s": (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime), **extra}
 
+    async def logout(self) -> dict[str, Any]:
+        """Close every connection and start over with fresh clients (a second login of the same
+        users; SCRAM salted passwords stay cached, as a real client keeps them)."""
+        await self.close_all()
+        self.clients = [Client(self, u, p) for u, p in self.spec.users]
+        self.online = []
+        self.senders = []
+        return {"ok": True}
+
     async def close_all(self) -> None:
         for c in self.online:
             if not c.closed:
@@ -525,6 +534,7 @@ async def _serve(spec: WorkerSpec, conn: Connection) -> None:
         "pair": lambda senders: _value(gen.pair(senders)),
         "paced": gen.paced,
         "closed": gen.closed,
+        "logout": gen.logout,
     }
     conn.send(("ready", {"pid": os.getpid()}))
     try:

@@ -60,11 +60,12 @@ from tests.helpers.ports import free_port, free_ports  # noqa: E402
 from tests.helpers.prosody import _encode, _lua  # noqa: E402  (Lua literals, Prosody's file names)
 
 __all__ = ["DOMAIN", "Server", "Meridian", "Ejabberd", "Prosody", "ProcTree", "user", "password",
-           "make_server", "SERVER_KINDS"]
+           "make_server", "SERVER_KINDS", "DEFAULT_KINDS"]
 
 DOMAIN = "localhost"
 NOFILE = 20_000
-SERVER_KINDS = ("meridian", "meridian-cluster", "ejabberd", "prosody")
+SERVER_KINDS = ("meridian", "meridian-cluster", "ejabberd", "ejabberd-scram", "prosody")
+DEFAULT_KINDS = ("meridian", "meridian-cluster", "ejabberd", "prosody")  # what compare.py runs unless told
 
 
 def user(i: int) -> str:
@@ -345,6 +346,8 @@ class Ejabberd(Server):
     ws_path = "/ws"
     bosh_path = "/bosh"
 
+    password_format = "plain"  # ejabberd's default
+
     def __init__(self, base: Path, cpus: list[int], *, web: bool = False) -> None:
         super().__init__(base, cpus)
         self.web = web  # WebSocket and BOSH on an HTTPS listener of their own (web_port)
@@ -375,7 +378,7 @@ log_rotate_count: 0
 certfiles:
   - "{self.certfile}"
 auth_method: internal
-auth_password_format: plain
+auth_password_format: {self.password_format}
 cache_size: 100000
 shaper: {{}}
 shaper_rules: {{}}
@@ -671,6 +674,16 @@ class Prosody(Server):
             if path.exists() else []
 
 
+class EjabberdScram(Ejabberd):
+    """ejabberd storing SCRAM keys instead of passwords (``auth_password_format: scram``, which its
+    docs advise for security): Meridian's storage model, so SASL PLAIN costs it a PBKDF2 per
+    login too and SCRAM none.  Its own directory: the users are registered in that format."""
+
+    kind = "ejabberd-scram"
+    label = "ejabberd 23.01 (SCRAM store)"
+    password_format = "scram"
+
+
 def make_server(kind: str, base: Path, cpus: list[int]) -> Server:
     if kind == "meridian":
         return Meridian(base, cpus, nodes=1)
@@ -678,6 +691,8 @@ def make_server(kind: str, base: Path, cpus: list[int]) -> Server:
         return Meridian(base, cpus, nodes=2)
     if kind == "ejabberd":
         return Ejabberd(base, cpus)
+    if kind == "ejabberd-scram":
+        return EjabberdScram(base, cpus)
     if kind == "prosody":
         return Prosody(base, cpus)
     raise ValueError(kind)

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 # one colour per server, in every picture
-COLOURS = {"meridian": "#1f77b4", "meridian-cluster": "#17becf", "ejabberd": "#2ca02c", "prosody": "#ff7f0e"}
-ORDER = ("meridian", "meridian-cluster", "ejabberd", "prosody")
+COLOURS = {"meridian": "#1f77b4", "meridian-cluster": "#17becf", "ejabberd": "#2ca02c", "ejabberd-scram": "#98df8a",
+           "prosody": "#ff7f0e"}
+ORDER = ("meridian", "meridian-cluster", "ejabberd", "ejabberd-scram", "prosody")
 DEFAULT_LABELS = {"meridian": "Meridian 1 node", "meridian-cluster": "Meridian 2-node cluster",
-                  "ejabberd": "ejabberd", "prosody": "Prosody"}
+                  "ejabberd": "ejabberd", "ejabberd-scram": "ejabberd (SCRAM store)", "prosody": "Prosody"}
 
 
 class PlotError(Exception):

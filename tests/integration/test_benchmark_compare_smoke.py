@@ -124,18 +124,21 @@ def test_compare_runs_against_meridian(tmp_path: Path) -> None:
            "--warmup", "5", "--login-users", "30", "--login-arrival", "100", "--login-hold", "0.5",
            "--chat-users", "10", "--chat-rate", "4", "--chat-duration", "4", "--chat-wait", "1", "--chat-drain", "2",
            "--probe-pairs", "2", "--probe-rate", "20", "--idle", "20", "--capacity-duration", "1",
-           "--no-cross-region", "--state-dir", str(tmp_path / "state"), "--results", str(results), "--save"]
+           "--scram-logins", "20", "--no-cross-region", "--state-dir", str(tmp_path / "state"),
+           "--results", str(results), "--save"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=180)
     out = r.stdout
     assert r.returncode == 0, out + r.stderr
     assert "Traceback" not in r.stderr, r.stderr
     for figure in ("login storm (Tsung): logins/s", "delivered msg/s (steady)", "latency p99 (probe)",
-                   "RSS per connection, 20 held", "capacity (loadgen closed loop)", "server peak RSS"):
+                   "RSS per connection, 20 held", "capacity (loadgen closed loop)", "server peak RSS",
+                   "SCRAM-SHA-1 logins (loadgen, 2nd login)"):
         assert figure in out, f"{figure!r} missing:\n{out}"
     assert re.search(r"errors \(failed or missing logins\)\s+0", out), out
     doc = json.loads(results.read_text())
     m = doc["medians"]["meridian"]
-    assert m["login.errors"] == 0 and m["chat.errors"] == 0 and m["idle.errors"] == 0, m
+    assert m["login.errors"] == 0 and m["chat.errors"] == 0 and m["idle.errors"] == 0 and m["scram.errors"] == 0, m
+    assert m["scram.logins_per_s"] > 0 and m["scram.cpu_ms_per_login"] > 0, m
     assert m["login.rate"] > 0 and m["chat.rate"] > 0 and m["capacity.rate"] > 0, m
     # Every stamped message came back — give or take one or two: "sent" is Tsung's request count
     # at its stats dump, and on a loaded machine a message can fall on either side of that dump
