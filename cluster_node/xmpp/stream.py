@@ -64,6 +64,10 @@ class Parser(Protocol):
         or not at this point (False)."""
         ...
 
+    def close(self) -> None:
+        """No more input (the stream restarted or ended): free what parsing holds now."""
+        ...
+
 
 class Framing(Protocol):
     """How a stream is framed on its transport (see the module docstring)."""
@@ -172,12 +176,14 @@ class XmlStream(Generic[E]):
             self._write(self.framing.closing())
         self.closed = True
         self._input.clear()
+        self.parser.close()  # nothing more is handled: free it now, not at a collector pass
         return True
 
     def _restart(self) -> None:
         """A new stream on the same connection (RFC 6120 §4.3.3): a fresh parser for the peer's
         new header.  What else restarts (pending input, our header, the stream id) is the
         protocol's to say."""
+        self.parser.close()
         self.parser = self._new_parser()
 
     def _receive(self, data: bytes) -> None:

@@ -76,6 +76,7 @@ class WebSocketParser:
         self.max_depth = max_depth
         self.opened = False
         self._dead: StreamError | None = None
+        self._closed = False
         self._parser = StreamParser(max_stanza_size=max_stanza_size, max_depth=max_depth, content_ns=content_ns)
         self._parser.feed(_wrapper(content_ns))  # its StreamOpened is ours, not the peer's
 
@@ -86,9 +87,15 @@ class WebSocketParser:
     def park(self) -> bool:
         return self._dead is None and self._parser.park()  # between messages: between stanzas
 
+    def close(self) -> None:
+        self._closed = True
+        self._parser.close()
+
     def feed(self, data: bytes) -> list[Event]:
         """One message, or a :class:`Batch` of them (an error in one drops the batch's events, as
         TCP's parser drops a read's: the stream ends with it anyway)."""
+        if self._closed:
+            return []
         if self._dead is not None:
             raise type(self._dead)(self._dead.text)
         try:
