@@ -64,6 +64,7 @@ import sys
 import tempfile
 import threading
 import time
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -412,6 +413,16 @@ def warmup(server: peers.Server, n: int, gen_cpus: list[int]) -> None:
         w.stop()
 
 
+def login_times(res: list[dict[str, Any]]) -> list[float]:
+    """Each login's seconds, from the load generator processes' results (packed doubles)."""
+    out: list[float] = []
+    for r in res:
+        a: array[float] = array("d")
+        a.frombytes(r["login_s"])
+        out += a.tolist()
+    return out
+
+
 def scram_logins(server: peers.Server, args: argparse.Namespace, gen_cpus: list[int]) -> dict[str, float]:
     """Logins/s with SCRAM-SHA-1 over STARTTLS (the issue's login figure; the idle phase's is PLAIN).
 
@@ -431,13 +442,7 @@ def scram_logins(server: peers.Server, args: argparse.Namespace, gen_cpus: list[
         cpu = server.tree.cpu_s() - cpu0
     finally:
         w.stop()
-    from array import array
-
-    login_s: list[float] = []
-    for r in res:
-        a: array[float] = array("d")
-        a.frombytes(r["login_s"])
-        login_s += a.tolist()
+    login_s = login_times(res)
     wall = max(r["t1"] for r in res) - min(r["t0"] for r in res)
     return {"scram.logins_per_s": len(login_s) / wall if wall > 0 else 0.0,
             "scram.login_p99_ms": pct(login_s, 99) * 1000 if login_s else 0.0,
@@ -468,12 +473,7 @@ def idle_and_capacity(server: peers.Server, args: argparse.Namespace, gen_cpus: 
             res = w.all("login", 600)
             failed += sum(r["failed"] for r in res)
             login_wall += max(r["t1"] for r in res) - min(r["t0"] for r in res)
-            from array import array
-
-            for r in res:
-                a: array[float] = array("d")
-                a.frombytes(r["login_s"])
-                login_s += a.tolist()
+            login_s += login_times(res)
             done = size
             time.sleep(args.settle)
             wait_idle(server.tree, 10)
