@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from typing import Any
 
@@ -129,8 +130,8 @@ async def test_one_node_offline_message_is_archived_once(node: NodeProcess) -> N
 
 @pytest.fixture(scope="module")
 def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProcess]]:
-    with two_node_region(tmp_path_factory.mktemp("mam-region"), names=("m1", "m2"), users=("alice", "bob"),
-                         password=PASSWORD) as nodes:
+    with two_node_region(tmp_path_factory.mktemp("mam-region"), names=("m1", "m2"),
+                         users=("alice", "bob", "carol", "dave"), password=PASSWORD) as nodes:
         yield nodes
 
 
@@ -160,6 +161,42 @@ async def test_region_written_on_one_node_read_on_the_other(region: list[NodePro
     finally:
         await a.close()
         await b.close()
+
+
+async def set_prefs(c: Client, default: str, never: tuple[str, ...] = ()) -> None:
+    """XEP-0441 preferences (slixmpp's xep_0313 has no call for them)."""
+    iq = c.Iq()
+    iq["type"] = "set"
+    prefs = ET.SubElement(iq.xml, f"{{{MAM}}}prefs", {"default": default})
+    ET.SubElement(prefs, f"{{{MAM}}}always")
+    listed = ET.SubElement(prefs, f"{{{MAM}}}never")
+    for jid in never:
+        ET.SubElement(listed, f"{{{MAM}}}jid").text = jid
+    await iq.send(timeout=10)
+
+
+async def test_region_preferences_set_on_one_node_apply_on_the_other_at_once(region: list[NodeProcess]) -> None:
+    """Messages from carol (on m2) to dave are archived for dave by m2's router, which queues the
+    row without waiting for it unless dave has preferences: dave setting them on m1 must reach m2
+    before his command is answered, or m2 would deliver carol's next message with a stanza-id
+    that names no row."""
+    m1, m2 = region
+    d = await mam_client(m1, "dave@localhost/one").online(m1.port)
+    c = await mam_client(m2, "carol@localhost/two").online(m2.port)
+    try:
+        c.send_message(mto="dave@localhost/one", mbody="kept", mtype="chat")
+        (kept_id, _), = await live(d, 1)
+        await set_prefs(d, "always", never=("carol@localhost",))
+        c.send_message(mto="dave@localhost/one", mbody="not kept", mtype="chat")
+        msg = await d.next_message()
+        assert msg["body"] == "not kept" and msg.xml.find(SID) is None, msg
+        await set_prefs(d, "always")
+        c.send_message(mto="dave@localhost/one", mbody="kept again", mtype="chat")
+        (again_id, _), = await live(d, 1)
+        assert await archive(d) == [(kept_id, "kept"), (again_id, "kept again")]
+    finally:
+        await c.close()
+        await d.close()
 
 
 # -- two regions of one domain -------------------------------------------------------------------------

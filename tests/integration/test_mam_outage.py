@@ -16,7 +16,7 @@ from tests.helpers.node import NodeProcess
 from tests.helpers.postgres import PostgresServer, pg_bindir
 from tests.helpers.xmpp_client import Client
 
-from .test_mam import archive, bodies, mam_client
+from .test_mam import SID, archive, bodies, mam_client
 
 PASSWORD = "mam-secret"
 
@@ -44,12 +44,23 @@ async def test_messages_sent_while_the_database_is_away_are_archived_once_it_is_
             b = await mam_client(node, "bob@localhost/phone").online(node.port)
             a.send_message(mto="bob@localhost/phone", mbody="before", mtype="chat")
             assert (await b.next_message(10))["body"] == "before"
+            deadline = time.monotonic() + 10  # its rows go with a group commit after the delivery
+            while (await mam_status(node))["archived"] < 2:
+                assert time.monotonic() < deadline, (await mam_status(node))
+                await asyncio.sleep(0.05)
             await asyncio.to_thread(pg.shut_down)  # away; what it had committed kept
             during = [f"during {i}" for i in range(3)]
+            delivered_ids = []
             for text in during:
                 a.send_message(mto="bob@localhost/phone", mbody=text, mtype="chat")
-                assert (await b.next_message(15))["body"] == text  # delivered live meanwhile
-            assert (await mam_status(node))["backlog"] == 2 * len(during)  # alice's copies and bob's
+                msg = await b.next_message(15)
+                assert msg["body"] == text  # delivered live meanwhile
+                delivered_ids.append(msg.xml.find(SID).get("id"))
+            deadline = time.monotonic() + 30  # the rows were queued: their commits fail a little later
+            while (await mam_status(node))["backlog"] < 2 * len(during):  # alice's copies and bob's
+                assert time.monotonic() < deadline, (await mam_status(node))
+                await asyncio.sleep(0.2)
+            assert (await mam_status(node))["backlog"] == 2 * len(during)
             await asyncio.to_thread(pg.restart)
             deadline = time.monotonic() + 30
             while (await mam_status(node))["backlog"]:
@@ -58,7 +69,9 @@ async def test_messages_sent_while_the_database_is_away_are_archived_once_it_is_
             a.send_message(mto="bob@localhost/phone", mbody="after", mtype="chat")
             assert (await b.next_message(10))["body"] == "after"
             expected = ["before", *during, "after"]
-            assert bodies(await archive(b, page=2)) == expected
+            received = await archive(b, page=2)
+            assert bodies(received) == expected
+            assert [i for i, _ in received[1:-1]] == delivered_ids  # the stanza-ids bob was given name the rows
             assert bodies(await archive(a, page=2)) == expected
             status = (await mam_status(node))
             assert status["late"] == 2 * len(during) and status["dropped"] == 0, status

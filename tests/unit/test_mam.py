@@ -768,6 +768,72 @@ async def test_a_query_right_after_a_send_finds_it_when_the_user_has_preferences
         assert not mam._late
 
 
+@pytest.mark.parametrize("poll", [2.0, 0.0])
+async def test_a_received_message_goes_on_before_its_row_is_written(tmp_path: Path, poll: float):
+    """Its row goes with the next group commit (the stanza-id names it once written; the
+    recipient's query waits for it); with ``prefs_poll_interval = 0`` it waits for its row."""
+    async with fake_node(tmp_path) as node:
+        for user in (ALICE, BOB):
+            await node.create_account(user)
+        mam = await start(node, prefs_poll_interval=poll)
+        alice, bob = node.bind(f"{ALICE}/phone"), node.bind(f"{BOB}/pc", available=True)
+        message = stanza(f"<message to='{BOB}/pc' type='chat' id='q1'><body>queued</body></message>")
+        await node.sessions.outbound(alice, message.with_attrs(from_=str(alice.record.jid)))  # no settle
+        got = bob.take()
+        assert len(got) == 1
+        written = await mam.store.count(DOMAIN, "bob", q.Filters())
+        assert (mam.store.pending, written) == ((2, 0) if poll else (0, 1))
+        sid = int(got[0].element.find(f"{{{SID}}}stanza-id").get("id"))  # type: ignore[union-attr]
+        results, _ = await ask(node, bob)
+        assert result_ids(results) == [sid] and result_bodies(results) == ["queued"]
+
+
+async def test_preferences_set_elsewhere_are_learned_from_a_refused_row_and_from_the_poll(node: FakeNode):
+    """Preferences another region set (straight into the shared database) before this member
+    polled them: the database refuses the queued row, the preferences are read and applied —
+    the message was delivered with a stanza-id that now names no row, once, and counted — and
+    from then on that user's received messages wait for their rows."""
+    mam = await start(node)
+    alice, carol = node.bind(f"{ALICE}/phone"), node.bind(f"{CAROL}/pc")
+    bob = node.bind(f"{BOB}/pc", available=True)
+    await mam.store.set_prefs(DOMAIN, "bob", q.Prefs("always", (), (ALICE,)), time.time_ns() // 1000)
+    await send(node, alice, f"{BOB}/pc", "before bob's preferences were known")
+    await mam._written()
+    first = bob.take()
+    assert first[0].element.find(f"{{{SID}}}stanza-id") is not None
+    assert mam.counters["unarchived_with_id"] == 1 and ("bob", DOMAIN) in mam.with_prefs
+    await send(node, alice, f"{BOB}/pc", "after")
+    assert bob.take()[0].element.find(f"{{{SID}}}stanza-id") is None
+    await send(node, carol, f"{BOB}/pc", "from carol")
+    sid = bob.take()[0].element.find(f"{{{SID}}}stanza-id")
+    results, _ = await ask(node, bob)
+    assert result_bodies(results) == ["from carol"] and result_ids(results) == [int(sid.get("id"))]  # type: ignore[union-attr]
+    # Preferences that keep the message: archived after all, under the id it was delivered with.
+    await mam.store.set_prefs(DOMAIN, "carol", q.Prefs("always", (), (BOB,)), time.time_ns() // 1000)
+    await send(node, alice, f"{CAROL}/pc", "to carol")
+    await mam._written()
+    sid = carol.take()[0].element.find(f"{{{SID}}}stanza-id")
+    results, _ = await ask(node, carol)
+    assert result_bodies(results) == ["from carol", "to carol"]  # what she sent, what she received
+    assert result_ids(results)[1] == int(sid.get("id")) and mam.counters["unarchived_with_id"] == 1  # type: ignore[union-attr]
+    # The poll: what was set anywhere since the last one.
+    await mam.store.set_prefs(DOMAIN, "alice", q.Prefs("never"), time.time_ns() // 1000)
+    assert ("alice", DOMAIN) not in mam.with_prefs
+    await mam.poll_prefs()
+    assert ("alice", DOMAIN) in mam.with_prefs and mam.counters["prefs_polls"] == 2  # at start, now
+
+
+async def test_the_preferences_known_at_start_and_a_bad_cluster_call(node: FakeNode):
+    mam = await start(node)
+    await mam.store.set_prefs(DOMAIN, "alice", q.Prefs("never"), 1)  # long ago: read at start all the same
+    await mam.stop()
+    again = await start(node)
+    assert again.with_prefs == {("alice", DOMAIN)}
+    assert again._prefs_call("m2", {"user": "bob@example.com"}) and ("bob", DOMAIN) in again.with_prefs
+    with pytest.raises(ValueError):
+        again._prefs_call("m2", {"user": 42})
+
+
 async def test_stop_cancels_the_clean_up_task(tmp_path: Path):
     async with fake_node(tmp_path) as node:
         mam = await start(node, retention_days=1, cleanup_interval=0.01)
@@ -839,7 +905,7 @@ async def test_store_insert_unless_the_user_has_prefs(archive: ArchiveStore):
     row = (NOW, BOB, "pc", "out", b"<message><body>x</body></message>")
     assert await archive.insert(d, "alice", q.make_id(NOW, 1), *row, unless_prefs=True)
     assert not await archive.insert(d, "alice", q.make_id(NOW, 1), *row, unless_prefs=True)  # id taken
-    await archive.set_prefs(d, "alice", q.Prefs("always"))
+    await archive.set_prefs(d, "alice", q.Prefs("always"), NOW)
     assert not await archive.insert(d, "alice", q.make_id(NOW, 2), *row, unless_prefs=True)  # has prefs
     assert await archive.insert(d, "alice", q.make_id(NOW, 2), *row)
     assert await archive.insert(d, "bob", q.make_id(NOW, 2), *row, unless_prefs=True)  # another user
@@ -866,7 +932,7 @@ async def test_a_group_commit_tells_each_row_how_it_went(archive: ArchiveStore):
     where asked, and the second of two rows with one key."""
     d, body = "example.com", b"<message/>"
     assert await archive.insert(d, "alice", 1, NOW, BOB, "", "out", body)  # id 1 taken
-    await archive.set_prefs(d, "carol", q.Prefs("always"))
+    await archive.set_prefs(d, "carol", q.Prefs("always"), NOW)
     rows = [archive.queue(d, "alice", 1, NOW, BOB, "", "out", body),  # taken
             archive.queue(d, "alice", 2, NOW, BOB, "pc", "in", body, unless_prefs=True),
             archive.queue(d, "carol", 3, NOW, BOB, "", "out", body, unless_prefs=True),  # has prefs
@@ -895,11 +961,15 @@ async def test_write_all_is_one_transaction_rolled_back_on_an_error(archive: Arc
 
 async def test_store_prefs(archive: ArchiveStore):
     assert await archive.get_prefs("example.com", "alice") is None
-    await archive.set_prefs("example.com", "alice", q.Prefs("roster", (BOB,), (CAROL, f"{BOB}/work")))
+    await archive.set_prefs("example.com", "alice", q.Prefs("roster", (BOB,), (CAROL, f"{BOB}/work")), NOW)
     assert await archive.get_prefs("example.com", "alice") == q.Prefs("roster", (BOB,), (CAROL, f"{BOB}/work"))
-    await archive.set_prefs("example.com", "alice", q.Prefs("never"))
+    await archive.set_prefs("example.com", "alice", q.Prefs("never"), NOW + 5)
     assert await archive.get_prefs("example.com", "alice") == q.Prefs("never")
     assert await archive.get_prefs("example.com", "bob") is None
+    await archive.set_prefs("example.net", "bob", q.Prefs("always"), NOW + 9)
+    assert sorted(await archive.prefs_changed(0)) == [("example.com", "alice", NOW + 5),
+                                                      ("example.net", "bob", NOW + 9)]
+    assert await archive.prefs_changed(NOW + 5) == [("example.net", "bob", NOW + 9)]
 
 
 async def test_sqlite_plans_use_the_archive_indexes(sqlite_url: str):

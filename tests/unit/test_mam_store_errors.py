@@ -11,10 +11,9 @@ from collections import deque
 import pytest
 
 from cluster_node.core.log_throttle import OncePer
-from cluster_node.modules.mam.module import Mam, MamSettings, _storage_unavailable
+from cluster_node.modules.mam.module import Mam, MamSettings, Write, _storage_unavailable
 from cluster_node.xmpp.fragment import parse_stanza
 from cluster_node.xmpp.jid import Jid
-from cluster_node.xmpp.stanza import Stanza
 
 
 def bookkeeping(**settings: int) -> Mam:
@@ -27,9 +26,9 @@ def bookkeeping(**settings: int) -> Mam:
     return mam
 
 
-def write(n: int) -> tuple[Jid, Jid, str, Stanza, int]:
+def write(n: int) -> Write:
     """The n-th failed write (its time is n)."""
-    return Jid.parse("a@b"), Jid.parse("c@d"), "in", parse_stanza(b"<message><body>x</body></message>"), n
+    return Write(Jid.parse("a@b"), Jid.parse("c@d"), "in", parse_stanza(b"<message><body>x</body></message>"), n)
 
 
 @pytest.mark.parametrize("error, outage", [

@@ -30,6 +30,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterable
 from typing import Final
 
+from ...core.change_watch import ChangeWatch
 from ...xmpp import errors, ns
 from ...xmpp.jid import InvalidJid, Jid
 from ...xmpp.stanza import Stanza
@@ -295,34 +296,3 @@ class ListCache:
 
     def clear(self) -> None:
         self._entries.clear()
-
-
-class ChangeWatch:
-    """The accounts whose lists changed, from polls of the change table: each row is an account
-    and the time (µs, the writer's clock) of its last change.  A poll asks for the rows changed
-    after :meth:`since` — ``window`` µs before the newest change seen (or before the start), so a
-    change committed late or stamped by a clock a little behind is still seen — and
-    :meth:`changed` returns the accounts whose time is new."""
-
-    def __init__(self, start_us: int, window_us: int) -> None:
-        self.window = window_us
-        self.high = start_us
-        self._seen: dict[Key, int] = {}
-
-    def since(self) -> int:
-        return self.high - self.window
-
-    def changed(self, rows: Iterable[tuple[str, str, int]]) -> list[Key]:
-        """(domain, username, changed µs) rows → the keys to drop from the cache."""
-        out: list[Key] = []
-        for domain, username, changed in rows:
-            key = (username, domain)
-            if self._seen.get(key) != changed:
-                self._seen[key] = changed
-                out.append(key)
-            if changed > self.high:
-                self.high = changed
-        floor = self.high - self.window
-        if self._seen and min(self._seen.values()) < floor:
-            self._seen = {k: t for k, t in self._seen.items() if t >= floor}
-        return out

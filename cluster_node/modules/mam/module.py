@@ -8,14 +8,20 @@ database), queried with XEP-0059 paging.
   stores them (``message_to_account``: once in the whole deployment), which also adds the
   XEP-0359 ``<stanza-id by='user@domain'/>`` and strips one a sender forged (a message routed
   again — a closing session's, XEP-0198's unacked ones at the resume timeout — keeps the one it
-  was archived with and is not archived twice).  A received message is archived before it is
-  delivered (its stanza-id names the row).  A sent one's row goes with the next group commit
-  while the message is routed on, as MongooseIM's asynchronous archive writer does: the sender's
-  queries on its node wait for it, a stop writes what is queued, and a write the database
-  refuses waits in the backlog like any other.  Only a crash of the node within that commit
-  (milliseconds) loses a sent message's row.
+  was archived with and is not archived twice).  Rows go with the next group commit while the
+  message is routed on, as MongooseIM's asynchronous archive writer does: the querying user's
+  node waits for what it queued, a stop writes what is queued, and a write the database refuses
+  waits in the backlog (with the id the recipient was given) like any other.  Only a crash of
+  the node within that commit (milliseconds) loses a row.
   What is archived: :func:`~.query.archivable`; the user's preferences (XEP-0441) decide for
-  each correspondent.
+  each correspondent.  A received message's stanza-id must name a row those preferences allow,
+  so the few users who set preferences have their received messages archived *before* delivery;
+  which users those are, every member knows without reading the database per message: it reads
+  them at start, hears of a change on another member of its region at once (a cluster request)
+  and of one in another region from a poll of the changed rows (``prefs_poll_interval``).  A
+  change it has not heard of yet still cannot archive what the preferences refuse (the insert
+  checks them in the database): the row is refused, the preferences are read, and at worst one
+  message carries a stanza-id no row has (counted as ``unarchived_with_id``).
 * **Queries** (``<query/>`` to the account's own bare JID) are answered on the member holding the
   querying session, from the shared database: results go to that session with the host's
   delivery (over the cluster link when needed), then the ``<fin/>``.  Protocol details live in
@@ -35,12 +41,13 @@ import time
 import xml.etree.ElementTree as ET
 from collections import deque
 from collections.abc import Coroutine, Iterator
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pydantic import Field
 
+from ...core.change_watch import ChangeWatch, Key
 from ...core.hooks import Hook
 from ...core.log_throttle import OncePer
 from ...core.module import Module, ModuleHost, ModuleSettings, Xep
@@ -86,6 +93,20 @@ _ID_RANDOM = random.Random(secrets.randbits(64))
 
 DAY_US = 86_400 * 1_000_000
 ID_ATTEMPTS = 5  # fresh ids tried when one is taken in the archive (same µs, same random bits)
+PREFS_CALL = "mam.prefs"  # cluster request: args["user"] has set preferences
+MEMBER_TIMEOUT = 2.0  # seconds a prefs command waits for each other member to hear of it
+
+
+class Write(NamedTuple):
+    """An archive write made after its message went on: once the user's preferences are read,
+    or from the backlog once the database answers again."""
+
+    owner: Jid
+    peer: Jid
+    direction: str
+    stanza: Stanza
+    at_us: int  # the message's time
+    archive_id: int | None = None  # the id a received message was delivered with
 
 
 class MamSettings(ModuleSettings):
@@ -102,6 +123,13 @@ class MamSettings(ModuleSettings):
                                 "away, written (with their own times) once it is back; beyond, the oldest are "
                                 "dropped and counted (0: none kept)")
     backlog_retry: float = Field(2.0, gt=0, description="seconds between attempts to write the backlog")
+    prefs_poll_interval: float = Field(2.0, ge=0, description="seconds between two reads of the preferences "
+                                       "changed by any member or region (users with preferences have their "
+                                       "received messages archived before delivery, others with the next group "
+                                       "commit); 0: no poll, every received message waits for its row")
+    prefs_poll_window: float = Field(30.0, gt=0, description="seconds a poll looks back before the newest "
+                                     "change seen (a change committed late or stamped by a clock a little "
+                                     "behind)")
 
 
 def _features(features: set[str]) -> set[str]:
@@ -129,10 +157,17 @@ class Mam(Module):
         self.store = ArchiveStore(host.storage)
         await self.store.migrate()
         self.ids = IdGenerator()
-        self.counters = {"archived": 0, "failed": 0, "queries": 0, "cleaned": 0, "late": 0, "dropped": 0}
-        # Writes that failed while the database was away, oldest first: (owner, peer, direction,
-        # stanza, when in µs); written by _write_backlog once it answers again.
-        self.backlog: deque[tuple[Jid, Jid, str, Stanza, int]] = deque()
+        self.counters = {"archived": 0, "failed": 0, "queries": 0, "cleaned": 0, "late": 0, "dropped": 0,
+                         "unarchived_with_id": 0, "prefs_polls": 0, "prefs_poll_failures": 0}
+        # Writes that failed while the database was away, oldest first; written by _write_backlog
+        # once it answers again.
+        self.backlog: deque[Write] = deque()
+        # The users who have set preferences (any member, any region, as far as this one knows):
+        # their received messages wait for their rows.  Read at start, then from the polls.
+        self.with_prefs: set[Key] = set()
+        self._prefs_watch = ChangeWatch(0, int(self.cfg.prefs_poll_window * 1_000_000))
+        self._queue_received = self.cfg.default_mode == "always" and self.cfg.prefs_poll_interval > 0
+        await self.poll_prefs()
         self._once = OncePer(60.0)  # "archive storage unavailable": at most once a minute
         self._cleanup: asyncio.Task[None] | None = None
         self._retry: asyncio.Task[None] | None = None
@@ -146,11 +181,15 @@ class Mam(Module):
         host.add_account_iq(MAM, "query", self._query)
         host.add_account_iq(MAM, "prefs", self._prefs)
         host.add_account_iq(MAM, "metadata", self._metadata)
+        host.on_call(PREFS_CALL, self._prefs_call)
         host.add_metric(MamCollector(self))
         host.add_query("mam", "status", self.status)
         if self.cfg.retention_days > 0:
             self._cleanup = host.every(self.cfg.cleanup_interval, self.clean_up, "MAM retention clean-up")
         self._retry = host.every(self.cfg.backlog_retry, self._write_backlog, "MAM backlog")
+        self._poll: asyncio.Task[None] | None = None
+        if self.cfg.prefs_poll_interval > 0:
+            self._poll = host.every(self.cfg.prefs_poll_interval, self.poll_prefs, "MAM preferences changed")
 
     async def stop(self) -> None:
         try:  # the sent messages' rows still queued go in before the storage closes
@@ -158,7 +197,7 @@ class Mam(Module):
         except TimeoutError:
             log.warning("archive writes still queued at stop after 10 s: %d rows may be lost",
                         len(self._late) + self.store.pending)
-        tasks, self._cleanup = [self._cleanup, self._retry], None
+        tasks, self._cleanup = [self._cleanup, self._retry, self._poll], None
         for task in tasks:
             if task is not None:
                 task.cancel()
@@ -188,40 +227,53 @@ class Mam(Module):
             return None  # to another resource of the account: archived once, as received
         if to.local is None and to.domain in self.host.domains:
             return None  # to the server itself: not a conversation
-        self._archive_soon(owner, to, stanza)
+        if self.cfg.default_mode != "always" or (owner.local or "", owner.domain) in self.with_prefs:
+            self._later(self._archive_late(Write(owner, to, "out", stanza, _now_us())))
+        else:
+            self._archive_soon(owner, to, "out", stanza)
         return None
 
-    def _archive_soon(self, owner: Jid, peer: Jid, stanza: Stanza) -> None:
-        """A sent message into ``owner``'s archive without holding the message for the commit:
-        its row goes with the next group commit while the message is routed (nothing in the
-        message depends on the row, unlike a received one's stanza-id).  A failure goes where an
-        awaited write's would (the backlog); a user with preferences takes the slow way, in a
-        task; stop() and queries wait for what is queued (:meth:`_written`)."""
-        at_us = _now_us()
-        if self.cfg.default_mode != "always":
-            self._later(self._archive_late(owner, peer, stanza, at_us))
-            return
-        archive_id, ts = self.ids.next(at_us, _ID_RANDOM.getrandbits(RANDOM_BITS))
+    def _archive_soon(self, owner: Jid, peer: Jid, direction: str, stanza: Stanza) -> int:
+        """A message into ``owner``'s archive without holding it for the commit: its row goes
+        with the next group commit while the message is routed on; the archive id it will have.
+        For a user without preferences (XEP-0441: everything is archived), as far as this member
+        knows; the insert checks it in the database, and a refused row reads the preferences and
+        goes in afterwards if they allow it, with that id (:meth:`_queued_done`).  A failure goes
+        where an awaited write's would (the backlog); stop() and queries wait for what is queued
+        (:meth:`_written`)."""
+        archive_id, ts = self.ids.next(_now_us(), _ID_RANDOM.getrandbits(RANDOM_BITS))
         row = self.store.queue(owner.domain, owner.local or "", archive_id, ts, str(peer.bare), peer.resource or "",
-                               "out", client_stanza(stanza).to_bytes(), unless_prefs=True)
-        row.add_done_callback(lambda f: self._queued_done(f, owner, peer, stanza, ts))
+                               direction, client_stanza(stanza).to_bytes(), unless_prefs=True)
+        write = Write(owner, peer, direction, stanza, ts, archive_id if direction == "in" else None)
+        row.add_done_callback(lambda f: self._queued_done(f, write))
+        return archive_id
 
-    def _queued_done(self, row: asyncio.Future[bool], owner: Jid, peer: Jid, stanza: Stanza, at_us: int) -> None:
+    def _queued_done(self, row: asyncio.Future[bool], write: Write) -> None:
         if row.cancelled():  # the writer was cancelled: the node is going down without a stop()
             return
         error = row.exception()
         if error is not None:
-            self._failed(error, f"a message sent by {owner}", (owner, peer, "out", stanza, at_us))
+            self._failed(error, _what(write), write)
         elif row.result():
             self.counters["archived"] += 1
         else:  # the user has preferences (or, once in ages, the id was taken): ask them
-            self._later(self._archive_late(owner, peer, stanza, at_us))
+            self.with_prefs.add((write.owner.local or "", write.owner.domain))
+            self._later(self._archive_late(write))
 
-    async def _archive_late(self, owner: Jid, peer: Jid, stanza: Stanza, at_us: int) -> None:
+    async def _archive_late(self, write: Write) -> None:
+        """``write`` once the user's preferences are read (a user with preferences)."""
         try:
-            await self._archive(owner, peer, "out", stanza, at_us, check_prefs=True)
+            archive_id = await self._archive(*write, check_prefs=True)
         except Exception as e:
-            self._failed(e, f"a message sent by {owner}", (owner, peer, "out", stanza, at_us))
+            self._failed(e, _what(write), write)
+            return
+        if write.archive_id is not None and archive_id != write.archive_id:
+            # Delivered with that id before this member knew of the preferences that refused it
+            # (or, once in ages, with an id another member took in the same µs).
+            self.counters["unarchived_with_id"] += 1
+            log.info("a message for %s was delivered with stanza-id %d, which names no row: %s", write.owner,
+                     write.archive_id, "its preferences, changed elsewhere, refused it" if archive_id is None
+                     else f"archived as {archive_id}")
 
     def _later(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -247,6 +299,7 @@ class Mam(Module):
         if claimed is not None and peer is not None:
             # Routed again (a session closed under it, XEP-0198's resume timeout): archived once.
             try:
+                await self.store.written()  # its row may be in this member's group commit still
                 if await self.store.received(owner.domain, owner.local or "", claimed, str(peer.bare)):
                     return stanza
             except Exception:
@@ -254,15 +307,16 @@ class Mam(Module):
         stanza = without_forged_ids(stanza, owner)
         if peer is None or not archivable(stanza):
             return stanza
+        if self._queue_received and (owner.local or "", owner.domain) not in self.with_prefs:
+            return with_stanza_id(stanza, owner, self._archive_soon(owner, peer, "in", stanza))
         try:
             archive_id = await self._archive(owner, peer, "in", stanza)
         except Exception as e:
-            self._failed(e, f"a message for {owner}", (owner, peer, "in", stanza, _now_us()))
+            self._failed(e, f"a message for {owner}", Write(owner, peer, "in", stanza, _now_us()))
             return stanza
         return stanza if archive_id is None else with_stanza_id(stanza, owner, archive_id)
 
-    def _failed(self, error: BaseException, what: str,
-                write: tuple[Jid, Jid, str, Stanza, int] | None = None) -> None:
+    def _failed(self, error: BaseException, what: str, write: Write | None = None) -> None:
         """An archive write failed; the message is delivered meanwhile.  The database being away
         (restarting, unreachable) is one warning a minute with the count, not a traceback per
         message, and the write waits in the backlog for the database to be back; anything else is
@@ -286,13 +340,13 @@ class Mam(Module):
         archive keeps the order of the conversation); stops at the first that still fails."""
         written = 0
         while self.backlog:
-            owner, peer, direction, stanza, at_us = self.backlog[0]
+            write = self.backlog[0]
             try:
-                await self._archive(owner, peer, direction, stanza, at_us)
+                await self._archive(*write)
             except Exception as e:
                 if _storage_unavailable(e):
                     break
-                log.exception("archiving a message for %s late failed; it stays unarchived", owner)
+                log.exception("archiving a message for %s late failed; it stays unarchived", write.owner)
             else:
                 written += 1
                 self.counters["late"] += 1
@@ -313,32 +367,37 @@ class Mam(Module):
         return verdict
 
     async def _archive(self, owner: Jid, peer: Jid, direction: str, stanza: Stanza,
-                       at_us: int | None = None, *, check_prefs: bool = False) -> int | None:
+                       at_us: int | None = None, archive_id: int | None = None, *,
+                       check_prefs: bool = False) -> int | None:
         """Into ``owner``'s archive if its preferences want it: the archive id, or None.  ``at_us``:
-        the message's time when it is archived late (the backlog), else now; ``check_prefs``: the
-        preferences are read first (a write without them was refused)."""
+        the message's time when it is archived late (the backlog), else now; ``archive_id``: the id
+        the message was delivered with (tried first); ``check_prefs``: the preferences are read
+        first (a write without them was refused)."""
         data = client_stanza(stanza).to_bytes()
         user, with_bare, with_resource = owner.local or "", str(peer.bare), peer.resource or ""
+        given = archive_id if at_us is not None else None
 
-        def new_id() -> tuple[int, int]:
+        def new_id(attempt: int) -> tuple[int, int]:
             if at_us is None:
                 return self.ids.next(_now_us(), _ID_RANDOM.getrandbits(RANDOM_BITS))
+            if attempt == 0 and given is not None:
+                return given, at_us
             return make_id(at_us, _ID_RANDOM.getrandbits(RANDOM_BITS)), at_us
 
         if self.cfg.default_mode == "always" and not check_prefs:
             # Most users set no preferences: archived at once unless they did.
-            archive_id, ts = new_id()
-            if await self.store.insert(owner.domain, user, archive_id, ts, with_bare, with_resource, direction,
+            new, ts = new_id(0)
+            if await self.store.insert(owner.domain, user, new, ts, with_bare, with_resource, direction,
                                        data, unless_prefs=True):
                 self.counters["archived"] += 1
-                return archive_id
+                return new
         if not await self._wanted(owner, peer):
             return None
-        for _ in range(ID_ATTEMPTS):
-            archive_id, ts = new_id()
-            if await self.store.insert(owner.domain, user, archive_id, ts, with_bare, with_resource, direction, data):
+        for attempt in range(ID_ATTEMPTS):
+            new, ts = new_id(attempt)
+            if await self.store.insert(owner.domain, user, new, ts, with_bare, with_resource, direction, data):
                 self.counters["archived"] += 1
-                return archive_id
+                return new
         raise RuntimeError(f"no free archive id for {owner} after {ID_ATTEMPTS} attempts")
 
     # -- queries --------------------------------------------------------------------------------------
@@ -414,8 +473,43 @@ class Mam(Module):
         if req.stanza.type == "get":
             return prefs_element(await self.store.get_prefs(domain, user) or Prefs(self.cfg.default_mode))
         prefs = parse_prefs(req.payload)
-        await self.store.set_prefs(domain, user, prefs)
+        await self.store.set_prefs(domain, user, prefs, _now_us())
+        self.with_prefs.add((user, domain))
+        await self._tell_members(f"{user}@{domain}")
         return prefs_element(prefs)
+
+    async def _tell_members(self, user: str) -> None:
+        """Have every other member of the region know that ``user`` has preferences, and wait for
+        them (so the command's result means: applied to what any member of this region receives
+        next); other regions learn it from their polls."""
+        async def one(member: str) -> None:
+            try:
+                await self.host.request(member, PREFS_CALL, {"user": user}, MEMBER_TIMEOUT)
+            except (LookupError, TimeoutError) as e:
+                log.info("member %s did not confirm hearing of the archive preferences of %s: %s", member, user, e)
+
+        members = self.host.cluster_members
+        if members:
+            await asyncio.gather(*(one(m) for m in members))
+
+    def _prefs_call(self, _caller: str, args: dict[str, Any]) -> bool:
+        user = args.get("user")
+        if not isinstance(user, str) or len(user) > 3100 or "@" not in user:
+            raise ValueError(f"{PREFS_CALL} needs a 'user'")
+        local, _, domain = user.rpartition("@")
+        self.with_prefs.add((local, domain))
+        return True
+
+    async def poll_prefs(self) -> None:
+        """Learn the users who set preferences since the last poll, on any member of any region."""
+        try:
+            rows = await self.store.prefs_changed(self._prefs_watch.since())
+        except Exception as e:
+            self.counters["prefs_poll_failures"] += 1
+            log.warning("reading the changed archive preferences failed (%s: %s)", type(e).__name__, e)
+            return
+        self.counters["prefs_polls"] += 1
+        self.with_prefs.update(self._prefs_watch.changed(rows))
 
     # -- retention ------------------------------------------------------------------------------------
 
@@ -446,6 +540,10 @@ class MamCollector(Collector):
         yield events
         yield GaugeMetricFamily("meridian_mam_backlog", "Archive writes waiting for the database to answer again",
                                 value=len(self.module.backlog))
+
+
+def _what(write: Write) -> str:
+    return f"a message {'sent by' if write.direction == 'out' else 'for'} {write.owner}"
 
 
 def _storage_unavailable(error: BaseException) -> bool:

@@ -11,6 +11,7 @@ clean-up, which deletes across users.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from typing import Any
 
@@ -35,6 +36,12 @@ STEPS: list[tuple[int, list[str]]] = [
                domain TEXT NOT NULL, username TEXT NOT NULL, default_mode TEXT NOT NULL,
                always_json TEXT NOT NULL DEFAULT '[]', never_json TEXT NOT NULL DEFAULT '[]',
                PRIMARY KEY (domain, username))""",
+    ]),
+    (2, [
+        # When a user's preferences last changed (µs, the writer's clock): every member polls the
+        # changes (which users have preferences: their received messages wait for their rows).
+        "ALTER TABLE mam_prefs ADD COLUMN changed_us {bigint} NOT NULL DEFAULT 0",
+        "CREATE INDEX IF NOT EXISTS mam_prefs_by_change ON mam_prefs (changed_us)",
     ]),
 ]
 
@@ -181,7 +188,7 @@ class ArchiveStore:
             inserted.discard(key)  # the same key twice in a batch: the first went in
         return done
 
-    @property
+    @functools.cached_property
     def _insert_unless_prefs(self) -> str:
         # Typed parameters: PostgreSQL infers none from an INSERT's SELECT list.
         return render(
@@ -268,11 +275,19 @@ class ArchiveStore:
             return None
         return Prefs(str(row[0]), tuple(json.loads(row[1])), tuple(json.loads(row[2])))
 
-    async def set_prefs(self, domain: str, username: str, prefs: Prefs) -> None:
+    async def set_prefs(self, domain: str, username: str, prefs: Prefs, now_us: int) -> None:
         async with self.storage.transaction(write=True) as tx:
             await tx.execute(
-                "INSERT INTO mam_prefs (domain, username, default_mode, always_json, never_json) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (domain, username) DO UPDATE SET "
+                "INSERT INTO mam_prefs (domain, username, default_mode, always_json, never_json, changed_us) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (domain, username) DO UPDATE SET "
                 "default_mode = excluded.default_mode, always_json = excluded.always_json, "
-                "never_json = excluded.never_json",
-                domain, username, prefs.default, json.dumps(list(prefs.always)), json.dumps(list(prefs.never)))
+                "never_json = excluded.never_json, changed_us = excluded.changed_us",
+                domain, username, prefs.default, json.dumps(list(prefs.always)), json.dumps(list(prefs.never)),
+                now_us)
+
+    async def prefs_changed(self, since_us: int) -> list[tuple[str, str, int]]:
+        """(domain, username, changed µs) of the preferences set after ``since_us``."""
+        async with self.storage.transaction() as tx:
+            rows = await tx.fetchall("SELECT domain, username, changed_us FROM mam_prefs WHERE changed_us > ?",
+                                     since_us)
+        return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
