@@ -2,7 +2,10 @@
 
 Servers (``benchmarks/peers.py``): Meridian one node, a Meridian 2-node cluster, ejabberd 23.01,
 Prosody 0.12 (and, with ``--servers …,ejabberd-scram``, ejabberd storing SCRAM keys as Meridian
-does, not its default plain passwords) — each started by this script with its own config on
+does, not its default plain passwords; with ``meridian-mam,ejabberd-modules``, both archiving every
+message: Meridian with MAM on — its other modules, stream management, carbons and CSI among them,
+are on in every Meridian run — and ejabberd with mod_mam in SQLite, mod_stream_mgmt,
+mod_carboncopy and mod_client_state; the goals then compare them) — each started by this script with its own config on
 loopback, users pre-registered, pinned to CPU 0 (``--pin``) while the load runs on CPU 1.  Rounds
 are interleaved (round r runs the servers in an order rotated by r) and the table shows medians
 over rounds and ratios Meridian / peer.
@@ -65,6 +68,7 @@ import tempfile
 import threading
 import time
 from array import array
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -636,9 +640,10 @@ def fmt(v: float | None) -> str:
 
 def table(results: dict[str, dict[str, float]], labels: dict[str, str], args: argparse.Namespace) -> list[str]:
     kinds = [k for k in peers.SERVER_KINDS if k in results]
-    ratios = [(m, p) for m in ("meridian", "meridian-cluster") for p in ("ejabberd", "ejabberd-scram", "prosody")
-              if m in results and p in results]
-    short = {"meridian": "M1", "meridian-cluster": "M2"}
+    pairs = [(m, p) for m in ("meridian", "meridian-cluster") for p in ("ejabberd", "ejabberd-scram", "prosody")]
+    pairs += [("meridian-mam", "meridian"), ("meridian-mam", "ejabberd-modules")]
+    ratios = [(m, p) for m, p in pairs if m in results and p in results]
+    short = {"meridian": "M1", "meridian-cluster": "M2", "meridian-mam": "M1+MAM"}
     head = ["figure (median of rounds)", *[labels[k] for k in kinds], *[f"{short[m]}/{p}" for m, p in ratios]]
     rows = []
     idle_names = {"idle.kb_per_conn_1": f"  RSS per connection, {args.idle[0]:,} held" if args.idle else "",
@@ -724,12 +729,14 @@ def _worse(a: float, expected: float, noise: float, higher: bool, floor: float) 
 
 def goals(res: dict[str, dict[str, float]]) -> list[str]:
     m, e, p = res.get("meridian"), res.get("ejabberd"), res.get("prosody")
-    if not m:
-        return []
-    out = []
+    out: list[str] = []
 
     def check(name: str, ok: bool | None, detail: str) -> None:
         out.append(f"  goal {'met   ' if ok else 'MISSED' if ok is not None else '  ?   '} {name}: {detail}")
+
+    modules_goals(res, check)
+    if not m:
+        return out
 
     def ratio(a: dict[str, float] | None, key: str) -> float | None:
         if a is None or key not in m or key not in a or not a[key]:
@@ -761,6 +768,31 @@ def goals(res: dict[str, dict[str, float]]) -> list[str]:
             check(f"memory per idle connection ≤ ejabberd's ({key[-1]})", r <= 1,
                   f"{m[key]:.1f} vs {e[key]:.1f} KB (ratio {r:.2f})")
     return out
+
+
+MODULE_FIGURES = (("chat.rate", "messages/s (Tsung, delivered)"), ("capacity.rate", "messages/s (closed loop)"),
+                  ("login.rate", "logins/s (Tsung)"), ("idle.logins_per_s", "logins/s (loadgen, PLAIN)"),
+                  ("scram.logins_per_s", "logins/s (loadgen, SCRAM-SHA-1)"))
+
+
+def modules_goals(res: dict[str, dict[str, float]], check: Callable[[str, bool | None, str], None]) -> None:
+    """With every module on, MAM too (meridian-mam): ≥ 0.85 of Meridian's own figures without MAM,
+    and ≥ ejabberd's with its archive, stream management, carbons and CSI (ejabberd-modules); for
+    the p99, at most 1/0.85 of its own and ≤ ejabberd's."""
+    mm, m, em = res.get("meridian-mam"), res.get("meridian"), res.get("ejabberd-modules")
+    if mm is None:
+        return
+    for other, floor, name in ((m, 0.85, "0.85× Meridian's without MAM"), (em, 1.0, "ejabberd's with its modules")):
+        if other is None:
+            continue
+        for key, what in MODULE_FIGURES:
+            if mm.get(key) and other.get(key):
+                r = mm[key] / other[key]
+                check(f"{what} with MAM ≥ {name}", r >= floor, f"ratio {r:.2f}")
+        if mm.get("chat.p99_ms") and other.get("chat.p99_ms"):
+            r = mm["chat.p99_ms"] / other["chat.p99_ms"]
+            check(f"p99 latency with MAM ≤ {'1/' if floor < 1 else ''}{name}", r <= 1 / floor,
+                  f"{mm['chat.p99_ms']:.2f} vs {other['chat.p99_ms']:.2f} ms (ratio {r:.2f})")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -812,6 +844,8 @@ def run(args: argparse.Namespace) -> int:
         for s in servers.values():
             with contextlib.suppress(Exception):
                 s.stop()
+            with contextlib.suppress(Exception):
+                s.close()
         if not args.keep:
             shutil.rmtree(base, ignore_errors=True)
             if not args.state_dir:
@@ -853,7 +887,8 @@ def run(args: argparse.Namespace) -> int:
         load["sweep"] = args.sweep
     results["_load"] = load
     machine = f"{os.cpu_count()} CPUs, {platform.platform()}, Python {platform.python_version()}"
-    recorded = json.loads(Path(args.results).read_text()) if Path(args.results).exists() else {}
+    recorded_text = Path(args.results).read_text() if Path(args.results).exists() else ""
+    recorded = json.loads(recorded_text) if recorded_text.strip() else {}  # --results /dev/null: none
     found = regressions(results, recorded, args.noise) if recorded else []
     for line in found:
         print(line)

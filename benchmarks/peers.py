@@ -8,14 +8,17 @@
   (``+sbwt none …``, see ``docs/peers.md``), caches of 100,000 entries (1,000 by default:
   "Shrinking cache 'ejabberd_auth_mnesia_cache'" with 10,000 users); users in Mnesia, registered once through
   ``mod_http_api`` (~7 ms each) and kept in the spool between starts.
+- :class:`EjabberdScram` — ejabberd keeping SCRAM keys (Meridian's storage model); :class:`EjabberdModules`
+  — ejabberd with mod_mam (in a PostgreSQL of its own), mod_stream_mgmt, mod_carboncopy and
+  mod_client_state, beside ``meridian-mam`` (the one node with MAM on as well).
 - :class:`Prosody` — Debian's Prosody 0.12 (``-F``, as ``nobody``): ``limits = {}`` (Debian's
   c2s 10 kb/s shaper off), ``network_backend = "epoll"``, listen backlog 4096 (128 by default),
   ``internal_plain`` accounts written as files.
 
 Every server: STARTTLS required on c2s, a certificate from a throwaway CA, the same users
 ``user1..userN`` with passwords ``pass1..passN`` (Tsung's naming), domain :data:`DOMAIN`, no offline
-storage, no archive.  Persistent data (accounts, rosters) lives in the server's directory, which
-survives restarts so users are registered once per state directory.
+storage, no archive (but for the two "modules" kinds).  Persistent data (accounts, rosters) lives in
+the server's directory, which survives restarts so users are registered once per state directory.
 
 Peers take the cheaper password check where the server offers one (plain passwords: ejabberd's
 default, Prosody's ``internal_plain``); Meridian stores only SCRAM keys, so SASL PLAIN runs PBKDF2
@@ -64,7 +67,8 @@ __all__ = ["DOMAIN", "Server", "Meridian", "Ejabberd", "Prosody", "ProcTree", "u
 
 DOMAIN = "localhost"
 NOFILE = 20_000
-SERVER_KINDS = ("meridian", "meridian-cluster", "ejabberd", "ejabberd-scram", "prosody")
+SERVER_KINDS = ("meridian", "meridian-cluster", "meridian-mam", "ejabberd", "ejabberd-scram", "ejabberd-modules",
+                "prosody")
 DEFAULT_KINDS = ("meridian", "meridian-cluster", "ejabberd", "prosody")  # what compare.py runs unless told
 
 
@@ -172,6 +176,9 @@ class Server:
     def stop(self) -> None:
         raise NotImplementedError
 
+    def close(self) -> None:
+        """What outlives the rounds (a database server of its own), once the run is over."""
+
     def log(self) -> str:
         return ""
 
@@ -214,9 +221,11 @@ async def _store_accounts(db: Path, accounts: list[tuple[str, dict[str, Any]]]) 
 class Meridian(Server):
     """One ``meridian node``, or ``nodes`` of one cluster sharing a SQLite file (discovery through it)."""
 
-    def __init__(self, base: Path, cpus: list[int], nodes: int = 1, log_level: str = "WARNING") -> None:
-        self.kind = "meridian" if nodes == 1 else "meridian-cluster"
-        self.label = "Meridian 1 node" if nodes == 1 else f"Meridian {nodes}-node cluster"
+    def __init__(self, base: Path, cpus: list[int], nodes: int = 1, log_level: str = "WARNING",
+                 mam: bool = False) -> None:
+        self.kind = "meridian-mam" if mam else "meridian" if nodes == 1 else "meridian-cluster"
+        self.label = "Meridian 1 node + MAM" if mam else "Meridian 1 node" if nodes == 1 \
+            else f"Meridian {nodes}-node cluster"
         super().__init__(base, cpus)
         self.nodes = nodes
         self.db = self.dir / "meridian.db"
@@ -235,9 +244,9 @@ class Meridian(Server):
                            "stanza_rate": 10_000_000, "stanza_burst": 10_000_000},
                 "storage": {"url": f"sqlite:///{self.db}"},
                 "admin": {"port": 0}, "user_api": {"port": 0},
-                # The peers run without a message archive: so does Meridian here (a MAM-on run is
-                # benchmarks/mobile.py's).
-                "modules": {"mam": {"enabled": False}},
+                # The peers run without a message archive: so does Meridian here, but for
+                # meridian-mam (every module on, MAM too: beside ejabberd-modules).
+                "modules": {} if mam else {"mam": {"enabled": False}},
             }
             if nodes > 1:
                 conf["cluster"] = {"enabled": True, "name": "bench", "secret": "benchmark-cluster-secret-0123",
@@ -413,11 +422,18 @@ listen:
     module: ejabberd_http
     request_handlers:
       /api: mod_http_api
-{self._web_listener()}modules:
+{self._web_listener()}{self._sql()}modules:
   mod_roster: {{}}
   mod_disco: {{}}
   mod_ping: {{}}
-{self._web_modules()}"""
+{self._web_modules()}{self._more_modules()}"""
+
+    def _sql(self) -> str:
+        """Top-level SQL settings (none: everything in Mnesia)."""
+        return ""
+
+    def _more_modules(self) -> str:
+        return ""
 
     def _web_listener(self) -> str:
         """WebSocket (``/ws``) and BOSH (``/bosh``) over HTTPS, when ``web``; no shaper (none is defined)."""
@@ -684,9 +700,81 @@ class EjabberdScram(Ejabberd):
     password_format = "scram"
 
 
+class EjabberdModules(Ejabberd):
+    """ejabberd with the modules Meridian runs on every message: XEP-0313 archive (``mod_mam``,
+    every message archived — its default is ``never``), XEP-0198 (``mod_stream_mgmt``), XEP-0280
+    (``mod_carboncopy``) and XEP-0352 (``mod_client_state``).  The archive in PostgreSQL, the SQL
+    database its docs advise for archives (Mnesia is limited to 2 GB a table; its SQLite driver
+    commits with the rollback journal, two fsyncs a message: 343 msg/s in the closed loop here),
+    through a PostgreSQL server of its own (``tests/helpers/postgres.py``: fsync off, as Meridian's
+    SQLite in WAL mode does not sync a commit either), pinned to the server's CPUs; its processes
+    count in the server's CPU and memory.  Users stay in Mnesia.  Needs Debian's erlang-p1-pgsql."""
+
+    kind = "ejabberd-modules"
+    label = "ejabberd 23.01 + MAM, SM, carbons, CSI"
+
+    def __init__(self, base: Path, cpus: list[int]) -> None:
+        from tests.helpers.postgres import PostgresServer
+
+        if not list(Path("/usr/lib/erlang/lib").glob("p1_pgsql-*")):
+            raise BenchError("ejabberd's PostgreSQL driver is missing (apt-get install erlang-p1-pgsql)")
+        self.pg = PostgresServer()
+        self._pg_ready = False
+        super().__init__(base, cpus)
+
+    def _sql(self) -> str:
+        return (f'sql_type: pgsql\nsql_server: "127.0.0.1"\nsql_port: {self.pg.port}\nsql_database: "ejabberd"\n'
+                f'sql_username: "{self.pg.db_user}"\nsql_password: ""\n')
+
+    def _more_modules(self) -> str:
+        return ("  mod_mam:\n    db_type: sql\n    default: always\n"
+                "  mod_stream_mgmt: {}\n  mod_carboncopy: {}\n  mod_client_state: {}\n")
+
+    def start(self) -> None:
+        """Its PostgreSQL first (created once, then started again for each round, the archive
+        emptied), then ejabberd; both in the tree measured."""
+        import asyncpg
+
+        if not self._pg_ready:
+            self.pg.start()
+            self.pg.create_database("ejabberd")
+            schema = Path("/usr/share/ejabberd/sql/pg.sql").read_text()
+            self._pg_ready = True
+        else:
+            self.pg.restart()
+            schema = "TRUNCATE archive, archive_prefs"
+        pid = self.pg._postmaster_pid()
+        if pid is not None and self.cpus:
+            os.sched_setaffinity(pid, self.cpus)  # the backends it forks inherit it
+
+        async def run_sql() -> None:
+            conn = await asyncpg.connect(self.pg.url("ejabberd"))
+            try:
+                await conn.execute(schema)
+            finally:
+                await conn.close()
+
+        asyncio.run(run_sql())
+        super().start()
+        if pid is not None:
+            self.tree = ProcTree([self.procs[0].pid, pid])
+
+    def stop(self) -> None:
+        super().stop()
+        self.pg.shut_down()
+
+    def close(self) -> None:
+        """The PostgreSQL server and its files (the run is over)."""
+        self.pg.stop()
+
+
 def make_server(kind: str, base: Path, cpus: list[int]) -> Server:
     if kind == "meridian":
         return Meridian(base, cpus, nodes=1)
+    if kind == "meridian-mam":
+        return Meridian(base, cpus, nodes=1, mam=True)
+    if kind == "ejabberd-modules":
+        return EjabberdModules(base, cpus)
     if kind == "meridian-cluster":
         return Meridian(base, cpus, nodes=2)
     if kind == "ejabberd":

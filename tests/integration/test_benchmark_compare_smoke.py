@@ -69,6 +69,18 @@ def test_regressions_without_peers_are_absolute_and_say_so() -> None:
     assert compare.regressions(current, {"medians": {}}, 0.25) == []  # type: ignore[arg-type]
 
 
+def test_the_modules_goals_hold_meridian_with_mam_to_itself_and_to_ejabberd_with_its_modules() -> None:
+    res = {"meridian-mam": {"chat.rate": 90.0, "capacity.rate": 8000.0, "chat.p99_ms": 2.0},
+           "meridian": {"chat.rate": 100.0, "capacity.rate": 16000.0, "chat.p99_ms": 1.5},
+           "ejabberd-modules": {"chat.rate": 80.0, "capacity.rate": 1600.0, "chat.p99_ms": 4.0}}
+    lines = [line.strip() for line in compare.goals(res)]
+    assert "goal met    messages/s (Tsung, delivered) with MAM ≥ 0.85× Meridian's without MAM: ratio 0.90" in lines
+    assert "goal MISSED messages/s (closed loop) with MAM ≥ 0.85× Meridian's without MAM: ratio 0.50" in lines
+    assert any(line.startswith("goal MISSED p99 latency with MAM ≤ 1/0.85×") for line in lines)
+    assert "goal met    messages/s (closed loop) with MAM ≥ ejabberd's with its modules: ratio 5.00" in lines
+    assert compare.goals({"meridian": res["meridian"]}) == []  # no MAM run, no peer: nothing to hold
+
+
 RECORDED = {"load": {"x": 1}, "medians": {
     "meridian": {"login.rate": 400.0, "capacity.rate": 40000.0, "chat.p99_ms": 1.0, "idle.kb_per_conn_1": 40.0,
                  "cross.relayed_rate": 20000.0, "chat.errors": 0.0},
