@@ -108,6 +108,9 @@ async def _exclusive(lock_path: Path) -> AsyncIterator[None]:
         os.close(fd)  # releases the lock
 
 
+WAL_CHECKPOINT_PAGES = 10_000
+
+
 class SqliteStorage(SqlStorage):
     dialect = "sqlite"
 
@@ -132,6 +135,10 @@ class SqliteStorage(SqlStorage):
                     async with self._tx(write=True) as tx:
                         await self._migrate(tx)
         await self._db.execute("PRAGMA synchronous = NORMAL")
+        # A checkpoint every 10,000 WAL pages (40 MB), not SQLite's 1,000: a page written again and
+        # again (an index leaf taking rows in turn) is copied into the file once per checkpoint.
+        # Archiving at 8,000 rows/s into 1.1 M rows cost SQLite 71 µs of CPU a row, 41-49 after.
+        await self._db.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
 
     async def close(self) -> None:
         if self._db is not None:

@@ -325,3 +325,15 @@ async def test_execute_all_runs_each_statement_and_counts_its_rows(store):
         ])
     assert counts == [1, 0, 0]
     assert (await store.get_roster("all.example", "u"))[1] == "1"
+
+
+async def test_sqlite_runs_in_wal_mode_with_a_checkpoint_every_10000_pages(sqlite_url: str) -> None:
+    s = open_storage(sqlite_url)
+    await s.open()
+    try:
+        async with s.transaction() as tx:
+            assert (await tx.fetchone("PRAGMA journal_mode"))[0] == "wal"  # type: ignore[index]
+            assert (await tx.fetchone("PRAGMA synchronous"))[0] == 1  # type: ignore[index]  # NORMAL
+            assert (await tx.fetchone("PRAGMA wal_autocheckpoint"))[0] == 10_000  # type: ignore[index]
+    finally:
+        await s.close()
