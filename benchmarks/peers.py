@@ -227,6 +227,7 @@ class Meridian(Server):
         self.label = "Meridian 1 node + MAM" if mam else "Meridian 1 node" if nodes == 1 \
             else f"Meridian {nodes}-node cluster"
         super().__init__(base, cpus)
+        self.mam = mam
         self.nodes = nodes
         self.db = self.dir / "meridian.db"
         self.log_level = log_level
@@ -269,6 +270,8 @@ class Meridian(Server):
         return time.perf_counter() - t
 
     def start(self) -> None:
+        if self.mam:
+            self._empty_archive()
         env = {k: v for k, v in os.environ.items() if not k.startswith("MERIDIAN_")}
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
         self.procs = []
@@ -287,6 +290,23 @@ class Meridian(Server):
         if self.nodes > 1:
             self._wait_joined(60)
         self.tree = ProcTree([p.pid for p in self.procs])
+
+    def _empty_archive(self) -> None:
+        """Each round archives into an empty archive, as ejabberd-modules' does (its PostgreSQL
+        tables are emptied at each start): the same start for both, and a run does not depend on
+        how many rounds came before (the archive's index maintenance costs more as it grows)."""
+        import sqlite3
+
+        if not self.db.exists():
+            return
+        conn = sqlite3.connect(self.db)
+        try:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'mam_messages'").fetchone():
+                conn.execute("DELETE FROM mam_messages")
+                conn.commit()
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
 
     def _wait_joined(self, timeout: float) -> None:
         from cluster_node.net.control import query_control
