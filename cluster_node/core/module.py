@@ -280,6 +280,23 @@ class ModuleHost:
             raise LookupError("no cluster")
         return await calls.request(node, name, args, timeout)
 
+    async def request_members(self, name: str, args: dict[str, Any], timeout: float = 5.0) -> dict[str, Exception]:
+        """:meth:`request` to every other member at once, waiting for all (a command whose result
+        must mean: applied everywhere in this region); the members that did not answer (no link,
+        no such handler there, too slow), each with why."""
+        async def one(member: str) -> Exception | None:
+            try:
+                await self.request(member, name, args, timeout)
+            except (LookupError, TimeoutError) as e:
+                return e
+            return None
+
+        members = self.cluster_members
+        if not members:
+            return {}
+        errors = await asyncio.gather(*(one(m) for m in members))
+        return {m: e for m, e in zip(members, errors, strict=True) if e is not None}
+
     def publish_domain(self, domain: str) -> None:
         """Have the other regions route ``domain`` to this one: a record ``service/<domain>/<node>``
         in the replicated routes, which gateways publish to the mapping like a connected component's

@@ -214,17 +214,10 @@ class Blocking(Module):
 
     async def _tell_members(self, key: str) -> None:
         """Have every other member of the region drop its copy of ``key``'s list, and wait for them
-        (so the command's result means: enforced everywhere in this region)."""
-        async def one(member: str) -> None:
-            try:
-                await self.host.request(member, DROP_CALL, {"user": key}, MEMBER_TIMEOUT)
-            except (LookupError, TimeoutError) as e:
-                # No link (it rejoins with an empty cache after the TTL) or no such module there.
-                log.info("member %s did not confirm dropping the block list of %s: %s", member, key, e)
-
-        members = self.host.cluster_members
-        if members:
-            await asyncio.gather(*(one(m) for m in members))
+        (so the command's result means: enforced everywhere in this region).  A member without a
+        link rejoins with an empty cache; one without the module has no copy."""
+        for member, e in (await self.host.request_members(DROP_CALL, {"user": key}, MEMBER_TIMEOUT)).items():
+            log.info("member %s did not confirm dropping the block list of %s: %s", member, key, e)
 
     # -- enforcement ---------------------------------------------------------------------------------------
 

@@ -482,15 +482,8 @@ class Mam(Module):
         """Have every other member of the region know that ``user`` has preferences, and wait for
         them (so the command's result means: applied to what any member of this region receives
         next); other regions learn it from their polls."""
-        async def one(member: str) -> None:
-            try:
-                await self.host.request(member, PREFS_CALL, {"user": user}, MEMBER_TIMEOUT)
-            except (LookupError, TimeoutError) as e:
-                log.info("member %s did not confirm hearing of the archive preferences of %s: %s", member, user, e)
-
-        members = self.host.cluster_members
-        if members:
-            await asyncio.gather(*(one(m) for m in members))
+        for member, e in (await self.host.request_members(PREFS_CALL, {"user": user}, MEMBER_TIMEOUT)).items():
+            log.info("member %s did not confirm hearing of the archive preferences of %s: %s", member, user, e)
 
     def _prefs_call(self, _caller: str, args: dict[str, Any]) -> bool:
         user = args.get("user")
