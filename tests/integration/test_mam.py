@@ -1,7 +1,8 @@
 """XEP-0313 Message Archive Management against real processes, paged with slixmpp's own xep_0313
 and xep_0059 plugins: one node; a two-node region (written on one node, read on the other); two
-regions of one domain with a gateway each and Redis (written in eu, read in us).  The archive is
-the shared domain database, so every node and region reads the same one."""
+regions of one domain with a gateway each and Redis (written in eu, read in us); two domains
+federating over S2S (each archive holding both sides).  The archive is the shared domain
+database, so every node and region reads the same one."""
 
 from __future__ import annotations
 
@@ -20,14 +21,15 @@ from tests.helpers.redis import RedisServer
 from tests.helpers.regions import DOMAIN, Region
 from tests.helpers.topologies import fresh_users, lookup, need_redis, one_node, two_node_region, two_regions
 from tests.helpers.xmpp_client import Client
+from tests.integration.test_s2s import EU, PASSWORD as S2S_PASSWORD, US, Site, two_sites
 
 MAM = "urn:xmpp:mam:2"
 SID = "{urn:xmpp:sid:0}stanza-id"
 PASSWORD = "mam-secret"
 
 
-def mam_client(node: NodeProcess, jid: str) -> Client:
-    c = Client(jid, PASSWORD, cert=node.cert)
+def mam_client(node: NodeProcess, jid: str, password: str = PASSWORD) -> Client:
+    c = Client(jid, password, cert=node.cert)
     c.register_plugin("xep_0059")
     c.register_plugin("xep_0313")
     return c
@@ -45,11 +47,11 @@ def bodies(items: list[tuple[str, str]]) -> list[str]:
     return [body for _, body in items]
 
 
-async def live(c: Client, n: int) -> list[tuple[str, str]]:
+async def live(c: Client, n: int, timeout: float = 5.0) -> list[tuple[str, str]]:
     """The next ``n`` messages with a body, as (stanza-id by the account, body)."""
     out = []
     for _ in range(n):
-        msg = await c.next_message()
+        msg = await c.next_message(timeout)
         sid = msg.xml.find(SID)
         assert sid is not None and sid.get("by") == str(c.boundjid.bare), msg
         out.append((sid.get("id"), msg["body"]))
@@ -240,3 +242,33 @@ async def test_two_regions_written_in_eu_paged_from_us(regions: tuple[Region, Re
             await b.close()
     finally:
         await a.close()
+
+
+# -- another domain over S2S ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def domains(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Site, Site]]:
+    with two_sites(tmp_path_factory.mktemp("mam-s2s")) as world:
+        yield world.eu, world.us
+
+
+async def test_with_a_contact_of_another_domain_over_s2s(domains: tuple[Site, Site]) -> None:
+    """bob (us1) writes to alice (eu1) over S2S and she answers: each archive holds both sides,
+    and each received message carries the stanza-id of its row in the recipient's archive (made
+    where the message came in, each domain's gateway, and written with its next group commit)."""
+    eu, us = domains
+    alice_jid, bob_jid = f"{eu.user('alice')}@{EU}", f"{us.user('bob')}@{US}"
+    a = await mam_client(eu.node, f"{alice_jid}/phone", S2S_PASSWORD).online(eu.node.port)
+    b = await mam_client(us.node, f"{bob_jid}/pc", S2S_PASSWORD).online(us.node.port)
+    try:
+        b.send_message(mto=f"{alice_jid}/phone", mbody="over s2s", mtype="chat")
+        (alice_id, _), = await live(a, 1, timeout=20)  # the first S2S stream is set up
+        a.send_message(mto=bob_jid, mbody="and back", mtype="chat")
+        (bob_id, _), = await live(b, 1, timeout=20)
+        mine, theirs = await archive(a), await archive(b)
+        assert bodies(mine) == bodies(theirs) == ["over s2s", "and back"]
+        assert mine[0][0] == alice_id and theirs[1][0] == bob_id
+    finally:
+        await a.close()
+        await b.close()
