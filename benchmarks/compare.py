@@ -4,11 +4,11 @@ Servers (``benchmarks/peers.py``): Meridian one node, a Meridian 2-node cluster,
 Prosody 0.12 (and, with ``--servers …,ejabberd-scram``, ejabberd storing SCRAM keys as Meridian
 does, not its default plain passwords; with ``meridian-mam,ejabberd-modules``, both archiving every
 message: Meridian with MAM on — its other modules, stream management, carbons and CSI among them,
-are on in every Meridian run — and ejabberd with mod_mam in SQLite, mod_stream_mgmt,
-mod_carboncopy and mod_client_state; the goals then compare them) — each started by this script with its own config on
-loopback, users pre-registered, pinned to CPU 0 (``--pin``) while the load runs on CPU 1.  Rounds
-are interleaved (round r runs the servers in an order rotated by r) and the table shows medians
-over rounds and ratios Meridian / peer.
+are on in every Meridian run — and ejabberd with mod_mam in a PostgreSQL of its own,
+mod_stream_mgmt, mod_carboncopy and mod_client_state; the goals then compare them) — each started
+by this script with its own config on loopback, users pre-registered, pinned to CPU 0 (``--pin``)
+while the load runs on CPU 1.  Rounds are interleaved (round r runs the servers in an order rotated
+by r) and the table shows medians over rounds and ratios Meridian / peer.
 
 Scenarios, per server and round (the server is started fresh for each):
 
