@@ -793,7 +793,7 @@ async def test_preferences_set_elsewhere_are_learned_from_a_refused_row_and_from
     polled them: the database refuses the queued row, the preferences are read and applied —
     the message was delivered with a stanza-id that now names no row, once, and counted — and
     from then on that user's received messages wait for their rows."""
-    mam = await start(node)
+    mam = await start(node, prefs_poll_interval=2.0)
     alice, carol = node.bind(f"{ALICE}/phone"), node.bind(f"{CAROL}/pc")
     bob = node.bind(f"{BOB}/pc", available=True)
     await mam.store.set_prefs(DOMAIN, "bob", q.Prefs("always", (), (ALICE,)), time.time_ns() // 1000)
