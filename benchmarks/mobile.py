@@ -116,13 +116,11 @@ MODES = [
 ]
 ROUND_TRIPS = {"legacy": 8, "sasl2": 6, "fast": 5}  # after TCP: header, STARTTLS, TLS 1.3, header, …
 
-# MAM with its received rows queued (prefs_poll_interval set; not the default yet: docs/operations.md)
-QUEUED_MAM = {"prefs_poll_interval": 2.0}
-ALL_ON: dict[str, Any] = {"mam": QUEUED_MAM}
+ALL_ON: dict[str, Any] = {}
 ALL_OFF = {"carbons": {"enabled": False}, "mam": {"enabled": False}}
 CONFIGS_FULL = [("on", "carbons + MAM on", ALL_ON), ("off", "carbons + MAM off", ALL_OFF),
                 ("carbons", "carbons only", {"mam": {"enabled": False}}),
-                ("mam", "MAM only", {"carbons": {"enabled": False}, "mam": QUEUED_MAM})]
+                ("mam", "MAM only", {"carbons": {"enabled": False}})]
 
 
 def username(i: int) -> str:

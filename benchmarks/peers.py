@@ -247,8 +247,7 @@ class Meridian(Server):
                 "admin": {"port": 0}, "user_api": {"port": 0},
                 # The peers run without a message archive: so does Meridian here, but for
                 # meridian-mam (every module on, MAM too: beside ejabberd-modules).
-                # (received rows queued: prefs_poll_interval set, not the default yet).
-                "modules": {"mam": {"prefs_poll_interval": 2.0}} if mam else {"mam": {"enabled": False}},
+                "modules": {} if mam else {"mam": {"enabled": False}},
             }
             if nodes > 1:
                 conf["cluster"] = {"enabled": True, "name": "bench", "secret": "benchmark-cluster-secret-0123",

@@ -132,10 +132,8 @@ async def test_one_node_offline_message_is_archived_once(node: NodeProcess) -> N
 
 @pytest.fixture(scope="module")
 def region(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[NodeProcess]]:
-    # Received rows queued (prefs_poll_interval set): what the preferences test is about.
     with two_node_region(tmp_path_factory.mktemp("mam-region"), names=("m1", "m2"),
-                         users=("alice", "bob", "carol", "dave"), password=PASSWORD,
-                         settings={"modules": {"mam": {"prefs_poll_interval": 2.0}}}) as nodes:
+                         users=("alice", "bob", "carol", "dave"), password=PASSWORD) as nodes:
         yield nodes
 
 

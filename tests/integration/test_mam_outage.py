@@ -33,7 +33,7 @@ async def test_messages_sent_while_the_database_is_away_are_archived_once_it_is_
         pytest.skip("PostgreSQL is not installed")
     with PostgresServer() as pg:
         node = NodeProcess(tmp_path / "n", name="mamout", storage_url=pg.url(),
-                           settings={"modules": {"mam": {"backlog_retry": 0.5, "prefs_poll_interval": 2.0}}})
+                           settings={"modules": {"mam": {"backlog_retry": 0.5}}})
         for user in ("alice", "bob"):
             node.register(user, PASSWORD)
         await asyncio.to_thread(node.start)

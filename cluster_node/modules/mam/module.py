@@ -123,12 +123,10 @@ class MamSettings(ModuleSettings):
                                 "away, written (with their own times) once it is back; beyond, the oldest are "
                                 "dropped and counted (0: none kept)")
     backlog_retry: float = Field(2.0, gt=0, description="seconds between attempts to write the backlog")
-    prefs_poll_interval: float = Field(0.0, ge=0, description="seconds between two reads of the preferences "
-                                       "changed by any member or region; set (2 is a good value), a received "
-                                       "message's row goes with the next group commit unless its user has "
-                                       "preferences (those wait for their rows); 0: no poll, every received "
-                                       "message waits for its row (the default until a flood without that wait "
-                                       "is pushed back as it should be: docs/operations.md)")
+    prefs_poll_interval: float = Field(2.0, ge=0, description="seconds between two reads of the preferences "
+                                       "changed by any member or region; a received message's row goes with "
+                                       "the next group commit unless its user has preferences (those wait for "
+                                       "their rows); 0: no poll, and every received message waits for its row")
     prefs_poll_window: float = Field(30.0, gt=0, description="seconds a poll looks back before the newest "
                                      "change seen (a change committed late or stamped by a clock a little "
                                      "behind)")
