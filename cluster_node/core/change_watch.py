@@ -5,11 +5,18 @@ Sans-IO: the module runs the query, this decides what is new."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
 
-__all__ = ["ChangeWatch", "Key"]
+from .log_throttle import OncePer
+
+__all__ = ["ChangeWatch", "Key", "poll_changes"]
+
+log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (username, domain)
+Row = tuple[str, str, int]  # (domain, username, changed µs)
 
 
 class ChangeWatch:
@@ -41,3 +48,24 @@ class ChangeWatch:
         if self._seen and min(self._seen.values()) < floor:
             self._seen = {k: t for k, t in self._seen.items() if t >= floor}
         return out
+
+
+async def poll_changes(watch: ChangeWatch, query: Callable[[int], Awaitable[Iterable[Row]]], what: str,
+               counters: dict[str, int], prefix: str = "") -> list[Key] | None:
+    """One poll of a change table through ``query(since)``: the keys changed, or None when the
+    query failed.  Counts ``{prefix}polls`` and ``{prefix}poll_failures``; a failure is logged at
+    most once a minute (a database away for an hour is one line a minute, not one a poll)."""
+    try:
+        rows = await query(watch.since())
+    except Exception as e:
+        counters[f"{prefix}poll_failures"] += 1
+        if _FAILURES.allow(what, time.monotonic()):
+            held = _FAILURES.held()
+            log.warning("reading the changed %s failed (%s: %s)%s", what, type(e).__name__, e,
+                        f"; {held} more failed polls since the last line" if held else "")
+        return None
+    counters[f"{prefix}polls"] += 1
+    return watch.changed(rows)
+
+
+_FAILURES = OncePer(60.0, max_keys=100)  # keyed by what is polled

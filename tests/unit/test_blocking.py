@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from cluster_node.core.change_watch import poll_changes
 from cluster_node.core.hooks import Hook
 from cluster_node.core.router import Fanout
 from cluster_node.modules.blocking import Blocking, rules
@@ -203,6 +204,30 @@ def test_change_watch_reports_each_change_once_within_its_window():
     # What fell out of the window is forgotten (the poll no longer returns it either).
     watch.changed([("x", "dave", 1_000_500)])
     assert watch.since() == 1_000_400 and watch.changed([("x", "dave", 1_000_500)]) == []
+
+
+async def test_a_failing_change_poll_is_counted_each_time_and_logged_once_a_minute(
+        caplog: pytest.LogCaptureFixture) -> None:
+    watch = rules.ChangeWatch(start_us=1_000_000, window_us=100)
+    counters = {"polls": 0, "poll_failures": 0}
+    asked: list[int] = []
+
+    async def down(since: int) -> list[tuple[str, str, int]]:
+        asked.append(since)
+        raise ConnectionRefusedError("database away")
+
+    what = f"test lists {id(watch)}"  # the throttle is per process: a key of this test's own
+    for _ in range(3):
+        assert await poll_changes(watch, down, what, counters) is None
+    assert asked == [999_900] * 3 and counters == {"polls": 0, "poll_failures": 3}
+    lines = [r for r in caplog.records if what in r.getMessage()]
+    assert len(lines) == 1 and "ConnectionRefusedError: database away" in lines[0].getMessage()
+
+    async def up(since: int) -> list[tuple[str, str, int]]:
+        return [("x", "alice", 1_000_010)]
+
+    assert await poll_changes(watch, up, what, counters) == [("alice", "x")]
+    assert counters == {"polls": 1, "poll_failures": 3}
 
 
 # -- commands ------------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from prometheus_client.registry import Collector
 from pydantic import Field
 
 from ...core.batching import Batcher
+from ...core.change_watch import poll_changes
 from ...core.hooks import STOP, Hook
 from ...core.module import Module, ModuleHost, ModuleSettings, Xep
 from ...core.router import Fanout, IqRequest
@@ -200,14 +201,7 @@ class Blocking(Module):
 
     async def poll(self) -> None:
         """Forget the lists changed since the last poll (by any member, in any region)."""
-        try:
-            rows = await self.store.changes(self._watch.since())
-        except Exception as e:
-            self.counters["poll_failures"] += 1
-            log.warning("reading the changed block lists failed (%s: %s)", e.__class__.__name__, e)
-            return
-        self.counters["polls"] += 1
-        for key in self._watch.changed(rows):
+        for key in await poll_changes(self._watch, self.store.changes, "block lists", self.counters) or ():
             if key in self._loading or self.cache.stale(key) is not None:
                 self.counters["dropped_by_poll"] += 1
             self.drop(key)

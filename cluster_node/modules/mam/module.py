@@ -47,7 +47,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 from pydantic import Field
 
-from ...core.change_watch import ChangeWatch, Key
+from ...core.change_watch import ChangeWatch, Key, poll_changes
 from ...core.hooks import Hook
 from ...core.log_throttle import OncePer
 from ...core.module import Module, ModuleHost, ModuleSettings, Xep
@@ -227,7 +227,7 @@ class Mam(Module):
             return None  # to another resource of the account: archived once, as received
         if to.local is None and to.domain in self.host.domains:
             return None  # to the server itself: not a conversation
-        if self.cfg.default_mode != "always" or (owner.local or "", owner.domain) in self.with_prefs:
+        if self.cfg.default_mode != "always" or self._has_prefs(owner):
             self._later(self._archive_late(Write(owner, to, "out", stanza, _now_us())))
         else:
             self._archive_soon(owner, to, "out", stanza)
@@ -257,7 +257,7 @@ class Mam(Module):
         elif row.result():
             self.counters["archived"] += 1
         else:  # the user has preferences (or, once in ages, the id was taken): ask them
-            self.with_prefs.add((write.owner.local or "", write.owner.domain))
+            self.with_prefs.add(_key(write.owner))
             self._later(self._archive_late(write))
 
     async def _archive_late(self, write: Write) -> None:
@@ -307,7 +307,7 @@ class Mam(Module):
         stanza = without_forged_ids(stanza, owner)
         if peer is None or not archivable(stanza):
             return stanza
-        if self._queue_received and (owner.local or "", owner.domain) not in self.with_prefs:
+        if self._queue_received and not self._has_prefs(owner):
             return with_stanza_id(stanza, owner, self._archive_soon(owner, peer, "in", stanza))
         try:
             archive_id = await self._archive(owner, peer, "in", stanza)
@@ -493,16 +493,14 @@ class Mam(Module):
         self.with_prefs.add((local, domain))
         return True
 
+    def _has_prefs(self, owner: Jid) -> bool:
+        """Whether ``owner`` (bare) set archive preferences: its rows wait for the database."""
+        return _key(owner) in self.with_prefs
+
     async def poll_prefs(self) -> None:
         """Learn the users who set preferences since the last poll, on any member of any region."""
-        try:
-            rows = await self.store.prefs_changed(self._prefs_watch.since())
-        except Exception as e:
-            self.counters["prefs_poll_failures"] += 1
-            log.warning("reading the changed archive preferences failed (%s: %s)", type(e).__name__, e)
-            return
-        self.counters["prefs_polls"] += 1
-        self.with_prefs.update(self._prefs_watch.changed(rows))
+        self.with_prefs.update(await poll_changes(self._prefs_watch, self.store.prefs_changed, "archive preferences",
+                                          self.counters, "prefs_") or ())
 
     # -- retention ------------------------------------------------------------------------------------
 
@@ -544,3 +542,7 @@ def _storage_unavailable(error: BaseException) -> bool:
     if isinstance(error, (OSError, TimeoutError, ConnectionError)):
         return True
     return type(error).__module__.split(".")[0] in ("asyncpg", "sqlite3", "aiosqlite")
+
+
+def _key(owner: Jid) -> Key:
+    return owner.local or "", owner.domain
