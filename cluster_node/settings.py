@@ -56,6 +56,10 @@ class C2SSettings(_Section):
         10.0, ge=0, description="seconds without input after which a logged-in connection's XML parser is "
         "parked (about 11 KB less per idle connection; re-created from the stream header on the next byte); "
         "0: never")
+    reuse_port: bool = Field(
+        False, description="bind both c2s ports with SO_REUSEPORT, so several node processes of one host "
+        "(members of one cluster, one per core) share them and the kernel spreads the connections among them "
+        "(docs/operations.md, One process per core)")
 
 
 def domain_list(value: list[str]) -> list[str]:

@@ -22,6 +22,7 @@ from .api.metrics import instrument, new_registry
 from .clustering import build_member
 from .core.accounts import Accounts
 from .core.hooks import Hook, Hooks
+from .core.module import Module
 from .core.router import Router
 from .core.services import Services
 from .core.session_manager import SessionManager
@@ -111,33 +112,35 @@ async def running_node(settings: NodeSettings, *, http_routes: Sequence[web.Rout
         services.components = ComponentRouting(services)
         hooks.add(Hook.ROUTE_REMOTE, services.components, 10, owner=services.components)
         services.envelopes["component"] = services.components.arrived
-        modules = await start_modules(services, settings.modules)
-        services.modules_started = True
-        for collector in services.collectors:
-            registry.register(collector)
-        components = ComponentListener(services, services.components, tls)
-        c2s = C2SListener(settings, sessions, hooks, tls)
-        registry.register(TransportCollector(c2s.transports))
-        # Per-transport counters for the gateways' dashboard (every member answers, gateways too).
-        services.call_handlers[TRANSPORTS_CALL] = lambda caller, args: c2s.transports.snapshot()
-        await c2s.start()
-        websocket = WebSocketListener(settings, c2s, tls)
-        await websocket.start()
-        await components.start()
-        log.info("node %s serving %s; c2s on %s", settings.node_name, ", ".join(settings.domains),
-                 ", ".join(map(str, c2s.ports)))
-        queries = _control_queries(member) | _session_queries(services) | services.queries
-        node = Node(services, sessions, c2s, queries, metrics=registry)
-        node.ready_checks.update(_ready_checks(settings, storage, c2s, member))
-        queries[("graphql", "admin")] = _control_graphql(node)
+        # What started is stopped on the way out, also when a later step fails (a c2s port taken):
+        # the cluster member's and the modules' tasks and threads would keep the process alive.
+        modules: list[Module] = []
+        listeners: list[C2SListener | WebSocketListener | ComponentListener] = []
         try:
+            modules = await start_modules(services, settings.modules)
+            services.modules_started = True
+            for collector in services.collectors:
+                registry.register(collector)
+            components = ComponentListener(services, services.components, tls)
+            c2s = C2SListener(settings, sessions, hooks, tls)
+            registry.register(TransportCollector(c2s.transports))
+            # Per-transport counters for the gateways' dashboard (every member answers, gateways too).
+            services.call_handlers[TRANSPORTS_CALL] = lambda caller, args: c2s.transports.snapshot()
+            for listener in (c2s, WebSocketListener(settings, c2s, tls), components):
+                listeners.append(listener)
+                await listener.start()
+            log.info("node %s serving %s; c2s on %s", settings.node_name, ", ".join(settings.domains),
+                     ", ".join(map(str, c2s.ports)))
+            queries = _control_queries(member) | _session_queries(services) | services.queries
+            node = Node(services, sessions, c2s, queries, metrics=registry)
+            node.ready_checks.update(_ready_checks(settings, storage, c2s, member))
+            queries[("graphql", "admin")] = _control_graphql(node)
             async with serving_api(node, tls=tls, routes=[*http_routes, *services.http_routes]), \
                     serving_control(control_socket(settings.data_dir), queries):
                 yield node
         finally:
-            await components.stop()
-            await websocket.stop()
-            await c2s.stop()
+            for listener in reversed(listeners):
+                await listener.stop()
             # Session clean-ups (unavailable presence, replicated deletes) need storage and the
             # cluster links: let them finish first, for a bounded time.
             left = await router.drain(settings.shutdown_timeout)

@@ -132,13 +132,16 @@ class C2SListener:
         c2s = self.settings.c2s
         if c2s.park_parser_after > 0:
             self._parking = loop.create_task(self._park_idle_parsers(c2s.park_parser_after))
+        shared = c2s.reuse_port or None  # SO_REUSEPORT: node processes of one host share the ports
         if c2s.port:
             self.servers.append(await loop.create_server(
-                lambda: C2SConnection(self, direct_tls=False), c2s.host, c2s.port, backlog=4096))
+                lambda: C2SConnection(self, direct_tls=False), c2s.host, c2s.port, backlog=4096,
+                reuse_port=shared))
         if c2s.tls_port:
             self.servers.append(await loop.create_server(
                 lambda: C2SConnection(self, direct_tls=True), c2s.host, c2s.tls_port,
-                ssl=self.tls_context, ssl_handshake_timeout=c2s.handshake_timeout, backlog=4096))
+                ssl=self.tls_context, ssl_handshake_timeout=c2s.handshake_timeout, backlog=4096,
+                reuse_port=shared))
 
     async def _park_idle_parsers(self, after: float) -> None:
         """Every ``after``/2 seconds, park the parser of each connection silent for ``after``: one
