@@ -5,10 +5,13 @@ Prosody 0.12 (and, with ``--servers …,ejabberd-scram``, ejabberd storing SCRAM
 does, not its default plain passwords; with ``meridian-mam,ejabberd-modules``, both archiving every
 message: Meridian with MAM on — its other modules, stream management, carbons and CSI among them,
 are on in every Meridian run — and ejabberd with mod_mam in a PostgreSQL of its own,
-mod_stream_mgmt, mod_carboncopy and mod_client_state; the goals then compare them) — each started
-by this script with its own config on loopback, users pre-registered, pinned to CPU 0 (``--pin``)
-while the load runs on CPU 1.  Rounds are interleaved (round r runs the servers in an order rotated
-by r) and the table shows medians over rounds and ratios Meridian / peer.
+mod_stream_mgmt, mod_carboncopy and mod_client_state; the goals then compare them; with
+``meridian-cores``, one Meridian process per server CPU, members of one cluster on one c2s port —
+run it with ``--no-pin`` for the all-cores figure, every server then using every CPU as ejabberd's
+schedulers do) — each started by this script with its own config on loopback, users
+pre-registered, pinned to CPU 0 (``--pin``) while the load runs on CPU 1.  Rounds are interleaved
+(round r runs the servers in an order rotated by r) and the table shows medians over rounds and
+ratios Meridian / peer.
 
 Scenarios, per server and round (the server is started fresh for each):
 
@@ -640,10 +643,11 @@ def fmt(v: float | None) -> str:
 
 def table(results: dict[str, dict[str, float]], labels: dict[str, str], args: argparse.Namespace) -> list[str]:
     kinds = [k for k in peers.SERVER_KINDS if k in results]
-    pairs = [(m, p) for m in ("meridian", "meridian-cluster") for p in ("ejabberd", "ejabberd-scram", "prosody")]
+    pairs = [(m, p) for m in ("meridian", "meridian-cluster", "meridian-cores")
+             for p in ("ejabberd", "ejabberd-scram", "prosody")]
     pairs += [("meridian-mam", "meridian"), ("meridian-mam", "ejabberd-modules")]
     ratios = [(m, p) for m, p in pairs if m in results and p in results]
-    short = {"meridian": "M1", "meridian-cluster": "M2", "meridian-mam": "M1+MAM"}
+    short = {"meridian": "M1", "meridian-cluster": "M2", "meridian-cores": "Mcores", "meridian-mam": "M1+MAM"}
     head = ["figure (median of rounds)", *[labels[k] for k in kinds], *[f"{short[m]}/{p}" for m, p in ratios]]
     rows = []
     idle_names = {"idle.kb_per_conn_1": f"  RSS per connection, {args.idle[0]:,} held" if args.idle else "",

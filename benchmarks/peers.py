@@ -67,8 +67,8 @@ __all__ = ["DOMAIN", "Server", "Meridian", "Ejabberd", "Prosody", "ProcTree", "u
 
 DOMAIN = "localhost"
 NOFILE = 20_000
-SERVER_KINDS = ("meridian", "meridian-cluster", "meridian-mam", "ejabberd", "ejabberd-scram", "ejabberd-modules",
-                "prosody")
+SERVER_KINDS = ("meridian", "meridian-cluster", "meridian-cores", "meridian-mam", "ejabberd", "ejabberd-scram",
+                "ejabberd-modules", "prosody")
 DEFAULT_KINDS = ("meridian", "meridian-cluster", "ejabberd", "prosody")  # what compare.py runs unless told
 
 
@@ -182,8 +182,9 @@ class Server:
     def log(self) -> str:
         return ""
 
-    def _preexec(self) -> Any:
-        cpus = self.cpus
+    def _preexec(self, cpus: list[int] | None = None) -> Any:
+        """Run in the server's child: the descriptor limit, and its CPUs (``cpus``, else the server's)."""
+        cpus = self.cpus if cpus is None else cpus
 
         def prepare() -> None:
             _raise_nofile()
@@ -219,27 +220,40 @@ async def _store_accounts(db: Path, accounts: list[tuple[str, dict[str, Any]]]) 
 
 
 class Meridian(Server):
-    """One ``meridian node``, or ``nodes`` of one cluster sharing a SQLite file (discovery through it)."""
+    """One ``meridian node``, or ``nodes`` of one cluster sharing a SQLite file (discovery through it):
+    each on its own ports (``meridian-cluster``, the clients split between them), or, with
+    ``shared_port``, one process per server CPU on one port (``meridian-cores``: ``c2s.reuse_port``,
+    the kernel spreading the connections; each process pinned to its own CPU when the run pins)."""
 
     def __init__(self, base: Path, cpus: list[int], nodes: int = 1, log_level: str = "WARNING",
-                 mam: bool = False) -> None:
-        self.kind = "meridian-mam" if mam else "meridian" if nodes == 1 else "meridian-cluster"
-        self.label = "Meridian 1 node + MAM" if mam else "Meridian 1 node" if nodes == 1 \
-            else f"Meridian {nodes}-node cluster"
+                 mam: bool = False, shared_port: bool = False) -> None:
+        if shared_port:
+            nodes = len(cpus) or os.cpu_count() or 1
+        self.kind = "meridian-mam" if mam else "meridian-cores" if shared_port else "meridian" if nodes == 1 \
+            else "meridian-cluster"
+        self.label = "Meridian 1 node + MAM" if mam else f"Meridian {nodes} processes, 1 port" if shared_port \
+            else "Meridian 1 node" if nodes == 1 else f"Meridian {nodes}-node cluster"
         super().__init__(base, cpus)
         self.mam = mam
         self.nodes = nodes
+        self.shared_port = shared_port
         self.db = self.dir / "meridian.db"
         self.log_level = log_level
-        self.ports = free_ports(2 * nodes)
-        self.endpoints = [("127.0.0.1", self.ports[2 * k]) for k in range(nodes)]
+        self.ports = free_ports(2) * nodes if shared_port else free_ports(2 * nodes)
+        self.endpoints = sorted({("127.0.0.1", self.ports[2 * k]) for k in range(nodes)})
+        tls: dict[str, str] = {}
+        if shared_port:  # one certificate, whichever process answers
+            from cluster_node.net.tls import ensure_self_signed
+
+            cert, key = ensure_self_signed(self.dir / "tls", [DOMAIN])
+            tls = {"cert_file": str(cert), "key_file": str(key)}
         self.configs: list[Path] = []
         for k in range(nodes):
             conf: dict[str, Any] = {
                 "node_name": f"bench-n{k + 1}", "domains": [DOMAIN], "data_dir": str(self.dir / f"n{k + 1}"),
                 "log_level": log_level, "scram_iterations": 4096,
                 "c2s": {"host": "127.0.0.1", "port": self.ports[2 * k], "tls_port": self.ports[2 * k + 1],
-                        "handshake_timeout": 120.0, "idle_timeout": 3600.0},
+                        "handshake_timeout": 120.0, "idle_timeout": 3600.0, "reuse_port": shared_port},
                 "limits": {"max_connections_per_ip": 100_000, "max_connections": 100_000,
                            "shaper_rate": 10_000_000, "shaper_burst": 10_000_000,
                            "stanza_rate": 10_000_000, "stanza_burst": 10_000_000},
@@ -249,6 +263,8 @@ class Meridian(Server):
                 # meridian-mam (every module on, MAM too: beside ejabberd-modules).
                 "modules": {} if mam else {"mam": {"enabled": False}},
             }
+            if tls:
+                conf["tls"] = tls
             if nodes > 1:
                 conf["cluster"] = {"enabled": True, "name": "bench", "secret": "benchmark-cluster-secret-0123",
                                    "port": free_port(), "refresh_interval": 1.0}
@@ -280,8 +296,9 @@ class Meridian(Server):
             control.unlink(missing_ok=True)
             with open(self.dir / f"n{k + 1}.log", "ab") as log:
                 cmd = [sys.executable, "-m", "gateway.cli", "node", "--config", str(config)]
+                own = [self.cpus[k % len(self.cpus)]] if self.shared_port and self.cpus else None
                 self.procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.dir,
-                                                   preexec_fn=self._preexec()))
+                                                   preexec_fn=self._preexec(own)))
             deadline = time.monotonic() + 60
             while not control.exists():
                 if self.procs[-1].poll() is not None or time.monotonic() > deadline:
@@ -797,6 +814,8 @@ def make_server(kind: str, base: Path, cpus: list[int]) -> Server:
         return EjabberdModules(base, cpus)
     if kind == "meridian-cluster":
         return Meridian(base, cpus, nodes=2)
+    if kind == "meridian-cores":
+        return Meridian(base, cpus, shared_port=True)
     if kind == "ejabberd":
         return Ejabberd(base, cpus)
     if kind == "ejabberd-scram":

@@ -158,3 +158,22 @@ def test_compare_runs_against_meridian(tmp_path: Path) -> None:
     assert 97.0 <= m["chat.delivered_pct"] <= 103.0, m
     assert 0 < m["chat.p50_ms"] <= m["chat.p99_ms"], m
     assert 0 < m["idle.kb_per_conn_1"] < 1000 and m["login.peak_rss_mb"] > 10, m
+
+
+@pytest.mark.skipif(shutil.which("tsung") is None, reason="tsung is not installed (scripts/install-test-deps.sh)")
+def test_compare_runs_one_meridian_process_per_core_on_one_port(tmp_path: Path) -> None:
+    """``meridian-cores`` unpinned: one node process per CPU, members of one cluster sharing the c2s
+    port (``c2s.reuse_port``); every login and message of the run gets through."""
+    results = tmp_path / "results.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "compare.py"), "--servers", "meridian-cores", "--no-pin",
+           "--rounds", "1", "--warmup", "5", "--login-users", "30", "--login-arrival", "100", "--login-hold", "0.5",
+           "--chat-users", "10", "--chat-rate", "4", "--chat-duration", "3", "--chat-wait", "1", "--chat-drain", "2",
+           "--probe-pairs", "2", "--probe-rate", "20", "--idle", "20", "--capacity-duration", "1",
+           "--scram-logins", "20", "--no-cross-region", "--state-dir", str(tmp_path / "state"),
+           "--results", str(results), "--save"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert re.search(r"Meridian \d+ processes, 1 port", r.stdout), r.stdout
+    m = json.loads(results.read_text())["medians"]["meridian-cores"]
+    assert m["login.errors"] == 0 and m["chat.errors"] == 0 and m["idle.errors"] == 0 and m["scram.errors"] == 0, m
+    assert m["chat.rate"] > 0 and m["capacity.rate"] > 0, m
