@@ -100,6 +100,7 @@ async def build_member(services: Services, cert: Path, key: Path) -> ClusterMemb
     services.call_handlers[HANDOFF_ACK] = lambda _node, args: handoff.confirmed(args)
     services.hooks.add(Hook.MEMBER_DOWN, handoff.member_down, owner=handoff)
     add_global_routing(services.hooks, handoff, priority=50, owner=handoff)
+    services.other_regions = handoff.reaches_other_regions
     services.hooks.add(Hook.ROUTE_REMOTE, handoff.remote, 50, owner=handoff)  # a gateway's S2S comes first
     await member.start()
     return member
@@ -237,6 +238,10 @@ class GatewayHandoff:
         if names:
             self.seen_gateway = True
         return names
+
+    def reaches_other_regions(self) -> bool:
+        """Whether a hand-off may reach another region: the region has, or had, a gateway."""
+        return self.seen_gateway or any(r.key.startswith("gateway/") for r in self.s.routes)
 
     def gateway(self, stanza: Stanza, key: str | None = None) -> str | None:
         names = self.gateways()

@@ -194,6 +194,7 @@ async def running_gateway(settings: GatewaySettings, *, http_routes: Sequence[we
         # The gateway's own router answers for the other regions before the node's hand-off would
         # (priority 40 < 50); nodes hand it stanzas in "gd" envelopes.
         add_global_routing(services.hooks, router, priority=40, owner=router)
+        services.other_regions = lambda: True
         services.envelopes["gd"] = router.handoff
         links.on_acked = router.remote_acked  # hand-offs confirmed to their nodes once relayed
         s2s = await _start_s2s(settings, node, router)

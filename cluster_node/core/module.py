@@ -257,6 +257,11 @@ class ModuleHost:
         calls = self._s.calls
         return calls.members() if calls is not None else []
 
+    def reaches_other_regions(self) -> bool:
+        """Whether a fan-out (:meth:`deliver_all`) may reach resources in another region: the
+        region has, or had, a gateway.  False in a region standing alone, one node or many."""
+        return self._s.other_regions()
+
     @property
     def gateway_members(self) -> frozenset[str]:
         """The members of the region that are gateways (this one too, if it is): they relay between

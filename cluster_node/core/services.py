@@ -63,6 +63,10 @@ class Services:
     modules_started: bool = False
     # Authentication failures per address, shared by every way in (c2s, user API) and the region.
     auth_throttle: AuthThrottle = field(init=False)
+    # Whether a fan-out (``route_fanout``) may reach another region: set by the hand-off to the
+    # region's gateways (the region has, or had, one) and by a gateway's own router.  Carbons ask
+    # it before building a copy that no one else could get.
+    other_regions: Callable[[], bool] = lambda: False
     # Refusals by the limit that was hit, named by its setting ("limits.stanza_rate"): one count
     # for every limit and abuse rule, read by /metrics and the admin API.
     refusals: Counter[str] = field(default_factory=Counter)

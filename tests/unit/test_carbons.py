@@ -97,6 +97,7 @@ def capture_members(node: FakeNode) -> list[tuple[str, Stanza]]:
 def capture_fanouts(node: FakeNode) -> list[tuple[Stanza, str, Fanout]]:
     fanouts: list[tuple[Stanza, str, Fanout]] = []
     node.hooks.add(Hook.ROUTE_FANOUT, lambda s, bare, which: fanouts.append((s, str(bare), which)) or True)
+    node.services.other_regions = lambda: True  # a region with a gateway
     return fanouts
 
 
@@ -342,6 +343,29 @@ async def test_ineligible_messages_are_not_copied_when_sent(node: FakeNode):
 
 
 # -- received carbons ----------------------------------------------------------------------------------------
+
+
+async def test_no_copy_is_made_in_a_region_without_gateways_when_no_resource_has_carbons(node: FakeNode):
+    """A cluster's members route a fan-out to their region's gateways: in a region that has none
+    (one node or many), a copy no resource here can take is not built at all."""
+    members = capture_members(node)
+    fanouts: list[Stanza] = []
+    node.hooks.add(Hook.ROUTE_FANOUT, lambda s, bare, which: fanouts.append(s) or True)  # a member's hand-off
+    phone = await online(node, f"{ALICE}/phone")
+    remote(node, f"{ALICE}/desk", carbons=False)
+    bob = await online(node, f"{BOB}/pc")
+    await node.sessions.outbound(phone, msg(f"{ALICE}/phone", f"{BOB}/pc", body="hi"))  # type: ignore[arg-type]
+    await node.route(msg(f"{BOB}/pc", f"{ALICE}/phone", body="hello"))
+    await node.settle()
+    assert only(bob.take()).element.findtext(C + "body") == "hi"
+    assert only(phone.take()).element.findtext(C + "body") == "hello"
+    assert fanouts == [] and members == []
+    assert node.services.modules["carbons"].counters == {"sent": 0, "received": 0}
+    # Once the region has a gateway, another region may hold a carbons-enabled resource.
+    node.services.other_regions = lambda: True
+    await node.sessions.outbound(phone, msg(f"{ALICE}/phone", f"{BOB}/pc", body="again"))  # type: ignore[arg-type]
+    await node.settle()
+    assert sum(s.child(NS, "sent") is not None for s in fanouts) == 1
 
 
 async def test_received_carbons_for_a_full_jid_skip_the_addressed_resource(node: FakeNode):

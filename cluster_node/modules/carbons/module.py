@@ -125,10 +125,10 @@ class Carbons(Module):
         self.host.deliver_all(bare, rules.wrap("received", stanza, str(bare)), select)
 
     def _anyone(self, bare: Jid) -> bool:
-        """Whether a carbons-enabled resource of ``bare`` may exist: one in this region, or
-        another region to fan out to."""
+        """Whether a carbons-enabled resource of ``bare`` may exist: one in this region (the
+        replicated table says), or another region to fan out to (the region has a gateway)."""
         return (any(r.flags.get(FLAG) for r in self.host.table.resources(bare))
-                or self.host.hooks.has(Hook.ROUTE_FANOUT))
+                or self.host.reaches_other_regions())
 
 
 def _feature(features: set[str]) -> set[str]:
