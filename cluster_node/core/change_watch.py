@@ -51,7 +51,7 @@ class ChangeWatch:
 
 
 async def poll_changes(watch: ChangeWatch, query: Callable[[int], Awaitable[Iterable[Row]]], what: str,
-               counters: dict[str, int], prefix: str = "") -> list[Key] | None:
+                       counters: dict[str, int], prefix: str = "") -> list[Key] | None:
     """One poll of a change table through ``query(since)``: the keys changed, or None when the
     query failed.  Counts ``{prefix}polls`` and ``{prefix}poll_failures``; a failure is logged at
     most once a minute (a database away for an hour is one line a minute, not one a poll)."""

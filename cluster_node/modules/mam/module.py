@@ -499,8 +499,9 @@ class Mam(Module):
 
     async def poll_prefs(self) -> None:
         """Learn the users who set preferences since the last poll, on any member of any region."""
-        self.with_prefs.update(await poll_changes(self._prefs_watch, self.store.prefs_changed, "archive preferences",
-                                          self.counters, "prefs_") or ())
+        changed = await poll_changes(self._prefs_watch, self.store.prefs_changed, "archive preferences",
+                                     self.counters, "prefs_")
+        self.with_prefs.update(changed or ())
 
     # -- retention ------------------------------------------------------------------------------------
 
