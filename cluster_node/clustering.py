@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .cluster.discovery import Discovery, FileDiscovery, RdbmsDiscovery, parse_peer
-from .cluster.table import Record
+from .cluster.table import Change, Record
 from .core.hooks import Hook
 from .core.router import Fanout, add_global_routing, addressed
 from .core.services import AUTH_BAN_CALL, Services
@@ -228,6 +228,10 @@ class GatewayHandoff:
         self.unconfirmed: dict[str, dict[int, _Handed]] = {}  # gateway -> seq -> hand-off
         self.held: deque[_Handed] = deque()  # no gateway to take them (yet)
         self.seen_gateway = False  # a region that never had one stands alone: nothing is held
+        # Whether the routes name a gateway: read on every chat message (carbons), so kept up to
+        # date by the table's changes rather than found by a scan per message.
+        self._gateway_route = False
+        services.routes.listeners.append(self._route_changed)
         self.expired = 0  # held past the deadline, handled here
         self.dropped_unconfirmed = 0  # copies given up because a gateway never confirmed them
         self._flusher: asyncio.Task[None] | None = None
@@ -241,7 +245,11 @@ class GatewayHandoff:
 
     def reaches_other_regions(self) -> bool:
         """Whether a hand-off may reach another region: the region has, or had, a gateway."""
-        return self.seen_gateway or any(r.key.startswith("gateway/") for r in self.s.routes)
+        return self.seen_gateway or self._gateway_route
+
+    def _route_changed(self, change: Change) -> None:
+        if change[1].key.startswith("gateway/"):
+            self._gateway_route = any(r.key.startswith("gateway/") for r in self.s.routes)
 
     def gateway(self, stanza: Stanza, key: str | None = None) -> str | None:
         names = self.gateways()
