@@ -1,6 +1,6 @@
 """One node process per core: two members of one cluster on one host share the c2s port
 (``c2s.reuse_port``, SO_REUSEPORT); the kernel spreads the connections between them, and the users
-talk to each other as on one server (half the messages cross the cluster link)."""
+(slixmpp clients) talk to each other as on one server (half the messages cross the cluster link)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers.ports import free_ports
 from tests.helpers.topologies import two_node_region
-from tests.helpers.xmpp_raw import RawClient, local
+from tests.helpers.xmpp_client import Client
 
 pytestmark = pytest.mark.asyncio
 
@@ -31,13 +31,7 @@ async def test_two_processes_share_the_c2s_port_and_route_between_them(tmp_path:
         return conf
 
     with two_node_region(tmp_path, names=("p1", "p2"), users=USERS, password=PASSWORD, settings=settings) as nodes:
-        clients = []
-        for user in USERS:
-            c = RawClient(port, nodes[0].cert)
-            await c.connect()
-            await c.login(user, PASSWORD)
-            await c.bind("r")
-            clients.append(c)
+        clients = [await Client(f"{user}@localhost/r", PASSWORD, cert=nodes[0].cert).login(port) for user in USERS]
         _, body = await nodes[0].admin("{ session { listSessions { user node } } }")
         where = {s["user"].split("@")[0]: s["node"] for s in body["data"]["session"]["listSessions"]}
         assert set(where) == set(USERS)
@@ -46,11 +40,12 @@ async def test_two_processes_share_the_c2s_port_and_route_between_them(tmp_path:
         # Each user writes to the next: every message arrives, on whichever process it is.
         for i, c in enumerate(clients):
             to = USERS[(i + 1) % len(USERS)]
-            c.send(f"<message to='{to}@localhost/r' type='chat' id='m{i}'><body>from {USERS[i]}</body></message>")
-        got = await asyncio.gather(*(c.next(lambda e: local(e) == "message", timeout=15) for c in clients))
-        for i, el in enumerate(got):
+            c.send_message(mto=f"{to}@localhost/r", mbody=f"from {USERS[i]}", mtype="chat")
+        got = await asyncio.gather(*(c.next_message(timeout=15) for c in clients))
+        for i, msg in enumerate(got):
             sender = USERS[i - 1]
-            assert el.get("from", "").startswith(f"{sender}@localhost/"), el.get("from")
+            assert str(msg["from"]).startswith(f"{sender}@localhost/"), msg["from"]
+            assert msg["body"] == f"from {sender}"
         crossing = sum(where[USERS[i]] != where[USERS[(i + 1) % len(USERS)]] for i in range(len(USERS)))
         assert crossing > 0  # some went over the cluster link (the kernel's spread makes it likely)
         for c in clients:
