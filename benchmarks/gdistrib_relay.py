@@ -62,7 +62,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere: import the project from this checkout
@@ -254,7 +254,11 @@ BODY = re.compile(rb"<body>([A-Z]) (\d+) (\d+)</body>")
 ERROR = re.compile(rb"type=['\"]error['\"]")
 
 TAGS = {"W": "warm-up", "T": "throughput eu→us", "D": "throughput eu→eu", "R": "eu→us relayed",
-        "S": "eu→eu same node", "O": "eu→eu other node"}
+        "S": "eu→eu same node", "O": "eu→eu other node",
+        # relay_regions.py's phases (N regions, every region sending to every other one)
+        "A": "throughput all-to-all", "L": "paced all-to-all"}
+# The paced phase: which recipients (a kind of Load.targets) each tag goes to.
+PACED_KINDS = {"R": "us", "S": "eu", "O": "eu2"}
 
 
 def client_tls() -> ssl.SSLContext:
@@ -422,12 +426,13 @@ class Load:
         await self._wait(tag, n, timeout)
         return tally.last_at[tag] - t0
 
-    async def paced(self, plan: list[str], rate: float, timeout: float) -> float:
-        """One message per entry of ``plan`` (its tag: R, S or O) at ``rate``/s; seconds taken."""
+    async def paced(self, plan: list[str], rate: float, timeout: float,
+                    kinds: dict[str, str] = PACED_KINDS) -> float:
+        """One message per entry of ``plan`` (its tag: R, S or O, sent to ``kinds[tag]``'s recipients)
+        at ``rate``/s; seconds taken."""
         senders = self.senders
         pairs = len(senders)
         counts = dict.fromkeys(TAGS, 0)
-        kinds = {"R": "us", "S": "eu", "O": "eu2"}
         cycle = len(set(plan))
         mono = time.monotonic
         t0 = mono()
@@ -448,6 +453,16 @@ class Load:
 # -- the servers --------------------------------------------------------------------------------
 
 
+class Servers(Protocol):
+    """What the helpers below need of a topology: its server processes, and the delay proxy's pipe."""
+
+    @property
+    def servers(self) -> list[NodeProcess]: ...
+
+    @property
+    def proxy_conn(self) -> Connection | None: ...
+
+
 @dataclass
 class World:
     base: Path
@@ -462,7 +477,7 @@ class World:
         return [*self.eu.nodes, *self.eu.gateways, *self.us.gateways, *self.us.nodes]
 
 
-async def proxy_lateness(world: World) -> list[float] | None:
+async def proxy_lateness(world: Servers) -> list[float] | None:
     """How late the delay proxy wrote chunks (beyond the delay) since it was last asked."""
     if world.proxy_conn is None:
         return None
@@ -510,16 +525,53 @@ async def register(url: str, names: list[str]) -> None:
         await storage.close()
 
 
+def gdistrib_settings(specs: list[str]) -> dict[str, Any]:
+    """The ``[gdistrib]`` tables of ``--gdistrib SECTION.KEY=VALUE`` options (validated by :func:`main`)."""
+    gd: dict[str, Any] = {}
+    for spec in specs:
+        section, _, rest = spec.partition(".")
+        key, _, value = rest.partition("=")
+        gd.setdefault(section, {})[key] = tomllib.loads(f"v = {value}")["v"]
+    return gd
+
+
+def start_proxy(mp: Any, routes: list[tuple[int, int]], delay_ms: float
+                ) -> tuple[multiprocessing.process.BaseProcess, Connection]:
+    """The delay proxy process (see :func:`proxy_main`), once it listens: (process, its pipe)."""
+    here, there = mp.Pipe()
+    proc = mp.Process(target=proxy_main, args=(routes, delay_ms / 1e3, there), daemon=True)
+    proc.start()
+    if not here.poll(20) or here.recv() != "ready":
+        stop_proxy(proc, None)
+        raise BenchmarkError("the delay proxy did not start")
+    return proc, here
+
+
+def stop_proxy(proc: multiprocessing.process.BaseProcess, conn: Connection | None) -> None:
+    if conn is not None:
+        with contextlib.suppress(OSError):
+            conn.send("stop")
+    proc.join(5)
+    if proc.is_alive():
+        proc.kill()
+
+
+def watch_servers(base: Path, servers: list[NodeProcess], profile_dir: str | None) -> None:
+    """Every server started with the GC hook (and cProfile with ``profile_dir``): see :data:`_HOOK`."""
+    hook = base / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_HOOK)
+    for p in servers:
+        profile = Path(profile_dir).resolve() / f"{p.name}.prof" if profile_dir else None
+        watched(p, hook, base / f"{p.name}.gc", profile)
+
+
 def build(base: Path, redis_server: RedisServer, args: argparse.Namespace, mp: Any) -> World:
     db = f"sqlite:///{base / 'domain.db'}"
     proxy_ports = {"eu": free_port(), "us": free_port()} if args.link_delay_ms > 0 else {}
     regions = {}
     for name, nodes in (("eu", 2 if args.other_node else 1), ("us", 1)):
-        gd: dict[str, Any] = {}
-        for spec in args.gdistrib:
-            section, _, rest = spec.partition(".")
-            key, _, value = rest.partition("=")
-            gd.setdefault(section, {})[key] = tomllib.loads(f"v = {value}")["v"]
+        gd = gdistrib_settings(args.gdistrib)
         if proxy_ports:  # the other region dials the proxy, which dials us
             gd.setdefault("connections", {})["advertised_endpoints"] = [f"127.0.0.1:{proxy_ports[name]}"]
         regions[name] = make_region(base, name, storage_url=db, redis_url=redis_server.url, nodes=nodes,
@@ -527,33 +579,32 @@ def build(base: Path, redis_server: RedisServer, args: argparse.Namespace, mp: A
     world = World(base, redis_server, regions["eu"], regions["us"])
     if proxy_ports:
         routes = [(proxy_ports[name], link_port(regions[name].gateways[0])) for name in ("eu", "us")]
-        here, there = mp.Pipe()
-        world.proxy = mp.Process(target=proxy_main, args=(routes, args.link_delay_ms / 1e3, there), daemon=True)
-        world.proxy.start()
-        world.proxy_conn = here
-        if not here.poll(20) or here.recv() != "ready":
-            raise BenchmarkError("the delay proxy did not start")
-    hook = base / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(_HOOK)
-    for p in world.servers:
-        profile = Path(args.profile).resolve() / f"{p.name}.prof" if args.profile else None
-        watched(p, hook, base / f"{p.name}.gc", profile)
+        world.proxy, world.proxy_conn = start_proxy(mp, routes, args.link_delay_ms)
+    watch_servers(base, world.servers, args.profile)
     return world
 
 
-async def ready(world: World, timeout: float) -> None:
-    """Every region's cluster joined (its nodes know its gateway), the links up both ways."""
-    for region in (world.eu, world.us):
+async def regions_ready(regions: list[Region], timeout: float) -> None:
+    """Every region's cluster joined (its nodes know its gateway), each gateway's links up to every
+    other region."""
+    for region in regions:
         names = sorted(p.name for p in region.processes)
         for p in region.processes:
             async def joined(p: NodeProcess = p, names: list[str] = names) -> bool:
                 return bool((await query(p, "cets", "systemInfo"))["joinedNodes"] == names)
             await poll(joined, timeout, f"{p.name} to join {names}")
-    for gw, other in ((world.eu.gateways[0], "us"), (world.us.gateways[0], "eu")):
-        async def up(gw: NodeProcess = gw, other: str = other) -> bool:
-            return bool((await query(gw, "gdistrib", "status"))["links"].get(other, {}).get("up"))
-        await poll(up, timeout, f"{gw.name}'s link to {other}")
+    for region in regions:
+        for other in (r.name for r in regions if r is not region):
+            gw = region.gateways[0]
+
+            async def up(gw: NodeProcess = gw, other: str = other) -> bool:
+                return bool((await query(gw, "gdistrib", "status"))["links"].get(other, {}).get("up"))
+            await poll(up, timeout, f"{gw.name}'s link to {other}")
+
+
+async def ready(world: World, timeout: float) -> None:
+    """Every region's cluster joined (its nodes know its gateway), the links up both ways."""
+    await regions_ready([world.eu, world.us], timeout)
 
 
 async def mapped(redis_url: str, jids: list[str], timeout: float) -> None:
@@ -877,11 +928,11 @@ async def measure(world: World, args: argparse.Namespace) -> int:
     return 0
 
 
-def log_sizes(world: World) -> dict[str, int]:
+def log_sizes(world: Servers) -> dict[str, int]:
     return {p.name: p.log_path.stat().st_size if p.log_path.exists() else 0 for p in world.servers}
 
 
-def world_warnings(world: World, since: dict[str, int] | None = None) -> list[str]:
+def world_warnings(world: Servers, since: dict[str, int] | None = None) -> list[str]:
     """Warnings and errors the servers logged (after ``since``: their logs' sizes then)."""
     out = []
     for p in world.servers:
@@ -934,12 +985,7 @@ def run(args: argparse.Namespace) -> int:
         code = 2
     finally:
         if world is not None and world.proxy is not None:
-            if world.proxy_conn is not None:
-                with contextlib.suppress(OSError):
-                    world.proxy_conn.send("stop")
-            world.proxy.join(5)
-            if world.proxy.is_alive():
-                world.proxy.kill()
+            stop_proxy(world.proxy, world.proxy_conn)
         if args.keep_logs:
             print(f"  logs kept in {base}")
         else:
