@@ -21,6 +21,10 @@ messages in flight per sender (each delivery triggers the next one: the node's c
 :func:`worker_main` runs one :class:`Generator` in its own process and takes commands over a
 ``multiprocessing`` pipe (``benchmarks/node_load.py`` starts several).  Nothing here imports
 the project: it speaks to the node over sockets only.
+
+Loopback has about 28,000 ephemeral ports per source address (32768–60999): beyond that, give
+``WorkerSpec.local_addrs`` (e.g. 127.0.0.2, 127.0.0.3, …, all loopback on Linux) and each client
+binds its socket to one of them in turn (``benchmarks/idle_scale.py`` holds 100,000 this way).
 """
 
 from __future__ import annotations
@@ -86,7 +90,8 @@ class Client(asyncio.Protocol):
     """One XMPP client connection (a login script, then a byte scanner)."""
 
     __slots__ = ("gen", "username", "password", "jid", "transport", "sslobj", "inc", "out", "buf", "want",
-                 "waiter", "hs_waiter", "hot", "rest", "msg_prefix", "feeder", "closed", "login_s")
+                 "waiter", "hs_waiter", "hot", "rest", "msg_prefix", "feeder", "closed", "login_s",
+                 "local_addr")
 
     def __init__(self, gen: Generator, username: str, password: str) -> None:
         self.gen = gen
@@ -107,6 +112,7 @@ class Client(asyncio.Protocol):
         self.feeder: Client | None = None  # closed loop: who sends to this client
         self.closed = False
         self.login_s = 0.0
+        self.local_addr: tuple[str, int] | None = None  # (source address, 0) to bind to; None: any
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -241,7 +247,7 @@ class Client(asyncio.Protocol):
     async def login(self) -> None:
         g = self.gen
         t0 = time.perf_counter()
-        await g.loop.create_connection(lambda: self, g.host, g.port)
+        await g.loop.create_connection(lambda: self, g.host, g.port, local_addr=self.local_addr)
         if g.direct_tls:
             await self.start_tls()
         else:
@@ -319,6 +325,9 @@ class WorkerSpec:
     resource: str = "lg"
     cpus: list[int] = field(default_factory=list)  # CPU affinity ([] = any)
     nofile: int = 0
+    # source addresses the clients bind to, in turn ([]: the kernel's choice): each gives its own
+    # ~28,000 loopback ephemeral ports, so more clients than one address allows can connect
+    local_addrs: list[str] = field(default_factory=list)
 
 
 class Generator:
@@ -333,11 +342,20 @@ class Generator:
                        f"xmlns='jabber:client' xmlns:stream='http://etherx.jabber.org/streams'>").encode()
         self.ctx = client_tls_context()
         self.salted_cache: dict[tuple[str, bytes, int, str], bytes] = {}
-        self.clients = [Client(self, u, p) for u, p in spec.users]
+        self.clients = self._new_clients()
         self.online: list[Client] = []
         self.senders: list[Client] = []
         self.closed_loop = False
         self.reset()
+
+    def _new_clients(self) -> list[Client]:
+        """One client per user, bound to the spec's source addresses in turn (if any)."""
+        clients = [Client(self, u, p) for u, p in self.spec.users]
+        binds = [(a, 0) for a in self.spec.local_addrs]
+        if binds:
+            for k, c in enumerate(clients):
+                c.local_addr = binds[k % len(binds)]
+        return clients
 
     def reset(self) -> None:
         self.sent = 0
@@ -492,7 +510,7 @@ class Generator:
         """Close every connection and start over with fresh clients (a second login of the same
         users; SCRAM salted passwords stay cached, as a real client keeps them)."""
         await self.close_all()
-        self.clients = [Client(self, u, p) for u, p in self.spec.users]
+        self.clients = self._new_clients()
         self.online = []
         self.senders = []
         return {"ok": True}
@@ -535,6 +553,9 @@ async def _serve(spec: WorkerSpec, conn: Connection) -> None:
         "paced": gen.paced,
         "closed": gen.closed,
         "logout": gen.logout,
+        # connections logged in and still open (a process that only holds them runs no phase
+        # that would report what it lost)
+        "held": lambda: _value({"online": len(gen.online), "open": sum(not c.closed for c in gen.online)}),
     }
     conn.send(("ready", {"pid": os.getpid()}))
     try:
