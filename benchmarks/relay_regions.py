@@ -14,7 +14,9 @@ senders in all (spread evenly over the regions, the same total for every N) and 
 sender j of a region sends to recipient j of another region, the other regions taken in turn by j,
 so every region sends to every other one (all-to-all) and every message is relayed.
 
-1. Idle: ``--idle`` seconds without traffic, the gateways' CPU (pings and refreshes of N−1 links).
+1. Idle: ``--idle`` seconds without traffic, the gateways' and the nodes' CPU: pings and refreshes,
+   of N−1 links per gateway (at ``tests/helpers/regions.py``'s short test intervals: a ping every
+   0.5 s).  Phase 2 also gives the gateways' CPU per relayed message net of it.
 2. Throughput: ``--messages`` in all, round robin over the senders, at most ``--window`` on their
    way at once: delivered relayed messages/s, counted at the recipients, and CPU per relayed message
    (psutil, user + system) of the gateways together, of the nodes together, of the delay proxy,
@@ -232,6 +234,7 @@ async def measure(top: Topology, args: argparse.Namespace) -> Outcome:
     await asyncio.sleep(args.idle)
     b, idle_wall = meter.sample(), time.monotonic() - w0
     idle_gw = cpu(a, b, gateways) / idle_wall
+    idle_nodes = cpu(a, b, nodes) / idle_wall
 
     # 2. throughput
     async def counters() -> dict[str, dict[str, Any]]:
@@ -282,6 +285,8 @@ async def measure(top: Topology, args: argparse.Namespace) -> Outcome:
         "loaded_latency_ms": {"p50": pct(loaded, 50), "p99": pct(loaded, 99)},
         "cpu_us_per_relayed": {
             "gateways": cpu(a, b, gateways) / m * 1e6, "nodes": cpu(a, b, nodes) / m * 1e6,
+            # what the links' pings and the refreshes would have taken anyway over the phase, left out
+            "gateways_net_of_idle": (cpu(a, b, gateways) - idle_gw * wall) / m * 1e6,
             "delay_proxy": cpu(a, b, {"delay proxy"}) / m * 1e6 if "delay proxy" in procs else None,
             "redis": cpu(a, b, {"redis"}) / m * 1e6 if "redis" in procs else None,
             "load_generator": cpu(a, b, {"load generator"}) / m * 1e6,
@@ -293,7 +298,7 @@ async def measure(top: Topology, args: argparse.Namespace) -> Outcome:
         "redis_lookups_per_relayed": delta("lookups") / m,
         "gateway_counters": {"relayed": delta("relayed"), "received": delta("received"), "bounced": delta("bounced"),
                              "link_errors": delta("linkErrors"), "queue_full_total": queue_full},
-        "idle_gateways_cpu_share": idle_gw,
+        "idle_gateways_cpu_share": idle_gw, "idle_nodes_cpu_share": idle_nodes,
         "machine_cpu_s": machine, "other_work_cpu_s": max(0.0, machine - ours), "wall_s": wall,
         "paced": {"messages": args.paced, "delivered": tally.delivered["L"], "rate": args.rate, "seconds": paced_s,
                   "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "max_ms": max(lat),
@@ -381,6 +386,8 @@ def table(outcomes: list[Outcome], args: argparse.Namespace) -> list[str]:
                                                   f"{f['loaded_latency_ms']['p99']:.0f} ms" for f in fs]),
         ("CPU per relayed message: the gateways", us("gateways")),
         (f"  ratio to N={outcomes[0].n} (flat: ≤ {args.flat_target:g}× at the largest N)", ratio("gateways")),
+        ("  the gateways, net of their idle CPU", us("gateways_net_of_idle")),
+        (f"  ratio to N={outcomes[0].n}", ratio("gateways_net_of_idle")),
         ("  the nodes", us("nodes")),
         (f"  ratio to N={outcomes[0].n}", ratio("nodes")),
         ("  the delay proxy", us("delay_proxy")),
@@ -392,7 +399,8 @@ def table(outcomes: list[Outcome], args: argparse.Namespace) -> list[str]:
         ("nodes' wake-ups per relayed message", [f"{f['node_wakeups_per_relayed']:.2f}" for f in fs]),
         ("Redis lookups per relayed message", [f"{f['redis_lookups_per_relayed']:.3f}" for f in fs]),
         ("links' queue-full events", [str(f["gateway_counters"]["queue_full_total"]) for f in fs]),
-        ("idle: the gateways' CPU, share of one CPU", [f"{f['idle_gateways_cpu_share']:.1%}" for f in fs]),
+        ("idle: the gateways' / the nodes' CPU, share of one CPU",
+         [f"{f['idle_gateways_cpu_share']:.1%} / {f['idle_nodes_cpu_share']:.1%}" for f in fs]),
         (f"paced: {args.paced:,} relayed at {args.rate:,.0f}/s, p50 / p99",
          [f"{f['paced']['p50_ms']:.1f} / {f['paced']['p99_ms']:.1f} ms" for f in fs]),
         (f"  minus the link delay ({delay:g} ms: one link, one way), p50 / p99",
