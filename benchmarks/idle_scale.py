@@ -18,8 +18,10 @@ idle again:
   since the start, send ``--probe-rate`` messages/s in all for ``--probe-duration`` s while the
   connections are held (open loop, loadgen's ``paced``: the body is the send time, CLOCK_MONOTONIC,
   read by the receiving socket): p50/p99, and messages lost;
-- what else the connections cost the machine: the load generators' RSS per connection and the
-  kernel's TCP buffer memory (``/proc/net/sockstat``), which no process's RSS shows.
+- what else the connections cost the machine: the load generators' RSS per connection (over
+  their interpreters' own), and the kernel's, which no process's RSS shows: its slab caches
+  (``/proc/meminfo``, socket structures for both ends) and its TCP buffers (``/proc/net/sockstat``),
+  both machine-wide.
 
 Loopback has ~28,000 ephemeral ports per (source, destination) address pair: the clients bind to
 source addresses 127.0.0.2, 127.0.0.3, … (all of 127.0.0.0/8 is loopback on Linux), a new one per
@@ -147,6 +149,16 @@ def kernel_tcp_mb() -> float:
     return float("nan")
 
 
+def kernel_slab_mb() -> float:
+    """The kernel's slab caches (socket structures among them, both ends of every connection), MB:
+    machine-wide, so other work moves it a little."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("Slab:"):
+                return int(line.split()[1]) / 1000
+    return float("nan")
+
+
 def pids_rss(pids: list[int]) -> int:
     total = 0
     for pid in pids:
@@ -246,11 +258,13 @@ def run(args: argparse.Namespace) -> int:
         cpu_start = tree.cpu_s()
         out["rss0_mb"] = rss0 / 1e6
         out["tcp0_mb"] = kernel_tcp_mb()
+        out["slab0_mb"] = kernel_slab_mb()
         print(f"  node started: RSS {rss0 / 1e6:.0f} MB with {probes} probe clients; descriptor limit "
               f"{out['node_nofile']:,}; clients from {addrs[0]}…{addrs[-1]} ({len(addrs)} addresses)", flush=True)
         done = 0
         for size in sizes:
-            row = checkpoint(args, node, held, gen_base, probe, done, size, addrs, gen_cpus, rss0, out["tcp0_mb"])
+            row = checkpoint(args, node, held, gen_base, probe, done, size, addrs, gen_cpus, rss0, out["tcp0_mb"],
+                             out["slab0_mb"])
             rows.append(row)
             done = size
             print(f"  {size:>7,} held: RSS {row['rss_mb']:,.0f} MB ({row['kb_per_conn']:.1f} KB/conn), "
@@ -301,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
 
 def checkpoint(args: argparse.Namespace, node: IdleNode, held: list[Workers], gen_base: list[int],
                probe: Workers | None, done: int, size: int, addrs: list[str], gen_cpus: list[int], rss0: int,
-               tcp0: float) -> dict[str, Any]:
+               tcp0: float, slab0: float) -> dict[str, Any]:
     """Log in users ``done+1..size`` and hold them with the earlier ones; then measure (module docstring)."""
     tree = node.tree
     assert tree is not None
@@ -353,6 +367,7 @@ def checkpoint(args: argparse.Namespace, node: IdleNode, held: list[Workers], ge
         "node_cpu_probe_s": probe_cpu, "held_online": online, "held_open": still_open,
         "gen_rss_mb": gen_rss / 1e6, "gen_kb_per_conn": gen_rss / max(online, 1) / 1000,
         "kernel_tcp_mb": kernel_tcp_mb(), "kernel_tcp_kb_per_conn": (kernel_tcp_mb() - tcp0) * 1000 / size,
+        "kernel_slab_mb": kernel_slab_mb(), "kernel_slab_kb_per_conn": (kernel_slab_mb() - slab0) * 1000 / size,
         "available_mb": psutil.virtual_memory().available / 1e6,
     }
     problems = []
@@ -375,7 +390,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             ("CPU ms/login", "node_cpu_ms_per_login", "{:.2f}"), ("idle CPU %", "node_idle_cpu_pct", "{:.1f}"),
             ("probe p50 ms", "probe_p50_ms", "{:.2f}"), ("probe p99 ms", "probe_p99_ms", "{:.2f}"),
             ("probe msgs", "probe_received", "{:,}"), ("gen KB/conn", "gen_kb_per_conn", "{:.1f}"),
-            ("kernel TCP KB/conn", "kernel_tcp_kb_per_conn", "{:.1f}")]
+            ("slab KB/conn", "kernel_slab_kb_per_conn", "{:.1f}"),
+            ("TCP buf KB/conn", "kernel_tcp_kb_per_conn", "{:.1f}")]
     if not rows:
         return
     cells = [[fmt.format(r[key]) for _, key, fmt in cols] for r in rows]
