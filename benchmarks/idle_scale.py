@@ -26,7 +26,10 @@ idle again:
 Loopback has ~28,000 ephemeral ports per (source, destination) address pair: the clients bind to
 source addresses 127.0.0.2, 127.0.0.3, … (all of 127.0.0.0/8 is loopback on Linux), a new one per
 ``--per-address`` clients (loadgen's ``WorkerSpec.local_addrs``).  RLIMIT_NOFILE is raised in the
-node and in each load generator process (root may raise the hard limit up to ``fs.nr_open``).
+node and in each load generator process: past the hard limit only with CAP_SYS_RESOURCE (up to
+``fs.nr_open``), which root in a container may lack.  The node needs a descriptor per connection:
+when the largest size cannot fit, the run stops before starting anything and names the largest
+size that does (exit status 2); the load generators take as many processes as their share needs.
 
 Accounts ``user1..userN`` and ``probe1..probe2P`` (one password: one SCRAM derivation for all; the
 node's memory of verified PLAIN logins is per account, so every first login still pays a PBKDF2)
@@ -38,8 +41,8 @@ those missing.
     flock /tmp/bench.lock .venv/bin/python benchmarks/idle_scale.py --json /tmp/idle.json
 
 Exit status 0 when every login succeeded, every connection stayed and every probe message
-arrived; 2 when the run failed (the node did not start or died, logins failed, connections or
-messages were lost).  There are no goals to miss: the figures are printed and, with ``--json``,
+arrived; 2 when the run failed (descriptors too few, the node did not start or died, logins
+failed, connections or messages were lost).  There are no goals to miss: the figures are printed and, with ``--json``,
 written for the README.
 """
 
@@ -53,6 +56,7 @@ import json
 import math
 import os
 import platform
+import resource
 import sys
 import time
 import tomllib
@@ -78,7 +82,7 @@ from tests.helpers.node import toml_dump  # noqa: E402
 
 PASSWORD = "idle-scale-password"
 DEFAULT_STATE = Path("/var/tmp/meridian-idle-state")
-NOFILE_SLACK = 4096  # descriptors beyond the clients: listeners, database, logs, the pipes
+NOFILE_SLACK = 256  # descriptors beyond the clients: listeners, database, logs, pipes (a node uses ~15)
 
 
 def probe_user(i: int) -> str:
@@ -177,11 +181,19 @@ def clients_by_address(pid: int, port: int) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
+def nofile_ceiling(want: int) -> int:
+    """RLIMIT_NOFILE of this process raised towards ``want`` (the node and the load generators
+    inherit its hard limit): what a process can get.  Raising the hard limit needs
+    CAP_SYS_RESOURCE, which root may not have (a container): then the hard limit is the ceiling."""
+    return loadgen.raise_nofile(want)
+
+
 def specs(node: IdleNode, users: list[tuple[str, str]], workers: int, concurrency: int, addrs: list[str],
-          cpus: list[int], timeout: float) -> list[loadgen.WorkerSpec]:
-    """Load generator processes for ``users``, each binding its clients to ``addrs`` in turn."""
+          cpus: list[int], timeout: float, nofile: int) -> list[loadgen.WorkerSpec]:
+    """Load generator processes for ``users``, each binding its clients to ``addrs`` in turn; more
+    processes than ``workers`` when one could not hold its share under ``nofile`` descriptors."""
     host, port = node.endpoints[0]
-    workers = max(1, min(workers, len(users)))
+    workers = max(1, min(max(workers, math.ceil(len(users) / max(nofile - NOFILE_SLACK, 1))), len(users)))
     return [loadgen.WorkerSpec(host=host, port=port, direct_tls=False, domain=peers.DOMAIN, sasl="PLAIN",
                                users=users[w::workers], login_concurrency=max(1, concurrency // workers),
                                login_timeout=timeout, cpus=cpus, nofile=len(users) // workers + NOFILE_SLACK,
@@ -220,6 +232,19 @@ def run(args: argparse.Namespace) -> int:
           f"{args.concurrency} logins in progress; probe {args.probe_pairs} pairs at {args.probe_rate:g} msg/s for "
           f"{args.probe_duration:g} s; {platform.python_implementation()} {platform.python_version()}, "
           f"{os.cpu_count()} CPUs, load average {load_average()}; {started:%Y-%m-%d %H:%M} UTC", flush=True)
+    need = n + probes + NOFILE_SLACK
+    nofile = nofile_ceiling(need)
+    if nofile < need:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        fits = max(0, nofile - probes - NOFILE_SLACK)
+        msg = (f"holding {n:,} connections needs {need:,} descriptors in the node process; this machine allows "
+               f"{nofile:,} (hard limit {hard:,}; raising it needs CAP_SYS_RESOURCE, and fs.nr_open "
+               f"{_read_int('/proc/sys/fs/nr_open'):,} above it): the largest size that fits is {fits:,}")
+        print(f"BENCHMARK FAILED: {msg}")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"sizes": sizes, "nofile": nofile, "largest_size": fits,
+                                                   "checkpoints": [], "failed": [msg]}, indent=2) + "\n")
+        return 2
     addrs = source_addresses(n + probes, args.per_address)
     node = IdleNode(state, node_cpus, n + probes)
     made, reg_s = node.prepare_accounts(n, probes)
@@ -248,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
         wait_idle(tree, 30)
         probe_users = [(probe_user(i), PASSWORD) for i in range(1, probes + 1)]
         if probe_users:
-            probe = Workers(specs(node, probe_users, 1, 50, addrs, gen_cpus, 120.0))
+            probe = Workers(specs(node, probe_users, 1, 50, addrs, gen_cpus, 120.0, nofile))
             res = probe.all("login", 180)
             if res[0]["failed"]:
                 raise BenchmarkError(f"probe logins failed: {res[0]['failures']}")
@@ -264,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
         done = 0
         for size in sizes:
             row = checkpoint(args, node, held, gen_base, probe, done, size, addrs, gen_cpus, rss0, out["tcp0_mb"],
-                             out["slab0_mb"])
+                             out["slab0_mb"], nofile)
             rows.append(row)
             done = size
             print(f"  {size:>7,} held: RSS {row['rss_mb']:,.0f} MB ({row['kb_per_conn']:.1f} KB/conn), "
@@ -315,14 +340,14 @@ def run(args: argparse.Namespace) -> int:
 
 def checkpoint(args: argparse.Namespace, node: IdleNode, held: list[Workers], gen_base: list[int],
                probe: Workers | None, done: int, size: int, addrs: list[str], gen_cpus: list[int], rss0: int,
-               tcp0: float, slab0: float) -> dict[str, Any]:
+               tcp0: float, slab0: float, nofile: int) -> dict[str, Any]:
     """Log in users ``done+1..size`` and hold them with the earlier ones; then measure (module docstring)."""
     tree = node.tree
     assert tree is not None
     step = size - done
     users = [(peers.user(i), PASSWORD) for i in range(done + 1, size + 1)]
     cpu0 = tree.cpu_s()
-    w = Workers(specs(node, users, args.workers, args.concurrency, addrs, gen_cpus, args.login_timeout))
+    w = Workers(specs(node, users, args.workers, args.concurrency, addrs, gen_cpus, args.login_timeout, nofile))
     held.append(w)
     gen_base.append(pids_rss(w.pids))
     res = w.all("login", args.login_timeout + step / 20 + 120)

@@ -8,6 +8,7 @@ JSON — and that the figures it writes are plausible, not how fast anything is.
 from __future__ import annotations
 
 import json
+import resource
 import subprocess
 import sys
 import time
@@ -25,6 +26,23 @@ def test_source_addresses_give_each_client_a_port() -> None:
     addrs = idle_scale.source_addresses(100_010, 20_000)
     assert addrs == [f"127.0.0.{k}" for k in range(2, 8)], addrs
     assert idle_scale.source_addresses(10, 20_000) == ["127.0.0.2"]
+
+
+def test_a_descriptor_limit_too_low_fails_before_starting_the_node(tmp_path: Path) -> None:
+    # the hard limit of a container's root, which may not raise it (no CAP_SYS_RESOURCE)
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+    out_json = tmp_path / "idle.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "idle_scale.py"), "--sizes", "500,2000",
+           "--state-dir", str(tmp_path / "state"), "--json", str(out_json)]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60, preexec_fn=low_limit)
+    assert r.returncode == 2, r.stdout + r.stderr
+    # 1,024 − the probe's 10 clients − 256 for the node itself
+    assert "BENCHMARK FAILED: holding 2,000 connections needs 2,266 descriptors" in r.stdout, r.stdout
+    doc = json.loads(out_json.read_text())
+    assert doc["largest_size"] == 758 and doc["checkpoints"] == [], doc
+    assert not (tmp_path / "state" / "meridian" / "n1.log").exists()
 
 
 def test_idle_scale_runs_and_writes_plausible_figures(tmp_path: Path) -> None:
