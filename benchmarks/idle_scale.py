@@ -12,7 +12,8 @@ idle again:
 - **logins**: logins/s while ramping from the previous checkpoint (the logins of that step over
   the time from the first start to the last completion, ``--concurrency`` in progress at a time),
   login time p99, and the node's CPU per login (TLS handshake, PLAIN's PBKDF2 over the stored SCRAM
-  salt — accounts keep only SCRAM keys — bind, presence);
+  salt — accounts keep only SCRAM keys — bind, presence) beside the load generators' (on the same
+  CPUs unless ``--pin``: what they take, the node cannot have);
 - **idle CPU**: the node's CPU over ``--hold`` s with nothing sent (timers, keepalives, collector);
 - **one message's latency**: ``--probe-pairs`` sender → receiver pairs of extra users, logged in
   since the start, send ``--probe-rate`` messages/s in all for ``--probe-duration`` s while the
@@ -350,8 +351,10 @@ def checkpoint(args: argparse.Namespace, node: IdleNode, held: list[Workers], ge
     w = Workers(specs(node, users, args.workers, args.concurrency, addrs, gen_cpus, args.login_timeout, nofile))
     held.append(w)
     gen_base.append(pids_rss(w.pids))
+    gen_cpu0 = w.cpu_s()
     res = w.all("login", args.login_timeout + step / 20 + 120)
     cpu_login = tree.cpu_s() - cpu0
+    gen_cpu_login = w.cpu_s() - gen_cpu0
     check_alive(node)
     login_s = login_times(res)
     ok = sum(r["ok"] for r in res)
@@ -386,6 +389,7 @@ def checkpoint(args: argparse.Namespace, node: IdleNode, held: list[Workers], ge
         "logins_per_s": len(login_s) / wall if wall > 0 else 0.0,
         "login_p50_ms": pct(login_s, 50) * 1000, "login_p99_ms": pct(login_s, 99) * 1000,
         "login_wall_s": wall, "node_cpu_login_s": cpu_login, "node_cpu_ms_per_login": cpu_login / max(ok, 1) * 1000,
+        "gen_cpu_ms_per_login": gen_cpu_login / max(ok, 1) * 1000,
         "node_idle_cpu_pct": idle_cpu * 100, "node_fds": fds, "clients_by_address": by_address,
         "probe_sent": st["sent"], "probe_received": st["received"], "probe_errors": st["errors"],
         "probe_p50_ms": pct(lat, 50), "probe_p99_ms": pct(lat, 99), "probe_max_ms": max(lat, default=float("nan")),
@@ -412,7 +416,8 @@ def checkpoint(args: argparse.Namespace, node: IdleNode, held: list[Workers], ge
 def print_table(rows: list[dict[str, Any]]) -> None:
     cols = [("held", "held", "{:,}"), ("node RSS MB", "rss_mb", "{:,.0f}"), ("KB/conn", "kb_per_conn", "{:.1f}"),
             ("logins/s", "logins_per_s", "{:,.0f}"), ("login p99 ms", "login_p99_ms", "{:,.0f}"),
-            ("CPU ms/login", "node_cpu_ms_per_login", "{:.2f}"), ("idle CPU %", "node_idle_cpu_pct", "{:.1f}"),
+            ("node CPU ms/login", "node_cpu_ms_per_login", "{:.2f}"),
+            ("gen CPU ms/login", "gen_cpu_ms_per_login", "{:.2f}"), ("node idle CPU %", "node_idle_cpu_pct", "{:.1f}"),
             ("probe p50 ms", "probe_p50_ms", "{:.2f}"), ("probe p99 ms", "probe_p99_ms", "{:.2f}"),
             ("probe msgs", "probe_received", "{:,}"), ("gen KB/conn", "gen_kb_per_conn", "{:.1f}"),
             ("slab KB/conn", "kernel_slab_kb_per_conn", "{:.1f}"),

@@ -75,7 +75,7 @@ def test_idle_scale_runs_and_writes_plausible_figures(tmp_path: Path) -> None:
         assert len(row["clients_by_address"]) == 3 and sum(row["clients_by_address"].values()) == held + 6, row
         assert 0 < row["kb_per_conn"] < 1000 and row["rss_mb"] > doc["rss0_mb"], row
         assert row["logins_per_s"] > 0 and 0 < row["login_p50_ms"] <= row["login_p99_ms"] < 60_000, row
-        assert row["node_cpu_ms_per_login"] > 0, row
+        assert row["node_cpu_ms_per_login"] > 0 and row["gen_cpu_ms_per_login"] > 0, row
         # the probe: every message delivered, latencies present and ordered
         assert row["probe_sent"] >= 30 and row["probe_received"] == row["probe_sent"], row
         assert row["probe_errors"] == 0, row
