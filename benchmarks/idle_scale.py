@@ -26,7 +26,10 @@ idle again:
 
 Loopback has ~28,000 ephemeral ports per (source, destination) address pair: the clients bind to
 source addresses 127.0.0.2, 127.0.0.3, … (all of 127.0.0.0/8 is loopback on Linux), a new one per
-``--per-address`` clients (loadgen's ``WorkerSpec.local_addrs``).  RLIMIT_NOFILE is raised in the
+``--per-address`` clients (loadgen's ``WorkerSpec.local_addrs``).  5,000 by default, not 28,000:
+``bind()`` to port 0 searches the range for a free port, and that search is the load generators'
+CPU — 19,500 clients on one address cost them 2.8 ms per login instead of 0.9 (measured), CPU the
+node then lacks on a 2-CPU machine (339 logins/s instead of 515).  RLIMIT_NOFILE is raised in the
 node and in each load generator process: past the hard limit only with CAP_SYS_RESOURCE (up to
 ``fs.nr_open``), which root in a container may lack.  The node needs a descriptor per connection:
 when the largest size cannot fit, the run stops before starting anything and names the largest
@@ -458,8 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="load generator processes per step (2)")
     ap.add_argument("--concurrency", type=int, default=100, help="logins in progress at a time, in all (100)")
     ap.add_argument("--login-timeout", type=float, default=180.0, help="seconds one login may take (180)")
-    ap.add_argument("--per-address", type=int, default=20_000,
-                    help="clients per loopback source address (20000; ~28,000 ephemeral ports each)")
+    ap.add_argument("--per-address", type=int, default=5_000,
+                    help="clients per loopback source address (5000; ~28,000 ephemeral ports each, but the "
+                         "kernel's search for a free one on bind() grows as they fill)")
     ap.add_argument("--probe-pairs", type=int, default=5, help="probe sender → receiver pairs (5)")
     ap.add_argument("--probe-rate", type=float, default=20.0, help="probe messages/s in all (20)")
     ap.add_argument("--probe-duration", type=float, default=10.0,
