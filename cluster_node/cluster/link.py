@@ -29,12 +29,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from .frames import Frame, FrameDecoder, FrameError, Kind, decode_stanza, encode, encode_stanza
-from .table import Op, Record
+from .table import Op, Record, collector_paused
 
 __all__ = ["PROTOCOL_VERSION", "LinkConfig", "ClusterLink", "Joined", "Closed", "DumpReceived",
            "OpReceived", "Acked", "StanzaArrived", "CallReceived", "Knocked", "LinkEvent"]
 
-PROTOCOL_VERSION = "1.0"  # major.minor: members with the same major version can join
+PROTOCOL_VERSION = "1.1"  # major.minor: members with the same major version can join
+# 1.1: a dump may come in parts ("more": true on all but the last); sent so only to a peer of 1.1 or
+# later, which is told by its HELLO (a 1.0 member would take each part for the whole dump).
+DUMP_PART = 10_000  # records per DUMP frame: a part decodes and merges in tens of ms, not seconds
 
 
 class State(enum.Enum):
@@ -72,8 +75,11 @@ class Closed:
 
 @dataclass(frozen=True)
 class DumpReceived:
+    """One part of a member's dump of ``table`` (a whole dump is one part, first and last)."""
     table: str
     records: list[Record]
+    first: bool = True
+    last: bool = True
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,12 @@ def _mac(secret: bytes, nonce: str, node: str, cluster: str) -> str:
     return hmac.new(secret, f"{nonce}|{node}|{cluster}".encode(), hashlib.sha256).hexdigest()
 
 
+def _minor(version: str) -> int:
+    """The minor number of a ``major.minor`` protocol version (0 when there is none)."""
+    _, _, minor = version.partition(".")
+    return int(minor) if minor.isdigit() else 0
+
+
 class ClusterLink:
     def __init__(self, config: LinkConfig, now: float, *, node_num: int | None = None, knock: bool = False) -> None:
         """``knock``: this link only says we are here (its HELLO, then nothing; see above)."""
@@ -118,6 +130,8 @@ class ClusterLink:
         self.peer: str | None = None  # set once its HELLO is accepted
         self.claimed = ""  # the node name its HELLO claimed, accepted or not (for the logs)
         self.peer_incarnation = ""
+        self._peer_takes_parts = False  # the peer speaks 1.1+: our dumps may go in parts
+        self._dumping: set[str] = set()  # tables whose dump from the peer has more parts to come
         self._nonce = secrets.token_hex(16)
         self._peer_nonce = ""
         self._decoder = FrameDecoder()
@@ -150,7 +164,17 @@ class ClusterLink:
         return out
 
     def send_dump(self, table: str, records: list[list[Any]]) -> None:
-        self._out.append(encode(Kind.DUMP, {"table": table, "records": records}))
+        """Our records of ``table``, in parts of :data:`DUMP_PART` to a peer that takes them: a
+        million sessions in one frame would hold the receiver's loop for seconds (and the frame
+        would outgrow :data:`MAX_FRAME`)."""
+        if not self._peer_takes_parts or len(records) <= DUMP_PART:
+            self._out.append(encode(Kind.DUMP, {"table": table, "records": records}))
+            return
+        for start in range(0, len(records), DUMP_PART):
+            part: dict[str, Any] = {"table": table, "records": records[start:start + DUMP_PART]}
+            if start + DUMP_PART < len(records):
+                part["more"] = True
+            self._out.append(encode(Kind.DUMP, part))
 
     def send_op(self, op: Op) -> int:
         self._seq += 1
@@ -224,10 +248,18 @@ class ClusterLink:
             return [StanzaArrived(envelope, data)]
         if kind is Kind.DUMP:
             body = frame.json()
-            records = [Record(str(k), v, str(o)) for k, v, o in body["records"] if isinstance(v, dict)]
+            with collector_paused():  # ten thousand records of a part: no cycles to look for
+                records = [Record(str(k), v, str(o)) for k, v, o in body["records"] if isinstance(v, dict)]
             if any(r.owner != self.peer for r in records):
                 return self.refuse("a dump may only carry the sender's own records")
-            return [DumpReceived(str(body["table"]), records)]
+            table = str(body["table"])
+            first = table not in self._dumping
+            last = body.get("more") is not True
+            if last:
+                self._dumping.discard(table)
+            else:
+                self._dumping.add(table)
+            return [DumpReceived(table, records, first, last)]
         if kind is Kind.PING:
             self._out.append(encode(Kind.PONG, frame.json()))
             return []
@@ -259,6 +291,7 @@ class ClusterLink:
             return [Knocked(node)]
         self.peer = node
         self.peer_incarnation = str(hello.get("incarnation", ""))
+        self._peer_takes_parts = _minor(version) >= 1
         self._peer_address = str(hello.get("address", ""))
         num = hello.get("node_num")
         self._peer_num = num if isinstance(num, int) else None

@@ -14,7 +14,7 @@ talking, and the loser's owner is told (``on_lost``) so it can close its session
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +27,7 @@ Value = dict[str, Any]
 @dataclass(frozen=True, slots=True)
 class Record:
     key: str
-    value: Value
+    value: Mapping[str, Any]  # a dict as it came; a read-only view where the table keeps a compact form
     owner: str
 
 
@@ -59,6 +59,7 @@ class Op:
 Change = tuple[str, Record]  # ("insert" | "delete", record)
 ConflictHandler = Callable[[Record, Record], Record]  # (ours, theirs) -> winner
 Handover = Callable[[Record, Record], bool]  # (current, incoming) -> the incoming one takes over, planned
+Keep = Callable[[Record], Record]  # what the table holds of a record it takes in
 
 
 @contextmanager
@@ -83,6 +84,14 @@ def collector_paused(full_pass_after: Callable[[], bool] = lambda: False) -> Ite
             gc.collect()
 
 
+def _plain(value: Mapping[str, Any]) -> Value:
+    """A record's value as a dict to send: a kept view builds it (its ``to_value``, when it has one)."""
+    if isinstance(value, dict):
+        return value
+    to_value = getattr(value, "to_value", None)
+    return to_value() if callable(to_value) else dict(value)
+
+
 def keep_first_owner(a: Record, b: Record) -> Record:
     """Default conflict rule: the smaller owner name wins (deterministic on every member)."""
     return a if a.owner <= b.owner else b
@@ -90,16 +99,21 @@ def keep_first_owner(a: Record, b: Record) -> Record:
 
 class ReplicatedTable:
     def __init__(self, name: str, me: str, on_conflict: ConflictHandler = keep_first_owner,
-                 handover: Handover | None = None) -> None:
+                 handover: Handover | None = None, keep: Keep | None = None) -> None:
         self.name = name
         self.me = me
         self.on_conflict = on_conflict
         # A record another member writes to take a key over on purpose (a session resumed there):
         # it replaces the current one without being a conflict.
         self.handover = handover
+        # A table of a million records (sessions) keeps each in its own compact form rather than
+        # the dict it arrived as: ``keep`` returns the record to hold, its value a read-only
+        # mapping of the same items (the listeners see the record held).
+        self.keep = keep
         self._records: dict[str, Record] = {}
         self.listeners: list[Callable[[Change], None]] = []
         self.on_lost: Callable[[Record], None] | None = None  # a record of ours lost a conflict
+        self._merging: dict[str, set[str]] = {}  # owner → keys of its dump taken so far (a dump in parts)
         self.conflicts = 0
 
     # -- reads -------------------------------------------------------------------------------
@@ -151,30 +165,44 @@ class ReplicatedTable:
         assert op.value is not None
         self._upsert(Record(op.key, op.value, op.owner))
 
-    def merge(self, owner: str, records: list[Record]) -> None:
-        """``owner``'s dump of its own records: they replace what we held for it."""
+    def merge(self, owner: str, records: list[Record], *, first: bool = True, last: bool = True) -> None:
+        """``owner``'s dump of its own records: they replace what we held for it.  A large dump
+        comes in parts (``first`` … ``last``); what the owner no longer has goes at the last."""
         incoming = {r.key: r for r in records if r.owner == owner}
-        # A full pass after a merge that grew the table by a quarter (or more) and by many records.
-        with collector_paused(lambda: len(incoming) >= 10_000 and 4 * len(incoming) >= len(self._records)):
+        if first and last:  # a whole dump: drop the stale records before taking the new ones
             for stale in [r for r in self._records.values() if r.owner == owner and r.key not in incoming]:
                 self._remove(stale.key)
+            seen: set[str] = set()
+        else:
+            seen = self._merging[owner] = set() if first else self._merging.setdefault(owner, set())
+            seen.update(incoming)
+        taken = len(seen) or len(incoming)
+        # A full pass after a dump that grew the table by a quarter (or more) and by many records.
+        with collector_paused(lambda: last and taken >= 10_000 and 4 * taken >= len(self._records)):
             held = self._records
             for key, record in incoming.items():
                 if key in held:
                     self._upsert(record)
                 else:  # the usual case on a join: new to us, no conflict possible
+                    if self.keep is not None:
+                        record = self.keep(record)
                     held[key] = record
                     self._notify(("insert", record))
+        if last and not first:
+            del self._merging[owner]
+            for stale in [r for r in self._records.values() if r.owner == owner and r.key not in seen]:
+                self._remove(stale.key)
 
     def drop_owner(self, owner: str) -> list[Record]:
         """``owner`` is down: remove and return its records."""
+        self._merging.pop(owner, None)  # a dump cut short: the next one starts afresh
         gone = self.owned_by(owner)
         for record in gone:
             self._remove(record.key)
         return gone
 
     def dump(self) -> list[list[Any]]:
-        return [[r.key, r.value, r.owner] for r in self._records.values() if r.owner == self.me]
+        return [[r.key, _plain(r.value), r.owner] for r in self._records.values() if r.owner == self.me]
 
     # -- internals ----------------------------------------------------------------------------
 
@@ -196,6 +224,8 @@ class ReplicatedTable:
             self.on_lost(loser)
 
     def _put(self, record: Record) -> None:
+        if self.keep is not None:
+            record = self.keep(record)
         old = self._records.get(record.key)
         if old is not None and old.owner != record.owner:
             self._notify(("delete", old))

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import itertools
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from ..cluster.table import Op, Record, ReplicatedTable
@@ -19,6 +21,10 @@ from ..xmpp.jid import Jid
 from ..xmpp.stanza import Stanza
 
 __all__ = ["SessionRecord", "SessionTable", "LocalSession", "LocalSessions", "Change"]
+
+# Most sessions have no module flags: they share this one empty mapping (a dict each is 64 bytes,
+# and a region's table holds every session of the region on every member).
+NO_FLAGS: Mapping[str, str] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +41,7 @@ class SessionRecord:
     prev: str = ""  # the session id this one took over (XEP-0198 resumption on another member)
     # Modules' flags that every member and region must see (XEP-0198 "sm": "on"/"detached"; later
     # carbons, CSI…): short strings, replicated with the record.
-    flags: Mapping[str, str] = field(default_factory=dict)
+    flags: Mapping[str, str] = field(default_factory=lambda: NO_FLAGS)
 
     def with_presence(self, *, available: bool, priority: int) -> SessionRecord:
         return replace(self, available=available, priority=priority)
@@ -45,12 +51,12 @@ class SessionRecord:
         flags = {k: v for k, v in self.flags.items() if k != key}
         if value is not None:
             flags[key] = value
-        return replace(self, flags=flags)
+        return replace(self, flags=flags or NO_FLAGS)
 
 
     def to_value(self) -> dict[str, Any]:
         value = {"node": self.node, "sid": self.sid, "created": self.created, "priority": self.priority,
-                 "available": self.available, "interested": self.interested}
+                 "available": self.available, "interested": self.interested}  # _ALWAYS
         if self.prev:
             value["prev"] = self.prev
         if self.flags:
@@ -61,10 +67,59 @@ class SessionRecord:
     def from_table(cls, record: Record) -> SessionRecord:
         v = record.value
         flags = v.get("flags")
-        return cls(_key_jid(record.key), str(v["node"]), str(v["sid"]), float(v["created"]),
+        if isinstance(v, SessionValue):
+            return v.session
+        # The member's name is shared by every record it owns: one string, not one per session.
+        return cls(_key_jid(record.key), sys.intern(str(v["node"])), str(v["sid"]), float(v["created"]),
                    int(v.get("priority", 0)), bool(v.get("available")), bool(v.get("interested")),
                    str(v.get("prev", "")),
-                   {str(k): str(x) for k, x in flags.items()} if isinstance(flags, dict) else {})
+                   {str(k): str(x) for k, x in flags.items()} if isinstance(flags, dict) and flags else NO_FLAGS)
+
+
+_ALWAYS = ("node", "sid", "created", "priority", "available", "interested")  # to_value's keys, always there
+
+
+class SessionValue(Mapping[str, Any]):
+    """The value of a session's table record, read from its :class:`SessionRecord`: the table
+    keeps this instead of the dict the record arrived as (48 bytes against ~270, a region's
+    table holding every session on every member).  Reads (a conflict, a dump) build the dict."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, session: SessionRecord) -> None:
+        self.session = session
+
+    def __getitem__(self, key: str) -> Any:
+        s = self.session
+        if key in _ALWAYS:
+            return getattr(s, key)
+        if key == "prev" and s.prev:
+            return s.prev
+        if key == "flags" and s.flags:
+            return dict(s.flags)
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from _ALWAYS
+        if self.session.prev:
+            yield "prev"
+        if self.session.flags:
+            yield "flags"
+
+    def __len__(self) -> int:
+        return len(_ALWAYS) + bool(self.session.prev) + bool(self.session.flags)
+
+    def __repr__(self) -> str:
+        return f"SessionValue({self.session!r})"
+
+    def to_value(self) -> dict[str, Any]:
+        """The dict a dump sends (faster than ``dict(view)``)."""
+        return self.session.to_value()
+
+
+def keep_session(record: Record) -> Record:
+    """What the sessions table holds of a record: its value as a view of the parsed session."""
+    return Record(record.key, SessionValue(SessionRecord.from_table(record)), sys.intern(record.owner))
 
 
 # A full JID already in canonical form and plain ASCII, as ``str(jid)`` writes the keys of the
@@ -84,7 +139,7 @@ def _key_jid(key: str) -> Jid:
     if m is None or len(m.group(2)) > 1023:
         return Jid.parse(key)
     local, domain, resource = m.groups()
-    return Jid(local, domain, resource)
+    return Jid(local, sys.intern(domain), resource)  # a few domains, a million sessions: shared
 
 
 Change = tuple[str, SessionRecord]  # ("insert" | "delete", record)
@@ -107,10 +162,13 @@ class SessionTable:
     RFC 6121 bare-JID delivery.  Local writes return the op the cluster broadcasts."""
 
     def __init__(self, node: str = "local") -> None:
-        self.replicated = ReplicatedTable("sessions", node, on_conflict=newest_session, handover=takes_over)
+        self.replicated = ReplicatedTable("sessions", node, on_conflict=newest_session, handover=takes_over,
+                                          keep=keep_session)
         self.replicated.listeners.append(self._changed)
         self._by_full: dict[Jid, SessionRecord] = {}
-        self._by_bare: dict[Jid, dict[str, SessionRecord]] = {}
+        # bare JID → its one session's record, or a dict resource → record when it has several
+        # (most accounts have one resource online: a dict each would be ~230 bytes a session).
+        self._by_bare: dict[Jid, SessionRecord | dict[str, SessionRecord]] = {}
         self._listeners: list[Callable[[Change], None]] = []
         self.on_local_op: Callable[[Op], None] | None = None
 
@@ -141,19 +199,24 @@ class SessionTable:
         resource = jid.resource or ""
         if kind == "insert":
             self._by_full[jid] = record
-            resources = self._by_bare.get(bare)
-            if resources is None:
-                self._by_bare[bare] = {resource: record}
+            held = self._by_bare.get(bare)
+            if held is None:
+                self._by_bare[bare] = record
+            elif isinstance(held, SessionRecord):
+                self._by_bare[bare] = record if held.jid == jid else {held.jid.resource or "": held, resource: record}
             else:
-                resources[resource] = record
+                held[resource] = record
         else:
             if self._by_full.get(jid) == record:
                 del self._by_full[jid]
-            resources = self._by_bare.get(bare)
-            if resources is not None and resources.get(resource) == record:
-                del resources[resource]
-                if not resources:
+            held = self._by_bare.get(bare)
+            if isinstance(held, SessionRecord):
+                if held == record:
                     del self._by_bare[bare]
+            elif held is not None and held.get(resource) == record:
+                del held[resource]
+                if len(held) == 1:
+                    self._by_bare[bare] = next(iter(held.values()))
         for listener in self._listeners:
             listener((kind, record))
 
@@ -162,7 +225,9 @@ class SessionTable:
 
     def resources(self, bare: Jid) -> list[SessionRecord]:
         found = self._by_bare.get(bare)
-        return list(found.values()) if found else []
+        if found is None:
+            return []
+        return [found] if isinstance(found, SessionRecord) else list(found.values())
 
     def match(self, predicate: Callable[[SessionRecord], bool]) -> list[SessionRecord]:
         return [r for r in self._by_full.values() if predicate(r)]

@@ -268,12 +268,13 @@ class ClusterMember:
                 conn.acked(event.seq)
             elif isinstance(event, DumpReceived):
                 conn.tables_seen.add(event.table)
-                if conn.peer is not None:
-                    self.merged_peers.add(conn.peer)
                 table = self.tables.get(event.table)
                 if table is not None and conn.peer is not None:
-                    table.merge(conn.peer, event.records)
-                    self.hooks.merged(conn.peer, table.name, table.owned_by(conn.peer))
+                    table.merge(conn.peer, event.records, first=event.first, last=event.last)
+                    if event.last:
+                        self.hooks.merged(conn.peer, table.name, table.owned_by(conn.peer))
+                if conn.peer is not None and event.last:
+                    self.merged_peers.add(conn.peer)
             elif isinstance(event, StanzaArrived):
                 self.hooks.stanza(event.envelope, event.data)
             elif isinstance(event, CallReceived):

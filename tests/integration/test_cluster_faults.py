@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import aiohttp
 import pytest
 
-from cluster_node.cluster.link import Closed, ClusterLink, Joined, LinkConfig, LinkEvent
+from cluster_node.cluster.link import PROTOCOL_VERSION, Closed, ClusterLink, Joined, LinkConfig, LinkEvent
 from cluster_node.net.control import control_socket, query_control
 from tests.helpers.node import NodeProcess
 from tests.helpers.ports import free_ports
@@ -609,7 +609,7 @@ def probe_config(**kw: Any) -> LinkConfig:
 @pytest.mark.parametrize("config, reason", [
     (probe_config(secret=b"not-the-cluster-secret"), "wrong cluster secret"),
     (probe_config(cluster="other"), f"cluster name mismatch: we are {CLUSTER!r}, peer is 'other'"),
-    (probe_config(version="2.0"), "incompatible protocol version '2.0' (we speak '1.0')"),
+    (probe_config(version="2.0"), f"incompatible protocol version '2.0' (we speak '{PROTOCOL_VERSION}')"),
 ], ids=["wrong-secret", "other-cluster", "version-2.0"])
 async def test_strangers_are_refused_with_a_clear_reason(pair, config, reason):
     s0, s1 = pair

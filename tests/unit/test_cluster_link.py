@@ -129,3 +129,24 @@ def test_a_knock_from_a_stranger_is_refused_like_a_hello(other, reason):
     knocker, b = ClusterLink(other, 0, knock=True), ClusterLink(cfg("a"), 0)
     events = b.receive_data(knocker.data_to_send(), 0)
     assert [type(e) for e in events] == [Closed] and reason in events[0].reason
+
+
+@pytest.mark.parametrize("peer_version, parts", [("1.1", 3), ("1.0", 1)])
+def test_a_large_dump_goes_in_parts_to_a_peer_that_takes_them(peer_version, parts):
+    """A million sessions in one frame would hold the receiver for seconds: a 1.1 peer gets the
+    dump in parts of DUMP_PART records, first and last marked; a 1.0 peer (which would take each
+    part for the whole dump) gets one frame."""
+    from cluster_node.cluster.link import DUMP_PART
+
+    a, b = ClusterLink(cfg("a"), 0), ClusterLink(cfg("b", version=peer_version), 0)
+    pump(a, b)
+    n = 2 * DUMP_PART + 5
+    a.send_dump("sessions", [[f"k{i}", {"i": i}, "a"] for i in range(n)])
+    _, eb = pump(a, b)
+    dumps = [e for e in eb if isinstance(e, DumpReceived)]
+    assert len(dumps) == parts
+    assert [(d.first, d.last) for d in dumps] == [(i == 0, i == parts - 1) for i in range(parts)]
+    assert [r.key for d in dumps for r in d.records] == [f"k{i}" for i in range(n)]
+    a.send_dump("sessions", [["k", {}, "a"]])  # the next dump starts afresh
+    _, eb = pump(a, b)
+    assert [(e.first, e.last) for e in eb if isinstance(e, DumpReceived)] == [(True, True)]

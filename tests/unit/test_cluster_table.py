@@ -118,3 +118,22 @@ def test_frame_with_bad_json_raises():
     (frame,) = FrameDecoder().feed(encode(Kind.HELLO, b"not json"))
     with pytest.raises(FrameError):
         frame.json()
+
+
+def test_a_dump_in_parts_replaces_the_owners_records_at_its_last_part():
+    """What the owner no longer has goes when its dump ends, not at each part; a dump cut short
+    by the owner going down leaves nothing behind, and the next dump starts afresh."""
+    from cluster_node.cluster.table import Record, ReplicatedTable
+
+    t = ReplicatedTable("sessions", "me")
+    t.merge("p", [Record(k, {"v": 0}, "p") for k in ("old", "kept", "also")])
+    t.merge("p", [Record("kept", {"v": 1}, "p")], first=True, last=False)
+    assert {r.key for r in t.owned_by("p")} == {"old", "kept", "also"}  # nothing dropped mid-dump
+    t.merge("p", [Record("new", {"v": 1}, "p"), Record("x", {}, "q")], first=False, last=False)
+    t.merge("p", [Record("also", {"v": 1}, "p")], first=False, last=True)
+    assert {r.key: r.value for r in t.owned_by("p")} == {"kept": {"v": 1}, "new": {"v": 1}, "also": {"v": 1}}
+    assert t.lookup("x") is None  # not p's record: not taken from p's dump
+    t.merge("p", [Record("half", {}, "p")], first=True, last=False)
+    assert {r.key for r in t.drop_owner("p")} == {"kept", "new", "also", "half"}
+    t.merge("p", [Record("back", {}, "p")], first=False, last=True)  # no first seen: a dump of one part
+    assert [r.key for r in t.owned_by("p")] == ["back"]
