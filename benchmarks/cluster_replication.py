@@ -44,6 +44,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere: import the proje
 
 from machine import free_ports, load_average  # noqa: E402
 
+from cluster_node.cli import tune_collector  # noqa: E402
 from cluster_node.cluster.discovery import FileDiscovery, Peer  # noqa: E402
 from cluster_node.cluster.link import DumpReceived, Joined, LinkEvent  # noqa: E402
 from cluster_node.core.sessions import LocalSessions, SessionRecord, SessionTable  # noqa: E402
@@ -156,7 +157,8 @@ GC_PROBE: GcProbe | None = None
 
 
 def member_process(spec: MemberSpec, conn: Connection) -> None:
-    logging.basicConfig(level=logging.ERROR, format=f"{spec.name}: %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format=f"{spec.name}: %(levelname)s %(message)s")
+    tune_collector()  # as a node process runs
     global GC_PROBE
     GC_PROBE = GcProbe()
     try:
@@ -249,6 +251,8 @@ async def _joiner(spec: MemberSpec, conn: Connection) -> None:
     profiler = cProfile.Profile() if spec.profile else None
 
     # 1. join: from start() until the session table holds every record of the cluster.
+    gc.collect()
+    rss_before = rss_bytes()
     if profiler:
         profiler.enable()
     t0 = time.perf_counter()
@@ -263,7 +267,13 @@ async def _joiner(spec: MemberSpec, conn: Connection) -> None:
         return
     # The other side of the join: the others have merged our (empty) dump once every link is up.
     await wait_until(lambda: len(member.links) == others, spec.timeout)
+    await asyncio.sleep(0.5)  # the links' receive buffers of the dumps let go
+    gc.collect()
+    rss_after = rss_bytes()
     conn.send(("join", {
+        "rss_per_session": (rss_after - rss_before) / max(1, len(table)),
+        "rss_before": rss_before,
+        "rss_after": rss_after,
         "merge_s": t_merged - t0,
         "first_joined_s": probe.joined[0] - t0 if probe.joined else None,
         "last_joined_s": probe.joined[-1] - t0 if probe.joined else None,
@@ -310,6 +320,12 @@ async def _joiner(spec: MemberSpec, conn: Connection) -> None:
                           "links": sorted(member.links)}))
     await serve_commands(conn, table, member)
     await member.stop()
+
+
+def rss_bytes() -> int:
+    """This process's resident memory now (Linux: /proc/self/statm), for the table's memory per session."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 # -- the parent ------------------------------------------------------------------------------------
@@ -442,6 +458,13 @@ def run(args: argparse.Namespace) -> int:
         row("  first dump merged", f"{join['first_dump_s']:.3f} s")
     row("  joiner busy receiving (decode + merge)", f"{join['receive_s']:.3f} s")
     row("    of which merging dumps into the table", f"{join['merge_cpu_s']:.3f} s")
+    mem_ok = join["rss_per_session"] <= args.memory_target
+    row("joiner's RSS per session held, after the merge", f"{join['rss_per_session']:,.0f} B",
+        f"≤ {args.memory_target:g} B", mem_ok)
+    row("  joiner's RSS before / after the join",
+        f"{join['rss_before'] / 2**20:,.0f} / {join['rss_after'] / 2**20:,.0f} MiB")
+    if not mem_ok:
+        missed.append(f"memory per session {join['rss_per_session']:,.0f} B > {args.memory_target:g} B")
     if lat_ms:
         p99 = pct(lat_ms, 99)
         ok = p99 <= args.p99_target and not ins["unacked"]
@@ -543,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
                              "on their next discovery refresh, every 5 s)")
     parser.add_argument("--join-target", type=float, default=5.0, help="seconds the join may take (5)")
     parser.add_argument("--p99-target", type=float, default=5.0, help="ms an insert may take at p99 (5)")
+    parser.add_argument("--memory-target", type=float, default=400.0,
+                        help="bytes of the joiner's RSS a session held may take (400)")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds any one phase may take")
     parser.add_argument("--profile", metavar="DIR", help="cProfile the joiner; write join.prof, insert.prof")
     args = parser.parse_args(argv)

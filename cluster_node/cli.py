@@ -44,6 +44,13 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+def tune_collector() -> None:
+    """The cyclic collector's thresholds of a node process.  Full collections walk every live
+    object (sessions, tables: millions at 10k clients) and took 0.5-0.7 s each under load; collect
+    the young generation less often and the old one rarely."""
+    gc.set_threshold(50_000, 20, 10)
+
+
 def run_role(role: str, settings: NodeSettings, run: Callable[[Any], Coroutine[Any, Any, None]]) -> int:
     """Log as the process's node name, run ``run(settings)``; a listener that cannot open is one line."""
     logging.basicConfig(level=settings.log_level,
@@ -51,9 +58,7 @@ def run_role(role: str, settings: NodeSettings, run: Callable[[Any], Coroutine[A
     from .net.tls import shared_tls_read_buffer
 
     shared_tls_read_buffer()
-    # Full collections walk every live object (sessions, tables: millions at 10k clients) and took
-    # 0.5-0.7 s each under load; collect the young generation less often and the old one rarely.
-    gc.set_threshold(50_000, 20, 10)
+    tune_collector()
     factory = loop_factory(settings.event_loop)
     logging.getLogger(__name__).info("event loop: %s", "uvloop" if factory is not None else "asyncio")
     try:
