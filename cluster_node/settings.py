@@ -135,7 +135,9 @@ class LimitsSettings(_Section):
     max_depth: int = Field(32, ge=4, description="element nesting inside a stanza")
     max_connections_per_ip: int = Field(1000, ge=1, description="client connections from one address "
                                         "(TCP, WebSocket and BOSH together); more get policy-violation")
-    max_connections: int = Field(100_000, ge=1, description="client connections of the node in all")
+    max_connections: int = Field(100_000, ge=1, description="client connections of the node in all; held "
+                                 "below the process's descriptor limit (RLIMIT_NOFILE, raised to its hard "
+                                 "limit at start) less 256, with a warning at start when it is")
     max_pre_auth_connections: int = Field(
         10_000, ge=1, description="connections not yet authenticated, in all (a flood of idle handshakes)")
     max_sessions_per_account: int = Field(

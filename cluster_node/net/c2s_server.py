@@ -56,6 +56,7 @@ from ..xmpp.jid import InvalidJid, Jid
 from ..xmpp.sasl.ht import HT_MECHANISMS
 from ..xmpp.stanza import Stanza
 from ..xmpp.stream import TCP, Framing
+from .descriptors import connection_budget
 from .transport_metrics import TransportMetrics
 
 __all__ = ["C2SListener", "C2SConnection", "C2STransport"]
@@ -99,8 +100,8 @@ class C2SListener:
         self.tls_context = tls_context
         lim = settings.limits
         self.refused = sessions.s.refused  # counts refusals by the setting whose limit was hit
-        self.limiter = ConnectionLimiter(lim.max_connections, lim.max_connections_per_ip, lim.max_pre_auth_connections,
-                                         refused=self.refused)
+        self.limiter = ConnectionLimiter(connection_budget(lim.max_connections), lim.max_connections_per_ip,
+                                         lim.max_pre_auth_connections, refused=self.refused)
         self.config = C2SConfig(
             domains=settings.domains, tls_available=True, tls_required=settings.c2s.require_tls,
             allow_plain=settings.c2s.allow_plain, registration=hooks.has(Hook.C2S_PRE_AUTH_IQ),

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,7 @@ class NodeProcess:
         self.config.write_text(toml_dump(conf))
         self.log_path = workdir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.preexec: Callable[[], None] | None = None  # run in the child before exec (e.g. its rlimits)
 
     @property
     def admin_url(self) -> str:
@@ -111,7 +113,7 @@ class NodeProcess:
         control.unlink(missing_ok=True)  # left by a process killed with SIGKILL
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", self.role, "--config", str(self.config)],
-            stdout=log, stderr=subprocess.STDOUT, env=self._env(), cwd=self.workdir)
+            stdout=log, stderr=subprocess.STDOUT, env=self._env(), cwd=self.workdir, preexec_fn=self.preexec)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -84,3 +84,52 @@ async def test_connections_waiting_to_authenticate(tmp_path: Path) -> None:
             w.close()
         await c.close()
         await late.close()
+
+
+def _few_descriptors() -> None:
+    """In the node's process before exec: a descriptor limit it cannot raise past 320."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (200, 320))
+
+
+async def test_connections_past_the_descriptor_limit_are_refused_not_left_in_the_backlog(tmp_path: Path) -> None:
+    """``limits.max_connections`` (100,000 by default) is held below what the process may open:
+    past it ``accept()`` fails with EMFILE, the client hangs in the backlog and asyncio logs a
+    traceback at every retry.  With 320 descriptors the node holds 64 client connections (320 less
+    its reserve of 256), says so once at start, refuses the next with a stream error, and a client
+    gets in again once one goes."""
+    from cluster_node.net.descriptors import RESERVE
+    from tests.helpers.node import NodeProcess
+    from tests.helpers.topologies import check_logs, register
+
+    node = NodeProcess(tmp_path, name="n1")
+    node.preexec = _few_descriptors
+    register(node, ["alice"], "alice-pw")
+    node.start()
+    held = []
+    try:
+        assert "limits.max_connections = 100000, but this process may open 320 descriptors" in node.log()
+        for _ in range(320 - RESERVE):
+            reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+            writer.write(HEADER)
+            await read_until(reader, b"</stream:features>")
+            held.append(writer)
+        refused = []
+        for _ in range(20):  # each refused at once, well inside the descriptors left
+            reader, writer = await asyncio.open_connection("127.0.0.1", node.port)
+            writer.write(HEADER)
+            refused.append(await read_until(reader, b"</stream:stream>"))
+            writer.close()
+        assert all(stream_error(d, "policy-violation") and b"too many connections" in d for d in refused)
+        held.pop().close()
+        await asyncio.sleep(0.3)
+        c = await RawClient(node.port, node.cert).connect()
+        await c.login("alice", "alice-pw")
+        await c.close()
+    finally:
+        for w in held:
+            w.close()
+        node.stop()
+    assert "out of system resource" not in node.log() and "Too many open files" not in node.log()
+    check_logs(node)
