@@ -631,6 +631,18 @@ async def mapped(redis_url: str, jids: list[str], timeout: float) -> None:
 # -- figures ------------------------------------------------------------------------------------
 
 
+def cpu_meter(servers: list[NodeProcess], redis: RedisServer, proxy: Any) -> CpuMeter:
+    """A meter of every process of a run: the servers, Redis, the delay proxy (when there is one)
+    and this process, the load generator."""
+    procs = {p.name: p.proc.pid for p in servers if p.proc is not None}
+    if redis.proc is not None:
+        procs["redis"] = redis.proc.pid
+    if proxy is not None and proxy.pid is not None:
+        procs["delay proxy"] = proxy.pid
+    procs["load generator"] = os.getpid()
+    return CpuMeter(procs)
+
+
 class CpuMeter:
     """CPU seconds (user + system, and system alone) of each process of the run, and how often it slept."""
 
@@ -715,13 +727,7 @@ async def measure(world: World, args: argparse.Namespace) -> int:
     load.tally.latencies["W"].clear()
 
     logged = log_sizes(world)
-    procs = {p.name: p.proc.pid for p in world.servers if p.proc is not None}
-    if world.redis.proc is not None:
-        procs["redis"] = world.redis.proc.pid
-    if world.proxy is not None and world.proxy.pid is not None:
-        procs["delay proxy"] = world.proxy.pid
-    procs["load generator"] = os.getpid()
-    meter = CpuMeter(procs)
+    meter = cpu_meter(world.servers, world.redis, world.proxy)
     cpu: dict[str, tuple[float, dict[str, tuple[float, float, float]], dict[str, tuple[float, float, float]]]] = {}
     # ^ phase: (wall, before, after)
     spans: dict[str, tuple[float, float]] = {}  # phase: (monotonic start, end)
@@ -849,7 +855,7 @@ async def measure(world: World, args: argparse.Namespace) -> int:
     counts = {"idle": 0, "throughput eu→us": args.messages, "throughput eu→eu": args.direct_messages,
               "paced": args.paced}
     print(f"    {'process':<16}" + "".join(f"  {f'{phase} ({wall:.1f} s)':<31}" for phase, (wall, _, _) in cpu.items()))
-    for name in [*procs, "(whole machine)"]:
+    for name in [*meter.procs, "(whole machine)"]:
         line = f"    {name:<16}"
         for phase, (wall, a, b) in cpu.items():
             used, system = b[name][0] - a[name][0], b[name][1] - a[name][1]
@@ -863,10 +869,10 @@ async def measure(world: World, args: argparse.Namespace) -> int:
     for phase, (_, a, b) in cpu.items():
         if counts[phase]:  # each sleep of a process is one wake-up later: how many a message costs
             print(f"    wake-ups (voluntary context switches) per message, {phase}: "
-                  + ", ".join(f"{n} {(b[n][2] - a[n][2]) / counts[phase]:.2f}" for n in procs))
+                  + ", ".join(f"{n} {(b[n][2] - a[n][2]) / counts[phase]:.2f}" for n in meter.procs))
     cpus = os.cpu_count() or 1
     for phase, (wall, a, b) in cpu.items():
-        ours = sum(b[n][0] - a[n][0] for n in procs)
+        ours = sum(b[n][0] - a[n][0] for n in meter.procs)
         other = (b["(whole machine)"][0] - a["(whole machine)"][0]) - ours
         print(f"    {phase}: {wall:.1f} s × {cpus} CPUs = {wall * cpus:.1f} CPU-s available; this run's processes "
               f"{ours:.1f} s, other work {max(0.0, other):.1f} s")
@@ -993,6 +999,26 @@ def run(args: argparse.Namespace) -> int:
     return code
 
 
+def check_gdistrib(ap: argparse.ArgumentParser, specs: list[str]) -> None:
+    """``--gdistrib SECTION.KEY=VALUE`` options: each must parse (a TOML value), or the run stops here."""
+    for spec in specs:
+        ok = re.fullmatch(r"[a-z_]+\.[a-z_]+=.+", spec) is not None
+        try:
+            tomllib.loads(f"v = {spec.partition('=')[2]}")
+        except tomllib.TOMLDecodeError:
+            ok = False
+        if not ok:
+            ap.error(f"--gdistrib {spec!r}: expected SECTION.KEY=VALUE with a TOML value, e.g. cache.jid_lifetime=60")
+
+
+def raise_nofile(want: int = 8192) -> None:
+    """A few hundred clients in this process: raise the soft descriptor limit towards ``want``."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--pairs", type=int, default=200, help="senders on eu-n1, each with its recipients (200)")
@@ -1016,18 +1042,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", metavar="DIR", help="cProfile the server processes during the throughput phase")
     ap.add_argument("--keep-logs", action="store_true", help="keep the processes' logs (a temporary directory)")
     args = ap.parse_args(argv)
-    for spec in args.gdistrib:
-        ok = re.fullmatch(r"[a-z_]+\.[a-z_]+=.+", spec) is not None
-        try:
-            tomllib.loads(f"v = {spec.partition('=')[2]}")
-        except tomllib.TOMLDecodeError:
-            ok = False
-        if not ok:
-            ap.error(f"--gdistrib {spec!r}: expected SECTION.KEY=VALUE with a TOML value, e.g. cache.jid_lifetime=60")
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 8192 if hard == resource.RLIM_INFINITY else min(8192, hard)
-    if soft != resource.RLIM_INFINITY and soft < want:  # a few hundred clients in this process
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    check_gdistrib(ap, args.gdistrib)
+    raise_nofile()
     return run(args)
 
 

@@ -50,14 +50,11 @@ import multiprocessing
 import os
 import platform
 import pstats
-import re
-import resource
 import shutil
 import signal
 import sys
 import tempfile
 import time
-import tomllib
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -69,10 +66,11 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere: import the proje
 
 from gdistrib_relay import (  # noqa: E402
     BenchmarkError,
-    CpuMeter,
     Load,
     RawClient,
+    check_gdistrib,
     client_tls,
+    cpu_meter,
     gdistrib_settings,
     link_port,
     log_sizes,
@@ -81,6 +79,7 @@ from gdistrib_relay import (  # noqa: E402
     pct,
     proxy_lateness,
     query,
+    raise_nofile,
     regions_ready,
     register,
     start_proxy,
@@ -215,13 +214,7 @@ async def measure(top: Topology, args: argparse.Namespace) -> Outcome:
     logged = log_sizes(top)
     gateways = {p.name for p in top.gateways}
     nodes = {p.name for p in top.nodes}
-    procs = {p.name: p.proc.pid for p in top.servers if p.proc is not None}
-    if top.redis.proc is not None:
-        procs["redis"] = top.redis.proc.pid
-    if top.proxy is not None and top.proxy.pid is not None:
-        procs["delay proxy"] = top.proxy.pid
-    procs["load generator"] = os.getpid()
-    meter = CpuMeter(procs)
+    meter = cpu_meter(top.servers, top.redis, top.proxy)
 
     def cpu(a: Sample, b: Sample, who: set[str]) -> float:
         return sum(b[p][0] - a[p][0] for p in who)
@@ -258,7 +251,7 @@ async def measure(top: Topology, args: argparse.Namespace) -> Outcome:
     per_gw = {g: (b[g][0] - a[g][0]) / m for g in sorted(gateways)}
     loaded = ms(load.tally.latencies["A"])
     machine = b["(whole machine)"][0] - a["(whole machine)"][0]
-    ours = cpu(a, b, set(procs))
+    ours = cpu(a, b, set(meter.procs))
 
     def count(st: dict[str, Any], key: str) -> int:
         value = st["counters"][key]  # relayed and received: per region
@@ -287,8 +280,8 @@ async def measure(top: Topology, args: argparse.Namespace) -> Outcome:
             "gateways": cpu(a, b, gateways) / m * 1e6, "nodes": cpu(a, b, nodes) / m * 1e6,
             # what the links' pings and the refreshes would have taken anyway over the phase, left out
             "gateways_net_of_idle": (cpu(a, b, gateways) - idle_gw * wall) / m * 1e6,
-            "delay_proxy": cpu(a, b, {"delay proxy"}) / m * 1e6 if "delay proxy" in procs else None,
-            "redis": cpu(a, b, {"redis"}) / m * 1e6 if "redis" in procs else None,
+            "delay_proxy": cpu(a, b, {"delay proxy"}) / m * 1e6 if "delay proxy" in meter.procs else None,
+            "redis": cpu(a, b, {"redis"}) / m * 1e6 if "redis" in meter.procs else None,
             "load_generator": cpu(a, b, {"load generator"}) / m * 1e6,
             "servers": cpu(a, b, gateways | nodes) / m * 1e6,
             "per_gateway": {g: v * 1e6 for g, v in per_gw.items()}},
@@ -500,23 +493,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", metavar="DIR", help="cProfile the server processes during the throughput phase")
     ap.add_argument("--keep-logs", action="store_true", help="keep the processes' logs (temporary directories)")
     args = ap.parse_args(argv)
-    for spec in args.gdistrib:
-        ok = re.fullmatch(r"[a-z_]+\.[a-z_]+=.+", spec) is not None
-        try:
-            tomllib.loads(f"v = {spec.partition('=')[2]}")
-        except tomllib.TOMLDecodeError:
-            ok = False
-        if not ok:
-            ap.error(f"--gdistrib {spec!r}: expected SECTION.KEY=VALUE with a TOML value, e.g. cache.jid_lifetime=60")
+    check_gdistrib(ap, args.gdistrib)
     if args.senders < max(args.regions) * (max(args.regions) - 1):
         ap.error(f"--senders: at least {max(args.regions) * (max(args.regions) - 1)}, so that every region "
                  "sends to every other one")
     if args.messages < 1 or args.paced < 1:
         ap.error("--messages and --paced: at least 1")
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 8192 if hard == resource.RLIM_INFINITY else min(8192, hard)
-    if soft != resource.RLIM_INFINITY and soft < want:  # a few hundred clients in this process
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    raise_nofile()
     return run(args)
 
 
