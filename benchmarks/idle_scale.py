@@ -42,7 +42,7 @@ those missing.
 
     .venv/bin/python benchmarks/idle_scale.py                          # 10k, 25k, 50k, 100k held
     .venv/bin/python benchmarks/idle_scale.py --sizes 1000,2000 --hold 2 --probe-duration 3
-    flock /tmp/bench.lock .venv/bin/python benchmarks/idle_scale.py --json /tmp/idle.json
+    .venv/bin/python benchmarks/idle_scale.py --json /tmp/idle.json
 
 Exit status 0 when every login succeeded, every connection stayed and every probe message
 arrived; 2 when the run failed (descriptors too few, the node did not start or died, logins
