@@ -56,7 +56,7 @@ class SessionRecord:
 
     def to_value(self) -> dict[str, Any]:
         value = {"node": self.node, "sid": self.sid, "created": self.created, "priority": self.priority,
-                 "available": self.available, "interested": self.interested}  # _ALWAYS
+                 "available": self.available, "interested": self.interested}  # the keys of _ALWAYS
         if self.prev:
             value["prev"] = self.prev
         if self.flags:
@@ -66,9 +66,9 @@ class SessionRecord:
     @classmethod
     def from_table(cls, record: Record) -> SessionRecord:
         v = record.value
-        flags = v.get("flags")
-        if isinstance(v, SessionValue):
+        if isinstance(v, SessionValue):  # held by the table: parsed when it came in
             return v.session
+        flags = v.get("flags")
         # The member's name is shared by every record it owns: one string, not one per session.
         return cls(_key_jid(record.key), sys.intern(str(v["node"])), str(v["sid"]), float(v["created"]),
                    int(v.get("priority", 0)), bool(v.get("available")), bool(v.get("interested")),
