@@ -24,7 +24,7 @@ the project: it speaks to the node over sockets only.
 
 Loopback has about 28,000 ephemeral ports per source address (32768–60999): beyond that, give
 ``WorkerSpec.local_addrs`` (e.g. 127.0.0.2, 127.0.0.3, …, all loopback on Linux) and each client
-binds its socket to one of them in turn (``benchmarks/idle_scale.py`` holds 100,000 this way).
+binds its socket to one of them in turn (``benchmarks/idle_scale.py`` spreads its clients so).
 """
 
 from __future__ import annotations
