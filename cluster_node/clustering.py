@@ -230,7 +230,7 @@ class GatewayHandoff:
         self.seen_gateway = False  # a region that never had one stands alone: nothing is held
         # Whether the routes name a gateway: read on every chat message (carbons), so kept up to
         # date by the table's changes rather than found by a scan per message.
-        self._gateway_route = False
+        self._gateway_route = self._names_gateway()
         services.routes.listeners.append(self._route_changed)
         self.expired = 0  # held past the deadline, handled here
         self.dropped_unconfirmed = 0  # copies given up because a gateway never confirmed them
@@ -247,9 +247,12 @@ class GatewayHandoff:
         """Whether a hand-off may reach another region: the region has, or had, a gateway."""
         return self.seen_gateway or self._gateway_route
 
+    def _names_gateway(self) -> bool:
+        return any(r.key.startswith("gateway/") for r in self.s.routes)
+
     def _route_changed(self, change: Change) -> None:
         if change[1].key.startswith("gateway/"):
-            self._gateway_route = any(r.key.startswith("gateway/") for r in self.s.routes)
+            self._gateway_route = self._names_gateway()
 
     def gateway(self, stanza: Stanza, key: str | None = None) -> str | None:
         names = self.gateways()
