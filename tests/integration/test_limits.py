@@ -102,6 +102,7 @@ async def test_connections_past_the_descriptor_limit_are_refused_not_left_in_the
     from cluster_node.net.descriptors import RESERVE
     from tests.helpers.node import NodeProcess
     from tests.helpers.topologies import check_logs, register
+    from tests.helpers.xmpp_client import Client
 
     node = NodeProcess(tmp_path, name="n1")
     node.preexec = _few_descriptors
@@ -124,8 +125,7 @@ async def test_connections_past_the_descriptor_limit_are_refused_not_left_in_the
         assert all(stream_error(d, "policy-violation") and b"too many connections" in d for d in refused)
         held.pop().close()
         await asyncio.sleep(0.3)
-        c = await RawClient(node.port, node.cert).connect()
-        await c.login("alice", "alice-pw")
+        c = await Client("alice@localhost/back", "alice-pw", cert=node.cert).login(node.port)  # slixmpp
         await c.close()
     finally:
         for w in held:
