@@ -450,9 +450,15 @@ class Generator:
             peer.feeder = c
         return len(self.senders)
 
-    async def paced(self, rate: float, duration: float, drain: float, tick: float = 0.001) -> dict[str, Any]:
+    async def paced(self, rate: float, duration: float, drain: float, tick: float = 0.001,
+                    hold_back: bool = False) -> dict[str, Any]:
         """Offer ``rate`` messages/s, spread over the senders, for ``duration`` seconds: what is due is
-        sent every ``tick`` seconds (1 ms: about one message per sender and tick at these rates)."""
+        sent every ``tick`` seconds (1 ms: about one message per sender and tick at these rates).
+
+        ``hold_back``: a sender the server pushes back (its socket's send buffer full, so bytes
+        wait in the transport) does not write; its due message is counted ``held`` instead, as a
+        client would wait before sending more.  Without it every due message is written, and
+        what the kernel cannot take piles up in this process."""
         self.reset()
         self.closed_loop = False
         senders, nsend = self.senders, len(self.senders)
@@ -461,21 +467,27 @@ class Generator:
         end = start + duration
         idx = 0
         max_lag = 0
+        held = 0
         while nsend:
             now = time.monotonic()
             if now >= end:
                 break
-            due = int((now - start) * rate) - self.sent
+            due = int((now - start) * rate) - self.sent - held
             if due > 0:
                 max_lag = max(max_lag, due)
                 for _ in range(due):
-                    senders[idx].send_message()
+                    c = senders[idx]
+                    t = c.transport
+                    if hold_back and t is not None and t.get_write_buffer_size():
+                        held += 1
+                    else:
+                        c.send_message()
                     idx += 1
                     if idx == nsend:
                         idx = 0
             await asyncio.sleep(tick)
         t_end = time.monotonic()
-        return await self._finish(start, t_end, drain, ru0, {"max_batch": max_lag})
+        return await self._finish(start, t_end, drain, ru0, {"max_batch": max_lag, "held": held})
 
     async def closed(self, window: int, duration: float, drain: float) -> dict[str, Any]:
         """Each sender keeps ``window`` messages in flight: every delivery triggers the next one."""

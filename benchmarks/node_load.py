@@ -47,7 +47,7 @@ import time
 from array import array
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 
@@ -440,6 +440,9 @@ def run(args: argparse.Namespace) -> int:
         "storage": {"url": f"sqlite:///{db}"},
         # No HTTP APIs: nothing here uses them, and their default ports would collide between runs.
         "admin": {"port": 0}, "user_api": {"port": 0},
+        # Without the message archive unless --mam: the figures of compare.py's ``meridian`` (MAM
+        # writes two rows a message, a cost of its own: benchmarks/mobile.py measures it).
+        "modules": {} if args.mam else {"mam": {"enabled": False}},
     }
     config = tmp / "node.toml"
     config.write_text(toml_config(conf))
@@ -449,7 +452,7 @@ def run(args: argparse.Namespace) -> int:
           f"Python {platform.python_version()}, load average {load_average()}")
     how = "direct TLS (XEP-0368)" if args.tls == "direct" else "STARTTLS"
     print(f"  {args.clients:,} clients over {how}, SASL {args.sasl}, in {args.workers} load generator "
-          f"process(es); node log level {args.log_level}; "
+          f"process(es); node log level {args.log_level}, MAM {'on' if args.mam else 'off'}; "
           + (f"node pinned to CPU {node_cpus}, generators to CPUs {gen_cpus}" if node_cpus
              else "no CPU pinning"), flush=True)
 
@@ -536,54 +539,13 @@ def run(args: argparse.Namespace) -> int:
         for reason, n in failures.most_common(5):
             print(f"    login failure ×{n}: {reason}")
 
-        # -- 2. messages at a fixed rate --------------------------------------------------------
+        # -- 2. messages at fixed rates, and 3. capacity (a window of messages in flight per sender) --
         senders = sum(workers.all("pair", 30, senders=max(1, args.senders // args.workers)))
-        for n_rate, rate in enumerate(args.rate if args.duration > 0 and senders else []):
-            last = n_rate == len(args.rate) - 1  # the targets are checked at the last rate
-            name = f"messages at {rate:,.0f}/s"
-            if n_rate:
-                time.sleep(1.0)
-            profiler.start(f"messages-{rate:.0f}")
-            cpu0, t, wait0, sys0 = node.cpu_s(), time.monotonic(), node.run_delay_s(), node.sys_s()
-            res = workers.all("paced", args.duration + args.drain + 60, rate=rate / args.workers,
-                              duration=args.duration, drain=args.drain, tick=args.tick)
-            cpu_msg, sys_msg = node.cpu_s() - cpu0, node.sys_s() - sys0
-            wait_msg = waited(wait0, node.run_delay_s())
-            phases.append((name, t, time.monotonic()))
-            if (p := profiler.stop()) is not None:
-                profiles.append((name, p))
-            paced = message_stats(res)
-            paced_runs.append((rate, paced))
-            lat = paced["lat_ms"]
-            p99 = pct(lat, 99)
-            rate_ok = paced["rate"] >= args.rate_target * 0.99 if last else None
-            lat_ok = (bool(lat) and p99 <= args.p99_target) if last else None
-            report.row(f"messages: {senders:,} senders, offered rate", f"{rate:,.0f} msg/s")
-            report.row("  sent by the generators (achieved rate)", f"{paced['send_rate']:,.0f} msg/s")
-            report.row("  messages/s routed (delivered)", f"{paced['rate']:,.0f} msg/s",
-                       f"≥ {args.rate_target:,.0f} msg/s" if last else "", rate_ok,
-                       f"{paced['rate']:,.0f} messages/s routed < {args.rate_target:,.0f}")
-            report.row("  delivered / sent", f"{paced['received']:,} / {paced['sent']:,}")
-            report.row("  latency p50", f"{pct(lat, 50):.2f} ms")
-            report.row("  latency p95", f"{pct(lat, 95):.2f} ms")
-            report.row("  latency p99", f"{p99:.2f} ms", f"≤ {args.p99_target:g} ms" if last else "", lat_ok,
-                       f"p99 delivery latency {p99:.2f} ms > {args.p99_target:g} ms" if lat
-                       else "no message was delivered")
-            report.row("  latency max / mean", f"{max(lat, default=0):.1f} / "
-                       f"{statistics.fmean(lat) if lat else 0:.2f} ms")
-            per_msg_us = cpu_msg / max(paced["received"], 1) * 1e6
-            report.row("  node CPU (of which in the kernel) / per message",
-                       f"{cpu_msg:.1f} s ({sys_msg:.1f} s) / {per_msg_us:.0f} µs")
-            report.row("  node waiting for a CPU", wait_msg)
-            report.row("  generator CPU", f"{paced['gen_cpu_s']:.1f} s in {paced['end'] - paced['start']:.1f} s")
-            if paced["send_rate"] < 0.95 * rate:
-                notes.append(f"the generators sent {paced['send_rate']:,.0f} msg/s of the {rate:,.0f} asked "
-                             "(they lacked CPU): the node was offered less than that rate")
-            print(f"  {name}: {paced['received']:,} delivered, {paced['rate']:,.0f}/s, p99 {p99:.1f} ms", flush=True)
-
-        # -- 3. capacity: a window of messages in flight per sender ----------------------------------
         closed: dict[str, Any] | None = None
-        if args.capacity_duration > 0 and senders:
+        capacity = 0.0
+
+        def capacity_phase() -> float:
+            nonlocal closed
             cpu0, t = node.cpu_s(), time.monotonic()
             res = workers.all("closed", args.capacity_duration + args.drain + 60, window=args.window,
                               duration=args.capacity_duration, drain=args.drain)
@@ -599,6 +561,67 @@ def run(args: argparse.Namespace) -> int:
                        f"({cpu_cap:.1f} s)")
             report.row("  generator CPU", f"{closed['gen_cpu_s']:.1f} s in {closed['end'] - closed['start']:.1f} s")
             print(f"  capacity: {cap_rate:,.0f} msg/s", flush=True)
+            return float(cap_rate)
+
+        relative = any(r.relative for r in args.rate)
+        if relative and senders:  # the rates are shares of this: measured first
+            capacity = capacity_phase()
+            node.wait_idle()
+        for n_rate, spec in enumerate(args.rate if args.duration > 0 and senders else []):
+            rate = spec.of(capacity)
+            last = n_rate == len(args.rate) - 1  # the targets are checked at the last rate
+            name = f"messages at {rate:,.0f}/s" + (f" ({spec} of capacity)" if spec.relative else "")
+            if n_rate:
+                time.sleep(1.0)
+            profiler.start(f"messages-{rate:.0f}")
+            cpu0, t, wait0, sys0 = node.cpu_s(), time.monotonic(), node.run_delay_s(), node.sys_s()
+            rss_before = node.rss()
+            res = workers.all("paced", args.duration + args.drain + 60, rate=rate / args.workers,
+                              duration=args.duration, drain=args.drain, tick=args.tick, hold_back=args.hold_back)
+            cpu_msg, sys_msg = node.cpu_s() - cpu0, node.sys_s() - sys0
+            wait_msg = waited(wait0, node.run_delay_s())
+            phases.append((name, t, time.monotonic()))
+            if (p := profiler.stop()) is not None:
+                profiles.append((name, p))
+            paced = message_stats(res)
+            held = sum(r.get("held", 0) for r in res)
+            paced_runs.append((rate, paced))
+            lat = paced["lat_ms"]
+            p99 = pct(lat, 99)
+            rate_ok = paced["rate"] >= args.rate_target * 0.99 if last else None
+            lat_ok = (bool(lat) and p99 <= args.p99_target) if last else None
+            report.row(f"messages: {senders:,} senders, offered rate",
+                       f"{rate:,.0f} msg/s" + (f" ({spec})" if spec.relative else ""))
+            report.row("  sent by the generators (achieved rate)", f"{paced['send_rate']:,.0f} msg/s")
+            if args.hold_back:
+                share = 100 * held / max(held + paced["sent"], 1)
+                report.row("  held back (sender pushed back)", f"{held:,} ({share:.1f} %)")
+            report.row("  messages/s routed (delivered)", f"{paced['rate']:,.0f} msg/s",
+                       f"≥ {args.rate_target:,.0f} msg/s" if last else "", rate_ok,
+                       f"{paced['rate']:,.0f} messages/s routed < {args.rate_target:,.0f}")
+            report.row("  delivered / sent", f"{paced['received']:,} / {paced['sent']:,}")
+            report.row("  latency p50", f"{pct(lat, 50):.2f} ms")
+            report.row("  latency p95", f"{pct(lat, 95):.2f} ms")
+            report.row("  latency p99", f"{p99:.2f} ms", f"≤ {args.p99_target:g} ms" if last else "", lat_ok,
+                       f"p99 delivery latency {p99:.2f} ms > {args.p99_target:g} ms" if lat
+                       else "no message was delivered")
+            report.row("  latency max / mean", f"{max(lat, default=0):.1f} / "
+                       f"{statistics.fmean(lat) if lat else 0:.2f} ms")
+            per_msg_us = cpu_msg / max(paced["received"], 1) * 1e6
+            report.row("  node CPU (of which in the kernel) / per message",
+                       f"{cpu_msg:.1f} s ({sys_msg:.1f} s) / {per_msg_us:.0f} µs")
+            report.row("  node waiting for a CPU", wait_msg)
+            report.row("  node RSS before / after the phase",
+                       f"{rss_before / 2**20:.1f} / {node.rss() / 2**20:.1f} MiB")
+            report.row("  generator CPU", f"{paced['gen_cpu_s']:.1f} s in {paced['end'] - paced['start']:.1f} s")
+            if paced["send_rate"] + held / max(paced["end"] - paced["start"], 1e-9) < 0.95 * rate:
+                notes.append(f"the generators sent {paced['send_rate']:,.0f} msg/s of the {rate:,.0f} asked "
+                             "(they lacked CPU): the node was offered less than that rate")
+            print(f"  {name}: {paced['received']:,} delivered, {paced['rate']:,.0f}/s, p99 {p99:.1f} ms"
+                  + (f", {held:,} held back" if args.hold_back else ""), flush=True)
+
+        if args.capacity_duration > 0 and senders and not relative:
+            capacity_phase()
 
         runs = [r for _, r in paced_runs] + ([closed] if closed else [])
         errors = sum(r["errors"] for r in runs)
@@ -670,20 +693,41 @@ def run(args: argparse.Namespace) -> int:
     return common.verdict(report, "TARGET", "all targets met")
 
 
-def rates(text: str) -> list[float]:
-    values = [float(x) for x in text.split(",") if x.strip()]
-    if not values or any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError("one or more rates > 0, separated by commas")
+def rates(text: str) -> list[Rate]:
+    """``20000`` msg/s, or ``80%`` of the capacity the closed loop measures (run first then)."""
+    try:
+        values = [Rate(float(x.strip()[:-1]), True) if x.strip().endswith("%") else Rate(float(x), False)
+                  for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v.value <= 0 for v in values):
+        raise argparse.ArgumentTypeError("one or more rates > 0 (msg/s, or N% of the measured capacity), "
+                                         "separated by commas")
     return values
+
+
+class Rate(NamedTuple):
+    value: float
+    relative: bool  # a percentage of the closed loop's rate
+
+    def of(self, capacity: float) -> float:
+        return self.value * capacity / 100 if self.relative else self.value
+
+    def __str__(self) -> str:
+        return f"{self.value:g}%" if self.relative else f"{self.value:,.0f}/s"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--clients", type=int, default=TARGET_CLIENTS, help="connections to log in and hold (10000)")
     parser.add_argument("--senders", type=int, default=1000, help="clients sending messages, each to another (1000)")
-    parser.add_argument("--rate", type=rates, default=[20_000.0],
+    parser.add_argument("--rate", type=rates, default=[Rate(20_000.0, False)],
                         help="messages/s offered in the fixed-rate phase (20000); a list (5000,10000,20000) runs "
-                             "one phase per rate, in order, and checks the targets on the last")
+                             "one phase per rate, in order, and checks the targets on the last; N%% is N %% of "
+                             "the closed loop's rate, measured first then (80%%,150%%)")
+    parser.add_argument("--hold-back", action=argparse.BooleanOptionalAction, default=False,
+                        help="fixed rates: a sender pushed back (socket send buffer full) skips its message "
+                             "instead of queueing it in the generator (off)")
     parser.add_argument("--tick", type=float, default=0.001,
                         help="seconds between the generators' sends in the fixed-rate phase (0.001)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of the fixed-rate phase (10; 0 skips)")
@@ -698,6 +742,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sasl", choices=["PLAIN", "SCRAM-SHA-1", "SCRAM-SHA-256"], default="PLAIN")
     parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
                         help="pin the node to CPU 0 and the generators to the other CPUs (on)")
+    parser.add_argument("--mam", action=argparse.BooleanOptionalAction, default=False,
+                        help="run the node with its message archive (off: as compare.py's meridian)")
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default="WARNING",
                         help="the node's log level (WARNING: no line per login)")
     parser.add_argument("--rss-target", type=float, default=25.0, help="KB of node RSS per connection (25)")
