@@ -25,6 +25,7 @@ from collections import deque
 from contextvars import ContextVar
 from typing import Any, Protocol, cast
 
+from ..core import eager
 from ..core.hooks import Hook, Hooks
 from ..core.limits import ConnectionLimiter, Shaper, parser_limit
 from ..core.log_throttle import OncePer
@@ -216,6 +217,7 @@ class C2SConnection(asyncio.Protocol):
         self._queue: deque[Stanza] | None = None
         self._flush_pending = False
         self._worker: asyncio.Task[None] | None = None
+        self._refusing = False  # closing for a stanza flood: nothing more is handled
         # Why reading is paused: the shaper, our own handler's queue, a TLS upgrade, a refused
         # authentication, our own output behind ("output"), a recipient's output behind ("peer").
         self._paused = {"shaper": False, "queue": False, "tls": False, "auth": False, "output": False,
@@ -701,6 +703,8 @@ class C2SConnection(asyncio.Protocol):
     # -- in-order handling of the client's stanzas ------------------------------------------
 
     def _enqueue(self, stanza: Stanza) -> None:
+        if self._refusing:
+            return  # the stream is closing for a flood: what came with the flood is dropped
         queue = self._queue
         if queue is None:
             queue = self._queue = deque()
@@ -708,10 +712,15 @@ class C2SConnection(asyncio.Protocol):
         if len(queue) >= self.listener.settings.limits.inbound_queue:
             self._pause("queue")
         if self._worker is None or self._worker.done():
-            self._worker = self._loop.create_task(self._work())
+            # Handled now, in this read; a task only if a stanza has to wait (see core/eager.py).
+            try:
+                self._worker = eager.start(self._work(), self._loop)
+            except Exception:
+                self._worker = None
+                log.exception("handling the stanzas of %s failed", self.record.jid if self.record else self.ip)
 
     async def _work(self) -> None:
-        _SENDER.set(self)  # this task's own context: what it routes is ours
+        _SENDER.set(self)  # in its own context (a copy, as a task has): what it routes is ours
         outbound = self.listener.sessions.outbound
         low = self.listener.settings.limits.inbound_queue // 2
         while self._queue:
@@ -741,6 +750,7 @@ class C2SConnection(asyncio.Protocol):
                           "stanza rate", self.ip, self.record.jid if self.record is not None else "not logged in")
         if self._stanza_rate.flooding(now):
             self._queue = None
+            self._refusing = True
             self._handle(self.core.close(errors.PolicyViolation("too many stanzas")))
         elif stanza.type != "error":
             slow_down = errors.StanzaPolicyViolation("too many stanzas: slow down")
