@@ -1,15 +1,18 @@
-"""Run a coroutine now, in the caller's turn of the event loop; make a task only if it waits.
+"""Start a task whose first step runs now, in the caller's turn of the event loop.
 
-What Python 3.12's eager task factory does, for the 3.11 we run on.  A client's stanza is handled
-by a coroutine (a module may read a database first), yet almost every one never waits: handed to
-a task it cost a task per read and waited for the next turn of the loop, which at load holds a
-read of every busy connection — the latency of a message grew with the number of senders.
+What Python 3.12's eager tasks do, for the 3.11 we run on.  A client's stanza is handled by a
+coroutine (a module may read a database first), yet almost every one never waits: as an ordinary
+task it waited for the next turn of the loop, which at load holds a read of every busy
+connection — the latency of a message grew with the number of senders.  The task is a real one
+all the same (``current_task()`` is it, ``asyncio.timeout`` and cancellation work), only its first
+step is not queued behind the others.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
+import collections
+import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -18,39 +21,17 @@ __all__ = ["start"]
 T = TypeVar("T")
 
 
-def start(coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop) -> asyncio.Task[T] | None:
-    """Take ``coro``'s first step now, in a copy of the current context (as a task would have).
-
-    Returns None when it finished in that step (its result is dropped: callers keep their outcome
-    in their own state), else a task that runs it on from where it waits, in the same context.
-    An exception raised by the first step is raised here."""
-    ctx = contextvars.copy_context()
-    try:
-        waiting = ctx.run(coro.send, None)
-    except StopIteration:
-        return None
-    return loop.create_task(_run_on(coro, waiting), context=ctx)
-
-
-async def _run_on(coro: Coroutine[Any, Any, T], waiting: Any) -> T:
-    """Go on with ``coro``, which yielded ``waiting`` (a future, or None for a bare yield) outside
-    any task: wait for it here, then resume ``coro``, which reads its outcome itself."""
-    while True:
-        try:
-            if waiting is None:
-                await asyncio.sleep(0)
-            elif asyncio.isfuture(waiting):
-                waiting._asyncio_future_blocking = False  # no task took it: as Task.__step would do
-                await asyncio.wait((waiting,))  # done, with whatever outcome: coro raises it itself
-            else:
-                raise RuntimeError(f"a coroutine run eagerly yielded {waiting!r}, not a future")
-        except asyncio.CancelledError as e:  # this task was cancelled: so is coro, where it waits
-            try:
-                waiting = coro.throw(e)
-            except StopIteration as stop:
-                return stop.value  # type: ignore[no-any-return]
-            continue
-        try:
-            waiting = coro.send(None)
-        except StopIteration as stop:
-            return stop.value  # type: ignore[no-any-return]
+def start(coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop) -> asyncio.Task[T]:
+    """A task running ``coro``, its first step taken before this returns (the task may be done
+    then).  Called from inside another task, or on an event loop other than asyncio's own on
+    Python 3.11 (uvloop), it is an ordinary task: its first step runs at the next turn."""
+    if sys.version_info >= (3, 12):
+        return asyncio.Task(coro, loop=loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+    task = loop.create_task(coro)
+    # create_task appended the task's first step to the loop's queue of ready callbacks (asyncio's
+    # BaseEventLoop._ready): run it now instead.  Not inside a running task: a task's step must
+    # not start while another one's is under way.
+    ready = getattr(loop, "_ready", None)
+    if type(ready) is collections.deque and ready and asyncio.current_task(loop) is None:
+        ready.pop()._run()
+    return task

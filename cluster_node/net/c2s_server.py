@@ -712,15 +712,11 @@ class C2SConnection(asyncio.Protocol):
         if len(queue) >= self.listener.settings.limits.inbound_queue:
             self._pause("queue")
         if self._worker is None or self._worker.done():
-            # Handled now, in this read; a task only if a stanza has to wait (see core/eager.py).
-            try:
-                self._worker = eager.start(self._work(), self._loop)
-            except Exception:
-                self._worker = None
-                log.exception("handling the stanzas of %s failed", self.record.jid if self.record else self.ip)
+            # Its first step now, in this read, rather than at the next turn (see core/eager.py).
+            self._worker = eager.start(self._work(), self._loop)
 
     async def _work(self) -> None:
-        _SENDER.set(self)  # in its own context (a copy, as a task has): what it routes is ours
+        _SENDER.set(self)  # this task's own context: what it routes is ours
         outbound = self.listener.sessions.outbound
         low = self.listener.settings.limits.inbound_queue // 2
         while self._queue:
