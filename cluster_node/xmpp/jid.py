@@ -10,7 +10,7 @@ import functools
 import ipaddress
 import re
 import unicodedata
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["Jid", "InvalidJid", "parse_jid", "nodeprep"]
 
@@ -91,8 +91,11 @@ def _domainprep(domain: str) -> str:
     return domain
 
 
-@dataclass(frozen=True, slots=True)
-class Jid:
+class Jid(NamedTuple):
+    """A JID's three parts, normalised.  A tuple: every dict keyed by a JID (sessions, rosters,
+    routes, caches) hashes and compares it on the message path, in C for a tuple (a frozen
+    dataclass's ``__hash__``/``__eq__`` are Python, ~3× slower, and its construction ~4×)."""
+
     local: str | None
     domain: str
     resource: str | None
