@@ -229,6 +229,16 @@ class SessionTable:
             return []
         return [found] if isinstance(found, SessionRecord) else list(found.values())
 
+    def any_flagged(self, bare: Jid, flag: str) -> bool:
+        """Whether a resource of ``bare`` has module flag ``flag`` (asked for every message by
+        carbons: no list built, as :meth:`resources` does)."""
+        found = self._by_bare.get(bare)
+        if found is None:
+            return False
+        if isinstance(found, SessionRecord):
+            return bool(found.flags.get(flag))
+        return any(r.flags.get(flag) for r in found.values())
+
     def match(self, predicate: Callable[[SessionRecord], bool]) -> list[SessionRecord]:
         return [r for r in self._by_full.values() if predicate(r)]
 

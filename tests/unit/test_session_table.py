@@ -116,6 +116,26 @@ def test_one_and_several_resources_of_an_account_through_inserts_and_deletes():
     assert ("delete", "user1@localhost/c") in changes
 
 
+def test_any_flagged_with_one_and_several_resources():
+    """What carbons asks for every message: whether any resource of the account has its flag."""
+    table = SessionTable("n1")
+    bare = Jid.parse("user1@localhost")
+    a = SessionRecord(Jid.parse("user1@localhost/a"), "n1", "n1.1", 1.0)
+    b = SessionRecord(Jid.parse("user1@localhost/b"), "n1", "n1.2", 2.0)
+    assert not table.any_flagged(bare, "carbons")  # no resource at all
+    table.insert(a)
+    assert not table.any_flagged(bare, "carbons")
+    table.insert(a.with_flag("carbons", "on"))  # one resource, held as such
+    assert table.any_flagged(bare, "carbons") and not table.any_flagged(bare, "sm")
+    table.insert(b)  # several: the flagged one is not the last
+    assert table.any_flagged(bare, "carbons")
+    table.insert(a)  # flag cleared
+    assert not table.any_flagged(bare, "carbons")
+    table.insert(b.with_flag("carbons", "on"))
+    assert table.any_flagged(bare, "carbons")
+    assert not table.any_flagged(Jid.parse("user2@localhost"), "carbons")
+
+
 def test_a_held_session_record_reads_as_its_value_and_dumps_plain_dicts():
     """The table keeps a view of the parsed session, not the dict it arrived as: reads, conflicts
     and dumps see the same items (a dump is sent as JSON-like frames: plain dicts)."""

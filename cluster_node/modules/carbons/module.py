@@ -91,11 +91,11 @@ class Carbons(Module):
 
     def _sent(self, session: Any, stanza: Stanza) -> None:
         """An outgoing message: a ``<sent/>`` copy to the sender's other carbons-enabled resources."""
-        if stanza.name != "message" or not rules.eligible(stanza):
+        if stanza.name != "message":
             return None
         sender: Jid = session.record.jid
         bare = sender.bare
-        if not self._anyone(bare):
+        if not self._anyone(bare) or not rules.eligible(stanza):  # the cheap question first
             return None
         original = stanza if stanza.to else stanza.with_attrs(to=str(bare))  # to the own account
         copy = rules.wrap("sent", original, str(bare))
@@ -111,9 +111,11 @@ class Carbons(Module):
         if stanza.type in ("error", "groupchat", "headline"):  # before parsing anything
             return
         bare = to.bare
+        if not self._anyone(bare):  # the cheap question first: most accounts have no carbons on
+            return
         if _bare_of(stanza.from_) == bare:
             return  # between two resources of the account: copied once, as sent
-        if not self._anyone(bare) or not rules.eligible(stanza):
+        if not rules.eligible(stanza):
             return
         if which is None:
             select = Fanout(flag=FLAG, exclude=str(to), set_to=True)
@@ -127,8 +129,7 @@ class Carbons(Module):
     def _anyone(self, bare: Jid) -> bool:
         """Whether a carbons-enabled resource of ``bare`` may exist: one in this region (the
         replicated table says), or another region to fan out to (the region has a gateway)."""
-        return (any(r.flags.get(FLAG) for r in self.host.table.resources(bare))
-                or self.host.reaches_other_regions())
+        return self.host.table.any_flagged(bare, FLAG) or self.host.reaches_other_regions()
 
 
 def _feature(features: set[str]) -> set[str]:
