@@ -759,6 +759,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.clients < 2 or args.workers < 1 or args.senders < 1 or args.window < 1:
         parser.error("--clients ≥ 2, --workers, --senders and --window ≥ 1")
+    if args.capacity_duration <= 0 and any(r.relative for r in args.rate):
+        parser.error("a --rate in %% of the capacity needs the closed loop that measures it: --capacity-duration > 0")
     args.workers = min(args.workers, args.clients // 2)
     return run(args)
 

@@ -132,3 +132,12 @@ def test_plots_refuse_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert message in err and "Traceback" not in err, err
     assert plots.main([str(tmp_path / "missing.json"), str(tmp_path)]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_node_load_refuses_a_relative_rate_without_the_closed_loop(capsys: pytest.CaptureFixture[str]) -> None:
+    """``80%`` is a share of what the closed loop measures: with no closed loop it would offer ~0."""
+    assert node_load.rates("5000,80%") == [node_load.Rate(5000.0, False), node_load.Rate(80.0, True)]
+    with pytest.raises(SystemExit) as exit_:
+        node_load.main(["--rate", "80%", "--capacity-duration", "0"])
+    assert exit_.value.code == 2
+    assert "--capacity-duration > 0" in capsys.readouterr().err
