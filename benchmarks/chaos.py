@@ -23,7 +23,9 @@ JID, numbered (sender, seq).  Clients answer the server's ``<r/>``, ask for acks
 when their connection breaks they reconnect to a node of their region (the one they were on
 first, then the others) and resume; when resumption fails they bind a new session (and do not
 resend what was unacknowledged: a resend could be delivered twice, and every duplicate counted
-here must be the server's).
+here must be the server's) and catch up from their archive (XEP-0313, from the archive id of the
+last message they received live), as Conversations does: what the lost session had been given but
+not acknowledged — a node's crash takes it along — is there.
 
 Scenarios, one at a time while the load runs (``--scenario NAME``, repeatable; default all):
 
@@ -55,12 +57,14 @@ scenario it counts, over the messages created during it:
   ``<resumed h/>``);
 - **delivered**: reached the recipient (once at least), of which **via offline**: from offline
   storage (with a ``<delay/>``), i.e. only once the recipient logged in again;
+- **via archive**: not delivered, not in offline storage, but fetched by the recipient's catch-up
+  from its archive after a failed resumption;
 - **parked**: not delivered but in offline storage at the end — although every recipient stayed
   online: it waits for the recipient's next login;
 - **errors**: an error came back to the sender instead (e.g. ``remote-server-timeout``);
 - **duplicates**: delivered more than once, or delivered and still in offline storage;
-- **lost**: acknowledged, yet not delivered, not in offline storage and no error came back —
-  the number that must be 0;
+- **lost**: acknowledged, yet not delivered, not in offline storage, not in the archive the
+  recipient caught up from, and no error came back — the number that must be 0;
 - **unacked lost**: sent, never acknowledged (the connection died first and resumption failed),
   not delivered: what XEP-0198 leaves the client to resend;
 - **out of order**: deliveries of a sender→recipient pair that arrived after a later message of
@@ -137,6 +141,10 @@ __all__ = ["main", "SCENARIOS"]
 PASSWORD = "chaos-password"
 RESOURCE = "chaos"
 DELAY_NS = "urn:xmpp:delay"
+MAM_NS = "urn:xmpp:mam:2"  # XEP-0313
+RSM_NS = "http://jabber.org/protocol/rsm"
+SID_NS = "urn:xmpp:sid:0"  # XEP-0359: the archive's id on each message it delivers
+FORWARD_NS = "urn:xmpp:forward:0"
 STANZAS_NS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 STREAM_NS = "http://etherx.jabber.org/streams"
 BODY = re.compile(r"^chaos (\S+) (\S+) (\d+)$")
@@ -363,6 +371,7 @@ class Msg:
     deliveries: list[tuple[float, bool]] = field(default_factory=list)  # (when, from offline storage)
     late_copies: int = 0  # arrived on a stream the client had already closed (the server re-routes those)
     stored: bool = False  # in offline storage at the end
+    archived: bool = False  # fetched from the recipient's archive by its catch-up after a failed resumption
 
     @property
     def id(self) -> str:
@@ -450,6 +459,10 @@ class User:
         self.seq = 0
         self.since_r = 0
         self.moving = False
+        self.archive_last: str | None = None  # the archive id of the last message received live
+        self.bound_at = datetime.datetime.now(datetime.UTC)  # when the current session was bound
+        self.queries = 0
+        self._catching_up: str | None = None
         self.reconnecting: asyncio.Task[None] | None = None
         self.stats: Counter[str] = Counter()
 
@@ -508,6 +521,7 @@ class User:
                 self.unacked = deque(m for m in self.unacked if m is not None)
                 return
             self.stats["resume failed"] += 1
+        failed = self.sm_id is not None
         self._unknown()
         self.sm_id, self.h_in, self.server_h = None, 0, 0
         await stream.bind(RESOURCE)
@@ -517,6 +531,26 @@ class User:
         self.sm_id = enabled.get("id")
         self._stanza(stream, "<presence/>")  # available: bare-JID messages come here, offline storage is flushed
         self.stats["bound"] += 1
+        if failed:
+            # What the old session had been given but not acknowledged died with it (a node's
+            # crash): a client catches up from its archive, as Conversations does (XEP-0313).
+            self._catch_up(stream, self.archive_last)
+        self.bound_at = datetime.datetime.now(datetime.UTC)
+
+    def _catch_up(self, stream: Stream, after: str | None, page: str | None = None) -> None:
+        """One page of the archive from the last message received live (or since the lost
+        session was bound), forward; the next page is asked for when this one's ``<fin/>`` comes."""
+        self.queries += 1
+        if after is not None:
+            field = f"<field var='after-id'><value>{after}</value></field>"
+        else:
+            stamp = (self.bound_at - datetime.timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            field = f"<field var='start'><value>{stamp}</value></field>"
+        rsm = f"<set xmlns='{RSM_NS}'><max>100</max>{f'<after>{page}</after>' if page else ''}</set>"
+        self._stanza(stream, f"<iq type='set' id='catch-up-{self.queries}'><query xmlns='{MAM_NS}'>"
+                             f"<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>"
+                             f"<value>{MAM_NS}</value></field>{field}</x>{rsm}</query></iq>")
+        self._catching_up = after
 
     def _unknown(self) -> None:
         """The SM session is gone with stanzas unacknowledged: the client cannot know their fate."""
@@ -575,9 +609,18 @@ class User:
             if not stream.closing:
                 self.h_in += 1
             if name == "message":
+                result = el.find(f"{{{MAM_NS}}}result")
+                if result is not None:
+                    self.load.from_archive(self, result)
+                    return
+                sid = el.find(f"{{{SID_NS}}}stanza-id")
+                if sid is not None and sid.get("by") == f"{self.name}@{DOMAIN}" and not stream.closing:
+                    self.archive_last = sid.get("id")
                 self.load.received(self, stream, el)
             elif name == "iq" and el.get("type") in ("get", "set"):
                 self._stanza(stream, f"<iq type='result' id='{el.get('id', '')}' to='{el.get('from', DOMAIN)}'/>")
+            elif name == "iq" and (el.get("id") or "").startswith("catch-up-"):
+                self._caught_up(stream, el)
         elif el.tag == f"{{{SM}}}r":
             stream.send(f"<a xmlns='{SM}' h='{self.h_in}'/>")
         elif el.tag == f"{{{SM}}}a":
@@ -585,6 +628,17 @@ class User:
         elif el.tag == f"{{{STREAM_NS}}}error":
             cond = next((local(c) for c in el if c.tag.startswith("{urn:ietf:params:xml:ns:xmpp-streams}")), "?")
             self.stats[f"stream error: {cond}"] += 1
+
+    def _caught_up(self, stream: Stream, el: ET.Element) -> None:
+        fin = el.find(f"{{{MAM_NS}}}fin")
+        if el.get("type") != "result" or fin is None:
+            self.stats["archive catch-up failed"] += 1
+            return
+        last = fin.findtext(f"{{{RSM_NS}}}set/{{{RSM_NS}}}last")
+        if fin.get("complete") != "true" and last:
+            self._catch_up(stream, self._catching_up, last)
+        else:
+            self.stats["caught up from the archive"] += 1
 
     def _acked(self, h: int) -> None:
         t = now()
@@ -763,12 +817,22 @@ class Load:
             return
         msg.deliveries.append((t, el.find(f"{{{DELAY_NS}}}delay") is not None))
 
+    def from_archive(self, u: User, result: ET.Element) -> None:
+        """A message of ``u``'s catch-up query: the recipient has it now, if it had not yet."""
+        inner = result.find(f"{{{FORWARD_NS}}}forwarded/{{jabber:client}}message")
+        m = BODY.match(inner.findtext("{jabber:client}body") or "") if inner is not None else None
+        msg = self.ledger.msgs.get((m.group(2), int(m.group(3)))) if m else None
+        if msg is not None and msg.to == u.name and not msg.archived:
+            msg.archived = True
+            self.ledger.touch()
+
     # -- the end of a scenario
 
     def pending(self, scenario: str) -> int:
         """Messages of ``scenario`` whose fate is not known yet."""
         return sum(1 for m in self.ledger.msgs.values()
-                   if m.scenario == scenario and not (m.error or m.deliveries or m.stored or m.unknown))
+                   if m.scenario == scenario and not (m.error or m.deliveries or m.stored or m.archived
+                                                      or m.unknown))
 
     async def drain(self, scenario: str, timeout: float, quiet: float) -> None:
         """Until every message of ``scenario`` is accounted for, or nothing changed for ``quiet`` s."""
@@ -932,7 +996,8 @@ SCENARIOS: dict[str, tuple[Scenario, str]] = {
 def account(load: Load, name: str, fault: Fault, p: Params) -> dict[str, Any]:
     msgs = [m for m in load.ledger.msgs.values() if m.scenario == name]
     delivered = [m for m in msgs if m.deliveries]
-    lost = [m for m in msgs if m.acked is not None and not m.deliveries and not m.stored and not m.error]
+    lost = [m for m in msgs if m.acked is not None and not m.deliveries and not m.stored and not m.archived
+            and not m.error]
     row: dict[str, Any] = {
         "scenario": name,
         "fault": fault.what,
@@ -941,12 +1006,13 @@ def account(load: Load, name: str, fault: Fault, p: Params) -> dict[str, Any]:
         "acked": sum(1 for m in msgs if m.acked is not None),
         "delivered": len(delivered),
         "via_offline": sum(1 for m in delivered if m.deliveries[0][1]),
+        "via_archive": sum(1 for m in msgs if m.archived and not m.deliveries and not m.stored),
         "parked": sum(1 for m in msgs if m.stored and not m.deliveries),
         "errors": sum(1 for m in msgs if m.error and not m.deliveries),
         "duplicates": sum(1 for m in msgs if len(m.deliveries) > 1 or (m.deliveries and m.stored)),
         "lost": len(lost),
         "unacked_lost": sum(1 for m in msgs if m.written is not None and m.acked is None and not m.deliveries
-                            and not m.stored and not m.error),
+                            and not m.stored and not m.archived and not m.error),
         "unsent": sum(1 for m in msgs if m.written is None),
         "resent_after_resume": sum(1 for m in msgs if m.writes > 1),
         "error_but_delivered": sum(1 for m in msgs if m.error and m.deliveries),
@@ -990,6 +1056,8 @@ def account(load: Load, name: str, fault: Fault, p: Params) -> dict[str, Any]:
         "duplicates": [describe(m, fault, load) for m in msgs
                        if len(m.deliveries) > 1 or (m.deliveries and m.stored)][:10],
         "parked": [describe(m, fault, load) for m in msgs if m.stored and not m.deliveries][:5],
+        "via_archive": [describe(m, fault, load) for m in msgs
+                        if m.archived and not m.deliveries and not m.stored][:5],
         "last_late": [describe(m, fault, load) for m in sorted(late, key=lambda m: m.created)[-5:]],
         "out_of_order": [{**describe(m, fault, load), "overtaken_by": describe(load.ledger.msgs[(m.sender, top)],
                                                                                fault, load)}
@@ -1005,12 +1073,14 @@ def describe(m: Msg, fault: Fault, load: Load) -> dict[str, Any]:
 
     return {"id": m.id, "from": m.sender, "to": m.to, "created": rel(m.created), "written": rel(m.written),
             "writes": m.writes, "acked": rel(m.acked), "error": m.error, "stored": m.stored,
+            "archived": m.archived,
             "deliveries": [(rel(t), "offline" if off else "live") for t, off in m.deliveries],
             "sender_now_on": load.users[m.sender].node, "recipient_now_on": load.users[m.to].node}
 
 
 COLUMNS = [("scenario", "scenario"), ("sent", "sent"), ("acked", "acked"), ("delivered", "delivered"),
-           ("via_offline", "via offline"), ("parked", "parked"), ("errors", "errors"), ("duplicates", "dup"),
+           ("via_offline", "via offline"), ("via_archive", "via archive"), ("parked", "parked"),
+           ("errors", "errors"), ("duplicates", "dup"),
            ("lost", "lost"), ("unacked_lost", "unacked lost"), ("out_of_order", "out of order"),
            ("late_messages", "late"), ("recovery_s", "recovery s"), ("goal", "0 lost, 0 dup")]
 
@@ -1066,7 +1136,8 @@ async def run_scenario(world: World, load: Load, name: str, p: Params) -> dict[s
                         for i, phase in enumerate(("tcp", "features", "starttls", "features_after_tls"))}
     row["client_loop_lag_max_s"] = round(load.lag, 3)
     say(f"{name}: sent {row['sent']}, acked {row['acked']}, delivered {row['delivered']} "
-        f"({row['via_offline']} via offline), parked {row['parked']}, errors {row['errors']}, "
+        f"({row['via_offline']} via offline, {row['via_archive']} more from the archive), "
+        f"parked {row['parked']}, errors {row['errors']}, "
         f"duplicates {row['duplicates']}, lost {row['lost']}, unacked lost {row['unacked_lost']}, "
         f"out of order {row['out_of_order']}, recovery {row['recovery_s']} s")
     if fault.restore is not None:

@@ -73,6 +73,9 @@ def test_nothing_lost_duplicated_or_parked(chaos: dict[str, Any], scenario: str)
     assert row["sent"] >= 50 and row["acked"] > 0 and row["delivered"] > 0, story  # the load ran
     if scenario in FELT:
         assert row["clients"].get(FELT[scenario], 0) > 0, story
+    if scenario == "node-kill":  # each client whose resumption failed caught up from its archive
+        assert row["clients"].get("caught up from the archive", 0) > 0, story
+        assert "archive catch-up failed" not in row["clients"], story
     assert row["unsent"] == 0, story  # every client was back online to send what it kept
     assert row["lost"] == 0, story
     assert row["duplicates"] == 0, story
