@@ -32,7 +32,7 @@ from .core.sessions import SessionRecord
 from .net.cluster_net import ClusterMember, MemberHooks
 from .net.tls import client_context, server_context
 from .storage import open_storage
-from .xmpp import errors
+from .xmpp import errors, ns
 from .xmpp.jid import InvalidJid, Jid
 from .xmpp.lazy import lazy_stanza
 from .xmpp.stanza import Stanza
@@ -77,7 +77,8 @@ async def build_member(services: Services, cert: Path, key: Path) -> ClusterMemb
                                call=calls.called,
                                member_down=lambda node, records, leader: _down(services, returns, node, records,
                                                                                leader),
-                               merged=returns.merged)
+                               merged=returns.merged,
+                               unread=lambda node, stanzas: _unread(services, node, stanzas))
     table.on_local_op = member.broadcast
     table.replicated.on_lost = lambda record: _lost(services, record)
     services.cluster = member
@@ -122,8 +123,9 @@ class MemberCalls:
     def call(self, node: str, name: str, args: dict[str, Any]) -> bool:
         return self.member.call(node, name, args)
 
-    def send_stanza(self, node: str, kind: str, envelope: dict[str, Any], data: bytes) -> bool:
-        return self.member.send_stanza(node, {**envelope, "k": kind}, data)
+    def send_stanza(self, node: str, kind: str, envelope: dict[str, Any], data: bytes, *, keep: bool = False
+                    ) -> bool:
+        return self.member.send_stanza(node, {**envelope, "k": kind}, data, keep=keep)
 
     async def wait_acks(self) -> None:
         await self.member.wait_acks()
@@ -420,22 +422,43 @@ class GatewayHandoff:
 
 def _send(calls: MemberCalls, record: SessionRecord, stanza: Stanza) -> bool:
     envelope = {"sid": record.sid, "to": str(record.jid), "hops": 1}
-    if calls.send_stanza(record.node, SESSION, envelope, stanza.to_bytes()):
+    # A chat message is kept until the member says it read it: if it dies first, the message is
+    # routed again (:func:`_unread`) instead of lost with it.
+    keep = stanza.name == "message" and stanza.type in (None, "chat", "normal")
+    if calls.send_stanza(record.node, SESSION, envelope, stanza.to_bytes(), keep=keep):
         return True
     # No link: the member left (a node drained by SIGTERM) or went down after ``record`` was read
-    # (routing awaits hooks, an archive write, between the lookup and here).  Its records left the
-    # table with its link, so the table now says where the session went — to the member it was
-    # handed to, or nowhere — and the stanza follows that instead of being dropped after its
-    # sender was told it was handled (XEP-0198 acks count routed stanzas).
-    services = calls.s
-    current = services.table.lookup(record.jid)
-    if current is not None and current.node != record.node:
+    # (routing awaits hooks, an archive write, between the lookup and here).
+    _follow(calls.s, record.jid, record.node, stanza)
+    return True
+
+
+def _follow(services: Services, jid: Jid, node: str, stanza: Stanza) -> None:
+    """``stanza`` was for the session of ``jid`` on ``node``, a member that is gone.  Its records left the
+    table with its link, so the table now says where the session went — to the member it was
+    handed to, or nowhere — and the stanza follows that instead of being dropped after its
+    sender was told it was handled (XEP-0198 acks count routed stanzas)."""
+    current = services.table.lookup(jid)
+    if current is not None and current.node != node:
         services.router.deliver(current, stanza)
     elif current is None:
         services.router.spawn(services.router.route(stanza))  # other resources or offline storage
     else:
-        log.warning("no link to %s for a stanza to %s", record.node, record.jid)
-    return True
+        log.warning("no link to %s for a stanza to %s", node, jid)
+
+
+def _unread(services: Services, node: str, stanzas: list[tuple[dict[str, Any], bytes]]) -> None:
+    """Messages a member that went down had not read: routed again, in order.  Only those with a
+    body of their own — a carbon copy or an archive result for the dead session is for it alone."""
+    for _envelope, data in stanzas:
+        try:
+            stanza = lazy_stanza(data)
+            if stanza.child(ns.CLIENT, "body") is None:
+                continue
+            jid = Jid.parse(stanza.to or "")
+        except ValueError:  # (InvalidJid is one)
+            continue
+        _follow(services, jid, node, stanza)
 
 
 def pack(stanzas: list[Stanza]) -> tuple[dict[str, Any], bytes]:

@@ -41,6 +41,7 @@ class Kind(enum.IntEnum):
     PING = 9  # {t}
     PONG = 10  # {t}
     CALL = 11  # {name, args}: a cluster-wide request (e.g. kick a session), no reply
+    READ = 12  # {n}: the receiver has read the first n STANZA frames of this link (protocol 1.2)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,13 @@ cluster, a wrong secret, a duplicate node name or an incompatible protocol versi
 with a clear reason before anything is exchanged.  Then each side sends a DUMP of the records it
 owns per table, and from there OPs (acked), STANZAs, CALLs and PINGs.
 
+STANZA frames are counted on both sides (from 1.2): as soon as the receiver has read some, before
+it hands them on, it says how many it has read in all (READ), which the adapter writes ahead of
+anything those stanzas cause.  The sender keeps the stanzas it was asked to keep
+(``send_stanza(keep=True)``: messages for a session there) until the peer has read them, and when
+the link dies, :meth:`ClusterLink.unconfirmed` gives back those the peer never read: it cannot
+have delivered them, so routing them again delivers nothing twice.
+
 A KNOCK is a HELLO with ``knock`` set and nothing after it: a member just started, whose name
 sorts after ours (so it waits for us to dial it), says it is there; we refresh discovery now
 rather than at the next interval.  It proves nothing (no AUTH), so it only hastens a refresh.
@@ -25,6 +32,7 @@ import enum
 import hashlib
 import hmac
 import secrets
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,9 +42,12 @@ from .table import Op, Record, collector_paused
 __all__ = ["PROTOCOL_VERSION", "LinkConfig", "ClusterLink", "Joined", "Closed", "DumpReceived",
            "OpReceived", "Acked", "StanzaArrived", "CallReceived", "Knocked", "LinkEvent"]
 
-PROTOCOL_VERSION = "1.1"  # major.minor: members with the same major version can join
+PROTOCOL_VERSION = "1.2"  # major.minor: members with the same major version can join
 # 1.1: a dump may come in parts ("more": true on all but the last); sent so only to a peer of 1.1 or
 # later, which is told by its HELLO (a 1.0 member would take each part for the whole dump).
+# 1.2: READ frames (how many STANZA frames were read); sent only to a peer of 1.2 or later (an
+# older one refuses a frame kind it does not know), and only such a peer's stanzas are kept.
+MAX_KEPT = 100_000  # stanzas kept for a peer that has not said it read them: the oldest go past it
 DUMP_PART = 10_000  # records per DUMP frame: a part decodes and merges in tens of ms, not seconds
 
 
@@ -131,6 +142,12 @@ class ClusterLink:
         self.claimed = ""  # the node name its HELLO claimed, accepted or not (for the logs)
         self.peer_incarnation = ""
         self._peer_takes_parts = False  # the peer speaks 1.1+: our dumps may go in parts
+        self._peer_reads = False  # the peer speaks 1.2+: it says how many of our stanzas it read
+        self._stanzas_sent = 0
+        self._stanzas_read = 0
+        self._read_due = False  # stanzas read since the last READ we wrote
+        self._kept: deque[tuple[int, dict[str, Any], bytes]] = deque()  # (number, envelope, data)
+        self.kept_dropped = 0  # past MAX_KEPT
         self._dumping: set[str] = set()  # tables whose dump from the peer has more parts to come
         self._nonce = secrets.token_hex(16)
         self._peer_nonce = ""
@@ -181,8 +198,30 @@ class ClusterLink:
         self._out.append(encode(Kind.OP, op.to_json(self._seq)))
         return self._seq
 
-    def send_stanza(self, envelope: dict[str, Any], data: bytes) -> None:
+    def send_stanza(self, envelope: dict[str, Any], data: bytes, *, keep: bool = False) -> None:
+        """Queue a STANZA frame; ``keep``: hold it until the peer says it read it (a 1.2+ peer)."""
         self._out.append(encode_stanza(envelope, data))
+        self._stanzas_sent += 1
+        if keep and self._peer_reads:
+            self._kept.append((self._stanzas_sent, envelope, data))
+            if len(self._kept) > MAX_KEPT:
+                self._kept.popleft()
+                self.kept_dropped += 1
+
+    def take_read(self) -> bytes:
+        """The READ frame owed for the stanzas read since the last one (b"" when none): to be
+        written before they are handed on, so that a stanza the peer hears we read is one we had."""
+        if not self._read_due:
+            return b""
+        self._read_due = False
+        return encode(Kind.READ, {"n": self._stanzas_read})
+
+    def unconfirmed(self) -> list[tuple[dict[str, Any], bytes]]:
+        """The kept stanzas the peer has not said it read, oldest first (and forget them): on a
+        dead link, never delivered by the peer."""
+        items = [(envelope, data) for _, envelope, data in self._kept]
+        self._kept.clear()
+        return items
 
     def send_call(self, name: str, args: dict[str, Any]) -> None:
         self._out.append(encode(Kind.CALL, {"name": name, "args": args}))
@@ -245,7 +284,15 @@ class ClusterLink:
             return [Acked(int(frame.json()["seq"]))]
         if kind is Kind.STANZA:
             envelope, data = decode_stanza(frame)
+            self._stanzas_read += 1
+            self._read_due = self._peer_reads
             return [StanzaArrived(envelope, data)]
+        if kind is Kind.READ:
+            n = int(frame.json()["n"])
+            kept = self._kept
+            while kept and kept[0][0] <= n:
+                kept.popleft()
+            return []
         if kind is Kind.DUMP:
             body = frame.json()
             with collector_paused():  # ten thousand records of a part: no cycles to look for
@@ -292,6 +339,7 @@ class ClusterLink:
         self.peer = node
         self.peer_incarnation = str(hello.get("incarnation", ""))
         self._peer_takes_parts = _minor(version) >= 1
+        self._peer_reads = _minor(version) >= 2
         self._peer_address = str(hello.get("address", ""))
         num = hello.get("node_num")
         self._peer_num = num if isinstance(num, int) else None

@@ -48,6 +48,9 @@ class MemberHooks:
     # records as they now stand here.  E.g. to tell local contacts that its sessions are back,
     # after member_down told them they had gone.
     merged: Callable[[str, str, list[Record]], None] = lambda node, table, records: None
+    # Stanzas sent with ``keep`` to a member that went down before it read them (oldest first),
+    # after its records were dropped: nobody got them, so they may be routed again.
+    unread: Callable[[str, list[tuple[dict[str, Any], bytes]]], None] = lambda node, stanzas: None
 
 
 class LinkConnection(asyncio.Protocol):
@@ -85,7 +88,11 @@ class LinkConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.knock:
             return
-        self.member.handle(self, self.core.receive_data(data, time.monotonic()))
+        events = self.core.receive_data(data, time.monotonic())
+        read = self.core.take_read()
+        if read and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(read)  # before the stanzas are handed on (see ClusterLink)
+        self.member.handle(self, events)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.knock:
@@ -220,11 +227,13 @@ class ClusterMember:
         if futures:
             await asyncio.wait(futures, timeout=timeout or self.ping_timeout)
 
-    def send_stanza(self, node: str, envelope: dict[str, Any], data: bytes) -> bool:
+    def send_stanza(self, node: str, envelope: dict[str, Any], data: bytes, *, keep: bool = False) -> bool:
+        """Queue a stanza for ``node``; ``keep``: routed again if the member goes down unread
+        (:attr:`MemberHooks.unread`).  False when there is no link to it."""
         conn = self.links.get(node)
         if conn is None:
             return False
-        conn.core.send_stanza(envelope, data)
+        conn.core.send_stanza(envelope, data, keep=keep)
         conn.flush_soon()
         return True
 
@@ -348,6 +357,10 @@ class ClusterMember:
         for table in self.tables.values():
             records += table.drop_owner(peer)
         self.hooks.member_down(peer, records, leader)
+        unread = conn.core.unconfirmed()
+        if unread:
+            log.warning("%d stanzas sent to %s were never read there: routing them again", len(unread), peer)
+            self.hooks.unread(peer, unread)
 
     # -- discovery and timers -------------------------------------------------------------------
 

@@ -416,6 +416,49 @@ async def test_a_member_back_on_a_new_connection_is_not_taken_for_a_duplicate(tm
         proxy.stop()
 
 
+async def test_messages_a_member_never_read_are_routed_again_when_it_dies(tmp_path, spawn):
+    """A member killed with messages for its sessions still unread on its link would lose them,
+    though their senders' servers had handled them.  Here n2 is stopped (it reads nothing), alice
+    (n1) sends bob (n2) three messages, and n2 is killed: n1 kept each chat message until n2 said
+    it read it, so the three are routed again — to offline storage, bob having no other session —
+    and bob gets them, in order, at his next login.  The message n2 did read is not sent twice."""
+    db = f"sqlite:///{tmp_path / 'shared.db'}"
+    p1, p2 = fresh_ports(2)
+    clients: list[Client] = []
+    try:
+        n1 = spawn("n1", p1, db, storage_url=db)
+        n2 = spawn("n2", p2, db, storage_url=db)
+        await asyncio.to_thread(lambda: [n1.register(u, USERS[u]) for u in ("alice", "bob")])
+        await asyncio.to_thread(start_all, [n1, n2])
+        await joined([n1, n2])
+        alice = await client(n1, "alice", "a").login(n1.port)
+        bob = await client(n2, "bob", "b").login(n2.port)
+        clients += [alice, bob]
+        await sizes([n1, n2], [2, 2])
+        alice.send_message(mto="bob@localhost/b", mbody="read", mtype="chat")
+        assert (await bob.next_message(timeout=10))["body"] == "read"
+
+        assert n2.proc is not None
+        n2.proc.send_signal(signal.SIGSTOP)
+        for k in (1, 2, 3):
+            alice.send_message(mto="bob@localhost/b", mbody=f"unread {k}", mtype="chat")
+        await alice.get_roster()  # answered after the three were routed (one connection, in order)
+        n2.proc.kill()  # kill -9 of the stopped process: what it had not read dies unread
+        (line,) = await log_line(n1, r"stanzas sent to n2 were never read there: routing them again")
+        assert re.search(r" 3 stanzas sent to n2", line), line  # the three messages, not "read" again
+
+        bob2 = await client(n1, "bob", "b2").online(n1.port)
+        clients.append(bob2)
+        got = [(await bob2.next_message(timeout=10)) for _ in range(3)]
+        assert [m["body"] for m in got] == ["unread 1", "unread 2", "unread 3"]
+        assert all(m["delay"]["stamp"] for m in got)  # from offline storage
+        with contextlib.suppress(asyncio.TimeoutError):
+            extra = await bob2.next_message(timeout=1.5)
+            raise AssertionError(f"a message came twice: {extra['body']!r}")
+    finally:
+        await close_all(clients)
+
+
 # -- 2. ten members at once ------------------------------------------------------------------------------
 
 

@@ -150,3 +150,59 @@ def test_a_large_dump_goes_in_parts_to_a_peer_that_takes_them(peer_version, part
     a.send_dump("sessions", [["k", {}, "a"]])  # the next dump starts afresh
     _, eb = pump(a, b)
     assert [(e.first, e.last) for e in eb if isinstance(e, DumpReceived)] == [(True, True)]
+
+
+def test_stanzas_the_peer_read_are_released_and_the_unread_given_back():
+    """The receiver says how many STANZA frames it read (READ, taken before it hands them on);
+    the sender keeps only the stanzas it was asked to keep, until then.  What is left when the
+    link dies is what the peer never read."""
+    a, b = ClusterLink(cfg("a"), 0), ClusterLink(cfg("b"), 0)
+    pump(a, b)
+    a.send_stanza({"to": "u@d/1"}, b"<message>1</message>", keep=True)
+    a.send_stanza({"to": "u@d/1"}, b"<presence/>")  # not kept, but counted
+    a.send_stanza({"to": "u@d/1"}, b"<message>3</message>", keep=True)
+    eb = b.receive_data(a.data_to_send(), 0)
+    assert [e.data for e in eb if isinstance(e, StanzaArrived)] == [b"<message>1</message>", b"<presence/>",
+                                                                   b"<message>3</message>"]
+    read = b.take_read()
+    assert read and b.take_read() == b""  # one READ for what was read since the last
+    a.send_stanza({"to": "u@d/1"}, b"<message>4</message>", keep=True)  # sent; not read before the READ comes
+    sent = a.data_to_send()
+    assert a.receive_data(read, 0) == []
+    assert a.unconfirmed() == [({"to": "u@d/1"}, b"<message>4</message>")]
+    assert a.unconfirmed() == []  # given back once
+    b.receive_data(sent, 0)
+    a.receive_data(b.take_read(), 0)  # a READ for stanzas no longer kept changes nothing
+    assert a.unconfirmed() == []
+
+
+@pytest.mark.parametrize("old", ["a", "b"])
+def test_a_peer_older_than_1_2_gets_no_read_frames_and_nothing_is_kept_for_it(old):
+    """A 1.1 member would refuse a frame kind it does not know, and never says what it read."""
+    a = ClusterLink(cfg("a", version="1.1" if old == "a" else "1.2"), 0)
+    b = ClusterLink(cfg("b", version="1.1" if old == "b" else "1.2"), 0)
+    pump(a, b)
+    new, older = (b, a) if old == "a" else (a, b)
+    older.send_stanza({}, b"<message/>")
+    new.receive_data(older.data_to_send(), 0)
+    assert new.take_read() == b""
+    new.send_stanza({}, b"<message/>", keep=True)
+    assert new.unconfirmed() == []
+
+
+def test_what_is_kept_for_a_peer_is_bounded(monkeypatch):
+    from cluster_node.cluster import link
+
+    monkeypatch.setattr(link, "MAX_KEPT", 3)
+    a, b = ClusterLink(cfg("a"), 0), ClusterLink(cfg("b"), 0)
+    pump(a, b)
+    for i in range(5):
+        a.send_stanza({}, b"%d" % i, keep=True)
+    assert [d for _, d in a.unconfirmed()] == [b"2", b"3", b"4"] and a.kept_dropped == 2
+
+
+def test_a_malformed_read_frame_closes_the_link():
+    a, b = ClusterLink(cfg("a"), 0), ClusterLink(cfg("b"), 0)
+    pump(a, b)
+    events = a.receive_data(encode(Kind.READ, {"n": "many"}), 0)
+    assert [type(e) for e in events] == [Closed] and "malformed frame" in events[0].reason
