@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -337,6 +337,24 @@ class SqlStorage:
     async def fetch_offline(self, domain: str, username: str) -> list[tuple[int, bytes]]:
         rows = await self.user_rows(_OFFLINE).rows(domain, username)
         return [(int(r[0]), bytes(r[1])) for r in rows]
+
+    async def take_offline(self, domain: str, username: str,
+                           deliver: Callable[[list[tuple[int, bytes]]], list[int]]) -> list[int]:
+        """Hand ``username``'s stored messages, oldest first, to ``deliver`` (synchronous: it hands
+        them to sessions) and delete the ids it returns, in one transaction that holds the user's
+        lock: two flushes racing for one user — a login's and a gateway's re-check, on two
+        members — cannot both deliver a message.  A crash before the commit keeps the rows: a
+        message may then come twice, never not at all."""
+        async with self._tx(write=True) as tx:
+            await self._lock_user(tx, domain, username)
+            rows = await tx.fetchall("SELECT id, stanza FROM offline_messages WHERE domain = ? AND username = ? "
+                                     "ORDER BY id", domain, username)
+            taken = deliver([(int(r[0]), bytes(r[1])) for r in rows])
+            if taken:
+                marks = ", ".join("?" * len(taken))
+                await tx.execute(f"DELETE FROM offline_messages WHERE domain = ? AND username = ? AND id IN ({marks})",
+                                 domain, username, *taken)
+        return taken
 
     async def delete_offline(self, domain: str, username: str, ids: list[int]) -> None:
         if not ids:

@@ -227,6 +227,35 @@ async def test_offline_limit_order_and_no_loss_under_concurrency(store):
     assert await store.count_offline("d", "u") == 20
 
 
+async def test_two_flushes_racing_for_one_user_deliver_each_message_once(url):
+    """A login's flush and a gateway's re-check, on two members, for one user at once: each
+    message goes to exactly one of them, and what a flush does not take stays stored."""
+    stores = [open_storage(url) for _ in range(2)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        sent = [f"<m n='{i}'/>".encode() for i in range(20)]
+        for raw in sent:
+            assert await stores[0].store_offline("d", "race", raw, limit=100)
+        got: list[list[bytes]] = [[], []]
+
+        def taker(k: int):
+            def take(rows: list[tuple[int, bytes]]) -> list[int]:
+                got[k].extend(raw for _, raw in rows)
+                return [i for i, _ in rows]
+            return take
+
+        await asyncio.gather(*(s.take_offline("d", "race", taker(k)) for k, s in enumerate(stores)))
+        assert sorted(got[0] + got[1]) == sorted(sent) and not set(got[0]) & set(got[1]), got
+        assert got[0] == sent or got[1] == sent  # one took them all, in order
+        assert await stores[0].count_offline("d", "race") == 0
+        await stores[0].store_offline("d", "race", b"<m n='kept'/>", limit=100)
+        assert await stores[1].take_offline("d", "race", lambda rows: []) == []
+        assert [raw for _, raw in await stores[0].fetch_offline("d", "race")] == [b"<m n='kept'/>"]
+    finally:
+        for s in stores:
+            await s.close()
+
+
 async def test_schema_is_idempotent_and_concurrent_first_open(url):
     stores = [open_storage(url) for _ in range(2)]
     await asyncio.gather(*(s.open() for s in stores))

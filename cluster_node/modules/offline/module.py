@@ -74,16 +74,20 @@ class Offline(Module):
 
     async def deliver_stored(self, record: SessionRecord) -> None:
         user = record.jid
-        stored = await self.s.storage.fetch_offline(user.domain, user.local or "")
-        if not stored:
+        # The batched read first: most logins find nothing, and take no write lock for it.
+        if not await self.s.storage.fetch_offline(user.domain, user.local or ""):
             return
-        delivered: list[int] = []
-        for msg_id, raw in stored:
-            try:
-                stanza = parse_stanza(raw)
-            except ValueError:
-                log.error("offline message %s of %s does not parse; kept", msg_id, user.bare)
-                continue
-            self.host.deliver(record, stanza.with_attrs(to=str(user)))
-            delivered.append(msg_id)
-        await self.s.storage.delete_offline(user.domain, user.local or "", delivered)
+
+        def deliver(stored: list[tuple[int, bytes]]) -> list[int]:
+            delivered: list[int] = []
+            for msg_id, raw in stored:
+                try:
+                    stanza = parse_stanza(raw)
+                except ValueError:
+                    log.error("offline message %s of %s does not parse; kept", msg_id, user.bare)
+                    continue
+                self.host.deliver(record, stanza.with_attrs(to=str(user)))
+                delivered.append(msg_id)
+            return delivered
+
+        await self.s.storage.take_offline(user.domain, user.local or "", deliver)
