@@ -182,6 +182,19 @@ def client(node: NodeProcess, user: str, resource: str) -> Client:
     return Client(f"{user}@localhost/{resource}", USERS[user], cert=node.cert)
 
 
+async def one_user_on_each(nodes: list[NodeProcess], users: list[tuple[str, str]], clients: list[Client]
+                           ) -> list[Client]:
+    """Register ``users`` (user, resource) in the nodes' shared storage, start the nodes, wait until
+    they are joined, and log the users in, one on each node (added to ``clients``)."""
+    await asyncio.to_thread(lambda: [nodes[0].register(u, USERS[u]) for u, _ in users])
+    await asyncio.to_thread(start_all, nodes)
+    await joined(nodes)
+    logged = [await client(node, u, r).login(node.port) for node, (u, r) in zip(nodes, users, strict=True)]
+    clients += logged
+    await sizes(nodes, [len(nodes)] * len(nodes))
+    return logged
+
+
 async def close_all(clients: list[Client]) -> None:
     for c in clients:
         await c.close()
@@ -384,13 +397,7 @@ async def test_a_member_back_on_a_new_connection_is_not_taken_for_a_duplicate(tm
     try:
         n0 = spawn("n0", p0, db, storage_url=db, ping_timeout=1.5)
         n1 = spawn("n1", p1, db, storage_url=db, advertise=proxy.address, ping_timeout=6.0)
-        await asyncio.to_thread(lambda: [n0.register(u, USERS[u]) for u in ("bob", "carol")])
-        await asyncio.to_thread(start_all, [n0, n1])
-        await joined([n0, n1])
-        bob = await client(n0, "bob", "b").login(n0.port)
-        carol = await client(n1, "carol", "c").login(n1.port)
-        clients += [bob, carol]
-        await sizes([n0, n1], [2, 2])
+        bob, carol = await one_user_on_each([n0, n1], [("bob", "b"), ("carol", "c")], clients)
 
         await asyncio.to_thread(proxy.partition, "stale")
         await log_line(n0, r"cluster member n1 is down: no traffic")
@@ -428,13 +435,7 @@ async def test_messages_a_member_never_read_are_routed_again_when_it_dies(tmp_pa
     try:
         n1 = spawn("n1", p1, db, storage_url=db)
         n2 = spawn("n2", p2, db, storage_url=db)
-        await asyncio.to_thread(lambda: [n1.register(u, USERS[u]) for u in ("alice", "bob")])
-        await asyncio.to_thread(start_all, [n1, n2])
-        await joined([n1, n2])
-        alice = await client(n1, "alice", "a").login(n1.port)
-        bob = await client(n2, "bob", "b").login(n2.port)
-        clients += [alice, bob]
-        await sizes([n1, n2], [2, 2])
+        alice, bob = await one_user_on_each([n1, n2], [("alice", "a"), ("bob", "b")], clients)
         alice.send_message(mto="bob@localhost/b", mbody="read", mtype="chat")
         assert (await bob.next_message(timeout=10))["body"] == "read"
 
