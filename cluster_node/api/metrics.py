@@ -183,6 +183,12 @@ class NodeCollector(Collector):
         yield _counter("meridian_cluster_conflicts", "Conflicting records resolved on merges", conflicts)
         refused = len(member.recent_refusals()) if member is not None else 0
         yield _gauge("meridian_cluster_conflict_nodes", "Peers refused in the last 5 minutes", refused)
+        kept = sum(conn.core.kept for conn in member.links.values()) if member is not None else 0
+        yield _gauge("meridian_cluster_unread_kept", "Messages sent to other members, kept until they say they "
+                     "read them", kept)
+        rerouted = member.unread_rerouted if member is not None else 0
+        yield _counter("meridian_cluster_unread_rerouted", "Messages a member went down without reading, routed "
+                       "again from here", rerouted)
 
     def _s2s(self) -> list[dict[str, Any]]:
         query = self.node.queries.get(("s2s", "connections"))

@@ -216,6 +216,11 @@ class ClusterLink:
         self._read_due = False
         return encode(Kind.READ, {"n": self._stanzas_read})
 
+    @property
+    def kept(self) -> int:
+        """Stanzas kept until the peer says it read them."""
+        return len(self._kept)
+
     def unconfirmed(self) -> list[tuple[dict[str, Any], bytes]]:
         """The kept stanzas the peer has not said it read, oldest first (and forget them): on a
         dead link, never delivered by the peer."""

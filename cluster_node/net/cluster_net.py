@@ -167,6 +167,7 @@ class ClusterMember:
     def __post_init__(self) -> None:
         self._server: asyncio.Server | None = None
         self.stopping = False
+        self.unread_rerouted = 0  # kept stanzas a member went down without reading
         self._tasks: list[asyncio.Task[None]] = []
         self._connecting: set[str] = set()
         self._wake = asyncio.Event()  # a knock: refresh discovery now
@@ -359,6 +360,7 @@ class ClusterMember:
         self.hooks.member_down(peer, records, leader)
         unread = conn.core.unconfirmed()
         if unread:
+            self.unread_rerouted += len(unread)
             log.warning("%d stanzas sent to %s were never read there: routing them again", len(unread), peer)
             self.hooks.unread(peer, unread)
 

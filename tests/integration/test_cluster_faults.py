@@ -33,7 +33,7 @@ import pytest
 
 from cluster_node.cluster.link import PROTOCOL_VERSION, Closed, ClusterLink, Joined, LinkConfig, LinkEvent
 from cluster_node.net.control import control_socket, query_control
-from tests.helpers.node import NodeProcess
+from tests.helpers.node import ADMIN_PASSWORD, ADMIN_USER, NodeProcess
 from tests.helpers.ports import free_ports
 from tests.helpers.postgres import PostgresServer, pg_bindir
 from tests.helpers.proxy import FaultProxy
@@ -447,6 +447,9 @@ async def test_messages_a_member_never_read_are_routed_again_when_it_dies(tmp_pa
         n2.proc.kill()  # kill -9 of the stopped process: what it had not read dies unread
         (line,) = await log_line(n1, r"stanzas sent to n2 were never read there: routing them again")
         assert re.search(r" 3 stanzas sent to n2", line), line  # the three messages, not "read" again
+        status, metrics = await n1.http("GET", f"{n1.admin_url}/metrics", auth=(ADMIN_USER, ADMIN_PASSWORD))
+        assert status == 200 and "\nmeridian_cluster_unread_rerouted_total 3.0\n" in metrics, metrics
+        assert "\nmeridian_cluster_unread_kept 0.0\n" in metrics, metrics
 
         bob2 = await client(n1, "bob", "b2").online(n1.port)
         clients.append(bob2)

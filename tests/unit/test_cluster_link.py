@@ -168,8 +168,11 @@ def test_stanzas_the_peer_read_are_released_and_the_unread_given_back():
     assert read and b.take_read() == b""  # one READ for what was read since the last
     a.send_stanza({"to": "u@d/1"}, b"<message>4</message>", keep=True)  # sent; not read before the READ comes
     sent = a.data_to_send()
+    assert a.kept == 3
     assert a.receive_data(read, 0) == []
+    assert a.kept == 1
     assert a.unconfirmed() == [({"to": "u@d/1"}, b"<message>4</message>")]
+    assert a.kept == 0
     assert a.unconfirmed() == []  # given back once
     b.receive_data(sent, 0)
     a.receive_data(b.take_read(), 0)  # a READ for stanzas no longer kept changes nothing
