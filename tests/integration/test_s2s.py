@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -241,6 +242,60 @@ async def test_chat_both_ways_over_dialback(world: World) -> None:
     assert status == 200 and 'meridian_connections{type="s2s_out"} 1.0' in text, text
     # The gateways found each other through SRV records on the test's DNS server.
     assert ("_xmpp-server._tcp.us1.example.com.", "SRV") in world.dns.queries
+
+
+async def test_messages_from_another_domain_a_member_never_read_are_routed_again(world: World) -> None:
+    """A message arriving over S2S goes from the gateway that speaks S2S to the node holding the
+    session.  That node stopped (reading nothing) and killed: the gateway kept the three messages
+    until the node would say it read them, so they are routed again — to offline storage — and
+    bob gets them, in order, once the node is back and he logs in."""
+    alice, bob = world.eu.user("alice"), world.us.user("bob")
+    node, gateway = world.us.node, world.us.gateway
+    a = await world.eu.client(alice, "laptop").online(world.eu.node.port)
+    b = await world.us.client(bob, "phone").online(node.port)
+    clients = [a, b]
+    try:
+        a.send_message(mto=f"{bob}@{US}/phone", mbody="before", mtype="chat")  # the S2S streams up
+        assert (await b.next_message(timeout=20))["body"] == "before"
+
+        async def metric(name: str) -> float:
+            status, text = await gateway.http("GET", f"{gateway.admin_url}/metrics", auth=(ADMIN_USER, ADMIN_PASSWORD))
+            assert status == 200, text
+            line = next((x for x in text.splitlines() if x.startswith(name + " ")), f"{name} 0")
+            return float(line.split()[1])
+
+        rerouted = await metric("meridian_cluster_unread_rerouted_total")
+        assert node.proc is not None
+        node.proc.send_signal(signal.SIGSTOP)
+        try:
+            for k in (1, 2, 3):
+                a.send_message(mto=f"{bob}@{US}/phone", mbody=f"unread {k}", mtype="chat")
+            deadline = time.monotonic() + 10
+            while await metric("meridian_cluster_unread_kept") < 3 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        finally:
+            node.proc.kill()  # kill -9 of the stopped node: what it had not read dies unread
+            node.proc.wait()
+        assert poll(lambda: system_info(gateway)["joinedNodes"] == [gateway.name], 20), gateway.log()
+        deadline = time.monotonic() + 10
+        while await metric("meridian_cluster_unread_rerouted_total") < rerouted + 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert await metric("meridian_cluster_unread_rerouted_total") == rerouted + 3, gateway.log()
+
+        await asyncio.to_thread(node.start)
+        names = sorted([node.name, gateway.name])
+        assert poll(lambda: system_info(node)["joinedNodes"] == names, 20), node.log()
+        b2 = await world.us.client(bob, "tablet").online(node.port)
+        clients.append(b2)
+        got = [await b2.next_message(timeout=20) for _ in range(3)]
+        assert [m["body"] for m in got] == ["unread 1", "unread 2", "unread 3"]
+        assert all(m["delay"]["stamp"] for m in got)  # from offline storage
+        assert all(str(m["from"]) == f"{alice}@{EU}/laptop" for m in got)
+    finally:
+        for c in clients:
+            await c.close()
+        if not node.alive():
+            await asyncio.to_thread(node.start)
 
 
 async def test_presence_subscription_both_ways(world: World) -> None:
