@@ -377,6 +377,11 @@ class Msg:
     def id(self) -> str:
         return f"{self.sender}.{self.seq}"
 
+    @property
+    def reached(self) -> bool:
+        """The recipient has it, or will: delivered, in offline storage, or caught up from the archive."""
+        return bool(self.deliveries) or self.stored or self.archived
+
     def xml(self) -> bytes:
         return (f"<message to='{self.to}@{DOMAIN}' type='chat' id='{self.id}'><body>chaos {self.scenario} "
                 f"{self.sender} {self.seq}</body></message>").encode()
@@ -462,7 +467,6 @@ class User:
         self.archive_last: str | None = None  # the archive id of the last message received live
         self.bound_at = datetime.datetime.now(datetime.UTC)  # when the current session was bound
         self.queries = 0
-        self._catching_up: str | None = None
         self.reconnecting: asyncio.Task[None] | None = None
         self.stats: Counter[str] = Counter()
 
@@ -539,18 +543,22 @@ class User:
 
     def _catch_up(self, stream: Stream, after: str | None, page: str | None = None) -> None:
         """One page of the archive from the last message received live (or since the lost
-        session was bound), forward; the next page is asked for when this one's ``<fin/>`` comes."""
+        session was bound), forward; the next page (RSM ``<after/>`` the last one: no form needed
+        any more) is asked for when this one's ``<fin/>`` comes."""
         self.queries += 1
-        if after is not None:
-            field = f"<field var='after-id'><value>{after}</value></field>"
+        if page is not None:
+            form = ""
         else:
-            stamp = (self.bound_at - datetime.timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            field = f"<field var='start'><value>{stamp}</value></field>"
+            if after is not None:
+                field = f"<field var='after-id'><value>{after}</value></field>"
+            else:
+                stamp = (self.bound_at - datetime.timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                field = f"<field var='start'><value>{stamp}</value></field>"
+            form = (f"<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>"
+                    f"<value>{MAM_NS}</value></field>{field}</x>")
         rsm = f"<set xmlns='{RSM_NS}'><max>100</max>{f'<after>{page}</after>' if page else ''}</set>"
         self._stanza(stream, f"<iq type='set' id='catch-up-{self.queries}'><query xmlns='{MAM_NS}'>"
-                             f"<x xmlns='jabber:x:data' type='submit'><field var='FORM_TYPE' type='hidden'>"
-                             f"<value>{MAM_NS}</value></field>{field}</x>{rsm}</query></iq>")
-        self._catching_up = after
+                             f"{form}{rsm}</query></iq>")
 
     def _unknown(self) -> None:
         """The SM session is gone with stanzas unacknowledged: the client cannot know their fate."""
@@ -636,7 +644,7 @@ class User:
             return
         last = fin.findtext(f"{{{RSM_NS}}}set/{{{RSM_NS}}}last")
         if fin.get("complete") != "true" and last:
-            self._catch_up(stream, self._catching_up, last)
+            self._catch_up(stream, None, last)
         else:
             self.stats["caught up from the archive"] += 1
 
@@ -831,8 +839,7 @@ class Load:
     def pending(self, scenario: str) -> int:
         """Messages of ``scenario`` whose fate is not known yet."""
         return sum(1 for m in self.ledger.msgs.values()
-                   if m.scenario == scenario and not (m.error or m.deliveries or m.stored or m.archived
-                                                      or m.unknown))
+                   if m.scenario == scenario and not (m.error or m.reached or m.unknown))
 
     async def drain(self, scenario: str, timeout: float, quiet: float) -> None:
         """Until every message of ``scenario`` is accounted for, or nothing changed for ``quiet`` s."""
@@ -996,8 +1003,7 @@ SCENARIOS: dict[str, tuple[Scenario, str]] = {
 def account(load: Load, name: str, fault: Fault, p: Params) -> dict[str, Any]:
     msgs = [m for m in load.ledger.msgs.values() if m.scenario == name]
     delivered = [m for m in msgs if m.deliveries]
-    lost = [m for m in msgs if m.acked is not None and not m.deliveries and not m.stored and not m.archived
-            and not m.error]
+    lost = [m for m in msgs if m.acked is not None and not m.reached and not m.error]
     row: dict[str, Any] = {
         "scenario": name,
         "fault": fault.what,
@@ -1011,8 +1017,8 @@ def account(load: Load, name: str, fault: Fault, p: Params) -> dict[str, Any]:
         "errors": sum(1 for m in msgs if m.error and not m.deliveries),
         "duplicates": sum(1 for m in msgs if len(m.deliveries) > 1 or (m.deliveries and m.stored)),
         "lost": len(lost),
-        "unacked_lost": sum(1 for m in msgs if m.written is not None and m.acked is None and not m.deliveries
-                            and not m.stored and not m.archived and not m.error),
+        "unacked_lost": sum(1 for m in msgs if m.written is not None and m.acked is None and not m.reached
+                            and not m.error),
         "unsent": sum(1 for m in msgs if m.written is None),
         "resent_after_resume": sum(1 for m in msgs if m.writes > 1),
         "error_but_delivered": sum(1 for m in msgs if m.error and m.deliveries),
